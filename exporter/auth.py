@@ -1,0 +1,357 @@
+"""Client-credentials access tokens for the Tapkey Management API.
+
+Token flow: the first `TokenProvider.token()` call POSTs `grant_type=client_credentials` to the
+token endpoint (through requests-oauthlib's `BackendApplicationClient`). The token is reused until
+it is within `refresh_margin` seconds of its expiry, computed from the moment the request was
+*sent* (so network latency can only make us renew early, never late). When the API answers 401,
+the caller hands the rejected token to `invalidate()` and the next `token()` fetches a new one.
+Renewal happens under a lock, so N worker threads that all need a new token trigger one fetch.
+
+Secrets never leave this module: the client secret and access tokens are kept out of exceptions,
+log records and reprs, and requests-oauthlib's DEBUG logging (which prints request bodies and
+tokens) is silenced below.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from oauthlib.oauth2 import BackendApplicationClient, OAuth2Error
+from requests_oauthlib import OAuth2Session
+from requests_oauthlib import oauth2_session as _oauth2_session
+
+from exporter.errors import AuthError, ConfigError
+
+__all__ = ["TokenProvider", "display_url", "is_loopback_url", "require_secure_url"]
+
+log = logging.getLogger(__name__)
+
+#: A renewal margin never exceeds this fraction of the token's lifetime (short-lived tokens).
+MAX_MARGIN_FRACTION = 0.25
+#: Cap on a token endpoint's Retry-After, in seconds.
+MAX_TOKEN_RETRY_AFTER = 30.0
+
+# requests-oauthlib logs the token request body (holding the client secret), the response body and
+# the token dict at DEBUG. Raising the level keeps those records from ever being created; the filter
+# on the module logger also drops them if an application later lowers the level of the
+# "requests_oauthlib" tree (logger filters are not inherited, so it sits on the logger that logs).
+logging.getLogger("requests_oauthlib").setLevel(logging.WARNING)
+logging.getLogger("oauthlib").setLevel(logging.WARNING)
+
+
+def _at_least_warning(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING
+
+
+_oauth_logger = logging.getLogger("requests_oauthlib.oauth2_session")
+if _at_least_warning not in _oauth_logger.filters:
+    _oauth_logger.addFilter(_at_least_warning)
+
+
+def is_loopback_url(url: str) -> bool:
+    """True when the URL's host is a loopback address (127.0.0.0/8, ::1) or `localhost`."""
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return False
+    if not host:
+        return False
+    host = host.rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def display_url(url: str) -> str:
+    """The URL without user info, query or fragment: safe to put in a message."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<unparseable url>"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def require_secure_url(url: str, key: str) -> None:
+    """Raise ConfigError unless `url` is https, or plain http to a loopback host."""
+    try:
+        parts = urlsplit(url)
+        scheme, host = parts.scheme.lower(), parts.hostname
+    except ValueError:
+        raise ConfigError(f"{key} is not a valid URL; use https://host/path") from None
+    if not host or scheme not in ("https", "http"):
+        raise ConfigError(f"{key} must be an https:// URL, got {display_url(url)!r}")
+    if scheme == "http" and not is_loopback_url(url):
+        raise ConfigError(
+            f"{key} uses plain http to a non-loopback host ({display_url(url)}); use https "
+            "(plain http is accepted only for 127.0.0.1, ::1 or localhost, e.g. the sandbox)"
+        )
+
+
+# oauthlib can only relax its https requirement process-wide (OAUTHLIB_INSECURE_TRANSPORT, which
+# would also let every other OAuth request in the process go out in clear text). requests-oauthlib
+# checks transport through the `is_secure_transport` name it imports into `oauth2_session`, so we
+# rebind just that name to a check that also accepts plain http to a loopback host: traffic that
+# never leaves the machine (the sandbox). Everything else still needs https, and the environment
+# switch keeps its documented meaning because the original check is consulted first.
+_original_is_secure_transport: Callable[[str], bool] = _oauth2_session.is_secure_transport
+
+
+def _secure_or_loopback(uri: str) -> bool:
+    if _original_is_secure_transport(uri):
+        return True
+    return uri.lower().startswith("http://") and is_loopback_url(uri)
+
+
+if not getattr(_oauth2_session.is_secure_transport, "_exporter_loopback", False):
+    _secure_or_loopback._exporter_loopback = True  # type: ignore[attr-defined]
+    _oauth2_session.is_secure_transport = _secure_or_loopback
+
+
+class _Retryable(Exception):
+    """A token request that may succeed if repeated (5xx, 429, network)."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+_KNOWN_REJECTIONS = frozenset(
+    {"invalid_client", "invalid_scope", "unauthorized_client", "unsupported_grant_type"}
+)
+_ERROR_CODE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+
+def _error_code(response: requests.Response) -> str | None:
+    """The OAuth `error` code of an error response if it looks like one (never free text)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    code = body.get("error") if isinstance(body, dict) else None
+    if isinstance(code, str) and _ERROR_CODE.match(code):
+        return code
+    return None
+
+
+def _retry_after_seconds(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After", "").strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
+
+
+class TokenProvider:
+    """Hands out a valid access token for the configured OAuth client; thread-safe."""
+
+    def __init__(
+        self,
+        *,
+        client_id: str,
+        client_secret: str,
+        token_url: str,
+        scopes: Sequence[str],
+        timeout: tuple[float, float],
+        verify: bool | str = True,
+        clock: Callable[[], float] = time.monotonic,
+        refresh_margin: float = 60.0,
+        sleep: Callable[[float], None] = time.sleep,
+        max_retries: int = 2,
+        backoff_factor: float = 0.5,
+    ) -> None:
+        require_secure_url(token_url, "[tapkey] token_url")
+        if not client_id:
+            raise ConfigError("[tapkey] client_id is empty; set it to the OAuth client's id")
+        if isinstance(scopes, str):
+            scopes = scopes.split()
+        self._client_id = client_id
+        self._client_secret = client_secret
+        self._token_url = token_url
+        self._scopes = list(scopes)
+        self._timeout = timeout
+        self._verify = verify
+        self._clock = clock
+        self._refresh_margin = max(0.0, refresh_margin)
+        self._sleep = sleep
+        self._max_retries = max(0, max_retries)
+        self._backoff_factor = max(0.0, backoff_factor)
+        self._lock = threading.Lock()
+        self._token: str | None = None
+        self._renew_at = 0.0
+        self.granted_scopes: frozenset[str] | None = None
+        self.fetch_count = 0
+
+    def __repr__(self) -> str:
+        url = display_url(self._token_url)
+        return f"TokenProvider(client_id={self._client_id!r}, token_url={url!r})"
+
+    def token(self) -> str:
+        """A valid access token: fetched on first use and renewed shortly before it expires."""
+        with self._lock:
+            if self._token is None or self._clock() >= self._renew_at:
+                self._fetch()
+            assert self._token is not None
+            return self._token
+
+    def invalidate(self, token: str) -> None:
+        """Forget `token` after the API rejected it (401); no-op if it was already replaced."""
+        with self._lock:
+            if self._token == token:
+                self._token = None
+
+    def _fetch(self) -> None:
+        """Fetch a new token (caller holds the lock), retrying transient failures a few times."""
+        safe_url = display_url(self._token_url)
+        attempts = self._max_retries + 1
+        for attempt in range(1, attempts + 1):
+            sent_at = self._clock()
+            try:
+                token = self._request_token()
+            except _Retryable as exc:
+                if attempt == attempts:
+                    raise AuthError(
+                        f"token endpoint {safe_url} failed after {attempts} attempts "
+                        f"({exc.reason}); check [tapkey] token_url and the network, or try again "
+                        "later"
+                    ) from None
+                wait = self._backoff_factor * 2 ** (attempt - 1)
+                if exc.retry_after is not None:
+                    wait = max(wait, min(exc.retry_after, MAX_TOKEN_RETRY_AFTER))
+                log.warning(
+                    "token endpoint %s: %s; retrying in %.2f s (attempt %d of %d)",
+                    safe_url,
+                    exc.reason,
+                    wait,
+                    attempt,
+                    attempts,
+                )
+                self._sleep(wait)
+                continue
+            self._store(token, sent_at)
+            return
+
+    def _store(self, token: dict[str, Any], sent_at: float) -> None:
+        access_token = token.get("access_token")
+        if not isinstance(access_token, str) or not access_token:
+            raise AuthError(
+                f"token endpoint {display_url(self._token_url)} returned no access_token; "
+                "check [tapkey] token_url"
+            )
+        scope = token.get("scope")
+        if isinstance(scope, str):
+            scope = scope.split()
+        self.granted_scopes = frozenset(scope) if isinstance(scope, list | tuple) else None
+        expires_in = token.get("expires_in")
+        if isinstance(expires_in, int | float) and not isinstance(expires_in, bool):
+            lifetime = max(0.0, float(expires_in))
+            margin = min(self._refresh_margin, lifetime * MAX_MARGIN_FRACTION)
+            self._renew_at = sent_at + lifetime - margin
+        else:
+            # No stated lifetime: keep the token until the API rejects it (401 -> invalidate).
+            self._renew_at = float("inf")
+        self._token = access_token
+        self.fetch_count += 1
+        log.info(
+            "fetched an access token (lifetime %s s, scopes: %s)",
+            expires_in if expires_in is not None else "unknown",
+            " ".join(sorted(self.granted_scopes))
+            if self.granted_scopes is not None
+            else "not stated",
+        )
+
+    def _request_token(self) -> dict[str, Any]:
+        """One POST to the token endpoint; returns the parsed token or raises."""
+        safe_url = display_url(self._token_url)
+        # A fresh OAuth2Session per fetch: no stale token state, and its add_token /
+        # TokenExpiredError path is never involved. It is not given the scopes (they go in the
+        # request body instead): otherwise oauthlib raises a Warning carrying the token when the
+        # server grants other scopes than requested.
+        session = OAuth2Session(client=BackendApplicationClient(client_id=self._client_id))
+        session.trust_env = False  # no proxies/netrc/CA bundle picked up from the environment
+        session.register_compliance_hook("access_token_response", self._check_response)
+        try:
+            token: dict[str, Any] = session.fetch_token(
+                self._token_url,
+                client_secret=self._client_secret,
+                include_client_id=True,
+                scope=self._scopes,
+                timeout=self._timeout,
+                verify=self._verify,
+            )
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise _Retryable(f"network error: {type(exc).__name__}") from None
+        except requests.RequestException as exc:
+            raise AuthError(
+                f"token request to {safe_url} failed ({type(exc).__name__}); "
+                "check [tapkey] token_url"
+            ) from None
+        except OAuth2Error as exc:
+            # Only reached for a 2xx response whose body still says "error" or holds no token.
+            code = exc.error if isinstance(exc.error, str) else None
+            if code in _KNOWN_REJECTIONS:
+                raise AuthError(self._rejection_message(code, None)) from None
+            raise AuthError(
+                f"token endpoint {safe_url} returned no usable access token "
+                f"({code or 'unreadable'}); check [tapkey] token_url"
+            ) from None
+        except Warning:
+            raise AuthError(
+                f"token endpoint {safe_url} returned an unexpected scope change; "
+                "check [tapkey] scopes"
+            ) from None
+        finally:
+            session.close()
+        return token
+
+    def _check_response(self, response: requests.Response) -> requests.Response:
+        """requests-oauthlib compliance hook: decide what a token-endpoint status means."""
+        status = response.status_code
+        if status == 429 or status >= 500:
+            raise _Retryable(f"HTTP {status}", _retry_after_seconds(response))
+        if 200 <= status < 300:
+            return response
+        raise AuthError(self._rejection_message(_error_code(response), status))
+
+    def _rejection_message(self, code: str | None, status: int | None) -> str:
+        safe_url = display_url(self._token_url)
+        if code == "invalid_client" or (status == 401 and code is None):
+            return (
+                "token endpoint rejected the client credentials (invalid_client); check [tapkey] "
+                "client_id and client_secret / client_secret_file"
+            )
+        if code == "invalid_scope":
+            return (
+                f"token endpoint rejected the requested scopes (invalid_scope: "
+                f"{' '.join(self._scopes)}); check [tapkey] scopes (this exporter needs "
+                "read:owneraccounts read:core:entities) and the scopes allowed for the OAuth client"
+            )
+        if code in ("unauthorized_client", "unsupported_grant_type"):
+            return (
+                f"token endpoint refused the client-credentials grant ({code}); [tapkey] client_id "
+                "must name a client-credentials (service account) OAuth client"
+            )
+        detail = ", ".join(x for x in (f"HTTP {status}" if status else "", code or "") if x)
+        return (
+            f"token endpoint {safe_url} refused the token request ({detail or 'no reason given'}); "
+            "check [tapkey] token_url, client_id and scopes"
+        )

@@ -1,0 +1,100 @@
+"""`exporter demo`: a sandbox in this process, several syncs into a fresh SQLite file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from exporter import job, report
+from exporter.config import load_settings
+from exporter.sandbox import Sandbox
+
+DEMO_CLIENT_ID = "demo-client"
+DEMO_SECRET = "demo-secret"  # the in-process sandbox's own credential, not a real one
+
+
+def run_demo(path: Path, *, generations: int, console: Console, seed: int = 7) -> None:
+    """Load the sandbox's inventory, then sync after each of `generations` random change sets."""
+    for suffix in ("", "-wal", "-shm", ".lock"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    with Sandbox(
+        seed=seed,
+        owners=4,
+        locks_per_owner=6,
+        client_id=DEMO_CLIENT_ID,
+        client_secret=DEMO_SECRET,
+    ) as sandbox:
+        settings = load_settings(
+            None,
+            env={},
+            cwd=path.parent,
+            overrides={
+                "tapkey.client_id": DEMO_CLIENT_ID,
+                "tapkey.client_secret": DEMO_SECRET,
+                "tapkey.token_url": sandbox.token_url,
+                "tapkey.api_base_url": sandbox.base_url,
+                "database.url": f"sqlite:///{path}",
+            },
+        )
+        engine = job.make_engine(settings)
+        try:
+            for generation in range(generations + 1):
+                if generation:
+                    applied = sandbox.advance(changes=4)
+                    console.rule(f"Sandbox generation {generation}: {len(applied)} changes applied")
+                result = job.run_once(settings, trigger="demo")
+                counts = ", ".join(f"{k} {v}" for k, v in result.counts.as_dict().items() if v)
+                console.print(
+                    f"[bold]Run {result.run_id}[/bold] {result.status}: "
+                    f"{result.owners_seen} owners, {result.locks_seen} locks ({counts or 'no changes'})"
+                )
+                if generation == 0:
+                    _print_inventory(console, engine)
+                else:
+                    _print_changes(console, engine, result.run_id or 0)
+        finally:
+            engine.dispose()
+    console.print()
+    console.print(f"The history is in [bold]{path}[/bold]. Try:")
+    url = f"sqlite:///{path}"
+    console.print(f"  EXPORTER_DATABASE__URL={url} exporter db current")
+    console.print("  SQL: SELECT owner_name, title, lock_model_name FROM current_bound_locks;")
+    console.print(
+        "  SQL: SELECT changed_at, change_type, title, changed_fields FROM bound_lock_changes "
+        "ORDER BY changed_at;"
+    )
+
+
+def _print_inventory(console: Console, engine: object) -> None:
+    table = Table(title="Inventory after the first load")
+    for column in ("owner", "lock id", "title", "model", "bound since"):
+        table.add_column(column)
+    for row in report.current_locks(engine):  # type: ignore[arg-type]
+        table.add_row(
+            row["owner_name"] or row["owner_account_id"],
+            row["id"][:8],
+            row["title"] or "",
+            row["lock_model_name"] or "",
+            row["bind_date"].date().isoformat() if row["bind_date"] else "",
+        )
+    console.print(table)
+
+
+def _print_changes(console: Console, engine: object, run_id: int) -> None:
+    rows = report.run_changes(engine, run_id)  # type: ignore[arg-type]
+    if not rows:
+        console.print("  no changes")
+        return
+    table = Table(title=f"What run {run_id} recorded")
+    for column in ("entity", "id", "change", "fields / reason", "title / name"):
+        table.add_column(column)
+    for row in rows:
+        fields = row["changed_fields"]
+        if isinstance(fields, str):
+            fields = json.loads(fields)
+        detail = ", ".join(fields or ()) or (row["removal_reason"] or "")
+        table.add_row(row["entity"], row["id"][:8], row["change_type"], detail, row["title"] or "")
+    console.print(table)

@@ -1,0 +1,93 @@
+"""The exporter's exception tree, grouped by how the caller recovers.
+
+    ExporterError                  exit 1 unless a subclass says otherwise
+    ├── ConfigError                exit 2  bad or missing setting; fix the config
+    ├── UsageError                 exit 2  bad command-line input
+    ├── ClientMismatchError        exit 2  database was filled by another OAuth client
+    ├── TapkeyError                exit 1  talking to Tapkey failed
+    │   ├── AuthError                      token endpoint refused or unreachable
+    │   ├── ApiError                       an API call failed (status after retries)
+    │   │   └── PermissionDeniedError      403: scope or co-admin rights missing
+    │   ├── PayloadError                   a response that cannot be read
+    │   └── PagingError                    server ignored $skip / list kept shifting
+    ├── LockHeldError              exit 4  another run holds the database lock
+    └── StoreError                 exit 5  the database cannot be used
+        ├── DatabaseUnavailableError       cannot connect, or the connection died
+        └── SchemaVersionError             schema not at the revision this code needs
+
+Every message is one line that names the problem and the fix, and never contains a secret.
+"""
+
+from __future__ import annotations
+
+
+class ExporterError(Exception):
+    """Root of every error the exporter raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(ExporterError):
+    """A setting is invalid or missing."""
+
+    exit_code = 2
+
+
+class UsageError(ExporterError):
+    """Command-line input that cannot be acted upon."""
+
+    exit_code = 2
+
+
+class ClientMismatchError(ExporterError):
+    """The configured OAuth client differs from the one that filled the database."""
+
+    exit_code = 2
+
+
+class TapkeyError(ExporterError):
+    """Talking to Tapkey (token endpoint or Management API) failed."""
+
+
+class AuthError(TapkeyError):
+    """No access token could be obtained."""
+
+
+class ApiError(TapkeyError):
+    """An API request failed; `status` is the last HTTP status, None for network errors."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class PermissionDeniedError(ApiError):
+    """403 from the API: a scope or a co-admin permission is missing."""
+
+
+class PayloadError(TapkeyError):
+    """A response body that cannot be read as the documented payload."""
+
+
+class PagingError(TapkeyError):
+    """Paging could not produce a consistent list (ignored $skip, list kept shifting)."""
+
+
+class LockHeldError(ExporterError):
+    """Another run holds the database's writer lock."""
+
+    exit_code = 4
+
+
+class StoreError(ExporterError):
+    """The database cannot be used."""
+
+    exit_code = 5
+
+
+class DatabaseUnavailableError(StoreError):
+    """The database cannot be reached or the connection was lost."""
+
+
+class SchemaVersionError(StoreError):
+    """The database schema is not at the revision this code expects."""

@@ -1,0 +1,82 @@
+"""One sync run built from settings: the wiring shared by `run-once`, the daemon and `check`."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import datetime
+
+from sqlalchemy import Engine
+
+from exporter import store
+from exporter.auth import TokenProvider
+from exporter.config import Settings
+from exporter.sync import RunResult, sync, utcnow
+from exporter.tapkey import TapkeyClient
+
+EXIT_CODES = {"succeeded": 0, "failed": 1, "partial": 3}
+
+
+def make_engine(settings: Settings) -> Engine:
+    """The configured database's engine."""
+    return store.make_engine(settings.database.url, schema=settings.database.schema_name)
+
+
+def make_client(settings: Settings, *, clock: Callable[[], float] | None = None) -> TapkeyClient:
+    """A Tapkey API client with its token provider, both from `[tapkey]`."""
+    tapkey = settings.tapkey
+    client_id, secret = tapkey.credentials()
+    timeout = (tapkey.connect_timeout, tapkey.read_timeout)
+    verify: bool | str = str(tapkey.ca_bundle) if tapkey.ca_bundle else True
+    token_kwargs = {"clock": clock} if clock is not None else {}
+    tokens = TokenProvider(
+        client_id=client_id,
+        client_secret=secret,
+        token_url=tapkey.token_url,
+        scopes=tapkey.scope_list,
+        timeout=timeout,
+        verify=verify,
+        **token_kwargs,
+    )
+    return TapkeyClient(
+        base_url=tapkey.api_base_url,
+        tokens=tokens,
+        page_size=tapkey.page_size,
+        workers=tapkey.workers,
+        timeout=timeout,
+        max_retries=tapkey.max_retries,
+        backoff_factor=tapkey.backoff_factor,
+        max_retry_after=tapkey.max_retry_after,
+        max_retry_time=tapkey.max_retry_time,
+        verify=verify,
+    )
+
+
+def run_once(
+    settings: Settings,
+    *,
+    trigger: str = "manual",
+    dry_run: bool = False,
+    allow_client_change: bool = False,
+    now: Callable[[], datetime] = utcnow,
+    stop: threading.Event | None = None,
+) -> RunResult:
+    """Check the schema (upgrading SQLite automatically), then run one sync."""
+    client_id, _ = settings.tapkey.credentials()
+    engine = make_engine(settings)
+    try:
+        store.require_current(engine, auto_upgrade_sqlite=not dry_run)
+        with make_client(settings) as client:
+            return sync(
+                engine=engine,
+                source=client,
+                client_id=client_id,
+                trigger=trigger,
+                now=now,
+                workers=settings.tapkey.workers,
+                dry_run=dry_run,
+                allow_client_change=allow_client_change or settings.sync.allow_client_id_change,
+                stop=stop,
+            )
+    finally:
+        engine.dispose()

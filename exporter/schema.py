@@ -1,0 +1,295 @@
+"""The database contract: tables and views that BI users query by name.
+
+Every timestamp is UTC with microseconds: `timestamptz` on PostgreSQL, `DATETIME(6)` holding UTC on
+MariaDB/MySQL, and ISO-8601 text in one fixed format (`2026-01-31T12:00:00.000000Z`) on SQLite, so
+that text comparison orders correctly. Ids compare case-sensitively everywhere (binary collation on
+MariaDB/MySQL, which compare case-insensitively by default).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.dialects import mysql, postgresql
+from sqlalchemy.types import TypeEngine
+
+SQLITE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+LOCK_TRACKED = (
+    "owner_account_id",
+    "title",
+    "description",
+    "physical_lock_id",
+    "lock_type_id",
+    "lock_model_name",
+    "manufacturer_id",
+    "active",
+    "bind_date",
+    "unbind_date",
+    "target_type",
+)
+OWNER_TRACKED = ("name", "active")
+CHANGE_TYPES = ("created", "updated", "removed", "restored")
+REMOVAL_REASONS = ("unbound", "owner_removed")
+RUN_STATUSES = ("running", "succeeded", "partial", "failed")
+RUN_TRIGGERS = ("manual", "schedule", "demo")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """An aware UTC datetime, stored natively where the database can and as fixed text on SQLite."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(String(27))
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(postgresql.TIMESTAMP(timezone=True))
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.strftime(SQLITE_TIME_FORMAT)
+        if dialect.name in ("mysql", "mariadb"):
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+        return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+
+def _id() -> TypeEngine[str]:
+    """VARCHAR(64) with case-sensitive comparison on every database."""
+    return String(64).with_variant(mysql.VARCHAR(64, collation="utf8mb4_bin"), "mysql", "mariadb")
+
+
+def _long_text() -> TypeEngine[str]:
+    # MySQL TEXT stops at 64 KiB; an expanded lock payload may be longer.
+    return Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+
+
+def _json() -> TypeEngine[Any]:
+    return JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+_MYSQL = {"mysql_charset": "utf8mb4", "mariadb_charset": "utf8mb4"}
+
+
+def _lock_attributes() -> list[Column[Any]]:
+    return [
+        Column("owner_account_id", _id(), nullable=False),
+        Column("title", Text()),
+        Column("description", Text()),
+        Column("physical_lock_id", String(255)),
+        Column("lock_type_id", String(255)),
+        Column("lock_model_name", String(255)),
+        Column("manufacturer_id", Integer()),
+        Column("active", Boolean()),
+        Column("bind_date", UTCDateTime()),
+        Column("unbind_date", UTCDateTime()),
+        Column("target_type", String(64)),
+    ]
+
+
+def _version_columns(run_table: str) -> list[Column[Any]]:
+    return [
+        Column("valid_from", UTCDateTime(), nullable=False),
+        Column("valid_to", UTCDateTime()),
+        Column("change_type", String(16), nullable=False),
+        Column("changed_fields", _json()),
+        Column("removal_reason", String(16)),
+        Column("run_id", Integer(), ForeignKey(f"{run_table}.id"), nullable=False),
+    ]
+
+
+sync_runs = Table(
+    "sync_runs",
+    metadata,
+    Column("id", Integer(), primary_key=True, autoincrement=True),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("finished_at", UTCDateTime()),
+    Column("status", String(16), nullable=False),
+    Column("trigger", String(16), nullable=False),
+    Column("owners_seen", Integer(), nullable=False, default=0),
+    Column("locks_seen", Integer(), nullable=False, default=0),
+    Column("created", Integer(), nullable=False, default=0),
+    Column("updated", Integer(), nullable=False, default=0),
+    Column("removed", Integer(), nullable=False, default=0),
+    Column("restored", Integer(), nullable=False, default=0),
+    Column("unchanged", Integer(), nullable=False, default=0),
+    Column("skipped", Integer(), nullable=False, default=0),
+    Column("api_requests", Integer(), nullable=False, default=0),
+    Column("error", Text()),
+    Column("client_id", String(255)),
+    Index(None, "status"),
+    Index(None, "started_at"),
+    **_MYSQL,
+)
+
+sync_run_owners = Table(
+    "sync_run_owners",
+    metadata,
+    Column("run_id", Integer(), ForeignKey("sync_runs.id"), primary_key=True),
+    Column("owner_account_id", _id(), primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("locks_seen", Integer(), nullable=False, default=0),
+    Column("created", Integer(), nullable=False, default=0),
+    Column("updated", Integer(), nullable=False, default=0),
+    Column("removed", Integer(), nullable=False, default=0),
+    Column("restored", Integer(), nullable=False, default=0),
+    Column("unchanged", Integer(), nullable=False, default=0),
+    Column("skipped", Integer(), nullable=False, default=0),
+    Column("fetched_at", UTCDateTime()),
+    Column("error", Text()),
+    Index(None, "owner_account_id", "status"),
+    **_MYSQL,
+)
+
+owner_accounts = Table(
+    "owner_accounts",
+    metadata,
+    Column("id", _id(), primary_key=True),
+    Column("name", Text()),
+    Column("active", Boolean()),
+    Column("first_seen_at", UTCDateTime(), nullable=False),
+    Column("last_seen_at", UTCDateTime()),
+    Column("removed_at", UTCDateTime()),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    **_MYSQL,
+)
+
+owner_account_versions = Table(
+    "owner_account_versions",
+    metadata,
+    Column("version_id", Integer(), primary_key=True, autoincrement=True),
+    Column("id", _id(), nullable=False),
+    Column("name", Text()),
+    Column("active", Boolean()),
+    *_version_columns("sync_runs"),
+    Index(None, "id", "valid_from"),
+    Index(None, "valid_from"),
+    Index(None, "run_id"),
+    **_MYSQL,
+)
+
+bound_locks = Table(
+    "bound_locks",
+    metadata,
+    Column("id", _id(), primary_key=True),
+    *_lock_attributes(),
+    Column("lock_id_hex", String(255)),
+    Column("rcl_serial_no", Integer()),
+    Column("rcl_date", UTCDateTime()),
+    Column("raw", _long_text()),
+    Column("first_seen_at", UTCDateTime(), nullable=False),
+    Column("removed_at", UTCDateTime()),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Index(None, "owner_account_id"),
+    Index(None, "lock_id_hex"),
+    **_MYSQL,
+)
+
+bound_lock_versions = Table(
+    "bound_lock_versions",
+    metadata,
+    Column("version_id", Integer(), primary_key=True, autoincrement=True),
+    Column("id", _id(), nullable=False),
+    *_lock_attributes(),
+    *_version_columns("sync_runs"),
+    Index(None, "id", "valid_from"),
+    Index(None, "valid_from"),
+    Index(None, "run_id"),
+    **_MYSQL,
+)
+
+_LOCK_VIEW_COLUMNS = ", ".join(
+    f"l.{c}"
+    for c in (
+        "id",
+        "owner_account_id",
+        "title",
+        "description",
+        "physical_lock_id",
+        "lock_id_hex",
+        "lock_type_id",
+        "lock_model_name",
+        "manufacturer_id",
+        "active",
+        "bind_date",
+        "unbind_date",
+        "rcl_serial_no",
+        "rcl_date",
+        "target_type",
+        "first_seen_at",
+        "updated_at",
+    )
+)
+
+# Plain SQL that PostgreSQL, MariaDB/MySQL and SQLite all accept unchanged.
+VIEWS: dict[str, str] = {
+    "current_bound_locks": (
+        f"SELECT {_LOCK_VIEW_COLUMNS}, o.name AS owner_name "
+        "FROM bound_locks l LEFT JOIN owner_accounts o ON o.id = l.owner_account_id "
+        "WHERE l.removed_at IS NULL"
+    ),
+    "bound_lock_changes": (
+        "SELECT v.version_id, v.id AS bound_lock_id, v.change_type, v.changed_fields, "
+        "v.removal_reason, v.valid_from AS changed_at, v.valid_to, v.run_id, "
+        "r.trigger AS run_trigger, r.status AS run_status, "
+        "v.owner_account_id, o.name AS owner_name, v.title, v.description, "
+        "v.physical_lock_id, v.lock_type_id, v.lock_model_name, v.manufacturer_id, v.active, "
+        "v.bind_date, v.unbind_date, v.target_type "
+        "FROM bound_lock_versions v JOIN sync_runs r ON r.id = v.run_id "
+        "LEFT JOIN owner_accounts o ON o.id = v.owner_account_id"
+    ),
+}
+
+# At most one open version per entity, enforced where the database has partial indexes (MariaDB and
+# MySQL do not; there the single-writer lock and the engine's transactions keep the invariant).
+OPEN_VERSION_INDEXES = tuple(
+    Index(
+        f"uq_{table.name}_open",
+        table.c.id,
+        unique=True,
+        postgresql_where=table.c.valid_to.is_(None),
+        sqlite_where=table.c.valid_to.is_(None),
+    ).ddl_if(dialect=("postgresql", "sqlite"))
+    for table in (owner_account_versions, bound_lock_versions)
+)

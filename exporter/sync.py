@@ -1,0 +1,748 @@
+"""The sync engine: owner accounts and bound locks from the API in, exact history out.
+
+One run:
+1. takes the database's writer lock and marks runs left `running` by dead processes as failed;
+2. fetches the whole owner list and writes owner creates/updates/restores in one transaction;
+3. fetches every owner's bound locks (`workers` at a time) and writes each owner's creates,
+   updates and restores in one transaction of its own, in bulk statements;
+4. after every owner has been fetched, decides removals in one transaction: a lock is removed
+   only if no complete fetch of this run returned it, and only if it belongs to an owner whose
+   fetch was complete (`unbound`) or to an owner that vanished from the owner list
+   (`owner_removed`); an owner whose fetch failed changes nothing and makes the run `partial`;
+5. records the outcome in `sync_runs`.
+
+A crash at any point leaves a consistent database: every transaction moves the current tables and
+the version tables together, and the next run marks the crashed run failed.
+
+Versions are half-open intervals [valid_from, valid_to). Every instant the engine writes comes
+from a clock forced to move forward past everything already stored, so the versions of an entity
+are strictly ordered even if the system clock steps back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    bindparam,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from exporter.errors import (
+    ClientMismatchError,
+    DatabaseUnavailableError,
+    ExporterError,
+    TapkeyError,
+)
+from exporter.schema import (
+    LOCK_TRACKED,
+    OWNER_TRACKED,
+    UTCDateTime,
+    bound_lock_versions,
+    bound_locks,
+    owner_account_versions,
+    owner_accounts,
+    sync_run_owners,
+    sync_runs,
+)
+from exporter.store import WriterLock, connect
+from exporter.tapkey import LockRecord, OwnerLocks, OwnerRecord
+
+log = logging.getLogger(__name__)
+
+# Large enough to amortise round trips, small enough for every database's parameter limit.
+CHUNK = 500
+_LOCK_CURRENT_ONLY = ("lock_id_hex", "rcl_serial_no", "rcl_date", "raw")
+
+
+class InventorySource(Protocol):
+    """What the engine needs from the Tapkey API client."""
+
+    @property
+    def request_count(self) -> int: ...
+
+    def list_owners(self) -> list[OwnerRecord]: ...
+
+    def list_bound_locks(self, owner_id: str) -> OwnerLocks: ...
+
+
+@dataclass
+class Counts:
+    """Lock changes by kind."""
+
+    created: int = 0
+    updated: int = 0
+    removed: int = 0
+    restored: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+
+    def add(self, other: Counts) -> None:
+        """Add another set of counts to this one."""
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def as_dict(self) -> dict[str, int]:
+        """The counts by column name."""
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class Change:
+    """One change the run made (or, with dry_run, would make)."""
+
+    entity: str  # "owner" or "lock"
+    id: str
+    change_type: str
+    owner_account_id: str | None
+    changed_fields: tuple[str, ...] | None = None
+    removal_reason: str | None = None
+    title: str | None = None
+
+
+@dataclass
+class OwnerOutcome:
+    """How one owner's fetch went."""
+
+    owner_account_id: str
+    status: str  # "complete" or "failed"
+    locks_seen: int = 0
+    counts: Counts = field(default_factory=Counts)
+    fetched_at: datetime | None = None
+    error: str | None = None
+
+
+@dataclass
+class RunResult:
+    """The outcome of one run, as recorded in `sync_runs`."""
+
+    run_id: int | None
+    status: str
+    trigger: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    owners_seen: int = 0
+    locks_seen: int = 0
+    counts: Counts = field(default_factory=Counts)
+    api_requests: int = 0
+    error: str | None = None
+    owners: list[OwnerOutcome] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+    dry_run: bool = False
+
+
+class _Clock:
+    """`now()`, forced strictly past every instant already written."""
+
+    def __init__(self, now: Callable[[], datetime], floor: datetime | None) -> None:
+        self._now = now
+        self._last = floor
+
+    def __call__(self) -> datetime:
+        t = self._now().astimezone(UTC)
+        if self._last is not None and t <= self._last:
+            t = self._last + timedelta(microseconds=1)
+        self._last = t
+        return t
+
+
+def utcnow() -> datetime:
+    """The current time, aware UTC."""
+    return datetime.now(UTC)
+
+
+def sync(
+    *,
+    engine: Engine,
+    source: InventorySource,
+    client_id: str,
+    trigger: str = "manual",
+    now: Callable[[], datetime] = utcnow,
+    workers: int = 4,
+    dry_run: bool = False,
+    allow_client_change: bool = False,
+    stop: threading.Event | None = None,
+) -> RunResult:
+    """Run one sync and return its outcome; see the module docstring for the rules.
+
+    Raises LockHeldError when another run holds the lock (nothing written), ClientMismatchError
+    when the database belongs to another OAuth client, and DatabaseUnavailableError when the
+    database goes away. Tapkey failures do not raise: they end in a `failed` or `partial` result.
+    """
+    run = _Run(
+        engine=engine,
+        source=source,
+        client_id=client_id,
+        trigger=trigger,
+        now=now,
+        workers=workers,
+        dry_run=dry_run,
+        stop=stop or threading.Event(),
+    )
+    if dry_run:
+        return run.execute()
+    with WriterLock(engine) as lock:
+        run.lock = lock
+        run.prepare(allow_client_change=allow_client_change)
+        return run.execute()
+
+
+class _Run:
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        source: InventorySource,
+        client_id: str,
+        trigger: str,
+        now: Callable[[], datetime],
+        workers: int,
+        dry_run: bool,
+        stop: threading.Event,
+    ) -> None:
+        self.engine = engine
+        self.source = source
+        self.client_id = client_id
+        self.trigger = trigger
+        self.workers = workers
+        self.dry_run = dry_run
+        self.stop = stop
+        self.lock: WriterLock | None = None
+        self.now = now
+        self.clock = _Clock(now, None)
+        self.requests_at_start = source.request_count
+        self.result = RunResult(
+            run_id=None, status="running", trigger=trigger, started_at=self.clock(), dry_run=dry_run
+        )
+        # Lock ids returned by a complete fetch of this run, or skipped with a readable id.
+        self.seen: set[str] = set()
+
+    # -- run record ---------------------------------------------------------------------------
+
+    def prepare(self, *, allow_client_change: bool) -> None:
+        """Clean up after dead runs, check the client, and open this run's record."""
+        with connect(self.engine) as conn, conn.begin():
+            # Read under the lock: nobody else writes now, so this is the true latest instant.
+            self.clock = _Clock(self.now, _latest_instant(conn))
+            self.result.started_at = self.clock()
+            stale = conn.execute(
+                update(sync_runs)
+                .where(sync_runs.c.status == "running")
+                .values(status="failed", error="interrupted", finished_at=self.clock())
+            ).rowcount
+            if stale:
+                log.warning("marked %d run(s) left running by a dead process as failed", stale)
+            previous = conn.execute(
+                select(sync_runs.c.client_id)
+                .where(sync_runs.c.status.in_(("succeeded", "partial")))
+                .where(sync_runs.c.client_id.is_not(None))
+                .order_by(sync_runs.c.id.desc())
+                .limit(1)
+            ).scalar()
+            if previous is not None and previous != self.client_id and not allow_client_change:
+                raise ClientMismatchError(
+                    f"this database was filled by OAuth client {previous!r}, but the configuration "
+                    f"uses {self.client_id!r}; two clients would remove each other's owners. Use a "
+                    "separate database, or pass --allow-client-change ([sync] "
+                    "allow_client_id_change = true) if the client was replaced on purpose"
+                )
+            self.result.run_id = conn.execute(
+                insert(sync_runs).values(
+                    started_at=self.result.started_at,
+                    status="running",
+                    trigger=self.trigger,
+                    client_id=self.client_id,
+                )
+            ).inserted_primary_key[0]  # type: ignore[index]
+        log.info("run %s started (%s)", self.result.run_id, self.trigger)
+
+    def execute(self) -> RunResult:
+        """Run the phases; a failure ends the run as `failed` rather than leaving it open."""
+        try:
+            self._phases()
+        except _Interrupted:
+            self._finish("failed", "interrupted")
+        except TapkeyError as exc:
+            self._finish("failed", str(exc))
+        except (OperationalError, DBAPIError) as exc:
+            error = DatabaseUnavailableError(
+                "lost the database connection during the run; it was rolled back to the last "
+                f"finished owner ({_first_line(exc)})"
+            )
+            self._finish("failed", str(error))
+            raise error from None
+        except DatabaseUnavailableError as exc:
+            self._finish("failed", str(exc))
+            raise
+        except BaseException as exc:
+            self._finish("failed", _first_line(exc) or type(exc).__name__)
+            raise
+        return self.result
+
+    def _finish(self, status: str, error: str | None) -> None:
+        result = self.result
+        result.status = status
+        result.error = error
+        result.finished_at = self.clock()
+        result.api_requests = self.source.request_count - self.requests_at_start
+        if self.dry_run or result.run_id is None:
+            return
+        try:
+            with connect(self.engine) as conn, conn.begin():
+                conn.execute(
+                    update(sync_runs)
+                    .where(sync_runs.c.id == result.run_id)
+                    .values(
+                        status=status,
+                        finished_at=result.finished_at,
+                        owners_seen=result.owners_seen,
+                        locks_seen=result.locks_seen,
+                        api_requests=result.api_requests,
+                        error=error,
+                        **result.counts.as_dict(),
+                    )
+                )
+        except (ExporterError, OperationalError, DBAPIError):
+            # The next run that takes the lock marks this one failed ("interrupted").
+            log.exception("could not record the end of run %s", result.run_id)
+        log.info(
+            "run %s %s: %s",
+            result.run_id,
+            status,
+            ", ".join(f"{k}={v}" for k, v in result.counts.as_dict().items()),
+        )
+
+    # -- phases -------------------------------------------------------------------------------
+
+    def _phases(self) -> None:
+        owners = self.source.list_owners()
+        self.result.owners_seen = len(owners)
+        listed = {owner.id for owner in owners}
+        with connect(self.engine) as conn, conn.begin():
+            vanished = self._write_owners(conn, owners)
+        complete: set[str] = set()
+        removable: set[str] = set()
+        for owner_id, fetched in self._crawl([owner.id for owner in owners]):
+            if self.stop.is_set():
+                raise _Interrupted
+            if self.lock is not None:
+                self.lock.check()
+            outcome = self._apply_owner(owner_id, fetched)
+            self.result.owners.append(outcome)
+            if outcome.status == "complete":
+                complete.add(owner_id)
+                assert isinstance(fetched, OwnerLocks)
+                if not fetched.unidentified_skips:
+                    removable.add(owner_id)
+        if self.stop.is_set():
+            raise _Interrupted
+        self._remove(removable | vanished, vanished)
+        failed = listed - complete
+        self._finish("partial" if failed else "succeeded", _failed_summary(self.result.owners))
+
+    def _crawl(self, owner_ids: Sequence[str]) -> Iterator[tuple[str, OwnerLocks | TapkeyError]]:
+        """Fetch owners concurrently, yielding each as it completes.
+
+        At most 2 x workers fetches are in flight, so memory holds a few owners' records, not all.
+        """
+        pending = deque(owner_ids)
+        running: dict[Future[OwnerLocks], str] = {}
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="fetch") as pool:
+
+            def submit() -> None:
+                owner_id = pending.popleft()
+                running[pool.submit(self.source.list_bound_locks, owner_id)] = owner_id
+
+            for _ in range(min(2 * self.workers, len(pending))):
+                submit()
+            try:
+                while running:
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        owner_id = running.pop(future)
+                        if pending and not self.stop.is_set():
+                            submit()
+                        try:
+                            yield owner_id, future.result()
+                        except TapkeyError as exc:
+                            yield owner_id, exc
+            finally:
+                for future in running:
+                    future.cancel()
+
+    def _write_owners(self, conn: Connection, owners: Sequence[OwnerRecord]) -> set[str]:
+        """Create, update and restore owners; return the ids of owners that vanished."""
+        t = self.clock()
+        stored = {row.id: row for row in conn.execute(select(owner_accounts))}
+        new_rows: list[dict[str, Any]] = []
+        changed_rows: list[dict[str, Any]] = []
+        versions: list[dict[str, Any]] = []
+        for owner in owners:
+            values = {"name": owner.name, "active": owner.active}
+            old = stored.get(owner.id)
+            if old is None:
+                new_rows.append({"id": owner.id, **values, "first_seen_at": t, "updated_at": t})
+                versions.append(_version(owner.id, values, t, "created", None, self._run_id))
+                self._note("owner", owner.id, "created", owner.id, title=owner.name)
+                continue
+            fields = _diff(old._mapping, values, OWNER_TRACKED)
+            if old.removed_at is None and not fields:
+                continue
+            kind = "restored" if old.removed_at is not None else "updated"
+            changed_rows.append({"b_id": owner.id, **values, "removed_at": None, "updated_at": t})
+            versions.append(_version(owner.id, values, t, kind, fields, self._run_id))
+            self._note("owner", owner.id, kind, owner.id, fields, title=owner.name)
+        listed = {owner.id for owner in owners}
+        vanished = {
+            row.id for row in stored.values() if row.removed_at is None and row.id not in listed
+        }
+        if not self.dry_run:
+            _close_versions(conn, owner_account_versions, [r["b_id"] for r in changed_rows], t)
+            if new_rows:
+                conn.execute(insert(owner_accounts), new_rows)
+            if changed_rows:
+                conn.execute(
+                    update(owner_accounts).where(owner_accounts.c.id == bindparam("b_id")),
+                    changed_rows,
+                )
+            if versions:
+                conn.execute(insert(owner_account_versions), versions)
+        return vanished
+
+    def _apply_owner(self, owner_id: str, fetched: OwnerLocks | TapkeyError) -> OwnerOutcome:
+        if isinstance(fetched, TapkeyError):
+            outcome = OwnerOutcome(owner_id, "failed", fetched_at=self.clock(), error=str(fetched))
+            log.warning("owner %s failed: %s", owner_id, fetched)
+            self._record_owner(outcome)
+            return outcome
+        with connect(self.engine) as conn, conn.begin():
+            t = self.clock()
+            counts = self._write_locks(conn, owner_id, fetched, t)
+            outcome = OwnerOutcome(
+                owner_id,
+                "complete",
+                locks_seen=len(fetched.records),
+                counts=counts,
+                fetched_at=t,
+            )
+            if not self.dry_run:
+                _insert_owner_outcome(conn, self._run_id, outcome)
+                conn.execute(
+                    update(owner_accounts)
+                    .where(owner_accounts.c.id == owner_id)
+                    .values(last_seen_at=t)
+                )
+        self.result.locks_seen += outcome.locks_seen
+        self.result.counts.add(counts)
+        return outcome
+
+    def _record_owner(self, outcome: OwnerOutcome) -> None:
+        if self.dry_run:
+            return
+        with connect(self.engine) as conn, conn.begin():
+            _insert_owner_outcome(conn, self._run_id, outcome)
+
+    def _write_locks(
+        self, conn: Connection, owner_id: str, fetched: OwnerLocks, t: datetime
+    ) -> Counts:
+        """Diff one owner's locks against the stored rows and write the differences."""
+        counts = Counts(skipped=fetched.skipped)
+        self.seen.update(fetched.skipped_ids)
+        records: list[LockRecord] = []
+        for record in fetched.records:
+            if record.id in self.seen:
+                # Listed by two owners in one run (a move seen half-way): the first owner wins
+                # this run; the next run sees the settled state.
+                log.warning("lock %s listed by more than one owner; kept the first", record.id)
+                counts.skipped += 1
+                continue
+            self.seen.add(record.id)
+            records.append(record)
+        stored = _load_locks(conn, [r.id for r in records])
+        new_rows: list[dict[str, Any]] = []
+        versions: list[dict[str, Any]] = []
+        changed: dict[str, list[dict[str, Any]]] = {"updated": [], "restored": [], "refresh": []}
+        for record in records:
+            values = _lock_values(record, owner_id)
+            current = {name: getattr(record, name) for name in _LOCK_CURRENT_ONLY}
+            old = stored.get(record.id)
+            if old is None:
+                counts.created += 1
+                new_rows.append(
+                    {
+                        "id": record.id,
+                        **values,
+                        **current,
+                        "first_seen_at": t,
+                        "removed_at": None,
+                        "updated_at": t,
+                    }
+                )
+                versions.append(_version(record.id, values, t, "created", None, self._run_id))
+                self._note("lock", record.id, "created", owner_id, title=record.title)
+                continue
+            fields = _diff(old, values, LOCK_TRACKED)
+            if old["removed_at"] is None and not fields:
+                if any(old[name] != value for name, value in current.items()):
+                    changed["refresh"].append({"b_id": record.id, **current})
+                counts.unchanged += 1
+                continue
+            kind = "restored" if old["removed_at"] is not None else "updated"
+            setattr(counts, kind, getattr(counts, kind) + 1)
+            changed[kind].append(
+                {"b_id": record.id, **values, **current, "removed_at": None, "updated_at": t}
+            )
+            versions.append(_version(record.id, values, t, kind, fields, self._run_id))
+            self._note("lock", record.id, kind, owner_id, fields, title=record.title)
+        if not self.dry_run:
+            reopened = [row["b_id"] for row in changed["updated"] + changed["restored"]]
+            _close_versions(conn, bound_lock_versions, reopened, t)
+            if new_rows:
+                conn.execute(insert(bound_locks), new_rows)
+            for rows in changed.values():
+                if rows:
+                    conn.execute(
+                        update(bound_locks).where(bound_locks.c.id == bindparam("b_id")), rows
+                    )
+            if versions:
+                conn.execute(insert(bound_lock_versions), versions)
+        return counts
+
+    def _remove(self, owner_ids: set[str], vanished: set[str]) -> None:
+        """Remove unseen locks of fully fetched and vanished owners, then vanished owners."""
+        with connect(self.engine) as conn, conn.begin():
+            t = self.clock()
+            doomed: dict[str, list[str]] = {"unbound": [], "owner_removed": []}
+            per_owner: dict[str, int] = {}
+            for chunk in _chunks(sorted(owner_ids)):
+                rows = conn.execute(
+                    select(bound_locks.c.id, bound_locks.c.owner_account_id, bound_locks.c.title)
+                    .where(bound_locks.c.removed_at.is_(None))
+                    .where(bound_locks.c.owner_account_id.in_(chunk))
+                )
+                for lock_id, owner_id, title in rows:
+                    if lock_id in self.seen:
+                        continue
+                    reason = "owner_removed" if owner_id in vanished else "unbound"
+                    doomed[reason].append(lock_id)
+                    per_owner[owner_id] = per_owner.get(owner_id, 0) + 1
+                    self._note("lock", lock_id, "removed", owner_id, None, reason, title)
+            removed = sum(len(ids) for ids in doomed.values())
+            self.result.counts.removed += removed
+            for outcome in self.result.owners:
+                outcome.counts.removed = per_owner.get(outcome.owner_account_id, 0)
+            for owner_id in sorted(vanished):
+                self._note("owner", owner_id, "removed", owner_id, None, "owner_removed")
+            if self.dry_run:
+                return
+            for reason, ids in doomed.items():
+                _remove_rows(
+                    conn,
+                    bound_locks,
+                    bound_lock_versions,
+                    LOCK_TRACKED,
+                    ids,
+                    t,
+                    reason,
+                    self._run_id,
+                )
+            _remove_rows(
+                conn,
+                owner_accounts,
+                owner_account_versions,
+                OWNER_TRACKED,
+                sorted(vanished),
+                t,
+                "owner_removed",
+                self._run_id,
+            )
+            if per_owner:
+                conn.execute(
+                    update(sync_run_owners)
+                    .where(sync_run_owners.c.run_id == self._run_id)
+                    .where(sync_run_owners.c.owner_account_id == bindparam("b_owner"))
+                    .values(removed=bindparam("b_removed")),
+                    [{"b_owner": o, "b_removed": n} for o, n in per_owner.items()],
+                )
+        if removed or vanished:
+            log.info("removed %d lock(s) and %d owner(s)", removed, len(vanished))
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    @property
+    def _run_id(self) -> int:
+        # Dry runs write nothing, so their version rows never reach the database.
+        return self.result.run_id or 0
+
+    def _note(
+        self,
+        entity: str,
+        entity_id: str,
+        change_type: str,
+        owner_id: str | None,
+        fields: Sequence[str] | None = None,
+        reason: str | None = None,
+        title: str | None = None,
+    ) -> None:
+        if self.dry_run:
+            self.result.changes.append(
+                Change(
+                    entity,
+                    entity_id,
+                    change_type,
+                    owner_id,
+                    tuple(fields) if fields else None,
+                    reason,
+                    title,
+                )
+            )
+
+
+class _Interrupted(ExporterError):
+    """The run was asked to stop (SIGTERM); it ends as failed/interrupted."""
+
+    def __str__(self) -> str:
+        return "interrupted"
+
+
+def _lock_values(record: LockRecord, owner_id: str) -> dict[str, Any]:
+    values = {name: getattr(record, name) for name in LOCK_TRACKED}
+    # The URL names the owner whose list this is; that is where the lock is bound now.
+    values["owner_account_id"] = owner_id
+    return values
+
+
+def _diff(old: Mapping[str, Any], new: Mapping[str, Any], fields: Iterable[str]) -> list[str]:
+    return [name for name in fields if old[name] != new[name]]
+
+
+def _version(
+    entity_id: str,
+    values: Mapping[str, Any],
+    t: datetime,
+    change_type: str,
+    fields: Sequence[str] | None,
+    run_id: int,
+) -> dict[str, Any]:
+    return {
+        "id": entity_id,
+        **values,
+        "valid_from": t,
+        "valid_to": None,
+        "change_type": change_type,
+        "changed_fields": list(fields) if change_type in ("updated", "restored") else None,
+        "removal_reason": None,
+        "run_id": run_id,
+    }
+
+
+def _chunks(items: Sequence[str], size: int = CHUNK) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _load_locks(conn: Connection, ids: Sequence[str]) -> dict[str, Mapping[str, Any]]:
+    columns = [bound_locks.c[name] for name in (*LOCK_TRACKED, *_LOCK_CURRENT_ONLY)]
+    stored: dict[str, Mapping[str, Any]] = {}
+    for chunk in _chunks(ids):
+        rows = conn.execute(
+            select(bound_locks.c.id, bound_locks.c.removed_at, *columns).where(
+                bound_locks.c.id.in_(chunk)
+            )
+        )
+        for row in rows:
+            stored[row.id] = row._mapping
+    return stored
+
+
+def _close_versions(conn: Connection, table: Any, ids: Sequence[str], t: datetime) -> None:
+    for chunk in _chunks(ids):
+        conn.execute(
+            update(table)
+            .where(table.c.id.in_(chunk))
+            .where(table.c.valid_to.is_(None))
+            .values(valid_to=t)
+        )
+
+
+def _remove_rows(
+    conn: Connection,
+    current: Any,
+    versions: Any,
+    tracked: Sequence[str],
+    ids: Sequence[str],
+    t: datetime,
+    reason: str,
+    run_id: int,
+) -> None:
+    """Close the open versions of `ids` and open `removed` versions carrying their last values."""
+    for chunk in _chunks(ids):
+        _close_versions(conn, versions, chunk, t)
+        source = select(
+            current.c.id,
+            *(current.c[name] for name in tracked),
+            literal(t, UTCDateTime()).label("valid_from"),
+            literal("removed").label("change_type"),
+            literal(reason).label("removal_reason"),
+            literal(run_id).label("run_id"),
+        ).where(current.c.id.in_(chunk))
+        conn.execute(
+            insert(versions).from_select(
+                ["id", *tracked, "valid_from", "change_type", "removal_reason", "run_id"], source
+            )
+        )
+        conn.execute(update(current).where(current.c.id.in_(chunk)).values(removed_at=t))
+
+
+def _insert_owner_outcome(conn: Connection, run_id: int, outcome: OwnerOutcome) -> None:
+    conn.execute(
+        insert(sync_run_owners).values(
+            run_id=run_id,
+            owner_account_id=outcome.owner_account_id,
+            status=outcome.status,
+            locks_seen=outcome.locks_seen,
+            fetched_at=outcome.fetched_at,
+            error=outcome.error,
+            **outcome.counts.as_dict(),
+        )
+    )
+
+
+def _latest_instant(conn: Connection) -> datetime | None:
+    """The latest instant already written, so new versions always start after it."""
+    candidates = [
+        conn.execute(select(func.max(bound_lock_versions.c.valid_from))).scalar(),
+        conn.execute(select(func.max(owner_account_versions.c.valid_from))).scalar(),
+        conn.execute(select(func.max(sync_runs.c.started_at))).scalar(),
+        conn.execute(select(func.max(sync_runs.c.finished_at))).scalar(),
+    ]
+    present = [c for c in candidates if c is not None]
+    return max(present) if present else None
+
+
+def _failed_summary(owners: Sequence[OwnerOutcome]) -> str | None:
+    failed = [o for o in owners if o.status == "failed"]
+    if not failed:
+        return None
+    first = failed[0]
+    more = f" (+{len(failed) - 1} more owners failed)" if len(failed) > 1 else ""
+    return f"owner {first.owner_account_id}: {first.error}{more}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else ""

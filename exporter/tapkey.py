@@ -1,0 +1,788 @@
+"""Tapkey Management API client: paging, what each HTTP status means, typed records.
+
+One `requests.Session` (one connection pool sized for the worker threads) serves every call. A call
+adds a bearer token from the `TokenProvider`, retries 429/5xx/network failures with capped
+exponential backoff, re-fetches the token once after a 401, and turns everything else into one
+typed error from `exporter.errors`. Pages are read with overlapping `$skip` windows so that a list
+changing while it is paged is detected and re-read instead of silently losing rows.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Any, Final, Literal, TypeVar
+from urllib.parse import quote
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from exporter.auth import TokenProvider, require_secure_url
+from exporter.errors import ApiError, AuthError, PagingError, PayloadError, PermissionDeniedError
+
+__all__ = [
+    "HealthReading",
+    "LockRecord",
+    "OwnerLocks",
+    "OwnerRecord",
+    "TapkeyClient",
+    "lock_id_hex",
+]
+
+log = logging.getLogger(__name__)
+
+OWNERS_SCOPE: Final = "read:owneraccounts"
+LOCKS_SCOPE: Final = "read:core:entities"
+#: Statuses worth repeating a GET for.
+RETRY_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
+#: Ids longer than this cannot be stored (VARCHAR(64)); such an element counts as unidentified.
+MAX_ID_LENGTH: Final = 64
+MAX_BODY_BYTES: Final = 64 * 1024 * 1024
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReading:
+    """One `healthStatuses` entry (a hint: locks are offline-first)."""
+
+    id: str | None
+    physical_lock_id: str | None
+    timestamp: datetime | None
+    type: str | None
+    value: str | float | None
+    value_status: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerRecord:
+    """An owner account from /Owners."""
+
+    id: str
+    name: str | None
+    active: bool | None
+    raw: str
+
+
+@dataclass(frozen=True, slots=True)
+class LockRecord:
+    """A bound lock from /Owners/{id}/BoundLocks; `raw` is its JSON text exactly as received."""
+
+    id: str
+    owner_account_id: str
+    title: str | None
+    description: str | None
+    physical_lock_id: str | None
+    lock_id_hex: str | None
+    lock_type_id: str | None
+    lock_model_name: str | None
+    manufacturer_id: int | None
+    active: bool | None
+    bind_date: datetime | None
+    unbind_date: datetime | None
+    rcl_serial_no: int | None
+    rcl_date: datetime | None
+    target_type: str | None
+    raw: str
+    health: tuple[HealthReading, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerLocks:
+    """One owner's complete lock list, and what could not be read from it.
+
+    `records` never shares an id with `skipped_ids`: an id listed twice with different contents, or
+    once unreadable, is skipped entirely (the engine leaves that lock as stored). An identical copy
+    is kept once and the extra copies are only counted in `skipped`. `unidentified_skips` means an
+    element had no readable id, so the engine cannot tell which stored lock it was.
+    """
+
+    owner_id: str
+    records: list[LockRecord]
+    skipped: int
+    skipped_ids: frozenset[str]
+    unidentified_skips: bool
+    requests: int
+
+
+def lock_id_hex(physical_lock_id: str) -> str | None:
+    """The customer-facing TLCP lock id: `BAASNL/7` -> `12-34-BF-FB`; None if undecodable.
+
+    The API's `physicalLockId` is Base64 of a 2-byte little-endian length followed by the id bytes;
+    URL-safe and unpadded Base64 are accepted too.
+    """
+    text = physical_lock_id.strip().replace("-", "+").replace("_", "/")
+    text += "=" * (-len(text) % 4)
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if len(data) < 3 or int.from_bytes(data[:2], "little") != len(data) - 2:
+        return None
+    return "-".join(f"{byte:02X}" for byte in data[2:])
+
+
+# -- parsing -------------------------------------------------------------------------------------
+
+
+class _Bad(ValueError):
+    """A field of an element has the wrong type; the message names the field."""
+
+
+def _element_id(value: Any) -> str | None:
+    if isinstance(value, dict):
+        ident = value.get("id")
+        if isinstance(ident, str) and 0 < len(ident) <= MAX_ID_LENGTH:
+            return ident
+    return None
+
+
+def _str(obj: dict[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise _Bad(f"{key} is not a string")
+
+
+def _int(obj: dict[str, Any], key: str) -> int | None:
+    value = obj.get(key)
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise _Bad(f"{key} is not an integer")
+
+
+def _bool(obj: dict[str, Any], key: str) -> bool | None:
+    value = obj.get(key)
+    if value is None or isinstance(value, bool):
+        return value
+    raise _Bad(f"{key} is not true/false")
+
+
+def _date(obj: dict[str, Any], key: str) -> datetime | None:
+    """ISO-8601 with `Z` or an offset -> aware UTC (a value without an offset is taken as UTC)."""
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _Bad(f"{key} is not a date string")
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise _Bad(f"{key} is not an ISO-8601 date") from None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def _health(value: Any) -> tuple[HealthReading, ...] | None:
+    """Health readings are hints: a malformed reading loses only its bad fields, never the lock."""
+    if not isinstance(value, list):
+        return None
+    readings = []
+    for item in value:
+        if not isinstance(item, dict):
+            continue
+        fields: list[Any] = []
+        for key, reader in (
+            ("id", _str),
+            ("physicalLockId", _str),
+            ("timestamp", _date),
+            ("type", _str),
+        ):
+            try:
+                fields.append(reader(item, key))
+            except _Bad:
+                fields.append(None)
+        reading = item.get("value")
+        if isinstance(reading, bool) or not isinstance(reading, str | int | float):
+            reading = None
+        status = item.get("valueStatus")
+        readings.append(
+            HealthReading(
+                id=fields[0],
+                physical_lock_id=fields[1],
+                timestamp=fields[2],
+                type=fields[3],
+                value=reading,
+                value_status=status if isinstance(status, str) else None,
+            )
+        )
+    return tuple(readings)
+
+
+def _parse_lock(obj: dict[str, Any], lock_id: str, owner_id: str, raw: str) -> LockRecord:
+    lock_type = obj.get("lockType")
+    if lock_type is None:
+        model, manufacturer = None, None
+    elif isinstance(lock_type, dict):
+        model = _str(lock_type, "modelName")
+        manufacturer = _int(lock_type, "manufacturerId")
+    else:
+        raise _Bad("lockType is not an object")
+    physical = _str(obj, "physicalLockId")
+    _str(obj, "ownerAccountId")  # type-checked for consistency, but the URL's owner is used
+    return LockRecord(
+        id=lock_id,
+        # A lock listed under /Owners/X/BoundLocks belongs to X for this fetch even if its
+        # ownerAccountId says otherwise (a move caught half-way): trust the URL's owner.
+        owner_account_id=owner_id,
+        title=_str(obj, "title"),
+        description=_str(obj, "description"),
+        physical_lock_id=physical,
+        lock_id_hex=lock_id_hex(physical) if physical else None,
+        lock_type_id=_str(obj, "lockTypeId"),
+        lock_model_name=model,
+        manufacturer_id=manufacturer,
+        active=_bool(obj, "active"),
+        bind_date=_date(obj, "bindDate"),
+        unbind_date=_date(obj, "unbindDate"),
+        rcl_serial_no=_int(obj, "rclSerialNo"),
+        rcl_date=_date(obj, "rclDate"),
+        target_type=_str(obj, "targetType"),
+        raw=raw,
+        health=_health(obj.get("healthStatuses")),
+    )
+
+
+_DECODER = json.JSONDecoder()
+
+
+def _skip_ws(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\n\r":
+        pos += 1
+    return pos
+
+
+def _split_array(text: str, where: str) -> list[tuple[Any, str]]:
+    """The elements of a JSON array with each element's exact source text (never re-serialized)."""
+    pos = _skip_ws(text, 1 if text.startswith("\ufeff") else 0)
+    if not text.startswith("[", pos):
+        try:
+            value = json.loads(text)
+        except ValueError:
+            raise PayloadError(f"{where} returned a body that is not JSON") from None
+        kind = "a JSON object" if isinstance(value, dict) else f"JSON {type(value).__name__}"
+        raise PayloadError(f"{where} returned {kind} where a JSON list was expected")
+    elements: list[tuple[Any, str]] = []
+    pos = _skip_ws(text, pos + 1)
+    if text.startswith("]", pos):
+        pos += 1
+    else:
+        while True:
+            try:
+                value, end = _DECODER.raw_decode(text, pos)
+            except ValueError:
+                raise PayloadError(
+                    f"{where} returned invalid or truncated JSON (element {len(elements) + 1})"
+                ) from None
+            elements.append((value, text[pos:end]))
+            pos = _skip_ws(text, end)
+            if text.startswith(",", pos):
+                pos = _skip_ws(text, pos + 1)
+            elif text.startswith("]", pos):
+                pos += 1
+                break
+            else:
+                raise PayloadError(f"{where} returned invalid or truncated JSON (unclosed list)")
+    if _skip_ws(text, pos) != len(text):
+        raise PayloadError(f"{where} returned invalid JSON (data after the list)")
+    return elements
+
+
+# -- HTTP ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """What is being fetched: the path for URLs and messages, the owner for 403 advice."""
+
+    path: str
+    owner_id: str | None = None
+
+
+class _BodyInterrupted(Exception):
+    """The connection broke while the body was being read (retried like a network error)."""
+
+
+def _retry_after(headers: Any) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds, or an HTTP date relative to `Date`."""
+    value = (headers.get("Retry-After") or "").strip()
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:  # an HTTP date: measured against the server's own Date header, not our clock
+        until = parsedate_to_datetime(value)
+        now = parsedate_to_datetime(headers.get("Date") or "")
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (until - now).total_seconds())
+
+
+Outcome = Literal["ok", "retry", "reauth", "forbidden", "fail"]
+
+
+def _status_outcome(status: int) -> Outcome:
+    """The one place that decides what an API status means."""
+    if 200 <= status < 300:
+        return "ok"
+    if status in RETRY_STATUSES:
+        return "retry"
+    if status == 401:
+        return "reauth"
+    if status == 403:
+        return "forbidden"
+    return "fail"
+
+
+class TapkeyClient:
+    """Reads owners and bound locks from the Tapkey Management API; shareable between threads."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        tokens: TokenProvider,
+        page_size: int = 100,
+        workers: int = 4,
+        timeout: tuple[float, float] = (10.0, 60.0),
+        max_retries: int = 5,
+        backoff_factor: float = 0.5,
+        max_retry_after: float = 60.0,
+        max_retry_time: float = 300.0,
+        verify: bool | str = True,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        max_restarts: int = 3,
+        clock: Callable[[], float] = time.monotonic,
+        max_body_bytes: int = MAX_BODY_BYTES,
+    ) -> None:
+        require_secure_url(base_url, "[tapkey] api_base_url")
+        self._base_url = base_url.rstrip("/")
+        self._tokens = tokens
+        # Overlapping pages advance by $top - 1 rows, so $top must be at least 2.
+        self._top = max(2, page_size)
+        self._timeout = timeout
+        self._max_retries = max(0, max_retries)
+        self._backoff_factor = max(0.0, backoff_factor)
+        self._max_retry_after = max(0.0, max_retry_after)
+        self._max_retry_time = max_retry_time
+        self._verify = verify
+        self._sleep = sleep
+        self._clock = clock
+        self._max_restarts = max(0, max_restarts)
+        self._max_body_bytes = max_body_bytes
+        self._random = random.Random()
+        self._counter_lock = threading.Lock()
+        self._requests = 0
+        self._retries = 0
+        self._owns_session = session is None
+        if session is None:
+            session = requests.Session()
+            session.trust_env = False  # no proxy/netrc/CA settings picked up from the environment
+            adapter = HTTPAdapter(pool_connections=2, pool_maxsize=max(1, workers), max_retries=0)
+            session.mount("https://", adapter)
+            session.mount("http://", adapter)
+        self._session = session
+
+    # -- public API ------------------------------------------------------------------------------
+
+    @property
+    def request_count(self) -> int:
+        """HTTP requests sent by this client so far, retries included."""
+        with self._counter_lock:
+            return self._requests
+
+    @property
+    def retry_count(self) -> int:
+        """Requests repeated after a 429, a 5xx or a network failure."""
+        with self._counter_lock:
+            return self._retries
+
+    def close(self) -> None:
+        """Close the connection pool (only if this client created the session)."""
+        if self._owns_session:
+            self._session.close()
+
+    def __enter__(self) -> TapkeyClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def list_owners(self) -> list[OwnerRecord]:
+        """Every owner account the OAuth client can see (PayloadError if any cannot be read)."""
+        target = _Target("/api/v1/Owners")
+        rows, _ = self._read_list(target, {}, _parse_owner)
+        owners: list[OwnerRecord] = []
+        seen: set[str] = set()
+        for owner_id, owner in rows:
+            assert owner_id is not None and owner is not None  # _parse_owner raises otherwise
+            if owner_id in seen:
+                raise PayloadError(f"GET {target.path} listed owner {owner_id} twice")
+            seen.add(owner_id)
+            owners.append(owner)
+        return owners
+
+    def list_bound_locks(self, owner_id: str, *, expand: Sequence[str] = ()) -> OwnerLocks:
+        """All locks bound to one owner account, with the elements that could not be read."""
+        target = _Target(f"/api/v1/Owners/{quote(owner_id, safe='')}/BoundLocks", owner_id)
+        params = {"expand": ",".join(expand)} if expand else {}
+        problems: dict[str, str] = {}
+
+        def parse(value: Any, lock_id: str | None, raw: str) -> LockRecord | None:
+            if lock_id is None:
+                return None
+            try:
+                return _parse_lock(value, lock_id, owner_id, raw)
+            except _Bad as exc:
+                problems[lock_id] = str(exc)
+                return None
+
+        rows, requests_sent = self._read_list(target, params, parse)
+        first: dict[str, LockRecord | None] = {}
+        copies: dict[str, int] = {}
+        conflicting: set[str] = set()
+        unidentified = 0
+        for lock_id, record in rows:
+            if lock_id is None:
+                unidentified += 1
+            elif lock_id not in first:
+                first[lock_id], copies[lock_id] = record, 1
+            else:
+                copies[lock_id] += 1
+                kept = first[lock_id]
+                if record is None or kept is None or record.raw != kept.raw:
+                    conflicting.add(lock_id)
+        records: list[LockRecord] = []
+        skipped_ids: set[str] = set()
+        skipped = unidentified
+        for lock_id, kept in first.items():
+            if kept is None or lock_id in conflicting:
+                skipped += copies[lock_id]
+                skipped_ids.add(lock_id)
+                problems.setdefault(lock_id, "listed more than once with different contents")
+            else:
+                records.append(kept)
+                skipped += copies[lock_id] - 1
+        if skipped:
+            details = "; ".join(f"{k}: {v}" for k, v in list(problems.items())[:5])
+            log.warning(
+                "owner %s: skipped %d unreadable or duplicate lock elements (%d without a "
+                "readable id)%s",
+                owner_id,
+                skipped,
+                unidentified,
+                f"; {details}" if details else "",
+            )
+        return OwnerLocks(
+            owner_id=owner_id,
+            records=records,
+            skipped=skipped,
+            skipped_ids=frozenset(skipped_ids),
+            unidentified_skips=unidentified > 0,
+            requests=requests_sent,
+        )
+
+    # -- paging ----------------------------------------------------------------------------------
+
+    def _read_list(
+        self,
+        target: _Target,
+        params: dict[str, str],
+        parse: Callable[[Any, str | None, str], T | None],
+    ) -> tuple[list[tuple[str | None, T | None]], int]:
+        """Read a whole list with overlapping pages; re-read it if it shifted while being paged.
+
+        Paging algorithm (`$top` is always page_size; n = rows on a page):
+        1. The first page is `$skip=0`. Each next page starts one row *before* the end of what was
+           received so far (`$skip = received - 1`), so its first row must be the previous page's
+           last row (same id; same text if that row had no readable id). `$skip` advances by the
+           rows actually received, so a server that silently caps `$top` loses nothing.
+        2. The list ends at an empty first page, at a page that holds only the overlap row, or at a
+           page shorter than the largest page seen before it (the server has shown it can return
+           more, so a shorter page is the tail). A normal server pays at most one extra request.
+        3. A mismatched or missing overlap row means rows were inserted or removed before our
+           position while paging: the whole list is re-read (at most `max_restarts` times, then
+           PagingError). Changes after our position are harmless and are simply read later.
+        4. A page at `$skip > 0` that repeats the first page means the server ignores `$skip`:
+           PagingError at once instead of looping.
+        5. A one-row first page cannot be overlapped; it is followed by `$skip=1`, which must be
+           empty (else the list grew or the server serves single rows: re-read, as in 3).
+        """
+        counter = [0]
+        for attempt in range(self._max_restarts + 1):
+            rows = self._read_list_once(target, params, parse, counter)
+            if rows is not None:
+                return rows, counter[0]
+            log.info(
+                "GET %s: the list changed while it was being paged; re-reading it (%d of %d)",
+                target.path,
+                attempt + 1,
+                self._max_restarts,
+            )
+        raise PagingError(
+            f"GET {target.path}: the list kept changing while it was being paged "
+            f"({self._max_restarts + 1} attempts, {counter[0]} requests); try again later"
+        )
+
+    def _read_list_once(
+        self,
+        target: _Target,
+        params: dict[str, str],
+        parse: Callable[[Any, str | None, str], T | None],
+        counter: list[int],
+    ) -> list[tuple[str | None, T | None]] | None:
+        """One pass of `_read_list`; None when the list shifted under us."""
+        rows: list[tuple[str | None, T | None]] = []
+        first_ids: list[str | None] = []
+        last_id: str | None = None
+        last_raw = ""
+        largest = 0
+        while True:
+            skip = 0 if not rows else 1 if len(rows) == 1 else len(rows) - 1
+            query = {**params, "$top": str(self._top), "$skip": str(skip)}
+            page = self._get_page(target, query, counter)
+            ids = [_element_id(value) for value, _ in page]
+            if not rows:
+                new = range(len(page))
+                first_ids = ids
+            elif len(rows) == 1:  # after a one-row first page: expect nothing at $skip=1
+                if not page:
+                    break
+                if ids == first_ids:
+                    raise self._skip_ignored(target)
+                return None
+            else:
+                if not page:
+                    return None  # the overlap row vanished: rows were removed before it
+                matches = ids[0] == last_id if last_id is not None else page[0][1] == last_raw
+                if not matches:
+                    if ids == first_ids:
+                        raise self._skip_ignored(target)
+                    return None
+                new = range(1, len(page))
+            for i in new:
+                value, raw = page[i]
+                rows.append((ids[i], parse(value, ids[i], raw)))
+            if not new or len(page) < largest:
+                break
+            largest = max(largest, len(page))
+            last_id, last_raw = ids[-1], page[-1][1]
+        return rows
+
+    def _skip_ignored(self, target: _Target) -> PagingError:
+        return PagingError(
+            f"GET {target.path}: the server ignored $skip and returned the first page again; "
+            "paging cannot work against it (check [tapkey] api_base_url)"
+        )
+
+    def _get_page(
+        self, target: _Target, params: dict[str, str], counter: list[int]
+    ) -> list[tuple[Any, str]]:
+        return _split_array(self._get_text(target, params, counter), f"GET {target.path}")
+
+    # -- one request -----------------------------------------------------------------------------
+
+    def _count(self, counter: list[int], *, retry: bool = False) -> None:
+        with self._counter_lock:
+            self._requests += 1
+            self._retries += retry
+        counter[0] += 1
+
+    def _backoff(self, retries: int, retry_after: float | None) -> float:
+        """Exponential backoff with jitter; Retry-After raises it (capped), never lowers it."""
+        wait = self._backoff_factor * 2.0**retries * (0.5 + 0.5 * self._random.random())
+        if retry_after is not None:
+            wait = max(wait, retry_after)
+        return min(wait, self._max_retry_after)
+
+    def _get_text(self, target: _Target, params: dict[str, str], counter: list[int]) -> str:
+        """GET one page and return its body, retrying what is worth retrying."""
+        url = self._base_url + target.path
+        started = self._clock()
+        waited = 0.0
+        retries = 0
+        reauthenticated = False
+        is_retry = False
+        while True:
+            token = self._tokens.token()
+            self._count(counter, retry=is_retry)
+            is_retry = False
+            status: int | None = None
+            outcome: Outcome = "fail"
+            retry_after: float | None = None
+            truncated = False
+            try:
+                with self._session.get(
+                    url,
+                    params=params,
+                    headers={"Accept": "application/json", "Authorization": f"Bearer {token}"},
+                    timeout=self._timeout,
+                    verify=self._verify,
+                    stream=True,
+                ) as response:
+                    status = response.status_code
+                    outcome = _status_outcome(status)
+                    if outcome == "ok":
+                        return self._read_body(response, target)
+                    retry_after = _retry_after(response.headers)
+                failure = f"HTTP {status}"
+            except _BodyInterrupted as exc:
+                status, truncated, failure = None, True, f"body cut off ({exc})"
+            except requests.Timeout as exc:
+                failure = f"timed out ({type(exc).__name__})"
+            except requests.ConnectionError as exc:
+                failure = f"connection failed ({type(exc).__name__})"
+            except requests.RequestException as exc:
+                raise ApiError(
+                    f"GET {target.path} failed ({type(exc).__name__}); check [tapkey] api_base_url"
+                ) from None
+            if status is not None:
+                if outcome == "reauth":
+                    if reauthenticated:
+                        raise AuthError(
+                            f"GET {target.path} was refused (401) even with a freshly fetched "
+                            "token: the token was revoked or the OAuth client lost access; check "
+                            "the client in the Tapkey portal"
+                        )
+                    reauthenticated = True
+                    self._tokens.invalidate(token)
+                    continue
+                if outcome != "retry":
+                    raise self._status_error(target, status)
+            wait = self._backoff(retries, retry_after)
+            spent = max(self._clock() - started, waited)
+            if retries >= self._max_retries or spent + wait > self._max_retry_time:
+                raise self._exhausted(target, status, failure, retries + 1, truncated)
+            log.warning(
+                "GET %s: %s; retrying in %.2f s (retry %d of %d)",
+                target.path,
+                failure,
+                wait,
+                retries + 1,
+                self._max_retries,
+            )
+            self._sleep(wait)
+            waited += wait
+            retries += 1
+            is_retry = True
+            reauthenticated = False
+
+    def _read_body(self, response: requests.Response, target: _Target) -> str:
+        limit = self._max_body_bytes
+        too_big = PayloadError(
+            f"GET {target.path} returned more than {limit // (1024 * 1024)} MiB; lower [tapkey] "
+            "page_size"
+        )
+        length = response.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > limit:
+            raise too_big
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            for chunk in response.iter_content(chunk_size=1 << 20):
+                size += len(chunk)
+                if size > limit:
+                    raise too_big
+                chunks.append(chunk)
+        except requests.exceptions.ContentDecodingError:
+            raise PayloadError(f"GET {target.path} returned an undecodable body") from None
+        except (requests.exceptions.ChunkedEncodingError, requests.ConnectionError) as exc:
+            raise _BodyInterrupted(type(exc).__name__) from None
+        try:
+            return b"".join(chunks).decode("utf-8")
+        except UnicodeDecodeError:
+            raise PayloadError(f"GET {target.path} returned a body that is not UTF-8") from None
+
+    def _exhausted(
+        self, target: _Target, status: int | None, failure: str, attempts: int, truncated: bool
+    ) -> Exception:
+        where = f"GET {target.path}"
+        if truncated:
+            return PayloadError(
+                f"{where}: the response body was cut off ({attempts} attempts); the connection "
+                "or a proxy drops large responses: lower [tapkey] page_size or try again later"
+            )
+        if status == 429:
+            return ApiError(
+                f"{where}: still rate-limited (HTTP 429) after {attempts} attempts; lower "
+                "[tapkey] workers or raise the retry limits",
+                status=status,
+            )
+        if status is not None:
+            return ApiError(
+                f"{where}: HTTP {status} after {attempts} attempts; the Tapkey API is failing, "
+                "try again later",
+                status=status,
+            )
+        return ApiError(
+            f"{where}: {failure} after {attempts} attempts; check [tapkey] api_base_url, "
+            "the network and [tapkey] read_timeout",
+        )
+
+    def _status_error(self, target: _Target, status: int) -> ApiError:
+        """The error for a status that is not retried (403 and other 4xx)."""
+        where = f"GET {target.path}"
+        if status != 403:
+            hint = {
+                400: "the API rejected the query; check [tapkey] page_size",
+                404: "not found; check [tapkey] api_base_url"
+                + (f" (owner {target.owner_id} may have been removed)" if target.owner_id else ""),
+            }.get(status, "check [tapkey] api_base_url")
+            return ApiError(f"{where}: HTTP {status}: {hint}", status=status)
+        granted = self._tokens.granted_scopes
+        needed = LOCKS_SCOPE if target.owner_id is not None else OWNERS_SCOPE
+        if granted is not None and needed not in granted:
+            message = (
+                f"{where} was refused (403): the token lacks scope {needed} (granted: "
+                f"{' '.join(sorted(granted)) or 'none'}); add it to [tapkey] scopes and allow it "
+                "for the OAuth client"
+            )
+        elif target.owner_id is not None:
+            message = (
+                f"{where} was refused (403): the OAuth client's service account is probably not "
+                f"co-admin of owner {target.owner_id}; make it co-admin in the Tapkey portal"
+                + ("" if granted is not None else f" (and check it has scope {needed})")
+            )
+        elif granted is None:
+            message = (
+                f"{where} was refused (403): the OAuth client probably lacks scope {needed}; "
+                "check [tapkey] scopes and the scopes allowed for the client"
+            )
+        else:
+            message = (
+                f"{where} was refused (403) although the token has scope {needed}; check the "
+                "OAuth client's permissions in the Tapkey portal"
+            )
+        return PermissionDeniedError(message, status=403)
+
+
+def _parse_owner(value: Any, owner_id: str | None, raw: str) -> OwnerRecord:
+    """An owner element; any unreadable owner fails the list (removals depend on it)."""
+    if owner_id is None:
+        raise PayloadError(
+            "GET /api/v1/Owners returned an owner without a readable id; the owner list cannot be "
+            "trusted, so nothing is synced"
+        )
+    try:
+        return OwnerRecord(owner_id, _str(value, "name"), _bool(value, "active"), raw)
+    except _Bad as exc:
+        raise PayloadError(f"GET /api/v1/Owners: owner {owner_id}: {exc}") from None

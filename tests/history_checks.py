@@ -1,0 +1,126 @@
+"""Checks that a stored history is exact, written once and used by every sync test."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, Table, select
+
+from exporter.schema import (
+    LOCK_TRACKED,
+    OWNER_TRACKED,
+    bound_lock_versions,
+    bound_locks,
+    owner_account_versions,
+    owner_accounts,
+    sync_runs,
+)
+
+
+def _fields(value: Any) -> list[str] | None:
+    if isinstance(value, str):
+        parsed: list[str] = json.loads(value)
+        return parsed
+    return value  # type: ignore[no-any-return]
+
+
+def _check_entity_versions(
+    current: Table, versions: Table, tracked: tuple[str, ...], engine: Engine
+) -> None:
+    with engine.connect() as conn:
+        rows = conn.execute(select(versions).order_by(versions.c.id, versions.c.valid_from)).mappings()
+        by_id: dict[str, list[Any]] = defaultdict(list)
+        for row in rows:
+            by_id[row["id"]].append(row)
+        current_rows = {r["id"]: r for r in conn.execute(select(current)).mappings()}
+        run_ids = set(conn.execute(select(sync_runs.c.id)).scalars())
+    assert set(by_id) == set(current_rows), "every entity has versions and a current row"
+    for entity_id, chain in by_id.items():
+        assert chain[0]["change_type"] == "created", (entity_id, chain[0]["change_type"])
+        for before, after in zip(chain, chain[1:], strict=False):
+            assert before["valid_from"] < after["valid_from"], f"{entity_id}: versions not ordered"
+            assert before["valid_to"] == after["valid_from"], f"{entity_id}: gap or overlap"
+            if after["change_type"] == "restored":
+                assert before["change_type"] == "removed", f"{entity_id}: restore without removal"
+            else:
+                assert before["change_type"] != "removed", f"{entity_id}: change after removal"
+            if after["change_type"] in ("updated", "restored"):
+                diff = [f for f in tracked if before[f] != after[f]]
+                assert _fields(after["changed_fields"]) == diff, (entity_id, after["change_type"])
+                if after["change_type"] == "updated":
+                    assert diff, f"{entity_id}: an update that changed nothing"
+            if after["change_type"] == "removed":
+                assert all(before[f] == after[f] for f in tracked), f"{entity_id}: removal values"
+                assert after["removal_reason"] in ("unbound", "owner_removed")
+        for version in chain:
+            assert version["run_id"] in run_ids
+            if version["change_type"] in ("created", "removed"):
+                assert version["changed_fields"] is None
+        last = chain[-1]
+        assert last["valid_to"] is None, f"{entity_id}: no open version"
+        row = current_rows[entity_id]
+        for name in tracked:
+            assert row[name] == last[name], f"{entity_id}: current {name} disagrees with history"
+        if last["change_type"] == "removed":
+            assert row["removed_at"] == last["valid_from"], f"{entity_id}: removed_at"
+        else:
+            assert row["removed_at"] is None, f"{entity_id}: present but removed_at set"
+
+
+def assert_history_consistent(engine: Engine) -> None:
+    """One open version per entity, contiguous intervals, and current tables matching them."""
+    _check_entity_versions(owner_accounts, owner_account_versions, OWNER_TRACKED, engine)
+    _check_entity_versions(bound_locks, bound_lock_versions, LOCK_TRACKED, engine)
+
+
+def locks_at(engine: Engine, at: datetime) -> dict[str, dict[str, Any]]:
+    """The locks present at `at`, from the version table alone."""
+    v = bound_lock_versions
+    query = (
+        select(v)
+        .where(v.c.valid_from <= at)
+        .where((v.c.valid_to.is_(None)) | (v.c.valid_to > at))
+        .where(v.c.change_type != "removed")
+    )
+    with engine.connect() as conn:
+        return {
+            row["id"]: {name: row[name] for name in LOCK_TRACKED}
+            for row in conn.execute(query).mappings()
+        }
+
+
+def _api_time(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def expected_locks(snapshot: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """What the API shows (a sandbox snapshot) in the tracked columns' terms."""
+    expected: dict[str, dict[str, Any]] = {}
+    for owner_id, locks in snapshot.items():
+        for lock in locks:
+            lock_type = lock.get("lockType") or {}
+            expected[lock["id"]] = {
+                "owner_account_id": owner_id,
+                "title": lock["title"],
+                "description": lock["description"],
+                "physical_lock_id": lock["physicalLockId"],
+                "lock_type_id": lock["lockTypeId"],
+                "lock_model_name": lock_type.get("modelName"),
+                "manufacturer_id": lock_type.get("manufacturerId"),
+                "active": lock["active"],
+                "bind_date": _api_time(lock["bindDate"]),
+                "unbind_date": _api_time(lock["unbindDate"]),
+                "target_type": lock["targetType"],
+            }
+    return expected
+
+
+def count_rows(engine: Engine, table: Table) -> int:
+    """Rows in `table`."""
+    with engine.connect() as conn:
+        return len(conn.execute(select(table.c[table.primary_key.columns.keys()[0]])).all())
