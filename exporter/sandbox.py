@@ -346,6 +346,8 @@ class Sandbox:
             raise ValueError(f"bad fault route/kind: {fault.route!r}/{fault.kind!r}")
         if fault.delay < 0 or fault.after < 0 or not 100 <= fault.status <= 999:
             raise ValueError("fault delay and after must be >= 0 and status a 3-digit code")
+        if fault.owner_id is not None and fault.route != "locks":
+            raise ValueError("owner_id only narrows faults on the locks route")
         if fault.times is not None and fault.times < 1:
             return  # a fault that never hits
         copy = dataclasses.replace(fault, headers=dict(fault.headers))

@@ -299,6 +299,8 @@ class Inventory:
             if name == "lockTypeId":
                 lock.lock_type = _lock_type_index(value)
             else:
+                if name == "physicalLockId":
+                    self._physical_ids.add(value)
                 setattr(lock, _LOCK_FIELDS[name], value)
         self._touch(lock)
 

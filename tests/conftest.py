@@ -70,12 +70,13 @@ def _server_database(admin_url: str, name: str) -> Iterator[str]:
         admin.dispose()
 
 
-def _database_name(worker_id: str, suffix: str = "") -> str:
-    return f"exporter_test_{worker_id}{suffix}".replace("-", "_")
+def _database_name(worker_id: str) -> str:
+    # The pid keeps concurrent test sessions on one server apart.
+    return f"exporter_test_{worker_id}_{os.getpid()}".replace("-", "_")
 
 
 @pytest.fixture(scope="session")
-def postgres_url(worker_id: str) -> Iterator[str]:
+def postgresql_url(worker_id: str) -> Iterator[str]:
     """A migrated PostgreSQL database for this worker."""
     for url in _server_database(POSTGRES_ADMIN, _database_name(worker_id)):
         _upgrade(url)

@@ -269,7 +269,10 @@ def test_a_failed_owner_makes_the_run_partial_and_removes_nothing(
     assert result.counts.removed == 1  # only the healthy owner's unbound lock
     with engine.connect() as conn:
         outcome = conn.execute(
-            select(sync_run_owners).where(sync_run_owners.c.owner_account_id == failing)
+            select(sync_run_owners).where(
+                sync_run_owners.c.owner_account_id == failing,
+                sync_run_owners.c.run_id == result.run_id,
+            )
         ).mappings().one()
         present = conn.execute(
             select(func.count()).select_from(bound_locks).where(
