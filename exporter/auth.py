@@ -109,8 +109,10 @@ def require_secure_url(url: str, key: str) -> None:
 # would also let every other OAuth request in the process go out in clear text). requests-oauthlib
 # checks transport through the `is_secure_transport` name it imports into `oauth2_session`, so we
 # rebind just that name to a check that also accepts plain http to a loopback host: traffic that
-# never leaves the machine (the sandbox). Everything else still needs https, and the environment
-# switch keeps its documented meaning because the original check is consulted first.
+# never leaves the machine (the sandbox). Everything else still needs https. The original check is
+# consulted first so other users of requests-oauthlib in the process see no change; our own
+# `require_secure_url` runs first in TokenProvider, so even that switch cannot make us send the
+# client secret over plain http to a remote host.
 _original_is_secure_transport: Callable[[str], bool] = _oauth2_session.is_secure_transport
 
 
@@ -298,6 +300,12 @@ class TokenProvider:
                 timeout=self._timeout,
                 verify=self._verify,
             )
+        except requests.exceptions.SSLError:
+            # Not transient: retrying a certificate problem only delays the message.
+            raise AuthError(
+                f"TLS verification of the token endpoint {safe_url} failed; check [tapkey] "
+                "token_url and ca_bundle"
+            ) from None
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise _Retryable(f"network error: {type(exc).__name__}") from None
         except requests.RequestException as exc:

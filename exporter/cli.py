@@ -2,7 +2,8 @@
 
 Exit codes (the same for every command):
     0 succeeded · 1 failed · 2 usage or configuration error · 3 partial (some owners failed)
-    4 another run holds the database lock · 5 database unreachable or schema not at the expected revision
+    4 another run holds the database lock
+    5 database unreachable, or schema not at the expected revision
 """
 
 from __future__ import annotations

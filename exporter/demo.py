@@ -48,8 +48,8 @@ def run_demo(path: Path, *, generations: int, console: Console, seed: int = 7) -
                 result = job.run_once(settings, trigger="demo")
                 counts = ", ".join(f"{k} {v}" for k, v in result.counts.as_dict().items() if v)
                 console.print(
-                    f"[bold]Run {result.run_id}[/bold] {result.status}: "
-                    f"{result.owners_seen} owners, {result.locks_seen} locks ({counts or 'no changes'})"
+                    f"[bold]Run {result.run_id}[/bold] {result.status}: {result.owners_seen} "
+                    f"owners, {result.locks_seen} locks ({counts or 'no changes'})"
                 )
                 if generation == 0:
                     _print_inventory(console, engine)

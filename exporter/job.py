@@ -22,13 +22,12 @@ def make_engine(settings: Settings) -> Engine:
     return store.make_engine(settings.database.url, schema=settings.database.schema_name)
 
 
-def make_client(settings: Settings, *, clock: Callable[[], float] | None = None) -> TapkeyClient:
+def make_client(settings: Settings) -> TapkeyClient:
     """A Tapkey API client with its token provider, both from `[tapkey]`."""
     tapkey = settings.tapkey
     client_id, secret = tapkey.credentials()
     timeout = (tapkey.connect_timeout, tapkey.read_timeout)
     verify: bool | str = str(tapkey.ca_bundle) if tapkey.ca_bundle else True
-    token_kwargs = {"clock": clock} if clock is not None else {}
     tokens = TokenProvider(
         client_id=client_id,
         client_secret=secret,
@@ -36,7 +35,6 @@ def make_client(settings: Settings, *, clock: Callable[[], float] | None = None)
         scopes=tapkey.scope_list,
         timeout=timeout,
         verify=verify,
-        **token_kwargs,
     )
     return TapkeyClient(
         base_url=tapkey.api_base_url,

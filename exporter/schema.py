@@ -109,7 +109,7 @@ NAMING_CONVENTION = {
 }
 
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
-_MYSQL = {"mysql_charset": "utf8mb4", "mariadb_charset": "utf8mb4"}
+_MYSQL: dict[str, Any] = {"mysql_charset": "utf8mb4", "mariadb_charset": "utf8mb4"}
 
 
 def _lock_attributes() -> list[Column[Any]]:
@@ -290,6 +290,6 @@ OPEN_VERSION_INDEXES = tuple(
         unique=True,
         postgresql_where=table.c.valid_to.is_(None),
         sqlite_where=table.c.valid_to.is_(None),
-    ).ddl_if(dialect=("postgresql", "sqlite"))
+    ).ddl_if(dialect=("postgresql", "sqlite"))  # type: ignore[arg-type]  # tuples are documented
     for table in (owner_account_versions, bound_lock_versions)
 )

@@ -626,7 +626,7 @@ def _lock_values(record: LockRecord, owner_id: str) -> dict[str, Any]:
     return values
 
 
-def _diff(old: Mapping[str, Any], new: Mapping[str, Any], fields: Iterable[str]) -> list[str]:
+def _diff(old: Mapping[Any, Any], new: Mapping[str, Any], fields: Iterable[str]) -> list[str]:
     return [name for name in fields if old[name] != new[name]]
 
 
@@ -644,7 +644,7 @@ def _version(
         "valid_from": t,
         "valid_to": None,
         "change_type": change_type,
-        "changed_fields": list(fields) if change_type in ("updated", "restored") else None,
+        "changed_fields": list(fields or ()) if change_type in ("updated", "restored") else None,
         "removal_reason": None,
         "run_id": run_id,
     }
@@ -655,9 +655,9 @@ def _chunks(items: Sequence[str], size: int = CHUNK) -> Iterator[Sequence[str]]:
         yield items[start : start + size]
 
 
-def _load_locks(conn: Connection, ids: Sequence[str]) -> dict[str, Mapping[str, Any]]:
+def _load_locks(conn: Connection, ids: Sequence[str]) -> dict[str, Mapping[Any, Any]]:
     columns = [bound_locks.c[name] for name in (*LOCK_TRACKED, *_LOCK_CURRENT_ONLY)]
-    stored: dict[str, Mapping[str, Any]] = {}
+    stored: dict[str, Mapping[Any, Any]] = {}
     for chunk in _chunks(ids):
         rows = conn.execute(
             select(bound_locks.c.id, bound_locks.c.removed_at, *columns).where(

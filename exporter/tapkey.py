@@ -562,12 +562,14 @@ class TapkeyClient:
             rows = self._read_list_once(target, params, parse, counter)
             if rows is not None:
                 return rows, counter[0]
-            log.info(
-                "GET %s: the list changed while it was being paged; re-reading it (%d of %d)",
-                target.path,
-                attempt + 1,
-                self._max_restarts,
-            )
+            if attempt < self._max_restarts:
+                log.info(
+                    "GET %s: the list changed while it was being paged; re-reading it (%d of %d)",
+                    target.path,
+                    attempt + 1,
+                    self._max_restarts,
+                )
+                self._sleep(self._backoff(attempt, None))  # let a burst of changes settle
         raise PagingError(
             f"GET {target.path}: the list kept changing while it was being paged "
             f"({self._max_restarts + 1} attempts, {counter[0]} requests); try again later"
@@ -603,10 +605,10 @@ class TapkeyClient:
             else:
                 if not page:
                     return None  # the overlap row vanished: rows were removed before it
+                if ids == first_ids:
+                    raise self._skip_ignored(target)
                 matches = ids[0] == last_id if last_id is not None else page[0][1] == last_raw
                 if not matches:
-                    if ids == first_ids:
-                        raise self._skip_ignored(target)
                     return None
                 new = range(1, len(page))
             for i in new:
@@ -674,13 +676,18 @@ class TapkeyClient:
                     if outcome == "ok":
                         return self._read_body(response, target)
                     retry_after = _retry_after(response.headers)
-                failure = f"HTTP {status}"
+                failure, cause = f"HTTP {status}", ""
             except _BodyInterrupted as exc:
-                status, truncated, failure = None, True, f"body cut off ({exc})"
+                status, truncated, failure, cause = None, True, "body cut off", str(exc)
+            except requests.exceptions.SSLError:
+                raise ApiError(
+                    f"GET {target.path}: TLS verification failed; check [tapkey] api_base_url "
+                    "and ca_bundle"
+                ) from None
             except requests.Timeout as exc:
-                failure = f"timed out ({type(exc).__name__})"
+                failure, cause = "timed out", type(exc).__name__
             except requests.ConnectionError as exc:
-                failure = f"connection failed ({_network_cause(exc)})"
+                failure, cause = "connection failed", type(exc).__name__
             except requests.RequestException as exc:
                 raise ApiError(
                     f"GET {target.path} failed ({type(exc).__name__}); check [tapkey] api_base_url"
@@ -701,11 +708,12 @@ class TapkeyClient:
             wait = self._backoff(retries, retry_after)
             spent = max(self._clock() - started, waited)
             if retries >= self._max_retries or spent + wait > self._max_retry_time:
-                raise self._exhausted(target, status, failure, retries + 1, truncated)
+                raise self._exhausted(target, status, failure, cause, retries + 1, truncated)
             log.warning(
-                "GET %s: %s; retrying in %.2f s (retry %d of %d)",
+                "GET %s: %s%s; retrying in %.2f s (retry %d of %d)",
                 target.path,
                 failure,
+                f" ({cause})" if cause else "",
                 wait,
                 retries + 1,
                 self._max_retries,
@@ -714,7 +722,6 @@ class TapkeyClient:
             waited += wait
             retries += 1
             is_retry = True
-            reauthenticated = False
 
     def _read_body(self, response: requests.Response, target: _Target) -> str:
         limit = self._max_body_bytes
@@ -743,13 +750,21 @@ class TapkeyClient:
             raise PayloadError(f"GET {target.path} returned a body that is not UTF-8") from None
 
     def _exhausted(
-        self, target: _Target, status: int | None, failure: str, attempts: int, truncated: bool
+        self,
+        target: _Target,
+        status: int | None,
+        failure: str,
+        cause: str,
+        attempts: int,
+        truncated: bool,
     ) -> Exception:
+        """The error once retries are used up (count or time)."""
         where = f"GET {target.path}"
         if truncated:
             return PayloadError(
-                f"{where}: the response body was cut off ({attempts} attempts); the connection "
-                "or a proxy drops large responses: lower [tapkey] page_size or try again later"
+                f"{where}: the response body was cut off {attempts} times ({cause}); the "
+                "connection or a proxy drops large responses: lower [tapkey] page_size or try "
+                "again later"
             )
         if status == 429:
             return ApiError(
@@ -764,8 +779,8 @@ class TapkeyClient:
                 status=status,
             )
         return ApiError(
-            f"{where}: {failure} after {attempts} attempts; check [tapkey] api_base_url, "
-            "the network and [tapkey] read_timeout",
+            f"{where}: {failure} after {attempts} attempts ({cause}); check [tapkey] "
+            "api_base_url, the network and [tapkey] read_timeout",
         )
 
     def _status_error(self, target: _Target, status: int) -> ApiError:

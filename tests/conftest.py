@@ -141,9 +141,7 @@ def sandbox() -> Iterator[Sandbox]:
         yield fake
 
 
-def make_settings(
-    fake: Sandbox, db_url: str, tmp_path: Path, **tapkey: Any
-) -> Settings:
+def make_settings(fake: Sandbox, db_url: str, tmp_path: Path, **tapkey: Any) -> Settings:
     """Settings pointing at `fake` and `db_url`; `tapkey` overrides [tapkey] keys."""
     overrides: dict[str, Any] = {
         "tapkey.client_id": "sandbox-client",
@@ -170,3 +168,13 @@ def subprocess_env(fake: Sandbox, db_url: str) -> dict[str, str]:
         EXPORTER_DATABASE__URL=db_url,
     )
     return env
+
+
+@pytest.fixture(params=BACKENDS)
+def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path, worker_id: str) -> Iterator[str]:
+    """A database with no tables at all, on each backend in turn."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    admin = POSTGRES_ADMIN if request.param == "postgresql" else MARIADB_ADMIN
+    yield from _server_database(admin, _database_name(worker_id) + "_empty")

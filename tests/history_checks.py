@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import defaultdict
 from datetime import UTC, datetime
@@ -31,7 +32,9 @@ def _check_entity_versions(
     current: Table, versions: Table, tracked: tuple[str, ...], engine: Engine
 ) -> None:
     with engine.connect() as conn:
-        rows = conn.execute(select(versions).order_by(versions.c.id, versions.c.valid_from)).mappings()
+        rows = conn.execute(
+            select(versions).order_by(versions.c.id, versions.c.valid_from)
+        ).mappings()
         by_id: dict[str, list[Any]] = defaultdict(list)
         for row in rows:
             by_id[row["id"]].append(row)
@@ -40,7 +43,7 @@ def _check_entity_versions(
     assert set(by_id) == set(current_rows), "every entity has versions and a current row"
     for entity_id, chain in by_id.items():
         assert chain[0]["change_type"] == "created", (entity_id, chain[0]["change_type"])
-        for before, after in zip(chain, chain[1:], strict=False):
+        for before, after in itertools.pairwise(chain):
             assert before["valid_from"] < after["valid_from"], f"{entity_id}: versions not ordered"
             assert before["valid_to"] == after["valid_from"], f"{entity_id}: gap or overlap"
             if after["change_type"] == "restored":

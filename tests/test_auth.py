@@ -319,3 +319,9 @@ def test_no_secret_or_token_in_logs_of_a_full_crawl(
     for token in seen_tokens:
         assert token not in text
     assert repr(tokens).count(SECRET) == 0
+
+
+def test_tls_failure_is_not_retried(fake: Sandbox, make_provider: Callable[..., Any]) -> None:
+    https_url = fake.token_url.replace("http://", "https://")  # the sandbox speaks plain http
+    with pytest.raises(AuthError, match=r"TLS verification .* ca_bundle"):
+        make_provider(token_url=https_url).token()

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import make_settings
+from history_checks import assert_history_consistent, count_rows, expected_locks, locks_at
 from sqlalchemy import Engine, event, func, select
 
-from conftest import make_settings
 from exporter import job
 from exporter.errors import ClientMismatchError
 from exporter.sandbox import Fault, Request, Sandbox
@@ -24,13 +25,12 @@ from exporter.schema import (
     sync_runs,
 )
 from exporter.sync import RunResult
-from history_checks import assert_history_consistent, count_rows, expected_locks, locks_at
 
 
-def _run(
-    fake: Sandbox, db_url: str, tmp_path: Path, **kwargs: Any
-) -> RunResult:
-    tapkey = {k: kwargs.pop(k) for k in list(kwargs) if k in ("page_size", "workers", "max_retries")}
+def _run(fake: Sandbox, db_url: str, tmp_path: Path, **kwargs: Any) -> RunResult:
+    tapkey = {
+        k: kwargs.pop(k) for k in list(kwargs) if k in ("page_size", "workers", "max_retries")
+    }
     return job.run_once(make_settings(fake, db_url, tmp_path, **tapkey), **kwargs)
 
 
@@ -73,7 +73,9 @@ def test_first_load_stores_every_lock_with_a_created_version(
     with engine.connect() as conn:
         run = conn.execute(select(sync_runs)).mappings().one()
         owners = conn.execute(select(sync_run_owners)).mappings().all()
-        raw = conn.execute(select(bound_locks.c.id, bound_locks.c.raw, bound_locks.c.lock_id_hex)).all()
+        raw = conn.execute(
+            select(bound_locks.c.id, bound_locks.c.raw, bound_locks.c.lock_id_hex)
+        ).all()
     assert run["status"] == "succeeded" and run["client_id"] == "sandbox-client"
     assert run["api_requests"] >= 4
     assert {o["status"] for o in owners} == {"complete"} and len(owners) == 3
@@ -108,7 +110,12 @@ def test_unchanged_rerun_writes_no_versions_and_rewrites_no_lock_rows(
 
     assert second.status == "succeeded"
     assert second.counts.as_dict() == {
-        "created": 0, "updated": 0, "removed": 0, "restored": 0, "unchanged": 15, "skipped": 0
+        "created": 0,
+        "updated": 0,
+        "removed": 0,
+        "restored": 0,
+        "unchanged": 15,
+        "skipped": 0,
     }
     assert _versions(engine, second.run_id or 0) == []
     writes = [s for s in statements if s.startswith(("insert", "update", "delete"))]
@@ -120,7 +127,9 @@ def test_unchanged_rerun_writes_no_versions_and_rewrites_no_lock_rows(
 @pytest.mark.parametrize(
     "mutate, change_type, fields",
     [
-        pytest.param(lambda f, lock: f.rename(lock, "Renamed door"), "updated", ["title"], id="rename"),
+        pytest.param(
+            lambda f, lock: f.rename(lock, "Renamed door"), "updated", ["title"], id="rename"
+        ),
         pytest.param(
             lambda f, lock: f.update_lock(lock, description="new text"),
             "updated",
@@ -181,9 +190,10 @@ def test_removal_then_restore(
 
     removed = _run(sandbox, db_url, tmp_path)
 
-    assert [(v["id"], v["change_type"], v["removal_reason"]) for v in _versions(engine, removed.run_id or 0)] == [
-        (lock_id, "removed", "unbound")
-    ]
+    assert [
+        (v["id"], v["change_type"], v["removal_reason"])
+        for v in _versions(engine, removed.run_id or 0)
+    ] == [(lock_id, "removed", "unbound")]
     _assert_matches_api(engine, sandbox, removed)
 
     sandbox.rebind(lock, owner)
@@ -230,9 +240,11 @@ def test_an_owner_lost_and_regained(
         (lock, "owner_removed") for lock in locks
     }
     with engine.connect() as conn:
-        owner_row = conn.execute(
-            select(owner_accounts).where(owner_accounts.c.id == owner)
-        ).mappings().one()
+        owner_row = (
+            conn.execute(select(owner_accounts).where(owner_accounts.c.id == owner))
+            .mappings()
+            .one()
+        )
     assert owner_row["removed_at"] is not None
     assert lost.status == "succeeded"
     _assert_matches_api(engine, sandbox, lost)
@@ -243,11 +255,15 @@ def test_an_owner_lost_and_regained(
     assert {v["id"] for v in _versions(engine, regained.run_id or 0)} == locks
     assert regained.counts.restored == len(locks)
     with engine.connect() as conn:
-        kinds = conn.execute(
-            select(owner_account_versions.c.change_type)
-            .where(owner_account_versions.c.id == owner)
-            .order_by(owner_account_versions.c.valid_from)
-        ).scalars().all()
+        kinds = (
+            conn.execute(
+                select(owner_account_versions.c.change_type)
+                .where(owner_account_versions.c.id == owner)
+                .order_by(owner_account_versions.c.valid_from)
+            )
+            .scalars()
+            .all()
+        )
     assert kinds == ["created", "removed", "restored"]
     _assert_matches_api(engine, sandbox, regained)
 
@@ -268,16 +284,20 @@ def test_a_failed_owner_makes_the_run_partial_and_removes_nothing(
     assert result.status == "partial"
     assert result.counts.removed == 1  # only the healthy owner's unbound lock
     with engine.connect() as conn:
-        outcome = conn.execute(
-            select(sync_run_owners).where(
-                sync_run_owners.c.owner_account_id == failing,
-                sync_run_owners.c.run_id == result.run_id,
+        outcome = (
+            conn.execute(
+                select(sync_run_owners).where(
+                    sync_run_owners.c.owner_account_id == failing,
+                    sync_run_owners.c.run_id == result.run_id,
+                )
             )
-        ).mappings().one()
+            .mappings()
+            .one()
+        )
         present = conn.execute(
-            select(func.count()).select_from(bound_locks).where(
-                bound_locks.c.owner_account_id == failing, bound_locks.c.removed_at.is_(None)
-            )
+            select(func.count())
+            .select_from(bound_locks)
+            .where(bound_locks.c.owner_account_id == failing, bound_locks.c.removed_at.is_(None))
         ).scalar()
     assert outcome["status"] == "failed" and "503" in (outcome["error"] or "")
     assert present == 5
@@ -374,7 +394,9 @@ def test_the_owner_list_failing_fails_the_run_and_changes_nothing(
     result = _run(sandbox, db_url, tmp_path, max_retries=1)
 
     assert result.status == "failed" and "500" in (result.error or "")
-    assert locks_at(engine, datetime.now(UTC)) == locks_at(engine, first.finished_at or datetime.now(UTC))
+    assert locks_at(engine, datetime.now(UTC)) == locks_at(
+        engine, first.finished_at or datetime.now(UTC)
+    )
     assert count_rows(engine, bound_lock_versions) == 15
     assert_history_consistent(engine)
 

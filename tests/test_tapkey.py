@@ -126,14 +126,20 @@ def assert_exact(result: OwnerLocks, server: Sandbox) -> None:
 
 
 def serve_elements(
-    server: Sandbox, elements: list[str], *, pretty: bool = False, route: str = "locks"
+    server: Sandbox,
+    elements: list[str],
+    *,
+    pretty: bool = False,
+    route: str = "locks",
+    ignore_skip: bool = False,
 ) -> None:
     """Serve `elements` (raw JSON texts; mutable mid-crawl) as a list route, honouring paging."""
 
     def hook(request: Request) -> None:
         if request.route != route:
             return
-        skip, top = request.skip or 0, request.top or len(elements)
+        skip = 0 if ignore_skip else request.skip or 0
+        top = request.top or len(elements)
         page = elements[skip : skip + top]
         body = "[\n  " + ",\n  ".join(page) + "\n]\n" if pretty else "[" + ",".join(page) + "]"
         server.add_fault(Fault(route=request.route, kind="body", body=body if page else "[]"))
@@ -669,3 +675,19 @@ def test_workers_share_one_pool(
     assert client.request_count == api_requests
     assert fake.requests["locks"] == sum(r.requests for r in results)
     assert "pool is full" not in caplog.text
+
+
+def test_tls_failure_is_not_retried(fake: Sandbox, make_client: Factory) -> None:
+    https_url = fake.base_url.replace("http://", "https://")  # the sandbox speaks plain http
+    client = make_client(fake, base_url=https_url)
+    with pytest.raises(ApiError, match="TLS verification failed"):
+        client.list_owners()
+    assert client.request_count == 1 and client.retry_count == 0
+
+
+def test_ignored_skip_with_matching_first_and_last_row(fake: Sandbox, make_client: Factory) -> None:
+    # The overlap row "matches" on every repeated page; the repeat must still be caught.
+    elements = [lock_text("a"), lock_text("b"), lock_text("c"), lock_text("a")]
+    serve_elements(fake, elements, ignore_skip=True)
+    with pytest.raises(PagingError, match="ignored"):
+        make_client(fake).list_bound_locks(only_owner(fake))

@@ -1,0 +1,205 @@
+"""The real `exporter` command as a subprocess: exit codes, the writer lock, crash recovery."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import subprocess_env
+from history_checks import assert_history_consistent, expected_locks, locks_at
+from sqlalchemy import Engine, func, select
+
+from exporter.sandbox import Fault, Sandbox
+from exporter.schema import sync_run_owners, sync_runs
+
+EXPORTER = [sys.executable, "-m", "exporter.cli"]
+
+
+def _start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*EXPORTER, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _run(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*EXPORTER, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+def _scalar(engine: Engine, query: object) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(query).scalar() or 0)  # type: ignore[call-overload]
+
+
+def _running(engine: Engine) -> bool:
+    return _scalar(engine, select(func.count()).where(sync_runs.c.status == "running")) > 0
+
+
+def test_run_once_prints_a_summary_and_json(sandbox: Sandbox, tmp_path: Path) -> None:
+    env = subprocess_env(sandbox, f"sqlite:///{tmp_path / 'inv.db'}")
+
+    table = _run(env, "run-once")
+    as_json = _run(env, "run-once", "--format", "json")
+    quiet = _run(env, "run-once", "--quiet")
+
+    assert table.returncode == 0, table.stderr
+    assert "succeeded" in table.stdout and "created" in table.stdout
+    data = json.loads(as_json.stdout)
+    assert data["status"] == "succeeded" and data["counts"]["unchanged"] == 15
+    assert (quiet.returncode, quiet.stdout) == (0, "")
+
+
+@pytest.mark.parametrize(
+    "args, env_extra, code, message",
+    [
+        pytest.param(["run-once", "--bogus"], {}, 2, "No such option", id="unknown-option"),
+        pytest.param(
+            ["run-once"], {"EXPORTER_TAPKEY__PAGE_SIZE": "0"}, 2, "page_size", id="bad-config"
+        ),
+        pytest.param(
+            ["run-once"],
+            {"EXPORTER_TAPKEY__CLIENT_SECRET": "wrong-secret"},
+            1,
+            "client_secret",
+            id="wrong-secret",
+        ),
+        pytest.param(
+            ["run-once"],
+            {"EXPORTER_DATABASE__URL": "postgresql://postgres@127.0.0.1:9/none"},
+            5,
+            "cannot connect",
+            id="db-unreachable",
+        ),
+    ],
+)
+def test_exit_codes(
+    sandbox: Sandbox,
+    tmp_path: Path,
+    args: list[str],
+    env_extra: dict[str, str],
+    code: int,
+    message: str,
+) -> None:
+    env = subprocess_env(sandbox, f"sqlite:///{tmp_path / 'inv.db'}")
+    env.update(env_extra)
+
+    result = _run(env, *args)
+
+    assert result.returncode == code, result.stderr
+    assert message in result.stderr
+    assert "wrong-secret" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_a_partial_run_exits_3(sandbox: Sandbox, tmp_path: Path) -> None:
+    owner = sandbox.owners_payload()[0]["id"]
+    sandbox.add_fault(Fault(route="locks", owner_id=owner, status=500, times=None))
+    env = subprocess_env(sandbox, f"sqlite:///{tmp_path / 'inv.db'}")
+    env["EXPORTER_TAPKEY__MAX_RETRIES"] = "0"
+
+    result = _run(env, "run-once")
+
+    assert result.returncode == 3, result.stderr
+    assert owner in result.stderr
+
+
+def test_a_schema_behind_the_code_exits_5_and_writes_nothing(
+    sandbox: Sandbox, empty_db_url: str
+) -> None:
+    if empty_db_url.startswith("sqlite"):
+        pytest.skip("SQLite is upgraded automatically by run-once")
+    env = subprocess_env(sandbox, empty_db_url)
+
+    result = _run(env, "run-once")
+    current = _run(env, "db", "current")
+
+    assert result.returncode == 5 and "exporter db upgrade" in result.stderr
+    assert current.returncode == 5 and "behind" in current.stdout
+    assert sandbox.request_count == 0
+    upgraded = _run(env, "db", "upgrade")
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert _run(env, "db", "current").returncode == 0
+
+
+def test_two_concurrent_runs_one_exits_4(sandbox: Sandbox, db_url: str, engine: Engine) -> None:
+    sandbox.add_fault(Fault(route="locks", kind="delay", delay=0.7, times=None))
+    env = subprocess_env(sandbox, db_url)
+    env["EXPORTER_TAPKEY__WORKERS"] = "1"
+    first = _start(env, "run-once")
+    try:
+        _wait_for(lambda: _running(engine))
+        second = _run(env, "run-once")
+    finally:
+        _out, err_text = first.communicate(timeout=60)
+
+    assert second.returncode == 4, second.stderr
+    assert "writer lock" in second.stderr
+    assert first.returncode == 0, err_text
+    assert _scalar(engine, select(func.count()).select_from(sync_runs)) == 1
+
+
+def test_a_killed_run_is_marked_failed_by_the_next_and_history_converges(
+    sandbox: Sandbox, db_url: str, engine: Engine
+) -> None:
+    env = subprocess_env(sandbox, db_url)
+    assert _run(env, "run-once").returncode == 0
+    for owner in sandbox.owners_payload():
+        sandbox.rename(sandbox.locks_payload(owner["id"])[0]["id"], f"renamed {owner['id'][:4]}")
+    sandbox.add_fault(Fault(route="locks", kind="delay", delay=0.5, times=None))
+    env["EXPORTER_TAPKEY__WORKERS"] = "1"
+    victim = _start(env, "run-once")
+    try:
+        _wait_for(lambda: _scalar(engine, select(func.count()).select_from(sync_run_owners)) > 3)
+        os.kill(victim.pid, signal.SIGKILL)
+    finally:
+        victim.communicate(timeout=30)
+    assert _running(engine)
+    assert_history_consistent(engine)
+    sandbox.clear_faults()
+
+    recovery = _run(env, "run-once")
+
+    assert recovery.returncode == 0, recovery.stderr
+    with engine.connect() as conn:
+        runs = conn.execute(select(sync_runs).order_by(sync_runs.c.id)).mappings().all()
+    assert [(r["status"], r["error"]) for r in runs] == [
+        ("succeeded", None),
+        ("failed", "interrupted"),
+        ("succeeded", None),
+    ]
+    finished = runs[-1]["finished_at"]
+    assert locks_at(engine, finished) == expected_locks(sandbox.snapshot())
+    assert_history_consistent(engine)
+
+
+def test_demo_builds_a_history_in_a_fresh_sqlite_file(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORTER_")}
+    result = subprocess.run(
+        [*EXPORTER, "demo", "--generations", "2"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "demo.db").is_file()
+    assert "Run 3" in result.stdout and "current_bound_locks" in result.stdout
