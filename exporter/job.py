@@ -74,6 +74,7 @@ def run_once(
                 workers=settings.tapkey.workers,
                 dry_run=dry_run,
                 allow_client_change=allow_client_change or settings.sync.allow_client_id_change,
+                lock_timeout=settings.database.lock_timeout,
                 stop=stop,
             )
     finally:

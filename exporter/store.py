@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -186,13 +187,14 @@ class WriterLock:
     holder's process or connection, so a crashed run never blocks the next one.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, timeout: float = 0.0) -> None:
         self._engine = engine
+        self._timeout = timeout
         self._conn: Connection | None = None
         self._file: filelock.BaseFileLock | None = None
 
     def acquire(self) -> None:
-        """Take the lock or raise LockHeldError at once."""
+        """Take the lock, waiting up to `timeout` seconds, or raise LockHeldError."""
         kind = backend(self._engine)
         if kind == "sqlite":
             path = sqlite_path(self._engine)
@@ -200,7 +202,7 @@ class WriterLock:
                 return
             self._file = filelock.FileLock(f"{path}.lock")
             try:
-                self._file.acquire(timeout=0)
+                self._file.acquire(timeout=self._timeout)
             except filelock.Timeout:
                 self._file = None
                 raise LockHeldError(_held_message(str(path))) from None

@@ -175,6 +175,7 @@ def sync(
     workers: int = 4,
     dry_run: bool = False,
     allow_client_change: bool = False,
+    lock_timeout: float = 0.0,
     stop: threading.Event | None = None,
 ) -> RunResult:
     """Run one sync and return its outcome; see the module docstring for the rules.
@@ -195,7 +196,7 @@ def sync(
     )
     if dry_run:
         return run.execute()
-    with WriterLock(engine) as lock:
+    with WriterLock(engine, timeout=lock_timeout) as lock:
         run.lock = lock
         run.prepare(allow_client_change=allow_client_change)
         return run.execute()

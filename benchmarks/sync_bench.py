@@ -1,0 +1,581 @@
+"""Sync benchmark: 100,000 locks from the sandbox into SQLite, PostgreSQL or MariaDB.
+
+    .venv/bin/python benchmarks/sync_bench.py --db sqlite
+    .venv/bin/python benchmarks/sync_bench.py --db postgresql
+
+Process layout (so that no GIL is shared between the fake API and the code being measured):
+
+- this process orchestrates: it creates/migrates the databases and prints the table;
+- one *server* process runs `exporter.sandbox.Sandbox` (200 owners x 500 locks by default) and
+  obeys a small control pipe (`advance`, `reset`, `counts`, `stop`);
+- every measurement runs in a *fresh client* process, so its peak RSS (VmHWM) is its own.
+
+Scenarios, in this order, repeated `--repeat` times (the table shows medians):
+
+- ``floor``: a plain concurrent crawl of the same pages (same `$top`, the same overlapping `$skip`
+  sequence as the exporter, the same number of worker threads, one pooled `requests.Session`,
+  `json.loads` of every page) with no database: the least any client can spend;
+- ``first``: `exporter.job.run_once` into an empty (migrated) database;
+- ``unchanged``: the same again, nothing changed;
+- ``changes``: after `Sandbox.advance(changes=1000)` in the server process.
+
+Targets (issue 2): first load <= 1.6 x floor, unchanged rerun <= 1.25 x floor. Results go to
+`benchmarks/results/` as JSON (gitignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing as mp
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+ADMIN_URLS = {
+    "postgresql": os.environ.get(
+        "EXPORTER_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+    ),
+    "mariadb": os.environ.get("EXPORTER_BENCH_MARIADB", "mysql+pymysql://root@127.0.0.1:3306/"),
+}
+BENCH_DB = "exporter_bench"
+CLIENT_ID = "bench-client"
+CLIENT_SECRET = "bench-secret"  # the sandbox's own fake credentials, not a real secret
+TARGETS = {"first": 1.6, "unchanged": 1.25}
+SCENARIOS = ("floor", "first", "unchanged", "changes")
+MIB = 1024 * 1024
+
+# -- server process ------------------------------------------------------------------------------
+
+
+def _serve(conn: Connection, seed: int, owners: int, locks_per_owner: int) -> None:
+    """Run the sandbox and obey commands from the control pipe until `stop`."""
+    from exporter.sandbox import Sandbox
+
+    sandbox = Sandbox(
+        seed=seed,
+        owners=owners,
+        locks_per_owner=locks_per_owner,
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        token_lifetime=24 * 3600,
+    )
+    sandbox.start()
+    conn.send({"base_url": sandbox.base_url, "token_url": sandbox.token_url})
+    try:
+        while True:
+            command, arg = conn.recv()
+            if command == "advance":
+                conn.send(len(sandbox.advance(arg)))
+            elif command == "reset":
+                sandbox.reset_counters()
+                conn.send(None)
+            elif command == "counts":
+                conn.send({"total": sandbox.request_count, **sandbox.requests})
+            elif command == "stop":
+                break
+            else:
+                conn.send(ValueError(f"unknown command {command!r}"))
+    finally:
+        sandbox.stop()
+        conn.send(None)
+
+
+class Server:
+    """The sandbox in its own process, driven through a pipe."""
+
+    def __init__(self, *, seed: int, owners: int, locks_per_owner: int) -> None:
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._process = ctx.Process(
+            target=_serve, args=(child, seed, owners, locks_per_owner), name="bench-sandbox"
+        )
+        self._process.start()
+        child.close()
+        urls = self._conn.recv()
+        self.base_url: str = urls["base_url"]
+        self.token_url: str = urls["token_url"]
+
+    def call(self, command: str, arg: Any = None) -> Any:
+        """Send one command and return its answer."""
+        self._conn.send((command, arg))
+        answer = self._conn.recv()
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def close(self) -> None:
+        """Stop the sandbox and wait for its process."""
+        if self._process.is_alive():
+            self._conn.send(("stop", None))
+            self._conn.recv()
+        self._process.join(timeout=30)
+        self._conn.close()
+
+
+# -- client processes ----------------------------------------------------------------------------
+
+
+def _peak_rss() -> int:
+    """This process's peak resident set size in bytes (VmHWM: per process, reset by exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB elsewhere
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def _current_rss() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return _peak_rss()
+
+
+def _crawl_floor(params: dict[str, Any]) -> dict[str, Any]:
+    """A plain concurrent crawl of the exporter's pages: HTTP + JSON parsing, nothing else."""
+    import requests
+    from requests.adapters import HTTPAdapter
+
+    workers, top = params["workers"], max(2, params["page_size"])
+    base = params["base_url"]
+    session = requests.Session()
+    session.trust_env = False
+    adapter = HTTPAdapter(pool_connections=2, pool_maxsize=workers, max_retries=0)
+    session.mount("http://", adapter)
+    sent = 0
+    lock = threading.Lock()
+
+    def get(path: str, query: dict[str, str], token: str) -> list[Any]:
+        nonlocal sent
+        with lock:
+            sent += 1
+        response = session.get(
+            base + path,
+            params=query,
+            headers={"Accept": "application/json", "Authorization": f"Bearer {token}"},
+            timeout=(10, 60),
+        )
+        response.raise_for_status()
+        page: list[Any] = json.loads(response.content)
+        return page
+
+    def read_list(path: str, token: str) -> list[Any]:
+        # The exporter's overlapping pages: the next page starts at the last row received.
+        rows: list[Any] = []
+        largest = 0
+        while True:
+            skip = 0 if not rows else 1 if len(rows) == 1 else len(rows) - 1
+            page = get(path, {"$top": str(top), "$skip": str(skip)}, token)
+            new = page if not rows else page[1:]
+            rows += new
+            if not new or len(page) < largest:
+                return rows
+            largest = max(largest, len(page))
+
+    def count_locks(owner: str, token: str) -> int:
+        return len(read_list(f"/api/v1/Owners/{owner}/BoundLocks", token))
+
+    with session:
+        token_response = session.post(
+            params["token_url"],
+            data={
+                "grant_type": "client_credentials",
+                "scope": "read:owneraccounts read:core:entities",
+            },
+            auth=(CLIENT_ID, CLIENT_SECRET),
+            timeout=(10, 60),
+        )
+        token_response.raise_for_status()
+        sent += 1
+        token = token_response.json()["access_token"]
+        owners = [owner["id"] for owner in read_list("/api/v1/Owners", token)]
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            locks = sum(pool.map(lambda owner: count_locks(owner, token), owners))
+    return {"status": "succeeded", "owners": len(owners), "locks": locks, "api_requests": sent}
+
+
+def _sync_once(params: dict[str, Any]) -> dict[str, Any]:
+    """`exporter.job.run_once` with settings pointing at the sandbox and the bench database."""
+    from exporter.config import load_settings
+    from exporter.job import run_once
+
+    settings = load_settings(
+        None,
+        env={},
+        cwd=Path(params["workdir"]),
+        overrides={
+            "tapkey.client_id": CLIENT_ID,
+            "tapkey.client_secret": CLIENT_SECRET,
+            "tapkey.token_url": params["token_url"],
+            "tapkey.api_base_url": params["base_url"],
+            "tapkey.workers": params["workers"],
+            "tapkey.page_size": params["page_size"],
+            "database.url": params["db_url"],
+        },
+    )
+    result = run_once(settings, trigger="manual")
+    return {
+        "status": result.status,
+        "error": result.error,
+        "owners": result.owners_seen,
+        "locks": result.locks_seen,
+        "api_requests": result.api_requests,
+        **result.counts.as_dict(),
+    }
+
+
+def _measure_child(conn: Connection, kind: str, params: dict[str, Any]) -> None:
+    """Body of a client process: warm imports, run one scenario, report wall time and RSS."""
+    logging.basicConfig(level=logging.WARNING, format="  [client] %(levelname)s %(message)s")
+    # Import everything the scenario needs before the clock starts: imports are not sync work.
+    import requests  # noqa: F401
+
+    import exporter.job  # noqa: F401
+
+    profile = params.get("profile")
+    base_rss = _current_rss()
+    work: Callable[[dict[str, Any]], dict[str, Any]] = (
+        _crawl_floor if kind == "floor" else _sync_once
+    )
+    started = time.perf_counter()
+    cpu_started = time.process_time()
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        outcome = profiler.runcall(work, params)
+        profiler.dump_stats(profile)
+    else:
+        outcome = work(params)
+    wall = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
+    conn.send(
+        {
+            **outcome,
+            "wall_s": wall,
+            "cpu_s": cpu,
+            "rss_peak_mib": _peak_rss() / MIB,
+            "rss_base_mib": base_rss / MIB,
+        }
+    )
+    conn.close()
+
+
+def measure(kind: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Run one scenario in a fresh process and return its figures."""
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_measure_child, args=(child, kind, params), name=f"bench-{kind}")
+    process.start()
+    child.close()
+    try:
+        figures: dict[str, Any] = parent.recv()
+    except EOFError:
+        process.join()
+        raise RuntimeError(f"the {kind} process died (exit code {process.exitcode})") from None
+    process.join()
+    return figures
+
+
+# -- databases -----------------------------------------------------------------------------------
+
+
+@contextmanager
+def bench_database(db: str, workdir: Path, url: str | None) -> Iterator[Callable[[], str]]:
+    """Yield `fresh()`, which empties and migrates the bench database and returns its URL."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from exporter import store
+
+    def migrate(db_url: str) -> str:
+        engine = store.make_engine(db_url)
+        try:
+            store.upgrade(engine)
+        finally:
+            engine.dispose()
+        return db_url
+
+    if db == "sqlite":
+        path = Path(url.removeprefix("sqlite:///")) if url else workdir / "bench.db"
+
+        def fresh_sqlite() -> str:
+            for suffix in ("", "-wal", "-shm", "-journal", ".lock"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+            return migrate(f"sqlite:///{path}")
+
+        yield fresh_sqlite
+        return
+
+    admin_url = url or ADMIN_URLS[db]
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    name = f"{BENCH_DB}_{os.getpid()}"
+    db_url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            if db == "postgresql":
+                conn.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = :name AND pid <> pg_backend_pid()"
+                    ),
+                    {"name": name},
+                )
+            conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
+
+    def fresh_server() -> str:
+        drop()
+        with admin.connect() as conn:
+            conn.execute(text(f"CREATE DATABASE {name}"))
+        return migrate(db_url)
+
+    try:
+        yield fresh_server
+    finally:
+        drop()
+        admin.dispose()
+
+
+# -- orchestration -------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run every scenario `args.repeat` times; return the raw figures and the summary."""
+    workdir = Path(tempfile.mkdtemp(prefix="exporter-bench-"))
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in SCENARIOS}
+    started = time.perf_counter()
+    print(
+        f"starting the sandbox ({args.owners} owners x {args.locks_per_owner} locks) "
+        "in its own process...",
+        flush=True,
+    )
+    server = Server(seed=args.seed, owners=args.owners, locks_per_owner=args.locks_per_owner)
+    try:
+        with bench_database(args.db, workdir, args.db_url) as fresh:
+            base = {
+                "base_url": server.base_url,
+                "token_url": server.token_url,
+                "workers": args.workers,
+                "page_size": args.page_size,
+                "workdir": str(workdir),
+            }
+            for round_no in range(1, args.repeat + 1):
+                db_url = fresh()
+                params = {**base, "db_url": db_url}
+                for kind in SCENARIOS:
+                    if kind == "changes":
+                        server.call("advance", args.changes)
+                    server.call("reset")
+                    profile = None
+                    if args.profile and kind in args.profile:
+                        profile = str(RESULTS / f"profile_{args.db}_{kind}_{round_no}.prof")
+                    figures = measure(kind, {**params, "profile": profile})
+                    figures["server_requests"] = server.call("counts")["total"]
+                    runs[kind].append(figures)
+                    print(
+                        f"  round {round_no} {kind:<9} {figures['wall_s']:7.2f} s  "
+                        f"{figures['rss_peak_mib']:6.0f} MiB  {figures['server_requests']:5d} req  "
+                        f"{_counts_text(figures)}",
+                        flush=True,
+                    )
+                    if figures["status"] != "succeeded":
+                        raise RuntimeError(f"{kind}: run {figures['status']}: {figures.get('error')}")
+                _check_counts(runs, args)
+    finally:
+        server.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    summary = _summarise(runs)
+    return {
+        "benchmark": "sync",
+        "db": args.db,
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "parameters": {
+            "owners": args.owners,
+            "locks_per_owner": args.locks_per_owner,
+            "locks": args.owners * args.locks_per_owner,
+            "changes": args.changes,
+            "workers": args.workers,
+            "page_size": args.page_size,
+            "repeat": args.repeat,
+            "seed": args.seed,
+        },
+        "environment": _environment(),
+        "summary": summary,
+        "runs": runs,
+        "total_s": time.perf_counter() - started,
+    }
+
+
+def _counts_text(figures: dict[str, Any]) -> str:
+    if "created" not in figures:
+        return f"locks={figures['locks']}"
+    keys = ("created", "updated", "removed", "restored", "unchanged")
+    return " ".join(f"{k}={figures[k]}" for k in keys if figures[k])
+
+
+def _check_counts(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> None:
+    """Fail loudly if a scenario did not do what it claims to measure."""
+    total = args.owners * args.locks_per_owner
+    first, unchanged = runs["first"][-1], runs["unchanged"][-1]
+    if first["created"] != total or runs["floor"][-1]["locks"] != total:
+        raise RuntimeError(f"first load created {first['created']} locks, expected {total}")
+    changed = sum(unchanged[k] for k in ("created", "updated", "removed", "restored"))
+    if changed or unchanged["unchanged"] != total:
+        raise RuntimeError(f"the unchanged rerun changed {changed} locks")
+
+
+def _summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for kind, figures in runs.items():
+        walls = [f["wall_s"] for f in figures]
+        summary[kind] = {
+            "wall_s": statistics.median(walls),
+            "wall_min_s": min(walls),
+            "wall_max_s": max(walls),
+            "cpu_s": statistics.median(f["cpu_s"] for f in figures),
+            "rss_peak_mib": max(f["rss_peak_mib"] for f in figures),
+            "rss_base_mib": statistics.median(f["rss_base_mib"] for f in figures),
+            "api_requests": figures[-1]["api_requests"],
+            "server_requests": figures[-1]["server_requests"],
+        }
+    floor = summary["floor"]["wall_s"]
+    for kind in ("first", "unchanged", "changes"):
+        summary[kind]["ratio"] = summary[kind]["wall_s"] / floor
+        if kind in TARGETS:
+            summary[kind]["target"] = TARGETS[kind]
+            summary[kind]["met"] = summary[kind]["ratio"] <= TARGETS[kind]
+    return summary
+
+
+def _environment() -> dict[str, Any]:
+    import sqlalchemy
+
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "-C", str(HERE), "status", "--porcelain", "--", "exporter"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.strip()
+        )
+    except OSError:
+        commit, dirty = "", False
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "sqlalchemy": sqlalchemy.__version__,
+        "commit": commit,
+        "exporter_modified": dirty,
+    }
+
+
+def print_table(report: dict[str, Any]) -> None:
+    """The summary as a plain text table."""
+    p, s = report["parameters"], report["summary"]
+    print()
+    print(
+        f"sync benchmark: {report['db']}, {p['locks']:,} locks ({p['owners']} owners x "
+        f"{p['locks_per_owner']}), workers={p['workers']}, page_size={p['page_size']}, "
+        f"median of {p['repeat']}"
+    )
+    header = (
+        f"{'scenario':<22}{'wall s':>8}{'(min-max)':>15}{'cpu s':>8}{'peak RSS':>10}"
+        f"{'requests':>10}{'x floor':>9}{'target':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    names = {
+        "floor": "fetch floor (no DB)",
+        "first": "first load",
+        "unchanged": "unchanged rerun",
+        "changes": f"after {p['changes']:,} changes",
+    }
+    for kind in SCENARIOS:
+        row = s[kind]
+        spread = f"({row['wall_min_s']:.2f}-{row['wall_max_s']:.2f})"
+        ratio = f"{row['ratio']:.2f}" if "ratio" in row else "1.00"
+        target = ""
+        if "target" in row:
+            target = f"<={row['target']:.2f} " + ("ok" if row["met"] else "MISS")
+        print(
+            f"{names[kind]:<22}{row['wall_s']:>8.2f}{spread:>15}{row['cpu_s']:>8.2f}"
+            f"{row['rss_peak_mib']:>6.0f} MiB{row['server_requests']:>10}{ratio:>9}{target:>9}"
+        )
+    print(
+        f"(peak RSS is each client process's VmHWM; about {s['first']['rss_base_mib']:.0f} MiB of "
+        "it is the interpreter and imports before the clock starts)"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse options, run the benchmark, print the table and write the JSON results."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--db", choices=("sqlite", "postgresql", "mariadb"), default="sqlite")
+    parser.add_argument(
+        "--db-url",
+        help="sqlite: a file URL to use; postgresql/mariadb: an admin URL (a bench database is "
+        "created and dropped on that server)",
+    )
+    parser.add_argument("--owners", type=int, default=200)
+    parser.add_argument("--locks-per-owner", type=int, default=500)
+    parser.add_argument("--changes", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=4, help="[tapkey] workers (default 4)")
+    parser.add_argument("--page-size", type=int, default=100, help="[tapkey] page_size")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds; the table shows medians")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--profile",
+        nargs="*",
+        choices=SCENARIOS,
+        help="write cProfile stats of these scenarios to benchmarks/results/",
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 when a target is missed (for CI)"
+    )
+    args = parser.parse_args(argv)
+    RESULTS.mkdir(exist_ok=True)
+    report = run(args)
+    print_table(report)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    for name in (f"sync_{args.db}_{stamp}.json", f"sync_{args.db}_latest.json"):
+        (RESULTS / name).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"results: {RESULTS / f'sync_{args.db}_{stamp}.json'}")
+    missed = [k for k, v in report["summary"].items() if v.get("met") is False]
+    return 1 if args.check and missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
