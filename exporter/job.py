@@ -22,7 +22,9 @@ def make_engine(settings: Settings) -> Engine:
     return store.make_engine(settings.database.url, schema=settings.database.schema_name)
 
 
-def make_client(settings: Settings) -> TapkeyClient:
+def make_client(
+    settings: Settings, *, sleep: Callable[[float], None] | None = None
+) -> TapkeyClient:
     """A Tapkey API client with its token provider, both from `[tapkey]`."""
     tapkey = settings.tapkey
     client_id, secret = tapkey.credentials()
@@ -47,6 +49,7 @@ def make_client(settings: Settings) -> TapkeyClient:
         max_retry_after=tapkey.max_retry_after,
         max_retry_time=tapkey.max_retry_time,
         verify=verify,
+        **({"sleep": sleep} if sleep is not None else {}),
     )
 
 
@@ -58,13 +61,23 @@ def run_once(
     allow_client_change: bool = False,
     now: Callable[[], datetime] = utcnow,
     stop: threading.Event | None = None,
+    on_started: Callable[[int], None] | None = None,
+    on_client: Callable[[TapkeyClient], None] | None = None,
 ) -> RunResult:
-    """Check the schema (upgrading SQLite automatically), then run one sync."""
+    """Check the schema (upgrading SQLite automatically), then run one sync.
+
+    `on_started(run_id)` is called once the run's row exists; `on_client(client)` gets the API
+    client before it is used (the daemon reads its request and retry counts afterwards).
+    """
     client_id, _ = settings.tapkey.credentials()
     engine = make_engine(settings)
+    # Once `stop` is set, retry back-off stops sleeping so a shutdown is not held up by it.
+    sleep = None if stop is None else lambda seconds: _wait(stop, seconds)
     try:
         store.require_current(engine, auto_upgrade_sqlite=not dry_run)
-        with make_client(settings) as client:
+        with make_client(settings, sleep=sleep) as client:
+            if on_client is not None:
+                on_client(client)
             return sync(
                 engine=engine,
                 source=client,
@@ -76,6 +89,11 @@ def run_once(
                 allow_client_change=allow_client_change or settings.sync.allow_client_id_change,
                 lock_timeout=settings.database.lock_timeout,
                 stop=stop,
+                on_started=on_started,
             )
     finally:
         engine.dispose()
+
+
+def _wait(stop: threading.Event, seconds: float) -> None:
+    stop.wait(seconds)

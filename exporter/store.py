@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import socket
 import time
 import zlib
 from collections.abc import Iterator
@@ -21,16 +23,32 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from exporter.errors import DatabaseUnavailableError, LockHeldError, SchemaVersionError
 
 LOCK_NAME = "tapkey-inventory-exporter"
+log = logging.getLogger(__name__)
 
-# Keep dead peers from holding the writer lock for hours: the server drops the session (and with it
-# the advisory lock / GET_LOCK) once keepalives go unanswered for about a minute.
+# TCP keepalives: 30 s idle, then a probe every 10 s, 3 unanswered probes drop the connection.
+# On our side (libpq options below, socket options for PyMySQL) they make a run notice a dead
+# database host within about a minute instead of hanging on a half-open connection.
+_KEEPALIVE = {"idle": 30, "interval": 10, "count": 3}
 _PG_KEEPALIVES = {
     "keepalives": 1,
-    "keepalives_idle": 30,
-    "keepalives_interval": 10,
-    "keepalives_count": 3,
+    "keepalives_idle": _KEEPALIVE["idle"],
+    "keepalives_interval": _KEEPALIVE["interval"],
+    "keepalives_count": _KEEPALIVE["count"],
     "connect_timeout": 10,
 }
+# On the server's side they make PostgreSQL end the session of a dead exporter host (and with it
+# its advisory lock) about a minute later, instead of after the kernel default of about 2 hours.
+# Set per session with SET rather than the `options` startup parameter, which poolers refuse.
+_PG_SERVER_KEEPALIVES = (
+    f"SET tcp_keepalives_idle = {_KEEPALIVE['idle']}; "
+    f"SET tcp_keepalives_interval = {_KEEPALIVE['interval']}; "
+    f"SET tcp_keepalives_count = {_KEEPALIVE['count']}"
+)
+# MariaDB/MySQL have no per-session server keepalive setting (tcp_keepalive_time is global), so
+# the connection holding GET_LOCK gets a shorter idle timeout instead: a dead holder's lock is
+# released after this long rather than after wait_timeout (8 hours by default). A live run
+# touches that connection between owners, far more often than this.
+MYSQL_LOCK_WAIT_TIMEOUT = 600
 
 
 def migrations_dir() -> Path:
@@ -79,6 +97,8 @@ def make_engine(url: str, *, schema: str | None = None) -> Engine:
         event.listen(engine, "connect", _sqlite_on_connect)
     elif parsed.get_backend_name() in ("mysql", "mariadb"):
         event.listen(engine, "connect", _mysql_on_connect)
+    else:
+        event.listen(engine, "connect", _postgresql_on_connect)
     return engine
 
 
@@ -92,15 +112,32 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _mysql_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    sock = getattr(dbapi_connection, "_sock", None)
-    if sock is not None:
-        import socket
+def _postgresql_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute(_PG_SERVER_KEEPALIVES)
+    cursor.close()
+    # Commit so the SETs outlive the implicit transaction they opened.
+    dbapi_connection.commit()
 
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        for name, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
-            if hasattr(socket, name):
-                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+
+def _mysql_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # PyMySQL has no keepalive options. Its Connection keeps the socket in `_sock` (set in
+    # Connection.connect(), replaced by the TLS socket after STARTTLS; checked against PyMySQL
+    # 1.1/1.2) and turns SO_KEEPALIVE on for TCP, with the kernel's 2-hour timings: tighten them.
+    sock = getattr(dbapi_connection, "_sock", None)
+    if not isinstance(sock, socket.socket):
+        log.warning("cannot set TCP keepalives: this PyMySQL version keeps no socket in _sock")
+        return
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return  # a Unix socket: no network in between
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (
+        ("TCP_KEEPIDLE", _KEEPALIVE["idle"]),
+        ("TCP_KEEPINTVL", _KEEPALIVE["interval"]),
+        ("TCP_KEEPCNT", _KEEPALIVE["count"]),
+    ):
+        if hasattr(socket, name):  # Linux names; macOS lacks some
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
 @contextlib.contextmanager
@@ -216,6 +253,7 @@ class WriterLock:
                 text("SELECT pg_try_advisory_lock(:key)"), {"key": self._pg_key(self._conn)}
             ).scalar()
         else:
+            self._conn.execute(text(f"SET SESSION wait_timeout = {MYSQL_LOCK_WAIT_TIMEOUT}"))
             got = self._conn.execute(
                 text("SELECT GET_LOCK(:name, 0)"), {"name": self._name()}
             ).scalar()

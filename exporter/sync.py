@@ -177,8 +177,12 @@ def sync(
     allow_client_change: bool = False,
     lock_timeout: float = 0.0,
     stop: threading.Event | None = None,
+    on_started: Callable[[int], None] | None = None,
 ) -> RunResult:
     """Run one sync and return its outcome; see the module docstring for the rules.
+
+    `on_started(run_id)` is called once the run's `sync_runs` row exists (the daemon tags its
+    log lines and metrics with it).
 
     Raises LockHeldError when another run holds the lock (nothing written), ClientMismatchError
     when the database belongs to another OAuth client, and DatabaseUnavailableError when the
@@ -198,6 +202,7 @@ def sync(
         return run.execute()
     with WriterLock(engine, timeout=lock_timeout) as lock:
         run.lock = lock
+        run.on_started = on_started
         run.prepare(allow_client_change=allow_client_change)
         return run.execute()
 
@@ -223,6 +228,7 @@ class _Run:
         self.dry_run = dry_run
         self.stop = stop
         self.lock: WriterLock | None = None
+        self.on_started: Callable[[int], None] | None = None
         self.now = now
         self.clock = _Clock(now, None)
         self.requests_at_start = source.request_count
@@ -269,6 +275,8 @@ class _Run:
                     client_id=self.client_id,
                 )
             ).inserted_primary_key[0]  # type: ignore[index]
+        if self.on_started is not None and self.result.run_id is not None:
+            self.on_started(self.result.run_id)
         log.info("run %s started (%s)", self.result.run_id, self.trigger)
 
     def execute(self) -> RunResult:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import requests
 from conftest import subprocess_env
 from history_checks import assert_history_consistent, expected_locks, locks_at
 from sqlalchemy import Engine, func, select
@@ -203,3 +204,25 @@ def test_demo_builds_a_history_in_a_fresh_sqlite_file(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "demo.db").is_file()
     assert "Run 3" in result.stdout and "current_bound_locks" in result.stdout
+
+
+def test_sandbox_command_serves_a_fake_tapkey_until_interrupted() -> None:
+    server = _start(os.environ.copy(), "sandbox", "--port", "0", "--owners", "2")
+    try:
+        assert server.stdout is not None
+        first_line = server.stdout.readline()
+        base_url = first_line.rsplit(" at ", 1)[1].strip()
+        token = requests.post(
+            f"{base_url}/connect/token",
+            data={"grant_type": "client_credentials"},
+            auth=("sandbox-client", "sandbox-secret"),
+            timeout=5,
+        ).json()["access_token"]
+        owners = requests.get(
+            f"{base_url}/api/v1/Owners", headers={"Authorization": f"Bearer {token}"}, timeout=5
+        ).json()
+        assert len(owners) == 2
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.communicate(timeout=10)
+    assert server.returncode in (0, 130)
