@@ -139,6 +139,16 @@ def _version_columns(run_table: str) -> list[Column[Any]]:
     ]
 
 
+CHANGE_COUNTS = ("created", "updated", "removed", "restored", "unchanged", "skipped")
+
+
+def _count_columns() -> list[Column[int]]:
+    return [
+        Column(name, Integer(), nullable=False, default=0)
+        for name in ("locks_seen", *CHANGE_COUNTS)
+    ]
+
+
 sync_runs = Table(
     "sync_runs",
     metadata,
@@ -148,13 +158,7 @@ sync_runs = Table(
     Column("status", String(16), nullable=False),
     Column("trigger", String(16), nullable=False),
     Column("owners_seen", Integer(), nullable=False, default=0),
-    Column("locks_seen", Integer(), nullable=False, default=0),
-    Column("created", Integer(), nullable=False, default=0),
-    Column("updated", Integer(), nullable=False, default=0),
-    Column("removed", Integer(), nullable=False, default=0),
-    Column("restored", Integer(), nullable=False, default=0),
-    Column("unchanged", Integer(), nullable=False, default=0),
-    Column("skipped", Integer(), nullable=False, default=0),
+    *_count_columns(),
     Column("api_requests", Integer(), nullable=False, default=0),
     Column("error", Text()),
     Column("client_id", String(255)),
@@ -169,13 +173,7 @@ sync_run_owners = Table(
     Column("run_id", Integer(), ForeignKey("sync_runs.id"), primary_key=True),
     Column("owner_account_id", _id(), primary_key=True),
     Column("status", String(16), nullable=False),
-    Column("locks_seen", Integer(), nullable=False, default=0),
-    Column("created", Integer(), nullable=False, default=0),
-    Column("updated", Integer(), nullable=False, default=0),
-    Column("removed", Integer(), nullable=False, default=0),
-    Column("restored", Integer(), nullable=False, default=0),
-    Column("unchanged", Integer(), nullable=False, default=0),
-    Column("skipped", Integer(), nullable=False, default=0),
+    *_count_columns(),
     Column("fetched_at", UTCDateTime()),
     Column("error", Text()),
     Index(None, "owner_account_id", "status"),
