@@ -180,6 +180,7 @@ class TokenProvider:
         sleep: Callable[[float], None] = time.sleep,
         max_retries: int = 2,
         backoff_factor: float = 0.5,
+        max_retry_after: float = MAX_TOKEN_RETRY_AFTER,
     ) -> None:
         require_secure_url(token_url, "[tapkey] token_url")
         if not client_id:
@@ -197,6 +198,7 @@ class TokenProvider:
         self._sleep = sleep
         self._max_retries = max(0, max_retries)
         self._backoff_factor = max(0.0, backoff_factor)
+        self._max_retry_after = max(0.0, max_retry_after)
         self._lock = threading.Lock()
         self._token: str | None = None
         self._renew_at = 0.0
@@ -238,7 +240,8 @@ class TokenProvider:
                     ) from None
                 wait = self._backoff_factor * 2 ** (attempt - 1)
                 if exc.retry_after is not None:
-                    wait = max(wait, min(exc.retry_after, MAX_TOKEN_RETRY_AFTER))
+                    wait = max(wait, exc.retry_after)
+                wait = min(wait, self._max_retry_after)
                 log.warning(
                     "token endpoint %s: %s; retrying in %.2f s (attempt %d of %d)",
                     safe_url,

@@ -13,16 +13,17 @@ import dataclasses
 import json
 import logging
 import os
-import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy import Engine
 
-from exporter import job, store
+from exporter import changelog, job, observability, render, report, store
 from exporter.config import Settings, file_permissions_warning, load_settings, masked_url
 from exporter.errors import ExporterError
 from exporter.sync import RunResult
@@ -51,7 +52,7 @@ ConfigOption = Annotated[
 ]
 DatabaseOption = Annotated[
     str | None,
-    typer.Option("--database-url", help="Override [database] url.", show_default=False),
+    typer.Option("--database-url", help="Use this database URL instead of the configured one.", show_default=False),
 ]
 FormatOption = Annotated[str, typer.Option("--format", "-f", help="Output format: table or json.")]
 QuietOption = Annotated[
@@ -83,12 +84,7 @@ def _settings(config: Path | None, *, database_url: str | None = None) -> Settin
 
 
 def _setup_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.logging.level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
+    observability.setup_logging(settings.logging)
 
 
 def _check_format(fmt: str, allowed: tuple[str, ...] = ("table", "json")) -> None:
@@ -110,25 +106,54 @@ def run_once(
             help="Accept a database filled by another OAuth client (see README).",
         ),
     ] = False,
+    allow_mass_removal: Annotated[
+        bool,
+        typer.Option(
+            "--allow-mass-removal",
+            help="Confirm every removal the deletion guard held back (see README).",
+        ),
+    ] = False,
+    allow_mass_removal_owner: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-mass-removal-owner",
+            metavar="OWNER_ID",
+            help="Confirm the held-back removals of this owner account only (repeatable).",
+            show_default=False,
+        ),
+    ] = None,
     fmt: FormatOption = "table",
     quiet: QuietOption = False,
 ) -> None:
     """Run one sync now and print a summary.
+
+    When an owner suddenly lists far fewer locks than stored, or the owner list loses more than
+    half of its owners, those removals are held back (exit 3) until confirmed with
+    --allow-mass-removal or --allow-mass-removal-owner OWNER_ID.
 
     Example: exporter run-once --config /etc/tapkey-exporter/config.toml
     """
     _check_format(fmt)
     with _errors():
         settings = _settings(config, database_url=database_url)
-        result = job.run_once(
-            settings, trigger="manual", dry_run=dry_run, allow_client_change=allow_client_change
-        )
+        with observability.run_scope() as scope:
+            result = job.run_once(
+                settings,
+                trigger="manual",
+                dry_run=dry_run,
+                allow_client_change=allow_client_change,
+                on_started=scope.bind,
+                allow_mass_removal=allow_mass_removal,
+                allow_mass_removal_owners=allow_mass_removal_owner or (),
+            )
     if fmt == "json":
         out.print_json(json.dumps(_result_json(result)))
     elif not quiet or result.status != "succeeded":
         _print_result(result)
     if result.status == "failed" and result.error:
         err.print(f"error: {result.error}", markup=False)
+    elif result.held_back and result.error:
+        err.print(f"warning: {result.error}", markup=False)
     raise typer.Exit(job.EXIT_CODES[result.status])
 
 
@@ -180,6 +205,27 @@ def _print_result(result: RunResult) -> None:
         err.print(f"owner {owner.owner_account_id} failed: {owner.error}", markup=False)
 
 
+@app.command("check")
+def check(config: ConfigOption = None, database_url: DatabaseOption = None) -> None:
+    """Check the setup without writing anything: config, token and scopes, owners, database.
+
+    Exit code: 2 if the configuration is incomplete, else 1 if Tapkey failed, else 5 if the
+    database is unreachable or its schema not current, else 0.
+
+    Example: exporter check --config /etc/tapkey-exporter/config.toml
+    """
+    with _errors():
+        settings = _settings(config, database_url=database_url)
+        results = job.check(settings)
+    for result in results:
+        line = f"{'ok' if result.ok else 'FAILED':<7}{result.name:<10}{result.detail}"
+        (out if result.ok else err).print(line, markup=False)
+    failures = [r.exit_code for r in results if not r.ok]
+    # Configuration first (nothing else can be trusted), then Tapkey, then the database.
+    code = next((c for c in (2, 1, 5) if c in failures), 1 if failures else 0)
+    raise typer.Exit(code)
+
+
 @db_app.command("upgrade")
 def db_upgrade(config: ConfigOption = None, database_url: DatabaseOption = None) -> None:
     """Create or upgrade the database schema to the version this exporter needs.
@@ -214,9 +260,29 @@ def db_current(config: ConfigOption = None, database_url: DatabaseOption = None)
     state = (
         "up to date" if revision == head else f"behind (head is {head}; run `exporter db upgrade`)"
     )
+    if revision is not None and not store.is_known_revision(revision):
+        state = f"unknown to this exporter version (head is {head}; a newer exporter upgraded it?)"
     out.print(f"{masked_url(settings.database.url)}: revision {revision or 'none'}, {state}")
     if revision != head:
         raise typer.Exit(5)
+
+
+@app.command("serve")
+def serve(config: ConfigOption = None) -> None:
+    """Run the sync on the configured schedule until stopped, with optional /healthz and /metrics.
+
+    Replicas may share a database: a replica that finds the writer lock held skips that slot.
+
+    SIGTERM/SIGINT ends the current run as failed/interrupted and exits 0; a second one exits now.
+
+    Example: exporter serve --config /etc/tapkey-exporter/config.toml
+    """
+    from exporter.scheduler import serve as serve_daemon
+
+    with _errors():
+        settings = _settings(config)
+        code = serve_daemon(settings)
+    raise typer.Exit(code)
 
 
 @app.command("sandbox")
@@ -279,9 +345,259 @@ def demo(
         run_demo(database.resolve(), generations=generations, console=out)
 
 
+# -- read commands: parse the options, call one report function, render --------------------------
+
+ReadFormatOption = Annotated[
+    str, typer.Option("--format", "-f", help="Output format: table, csv or json.")
+]
+
+
+@contextlib.contextmanager
+def _reader(config: Path | None, database_url: str | None) -> Iterator[Engine]:
+    """An engine on the configured database, whose schema must be current."""
+    settings = _settings(config, database_url=database_url)
+    engine = job.make_engine(settings)
+    try:
+        store.require_current(engine)
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@app.command("locks")
+def locks(
+    config: ConfigOption = None,
+    database_url: DatabaseOption = None,
+    owner: Annotated[
+        str | None, typer.Option(help="Only this owner account (id or name).", show_default=False)
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Only this lock model name or lock type id.", show_default=False),
+    ] = None,
+    search: Annotated[
+        str | None,
+        typer.Option(help="Text in the title, description, ids or model.", show_default=False),
+    ] = None,
+    include_removed: Annotated[
+        bool, typer.Option("--include-removed", help="Also show removed locks.")
+    ] = False,
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            "--as-of",
+            help="Show the inventory as it was then: a run id (its end), an ISO-8601 time "
+            "(UTC unless it has an offset) or a duration back from now (7d).",
+            show_default=False,
+        ),
+    ] = None,
+    fmt: ReadFormatOption = "table",
+) -> None:
+    """Show the lock inventory grouped by owner account, now or as it was at --as-of.
+
+    Example: exporter locks --owner "Office Vienna" --as-of 2026-03-01T00:00:00Z
+    """
+    _check_format(fmt, render.FORMATS)
+    with _errors(), _reader(config, database_url) as engine:
+        when = report.resolve_as_of(engine, as_of, now=datetime.now(UTC)) if as_of else None
+        inventory = report.inventory(
+            engine,
+            as_of=when,
+            owner=owner,
+            model=model,
+            search=search,
+            include_removed=include_removed,
+        )
+    if fmt == "json":
+        render.write_json(render.inventory_json(inventory), out.file)
+    elif fmt == "csv":
+        render.inventory_csv(inventory, out.file)
+    else:
+        render.inventory_table(inventory, out, include_removed=include_removed)
+
+
+@app.command("history")
+def history(
+    lock: Annotated[
+        str,
+        typer.Argument(
+            help="A bound lock id, a lock id such as 12-34-BF-FB (every binding of that "
+            "device), or a physical lock id as the API gives it.",
+            show_default=False,
+        ),
+    ],
+    config: ConfigOption = None,
+    database_url: DatabaseOption = None,
+    fmt: ReadFormatOption = "table",
+) -> None:
+    """Show every version of a lock: what changed (old -> new), when, in which run, and why.
+
+    Example: exporter history 12-34-BF-FB
+    """
+    _check_format(fmt, render.FORMATS)
+    with _errors(), _reader(config, database_url) as engine:
+        result = changelog.lock_history(engine, lock)
+    if fmt == "json":
+        render.write_json(render.history_json(result), out.file)
+    elif fmt == "csv":
+        render.changes_csv(result.versions, out.file)
+    else:
+        render.history_table(result, out)
+
+
+@app.command("changes")
+def changes(
+    config: ConfigOption = None,
+    database_url: DatabaseOption = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="From this ISO-8601 time (UTC unless it has an offset) or this long ago (7d).",
+            show_default=False,
+        ),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(help="Before this time (same forms as --since).", show_default=False),
+    ] = None,
+    run: Annotated[
+        int | None, typer.Option("--run", help="Only changes of this run.", show_default=False)
+    ] = None,
+    owner: Annotated[
+        str | None,
+        typer.Option(
+            help="Only changes that concern this owner account (id or name).", show_default=False
+        ),
+    ] = None,
+    kind: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Only these kinds: created, updated, removed, restored (repeat or separate "
+            "with commas).",
+            show_default=False,
+        ),
+    ] = None,
+    fmt: ReadFormatOption = "table",
+    quiet: Annotated[
+        bool,
+        typer.Option("--quiet", "-q", help="No title, and nothing at all when nothing changed."),
+    ] = False,
+) -> None:
+    """Show the change feed: one line per change with the fields that changed.
+
+    Example: exporter changes --since 7d --kind removed,restored
+    """
+    _check_format(fmt, render.FORMATS)
+    kinds = {k.strip() for value in kind or () for k in value.split(",") if k.strip()}
+    now = datetime.now(UTC)
+    with _errors(), _reader(config, database_url) as engine:
+        feed = changelog.changes(
+            engine,
+            since=report.parse_instant(since, now=now) if since else None,
+            until=report.parse_instant(until, now=now) if until else None,
+            run_id=run,
+            owner=owner,
+            kinds=kinds,
+        )
+    if quiet and not feed.rows:
+        return
+    if fmt == "json":
+        render.write_json([row.as_dict() for row in feed.rows], out.file)
+    elif fmt == "csv":
+        render.changes_csv(feed.rows, out.file)
+    else:
+        count = f"{len(feed.rows)} change{'' if len(feed.rows) == 1 else 's'}"
+        render.changes_table(feed, out, title=None if quiet else count)
+
+
+runs_app = typer.Typer(
+    help="List recent runs with status, duration, counts and error summary; "
+    "`exporter runs show ID` shows one run per owner account. "
+    "Example: exporter runs --limit 5 --quiet"
+)
+app.add_typer(runs_app, name="runs")
+
+
+@runs_app.callback(invoke_without_command=True)
+def runs(
+    ctx: typer.Context,
+    config: ConfigOption = None,
+    database_url: DatabaseOption = None,
+    limit: Annotated[int, typer.Option(min=1, help="How many runs, newest first.")] = 20,
+    status: Annotated[
+        str | None,
+        typer.Option(
+            help="Only runs with this status (succeeded, partial, failed, running).",
+            show_default=False,
+        ),
+    ] = None,
+    fmt: ReadFormatOption = "table",
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet", "-q", help="Only runs that did not succeed; nothing if none (for cron)."
+        ),
+    ] = False,
+) -> None:
+    """List recent runs with status, duration, counts and error summary.
+
+    Example: exporter runs --limit 5; exporter runs show 42 --format json
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    _check_format(fmt, render.FORMATS)
+    with _errors(), _reader(config, database_url) as engine:
+        rows = report.runs(engine, limit=limit, status=status)
+    if quiet:
+        rows = [row for row in rows if row.status != "succeeded"]
+        if not rows:
+            return
+    if fmt == "json":
+        render.write_json([row.as_dict() for row in rows], out.file)
+    elif fmt == "csv":
+        render.write_csv((row.as_dict() for row in rows), render.RUN_COLUMNS, out.file)
+    else:
+        render.runs_table(rows, out)
+
+
+@runs_app.command("show")
+def runs_show(
+    run_id: Annotated[int, typer.Argument(help="The run id (see `exporter runs`).")],
+    config: ConfigOption = None,
+    database_url: DatabaseOption = None,
+    fmt: ReadFormatOption = "table",
+) -> None:
+    """Show one run with the outcome of every owner account (CSV: one row per owner).
+
+    Example: exporter runs show 42
+    """
+    _check_format(fmt, render.FORMATS)
+    with _errors(), _reader(config, database_url) as engine:
+        detail = report.run_detail(engine, run_id)
+    if fmt == "json":
+        render.write_json(render.run_detail_json(detail), out.file)
+    elif fmt == "csv":
+        rows = (o.as_dict() for o in detail.owners)
+        render.write_csv(rows, render.RUN_OWNER_COLUMNS, out.file)
+    else:
+        render.run_detail_table(detail, out)
+
+
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point; a usage error (unknown option, bad value) is one line, exit 2."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.TyperException as exc:  # typer's click usage errors all derive from it
+        # NoArgsIsHelpError: the help text was already printed.
+        if type(exc).__name__ != "NoArgsIsHelpError":
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            err.print(f"error: {exc.format_message()}{hint}", markup=False)
+        raise SystemExit(getattr(exc, "exit_code", 2)) from None
+    except typer.Abort:
+        err.print("aborted", markup=False)
+        raise SystemExit(1) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

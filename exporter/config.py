@@ -174,6 +174,7 @@ class TapkeySettings(_Section):
     max_retry_after: float = Field(60.0, ge=0)
     max_retry_time: float = Field(300.0, gt=0)
     ca_bundle: Path | None = None
+    expand_health: bool = False
 
     _blank = field_validator(
         "client_id", "client_secret", "client_secret_file", "ca_bundle", mode="before"
@@ -411,6 +412,24 @@ class SyncSettings(_Section):
     mass_removal_max_fraction: float = Field(0.5, ge=0, le=1)
     mass_removal_min_count: int = Field(10, ge=0)
     allow_mass_removal: bool = False
+    health_retention: str | None = None
+    run_retention: str | None = None
+
+    @field_validator("health_retention", "run_retention", mode="before")
+    @classmethod
+    def _check_retention(cls, value: object) -> object:
+        value = _blank_to_none(value)
+        return None if value is None else _check_duration(value)
+
+    @property
+    def health_retention_seconds(self) -> float | None:
+        """`health_retention` in seconds (None keeps every reading)."""
+        return None if self.health_retention is None else parse_duration(self.health_retention)
+
+    @property
+    def run_retention_seconds(self) -> float | None:
+        """`run_retention` in seconds (None keeps every run record)."""
+        return None if self.run_retention is None else parse_duration(self.run_retention)
 
 
 class LoggingSettings(_Section):

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
 
-from exporter import store
+from exporter import retention, store
 from exporter.auth import TokenProvider
-from exporter.config import Settings
-from exporter.sync import RunResult, sync, utcnow
-from exporter.tapkey import TapkeyClient
+from exporter.config import Settings, masked_url
+from exporter.errors import ExporterError, LockHeldError
+from exporter.schema import sync_runs
+from exporter.sync import RemovalGuard, RunResult, sync, utcnow
+from exporter.tapkey import LOCKS_SCOPE, OWNERS_SCOPE, TapkeyClient
 
 EXIT_CODES = {"succeeded": 0, "failed": 1, "partial": 3}
 
@@ -22,25 +29,39 @@ def make_engine(settings: Settings) -> Engine:
     return store.make_engine(settings.database.url, schema=settings.database.schema_name)
 
 
-def make_client(
+def make_tokens(
     settings: Settings, *, sleep: Callable[[float], None] | None = None
-) -> TapkeyClient:
-    """A Tapkey API client with its token provider, both from `[tapkey]`."""
+) -> TokenProvider:
+    """The client-credentials token provider from `[tapkey]`."""
     tapkey = settings.tapkey
     client_id, secret = tapkey.credentials()
-    timeout = (tapkey.connect_timeout, tapkey.read_timeout)
-    verify: bool | str = str(tapkey.ca_bundle) if tapkey.ca_bundle else True
-    tokens = TokenProvider(
+    return TokenProvider(
         client_id=client_id,
         client_secret=secret,
         token_url=tapkey.token_url,
         scopes=tapkey.scope_list,
-        timeout=timeout,
-        verify=verify,
+        timeout=(tapkey.connect_timeout, tapkey.read_timeout),
+        verify=str(tapkey.ca_bundle) if tapkey.ca_bundle else True,
+        sleep=sleep if sleep is not None else time.sleep,
+        backoff_factor=tapkey.backoff_factor,
+        max_retry_after=tapkey.max_retry_after,
     )
+
+
+def make_client(
+    settings: Settings,
+    *,
+    sleep: Callable[[float], None] | None = None,
+    tokens: TokenProvider | None = None,
+) -> TapkeyClient:
+    """A Tapkey API client with its token provider (or `tokens`), both from `[tapkey]`."""
+    tapkey = settings.tapkey
+    timeout = (tapkey.connect_timeout, tapkey.read_timeout)
+    verify: bool | str = str(tapkey.ca_bundle) if tapkey.ca_bundle else True
+    sleep = sleep if sleep is not None else time.sleep
     return TapkeyClient(
         base_url=tapkey.api_base_url,
-        tokens=tokens,
+        tokens=tokens if tokens is not None else make_tokens(settings, sleep=sleep),
         page_size=tapkey.page_size,
         workers=tapkey.workers,
         timeout=timeout,
@@ -49,7 +70,7 @@ def make_client(
         max_retry_after=tapkey.max_retry_after,
         max_retry_time=tapkey.max_retry_time,
         verify=verify,
-        **({"sleep": sleep} if sleep is not None else {}),
+        sleep=sleep,
     )
 
 
@@ -63,11 +84,15 @@ def run_once(
     stop: threading.Event | None = None,
     on_started: Callable[[int], None] | None = None,
     on_client: Callable[[TapkeyClient], None] | None = None,
+    allow_mass_removal: bool = False,
+    allow_mass_removal_owners: Collection[str] = (),
 ) -> RunResult:
     """Check the schema (upgrading SQLite automatically), then run one sync.
 
     `on_started(run_id)` is called once the run's row exists; `on_client(client)` gets the API
     client before it is used (the daemon reads its request and retry counts afterwards).
+    `allow_mass_removal` / `allow_mass_removal_owners` confirm removals the deletion guard
+    would hold back (all of them / those of the given owner ids).
     """
     client_id, _ = settings.tapkey.credentials()
     engine = make_engine(settings)
@@ -78,7 +103,7 @@ def run_once(
         with make_client(settings, sleep=sleep) as client:
             if on_client is not None:
                 on_client(client)
-            return sync(
+            result = sync(
                 engine=engine,
                 source=client,
                 client_id=client_id,
@@ -90,10 +115,157 @@ def run_once(
                 lock_timeout=settings.database.lock_timeout,
                 stop=stop,
                 on_started=on_started,
+                guard=RemovalGuard(
+                    max_fraction=settings.sync.mass_removal_max_fraction,
+                    min_count=settings.sync.mass_removal_min_count,
+                    allow_all=allow_mass_removal or settings.sync.allow_mass_removal,
+                    allow_owners=frozenset(allow_mass_removal_owners),
+                ),
+                health=settings.tapkey.expand_health,
             )
+        if not dry_run:
+            _apply_retention(engine, settings, now())
+        return result
     finally:
         engine.dispose()
 
 
+def _apply_retention(engine: Engine, settings: Settings, now: datetime) -> None:
+    """Prune per [sync] health_retention / run_retention, under the writer lock.
+
+    Another run that took the lock in the meantime prunes when it finishes: skip quietly.
+    """
+    keep = settings.sync
+    if keep.health_retention_seconds is None and keep.run_retention_seconds is None:
+        return
+    try:
+        with store.WriterLock(engine):
+            retention.prune(
+                engine,
+                now=now,
+                health_max_age=keep.health_retention_seconds,
+                run_max_age=keep.run_retention_seconds,
+            )
+    except LockHeldError:
+        return
+
+
 def _wait(stop: threading.Event, seconds: float) -> None:
     stop.wait(seconds)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One line of `exporter check`: what was checked, whether it passed, and the detail."""
+
+    name: str
+    ok: bool
+    detail: str
+    exit_code: int = 0
+
+
+def check(settings: Settings) -> list[CheckResult]:
+    """Check the credentials, Tapkey access and the database; writes nothing (`exporter check`).
+
+    Every check runs even if an earlier one failed, so one call shows every problem.
+    """
+    return [*_check_tapkey(settings), _check_database(settings)]
+
+
+def _failed(name: str, exc: ExporterError) -> CheckResult:
+    return CheckResult(name, False, str(exc), exc.exit_code)
+
+
+def _check_tapkey(settings: Settings) -> list[CheckResult]:
+    source = str(settings.source) if settings.source else "environment variables only"
+    try:
+        client_id, _ = settings.tapkey.credentials()
+        tokens = make_tokens(settings)
+    except ExporterError as exc:
+        return [_failed("config", exc)]
+    results = [CheckResult("config", True, f"{source}; client_id {client_id}")]
+    try:
+        tokens.token()
+    except ExporterError as exc:
+        return [*results, _failed("token", exc)]
+    granted = tokens.granted_scopes
+    missing = sorted({OWNERS_SCOPE, LOCKS_SCOPE} - granted) if granted is not None else []
+    if granted is None:
+        results.append(CheckResult("token", True, "fetched (the token endpoint named no scopes)"))
+    elif missing:
+        detail = (
+            f"granted scopes {' '.join(sorted(granted)) or 'none'}, missing {' '.join(missing)}: "
+            "add them to [tapkey] scopes and allow them for the OAuth client"
+        )
+        results.append(CheckResult("token", False, detail, 1))
+    else:
+        results.append(CheckResult("token", True, f"granted scopes {' '.join(sorted(granted))}"))
+    with make_client(settings, tokens=tokens) as client:
+        try:
+            owners = client.list_owners()
+        except ExporterError as exc:
+            return [*results, _failed("owners", exc)]
+    if not owners:
+        detail = (
+            "no owner accounts visible: make the OAuth client's service account co-admin of the "
+            "owner accounts to export"
+        )
+        return [*results, CheckResult("owners", False, detail, 1)]
+    shown = ", ".join(f"{owner.name or '(no name)'} ({owner.id})" for owner in owners[:10])
+    more = f" and {len(owners) - 10} more" if len(owners) > 10 else ""
+    results.append(CheckResult("owners", True, f"{len(owners)} visible: {shown}{more}"))
+    return results
+
+
+def _check_database(settings: Settings) -> CheckResult:
+    shown = masked_url(settings.database.url)
+    url = make_url(settings.database.url)
+    sqlite = url.get_backend_name() == "sqlite"
+    path = url.database or ""
+    on_disk = sqlite and path not in ("", ":memory:") and not path.startswith("file:")
+    if on_disk and not Path(path).exists():
+        # Connecting would create the file: report instead of writing anything.
+        return CheckResult("database", True, f"{shown}: no file yet; run-once creates it")
+    engine: Engine | None = None
+    try:
+        engine = make_engine(settings)
+        revision = store.current_revision(engine)
+        previous = _last_client_id(engine) if revision is not None else None
+    except ExporterError as exc:
+        return _failed("database", exc)
+    except (OperationalError, DBAPIError) as exc:
+        return CheckResult("database", False, store.run_failure_message(exc), 5)
+    finally:
+        if engine is not None:
+            engine.dispose()
+    head = store.head_revision()
+    client_id = settings.tapkey.client_id
+    if previous is not None and previous != client_id and not settings.sync.allow_client_id_change:
+        detail = (
+            f"{shown} was filled by OAuth client {previous!r}, not {client_id!r}: run-once "
+            "would refuse it; use a separate database or see --allow-client-change"
+        )
+        return CheckResult("database", False, detail, 2)
+    if revision == head:
+        return CheckResult("database", True, f"{shown}: reachable, schema at {head} (current)")
+    known = revision is None or store.is_known_revision(revision)
+    if sqlite and known:
+        detail = f"{shown}: schema at {revision or 'none'}; run-once upgrades it to {head}"
+        return CheckResult("database", True, detail)
+    if not known:
+        detail = f"{shown}: schema at {revision}, unknown to this exporter version (newer?)"
+        return CheckResult("database", False, detail, 5)
+    detail = f"{shown}: schema at {revision or 'none'}, needs {head}: run `exporter db upgrade`"
+    return CheckResult("database", False, detail, 5)
+
+
+def _last_client_id(engine: Engine) -> str | None:
+    with store.connect(engine) as conn:
+        value = conn.execute(
+            select(sync_runs.c.client_id)
+            .where(sync_runs.c.status.in_(("succeeded", "partial")))
+            .where(sync_runs.c.client_id.is_not(None))
+            .order_by(sync_runs.c.id.desc())
+            .limit(1)
+        ).scalar()
+    return None if value is None else str(value)

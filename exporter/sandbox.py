@@ -183,6 +183,7 @@ class Sandbox:
         self._port = port
         self._clock = clock
         self._tokens: dict[str, _Token] = {}
+        self._issued: list[str] = []  # every token ever issued, for leak checks in tests
         self._faults: list[_ActiveFault] = []
         self._request_count = 0
         self._requests: collections.Counter[str] = collections.Counter()
@@ -359,6 +360,12 @@ class Sandbox:
         with self._lock:
             self._faults.clear()
 
+    @property
+    def issued_tokens(self) -> tuple[str, ...]:
+        """Every access token issued so far, revoked and expired ones included (for leak tests)."""
+        with self._lock:
+            return tuple(self._issued)
+
     def revoke_tokens(self) -> None:
         """Invalidate every issued token (the next API request with one gets 401)."""
         with self._lock:
@@ -452,6 +459,7 @@ class Sandbox:
             now = self._clock()
             self._tokens = {t: v for t, v in self._tokens.items() if v.expires_at > now}
             self._tokens[token] = _Token(now + self._token_lifetime, frozenset(requested))
+            self._issued.append(token)
         payload = {
             "access_token": token,
             "token_type": "Bearer",

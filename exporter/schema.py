@@ -8,15 +8,17 @@ MariaDB/MySQL, which compare case-insensitively by default).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     Boolean,
     Column,
+    Date,
     DateTime,
     Dialect,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -25,9 +27,12 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.types import TypeEngine
+
+from exporter.descriptions import COLUMN_COMMENTS, TABLE_COMMENTS
 
 SQLITE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
@@ -86,9 +91,11 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)  # type: ignore[no-any-return]
 
 
-def _id() -> TypeEngine[str]:
-    """VARCHAR(64) with case-sensitive comparison on every database."""
-    return String(64).with_variant(mysql.VARCHAR(64, collation="utf8mb4_bin"), "mysql", "mariadb")
+def _id(length: int = 64) -> TypeEngine[str]:
+    """VARCHAR with case-sensitive comparison on every database (ids, Base64 lock ids)."""
+    return String(length).with_variant(
+        mysql.VARCHAR(length, collation="utf8mb4_bin"), "mysql", "mariadb"
+    )
 
 
 def _long_text() -> TypeEngine[str]:
@@ -117,7 +124,7 @@ def _lock_attributes() -> list[Column[Any]]:
         Column("owner_account_id", _id(), nullable=False),
         Column("title", Text()),
         Column("description", Text()),
-        Column("physical_lock_id", String(255)),
+        Column("physical_lock_id", _id(255)),
         Column("lock_type_id", String(255)),
         Column("lock_model_name", String(255)),
         Column("manufacturer_id", Integer()),
@@ -237,6 +244,52 @@ bound_lock_versions = Table(
     **_MYSQL,
 )
 
+# A date dimension, filled once by migration 0002: it lets the daily_inventory view walk days in
+# plain SQL (date arithmetic differs between the three databases; comparisons do not).
+CALENDAR_FIRST_DAY = date(2020, 1, 1)
+CALENDAR_LAST_DAY = date(2099, 12, 31)
+calendar_days = Table(
+    "calendar_days",
+    metadata,
+    Column("day", Date(), primary_key=True),
+    Column("day_start", UTCDateTime(), nullable=False),
+    Column("day_end", UTCDateTime(), nullable=False),
+    Index(None, "day_end"),
+    **_MYSQL,
+)
+
+HEALTH_TYPES = ("BatteryVoltage", "Temperature", "BatteryWarningLevel")
+lock_health_readings = Table(
+    "lock_health_readings",
+    metadata,
+    Column("reading_id", Integer(), primary_key=True, autoincrement=True),
+    Column("bound_lock_id", _id(), nullable=False),
+    Column("physical_lock_id", _id(255)),
+    Column("type", String(64), nullable=False),
+    Column("reading_at", UTCDateTime(), nullable=False),
+    Column("value", String(255)),
+    Column("value_number", Double()),
+    Column("value_status", String(32)),
+    Column("api_reading_id", String(64)),
+    Column("seen_at", UTCDateTime(), nullable=False),
+    Column("run_id", Integer(), ForeignKey("sync_runs.id"), nullable=False),
+    UniqueConstraint("bound_lock_id", "type", "reading_at"),
+    Index(None, "reading_at"),
+    Index(None, "run_id"),
+    **_MYSQL,
+)
+
+
+def _attach_comments() -> None:
+    """Give every table and column its description (stored where the database supports it)."""
+    for table in metadata.sorted_tables:
+        table.comment = TABLE_COMMENTS[table.name]
+        for column in table.columns:
+            column.comment = COLUMN_COMMENTS[table.name][column.name]
+
+
+_attach_comments()
+
 _LOCK_VIEW_COLUMNS = ", ".join(
     f"l.{c}"
     for c in (
@@ -278,6 +331,78 @@ VIEWS: dict[str, str] = {
         "LEFT JOIN owner_accounts o ON o.id = v.owner_account_id"
     ),
 }
+
+# The previous version of a lock version is the one of the same lock that ended when it began
+# (versions are contiguous). A self-join says that in plain SQL, and unlike LAG() it lets a filter
+# on changed_at reach the index instead of numbering every version first.
+_PREVIOUS = "p.id = v.id AND p.valid_to = v.valid_from"
+# The customer-facing hex id is kept on bound_locks for the lock's current physical id only.
+_HEX = "CASE WHEN l.physical_lock_id = {0}.physical_lock_id THEN l.lock_id_hex END"
+_SAME_HOLDING = (
+    "{0}.owner_account_id = s.owner_account_id "
+    "AND COALESCE({0}.physical_lock_id, '') = COALESCE(s.physical_lock_id, '')"
+)
+
+VIEWS.update(
+    {
+        "bound_lock_change_feed": (
+            "SELECT v.version_id, p.version_id AS previous_version_id, v.id AS bound_lock_id, "
+            f"{_HEX.format('v')} AS lock_id_hex, v.valid_from AS changed_at, v.run_id, "
+            "v.change_type, v.changed_fields, v.removal_reason, "
+            "po.name AS old_owner_name, o.name AS new_owner_name, "
+            + ", ".join(f"p.{f} AS old_{f}, v.{f} AS new_{f}" for f in LOCK_TRACKED)
+            + " FROM bound_lock_versions v "
+            f"LEFT JOIN bound_lock_versions p ON {_PREVIOUS} "
+            "LEFT JOIN bound_locks l ON l.id = v.id "
+            "LEFT JOIN owner_accounts o ON o.id = v.owner_account_id "
+            "LEFT JOIN owner_accounts po ON po.id = p.owner_account_id"
+        ),
+        "lock_binding_history": (
+            "SELECT h.physical_lock_id, h.lock_id_hex, h.bound_lock_id, h.owner_account_id, "
+            "o.name AS owner_name, h.held_from, h.held_to, "
+            "CASE WHEN e.change_type = 'removed' THEN e.removal_reason "
+            "WHEN e.owner_account_id <> h.owner_account_id THEN 'moved' "
+            "WHEN e.version_id IS NOT NULL THEN 'physical_lock_changed' END AS end_reason, "
+            "h.bind_date, h.title "
+            "FROM (SELECT s.physical_lock_id, "
+            f"{_HEX.format('s')} AS lock_id_hex, "
+            "s.id AS bound_lock_id, s.owner_account_id, s.valid_from AS held_from, s.bind_date, "
+            "s.title, (SELECT MIN(n.valid_from) FROM bound_lock_versions n "
+            "WHERE n.id = s.id AND n.valid_from > s.valid_from "
+            f"AND (n.change_type = 'removed' OR NOT ({_SAME_HOLDING.format('n')}))) AS held_to "
+            "FROM bound_lock_versions s "
+            "LEFT JOIN bound_lock_versions p ON p.id = s.id AND p.valid_to = s.valid_from "
+            "LEFT JOIN bound_locks l ON l.id = s.id "
+            "WHERE s.change_type <> 'removed' AND (p.version_id IS NULL "
+            f"OR p.change_type = 'removed' OR NOT ({_SAME_HOLDING.format('p')}))) h "
+            "LEFT JOIN bound_lock_versions e "
+            "ON e.id = h.bound_lock_id AND e.valid_from = h.held_to "
+            "LEFT JOIN owner_accounts o ON o.id = h.owner_account_id"
+        ),
+        # Present at the day's last instant T = day_end - 1us: valid_from <= T < valid_to.
+        "daily_inventory": (
+            "SELECT c.day, v.owner_account_id, o.name AS owner_name, v.lock_model_name, "
+            "COUNT(*) AS locks "
+            "FROM calendar_days c JOIN bound_lock_versions v ON v.valid_from < c.day_end "
+            "AND (v.valid_to IS NULL OR v.valid_to >= c.day_end) "
+            "LEFT JOIN owner_accounts o ON o.id = v.owner_account_id "
+            "WHERE v.change_type <> 'removed' "
+            "AND c.day_end > (SELECT MIN(r.started_at) FROM sync_runs r) "
+            "AND c.day_start <= (SELECT MAX(r.started_at) FROM sync_runs r) "
+            "GROUP BY c.day, v.owner_account_id, o.name, v.lock_model_name"
+        ),
+        "current_lock_health": (
+            "SELECT h.bound_lock_id, l.lock_id_hex, l.title, l.owner_account_id, "
+            "o.name AS owner_name, h.type, h.value, h.value_number, h.value_status, "
+            "h.reading_at, h.seen_at "
+            "FROM lock_health_readings h JOIN bound_locks l ON l.id = h.bound_lock_id "
+            "LEFT JOIN owner_accounts o ON o.id = l.owner_account_id "
+            "WHERE l.removed_at IS NULL AND h.reading_at = (SELECT MAX(x.reading_at) "
+            "FROM lock_health_readings x WHERE x.bound_lock_id = h.bound_lock_id "
+            "AND x.type = h.type)"
+        ),
+    }
+)
 
 # At most one open version per entity, enforced where the database has partial indexes (MariaDB and
 # MySQL do not; there the single-writer lock and the engine's transactions keep the invariant).

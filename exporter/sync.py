@@ -22,17 +22,22 @@ are strictly ordered even if the system clock steps back.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 from typing import Any, Protocol
 
 from sqlalchemy import (
     Connection,
+    Dialect,
     Engine,
+    Table,
     bindparam,
     func,
     insert,
@@ -42,7 +47,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from exporter import lock_health
 from exporter.errors import (
+    AuthError,
     ClientMismatchError,
     DatabaseUnavailableError,
     ExporterError,
@@ -59,7 +66,7 @@ from exporter.schema import (
     sync_run_owners,
     sync_runs,
 )
-from exporter.store import WriterLock, connect
+from exporter.store import WriterLock, connect, run_failure_message
 from exporter.tapkey import LockRecord, OwnerLocks, OwnerRecord
 
 log = logging.getLogger(__name__)
@@ -67,6 +74,14 @@ log = logging.getLogger(__name__)
 # Large enough to amortise round trips, small enough for every database's parameter limit.
 CHUNK = 500
 _LOCK_CURRENT_ONLY = ("lock_id_hex", "rcl_serial_no", "rcl_date", "raw")
+# GIL switch interval while fetch threads run (see _crawl).
+_CRAWL_SWITCH_INTERVAL = 0.0005
+# Bulk-insert column orders for new locks (see _insert_many); the owner comes from the URL.
+assert LOCK_TRACKED[0] == "owner_account_id"
+_TRACKED_REST = attrgetter(*LOCK_TRACKED[1:])
+_CURRENT = attrgetter(*_LOCK_CURRENT_ONLY)
+_NEW_LOCK_COLUMNS = ("id", *LOCK_TRACKED, *_LOCK_CURRENT_ONLY, "first_seen_at", "updated_at")
+_NEW_VERSION_COLUMNS = ("id", *LOCK_TRACKED, "valid_from", "change_type", "run_id")
 
 
 class InventorySource(Protocol):
@@ -77,7 +92,7 @@ class InventorySource(Protocol):
 
     def list_owners(self) -> list[OwnerRecord]: ...
 
-    def list_bound_locks(self, owner_id: str) -> OwnerLocks: ...
+    def list_bound_locks(self, owner_id: str, *, expand: Sequence[str] = ()) -> OwnerLocks: ...
 
 
 @dataclass
@@ -143,6 +158,37 @@ class RunResult:
     owners: list[OwnerOutcome] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
     dry_run: bool = False
+    # Removals the deletion guard held back: owner id -> locks kept (see RemovalGuard).
+    held_back: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RemovalGuard:
+    """The deletion guard: when a run would remove suspiciously much, hold the removals back.
+
+    An owner that is still listed but returns more than `max_fraction` of its stored locks AND
+    more than `min_count` fewer than stored keeps them; so do the owners that vanished when the
+    owner list loses more than `max_fraction` of its owners (a vanished owner is judged only by
+    that rule). Held-back removals leave the run `partial`; `allow_all` or an owner id in
+    `allow_owners` confirms them (`--allow-mass-removal`, `--allow-mass-removal-owner`).
+    """
+
+    max_fraction: float = 0.5
+    min_count: int = 10
+    allow_all: bool = False
+    allow_owners: frozenset[str] = frozenset()
+
+    def confirmed(self, owner_id: str) -> bool:
+        """True when removals of this owner's locks (or of the owner) were confirmed."""
+        return self.allow_all or owner_id in self.allow_owners
+
+    def too_many_locks(self, gone: int, stored: int) -> bool:
+        """True when `gone` of an owner's `stored` locks is a mass removal."""
+        return gone > self.min_count and gone > self.max_fraction * stored
+
+    def too_many_owners(self, gone: int, stored: int) -> bool:
+        """True when `gone` of `stored` owners vanishing at once is a mass removal."""
+        return stored > 0 and gone > self.max_fraction * stored
 
 
 class _Clock:
@@ -178,11 +224,14 @@ def sync(
     lock_timeout: float = 0.0,
     stop: threading.Event | None = None,
     on_started: Callable[[int], None] | None = None,
+    guard: RemovalGuard | None = None,
+    health: bool = False,
 ) -> RunResult:
     """Run one sync and return its outcome; see the module docstring for the rules.
 
     `on_started(run_id)` is called once the run's `sync_runs` row exists (the daemon tags its
-    log lines and metrics with it).
+    log lines and metrics with it). `guard` holds back mass removals (default: RemovalGuard()).
+    `health` asks for `expand=healthStatuses` and stores new readings (see exporter.lock_health).
 
     Raises LockHeldError when another run holds the lock (nothing written), ClientMismatchError
     when the database belongs to another OAuth client, and DatabaseUnavailableError when the
@@ -198,12 +247,17 @@ def sync(
         dry_run=dry_run,
         stop=stop or threading.Event(),
     )
+    run.guard = guard or RemovalGuard()
+    run.health = health
     if dry_run:
         return run.execute()
     with WriterLock(engine, timeout=lock_timeout) as lock:
         run.lock = lock
         run.on_started = on_started
-        run.prepare(allow_client_change=allow_client_change)
+        try:
+            run.prepare(allow_client_change=allow_client_change)
+        except (OperationalError, DBAPIError) as exc:
+            raise DatabaseUnavailableError(run_failure_message(exc)) from None
         return run.execute()
 
 
@@ -237,6 +291,14 @@ class _Run:
         )
         # Lock ids returned by a complete fetch of this run, or skipped with a readable id.
         self.seen: set[str] = set()
+        # Whether bound_locks had any row when this run first looked (None: not looked yet).
+        self.had_locks: bool | None = None
+        self.guard = RemovalGuard()
+        # Ask for health readings and store new ones (lock_health), never as versions.
+        self.health = False
+        # Present locks per owner and present owners before this run (for the deletion guard).
+        self.locks_before: dict[str, int] = {}
+        self.owners_before = 0
 
     # -- run record ---------------------------------------------------------------------------
 
@@ -288,10 +350,7 @@ class _Run:
         except TapkeyError as exc:
             self._finish("failed", str(exc))
         except (OperationalError, DBAPIError) as exc:
-            error = DatabaseUnavailableError(
-                "lost the database connection during the run; it was rolled back to the last "
-                f"finished owner ({_first_line(exc)})"
-            )
+            error = DatabaseUnavailableError(run_failure_message(exc))
             self._finish("failed", str(error))
             raise error from None
         except DatabaseUnavailableError as exc:
@@ -342,26 +401,41 @@ class _Run:
         self.result.owners_seen = len(owners)
         listed = {owner.id for owner in owners}
         with connect(self.engine) as conn, conn.begin():
+            self._count_present(conn)
             vanished = self._write_owners(conn, owners)
         complete: set[str] = set()
         removable: set[str] = set()
-        for owner_id, fetched in self._crawl([owner.id for owner in owners]):
-            if self.stop.is_set():
-                raise _Interrupted
-            if self.lock is not None:
-                self.lock.check()
-            outcome = self._apply_owner(owner_id, fetched)
-            self.result.owners.append(outcome)
-            if outcome.status == "complete":
-                complete.add(owner_id)
-                assert isinstance(fetched, OwnerLocks)
-                if not fetched.unidentified_skips:
-                    removable.add(owner_id)
+        # One connection for every owner's transaction: no pool checkout and ping per owner.
+        with connect(self.engine) as conn:
+            for owner_id, fetched in self._crawl([owner.id for owner in owners]):
+                if self.stop.is_set():
+                    raise _Interrupted
+                if self.lock is not None:
+                    self.lock.check()
+                outcome = self._apply_owner(conn, owner_id, fetched)
+                self.result.owners.append(outcome)
+                if outcome.status == "complete":
+                    complete.add(owner_id)
+                    assert isinstance(fetched, OwnerLocks)
+                    if not fetched.unidentified_skips:
+                        removable.add(owner_id)
         if self.stop.is_set():
             raise _Interrupted
-        self._remove(removable | vanished, vanished)
+        held = self._remove(removable | vanished, vanished)
         failed = listed - complete
-        self._finish("partial" if failed else "succeeded", _failed_summary(self.result.owners))
+        summary = "; ".join(m for m in (_failed_summary(self.result.owners), *held) if m)
+        self._finish("partial" if failed or held else "succeeded", summary or None)
+
+    def _count_present(self, conn: Connection) -> None:
+        """Remember what is present before this run changes anything (for the deletion guard)."""
+        column = bound_locks.c.owner_account_id
+        rows = conn.execute(
+            select(column, func.count()).where(bound_locks.c.removed_at.is_(None)).group_by(column)
+        )
+        self.locks_before = {owner_id: count for owner_id, count in rows}
+        self.owners_before = conn.execute(
+            select(func.count()).where(owner_accounts.c.removed_at.is_(None))
+        ).scalar_one()
 
     def _crawl(self, owner_ids: Sequence[str]) -> Iterator[tuple[str, OwnerLocks | TapkeyError]]:
         """Fetch owners concurrently, yielding each as it completes.
@@ -374,8 +448,20 @@ class _Run:
 
             def submit() -> None:
                 owner_id = pending.popleft()
-                running[pool.submit(self.source.list_bound_locks, owner_id)] = owner_id
+                fetch = self.source.list_bound_locks
+                future = (
+                    pool.submit(fetch, owner_id, expand=lock_health.EXPAND)
+                    if self.health
+                    else pool.submit(fetch, owner_id)
+                )
+                running[future] = owner_id
 
+            # This thread writes while the fetch threads parse JSON. Each time it waits on the
+            # database it must win the GIL back from a busy fetch thread, which keeps it for up
+            # to the switch interval (5 ms by default): with thousands of waits per run that
+            # queueing cost more than the writing itself. A short interval for the crawl bounds it.
+            interval = sys.getswitchinterval()
+            sys.setswitchinterval(min(interval, _CRAWL_SWITCH_INTERVAL))
             for _ in range(min(2 * self.workers, len(pending))):
                 submit()
             try:
@@ -387,9 +473,13 @@ class _Run:
                             submit()
                         try:
                             yield owner_id, future.result()
+                        except AuthError:
+                            # Without a token no owner can be read: the run fails, not one owner.
+                            raise
                         except TapkeyError as exc:
                             yield owner_id, exc
             finally:
+                sys.setswitchinterval(interval)
                 for future in running:
                     future.cancel()
 
@@ -432,13 +522,15 @@ class _Run:
                 conn.execute(insert(owner_account_versions), versions)
         return vanished
 
-    def _apply_owner(self, owner_id: str, fetched: OwnerLocks | TapkeyError) -> OwnerOutcome:
+    def _apply_owner(
+        self, conn: Connection, owner_id: str, fetched: OwnerLocks | TapkeyError
+    ) -> OwnerOutcome:
         if isinstance(fetched, TapkeyError):
             outcome = OwnerOutcome(owner_id, "failed", fetched_at=self.clock(), error=str(fetched))
             log.warning("owner %s failed: %s", owner_id, fetched)
-            self._record_owner(outcome)
+            self._record_owner(conn, outcome)
             return outcome
-        with connect(self.engine) as conn, conn.begin():
+        with conn.begin():
             t = self.clock()
             counts = self._write_locks(conn, owner_id, fetched, t)
             outcome = OwnerOutcome(
@@ -459,10 +551,10 @@ class _Run:
         self.result.counts.add(counts)
         return outcome
 
-    def _record_owner(self, outcome: OwnerOutcome) -> None:
+    def _record_owner(self, conn: Connection, outcome: OwnerOutcome) -> None:
         if self.dry_run:
             return
-        with connect(self.engine) as conn, conn.begin():
+        with conn.begin():
             _insert_owner_outcome(conn, self._run_id, outcome)
 
     def _write_locks(
@@ -481,29 +573,38 @@ class _Run:
                 continue
             self.seen.add(record.id)
             records.append(record)
-        stored = _load_locks(conn, [r.id for r in records])
-        new_rows: list[dict[str, Any]] = []
+        # Fast path: a live lock of this owner whose stored payload text equals the new one is
+        # unchanged (every stored column derives from that text and the owner), so the common
+        # case costs one string comparison instead of loading, converting and diffing 16 columns.
+        # Only the rest (changed, moved in, restored, new) is loaded in full. Into a table that
+        # was empty when the run began nothing needs loading: a lock this run already wrote is
+        # in `seen`, and a second listing of it was skipped above.
+        same: set[str] = set()
+        stored: dict[str, Mapping[Any, Any]] = {}
+        if self._had_locks(conn):
+            live = _load_live_raw(conn, owner_id)
+            same = {r.id for r in records if live.get(r.id, _MISSING) == r.raw}
+            stored = _load_locks(conn, [r.id for r in records if r.id not in same])
+        new_rows: list[tuple[Any, ...]] = []
+        new_versions: list[tuple[Any, ...]] = []
         versions: list[dict[str, Any]] = []
         changed: dict[str, list[dict[str, Any]]] = {"updated": [], "restored": [], "refresh": []}
+        run_id = self._run_id
         for record in records:
-            values = _lock_values(record, owner_id)
-            current = {name: getattr(record, name) for name in _LOCK_CURRENT_ONLY}
+            if record.id in same:
+                counts.unchanged += 1
+                continue
             old = stored.get(record.id)
             if old is None:
                 counts.created += 1
-                new_rows.append(
-                    {
-                        "id": record.id,
-                        **values,
-                        **current,
-                        "first_seen_at": t,
-                        "removed_at": None,
-                        "updated_at": t,
-                    }
-                )
-                versions.append(_version(record.id, values, t, "created", None, self._run_id))
-                self._note("lock", record.id, "created", owner_id, title=record.title)
+                tracked = (owner_id, *_TRACKED_REST(record))
+                new_rows.append((record.id, *tracked, *_CURRENT(record), t, t))
+                new_versions.append((record.id, *tracked, t, "created", run_id))
+                if self.dry_run:
+                    self._note("lock", record.id, "created", owner_id, title=record.title)
                 continue
+            values = _lock_values(record, owner_id)
+            current = {name: getattr(record, name) for name in _LOCK_CURRENT_ONLY}
             fields = _diff(old, values, LOCK_TRACKED)
             if old["removed_at"] is None and not fields:
                 if any(old[name] != value for name, value in current.items()):
@@ -520,23 +621,39 @@ class _Run:
         if not self.dry_run:
             reopened = [row["b_id"] for row in changed["updated"] + changed["restored"]]
             _close_versions(conn, bound_lock_versions, reopened, t)
-            if new_rows:
-                conn.execute(insert(bound_locks), new_rows)
+            _insert_many(conn, bound_locks, _NEW_LOCK_COLUMNS, new_rows)
             for rows in changed.values():
                 if rows:
                     conn.execute(
                         update(bound_locks).where(bound_locks.c.id == bindparam("b_id")), rows
                     )
+            _insert_many(conn, bound_lock_versions, _NEW_VERSION_COLUMNS, new_versions)
+            if self.health:
+                lock_health.store_readings(conn, records, seen_at=t, run_id=run_id)
             if versions:
                 conn.execute(insert(bound_lock_versions), versions)
         return counts
 
-    def _remove(self, owner_ids: set[str], vanished: set[str]) -> None:
-        """Remove unseen locks of fully fetched and vanished owners, then vanished owners."""
+    def _had_locks(self, conn: Connection) -> bool:
+        """Whether bound_locks had any row when the run first asked (it is the only writer)."""
+        if self.had_locks is None:
+            self.had_locks = conn.execute(select(bound_locks.c.id).limit(1)).first() is not None
+        return self.had_locks
+
+    def _remove(self, owner_ids: set[str], vanished: set[str]) -> list[str]:
+        """Remove unseen locks of fully fetched and vanished owners, then vanished owners.
+
+        The deletion guard (RemovalGuard) may hold some of them back; returns one message per
+        held-back group, saying how to confirm it.
+        """
+        guard = self.guard
+        held: list[str] = []
+        kept_owners: set[str] = set()
+        if vanished and guard.too_many_owners(len(vanished), self.owners_before):
+            kept_owners = {owner_id for owner_id in vanished if not guard.confirmed(owner_id)}
         with connect(self.engine) as conn, conn.begin():
             t = self.clock()
-            doomed: dict[str, list[str]] = {"unbound": [], "owner_removed": []}
-            per_owner: dict[str, int] = {}
+            gone: dict[str, list[tuple[str, str | None]]] = {}
             for chunk in _chunks(sorted(owner_ids)):
                 rows = conn.execute(
                     select(bound_locks.c.id, bound_locks.c.owner_account_id, bound_locks.c.title)
@@ -544,20 +661,43 @@ class _Run:
                     .where(bound_locks.c.owner_account_id.in_(chunk))
                 )
                 for lock_id, owner_id, title in rows:
-                    if lock_id in self.seen:
-                        continue
-                    reason = "owner_removed" if owner_id in vanished else "unbound"
-                    doomed[reason].append(lock_id)
-                    per_owner[owner_id] = per_owner.get(owner_id, 0) + 1
+                    if lock_id not in self.seen:
+                        gone.setdefault(owner_id, []).append((lock_id, title))
+            if kept_owners:
+                self.result.held_back.update({o: len(gone.get(o, ())) for o in kept_owners})
+                held.append(_owners_held_message(guard, kept_owners, self.owners_before, gone))
+            doomed: dict[str, list[str]] = {"unbound": [], "owner_removed": []}
+            per_owner: dict[str, int] = {}
+            owner_notes: dict[str, str] = {}
+            for owner_id, locks in sorted(gone.items()):
+                if owner_id in kept_owners:
+                    continue
+                # A vanished owner is judged by the owner-list rule alone (all its locks go).
+                stored = self.locks_before.get(owner_id, 0)
+                if (
+                    owner_id not in vanished
+                    and guard.too_many_locks(len(locks), stored)
+                    and not guard.confirmed(owner_id)
+                ):
+                    self.result.held_back[owner_id] = len(locks)
+                    owner_notes[owner_id] = _locks_held_message(guard, owner_id, len(locks), stored)
+                    held.append(owner_notes[owner_id])
+                    continue
+                reason = "owner_removed" if owner_id in vanished else "unbound"
+                doomed[reason].extend(lock_id for lock_id, _ in locks)
+                per_owner[owner_id] = len(locks)
+                for lock_id, title in locks:
                     self._note("lock", lock_id, "removed", owner_id, None, reason, title)
+            removed_owners = sorted(vanished - kept_owners)
             removed = sum(len(ids) for ids in doomed.values())
             self.result.counts.removed += removed
             for outcome in self.result.owners:
                 outcome.counts.removed = per_owner.get(outcome.owner_account_id, 0)
-            for owner_id in sorted(vanished):
+                outcome.error = owner_notes.get(outcome.owner_account_id, outcome.error)
+            for owner_id in removed_owners:
                 self._note("owner", owner_id, "removed", owner_id, None, "owner_removed")
             if self.dry_run:
-                return
+                return held
             for reason, ids in doomed.items():
                 _remove_rows(
                     conn,
@@ -574,7 +714,7 @@ class _Run:
                 owner_accounts,
                 owner_account_versions,
                 OWNER_TRACKED,
-                sorted(vanished),
+                removed_owners,
                 t,
                 "owner_removed",
                 self._run_id,
@@ -587,8 +727,19 @@ class _Run:
                     .values(removed=bindparam("b_removed")),
                     [{"b_owner": o, "b_removed": n} for o, n in per_owner.items()],
                 )
-        if removed or vanished:
-            log.info("removed %d lock(s) and %d owner(s)", removed, len(vanished))
+            if owner_notes:
+                conn.execute(
+                    update(sync_run_owners)
+                    .where(sync_run_owners.c.run_id == self._run_id)
+                    .where(sync_run_owners.c.owner_account_id == bindparam("b_owner"))
+                    .values(error=bindparam("b_error")),
+                    [{"b_owner": o, "b_error": m} for o, m in owner_notes.items()],
+                )
+        if removed or removed_owners:
+            log.info("removed %d lock(s) and %d owner(s)", removed, len(removed_owners))
+        for message in held:
+            log.warning("%s", message)
+        return held
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -678,6 +829,114 @@ def _load_locks(conn: Connection, ids: Sequence[str]) -> dict[str, Mapping[Any, 
     return stored
 
 
+_MISSING = object()
+
+
+def _load_live_raw(conn: Connection, owner_id: str) -> dict[str, Any]:
+    """The stored payload text of the owner's present locks, by lock id."""
+    rows = conn.execute(
+        select(bound_locks.c.id, bound_locks.c.raw)
+        .where(bound_locks.c.owner_account_id == owner_id)
+        .where(bound_locks.c.removed_at.is_(None))
+    )
+    return {lock_id: raw for lock_id, raw in rows}
+
+
+@dataclass(frozen=True)
+class _InsertPlan:
+    sql: str  # INSERT in the driver's paramstyle, or COPY on PostgreSQL (psycopg)
+    copy: bool
+    order: tuple[int, ...] | None  # positional drivers: row indexes in placeholder order
+    names: tuple[str, ...]
+    convert: tuple[tuple[int, Callable[[Any], Any]], ...]  # column index, bind processor
+
+
+_PLANS: weakref.WeakKeyDictionary[Dialect, dict[tuple[str, tuple[str, ...]], _InsertPlan]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _insert_plan(dialect: Dialect, table: Table, columns: tuple[str, ...]) -> _InsertPlan:
+    plans = _PLANS.setdefault(dialect, {})
+    plan = plans.get((table.name, columns))
+    if plan is not None:
+        return plan
+    # The column types' own bind processors: exactly the conversions Core would apply.
+    convert = tuple(
+        (i, process)
+        for i, name in enumerate(columns)
+        if (process := table.c[name].type.dialect_impl(dialect).bind_processor(dialect))
+    )
+    if dialect.name == "postgresql" and dialect.driver == "psycopg":
+        quote = dialect.identifier_preparer.quote
+        sql = (
+            f"COPY {dialect.identifier_preparer.format_table(table)} "
+            f"({', '.join(quote(name) for name in columns)}) FROM STDIN"
+        )
+        plan = _InsertPlan(sql, True, None, columns, convert)
+    else:
+        statement = insert(table).values({name: bindparam(name) for name in columns})
+        compiled = statement.compile(dialect=dialect, for_executemany=True)
+        order = None
+        if compiled.positional:
+            assert compiled.positiontup is not None
+            order = tuple(columns.index(name) for name in compiled.positiontup)
+        plan = _InsertPlan(compiled.string, False, order, columns, convert)
+    plans[(table.name, columns)] = plan
+    return plan
+
+
+def _insert_many(
+    conn: Connection, table: Table, columns: tuple[str, ...], rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """INSERT `rows` (tuples in `columns` order) with one bulk call to the driver.
+
+    Core's executemany builds and processes a parameter dict per row, which costs more than the
+    database spends storing the row. This applies the same bind processors (memoised: `t` and
+    flags repeat on every row) and hands all rows to the driver at once: executemany on SQLite
+    and MariaDB, COPY on PostgreSQL (psycopg).
+    """
+    if not rows:
+        return
+    dialect = conn.dialect
+    plan = _insert_plan(dialect, table, columns)
+    values: list[Any] = list(rows)
+    for i, process in plan.convert:
+        memo: dict[Any, Any] = {}
+        for n, row in enumerate(values):
+            value = row[i]
+            if value is None:
+                continue
+            try:
+                converted = memo[value]
+            except KeyError:
+                converted = memo[value] = process(value)
+            except TypeError:  # unhashable (a JSON list): convert it every time
+                converted = process(value)
+            if converted is not value:
+                row = values[n] = list(row) if type(row) is tuple else row
+                row[i] = converted
+    if plan.copy:
+        dbapi = dialect.loaded_dbapi
+        cursor: Any = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            with cursor, cursor.copy(plan.sql) as copy:
+                for row in values:
+                    copy.write_row(row)
+        except dbapi.Error as exc:
+            # The same wrapper Core raises, so callers see one kind of database error.
+            raise DBAPIError.instance(plan.sql, None, exc, dbapi.Error, dialect=dialect) from exc
+        return
+    if plan.order is None:
+        params: list[Any] = [dict(zip(plan.names, row, strict=True)) for row in values]
+    elif plan.order == tuple(range(len(columns))):
+        params = [tuple(row) for row in values]  # the driver wants one kind of sequence
+    else:
+        order = plan.order
+        params = [tuple(row[i] for i in order) for row in values]
+    conn.exec_driver_sql(plan.sql, params)
+
+
 def _close_versions(conn: Connection, table: Any, ids: Sequence[str], t: datetime) -> None:
     for chunk in _chunks(ids):
         conn.execute(
@@ -741,6 +1000,31 @@ def _latest_instant(conn: Connection) -> datetime | None:
     ]
     present = [c for c in candidates if c is not None]
     return max(present) if present else None
+
+
+def _locks_held_message(guard: RemovalGuard, owner_id: str, gone: int, stored: int) -> str:
+    return (
+        f"owner {owner_id}: held back the removal of {gone} of its {stored} locks (more than "
+        f"{guard.max_fraction:.0%} and more than {guard.min_count} gone at once); if they are "
+        f"really gone, confirm with `exporter run-once --allow-mass-removal-owner {owner_id}`"
+    )
+
+
+def _owners_held_message(
+    guard: RemovalGuard,
+    kept: set[str],
+    stored: int,
+    gone: Mapping[str, Sequence[object]],
+) -> str:
+    ids = sorted(kept)
+    shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+    locks = sum(len(gone.get(owner_id, ())) for owner_id in ids)
+    return (
+        f"owner list: held back the removal of {len(ids)} of {stored} owner accounts ({shown}) "
+        f"and their {locks} locks (more than {guard.max_fraction:.0%} of the owners vanished at "
+        "once); if they are really gone, confirm with `exporter run-once --allow-mass-removal` "
+        "(or --allow-mass-removal-owner ID for each)"
+    )
 
 
 def _failed_summary(owners: Sequence[OwnerOutcome]) -> str | None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from alembic import context
-from sqlalchemy import engine_from_config, pool
+from sqlalchemy import engine_from_config, pool, text
 
 from exporter.schema import OPEN_VERSION_INDEXES, metadata
 
@@ -23,7 +24,23 @@ def _include_object(
     return True
 
 
+def _create_schema(connection: Any) -> None:
+    """Create the PostgreSQL schema named by [database] schema_name if it does not exist yet.
+
+    The engine puts it first on the search_path; while it is missing, current_schema() is NULL
+    and nothing (not even alembic_version) could be created.
+    """
+    if connection.dialect.name != "postgresql":
+        return
+    if connection.execute(text("SELECT current_schema()")).scalar() is not None:
+        return
+    first = str(connection.execute(text("SHOW search_path")).scalar()).split(",")[0].strip()
+    if re.fullmatch(r'[A-Za-z_][A-Za-z0-9_]{0,62}|"[^"]{1,63}"', first):
+        connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {first}"))
+
+
 def _run(connection: Any) -> None:
+    _create_schema(connection)
     context.configure(
         connection=connection,
         target_metadata=metadata,

@@ -26,7 +26,8 @@ POSTGRES_ADMIN = os.environ.get(
 MARIADB_ADMIN = os.environ.get("EXPORTER_TEST_MARIADB", "mysql+pymysql://root@127.0.0.1:3306/")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 BACKENDS = ("sqlite", "postgresql", "mariadb")
-TABLES = (
+TABLES = (  # calendar_days is static data from migration 0002: never truncated
+    "lock_health_readings",
     "sync_run_owners",
     "bound_lock_versions",
     "owner_account_versions",

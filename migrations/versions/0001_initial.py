@@ -67,7 +67,13 @@ def upgrade() -> None:
         ),
         sa.Column("title", sa.Text(), nullable=True),
         sa.Column("description", sa.Text(), nullable=True),
-        sa.Column("physical_lock_id", sa.String(length=255), nullable=True),
+        sa.Column(
+            "physical_lock_id",
+            sa.String(length=255).with_variant(
+                mysql.VARCHAR(collation="utf8mb4_bin", length=255), "mariadb", "mysql"
+            ),
+            nullable=True,
+        ),
         sa.Column("lock_type_id", sa.String(length=255), nullable=True),
         sa.Column("lock_model_name", sa.String(length=255), nullable=True),
         sa.Column("manufacturer_id", sa.Integer(), nullable=True),
@@ -164,7 +170,13 @@ def upgrade() -> None:
         ),
         sa.Column("title", sa.Text(), nullable=True),
         sa.Column("description", sa.Text(), nullable=True),
-        sa.Column("physical_lock_id", sa.String(length=255), nullable=True),
+        sa.Column(
+            "physical_lock_id",
+            sa.String(length=255).with_variant(
+                mysql.VARCHAR(collation="utf8mb4_bin", length=255), "mariadb", "mysql"
+            ),
+            nullable=True,
+        ),
         sa.Column("lock_type_id", sa.String(length=255), nullable=True),
         sa.Column("lock_model_name", sa.String(length=255), nullable=True),
         sa.Column("manufacturer_id", sa.Integer(), nullable=True),

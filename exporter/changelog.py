@@ -1,0 +1,379 @@
+"""Read-side queries over the version tables: the change feed, lock histories, bindings.
+
+The previous version of a version is the one of the same entity just before it; a change's
+fields are the tracked attributes that differ from it. The BI views `bound_lock_change_feed` and
+`lock_binding_history` say the same in SQL (the tests hold both to the same answers).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from itertools import pairwise
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Select, Table, select
+
+from exporter.errors import UsageError
+from exporter.report import (
+    LockRow,
+    Row,
+    chunks,
+    hex_of,
+    lock_row,
+    owner_names,
+    resolve_owner,
+)
+from exporter.schema import (
+    LOCK_TRACKED,
+    OWNER_TRACKED,
+    bound_lock_versions,
+    bound_locks,
+    owner_account_versions,
+)
+from exporter.store import connect
+
+CHANGE_KINDS = ("created", "updated", "removed", "restored")
+ENTITIES = ("lock", "owner")
+_HEX_RE = re.compile(r"[0-9A-F]{2}(?:-?[0-9A-F]{2})*")
+
+
+@dataclass(frozen=True)
+class FieldChange:
+    """One tracked attribute that differs from the previous version."""
+
+    field: str
+    old: Any
+    new: Any
+
+
+@dataclass(frozen=True)
+class ChangeRow:
+    """One version of a lock or an owner account, with what changed against the previous one."""
+
+    entity: str  # "lock" or "owner"
+    version_id: int
+    id: str
+    changed_at: datetime
+    valid_to: datetime | None
+    run_id: int
+    change_type: str
+    removal_reason: str | None
+    owner_account_id: str | None
+    owner_name: str | None
+    title: str | None
+    lock_id_hex: str | None = None
+    lock_model_name: str | None = None
+    previous_version_id: int | None = None
+    changes: tuple[FieldChange, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields by name, `changes` as a list of {field, old, new}."""
+        data = asdict(self)
+        data["changes"] = [asdict(c) for c in self.changes]
+        return data
+
+
+@dataclass(frozen=True)
+class ChangeFeed:
+    """Changes in time order, and the current names of the owner accounts they mention."""
+
+    rows: list[ChangeRow]
+    owner_names: dict[str, str | None] = field(default_factory=dict)
+
+
+def changes(
+    engine: Engine,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    run_id: int | None = None,
+    owner: str | None = None,
+    kinds: Collection[str] = (),
+    entities: Collection[str] = ENTITIES,
+) -> ChangeFeed:
+    """Lock and owner changes observed in [since, until), optionally of one run, owner or kind.
+
+    A lock change matches `owner` when the lock belongs to that owner before or after it.
+    """
+    unknown = set(kinds) - set(CHANGE_KINDS)
+    if unknown:
+        raise UsageError(
+            f"unknown change kind {sorted(unknown)[0]!r}; use {', '.join(CHANGE_KINDS)}"
+        )
+    with connect(engine) as conn:
+        owner_ids = resolve_owner(conn, owner) if owner is not None else None
+        names = owner_names(conn)
+        rows: list[ChangeRow] = []
+        for entity in ENTITIES:
+            if entity not in entities:
+                continue
+            table = bound_lock_versions if entity == "lock" else owner_account_versions
+            query = select(table)
+            if since is not None:
+                query = query.where(table.c.valid_from >= since)
+            if until is not None:
+                query = query.where(table.c.valid_from < until)
+            if run_id is not None:
+                query = query.where(table.c.run_id == run_id)
+            if kinds:
+                query = query.where(table.c.change_type.in_(sorted(kinds)))
+            if entity == "lock":
+                rows.extend(_lock_changes(conn, query, names))
+            else:
+                rows.extend(_owner_changes(conn, query, names))
+    if owner_ids is not None:
+        rows = [r for r in rows if _concerns(r, owner_ids)]
+    rows.sort(key=lambda r: (r.changed_at, r.entity != "owner", r.id))
+    return ChangeFeed(rows, names)
+
+
+def _concerns(row: ChangeRow, owner_ids: set[str]) -> bool:
+    if row.owner_account_id in owner_ids:
+        return True
+    return any(c.field == "owner_account_id" and c.old in owner_ids for c in row.changes)
+
+
+def _previous_versions(conn: Connection, table: Table, versions: Sequence[Row]) -> dict[int, Row]:
+    """version_id -> the version of the same entity just before it (created ones have none)."""
+    ids = sorted({v["id"] for v in versions if v["change_type"] != "created"})
+    previous: dict[int, Row] = {}
+    for chunk in chunks(ids):
+        chains: dict[str, list[Row]] = defaultdict(list)
+        for row in conn.execute(
+            select(table).where(table.c.id.in_(chunk)).order_by(table.c.id, table.c.valid_from)
+        ).mappings():
+            chains[row["id"]].append(row)
+        for chain in chains.values():
+            for before, after in pairwise(chain):
+                previous[after["version_id"]] = before
+    return previous
+
+
+def _diff(old: Row | None, new: Row, fields: Iterable[str]) -> tuple[FieldChange, ...]:
+    if old is None:
+        return ()
+    return tuple(FieldChange(f, old[f], new[f]) for f in fields if old[f] != new[f])
+
+
+def _lock_changes(
+    conn: Connection, query: Select[Any], names: Mapping[str, str | None]
+) -> list[ChangeRow]:
+    v = bound_lock_versions
+    query = query.add_columns(
+        bound_locks.c.physical_lock_id.label("current_physical_lock_id"),
+        bound_locks.c.lock_id_hex,
+    ).join(bound_locks, bound_locks.c.id == v.c.id)
+    versions = conn.execute(query).mappings().all()
+    previous = _previous_versions(conn, v, versions)
+    rows = []
+    for row in versions:
+        before = previous.get(row["version_id"])
+        rows.append(
+            ChangeRow(
+                entity="lock",
+                version_id=row["version_id"],
+                id=row["id"],
+                changed_at=row["valid_from"],
+                valid_to=row["valid_to"],
+                run_id=row["run_id"],
+                change_type=row["change_type"],
+                removal_reason=row["removal_reason"],
+                owner_account_id=row["owner_account_id"],
+                owner_name=names.get(row["owner_account_id"]),
+                title=row["title"],
+                lock_id_hex=hex_of(row),
+                lock_model_name=row["lock_model_name"],
+                previous_version_id=before["version_id"] if before is not None else None,
+                changes=_diff(before, row, LOCK_TRACKED),
+            )
+        )
+    return rows
+
+
+def _owner_changes(
+    conn: Connection, query: Select[Any], names: Mapping[str, str | None]
+) -> list[ChangeRow]:
+    versions = conn.execute(query).mappings().all()
+    previous = _previous_versions(conn, owner_account_versions, versions)
+    rows = []
+    for row in versions:
+        before = previous.get(row["version_id"])
+        rows.append(
+            ChangeRow(
+                entity="owner",
+                version_id=row["version_id"],
+                id=row["id"],
+                changed_at=row["valid_from"],
+                valid_to=row["valid_to"],
+                run_id=row["run_id"],
+                change_type=row["change_type"],
+                removal_reason=row["removal_reason"],
+                owner_account_id=row["id"],
+                owner_name=names.get(row["id"]),
+                title=row["name"],
+                previous_version_id=before["version_id"] if before is not None else None,
+                changes=_diff(before, row, OWNER_TRACKED),
+            )
+        )
+    return rows
+
+
+@dataclass(frozen=True)
+class Binding:
+    """A period in which one owner account held a physical lock under one bound lock id."""
+
+    physical_lock_id: str | None
+    lock_id_hex: str | None
+    bound_lock_id: str
+    owner_account_id: str
+    owner_name: str | None
+    held_from: datetime
+    held_to: datetime | None
+    end_reason: str | None
+    bind_date: datetime | None
+    title: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields by name."""
+        return asdict(self)
+
+
+def bindings(engine: Engine, bound_lock_ids: Collection[str] | None = None) -> list[Binding]:
+    """Who held which physical lock when (all locks, or the given bound locks), by start time."""
+    with connect(engine) as conn:
+        return _bindings(conn, bound_lock_ids)
+
+
+def _bindings(conn: Connection, bound_lock_ids: Collection[str] | None) -> list[Binding]:
+    v = bound_lock_versions
+    query = (
+        select(
+            v,
+            bound_locks.c.physical_lock_id.label("current_physical_lock_id"),
+            bound_locks.c.lock_id_hex,
+        )
+        .join(bound_locks, bound_locks.c.id == v.c.id)
+        .order_by(v.c.id, v.c.valid_from)
+    )
+    queries = (
+        [query]
+        if bound_lock_ids is None
+        else [query.where(v.c.id.in_(chunk)) for chunk in chunks(sorted(bound_lock_ids))]
+    )
+    names = owner_names(conn)
+    chains: dict[str, list[Row]] = defaultdict(list)
+    for q in queries:
+        for found in conn.execute(q).mappings():
+            chains[found["id"]].append(found)
+    result = []
+    for chain in chains.values():
+        start: Row | None = None
+        ends: list[Row | None] = [*chain, None]
+        for row in ends:
+            if start is not None and (row is None or not _same_holding(start, row)):
+                end_reason = None
+                if row is not None:
+                    end_reason = (
+                        row["removal_reason"]
+                        if row["change_type"] == "removed"
+                        else "moved"
+                        if row["owner_account_id"] != start["owner_account_id"]
+                        else "physical_lock_changed"
+                    )
+                result.append(
+                    Binding(
+                        physical_lock_id=start["physical_lock_id"],
+                        lock_id_hex=hex_of(start),
+                        bound_lock_id=start["id"],
+                        owner_account_id=start["owner_account_id"],
+                        owner_name=names.get(start["owner_account_id"]),
+                        held_from=start["valid_from"],
+                        held_to=row["valid_from"] if row is not None else None,
+                        end_reason=end_reason,
+                        bind_date=start["bind_date"],
+                        title=start["title"],
+                    )
+                )
+                start = None
+            if start is None and row is not None and row["change_type"] != "removed":
+                start = row
+    result.sort(key=lambda b: (b.held_from, b.bound_lock_id))
+    return result
+
+
+def _same_holding(start: Row, row: Row) -> bool:
+    return bool(
+        row["change_type"] != "removed"
+        and row["owner_account_id"] == start["owner_account_id"]
+        and row["physical_lock_id"] == start["physical_lock_id"]
+    )
+
+
+@dataclass(frozen=True)
+class LockHistory:
+    """Every bound lock that matched, who held the device when, and every version."""
+
+    query: str
+    locks: list[LockRow]
+    bindings: list[Binding]
+    versions: list[ChangeRow]
+    owner_names: dict[str, str | None]
+
+
+def lock_history(engine: Engine, key: str) -> LockHistory:
+    """The history of a bound lock id, or of every bound lock of a physical lock.
+
+    `key` is a bound lock id, a customer-facing lock id (`12-34-BF-FB`, any case, dashes
+    optional) or a physical lock id as the API gives it (Base64).
+    """
+    with connect(engine) as conn:
+        ids = _find_locks(conn, key)
+        names = owner_names(conn)
+        locks = [
+            lock_row(r, names.get(r["owner_account_id"]), r["lock_id_hex"])
+            for chunk in chunks(ids)
+            for r in conn.execute(select(bound_locks).where(bound_locks.c.id.in_(chunk)))
+            .mappings()
+            .all()
+        ]
+        versions = [
+            row
+            for chunk in chunks(ids)
+            for row in _lock_changes(
+                conn, select(bound_lock_versions).where(bound_lock_versions.c.id.in_(chunk)), names
+            )
+        ]
+        holdings = _bindings(conn, ids)
+    locks.sort(key=lambda r: (r.removed_at is None, r.removed_at or r.bind_date, r.id))
+    versions.sort(key=lambda r: (r.changed_at, r.id))
+    return LockHistory(key, locks, holdings, versions, names)
+
+
+def _find_locks(conn: Connection, key: str) -> list[str]:
+    wanted = key.strip()
+    found = conn.execute(select(bound_locks.c.id).where(bound_locks.c.id == wanted)).scalars()
+    ids = list(found)
+    if not ids and _HEX_RE.fullmatch(wanted.upper()):
+        digits = wanted.upper().replace("-", "")
+        hex_id = "-".join(digits[i : i + 2] for i in range(0, len(digits), 2))
+        ids = list(
+            conn.execute(select(bound_locks.c.id).where(bound_locks.c.lock_id_hex == hex_id))
+            .scalars()
+            .all()
+        )
+    if not ids:
+        ids = list(
+            conn.execute(select(bound_locks.c.id).where(bound_locks.c.physical_lock_id == wanted))
+            .scalars()
+            .all()
+        )
+    if not ids:
+        raise UsageError(
+            f"no bound lock has the id, lock id or physical lock id {key!r}; find it with "
+            "`exporter locks --include-removed --search TEXT`"
+        )
+    return ids
