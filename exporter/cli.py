@@ -52,7 +52,11 @@ ConfigOption = Annotated[
 ]
 DatabaseOption = Annotated[
     str | None,
-    typer.Option("--database-url", help="Use this database URL instead of the configured one.", show_default=False),
+    typer.Option(
+        "--database-url",
+        help="Use this database URL instead of the configured one.",
+        show_default=False,
+    ),
 ]
 FormatOption = Annotated[str, typer.Option("--format", "-f", help="Output format: table or json.")]
 QuietOption = Annotated[

@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -35,9 +34,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import (
     Connection,
-    Dialect,
     Engine,
-    Table,
     bindparam,
     func,
     insert,
@@ -66,7 +63,7 @@ from exporter.schema import (
     sync_run_owners,
     sync_runs,
 )
-from exporter.store import WriterLock, connect, run_failure_message
+from exporter.store import WriterLock, connect, insert_many, run_failure_message
 from exporter.tapkey import LockRecord, OwnerLocks, OwnerRecord
 
 log = logging.getLogger(__name__)
@@ -76,7 +73,7 @@ CHUNK = 500
 _LOCK_CURRENT_ONLY = ("lock_id_hex", "rcl_serial_no", "rcl_date", "raw")
 # GIL switch interval while fetch threads run (see _crawl).
 _CRAWL_SWITCH_INTERVAL = 0.0005
-# Bulk-insert column orders for new locks (see _insert_many); the owner comes from the URL.
+# Bulk-insert column orders for new locks (see store.insert_many); the owner comes from the URL.
 assert LOCK_TRACKED[0] == "owner_account_id"
 _TRACKED_REST = attrgetter(*LOCK_TRACKED[1:])
 _CURRENT = attrgetter(*_LOCK_CURRENT_ONLY)
@@ -423,6 +420,8 @@ class _Run:
             raise _Interrupted
         held = self._remove(removable | vanished, vanished)
         failed = listed - complete
+        if held:
+            held.append("under `exporter serve`, set [sync] allow_mass_removal = true for one run")
         summary = "; ".join(m for m in (_failed_summary(self.result.owners), *held) if m)
         self._finish("partial" if failed or held else "succeeded", summary or None)
 
@@ -621,13 +620,13 @@ class _Run:
         if not self.dry_run:
             reopened = [row["b_id"] for row in changed["updated"] + changed["restored"]]
             _close_versions(conn, bound_lock_versions, reopened, t)
-            _insert_many(conn, bound_locks, _NEW_LOCK_COLUMNS, new_rows)
+            insert_many(conn, bound_locks, _NEW_LOCK_COLUMNS, new_rows)
             for rows in changed.values():
                 if rows:
                     conn.execute(
                         update(bound_locks).where(bound_locks.c.id == bindparam("b_id")), rows
                     )
-            _insert_many(conn, bound_lock_versions, _NEW_VERSION_COLUMNS, new_versions)
+            insert_many(conn, bound_lock_versions, _NEW_VERSION_COLUMNS, new_versions)
             if self.health:
                 lock_health.store_readings(conn, records, seen_at=t, run_id=run_id)
             if versions:
@@ -840,101 +839,6 @@ def _load_live_raw(conn: Connection, owner_id: str) -> dict[str, Any]:
         .where(bound_locks.c.removed_at.is_(None))
     )
     return {lock_id: raw for lock_id, raw in rows}
-
-
-@dataclass(frozen=True)
-class _InsertPlan:
-    sql: str  # INSERT in the driver's paramstyle, or COPY on PostgreSQL (psycopg)
-    copy: bool
-    order: tuple[int, ...] | None  # positional drivers: row indexes in placeholder order
-    names: tuple[str, ...]
-    convert: tuple[tuple[int, Callable[[Any], Any]], ...]  # column index, bind processor
-
-
-_PLANS: weakref.WeakKeyDictionary[Dialect, dict[tuple[str, tuple[str, ...]], _InsertPlan]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _insert_plan(dialect: Dialect, table: Table, columns: tuple[str, ...]) -> _InsertPlan:
-    plans = _PLANS.setdefault(dialect, {})
-    plan = plans.get((table.name, columns))
-    if plan is not None:
-        return plan
-    # The column types' own bind processors: exactly the conversions Core would apply.
-    convert = tuple(
-        (i, process)
-        for i, name in enumerate(columns)
-        if (process := table.c[name].type.dialect_impl(dialect).bind_processor(dialect))
-    )
-    if dialect.name == "postgresql" and dialect.driver == "psycopg":
-        quote = dialect.identifier_preparer.quote
-        sql = (
-            f"COPY {dialect.identifier_preparer.format_table(table)} "
-            f"({', '.join(quote(name) for name in columns)}) FROM STDIN"
-        )
-        plan = _InsertPlan(sql, True, None, columns, convert)
-    else:
-        statement = insert(table).values({name: bindparam(name) for name in columns})
-        compiled = statement.compile(dialect=dialect, for_executemany=True)
-        order = None
-        if compiled.positional:
-            assert compiled.positiontup is not None
-            order = tuple(columns.index(name) for name in compiled.positiontup)
-        plan = _InsertPlan(compiled.string, False, order, columns, convert)
-    plans[(table.name, columns)] = plan
-    return plan
-
-
-def _insert_many(
-    conn: Connection, table: Table, columns: tuple[str, ...], rows: Sequence[tuple[Any, ...]]
-) -> None:
-    """INSERT `rows` (tuples in `columns` order) with one bulk call to the driver.
-
-    Core's executemany builds and processes a parameter dict per row, which costs more than the
-    database spends storing the row. This applies the same bind processors (memoised: `t` and
-    flags repeat on every row) and hands all rows to the driver at once: executemany on SQLite
-    and MariaDB, COPY on PostgreSQL (psycopg).
-    """
-    if not rows:
-        return
-    dialect = conn.dialect
-    plan = _insert_plan(dialect, table, columns)
-    values: list[Any] = list(rows)
-    for i, process in plan.convert:
-        memo: dict[Any, Any] = {}
-        for n, row in enumerate(values):
-            value = row[i]
-            if value is None:
-                continue
-            try:
-                converted = memo[value]
-            except KeyError:
-                converted = memo[value] = process(value)
-            except TypeError:  # unhashable (a JSON list): convert it every time
-                converted = process(value)
-            if converted is not value:
-                row = values[n] = list(row) if type(row) is tuple else row
-                row[i] = converted
-    if plan.copy:
-        dbapi = dialect.loaded_dbapi
-        cursor: Any = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            with cursor, cursor.copy(plan.sql) as copy:
-                for row in values:
-                    copy.write_row(row)
-        except dbapi.Error as exc:
-            # The same wrapper Core raises, so callers see one kind of database error.
-            raise DBAPIError.instance(plan.sql, None, exc, dbapi.Error, dialect=dialect) from exc
-        return
-    if plan.order is None:
-        params: list[Any] = [dict(zip(plan.names, row, strict=True)) for row in values]
-    elif plan.order == tuple(range(len(columns))):
-        params = [tuple(row) for row in values]  # the driver wants one kind of sequence
-    else:
-        order = plan.order
-        params = [tuple(row[i] for i in order) for row in values]
-    conn.exec_driver_sql(plan.sql, params)
 
 
 def _close_versions(conn: Connection, table: Any, ids: Sequence[str], t: datetime) -> None:

@@ -226,3 +226,23 @@ def test_sandbox_command_serves_a_fake_tapkey_until_interrupted() -> None:
         server.send_signal(signal.SIGINT)
         server.communicate(timeout=10)
     assert server.returncode in (0, 130)
+
+
+def test_lock_timeout_waits_for_the_other_run_instead_of_skipping(
+    sandbox: Sandbox, db_url: str, engine: Engine
+) -> None:
+    sandbox.add_fault(Fault(route="locks", kind="delay", delay=0.4, times=3))
+    env = subprocess_env(sandbox, db_url)
+    env["EXPORTER_TAPKEY__WORKERS"] = "1"
+    first = _start(env, "run-once")
+    try:
+        _wait_for(lambda: _running(engine))
+        second = _run({**env, "EXPORTER_DATABASE__LOCK_TIMEOUT": "30"}, "run-once")
+    finally:
+        first.communicate(timeout=60)
+
+    assert (first.returncode, second.returncode) == (0, 0), second.stderr
+    with engine.connect() as conn:
+        runs = conn.execute(select(sync_runs).order_by(sync_runs.c.id)).mappings().all()
+    assert [r["status"] for r in runs] == ["succeeded", "succeeded"]
+    assert runs[0]["finished_at"] <= runs[1]["started_at"]

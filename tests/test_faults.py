@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import socket
@@ -30,7 +31,7 @@ import pytest
 import typer
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from conftest import make_settings, subprocess_env
+from conftest import POSTGRES_ADMIN, make_settings, subprocess_env
 from history_checks import assert_history_consistent, count_rows, expected_locks, locks_at
 from sqlalchemy import Engine, create_engine, event, func, select, text
 from sqlalchemy.engine import make_url
@@ -546,6 +547,26 @@ def test_fault_matrix(
     _assert_converged(engine, sandbox, _run(sandbox, db_url, tmp_path))
 
 
+@pytest.mark.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)
+def test_a_token_expiring_mid_run_is_renewed_once(
+    db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    now = [1000.0]
+    with Sandbox(seed=13, owners=4, locks_per_owner=3, clock=lambda: now[0]) as fake:
+
+        def two_hours_pass(request: Request) -> None:
+            if request.route == "locks" and request.number == 3:
+                now[0] += 7200  # every token issued so far is now expired server-side
+
+        fake.hooks.append(two_hours_pass)
+        requests = _count_requests(fake)
+
+        result = _run(fake, db_url, tmp_path, tapkey={"workers": 1})
+
+        assert requests["token"] == 2
+        _assert_converged(engine, fake, result)
+
+
 # -- 3: records that cannot be read (served through a paging hook) ---------------------------
 
 
@@ -757,7 +778,10 @@ def test_an_owner_losing_most_of_its_locks_is_held_back_until_confirmed(
     message = _one_line(held.error)
     assert f"--allow-mass-removal-owner {owner}" in message and "13 of its 24 locks" in message
     assert _present(engine, gone) == gone and not _present(engine, small)
-    assert _owner_row(engine, held.run_id, owner)["error"] == message
+    assert message.startswith(_owner_row(engine, held.run_id, owner)["error"] + "; ")
+    assert message.endswith(
+        "under `exporter serve`, set [sync] allow_mass_removal = true for one run"
+    )
     assert _run_row(engine, held.run_id)["status"] == "partial"
     assert_history_consistent(engine)
     again = _run(fake, db_url, tmp_path)  # still held: the guard does not get used to it
@@ -1292,6 +1316,11 @@ def test_no_secret_token_or_database_password_in_any_output(
             process.args, process.returncode, stdout, stderr
         )
 
+    if engine.dialect.name == "postgresql":
+        _database_away_until_after_the_run(sandbox, db_url, run)
+        assert "Traceback" in outputs["database away"].stderr  # tracebacks are grepped too
+        assert _runs(engine)[-2:] == [("failed", "interrupted"), ("succeeded", None)]
+
     tokens = sandbox.issued_tokens
     assert len(tokens) >= 6
     assert "DEBUG" in outputs["first load"].stderr  # the most talkative level really was on
@@ -1315,6 +1344,41 @@ def test_no_secret_token_or_database_password_in_any_output(
     assert "postgres:***@" in outputs["database unreachable"].stderr
 
 
+def _database_away_until_after_the_run(
+    fake: Sandbox, db_url: str, run: Callable[..., None]
+) -> None:
+    """Mid-crawl, PostgreSQL drops every session and refuses new ones until the run has ended.
+
+    The run cannot even record its end (it logs that with a traceback) and exits 5; once the
+    database is back, the next run marks it failed ("interrupted") and goes on.
+    """
+    name = make_url(db_url).database
+    admin = create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
+
+    def database_goes_away(request: Request) -> None:
+        if request.route != "locks" or not request.skip:
+            return
+        fake.hooks.remove(database_goes_away)
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
+            conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+                    "WHERE datname = :db"
+                ),
+                {"db": name},
+            )
+
+    fake.hooks.append(database_goes_away)
+    try:
+        run("database away", "run-once", code=5)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+        admin.dispose()
+    run("database back", "run-once", code=0)
+
+
 def _write_config(path: Path, body: str, mode: int) -> Path:
     path.write_text(body, encoding="utf-8")
     path.chmod(mode)
@@ -1333,12 +1397,8 @@ class CliResult:
 @pytest.fixture(name="exporter_cli")
 def exporter_cli_fixture(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> Iterator[Callable[..., CliResult]]:
+) -> Callable[..., CliResult]:
     """Run `exporter.cli.main()` with argv and environment; give back code, stdout, stderr."""
-    import logging
-
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
 
     def run(*args: str, env: dict[str, str] | None = None) -> CliResult:
         for name in [name for name in os.environ if name.startswith("EXPORTER_")]:
@@ -1348,18 +1408,27 @@ def exporter_cli_fixture(
         monkeypatch.chdir(tmp_path)
         monkeypatch.setattr(sys, "argv", ["exporter", *args])
         capsys.readouterr()
-        with pytest.raises(SystemExit) as exit_info:
-            cli.main()
+        # The command configures logging for the process (a handler on the captured stderr):
+        # put pytest's handlers back afterwards so later tests log where they expect.
+        root = logging.getLogger()
+        handlers, level = root.handlers[:], root.level
+        try:
+            with pytest.raises(SystemExit) as exit_info:
+                cli.main()
+        finally:
+            for handler in root.handlers[:]:
+                if handler not in handlers:
+                    root.removeHandler(handler)
+                    handler.close()
+            for handler in handlers:
+                if handler not in root.handlers:
+                    root.addHandler(handler)
+            root.setLevel(level)
         captured = capsys.readouterr()
         code = exit_info.value.code
         return CliResult(code if isinstance(code, int) else 1, captured.out, captured.err)
 
-    yield run
-    for handler in root.handlers[:]:
-        root.removeHandler(handler)
-    for handler in saved[0]:
-        root.addHandler(handler)
-    root.setLevel(saved[1])
+    return run
 
 
 def test_a_config_file_holding_a_secret_readable_by_others_gets_a_warning(
