@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -346,7 +347,8 @@ def demo(
     from exporter.demo import run_demo
 
     with _errors():
-        run_demo(database.resolve(), generations=generations, console=out)
+        prog = sys.argv[0] if Path(sys.argv[0]).name == "exporter" else "exporter"
+        run_demo(database.resolve(), generations=generations, console=out, prog=prog)
 
 
 # -- read commands: parse the options, call one report function, render --------------------------

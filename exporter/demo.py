@@ -16,8 +16,13 @@ DEMO_CLIENT_ID = "demo-client"
 DEMO_SECRET = "demo-secret"  # the in-process sandbox's own credential, not a real one
 
 
-def run_demo(path: Path, *, generations: int, console: Console, seed: int = 7) -> None:
-    """Load the sandbox's inventory, then sync after each of `generations` random change sets."""
+def run_demo(
+    path: Path, *, generations: int, console: Console, seed: int = 7, prog: str = "exporter"
+) -> None:
+    """Load the sandbox's inventory, then sync after each of `generations` random change sets.
+
+    `prog` is how the user invoked the exporter, so the closing hints can be pasted as they are.
+    """
     for suffix in ("", "-wal", "-shm", ".lock"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     with Sandbox(
@@ -58,12 +63,14 @@ def run_demo(path: Path, *, generations: int, console: Console, seed: int = 7) -
         finally:
             engine.dispose()
     console.print()
-    console.print(f"The history is in [bold]{path}[/bold]. Try:")
-    url = f"sqlite:///{path}"
-    console.print(f"  EXPORTER_DATABASE__URL={url} exporter db current")
-    console.print("  SQL: SELECT owner_name, title, lock_model_name FROM current_bound_locks;")
+    console.print(f"The history is in [bold]{path}[/bold]. Look at it with:")
+    db = f"--database-url sqlite:///{path}"
+    for args in ("locks", "locks --as-of 1", "changes", "runs"):
+        console.print(f"  {prog} {args} {db}", markup=False)
+    console.print("or any SQL client, e.g.:")
+    console.print("  SELECT owner_name, title, lock_model_name FROM current_bound_locks;")
     console.print(
-        "  SQL: SELECT changed_at, change_type, title, changed_fields FROM bound_lock_changes "
+        "  SELECT changed_at, change_type, title, changed_fields FROM bound_lock_changes "
         "ORDER BY changed_at;"
     )
 
