@@ -17,8 +17,9 @@ from exporter import retention, store
 from exporter.auth import TokenProvider
 from exporter.config import Settings, masked_url
 from exporter.errors import ExporterError, LockHeldError
+from exporter.guard import RemovalGuard
 from exporter.schema import sync_runs
-from exporter.sync import RemovalGuard, RunResult, sync, utcnow
+from exporter.sync import RunResult, sync, utcnow
 from exporter.tapkey import LOCKS_SCOPE, OWNERS_SCOPE, TapkeyClient
 
 EXIT_CODES = {"succeeded": 0, "failed": 1, "partial": 3}

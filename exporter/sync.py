@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from operator import attrgetter
 from typing import Any, Protocol
 
@@ -38,7 +38,6 @@ from sqlalchemy import (
     bindparam,
     func,
     insert,
-    literal,
     select,
     update,
 )
@@ -52,10 +51,21 @@ from exporter.errors import (
     ExporterError,
     TapkeyError,
 )
+from exporter.guard import RemovalGuard, locks_held_message, owners_held_message
+from exporter.history import (
+    LOCK_CURRENT_ONLY,
+    Clock,
+    chunks,
+    close_versions,
+    latest_instant,
+    load_live_raw,
+    load_locks,
+    remove_rows,
+    version_row,
+)
 from exporter.schema import (
     LOCK_TRACKED,
     OWNER_TRACKED,
-    UTCDateTime,
     bound_lock_versions,
     bound_locks,
     owner_account_versions,
@@ -68,16 +78,13 @@ from exporter.tapkey import LockRecord, OwnerLocks, OwnerRecord
 
 log = logging.getLogger(__name__)
 
-# Large enough to amortise round trips, small enough for every database's parameter limit.
-CHUNK = 500
-_LOCK_CURRENT_ONLY = ("lock_id_hex", "rcl_serial_no", "rcl_date", "raw")
 # GIL switch interval while fetch threads run (see _crawl).
 _CRAWL_SWITCH_INTERVAL = 0.0005
 # Bulk-insert column orders for new locks (see store.insert_many); the owner comes from the URL.
 assert LOCK_TRACKED[0] == "owner_account_id"
 _TRACKED_REST = attrgetter(*LOCK_TRACKED[1:])
-_CURRENT = attrgetter(*_LOCK_CURRENT_ONLY)
-_NEW_LOCK_COLUMNS = ("id", *LOCK_TRACKED, *_LOCK_CURRENT_ONLY, "first_seen_at", "updated_at")
+_CURRENT = attrgetter(*LOCK_CURRENT_ONLY)
+_NEW_LOCK_COLUMNS = ("id", *LOCK_TRACKED, *LOCK_CURRENT_ONLY, "first_seen_at", "updated_at")
 _NEW_VERSION_COLUMNS = ("id", *LOCK_TRACKED, "valid_from", "change_type", "run_id")
 
 
@@ -159,50 +166,6 @@ class RunResult:
     held_back: dict[str, int] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class RemovalGuard:
-    """The deletion guard: when a run would remove suspiciously much, hold the removals back.
-
-    An owner that is still listed but returns more than `max_fraction` of its stored locks AND
-    more than `min_count` fewer than stored keeps them; so do the owners that vanished when the
-    owner list loses more than `max_fraction` of its owners (a vanished owner is judged only by
-    that rule). Held-back removals leave the run `partial`; `allow_all` or an owner id in
-    `allow_owners` confirms them (`--allow-mass-removal`, `--allow-mass-removal-owner`).
-    """
-
-    max_fraction: float = 0.5
-    min_count: int = 10
-    allow_all: bool = False
-    allow_owners: frozenset[str] = frozenset()
-
-    def confirmed(self, owner_id: str) -> bool:
-        """True when removals of this owner's locks (or of the owner) were confirmed."""
-        return self.allow_all or owner_id in self.allow_owners
-
-    def too_many_locks(self, gone: int, stored: int) -> bool:
-        """True when `gone` of an owner's `stored` locks is a mass removal."""
-        return gone > self.min_count and gone > self.max_fraction * stored
-
-    def too_many_owners(self, gone: int, stored: int) -> bool:
-        """True when `gone` of `stored` owners vanishing at once is a mass removal."""
-        return stored > 0 and gone > self.max_fraction * stored
-
-
-class _Clock:
-    """`now()`, forced strictly past every instant already written."""
-
-    def __init__(self, now: Callable[[], datetime], floor: datetime | None) -> None:
-        self._now = now
-        self._last = floor
-
-    def __call__(self) -> datetime:
-        t = self._now().astimezone(UTC)
-        if self._last is not None and t <= self._last:
-            t = self._last + timedelta(microseconds=1)
-        self._last = t
-        return t
-
-
 def utcnow() -> datetime:
     """The current time, aware UTC."""
     return datetime.now(UTC)
@@ -281,7 +244,7 @@ class _Run:
         self.lock: WriterLock | None = None
         self.on_started: Callable[[int], None] | None = None
         self.now = now
-        self.clock = _Clock(now, None)
+        self.clock = Clock(now, None)
         self.requests_at_start = source.request_count
         self.result = RunResult(
             run_id=None, status="running", trigger=trigger, started_at=self.clock(), dry_run=dry_run
@@ -303,7 +266,7 @@ class _Run:
         """Clean up after dead runs, check the client, and open this run's record."""
         with connect(self.engine) as conn, conn.begin():
             # Read under the lock: nobody else writes now, so this is the true latest instant.
-            self.clock = _Clock(self.now, _latest_instant(conn))
+            self.clock = Clock(self.now, latest_instant(conn))
             self.result.started_at = self.clock()
             stale = conn.execute(
                 update(sync_runs)
@@ -494,7 +457,7 @@ class _Run:
             old = stored.get(owner.id)
             if old is None:
                 new_rows.append({"id": owner.id, **values, "first_seen_at": t, "updated_at": t})
-                versions.append(_version(owner.id, values, t, "created", None, self._run_id))
+                versions.append(version_row(owner.id, values, t, "created", None, self._run_id))
                 self._note("owner", owner.id, "created", owner.id, title=owner.name)
                 continue
             fields = _diff(old._mapping, values, OWNER_TRACKED)
@@ -502,14 +465,14 @@ class _Run:
                 continue
             kind = "restored" if old.removed_at is not None else "updated"
             changed_rows.append({"b_id": owner.id, **values, "removed_at": None, "updated_at": t})
-            versions.append(_version(owner.id, values, t, kind, fields, self._run_id))
+            versions.append(version_row(owner.id, values, t, kind, fields, self._run_id))
             self._note("owner", owner.id, kind, owner.id, fields, title=owner.name)
         listed = {owner.id for owner in owners}
         vanished = {
             row.id for row in stored.values() if row.removed_at is None and row.id not in listed
         }
         if not self.dry_run:
-            _close_versions(conn, owner_account_versions, [r["b_id"] for r in changed_rows], t)
+            close_versions(conn, owner_account_versions, [r["b_id"] for r in changed_rows], t)
             if new_rows:
                 conn.execute(insert(owner_accounts), new_rows)
             if changed_rows:
@@ -581,9 +544,9 @@ class _Run:
         same: set[str] = set()
         stored: dict[str, Mapping[Any, Any]] = {}
         if self._had_locks(conn):
-            live = _load_live_raw(conn, owner_id)
-            same = {r.id for r in records if live.get(r.id, _MISSING) == r.raw}
-            stored = _load_locks(conn, [r.id for r in records if r.id not in same])
+            live = load_live_raw(conn, owner_id)
+            same = {r.id for r in records if live.get(r.id) == r.raw}
+            stored = load_locks(conn, [r.id for r in records if r.id not in same])
         new_rows: list[tuple[Any, ...]] = []
         new_versions: list[tuple[Any, ...]] = []
         versions: list[dict[str, Any]] = []
@@ -603,7 +566,7 @@ class _Run:
                     self._note("lock", record.id, "created", owner_id, title=record.title)
                 continue
             values = _lock_values(record, owner_id)
-            current = {name: getattr(record, name) for name in _LOCK_CURRENT_ONLY}
+            current = {name: getattr(record, name) for name in LOCK_CURRENT_ONLY}
             fields = _diff(old, values, LOCK_TRACKED)
             if old["removed_at"] is None and not fields:
                 if any(old[name] != value for name, value in current.items()):
@@ -615,11 +578,11 @@ class _Run:
             changed[kind].append(
                 {"b_id": record.id, **values, **current, "removed_at": None, "updated_at": t}
             )
-            versions.append(_version(record.id, values, t, kind, fields, self._run_id))
+            versions.append(version_row(record.id, values, t, kind, fields, self._run_id))
             self._note("lock", record.id, kind, owner_id, fields, title=record.title)
         if not self.dry_run:
             reopened = [row["b_id"] for row in changed["updated"] + changed["restored"]]
-            _close_versions(conn, bound_lock_versions, reopened, t)
+            close_versions(conn, bound_lock_versions, reopened, t)
             insert_many(conn, bound_locks, _NEW_LOCK_COLUMNS, new_rows)
             for rows in changed.values():
                 if rows:
@@ -653,7 +616,7 @@ class _Run:
         with connect(self.engine) as conn, conn.begin():
             t = self.clock()
             gone: dict[str, list[tuple[str, str | None]]] = {}
-            for chunk in _chunks(sorted(owner_ids)):
+            for chunk in chunks(sorted(owner_ids)):
                 rows = conn.execute(
                     select(bound_locks.c.id, bound_locks.c.owner_account_id, bound_locks.c.title)
                     .where(bound_locks.c.removed_at.is_(None))
@@ -664,7 +627,7 @@ class _Run:
                         gone.setdefault(owner_id, []).append((lock_id, title))
             if kept_owners:
                 self.result.held_back.update({o: len(gone.get(o, ())) for o in kept_owners})
-                held.append(_owners_held_message(guard, kept_owners, self.owners_before, gone))
+                held.append(owners_held_message(guard, kept_owners, self.owners_before, gone))
             doomed: dict[str, list[str]] = {"unbound": [], "owner_removed": []}
             per_owner: dict[str, int] = {}
             owner_notes: dict[str, str] = {}
@@ -679,7 +642,7 @@ class _Run:
                     and not guard.confirmed(owner_id)
                 ):
                     self.result.held_back[owner_id] = len(locks)
-                    owner_notes[owner_id] = _locks_held_message(guard, owner_id, len(locks), stored)
+                    owner_notes[owner_id] = locks_held_message(guard, owner_id, len(locks), stored)
                     held.append(owner_notes[owner_id])
                     continue
                 reason = "owner_removed" if owner_id in vanished else "unbound"
@@ -698,7 +661,7 @@ class _Run:
             if self.dry_run:
                 return held
             for reason, ids in doomed.items():
-                _remove_rows(
+                remove_rows(
                     conn,
                     bound_locks,
                     bound_lock_versions,
@@ -708,7 +671,7 @@ class _Run:
                     reason,
                     self._run_id,
                 )
-            _remove_rows(
+            remove_rows(
                 conn,
                 owner_accounts,
                 owner_account_versions,
@@ -789,97 +752,6 @@ def _diff(old: Mapping[Any, Any], new: Mapping[str, Any], fields: Iterable[str])
     return [name for name in fields if old[name] != new[name]]
 
 
-def _version(
-    entity_id: str,
-    values: Mapping[str, Any],
-    t: datetime,
-    change_type: str,
-    fields: Sequence[str] | None,
-    run_id: int,
-) -> dict[str, Any]:
-    return {
-        "id": entity_id,
-        **values,
-        "valid_from": t,
-        "valid_to": None,
-        "change_type": change_type,
-        "changed_fields": list(fields or ()) if change_type in ("updated", "restored") else None,
-        "removal_reason": None,
-        "run_id": run_id,
-    }
-
-
-def _chunks(items: Sequence[str], size: int = CHUNK) -> Iterator[Sequence[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _load_locks(conn: Connection, ids: Sequence[str]) -> dict[str, Mapping[Any, Any]]:
-    columns = [bound_locks.c[name] for name in (*LOCK_TRACKED, *_LOCK_CURRENT_ONLY)]
-    stored: dict[str, Mapping[Any, Any]] = {}
-    for chunk in _chunks(ids):
-        rows = conn.execute(
-            select(bound_locks.c.id, bound_locks.c.removed_at, *columns).where(
-                bound_locks.c.id.in_(chunk)
-            )
-        )
-        for row in rows:
-            stored[row.id] = row._mapping
-    return stored
-
-
-_MISSING = object()
-
-
-def _load_live_raw(conn: Connection, owner_id: str) -> dict[str, Any]:
-    """The stored payload text of the owner's present locks, by lock id."""
-    rows = conn.execute(
-        select(bound_locks.c.id, bound_locks.c.raw)
-        .where(bound_locks.c.owner_account_id == owner_id)
-        .where(bound_locks.c.removed_at.is_(None))
-    )
-    return {lock_id: raw for lock_id, raw in rows}
-
-
-def _close_versions(conn: Connection, table: Any, ids: Sequence[str], t: datetime) -> None:
-    for chunk in _chunks(ids):
-        conn.execute(
-            update(table)
-            .where(table.c.id.in_(chunk))
-            .where(table.c.valid_to.is_(None))
-            .values(valid_to=t)
-        )
-
-
-def _remove_rows(
-    conn: Connection,
-    current: Any,
-    versions: Any,
-    tracked: Sequence[str],
-    ids: Sequence[str],
-    t: datetime,
-    reason: str,
-    run_id: int,
-) -> None:
-    """Close the open versions of `ids` and open `removed` versions carrying their last values."""
-    for chunk in _chunks(ids):
-        _close_versions(conn, versions, chunk, t)
-        source = select(
-            current.c.id,
-            *(current.c[name] for name in tracked),
-            literal(t, UTCDateTime()).label("valid_from"),
-            literal("removed").label("change_type"),
-            literal(reason).label("removal_reason"),
-            literal(run_id).label("run_id"),
-        ).where(current.c.id.in_(chunk))
-        conn.execute(
-            insert(versions).from_select(
-                ["id", *tracked, "valid_from", "change_type", "removal_reason", "run_id"], source
-            )
-        )
-        conn.execute(update(current).where(current.c.id.in_(chunk)).values(removed_at=t))
-
-
 def _insert_owner_outcome(conn: Connection, run_id: int, outcome: OwnerOutcome) -> None:
     conn.execute(
         insert(sync_run_owners).values(
@@ -891,43 +763,6 @@ def _insert_owner_outcome(conn: Connection, run_id: int, outcome: OwnerOutcome) 
             error=outcome.error,
             **outcome.counts.as_dict(),
         )
-    )
-
-
-def _latest_instant(conn: Connection) -> datetime | None:
-    """The latest instant already written, so new versions always start after it."""
-    candidates = [
-        conn.execute(select(func.max(bound_lock_versions.c.valid_from))).scalar(),
-        conn.execute(select(func.max(owner_account_versions.c.valid_from))).scalar(),
-        conn.execute(select(func.max(sync_runs.c.started_at))).scalar(),
-        conn.execute(select(func.max(sync_runs.c.finished_at))).scalar(),
-    ]
-    present = [c for c in candidates if c is not None]
-    return max(present) if present else None
-
-
-def _locks_held_message(guard: RemovalGuard, owner_id: str, gone: int, stored: int) -> str:
-    return (
-        f"owner {owner_id}: held back the removal of {gone} of its {stored} locks (more than "
-        f"{guard.max_fraction:.0%} and more than {guard.min_count} gone at once); if they are "
-        f"really gone, confirm with `exporter run-once --allow-mass-removal-owner {owner_id}`"
-    )
-
-
-def _owners_held_message(
-    guard: RemovalGuard,
-    kept: set[str],
-    stored: int,
-    gone: Mapping[str, Sequence[object]],
-) -> str:
-    ids = sorted(kept)
-    shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
-    locks = sum(len(gone.get(owner_id, ())) for owner_id in ids)
-    return (
-        f"owner list: held back the removal of {len(ids)} of {stored} owner accounts ({shown}) "
-        f"and their {locks} locks (more than {guard.max_fraction:.0%} of the owners vanished at "
-        "once); if they are really gone, confirm with `exporter run-once --allow-mass-removal` "
-        "(or --allow-mass-removal-owner ID for each)"
     )
 
 

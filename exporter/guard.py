@@ -1,0 +1,62 @@
+"""The deletion guard: hold back removals when a run would remove suspiciously much."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RemovalGuard:
+    """The deletion guard: when a run would remove suspiciously much, hold the removals back.
+
+    An owner that is still listed but returns more than `max_fraction` of its stored locks AND
+    more than `min_count` fewer than stored keeps them; so do the owners that vanished when the
+    owner list loses more than `max_fraction` of its owners (a vanished owner is judged only by
+    that rule). Held-back removals leave the run `partial`; `allow_all` or an owner id in
+    `allow_owners` confirms them (`--allow-mass-removal`, `--allow-mass-removal-owner`).
+    """
+
+    max_fraction: float = 0.5
+    min_count: int = 10
+    allow_all: bool = False
+    allow_owners: frozenset[str] = frozenset()
+
+    def confirmed(self, owner_id: str) -> bool:
+        """True when removals of this owner's locks (or of the owner) were confirmed."""
+        return self.allow_all or owner_id in self.allow_owners
+
+    def too_many_locks(self, gone: int, stored: int) -> bool:
+        """True when `gone` of an owner's `stored` locks is a mass removal."""
+        return gone > self.min_count and gone > self.max_fraction * stored
+
+    def too_many_owners(self, gone: int, stored: int) -> bool:
+        """True when `gone` of `stored` owners vanishing at once is a mass removal."""
+        return stored > 0 and gone > self.max_fraction * stored
+
+
+def locks_held_message(guard: RemovalGuard, owner_id: str, gone: int, stored: int) -> str:
+    """Why an owner's removals were held back, and how to confirm them."""
+    return (
+        f"owner {owner_id}: held back the removal of {gone} of its {stored} locks (more than "
+        f"{guard.max_fraction:.0%} and more than {guard.min_count} gone at once); if they are "
+        f"really gone, confirm with `exporter run-once --allow-mass-removal-owner {owner_id}`"
+    )
+
+
+def owners_held_message(
+    guard: RemovalGuard,
+    kept: set[str],
+    stored: int,
+    gone: Mapping[str, Sequence[object]],
+) -> str:
+    """Why vanished owners were kept, and how to confirm their removal."""
+    ids = sorted(kept)
+    shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+    locks = sum(len(gone.get(owner_id, ())) for owner_id in ids)
+    return (
+        f"owner list: held back the removal of {len(ids)} of {stored} owner accounts ({shown}) "
+        f"and their {locks} locks (more than {guard.max_fraction:.0%} of the owners vanished at "
+        "once); if they are really gone, confirm with `exporter run-once --allow-mass-removal` "
+        "(or --allow-mass-removal-owner ID for each)"
+    )
