@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -18,8 +18,7 @@ from exporter.auth import TokenProvider
 from exporter.config import Settings, masked_url
 from exporter.errors import ExporterError, LockHeldError
 from exporter.guard import RemovalGuard
-from exporter.schema import sync_runs
-from exporter.sync import RunResult, sync, utcnow
+from exporter.sync import RunResult, filled_by, sync, utcnow
 from exporter.tapkey import LOCKS_SCOPE, OWNERS_SCOPE, TapkeyClient
 
 EXIT_CODES = {"succeeded": 0, "failed": 1, "partial": 3}
@@ -262,11 +261,4 @@ def _check_database(settings: Settings) -> CheckResult:
 
 def _last_client_id(engine: Engine) -> str | None:
     with store.connect(engine) as conn:
-        value = conn.execute(
-            select(sync_runs.c.client_id)
-            .where(sync_runs.c.status.in_(("succeeded", "partial")))
-            .where(sync_runs.c.client_id.is_not(None))
-            .order_by(sync_runs.c.id.desc())
-            .limit(1)
-        ).scalar()
-    return None if value is None else str(value)
+        return filled_by(conn)

@@ -166,6 +166,18 @@ class RunResult:
     held_back: dict[str, int] = field(default_factory=dict)
 
 
+def filled_by(conn: Connection) -> str | None:
+    """The OAuth client id of the last run that wrote to this database, if any."""
+    value = conn.execute(
+        select(sync_runs.c.client_id)
+        .where(sync_runs.c.status.in_(("succeeded", "partial")))
+        .where(sync_runs.c.client_id.is_not(None))
+        .order_by(sync_runs.c.id.desc())
+        .limit(1)
+    ).scalar()
+    return None if value is None else str(value)
+
+
 def utcnow() -> datetime:
     """The current time, aware UTC."""
     return datetime.now(UTC)
@@ -275,13 +287,7 @@ class _Run:
             ).rowcount
             if stale:
                 log.warning("marked %d run(s) left running by a dead process as failed", stale)
-            previous = conn.execute(
-                select(sync_runs.c.client_id)
-                .where(sync_runs.c.status.in_(("succeeded", "partial")))
-                .where(sync_runs.c.client_id.is_not(None))
-                .order_by(sync_runs.c.id.desc())
-                .limit(1)
-            ).scalar()
+            previous = filled_by(conn)
             if previous is not None and previous != self.client_id and not allow_client_change:
                 raise ClientMismatchError(
                     f"this database was filled by OAuth client {previous!r}, but the configuration "
