@@ -38,7 +38,9 @@ app = typer.Typer(
 db_app = typer.Typer(help="Database schema management.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
-out = Console(highlight=False, soft_wrap=True)
+# Piped output has no terminal width; rich would assume 80 columns and wrap every table cell.
+_PIPE_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160
+out = Console(highlight=False, soft_wrap=True, width=_PIPE_WIDTH)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 log = logging.getLogger("exporter")
 
@@ -76,12 +78,17 @@ def _errors() -> Iterator[None]:
         raise typer.Exit(exc.exit_code) from None
 
 
-def _settings(config: Path | None, *, database_url: str | None = None) -> Settings:
+def _settings(
+    config: Path | None, *, database_url: str | None = None, quiet: bool = False
+) -> Settings:
     overrides: dict[str, Any] = {}
     if database_url:
         overrides["database.url"] = database_url
     settings = load_settings(config, env=os.environ, cwd=Path.cwd(), overrides=overrides)
     _setup_logging(settings)
+    if quiet and logging.getLogger().level < logging.WARNING:
+        # Cron mails whatever a job prints: --quiet keeps INFO progress lines out of stderr too.
+        logging.getLogger().setLevel(logging.WARNING)
     warning = file_permissions_warning(settings)
     if warning:
         log.warning("%s", warning)
@@ -140,7 +147,7 @@ def run_once(
     """
     _check_format(fmt)
     with _errors():
-        settings = _settings(config, database_url=database_url)
+        settings = _settings(config, database_url=database_url, quiet=quiet)
         with observability.run_scope() as scope:
             result = job.run_once(
                 settings,

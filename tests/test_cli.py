@@ -63,7 +63,7 @@ def test_run_once_prints_a_summary_and_json(sandbox: Sandbox, tmp_path: Path) ->
     assert "succeeded" in table.stdout and "created" in table.stdout
     data = json.loads(as_json.stdout)
     assert data["status"] == "succeeded" and data["counts"]["unchanged"] == 15
-    assert (quiet.returncode, quiet.stdout) == (0, "")
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
 
 
 @pytest.mark.parametrize(
