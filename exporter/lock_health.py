@@ -16,8 +16,8 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select
 
+from exporter.records import HealthReading, LockRecord
 from exporter.schema import lock_health_readings
-from exporter.tapkey import HealthReading, LockRecord
 
 EXPAND = ("healthStatuses",)
 _CHUNK = 500

@@ -63,6 +63,7 @@ from exporter.history import (
     remove_rows,
     version_row,
 )
+from exporter.records import LockRecord, OwnerLocks, OwnerRecord
 from exporter.schema import (
     LOCK_TRACKED,
     OWNER_TRACKED,
@@ -74,7 +75,6 @@ from exporter.schema import (
     sync_runs,
 )
 from exporter.store import WriterLock, connect, insert_many, run_failure_message
-from exporter.tapkey import LockRecord, OwnerLocks, OwnerRecord
 
 log = logging.getLogger(__name__)
 

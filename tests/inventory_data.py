@@ -22,8 +22,8 @@ from conftest import MARIADB_ADMIN, POSTGRES_ADMIN, _database_name, _server_data
 from history_checks import expected_locks
 
 from exporter import job, store
+from exporter.records import lock_id_hex
 from exporter.sandbox import Fault, Sandbox
-from exporter.tapkey import lock_id_hex
 
 RUNS = 8
 

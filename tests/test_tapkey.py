@@ -21,8 +21,9 @@ from exporter.errors import (
     PayloadError,
     PermissionDeniedError,
 )
+from exporter.records import OwnerLocks, lock_id_hex
 from exporter.sandbox import Fault, Request, Sandbox
-from exporter.tapkey import OwnerLocks, TapkeyClient, lock_id_hex
+from exporter.tapkey import TapkeyClient
 
 SCOPES = ("read:owneraccounts", "read:core:entities")
 PAGE = 4
