@@ -8,6 +8,27 @@ backslashes: it is written into DDL literally.
 
 from __future__ import annotations
 
+# The bound_locks columns the current_bound_locks view shows (schema.py builds the view from it).
+CURRENT_LOCK_COLUMNS = (
+    "id",
+    "owner_account_id",
+    "title",
+    "description",
+    "physical_lock_id",
+    "lock_id_hex",
+    "lock_type_id",
+    "lock_model_name",
+    "manufacturer_id",
+    "active",
+    "bind_date",
+    "unbind_date",
+    "rcl_serial_no",
+    "rcl_date",
+    "target_type",
+    "first_seen_at",
+    "updated_at",
+)
+
 _COUNTS = {
     "created": "Locks created (first seen).",
     "updated": "Locks whose tracked attributes changed.",
@@ -169,28 +190,7 @@ VIEW_COMMENTS: dict[str, tuple[str, dict[str, str]]] = {
     "current_bound_locks": (
         "The locks present now, with their owner account name.",
         {
-            **{
-                name: COLUMN_COMMENTS["bound_locks"][name]
-                for name in (
-                    "id",
-                    "owner_account_id",
-                    "title",
-                    "description",
-                    "physical_lock_id",
-                    "lock_id_hex",
-                    "lock_type_id",
-                    "lock_model_name",
-                    "manufacturer_id",
-                    "active",
-                    "bind_date",
-                    "unbind_date",
-                    "rcl_serial_no",
-                    "rcl_date",
-                    "target_type",
-                    "first_seen_at",
-                    "updated_at",
-                )
-            },
+            **{name: COLUMN_COMMENTS["bound_locks"][name] for name in CURRENT_LOCK_COLUMNS},
             "owner_name": "Current name of the owner account.",
         },
     ),

@@ -32,7 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.types import TypeEngine
 
-from exporter.descriptions import COLUMN_COMMENTS, TABLE_COMMENTS
+from exporter.descriptions import COLUMN_COMMENTS, CURRENT_LOCK_COLUMNS, TABLE_COMMENTS
 
 SQLITE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
@@ -290,28 +290,7 @@ def _attach_comments() -> None:
 
 _attach_comments()
 
-_LOCK_VIEW_COLUMNS = ", ".join(
-    f"l.{c}"
-    for c in (
-        "id",
-        "owner_account_id",
-        "title",
-        "description",
-        "physical_lock_id",
-        "lock_id_hex",
-        "lock_type_id",
-        "lock_model_name",
-        "manufacturer_id",
-        "active",
-        "bind_date",
-        "unbind_date",
-        "rcl_serial_no",
-        "rcl_date",
-        "target_type",
-        "first_seen_at",
-        "updated_at",
-    )
-)
+_LOCK_VIEW_COLUMNS = ", ".join(f"l.{c}" for c in CURRENT_LOCK_COLUMNS)
 
 # Plain SQL that PostgreSQL, MariaDB/MySQL and SQLite all accept unchanged.
 VIEWS: dict[str, str] = {
