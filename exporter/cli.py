@@ -95,6 +95,12 @@ def _settings(
     return settings
 
 
+def _logging_only(config: Path | None) -> None:
+    """Load and check the configuration like every command, but use only [logging]."""
+    with _errors():
+        _settings(config)
+
+
 def _setup_logging(settings: Settings) -> None:
     observability.setup_logging(settings.logging)
 
@@ -311,12 +317,16 @@ def sandbox(
     max_top: Annotated[
         int | None, typer.Option(min=1, help="Silently cap $top at this many rows.")
     ] = None,
+    config: ConfigOption = None,
 ) -> None:
     """Serve a fake Tapkey (token endpoint + Owners + BoundLocks) on 127.0.0.1 until Ctrl-C.
 
-    Example: exporter sandbox --port 8765 --owners 5 --locks-per-owner 20
+    Of the configuration only [logging] is used. Example:
+    exporter sandbox --port 8765 --owners 5 --locks-per-owner 20
     """
     from exporter.sandbox import Sandbox, serve_forever
+
+    _logging_only(config)
 
     fake = Sandbox(
         seed=seed,
@@ -346,13 +356,16 @@ def demo(
     database: Annotated[
         Path, typer.Option("--db", help="SQLite file for the demo (recreated).")
     ] = Path("demo.db"),
+    config: ConfigOption = None,
 ) -> None:
     """Run the exporter against an in-process sandbox into ./demo.db and show the history.
 
-    Never touches the configured database. Example: exporter demo --generations 3
+    Never touches the configured database: of the configuration only [logging] is used.
+    Example: exporter demo --generations 3
     """
     from exporter.demo import run_demo
 
+    _logging_only(config)
     with _errors():
         prog = sys.argv[0] if Path(sys.argv[0]).name == "exporter" else "exporter"
         run_demo(database.resolve(), generations=generations, console=out, prog=prog)
