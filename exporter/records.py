@@ -11,7 +11,7 @@ import binascii
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -80,10 +80,11 @@ class LockRecord:
 class OwnerLocks:
     """One owner's complete lock list, and what could not be read from it.
 
-    `records` never shares an id with `skipped_ids`: an id listed twice with different contents, or
-    once unreadable, is skipped entirely (the engine leaves that lock as stored). An identical copy
-    is kept once and the extra copies are only counted in `skipped`. `unidentified_skips` means an
-    element had no readable id, so the engine cannot tell which stored lock it was.
+    `records`, `unchanged_ids` and `skipped_ids` share no id: an id listed twice with different
+    contents, or once unreadable, is skipped entirely (the engine leaves that lock as stored). An
+    identical copy is kept once and the extra copies are only counted in `skipped`.
+    `unidentified_skips` means an element had no readable id, so the engine cannot tell which
+    stored lock it was.
     """
 
     owner_id: str
@@ -92,6 +93,8 @@ class OwnerLocks:
     skipped_ids: frozenset[str]
     unidentified_skips: bool
     requests: int
+    # Locks whose text equals the stored text (see TapkeyClient.list_bound_locks): not parsed.
+    unchanged_ids: list[str] = field(default_factory=list)
 
 
 def lock_id_hex(physical_lock_id: str) -> str | None:

@@ -305,6 +305,11 @@ class Sandbox:
         with self._lock:
             self._data.move(lock_id, owner_id)
 
+    def list_also(self, lock_id: str, owner_id: str) -> None:
+        """Also list a bound lock under `owner_id`, a move caught half-way; `move` completes it."""
+        with self._lock:
+            self._data.list_also(lock_id, owner_id)
+
     def update_lock(self, lock_id: str, **fields: Any) -> None:
         """Set lock fields by API name, e.g. ``update_lock(id, description="x", rclSerialNo=4)``."""
         with self._lock:

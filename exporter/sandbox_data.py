@@ -183,6 +183,8 @@ class Inventory:
         self._physical_ids: set[str] = set()  # every physicalLockId ever issued
         self._owner_names: set[str] = set()
         self._visible: list[OwnerRecord] | None = None
+        # Locks also listed by a second owner (a move caught half-way): lock id -> that owner.
+        self._also_listed: dict[str, str] = {}
         # Direct mutations (bind_new) draw from their own seeded stream.
         self._direct_rng = random.Random(f"tapkey-sandbox-direct:{seed}")
         rng = random.Random(seed)
@@ -249,6 +251,8 @@ class Inventory:
         """Remove a bound lock; later locks of its owner move up one place."""
         lock = self.lock(lock_id)
         self.owners[lock.owner_id].locks.remove(lock_id)
+        if lock_id in self._also_listed:
+            self.owners[self._also_listed.pop(lock_id)].locks.remove(lock_id)
         del self.locks[lock_id]
         self._lock_bag.remove(lock_id)
         return lock
@@ -276,9 +280,21 @@ class Inventory:
         if lock.owner_id == owner_id:
             return
         self.owners[lock.owner_id].locks.remove(lock_id)
-        target.locks.append(lock_id)
+        if self._also_listed.get(lock_id) == owner_id:
+            del self._also_listed[lock_id]  # already in the target's list: the move completes
+        else:
+            target.locks.append(lock_id)
         lock.owner_id = owner_id
         self._touch(lock)
+
+    def list_also(self, lock_id: str, owner_id: str) -> None:
+        """List a bound lock under a second owner too, as a move caught half-way (see move)."""
+        lock = self.lock(lock_id)
+        self.owner(owner_id)
+        if lock.owner_id == owner_id or lock_id in self._also_listed:
+            raise ValueError(f"lock {lock_id!r} is already listed by {owner_id!r} or twice")
+        self.owners[owner_id].locks.append(lock_id)
+        self._also_listed[lock_id] = owner_id
 
     def set_owner_visible(self, owner_id: str, visible: bool) -> None:
         """Hide an owner (lost co-admin rights) or show it again."""

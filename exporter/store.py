@@ -121,6 +121,18 @@ def make_engine(url: str, *, schema: str | None = None) -> Engine:
     return engine
 
 
+# SQLite page cache per connection, in KiB: the writer's (see _sqlite_on_connect) and a reader's.
+SQLITE_CACHE_KIB = 16384
+SQLITE_READER_CACHE_KIB = 2048
+
+
+def sqlite_cache(conn: Connection, kib: int) -> None:
+    """Set a SQLite connection's page cache (readers need little; every connection has its own)."""
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql(f"PRAGMA cache_size=-{kib}")
+        conn.commit()  # end the transaction the statement began
+
+
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets readers (BI tools, `exporter locks`) work while a sync writes; NORMAL is durable
     # against process crashes, which is what a killed run needs.
@@ -133,7 +145,7 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     # copying them all again: a first load of 100,000 locks spent 2-3x longer writing. Checkpoint
     # every ~40 MiB instead, and cache 16 MiB of pages (default 2 MiB) so the indexes stay hot.
     cursor.execute("PRAGMA wal_autocheckpoint=10000")
-    cursor.execute("PRAGMA cache_size=-16384")
+    cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
     cursor.close()
 
 

@@ -21,6 +21,7 @@ are strictly ordered even if the system clock steps back.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
@@ -41,7 +42,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from exporter import lock_health
 from exporter.errors import (
@@ -74,7 +75,15 @@ from exporter.schema import (
     sync_run_owners,
     sync_runs,
 )
-from exporter.store import WriterLock, connect, insert_many, run_failure_message
+from exporter.store import (
+    SQLITE_CACHE_KIB,
+    SQLITE_READER_CACHE_KIB,
+    WriterLock,
+    connect,
+    insert_many,
+    run_failure_message,
+    sqlite_cache,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +105,13 @@ class InventorySource(Protocol):
 
     def list_owners(self) -> list[OwnerRecord]: ...
 
-    def list_bound_locks(self, owner_id: str, *, expand: Sequence[str] = ()) -> OwnerLocks: ...
+    def list_bound_locks(
+        self,
+        owner_id: str,
+        *,
+        expand: Sequence[str] = (),
+        known: Mapping[str, str] | None = None,
+    ) -> OwnerLocks: ...
 
 
 @dataclass
@@ -263,8 +278,10 @@ class _Run:
         )
         # Lock ids returned by a complete fetch of this run, or skipped with a readable id.
         self.seen: set[str] = set()
-        # Whether bound_locks had any row when this run first looked (None: not looked yet).
-        self.had_locks: bool | None = None
+        # Whether bound_locks had any row before this run (it is the only writer).
+        self.had_locks = True
+        # Outcomes of owners that had nothing else to write: recorded together after the crawl.
+        self.quiet: list[OwnerOutcome] = []
         self.guard = RemovalGuard()
         # Ask for health readings and store new ones (lock_health), never as versions.
         self.health = False
@@ -376,8 +393,6 @@ class _Run:
             for owner_id, fetched in self._crawl([owner.id for owner in owners]):
                 if self.stop.is_set():
                     raise _Interrupted
-                if self.lock is not None:
-                    self.lock.check()
                 outcome = self._apply_owner(conn, owner_id, fetched)
                 self.result.owners.append(outcome)
                 if outcome.status == "complete":
@@ -387,6 +402,7 @@ class _Run:
                         removable.add(owner_id)
         if self.stop.is_set():
             raise _Interrupted
+        self._record_quiet_owners()
         held = self._remove(removable | vanished, vanished)
         failed = listed - complete
         if held:
@@ -396,14 +412,11 @@ class _Run:
 
     def _count_present(self, conn: Connection) -> None:
         """Remember what is present before this run changes anything (for the deletion guard)."""
-        column = bound_locks.c.owner_account_id
-        rows = conn.execute(
-            select(column, func.count()).where(bound_locks.c.removed_at.is_(None)).group_by(column)
-        )
-        self.locks_before = {owner_id: count for owner_id, count in rows}
+        self.locks_before = _present_by_owner(conn)
         self.owners_before = conn.execute(
             select(func.count()).where(owner_accounts.c.removed_at.is_(None))
         ).scalar_one()
+        self.had_locks = conn.execute(select(bound_locks.c.id).limit(1)).first() is not None
 
     def _crawl(self, owner_ids: Sequence[str]) -> Iterator[tuple[str, OwnerLocks | TapkeyError]]:
         """Fetch owners concurrently, yielding each as it completes.
@@ -412,17 +425,15 @@ class _Run:
         """
         pending = deque(owner_ids)
         running: dict[Future[OwnerLocks], str] = {}
-        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="fetch") as pool:
+        readers = _ThreadConnections(self.engine)
+        with (
+            readers,
+            ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="fetch") as pool,
+        ):
 
             def submit() -> None:
                 owner_id = pending.popleft()
-                fetch = self.source.list_bound_locks
-                future = (
-                    pool.submit(fetch, owner_id, expand=lock_health.EXPAND)
-                    if self.health
-                    else pool.submit(fetch, owner_id)
-                )
-                running[future] = owner_id
+                running[pool.submit(self._fetch_owner, owner_id, readers)] = owner_id
 
             # This thread writes while the fetch threads parse JSON. Each time it waits on the
             # database it must win the GIL back from a busy fetch thread, which keeps it for up
@@ -450,6 +461,21 @@ class _Run:
                 sys.setswitchinterval(interval)
                 for future in running:
                     future.cancel()
+
+    def _fetch_owner(self, owner_id: str, readers: _ThreadConnections) -> OwnerLocks:
+        """One owner's locks, parsed only where they differ from the stored text (fetch thread).
+
+        The stored texts are read before the fetch, on this thread's own connection, so they may
+        be stale when the main thread applies this owner; but only for locks that the main thread
+        wrote since for another owner of this run, and those are in `seen`, which it checks first.
+        """
+        known = None
+        if self.locks_before.get(owner_id):
+            conn = readers.get()
+            with conn.begin():
+                known = load_live_raw(conn, owner_id)
+        expand = lock_health.EXPAND if self.health else ()
+        return self.source.list_bound_locks(owner_id, expand=expand, known=known)
 
     def _write_owners(self, conn: Connection, owners: Sequence[OwnerRecord]) -> set[str]:
         """Create, update and restore owners; return the ids of owners that vanished."""
@@ -496,72 +522,84 @@ class _Run:
         if isinstance(fetched, TapkeyError):
             outcome = OwnerOutcome(owner_id, "failed", fetched_at=self.clock(), error=str(fetched))
             log.warning("owner %s failed: %s", owner_id, fetched)
-            self._record_owner(conn, outcome)
+            self.quiet.append(outcome)
             return outcome
         with conn.begin():
             t = self.clock()
-            counts = self._write_locks(conn, owner_id, fetched, t)
+            counts, wrote = self._write_locks(conn, owner_id, fetched, t)
             outcome = OwnerOutcome(
                 owner_id,
                 "complete",
-                locks_seen=len(fetched.records),
+                locks_seen=len(fetched.records) + len(fetched.unchanged_ids),
                 counts=counts,
                 fetched_at=t,
             )
-            if not self.dry_run:
-                _insert_owner_outcome(conn, self._run_id, outcome)
+            if wrote:
+                conn.execute(insert(sync_run_owners).values(_outcome_row(self._run_id, outcome)))
                 conn.execute(
                     update(owner_accounts)
                     .where(owner_accounts.c.id == owner_id)
                     .values(last_seen_at=t)
                 )
+            else:
+                # Nothing changed: no transaction of its own (most owners on most runs).
+                self.quiet.append(outcome)
         self.result.locks_seen += outcome.locks_seen
         self.result.counts.add(counts)
         return outcome
 
-    def _record_owner(self, conn: Connection, outcome: OwnerOutcome) -> None:
-        if self.dry_run:
+    def _record_quiet_owners(self) -> None:
+        """Record the owners that had nothing to write: their run rows and last_seen_at."""
+        if self.dry_run or not self.quiet:
             return
-        with conn.begin():
-            _insert_owner_outcome(conn, self._run_id, outcome)
+        self._check_lock()
+        with connect(self.engine) as conn, conn.begin():
+            conn.execute(
+                insert(sync_run_owners), [_outcome_row(self._run_id, o) for o in self.quiet]
+            )
+            seen = [
+                {"b_id": o.owner_account_id, "b_at": o.fetched_at}
+                for o in self.quiet
+                if o.status == "complete"
+            ]
+            if seen:
+                conn.execute(
+                    update(owner_accounts)
+                    .where(owner_accounts.c.id == bindparam("b_id"))
+                    .values(last_seen_at=bindparam("b_at")),
+                    seen,
+                )
+        self.quiet.clear()
+
+    def _check_lock(self) -> None:
+        """Before writing: abort if the writer lock was lost (another run may hold it now)."""
+        if self.lock is not None:
+            self.lock.check()
 
     def _write_locks(
         self, conn: Connection, owner_id: str, fetched: OwnerLocks, t: datetime
-    ) -> Counts:
-        """Diff one owner's locks against the stored rows and write the differences."""
+    ) -> tuple[Counts, bool]:
+        """Diff one owner's locks against the stored rows and write the differences.
+
+        Returns the counts and whether anything was written.
+        """
         counts = Counts(skipped=fetched.skipped)
         self.seen.update(fetched.skipped_ids)
-        records: list[LockRecord] = []
-        for record in fetched.records:
-            if record.id in self.seen:
-                # Listed by two owners in one run (a move seen half-way): the first owner wins
-                # this run; the next run sees the settled state.
-                log.warning("lock %s listed by more than one owner; kept the first", record.id)
-                counts.skipped += 1
+        for lock_id in fetched.unchanged_ids:
+            if self._listed_twice(lock_id, counts):
                 continue
-            self.seen.add(record.id)
-            records.append(record)
-        # Fast path: a live lock of this owner whose stored payload text equals the new one is
-        # unchanged (every stored column derives from that text and the owner), so the common
-        # case costs one string comparison instead of loading, converting and diffing 16 columns.
-        # Only the rest (changed, moved in, restored, new) is loaded in full. Into a table that
-        # was empty when the run began nothing needs loading: a lock this run already wrote is
-        # in `seen`, and a second listing of it was skipped above.
-        same: set[str] = set()
-        stored: dict[str, Mapping[Any, Any]] = {}
-        if self._had_locks(conn):
-            live = load_live_raw(conn, owner_id)
-            same = {r.id for r in records if live.get(r.id) == r.raw}
-            stored = load_locks(conn, [r.id for r in records if r.id not in same])
+            counts.unchanged += 1
+        records = [r for r in fetched.records if not self._listed_twice(r.id, counts)]
+        # Only locks whose text differs from the stored one are loaded and diffed in full (new,
+        # changed, moved in, restored). Into a table that was empty when the run began nothing
+        # needs loading: a lock this run already wrote is in `seen`, and was skipped above.
+        stored = load_locks(conn, [r.id for r in records]) if self.had_locks and records else {}
         new_rows: list[tuple[Any, ...]] = []
         new_versions: list[tuple[Any, ...]] = []
         versions: list[dict[str, Any]] = []
         changed: dict[str, list[dict[str, Any]]] = {"updated": [], "restored": [], "refresh": []}
         run_id = self._run_id
         for record in records:
-            if record.id in same:
-                counts.unchanged += 1
-                continue
             old = stored.get(record.id)
             if old is None:
                 counts.created += 1
@@ -586,27 +624,33 @@ class _Run:
             )
             versions.append(version_row(record.id, values, t, kind, fields, self._run_id))
             self._note("lock", record.id, kind, owner_id, fields, title=record.title)
-        if not self.dry_run:
-            reopened = [row["b_id"] for row in changed["updated"] + changed["restored"]]
-            close_versions(conn, bound_lock_versions, reopened, t)
-            insert_many(conn, bound_locks, _NEW_LOCK_COLUMNS, new_rows)
-            for rows in changed.values():
-                if rows:
-                    conn.execute(
-                        update(bound_locks).where(bound_locks.c.id == bindparam("b_id")), rows
-                    )
-            insert_many(conn, bound_lock_versions, _NEW_VERSION_COLUMNS, new_versions)
-            if self.health:
-                lock_health.store_readings(conn, records, seen_at=t, run_id=run_id)
-            if versions:
-                conn.execute(insert(bound_lock_versions), versions)
-        return counts
+        wrote = bool(new_rows or versions or any(changed.values()) or (self.health and records))
+        if not wrote or self.dry_run:
+            return counts, False
+        self._check_lock()
+        reopened = [row["b_id"] for row in changed["updated"] + changed["restored"]]
+        close_versions(conn, bound_lock_versions, reopened, t)
+        insert_many(conn, bound_locks, _NEW_LOCK_COLUMNS, new_rows)
+        for rows in changed.values():
+            if rows:
+                conn.execute(update(bound_locks).where(bound_locks.c.id == bindparam("b_id")), rows)
+        insert_many(conn, bound_lock_versions, _NEW_VERSION_COLUMNS, new_versions)
+        if self.health:
+            lock_health.store_readings(conn, records, seen_at=t, run_id=run_id)
+        if versions:
+            conn.execute(insert(bound_lock_versions), versions)
+        return counts, True
 
-    def _had_locks(self, conn: Connection) -> bool:
-        """Whether bound_locks had any row when the run first asked (it is the only writer)."""
-        if self.had_locks is None:
-            self.had_locks = conn.execute(select(bound_locks.c.id).limit(1)).first() is not None
-        return self.had_locks
+    def _listed_twice(self, lock_id: str, counts: Counts) -> bool:
+        """Mark the lock seen; if another owner of this run listed it already, count a skip."""
+        if lock_id not in self.seen:
+            self.seen.add(lock_id)
+            return False
+        # Listed by two owners in one run (a move seen half-way): the first owner wins this run;
+        # the next run sees the settled state.
+        log.warning("lock %s listed by more than one owner; kept the first", lock_id)
+        counts.skipped += 1
+        return True
 
     def _remove(self, owner_ids: set[str], vanished: set[str]) -> list[str]:
         """Remove unseen locks of fully fetched and vanished owners, then vanished owners.
@@ -622,7 +666,7 @@ class _Run:
         with connect(self.engine) as conn, conn.begin():
             t = self.clock()
             gone: dict[str, list[tuple[str, str | None]]] = {}
-            for chunk in chunks(sorted(owner_ids)):
+            for chunk in chunks(self._unconfirmed(conn, owner_ids)):
                 rows = conn.execute(
                     select(bound_locks.c.id, bound_locks.c.owner_account_id, bound_locks.c.title)
                     .where(bound_locks.c.removed_at.is_(None))
@@ -709,6 +753,26 @@ class _Run:
             log.warning("%s", message)
         return held
 
+    def _unconfirmed(self, conn: Connection, owner_ids: set[str]) -> list[str]:
+        """The owners among `owner_ids` that may still have a present lock this run did not see.
+
+        Every lock this run confirmed under an owner (unchanged, created, updated, restored) is
+        present under it now, so an owner with exactly that many present locks has none left to
+        remove; only the others are read lock by lock.
+        """
+        if self.dry_run:
+            return sorted(owner_ids)  # nothing was written, so the stored counts prove nothing
+        present = _present_by_owner(conn)
+        confirmed = {
+            o.owner_account_id: o.counts.unchanged
+            + o.counts.created
+            + o.counts.updated
+            + o.counts.restored
+            for o in self.result.owners
+            if o.status == "complete"
+        }
+        return sorted(o for o in owner_ids if present.get(o, 0) != confirmed.get(o, 0))
+
     # -- helpers ------------------------------------------------------------------------------
 
     @property
@@ -740,6 +804,38 @@ class _Run:
             )
 
 
+class _ThreadConnections:
+    """A database connection per fetch thread (for reads), all closed together."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._local = threading.local()
+        self._all: list[Connection] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> Connection:
+        """This thread's connection, opened on first use."""
+        conn: Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._engine.connect()
+            sqlite_cache(conn, SQLITE_READER_CACHE_KIB)
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def __enter__(self) -> _ThreadConnections:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        with self._lock:
+            for conn in self._all:
+                with contextlib.suppress(SQLAlchemyError):
+                    sqlite_cache(conn, SQLITE_CACHE_KIB)  # back to the pool as a writer
+                conn.close()
+            self._all.clear()
+
+
 class _Interrupted(ExporterError):
     """The run was asked to stop (SIGTERM); it ends as failed/interrupted."""
 
@@ -754,22 +850,29 @@ def _lock_values(record: LockRecord, owner_id: str) -> dict[str, Any]:
     return values
 
 
+def _present_by_owner(conn: Connection) -> dict[str, int]:
+    """Present (not removed) locks per owner id."""
+    column = bound_locks.c.owner_account_id
+    rows = conn.execute(
+        select(column, func.count()).where(bound_locks.c.removed_at.is_(None)).group_by(column)
+    )
+    return {owner_id: count for owner_id, count in rows}
+
+
 def _diff(old: Mapping[Any, Any], new: Mapping[str, Any], fields: Iterable[str]) -> list[str]:
     return [name for name in fields if old[name] != new[name]]
 
 
-def _insert_owner_outcome(conn: Connection, run_id: int, outcome: OwnerOutcome) -> None:
-    conn.execute(
-        insert(sync_run_owners).values(
-            run_id=run_id,
-            owner_account_id=outcome.owner_account_id,
-            status=outcome.status,
-            locks_seen=outcome.locks_seen,
-            fetched_at=outcome.fetched_at,
-            error=outcome.error,
-            **outcome.counts.as_dict(),
-        )
-    )
+def _outcome_row(run_id: int, outcome: OwnerOutcome) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "owner_account_id": outcome.owner_account_id,
+        "status": outcome.status,
+        "locks_seen": outcome.locks_seen,
+        "fetched_at": outcome.fetched_at,
+        "error": outcome.error,
+        **outcome.counts.as_dict(),
+    }
 
 
 def _failed_summary(owners: Sequence[OwnerOutcome]) -> str | None:

@@ -13,11 +13,11 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar, cast
 from urllib.parse import quote
 
 import requests
@@ -95,6 +95,10 @@ def _status_outcome(status: int) -> Outcome:
     if status == 403:
         return "forbidden"
     return "fail"
+
+
+def _text(item: LockRecord | str) -> str:
+    return item if isinstance(item, str) else item.raw
 
 
 class TapkeyClient:
@@ -191,37 +195,57 @@ class TapkeyClient:
             owners.append(owner)
         return owners
 
-    def list_bound_locks(self, owner_id: str, *, expand: Sequence[str] = ()) -> OwnerLocks:
-        """All locks bound to one owner account, with the elements that could not be read."""
+    def list_bound_locks(
+        self,
+        owner_id: str,
+        *,
+        expand: Sequence[str] = (),
+        known: Mapping[str, str] | None = None,
+    ) -> OwnerLocks:
+        """All locks bound to one owner account, with the elements that could not be read.
+
+        `known` maps lock ids to the payload text already stored for this owner: an element whose
+        text equals it is listed in `unchanged_ids` without being parsed (it parsed when it was
+        stored, and the text is all a record derives from), which is most locks on most runs.
+        """
         target = _Target(f"/api/v1/Owners/{quote(owner_id, safe='')}/BoundLocks", owner_id)
         params = {"expand": ",".join(expand)} if expand else {}
+        known = known or {}
         problems: dict[str, str] = {}
 
-        def parse(value: Any, lock_id: str | None, raw: str) -> LockRecord | None:
+        # Each page is parsed as it arrives, so its JSON objects are freed at once.
+        def parse(value: Any, lock_id: str | None, raw: str) -> LockRecord | str | None:
             if lock_id is None:
                 return None
+            if known.get(lock_id) == raw:
+                return raw  # unchanged: its text stands for it
             try:
                 return parse_lock(value, lock_id, owner_id, raw)
             except BadValue as exc:
                 problems[lock_id] = str(exc)
                 return None
 
-        rows, requests_sent = self._read_list(target, params, parse)
-        first: dict[str, LockRecord | None] = {}
+        # mypy joins the union's members to `object` when it solves T.
+        rows, requests_sent = cast(
+            tuple[list[tuple[str | None, LockRecord | str | None]], int],
+            self._read_list(target, params, parse),
+        )
+        first: dict[str, LockRecord | str | None] = {}
         copies: dict[str, int] = {}
         conflicting: set[str] = set()
         unidentified = 0
-        for lock_id, record in rows:
+        for lock_id, item in rows:
             if lock_id is None:
                 unidentified += 1
             elif lock_id not in first:
-                first[lock_id], copies[lock_id] = record, 1
+                first[lock_id], copies[lock_id] = item, 1
             else:
                 copies[lock_id] += 1
                 kept = first[lock_id]
-                if record is None or kept is None or record.raw != kept.raw:
+                if item is None or kept is None or _text(item) != _text(kept):
                     conflicting.add(lock_id)
         records: list[LockRecord] = []
+        unchanged: list[str] = []
         skipped_ids: set[str] = set()
         skipped = unidentified
         for lock_id, kept in first.items():
@@ -229,9 +253,12 @@ class TapkeyClient:
                 skipped += copies[lock_id]
                 skipped_ids.add(lock_id)
                 problems.setdefault(lock_id, "listed more than once with different contents")
+                continue
+            skipped += copies[lock_id] - 1
+            if isinstance(kept, str):
+                unchanged.append(lock_id)
             else:
                 records.append(kept)
-                skipped += copies[lock_id] - 1
         if skipped:
             details = "; ".join(f"{k}: {v}" for k, v in list(problems.items())[:5])
             log.warning(
@@ -249,6 +276,7 @@ class TapkeyClient:
             skipped_ids=frozenset(skipped_ids),
             unidentified_skips=unidentified > 0,
             requests=requests_sent,
+            unchanged_ids=unchanged,
         )
 
     # -- paging ----------------------------------------------------------------------------------

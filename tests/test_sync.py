@@ -122,6 +122,22 @@ def test_unchanged_rerun_writes_no_versions_and_rewrites_no_lock_rows(
     assert not [s for s in writes if "bound_locks" in s.split("where")[0] and "versions" not in s]
     assert not [s for s in writes if "bound_lock_versions" in s]
     _assert_matches_api(engine, sandbox, second)
+    # Owners with nothing to write are still recorded: a run row each, and when last seen.
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(sync_run_owners).where(sync_run_owners.c.run_id == second.run_id)
+        ).mappings()
+        fetched = {
+            r["owner_account_id"]: (r["status"], r["unchanged"], r["fetched_at"]) for r in rows
+        }
+        last_seen = dict(
+            conn.execute(select(owner_accounts.c.id, owner_accounts.c.last_seen_at)).all()
+        )
+    assert {o: (status, n) for o, (status, n, _) in fetched.items()} == {
+        o: ("complete", 5) for o in _owner_ids(sandbox)
+    }
+    assert last_seen == {o: at for o, (_, _, at) in fetched.items()}
+    assert all(second.started_at < at < (second.finished_at or at) for at in last_seen.values())
 
 
 @pytest.mark.parametrize(
@@ -223,6 +239,31 @@ def test_a_lock_moving_owners_is_an_update_never_a_removal(
     ]
     assert result.counts.removed == 0
     _assert_matches_api(engine, sandbox, result)
+
+
+@pytest.mark.parametrize("stored_owner_first", [True, False], ids=["stored-first", "other-first"])
+def test_a_lock_listed_by_two_owners_stays_with_the_first_and_is_never_removed(
+    sandbox: Sandbox, db_url: str, engine: Engine, tmp_path: Path, stored_owner_first: bool
+) -> None:
+    _run(sandbox, db_url, tmp_path)
+    owners = _owner_ids(sandbox)
+    # workers=1 applies owners in list order, so this picks which listing the run meets first.
+    stored, other = (owners[0], owners[2]) if stored_owner_first else (owners[2], owners[0])
+    lock_id = _lock_ids(sandbox, stored)[0]
+    sandbox.list_also(lock_id, other)  # a move caught half-way: both lists have the lock
+
+    result = _run(sandbox, db_url, tmp_path, workers=1)
+
+    assert result.status == "succeeded"
+    assert (result.counts.created, result.counts.removed, result.counts.skipped) == (0, 0, 1)
+    versions = [(v["id"], v["change_type"], v["owner_account_id"]) for v in _versions(engine, 2)]
+    assert versions == ([] if stored_owner_first else [(lock_id, "updated", other)])
+    assert_history_consistent(engine)
+
+    sandbox.move(lock_id, other)  # the move completes
+    settled = _run(sandbox, db_url, tmp_path, workers=1)
+    assert (settled.counts.created, settled.counts.removed, settled.counts.skipped) == (0, 0, 0)
+    _assert_matches_api(engine, sandbox, settled)
 
 
 def test_an_owner_lost_and_regained(

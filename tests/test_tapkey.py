@@ -601,6 +601,37 @@ def test_fields_are_parsed(fake: Sandbox, make_client: Factory) -> None:
     assert record.health is None
 
 
+def test_known_texts_are_listed_as_unchanged_without_parsing(
+    fake: Sandbox, make_client: Factory
+) -> None:
+    elements = [lock_text("same"), lock_text("edited"), lock_text("new"), lock_text("dup")]
+    elements.append(elements[-1])  # an identical second copy
+    serve_elements(fake, elements)
+    known = {
+        "same": elements[0],
+        "edited": lock_text("edited", title="before"),
+        "dup": elements[3],
+        "gone": lock_text("gone"),
+    }
+    result = make_client(fake).list_bound_locks(only_owner(fake), known=known)
+    assert result.unchanged_ids == ["same", "dup"]
+    assert [(r.id, r.title) for r in result.records] == [
+        ("edited", "Entrance Door"),
+        ("new", "Entrance Door"),
+    ]
+    assert (result.skipped, result.skipped_ids) == (1, frozenset())
+
+
+def test_known_text_does_not_hide_a_conflicting_copy(fake: Sandbox, make_client: Factory) -> None:
+    # One copy equals the stored text, another differs: neither can be trusted.
+    serve_elements(fake, [lock_text("lock-1"), lock_text("lock-1", title="other")])
+    result = make_client(fake).list_bound_locks(
+        only_owner(fake), known={"lock-1": lock_text("lock-1")}
+    )
+    assert (result.records, result.unchanged_ids) == ([], [])
+    assert result.skipped_ids == frozenset({"lock-1"}) and result.skipped == 2
+
+
 def test_health_readings_with_expand(fake: Sandbox, make_client: Factory) -> None:
     owner = only_owner(fake)
     result = make_client(fake).list_bound_locks(owner, expand=["healthStatuses"])
