@@ -118,6 +118,24 @@ def close_versions(conn: Connection, table: Table, ids: Sequence[str], t: dateti
         )
 
 
+def open_created_versions(conn: Connection, owner_id: str, t: datetime, run_id: int) -> None:
+    """Open `created` versions for the owner's locks inserted at `t`, copied in the database.
+
+    Only this transaction's new rows have first_seen_at == t: every instant the engine writes is
+    later than all stored ones (Clock). Copying them server-side spares sending every new lock's
+    attributes a second time.
+    """
+    source = select(
+        bound_locks.c.id,
+        *(bound_locks.c[name] for name in LOCK_TRACKED),
+        literal(t, UTCDateTime()).label("valid_from"),
+        literal("created").label("change_type"),
+        literal(run_id).label("run_id"),
+    ).where(bound_locks.c.owner_account_id == owner_id, bound_locks.c.first_seen_at == t)
+    columns = ["id", *LOCK_TRACKED, "valid_from", "change_type", "run_id"]
+    conn.execute(insert(bound_lock_versions).from_select(columns, source))
+
+
 def remove_rows(
     conn: Connection,
     current: Table,

@@ -4,7 +4,10 @@ One run:
 1. takes the database's writer lock and marks runs left `running` by dead processes as failed;
 2. fetches the whole owner list and writes owner creates/updates/restores in one transaction;
 3. fetches every owner's bound locks (`workers` at a time) and writes each owner's creates,
-   updates and restores in one transaction of its own, in bulk statements;
+   updates and restores in one transaction of its own, in bulk statements. A lock whose payload
+   text equals the stored text is unchanged without being parsed; an owner with nothing to write
+   gets no transaction: its `sync_run_owners` row and `last_seen_at` are written with the others
+   like it once the crawl is over;
 4. after every owner has been fetched, decides removals in one transaction: a lock is removed
    only if no complete fetch of this run returned it, and only if it belongs to an owner whose
    fetch was complete (`unbound`) or to an owner that vanished from the owner list
@@ -23,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -61,6 +63,7 @@ from exporter.history import (
     latest_instant,
     load_live_raw,
     load_locks,
+    open_created_versions,
     remove_rows,
     version_row,
 )
@@ -87,14 +90,11 @@ from exporter.store import (
 
 log = logging.getLogger(__name__)
 
-# GIL switch interval while fetch threads run (see _crawl).
-_CRAWL_SWITCH_INTERVAL = 0.0005
 # Bulk-insert column orders for new locks (see store.insert_many); the owner comes from the URL.
 assert LOCK_TRACKED[0] == "owner_account_id"
 _TRACKED_REST = attrgetter(*LOCK_TRACKED[1:])
 _CURRENT = attrgetter(*LOCK_CURRENT_ONLY)
 _NEW_LOCK_COLUMNS = ("id", *LOCK_TRACKED, *LOCK_CURRENT_ONLY, "first_seen_at", "updated_at")
-_NEW_VERSION_COLUMNS = ("id", *LOCK_TRACKED, "valid_from", "change_type", "run_id")
 
 
 class InventorySource(Protocol):
@@ -435,12 +435,6 @@ class _Run:
                 owner_id = pending.popleft()
                 running[pool.submit(self._fetch_owner, owner_id, readers)] = owner_id
 
-            # This thread writes while the fetch threads parse JSON. Each time it waits on the
-            # database it must win the GIL back from a busy fetch thread, which keeps it for up
-            # to the switch interval (5 ms by default): with thousands of waits per run that
-            # queueing cost more than the writing itself. A short interval for the crawl bounds it.
-            interval = sys.getswitchinterval()
-            sys.setswitchinterval(min(interval, _CRAWL_SWITCH_INTERVAL))
             for _ in range(min(2 * self.workers, len(pending))):
                 submit()
             try:
@@ -458,7 +452,6 @@ class _Run:
                         except TapkeyError as exc:
                             yield owner_id, exc
             finally:
-                sys.setswitchinterval(interval)
                 for future in running:
                     future.cancel()
 
@@ -595,7 +588,6 @@ class _Run:
         # needs loading: a lock this run already wrote is in `seen`, and was skipped above.
         stored = load_locks(conn, [r.id for r in records]) if self.had_locks and records else {}
         new_rows: list[tuple[Any, ...]] = []
-        new_versions: list[tuple[Any, ...]] = []
         versions: list[dict[str, Any]] = []
         changed: dict[str, list[dict[str, Any]]] = {"updated": [], "restored": [], "refresh": []}
         run_id = self._run_id
@@ -603,9 +595,9 @@ class _Run:
             old = stored.get(record.id)
             if old is None:
                 counts.created += 1
-                tracked = (owner_id, *_TRACKED_REST(record))
-                new_rows.append((record.id, *tracked, *_CURRENT(record), t, t))
-                new_versions.append((record.id, *tracked, t, "created", run_id))
+                new_rows.append(
+                    (record.id, owner_id, *_TRACKED_REST(record), *_CURRENT(record), t, t)
+                )
                 if self.dry_run:
                     self._note("lock", record.id, "created", owner_id, title=record.title)
                 continue
@@ -634,7 +626,8 @@ class _Run:
         for rows in changed.values():
             if rows:
                 conn.execute(update(bound_locks).where(bound_locks.c.id == bindparam("b_id")), rows)
-        insert_many(conn, bound_lock_versions, _NEW_VERSION_COLUMNS, new_versions)
+        if new_rows:
+            open_created_versions(conn, owner_id, t, run_id)
         if self.health:
             lock_health.store_readings(conn, records, seen_at=t, run_id=run_id)
         if versions:
