@@ -76,7 +76,9 @@ class UTCDateTime(TypeDecorator[datetime]):
             raise ValueError("naive datetime given to a UTC column")
         value = value.astimezone(UTC)
         if dialect.name == "sqlite":
-            return value.strftime(SQLITE_TIME_FORMAT)
+            # SQLITE_TIME_FORMAT, built from isoformat (~4x faster than strftime; every lock
+            # row has several): an aware UTC value's isoformat ends in "+00:00".
+            return value.isoformat(timespec="microseconds")[:-6] + "Z"
         if dialect.name in ("mysql", "mariadb"):
             return value.replace(tzinfo=None)
         return value

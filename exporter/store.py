@@ -88,11 +88,15 @@ def sqlite_path(engine: Engine) -> Path | None:
     return Path(database)
 
 
-def make_engine(url: str, *, schema: str | None = None) -> Engine:
-    """An engine with the session settings every connection needs (UTC, WAL, keepalives)."""
+def make_engine(url: str, *, schema: str | None = None, readers: int = 4) -> Engine:
+    """An engine with the session settings every connection needs (UTC, WAL, keepalives).
+
+    The pool keeps a connection for each of `readers` fetch threads (they read while the sync
+    writes) besides the writer, the writer lock's own connection and one for `serve`'s /healthz.
+    """
     parsed = make_url(url)
     connect_args: dict[str, Any] = {}
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_size": readers + 3}
     if parsed.get_backend_name() == "sqlite":
         connect_args["timeout"] = 30
         database = parsed.database

@@ -5,13 +5,15 @@ from __future__ import annotations
 import subprocess
 import sys
 import zipfile
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import insert, inspect, select
 
 from exporter import store
 from exporter.errors import SchemaVersionError
+from exporter.schema import SQLITE_TIME_FORMAT, sync_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,3 +70,24 @@ def test_the_wheel_ships_the_migrations(tmp_path: Path) -> None:
     shipped = {n.rsplit("/", 1)[-1] for n in names if n.startswith("exporter/migrations/versions/")}
     on_disk = {p.name for p in (ROOT / "migrations" / "versions").glob("*.py")}
     assert on_disk <= shipped
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(2021, 11, 30, 17, 9, 53, 92000, tzinfo=UTC),
+        datetime(2018, 12, 12, 14, 0, tzinfo=timezone(timedelta(hours=2))),  # stored as 12:00Z
+        datetime(2026, 1, 1, tzinfo=UTC),  # no microseconds: still six digits
+    ],
+)
+def test_sqlite_stores_instants_as_fixed_width_utc_text(tmp_path: Path, moment: datetime) -> None:
+    engine = store.make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    store.upgrade(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(sync_runs).values(started_at=moment, status="running", trigger="manual")
+        )
+        text = conn.exec_driver_sql("SELECT started_at FROM sync_runs").scalar_one()
+        back = conn.execute(select(sync_runs.c.started_at)).scalar_one()
+    assert text == moment.astimezone(UTC).strftime(SQLITE_TIME_FORMAT)
+    assert len(text) == 27 and back == moment

@@ -266,6 +266,19 @@ def test_a_lock_listed_by_two_owners_stays_with_the_first_and_is_never_removed(
     _assert_matches_api(engine, sandbox, settled)
 
 
+def test_every_fetch_thread_gets_a_database_connection(
+    db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    # Each fetch thread keeps a reading connection for the whole crawl: 20 of them, the writer
+    # and the writer lock are more than SQLAlchemy's default pool (5 + 10 overflow) would give.
+    with Sandbox(seed=5, owners=24, locks_per_owner=2) as fake:
+        _run(fake, db_url, tmp_path, workers=20)
+        fake.advance(3)
+        result = _run(fake, db_url, tmp_path, workers=20)
+        assert result.status == "succeeded"
+        _assert_matches_api(engine, fake, result)
+
+
 def test_an_owner_lost_and_regained(
     sandbox: Sandbox, db_url: str, engine: Engine, tmp_path: Path
 ) -> None:
