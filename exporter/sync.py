@@ -578,11 +578,10 @@ class _Run:
         """
         counts = Counts(skipped=fetched.skipped)
         self.seen.update(fetched.skipped_ids)
-        for lock_id in fetched.unchanged_ids:
-            if self._listed_twice(lock_id, counts):
-                continue
-            counts.unchanged += 1
-        records = [r for r in fetched.records if not self._listed_twice(r.id, counts)]
+        twice = self._mark_seen(fetched.unchanged_ids, counts)
+        counts.unchanged += len(fetched.unchanged_ids) - len(twice)
+        twice = self._mark_seen([r.id for r in fetched.records], counts)
+        records = [r for r in fetched.records if r.id not in twice]
         # Only locks whose text differs from the stored one are loaded and diffed in full (new,
         # changed, moved in, restored). Into a table that was empty when the run began nothing
         # needs loading: a lock this run already wrote is in `seen`, and was skipped above.
@@ -634,16 +633,18 @@ class _Run:
             conn.execute(insert(bound_lock_versions), versions)
         return counts, True
 
-    def _listed_twice(self, lock_id: str, counts: Counts) -> bool:
-        """Mark the lock seen; if another owner of this run listed it already, count a skip."""
-        if lock_id not in self.seen:
-            self.seen.add(lock_id)
-            return False
-        # Listed by two owners in one run (a move seen half-way): the first owner wins this run;
-        # the next run sees the settled state.
-        log.warning("lock %s listed by more than one owner; kept the first", lock_id)
-        counts.skipped += 1
-        return True
+    def _mark_seen(self, ids: Sequence[str], counts: Counts) -> set[str]:
+        """Mark `ids` seen; return (and count as skipped) those another owner listed first.
+
+        Such a lock (a move caught half-way) stays with the first owner this run; the next run
+        sees the settled state.
+        """
+        twice = self.seen.intersection(ids)
+        self.seen.update(ids)
+        for lock_id in twice:
+            log.warning("lock %s listed by more than one owner; kept the first", lock_id)
+        counts.skipped += len(twice)
+        return twice
 
     def _remove(self, owner_ids: set[str], vanished: set[str]) -> list[str]:
         """Remove unseen locks of fully fetched and vanished owners, then vanished owners.
