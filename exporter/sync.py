@@ -402,6 +402,7 @@ class _Run:
                         removable.add(owner_id)
         if self.stop.is_set():
             raise _Interrupted
+        self._check_lock()
         self._record_quiet_owners()
         held = self._remove(removable | vanished, vanished)
         failed = listed - complete
@@ -545,7 +546,6 @@ class _Run:
         """Record the owners that had nothing to write: their run rows and last_seen_at."""
         if self.dry_run or not self.quiet:
             return
-        self._check_lock()
         with connect(self.engine) as conn, conn.begin():
             conn.execute(
                 insert(sync_run_owners), [_outcome_row(self._run_id, o) for o in self.quiet]
