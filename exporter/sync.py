@@ -518,7 +518,9 @@ class _Run:
             log.warning("owner %s failed: %s", owner_id, fetched)
             self.quiet.append(outcome)
             return outcome
-        with conn.begin():
+        # Only locks that differ from the stored text are loaded or written; without any, no
+        # transaction is needed (an empty one still costs a COMMIT round trip on some servers).
+        with conn.begin() if fetched.records else contextlib.nullcontext():
             t = self.clock()
             counts, wrote = self._write_locks(conn, owner_id, fetched, t)
             outcome = OwnerOutcome(
