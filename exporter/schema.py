@@ -228,7 +228,7 @@ bound_locks = Table(
     Column("first_seen_at", UTCDateTime(), nullable=False),
     Column("removed_at", UTCDateTime()),
     Column("updated_at", UTCDateTime(), nullable=False),
-    # With removed_at: an owner's present locks are counted and read from the index alone.
+    # With removed_at: present locks per owner are counted from the index alone.
     Index(None, "owner_account_id", "removed_at"),
     Index(None, "lock_id_hex"),
     **_MYSQL,
