@@ -125,7 +125,8 @@ def make_engine(url: str, *, schema: str | None = None, readers: int = 4) -> Eng
     return engine
 
 
-# SQLite page cache per connection, in KiB: the writer's (see _sqlite_on_connect) and a reader's.
+# SQLite page cache per connection, in KiB: the default (see _sqlite_on_connect) and a fetch
+# thread's, which only reads one owner's rows at a time (every connection has its own cache).
 SQLITE_CACHE_KIB = 16384
 SQLITE_READER_CACHE_KIB = 2048
 

@@ -44,7 +44,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from exporter import lock_health
 from exporter.errors import (
@@ -79,7 +79,6 @@ from exporter.schema import (
     sync_runs,
 )
 from exporter.store import (
-    SQLITE_CACHE_KIB,
     SQLITE_READER_CACHE_KIB,
     WriterLock,
     connect,
@@ -826,8 +825,6 @@ class _ThreadConnections:
     def __exit__(self, *_exc: object) -> None:
         with self._lock:
             for conn in self._all:
-                with contextlib.suppress(SQLAlchemyError):
-                    sqlite_cache(conn, SQLITE_CACHE_KIB)  # back to the pool as a writer
                 conn.close()
             self._all.clear()
 
