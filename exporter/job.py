@@ -26,11 +26,7 @@ EXIT_CODES = {"succeeded": 0, "failed": 1, "partial": 3}
 
 def make_engine(settings: Settings) -> Engine:
     """The configured database's engine."""
-    return store.make_engine(
-        settings.database.url,
-        schema=settings.database.schema_name,
-        readers=settings.tapkey.workers,
-    )
+    return store.make_engine(settings.database.url, schema=settings.database.schema_name)
 
 
 def make_tokens(

@@ -88,15 +88,15 @@ def sqlite_path(engine: Engine) -> Path | None:
     return Path(database)
 
 
-def make_engine(url: str, *, schema: str | None = None, readers: int = 4) -> Engine:
+def make_engine(url: str, *, schema: str | None = None) -> Engine:
     """An engine with the session settings every connection needs (UTC, WAL, keepalives).
 
-    The pool keeps a connection for each of `readers` fetch threads (they read while the sync
-    writes) besides the writer, the writer lock's own connection and one for `serve`'s /healthz.
+    A sync holds at most four connections at once (the writer, the reader of stored texts, the
+    writer lock's own and `serve`'s /healthz): the default pool of five covers them.
     """
     parsed = make_url(url)
     connect_args: dict[str, Any] = {}
-    kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_size": readers + 3}
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if parsed.get_backend_name() == "sqlite":
         connect_args["timeout"] = 30
         database = parsed.database
@@ -125,8 +125,8 @@ def make_engine(url: str, *, schema: str | None = None, readers: int = 4) -> Eng
     return engine
 
 
-# SQLite page cache per connection, in KiB: the default (see _sqlite_on_connect) and a fetch
-# thread's, which only reads one owner's rows at a time (every connection has its own cache).
+# SQLite page cache per connection, in KiB: the default (see _sqlite_on_connect) and the sync's
+# reader's, which only reads one owner's rows at a time (every connection has its own cache).
 SQLITE_CACHE_KIB = 16384
 SQLITE_READER_CACHE_KIB = 2048
 

@@ -425,15 +425,15 @@ class _Run:
         """
         pending = deque(owner_ids)
         running: dict[Future[OwnerLocks], str] = {}
-        readers = _ThreadConnections(self.engine)
         with (
-            readers,
+            _StoredTexts(self.engine) as stored,
             ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="fetch") as pool,
         ):
 
             def submit() -> None:
                 owner_id = pending.popleft()
-                running[pool.submit(self._fetch_owner, owner_id, readers)] = owner_id
+                known = stored.read(owner_id) if self.locks_before.get(owner_id) else None
+                running[pool.submit(self._fetch_owner, owner_id, known)] = owner_id
 
             for _ in range(min(2 * self.workers, len(pending))):
                 submit()
@@ -455,20 +455,17 @@ class _Run:
                 for future in running:
                     future.cancel()
 
-    def _fetch_owner(self, owner_id: str, readers: _ThreadConnections) -> OwnerLocks:
+    def _fetch_owner(self, owner_id: str, known: Future[dict[str, str]] | None) -> OwnerLocks:
         """One owner's locks, parsed only where they differ from the stored text (fetch thread).
 
-        The stored texts are read before the fetch, on this thread's own connection, so they may
-        be stale when the main thread applies this owner; but only for locks that the main thread
-        wrote since for another owner of this run, and those are in `seen`, which it checks first.
+        The stored texts are read before the fetch, so they may be stale when the main thread
+        applies this owner; but only for locks that the main thread wrote since for another owner
+        of this run, and those are in `seen`, which it checks first.
         """
-        known = None
-        if self.locks_before.get(owner_id):
-            conn = readers.get()
-            with conn.begin():
-                known = load_live_raw(conn, owner_id)
         expand = lock_health.EXPAND if self.health else ()
-        return self.source.list_bound_locks(owner_id, expand=expand, known=known)
+        return self.source.list_bound_locks(
+            owner_id, expand=expand, known=known.result() if known is not None else None
+        )
 
     def _write_owners(self, conn: Connection, owners: Sequence[OwnerRecord]) -> set[str]:
         """Create, update and restore owners; return the ids of owners that vanished."""
@@ -799,34 +796,36 @@ class _Run:
             )
 
 
-class _ThreadConnections:
-    """A database connection per fetch thread (for reads), all closed together."""
+class _StoredTexts:
+    """Reads owners' stored payload texts, in order, ahead of their fetches.
+
+    One thread on one connection: the reads are short, and several threads reading at once cost
+    more CPU (in SQLite and for the GIL) than they save in wall time.
+    """
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._local = threading.local()
-        self._all: list[Connection] = []
-        self._lock = threading.Lock()
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read")
+        self._conn: Connection | None = None
 
-    def get(self) -> Connection:
-        """This thread's connection, opened on first use."""
-        conn: Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._engine.connect()
-            sqlite_cache(conn, SQLITE_READER_CACHE_KIB)
-            self._local.conn = conn
-            with self._lock:
-                self._all.append(conn)
-        return conn
+    def read(self, owner_id: str) -> Future[dict[str, str]]:
+        """The owner's present locks' stored texts, by id (read on the reader thread)."""
+        return self._thread.submit(self._load, owner_id)
 
-    def __enter__(self) -> _ThreadConnections:
+    def _load(self, owner_id: str) -> dict[str, str]:
+        if self._conn is None:
+            self._conn = self._engine.connect()
+            sqlite_cache(self._conn, SQLITE_READER_CACHE_KIB)
+        with self._conn.begin():
+            return load_live_raw(self._conn, owner_id)
+
+    def __enter__(self) -> _StoredTexts:
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        with self._lock:
-            for conn in self._all:
-                conn.close()
-            self._all.clear()
+        self._thread.shutdown(cancel_futures=True)
+        if self._conn is not None:
+            self._conn.close()
 
 
 class _Interrupted(ExporterError):

@@ -266,11 +266,11 @@ def test_a_lock_listed_by_two_owners_stays_with_the_first_and_is_never_removed(
     _assert_matches_api(engine, sandbox, settled)
 
 
-def test_every_fetch_thread_gets_a_database_connection(
+def test_twenty_fetch_threads_share_the_database_connections(
     db_url: str, engine: Engine, tmp_path: Path
 ) -> None:
-    # Each fetch thread keeps a reading connection for the whole crawl: 20 of them, the writer
-    # and the writer lock are more than SQLAlchemy's default pool (5 + 10 overflow) would give.
+    # More fetch threads than the engine's pool (5 + 10 overflow) has connections: the crawl
+    # must not need a connection per thread.
     with Sandbox(seed=5, owners=24, locks_per_owner=2) as fake:
         _run(fake, db_url, tmp_path, workers=20)
         fake.advance(3)
