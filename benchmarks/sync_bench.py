@@ -93,6 +93,8 @@ def _serve(conn: Connection, seed: int, owners: int, locks_per_owner: int) -> No
                 conn.send(None)
             elif command == "counts":
                 conn.send({"total": sandbox.request_count, **sandbox.requests})
+            elif command == "cpu":
+                conn.send(time.process_time())
             elif command == "stop":
                 break
             else:
@@ -147,6 +149,18 @@ def _peak_rss() -> int:
         pass
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB elsewhere
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def _machine_cpu() -> tuple[float, float]:
+    """CPU seconds every process on the machine has used so far, and the seconds stolen by the
+    hypervisor (Linux /proc/stat; zeros elsewhere)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq) / tick, steal / tick
 
 
 def _current_rss() -> int:
@@ -292,6 +306,7 @@ def _measure_child(conn: Connection, kind: str, params: dict[str, Any]) -> None:
     profile = params.get("profile")
     base_rss = _current_rss()
     work = {"floor": _crawl_floor, "fetch": _exporter_fetch}.get(kind, _sync_once)
+    machine_started, steal_started = _machine_cpu()
     started = time.perf_counter()
     cpu_started = time.process_time()
     if profile:
@@ -304,11 +319,14 @@ def _measure_child(conn: Connection, kind: str, params: dict[str, Any]) -> None:
         outcome = work(params)
     wall = time.perf_counter() - started
     cpu = time.process_time() - cpu_started
+    machine, steal = _machine_cpu()
     conn.send(
         {
             **outcome,
             "wall_s": wall,
             "cpu_s": cpu,
+            "machine_cpu_s": machine - machine_started,
+            "steal_s": steal - steal_started,
             "rss_peak_mib": _peak_rss() / MIB,
             "rss_base_mib": base_rss / MIB,
         }
@@ -468,7 +486,13 @@ def _scenario(
     if args.profile and kind in args.profile:
         profile = str(RESULTS / f"profile_{args.db}_{kind}_{round_no}.prof")
     load_before = os.getloadavg()[0]
+    sandbox_cpu = server.call("cpu")
     figures = measure(kind, {**params, "profile": profile})
+    figures["sandbox_cpu_s"] = server.call("cpu") - sandbox_cpu
+    # What the client and the sandbox did not use: the database server (and anything else).
+    figures["other_cpu_s"] = max(
+        0.0, figures["machine_cpu_s"] - figures["cpu_s"] - figures["sandbox_cpu_s"]
+    )
     figures["server_requests"] = server.call("counts")["total"]
     figures["loadavg_1m"] = [load_before, os.getloadavg()[0]]
     print(
@@ -509,6 +533,10 @@ def _summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "wall_min_s": min(walls),
             "wall_max_s": max(walls),
             "cpu_s": statistics.median(f["cpu_s"] for f in figures),
+            **{
+                key: statistics.median(f[key] for f in figures)
+                for key in ("sandbox_cpu_s", "other_cpu_s", "machine_cpu_s", "steal_s")
+            },
             "rss_peak_mib": max(f["rss_peak_mib"] for f in figures),
             "rss_base_mib": statistics.median(f["rss_base_mib"] for f in figures),
             "api_requests": figures[-1]["api_requests"],
@@ -557,6 +585,16 @@ def _environment() -> dict[str, Any]:
     }
 
 
+def _names(parameters: dict[str, Any]) -> dict[str, str]:
+    return {
+        "floor": "fetch floor (no DB)",
+        "fetch": "exporter fetch (no DB)",
+        "first": "first load",
+        "unchanged": "unchanged rerun",
+        "changes": f"after {parameters['changes']:,} changes",
+    }
+
+
 def print_table(report: dict[str, Any]) -> None:
     """The summary as a plain text table."""
     p, s = report["parameters"], report["summary"]
@@ -572,13 +610,7 @@ def print_table(report: dict[str, Any]) -> None:
     )
     print(header)
     print("-" * len(header))
-    names = {
-        "floor": "fetch floor (no DB)",
-        "fetch": "exporter fetch (no DB)",
-        "first": "first load",
-        "unchanged": "unchanged rerun",
-        "changes": f"after {p['changes']:,} changes",
-    }
+    names = _names(p)
     for kind in SCENARIOS:
         row = s[kind]
         spread = f"({row['wall_min_s']:.2f}-{row['wall_max_s']:.2f})"
@@ -594,6 +626,34 @@ def print_table(report: dict[str, Any]) -> None:
         f"(peak RSS is each client process's VmHWM; about {s['first']['rss_base_mib']:.0f} MiB of "
         "it is the interpreter and imports before the clock starts)"
     )
+    print_cpu_table(report)
+
+
+def print_cpu_table(report: dict[str, Any]) -> None:
+    """Where the CPU went (medians): the client, the sandbox, the rest (the database server).
+
+    "bound s" is the machine's CPU time over its cores: no schedule of the same work on this
+    machine can take less wall time, whatever the client does with its threads.
+    """
+    s, cpus = report["summary"], report["environment"]["cpus"] or 1
+    names = _names(report["parameters"])
+    print()
+    header = (
+        f"{'CPU seconds':<22}{'client':>8}{'sandbox':>9}{'db+other':>10}{'machine':>9}"
+        f"{'steal':>7}{'bound s':>9}{'x floor':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    floor = s["floor"]["wall_s"]
+    for kind in SCENARIOS:
+        row = s[kind]
+        bound = row["machine_cpu_s"] / cpus
+        print(
+            f"{names[kind]:<22}{row['cpu_s']:>8.2f}{row['sandbox_cpu_s']:>9.2f}"
+            f"{row['other_cpu_s']:>10.2f}{row['machine_cpu_s']:>9.2f}{row['steal_s']:>7.2f}"
+            f"{bound:>9.2f}{bound / floor:>9.2f}"
+        )
+    print(f"(bound = machine CPU / {cpus} CPUs: the least wall time the same work can take here)")
 
 
 def main(argv: list[str] | None = None) -> int:
