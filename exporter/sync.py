@@ -5,9 +5,9 @@ One run:
 2. fetches the whole owner list and writes owner creates/updates/restores in one transaction;
 3. fetches every owner's bound locks (`workers` at a time) and writes each owner's creates,
    updates and restores in one transaction of its own, in bulk statements. A lock whose payload
-   text equals the stored text is unchanged without being parsed; an owner with nothing to write
-   gets no transaction: its `sync_run_owners` row and `last_seen_at` are written with the others
-   like it once the crawl is over;
+   text equals the stored text is unchanged without becoming a record; an owner with nothing to
+   write gets no transaction: its `sync_run_owners` row and `last_seen_at` are written with the
+   others like it once the crawl is over;
 4. after every owner has been fetched, decides removals in one transaction: a lock is removed
    only if no complete fetch of this run returned it, and only if it belongs to an owner whose
    fetch was complete (`unbound`) or to an owner that vanished from the owner list

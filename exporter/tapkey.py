@@ -31,6 +31,7 @@ from exporter.records import (
     OwnerLocks,
     OwnerRecord,
     element_id,
+    known_page,
     parse_lock,
     parse_owner,
     split_array,
@@ -184,7 +185,7 @@ class TapkeyClient:
     def list_owners(self) -> list[OwnerRecord]:
         """Every owner account the OAuth client can see (PayloadError if any cannot be read)."""
         target = _Target("/api/v1/Owners")
-        rows, _ = self._read_list(target, {}, parse_owner)
+        rows, _ = self._read_list(target, {}, parse_owner, {})
         owners: list[OwnerRecord] = []
         seen: set[str] = set()
         for owner_id, owner in rows:
@@ -205,8 +206,9 @@ class TapkeyClient:
         """All locks bound to one owner account, with the elements that could not be read.
 
         `known` maps lock ids to the payload text already stored for this owner: an element whose
-        text equals it is listed in `unchanged_ids` without being parsed (it parsed when it was
-        stored, and the text is all a record derives from), which is most locks on most runs.
+        text equals it is listed in `unchanged_ids` without becoming a record (it parsed when it
+        was stored, and the text is all a record derives from), which is most locks on most runs.
+        A compact page made only of such elements is recognised as a whole (`known_page`).
         """
         target = _Target(f"/api/v1/Owners/{quote(owner_id, safe='')}/BoundLocks", owner_id)
         params = {"expand": ",".join(expand)} if expand else {}
@@ -228,7 +230,7 @@ class TapkeyClient:
         # mypy joins the union's members to `object` when it solves T.
         rows, requests_sent = cast(
             tuple[list[tuple[str | None, LockRecord | str | None]], int],
-            self._read_list(target, params, parse),
+            self._read_list(target, params, parse, known),
         )
         first: dict[str, LockRecord | str | None] = {}
         copies: dict[str, int] = {}
@@ -286,6 +288,7 @@ class TapkeyClient:
         target: _Target,
         params: dict[str, str],
         parse: Callable[[Any, str | None, str], T | None],
+        known: Mapping[str, str],
     ) -> tuple[list[tuple[str | None, T | None]], int]:
         """Read a whole list with overlapping pages; re-read it if it shifted while being paged.
 
@@ -307,7 +310,7 @@ class TapkeyClient:
         """
         counter = [0]
         for attempt in range(self._max_restarts + 1):
-            rows = self._read_list_once(target, params, parse, counter)
+            rows = self._read_list_once(target, params, parse, known, counter)
             if rows is not None:
                 return rows, counter[0]
             if attempt < self._max_restarts:
@@ -328,6 +331,7 @@ class TapkeyClient:
         target: _Target,
         params: dict[str, str],
         parse: Callable[[Any, str | None, str], T | None],
+        known: Mapping[str, str],
         counter: list[int],
     ) -> list[tuple[str | None, T | None]] | None:
         """One pass of `_read_list`; None when the list shifted under us."""
@@ -339,7 +343,7 @@ class TapkeyClient:
         while True:
             skip = 0 if not rows else 1 if len(rows) == 1 else len(rows) - 1
             query = {**params, "$top": str(self._top), "$skip": str(skip)}
-            page = self._get_page(target, query, counter)
+            page = self._get_page(target, query, counter, known)
             ids = [element_id(value) for value, _ in page]
             if not rows:
                 new = range(len(page))
@@ -375,9 +379,15 @@ class TapkeyClient:
         )
 
     def _get_page(
-        self, target: _Target, params: dict[str, str], counter: list[int]
+        self,
+        target: _Target,
+        params: dict[str, str],
+        counter: list[int],
+        known: Mapping[str, str],
     ) -> list[tuple[Any, str]]:
-        return split_array(self._get_text(target, params, counter), f"GET {target.path}")
+        text = self._get_text(target, params, counter)
+        page = known_page(text, known) if known else None
+        return page if page is not None else split_array(text, f"GET {target.path}")
 
     # -- one request -----------------------------------------------------------------------------
 

@@ -622,6 +622,33 @@ def test_known_texts_are_listed_as_unchanged_without_parsing(
     assert (result.skipped, result.skipped_ids) == (1, frozenset())
 
 
+@pytest.mark.parametrize("pretty", [False, True], ids=["compact", "pretty"])
+def test_pages_of_known_texts_are_unchanged_in_any_layout(
+    fake: Sandbox, make_client: Factory, pretty: bool
+) -> None:
+    # Compact pages equal to the stored texts take the whole-page check; pretty ones the scan.
+    elements = [lock_text(f"lock-{n}") for n in range(7)]
+    elements.insert(3, elements[2])  # an identical second copy, inside a page
+    serve_elements(fake, elements, pretty=pretty)
+    known = {f"lock-{n}": lock_text(f"lock-{n}") for n in range(7)}
+    result = make_client(fake, page_size=3).list_bound_locks(only_owner(fake), known=known)
+    assert result.unchanged_ids == [f"lock-{n}" for n in range(7)]
+    assert (result.records, result.skipped, result.skipped_ids) == ([], 1, frozenset())
+
+
+def test_a_known_lock_whose_text_differs_only_in_spacing_is_reparsed(
+    fake: Sandbox, make_client: Factory
+) -> None:
+    # `raw` is the text as received: a server that changes its spacing changes every `raw`.
+    respaced = json.dumps(json.loads(lock_text("lock-2")), separators=(",", ":"))
+    assert respaced != lock_text("lock-2")
+    serve_elements(fake, [lock_text("lock-1"), respaced])
+    known = {"lock-1": lock_text("lock-1"), "lock-2": lock_text("lock-2")}
+    result = make_client(fake).list_bound_locks(only_owner(fake), known=known)
+    assert result.unchanged_ids == ["lock-1"]
+    assert [(r.id, r.raw) for r in result.records] == [("lock-2", respaced)]
+
+
 def test_known_text_does_not_hide_a_conflicting_copy(fake: Sandbox, make_client: Factory) -> None:
     # One copy equals the stored text, another differs: neither can be trusted.
     serve_elements(fake, [lock_text("lock-1"), lock_text("lock-1", title="other")])
