@@ -15,6 +15,7 @@ from sqlalchemy import Engine, event, func, select
 
 from exporter import job
 from exporter.errors import ClientMismatchError
+from exporter.history import load_live_raw
 from exporter.sandbox import Fault, Request, Sandbox
 from exporter.schema import (
     bound_lock_versions,
@@ -264,6 +265,39 @@ def test_a_lock_listed_by_two_owners_stays_with_the_first_and_is_never_removed(
     settled = _run(sandbox, db_url, tmp_path, workers=1)
     assert (settled.counts.created, settled.counts.removed, settled.counts.skipped) == (0, 0, 0)
     _assert_matches_api(engine, sandbox, settled)
+
+
+@pytest.mark.parametrize(
+    "odd_id", ["with\x1eseparator", "\x1e", "ends-with\x1e"], ids=["inside", "only", "end"]
+)
+def test_stored_texts_are_read_exactly_whatever_the_ids_contain(
+    engine: Engine, odd_id: str
+) -> None:
+    # SQLite reads an owner's texts as one joined value; ids holding the separator must not
+    # shift one lock's text onto another (that could pass a changed lock as unchanged).
+    t = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = [
+        ("plain", "owner-1", '{"id":"plain"}', None),
+        (odd_id, "owner-1", '{"id":"odd"}', None),
+        ("no-text", "owner-1", None, None),
+        ("removed", "owner-1", '{"id":"removed"}', t),
+        ("elsewhere", "owner-2", '{"id":"elsewhere"}', None),
+    ]
+    with engine.begin() as conn:
+        conn.execute(
+            bound_locks.insert(),
+            [
+                {"id": i, "owner_account_id": o, "raw": raw, "removed_at": gone}
+                | {"first_seen_at": t, "updated_at": t}
+                for i, o, raw, gone in rows
+            ],
+        )
+        assert load_live_raw(conn, "owner-1") == {
+            "plain": '{"id":"plain"}',
+            odd_id: '{"id":"odd"}',
+            "no-text": "",
+        }
+        assert load_live_raw(conn, "nobody") == {}
 
 
 def test_twenty_fetch_threads_share_the_database_connections(
