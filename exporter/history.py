@@ -97,23 +97,26 @@ def load_locks(conn: Connection, ids: Sequence[str]) -> dict[str, Mapping[Any, A
     return stored
 
 
-# Joins one owner's stored texts into one SQLite value. JSON text (what `raw` holds) never
-# contains it: control characters must be escaped in strings, and whitespace is " \t\n\r".
+# Joins one owner's stored texts into one value. JSON text (what `raw` holds) never contains it:
+# control characters must be escaped in strings, and whitespace is " \t\n\r".
 _JOIN = "\x1e"
+# Where an owner's texts are read joined: not MySQL/MariaDB, whose GROUP_CONCAT silently cuts
+# its result at group_concat_max_len (1 MiB by default).
+_READ_JOINED = frozenset({"sqlite", "postgresql"})
 
 
 def load_live_raw(conn: Connection, owner_id: str) -> dict[str, str]:
     """The stored payload text of the owner's present locks, by lock id."""
     present = (bound_locks.c.owner_account_id == owner_id) & bound_locks.c.removed_at.is_(None)
-    if conn.dialect.name == "sqlite":
-        # One row, not one per lock: Python's sqlite3 lets go of the GIL for every row it steps
-        # and must win it back from the fetch threads each time, so reading row by row left
-        # them waiting for the texts. Both aggregates step through the same rows in the same
-        # order; an id containing the separator makes the lists differ in length (plain query).
+    if conn.dialect.name in _READ_JOINED:
+        # One row, not one per lock: the drivers let go of the GIL for every row (sqlite3) or
+        # network read (psycopg) and must win it back from the fetch threads each time, so row
+        # by row the reader kept them waiting. Both aggregates take the same rows in one pass,
+        # so the lists line up; an id containing the separator makes their lengths differ.
         ids, texts = conn.execute(
             select(
-                func.group_concat(bound_locks.c.id, _JOIN),
-                func.group_concat(func.coalesce(bound_locks.c.raw, ""), _JOIN),
+                func.aggregate_strings(bound_locks.c.id, _JOIN),
+                func.aggregate_strings(func.coalesce(bound_locks.c.raw, ""), _JOIN),
             ).where(present)
         ).one()
         if ids is None:

@@ -273,8 +273,8 @@ def test_a_lock_listed_by_two_owners_stays_with_the_first_and_is_never_removed(
 def test_stored_texts_are_read_exactly_whatever_the_ids_contain(
     engine: Engine, odd_id: str
 ) -> None:
-    # SQLite reads an owner's texts as one joined value; ids holding the separator must not
-    # shift one lock's text onto another (that could pass a changed lock as unchanged).
+    # SQLite and PostgreSQL read an owner's texts as one joined value: ids holding the separator
+    # must not shift one lock's text onto another (that could pass a changed lock as unchanged).
     t = datetime(2026, 1, 1, tzinfo=UTC)
     rows = [
         ("plain", "owner-1", '{"id":"plain"}', None),
