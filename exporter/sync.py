@@ -27,13 +27,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from operator import attrgetter
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import (
     Connection,
@@ -47,8 +45,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from exporter import lock_health
+from exporter.crawl import InventorySource, crawl
 from exporter.errors import (
-    AuthError,
     ClientMismatchError,
     DatabaseUnavailableError,
     ExporterError,
@@ -61,7 +59,6 @@ from exporter.history import (
     chunks,
     close_versions,
     latest_instant,
-    load_live_raw,
     load_locks,
     open_created_versions,
     remove_rows,
@@ -79,12 +76,10 @@ from exporter.schema import (
     sync_runs,
 )
 from exporter.store import (
-    SQLITE_READER_CACHE_KIB,
     WriterLock,
     connect,
     insert_many,
     run_failure_message,
-    sqlite_cache,
 )
 
 log = logging.getLogger(__name__)
@@ -94,23 +89,6 @@ assert LOCK_TRACKED[0] == "owner_account_id"
 _TRACKED_REST = attrgetter(*LOCK_TRACKED[1:])
 _CURRENT = attrgetter(*LOCK_CURRENT_ONLY)
 _NEW_LOCK_COLUMNS = ("id", *LOCK_TRACKED, *LOCK_CURRENT_ONLY, "first_seen_at", "updated_at")
-
-
-class InventorySource(Protocol):
-    """What the engine needs from the Tapkey API client."""
-
-    @property
-    def request_count(self) -> int: ...
-
-    def list_owners(self) -> list[OwnerRecord]: ...
-
-    def list_bound_locks(
-        self,
-        owner_id: str,
-        *,
-        expand: Sequence[str] = (),
-        known: Mapping[str, str] | None = None,
-    ) -> OwnerLocks: ...
 
 
 @dataclass
@@ -387,9 +365,20 @@ class _Run:
             vanished = self._write_owners(conn, owners)
         complete: set[str] = set()
         removable: set[str] = set()
+        fetches = crawl(
+            self.source,
+            [owner.id for owner in owners],
+            engine=self.engine,
+            workers=self.workers,
+            stop=self.stop,
+            stored_locks=self.locks_before,
+            expand=lock_health.EXPAND if self.health else (),
+        )
         # One connection for every owner's transaction: no pool checkout and ping per owner.
-        with connect(self.engine) as conn:
-            for owner_id, fetched in self._crawl([owner.id for owner in owners]):
+        # Closing the crawl on the way out stops its threads and returns its reader connection
+        # now, not whenever the generator is collected (after the caller disposed the engine).
+        with connect(self.engine) as conn, contextlib.closing(fetches):
+            for owner_id, fetched in fetches:
                 if self.stop.is_set():
                     raise _Interrupted
                 outcome = self._apply_owner(conn, owner_id, fetched)
@@ -417,55 +406,6 @@ class _Run:
             select(func.count()).where(owner_accounts.c.removed_at.is_(None))
         ).scalar_one()
         self.had_locks = conn.execute(select(bound_locks.c.id).limit(1)).first() is not None
-
-    def _crawl(self, owner_ids: Sequence[str]) -> Iterator[tuple[str, OwnerLocks | TapkeyError]]:
-        """Fetch owners concurrently, yielding each as it completes.
-
-        At most 2 x workers fetches are in flight, so memory holds a few owners' records, not all.
-        """
-        pending = deque(owner_ids)
-        running: dict[Future[OwnerLocks], str] = {}
-        with (
-            _StoredTexts(self.engine) as stored,
-            ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="fetch") as pool,
-        ):
-
-            def submit() -> None:
-                owner_id = pending.popleft()
-                known = stored.read(owner_id) if self.locks_before.get(owner_id) else None
-                running[pool.submit(self._fetch_owner, owner_id, known)] = owner_id
-
-            for _ in range(min(2 * self.workers, len(pending))):
-                submit()
-            try:
-                while running:
-                    done, _ = wait(running, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        owner_id = running.pop(future)
-                        if pending and not self.stop.is_set():
-                            submit()
-                        try:
-                            yield owner_id, future.result()
-                        except AuthError:
-                            # Without a token no owner can be read: the run fails, not one owner.
-                            raise
-                        except TapkeyError as exc:
-                            yield owner_id, exc
-            finally:
-                for future in running:
-                    future.cancel()
-
-    def _fetch_owner(self, owner_id: str, known: Future[dict[str, str]] | None) -> OwnerLocks:
-        """One owner's locks, parsed only where they differ from the stored text (fetch thread).
-
-        The stored texts are read before the fetch, so they may be stale when the main thread
-        applies this owner; but only for locks that the main thread wrote since for another owner
-        of this run, and those are in `seen`, which it checks first.
-        """
-        expand = lock_health.EXPAND if self.health else ()
-        return self.source.list_bound_locks(
-            owner_id, expand=expand, known=known.result() if known is not None else None
-        )
 
     def _write_owners(self, conn: Connection, owners: Sequence[OwnerRecord]) -> set[str]:
         """Create, update and restore owners; return the ids of owners that vanished."""
@@ -794,38 +734,6 @@ class _Run:
                     title,
                 )
             )
-
-
-class _StoredTexts:
-    """Reads owners' stored payload texts, in order, ahead of their fetches.
-
-    One thread on one connection: the reads are short, and several threads reading at once cost
-    more CPU (in SQLite and for the GIL) than they save in wall time.
-    """
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read")
-        self._conn: Connection | None = None
-
-    def read(self, owner_id: str) -> Future[dict[str, str]]:
-        """The owner's present locks' stored texts, by id (read on the reader thread)."""
-        return self._thread.submit(self._load, owner_id)
-
-    def _load(self, owner_id: str) -> dict[str, str]:
-        if self._conn is None:
-            self._conn = self._engine.connect()
-            sqlite_cache(self._conn, SQLITE_READER_CACHE_KIB)
-        with self._conn.begin():
-            return load_live_raw(self._conn, owner_id)
-
-    def __enter__(self) -> _StoredTexts:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._thread.shutdown(cancel_futures=True)
-        if self._conn is not None:
-            self._conn.close()
 
 
 class _Interrupted(ExporterError):
