@@ -210,6 +210,20 @@ class _InsertPlan:
     order: tuple[int, ...] | None  # positional drivers: row indexes in placeholder order
     names: tuple[str, ...]
     convert: tuple[tuple[int, Callable[[Any], Any]], ...]  # column index, bind processor
+    copy_types: tuple[int, ...] | None = None  # binary COPY: the columns' type oids
+
+
+# Column types whose psycopg binary dumpers take the values the bind processors give (str, bool,
+# aware datetime, int, date). Binary COPY costs the client a quarter of text COPY's CPU: text
+# format renders every timestamp through isoformat. Any other type (JSONB, whose binary dumper
+# would encode an already serialised string again) takes text COPY.
+_BINARY_COPY_TYPES = frozenset(
+    {"varchar", "text", "bool", "timestamptz", "int2", "int4", "int8", "date"}
+)
+_COLUMN_TYPES = text(
+    "SELECT a.attname, t.typname, t.oid FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+    "WHERE a.attrelid = CAST(:table AS regclass) AND a.attnum > 0 AND NOT a.attisdropped"
+)
 
 
 _PLANS: weakref.WeakKeyDictionary[Dialect, dict[tuple[str, tuple[str, ...]], _InsertPlan]] = (
@@ -217,7 +231,8 @@ _PLANS: weakref.WeakKeyDictionary[Dialect, dict[tuple[str, tuple[str, ...]], _In
 )
 
 
-def _insert_plan(dialect: Dialect, table: Table, columns: tuple[str, ...]) -> _InsertPlan:
+def _insert_plan(conn: Connection, table: Table, columns: tuple[str, ...]) -> _InsertPlan:
+    dialect = conn.dialect
     plans = _PLANS.setdefault(dialect, {})
     plan = plans.get((table.name, columns))
     if plan is not None:
@@ -230,11 +245,14 @@ def _insert_plan(dialect: Dialect, table: Table, columns: tuple[str, ...]) -> _I
     )
     if dialect.name == "postgresql" and dialect.driver == "psycopg":
         quote = dialect.identifier_preparer.quote
-        sql = (
-            f"COPY {dialect.identifier_preparer.format_table(table)} "
-            f"({', '.join(quote(name) for name in columns)}) FROM STDIN"
-        )
-        plan = _InsertPlan(sql, True, None, columns, convert)
+        target = dialect.identifier_preparer.format_table(table)
+        sql = f"COPY {target} ({', '.join(quote(name) for name in columns)}) FROM STDIN"
+        types = {row.attname: row for row in conn.execute(_COLUMN_TYPES, {"table": target})}
+        if all(types[column].typname in _BINARY_COPY_TYPES for column in columns):
+            oids = tuple(types[column].oid for column in columns)
+            plan = _InsertPlan(f"{sql} (FORMAT BINARY)", True, None, columns, convert, oids)
+        else:
+            plan = _InsertPlan(sql, True, None, columns, convert)
     else:
         statement = insert(table).values({name: bindparam(name) for name in columns})
         compiled = statement.compile(dialect=dialect, for_executemany=True)
@@ -256,12 +274,13 @@ def insert_many(
     database spends storing the row (~20 us a row). This applies the same bind processors, once
     per distinct value (timestamps and flags repeat on every row; values that compare equal must
     convert equally), and hands all rows to the driver at once: executemany on SQLite and MariaDB,
-    COPY on PostgreSQL (psycopg). COPY bypasses Core's execute events.
+    COPY on PostgreSQL (psycopg; binary where the column types allow). COPY bypasses Core's
+    execute events.
     """
     if not rows:
         return
     dialect = conn.dialect
-    plan = _insert_plan(dialect, table, columns)
+    plan = _insert_plan(conn, table, columns)
     values: Sequence[Sequence[Any]] = rows
     if plan.convert:
         # Column by column: convert each distinct value once, then rebuild the rows.
@@ -280,6 +299,8 @@ def insert_many(
         cursor: Any = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
             with cursor, cursor.copy(plan.sql) as copy:
+                if plan.copy_types:
+                    copy.set_types(plan.copy_types)
                 for row in values:
                     copy.write_row(row)
         except dbapi.Error as exc:
