@@ -169,29 +169,20 @@ def _lock_changes(
     ).join(bound_locks, bound_locks.c.id == v.c.id)
     versions = conn.execute(query).mappings().all()
     previous = _previous_versions(conn, v, versions)
-    rows = []
-    for row in versions:
-        before = previous.get(row["version_id"])
-        rows.append(
-            ChangeRow(
-                entity="lock",
-                version_id=row["version_id"],
-                id=row["id"],
-                changed_at=row["valid_from"],
-                valid_to=row["valid_to"],
-                run_id=row["run_id"],
-                change_type=row["change_type"],
-                removal_reason=row["removal_reason"],
-                owner_account_id=row["owner_account_id"],
-                owner_name=names.get(row["owner_account_id"]),
-                title=row["title"],
-                lock_id_hex=hex_of(row),
-                lock_model_name=row["lock_model_name"],
-                previous_version_id=before["version_id"] if before is not None else None,
-                changes=_diff(before, row, LOCK_TRACKED),
-            )
+    return [
+        _change_row(
+            "lock",
+            row,
+            previous.get(row["version_id"]),
+            LOCK_TRACKED,
+            owner_account_id=row["owner_account_id"],
+            owner_name=names.get(row["owner_account_id"]),
+            title=row["title"],
+            lock_id_hex=hex_of(row),
+            lock_model_name=row["lock_model_name"],
         )
-    return rows
+        for row in versions
+    ]
 
 
 def _owner_changes(
@@ -199,27 +190,41 @@ def _owner_changes(
 ) -> list[ChangeRow]:
     versions = conn.execute(query).mappings().all()
     previous = _previous_versions(conn, owner_account_versions, versions)
-    rows = []
-    for row in versions:
-        before = previous.get(row["version_id"])
-        rows.append(
-            ChangeRow(
-                entity="owner",
-                version_id=row["version_id"],
-                id=row["id"],
-                changed_at=row["valid_from"],
-                valid_to=row["valid_to"],
-                run_id=row["run_id"],
-                change_type=row["change_type"],
-                removal_reason=row["removal_reason"],
-                owner_account_id=row["id"],
-                owner_name=names.get(row["id"]),
-                title=row["name"],
-                previous_version_id=before["version_id"] if before is not None else None,
-                changes=_diff(before, row, OWNER_TRACKED),
-            )
+    return [
+        _change_row(
+            "owner",
+            row,
+            previous.get(row["version_id"]),
+            OWNER_TRACKED,
+            owner_account_id=row["id"],
+            owner_name=names.get(row["id"]),
+            title=row["name"],
         )
-    return rows
+        for row in versions
+    ]
+
+
+def _change_row(
+    entity: str,
+    row: Row,
+    before: Row | None,
+    tracked: Sequence[str],
+    **described: Any,
+) -> ChangeRow:
+    """A version row as a change against the version before it; `described` names the entity."""
+    return ChangeRow(
+        entity=entity,
+        version_id=row["version_id"],
+        id=row["id"],
+        changed_at=row["valid_from"],
+        valid_to=row["valid_to"],
+        run_id=row["run_id"],
+        change_type=row["change_type"],
+        removal_reason=row["removal_reason"],
+        previous_version_id=before["version_id"] if before is not None else None,
+        changes=_diff(before, row, tracked),
+        **described,
+    )
 
 
 @dataclass(frozen=True)
