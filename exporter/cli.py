@@ -321,7 +321,7 @@ def sandbox(
 ) -> None:
     """Serve a fake Tapkey (token endpoint + Owners + BoundLocks) on 127.0.0.1 until Ctrl-C.
 
-    Of the configuration only [logging] is used. Example:
+    Of the configuration only \\[logging] is used. Example:
     exporter sandbox --port 8765 --owners 5 --locks-per-owner 20
     """
     from exporter.sandbox import Sandbox, serve_forever
@@ -360,7 +360,7 @@ def demo(
 ) -> None:
     """Run the exporter against an in-process sandbox into ./demo.db and show the history.
 
-    Never touches the configured database: of the configuration only [logging] is used.
+    Never touches the configured database: of the configuration only \\[logging] is used.
     Example: exporter demo --generations 3
     """
     from exporter.demo import run_demo

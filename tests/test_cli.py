@@ -10,13 +10,17 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
+import typer
 from conftest import subprocess_env
 from history_checks import assert_history_consistent, expected_locks, locks_at
 from sqlalchemy import Engine, func, select
+from typer.testing import CliRunner
 
+from exporter import cli
 from exporter.sandbox import Fault, Sandbox
 from exporter.schema import sync_run_owners, sync_runs
 
@@ -246,3 +250,26 @@ def test_lock_timeout_waits_for_the_other_run_instead_of_skipping(
         runs = conn.execute(select(sync_runs).order_by(sync_runs.c.id)).mappings().all()
     assert [r["status"] for r in runs] == ["succeeded", "succeeded"]
     assert runs[0]["finished_at"] <= runs[1]["started_at"]
+
+
+def _commands(group: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found: list[tuple[str, ...]] = []
+    for name, command in getattr(group, "commands", {}).items():
+        found.append((*path, name))
+        found += _commands(command, (*path, name))
+    return found
+
+
+def test_every_help_text_is_shown_whole() -> None:
+    # Help is rendered as rich markup: an unescaped "[logging]" in a docstring vanished.
+    root = typer.main.get_command(cli.app)
+    paths = _commands(root)
+    assert ("db", "upgrade") in paths and ("sandbox",) in paths
+    for path in paths:
+        command = root
+        for name in path:
+            command = command.commands[name]  # type: ignore[attr-defined]
+        written = command.help or ""  # type: ignore[attr-defined]  # the docstring or help=
+        shown = CliRunner().invoke(cli.app, [*path, "--help"], terminal_width=200).output
+        missing = set(written.replace("\\[", "[").split()) - set(shown.split())
+        assert not missing, f"exporter {' '.join(path)} --help lost {sorted(missing)}"
