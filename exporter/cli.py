@@ -27,7 +27,7 @@ from sqlalchemy import Engine
 from exporter import changelog, job, observability, render, report, store
 from exporter.config import Settings, file_permissions_warning, load_settings, masked_url
 from exporter.errors import ExporterError
-from exporter.sync import RunResult
+from exporter.results import RunResult
 
 app = typer.Typer(
     help="Sync Tapkey owner accounts and bound locks into SQL with exact change history.",

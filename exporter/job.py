@@ -18,7 +18,8 @@ from exporter.auth import TokenProvider
 from exporter.config import Settings, masked_url
 from exporter.errors import ExporterError, LockHeldError
 from exporter.guard import RemovalGuard
-from exporter.sync import RunResult, filled_by, sync, utcnow
+from exporter.results import RunResult
+from exporter.sync import filled_by, sync, utcnow
 from exporter.tapkey import LOCKS_SCOPE, OWNERS_SCOPE, TapkeyClient
 
 EXIT_CODES = {"succeeded": 0, "failed": 1, "partial": 3}

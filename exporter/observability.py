@@ -32,7 +32,7 @@ from exporter.errors import ConfigError
 from exporter.schema import bound_locks, owner_accounts, sync_runs
 
 if TYPE_CHECKING:
-    from exporter.sync import RunResult
+    from exporter.results import RunResult
 
 log = logging.getLogger(__name__)
 

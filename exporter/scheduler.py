@@ -30,7 +30,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from exporter import job, observability
 from exporter.config import ScheduleSettings, Settings
 from exporter.errors import ExporterError, LockHeldError
-from exporter.sync import RunResult
+from exporter.results import RunResult
 from exporter.tapkey import TapkeyClient
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,6 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from operator import attrgetter
 from typing import Any
@@ -65,6 +64,7 @@ from exporter.history import (
     version_row,
 )
 from exporter.records import LockRecord, OwnerLocks, OwnerRecord
+from exporter.results import Change, Counts, OwnerOutcome, RunResult
 from exporter.schema import (
     LOCK_TRACKED,
     OWNER_TRACKED,
@@ -89,73 +89,6 @@ assert LOCK_TRACKED[0] == "owner_account_id"
 _TRACKED_REST = attrgetter(*LOCK_TRACKED[1:])
 _CURRENT = attrgetter(*LOCK_CURRENT_ONLY)
 _NEW_LOCK_COLUMNS = ("id", *LOCK_TRACKED, *LOCK_CURRENT_ONLY, "first_seen_at", "updated_at")
-
-
-@dataclass
-class Counts:
-    """Lock changes by kind."""
-
-    created: int = 0
-    updated: int = 0
-    removed: int = 0
-    restored: int = 0
-    unchanged: int = 0
-    skipped: int = 0
-
-    def add(self, other: Counts) -> None:
-        """Add another set of counts to this one."""
-        for name in self.__dataclass_fields__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-
-    def as_dict(self) -> dict[str, int]:
-        """The counts by column name."""
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
-
-
-@dataclass(frozen=True)
-class Change:
-    """One change the run made (or, with dry_run, would make)."""
-
-    entity: str  # "owner" or "lock"
-    id: str
-    change_type: str
-    owner_account_id: str | None
-    changed_fields: tuple[str, ...] | None = None
-    removal_reason: str | None = None
-    title: str | None = None
-
-
-@dataclass
-class OwnerOutcome:
-    """How one owner's fetch went."""
-
-    owner_account_id: str
-    status: str  # "complete" or "failed"
-    locks_seen: int = 0
-    counts: Counts = field(default_factory=Counts)
-    fetched_at: datetime | None = None
-    error: str | None = None
-
-
-@dataclass
-class RunResult:
-    """The outcome of one run, as recorded in `sync_runs`."""
-
-    run_id: int | None
-    status: str
-    trigger: str
-    started_at: datetime
-    finished_at: datetime | None = None
-    owners_seen: int = 0
-    locks_seen: int = 0
-    counts: Counts = field(default_factory=Counts)
-    api_requests: int = 0
-    error: str | None = None
-    owners: list[OwnerOutcome] = field(default_factory=list)
-    changes: list[Change] = field(default_factory=list)
-    dry_run: bool = False
-    # Removals the deletion guard held back: owner id -> locks kept (see RemovalGuard).
-    held_back: dict[str, int] = field(default_factory=dict)
 
 
 def filled_by(conn: Connection) -> str | None:

@@ -40,6 +40,7 @@ from sqlalchemy.pool import Pool
 from exporter import cli, job, store
 from exporter.config import Settings
 from exporter.errors import DatabaseUnavailableError, SchemaVersionError
+from exporter.results import RunResult
 from exporter.sandbox import Fault, Request, Sandbox
 from exporter.schema import (
     bound_lock_versions,
@@ -49,7 +50,6 @@ from exporter.schema import (
     sync_run_owners,
     sync_runs,
 )
-from exporter.sync import RunResult
 
 EXPORTER = [sys.executable, "-m", "exporter.cli"]
 SECRET = "sandbox-secret"

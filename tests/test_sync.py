@@ -16,6 +16,7 @@ from sqlalchemy import Engine, event, func, select
 from exporter import job
 from exporter.errors import ClientMismatchError
 from exporter.history import load_live_raw
+from exporter.results import RunResult
 from exporter.sandbox import Fault, Request, Sandbox
 from exporter.schema import (
     bound_lock_versions,
@@ -25,7 +26,6 @@ from exporter.schema import (
     sync_run_owners,
     sync_runs,
 )
-from exporter.sync import RunResult
 
 
 def _run(fake: Sandbox, db_url: str, tmp_path: Path, **kwargs: Any) -> RunResult:
