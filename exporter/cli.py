@@ -25,7 +25,13 @@ from rich.table import Table
 from sqlalchemy import Engine
 
 from exporter import changelog, job, observability, render, report, store
-from exporter.config import Settings, file_permissions_warning, load_settings, masked_url
+from exporter.config import (
+    Settings,
+    file_permissions_warning,
+    load_settings,
+    masked_url,
+    resolve_config_path,
+)
 from exporter.errors import ExporterError
 from exporter.results import RunResult
 
@@ -84,7 +90,9 @@ def _settings(
     overrides: dict[str, Any] = {}
     if database_url:
         overrides["database.url"] = database_url
-    settings = load_settings(config, env=os.environ, cwd=Path.cwd(), overrides=overrides)
+    cwd = Path.cwd()
+    path = resolve_config_path(config, os.environ, cwd)
+    settings = load_settings(path, env=os.environ, cwd=cwd, overrides=overrides)
     _setup_logging(settings)
     if quiet and logging.getLogger().level < logging.WARNING:
         # Cron mails whatever a job prints: --quiet keeps INFO progress lines out of stderr too.

@@ -273,3 +273,49 @@ def test_every_help_text_is_shown_whole() -> None:
         shown = CliRunner().invoke(cli.app, [*path, "--help"], terminal_width=200).output
         missing = set(written.replace("\\[", "[").split()) - set(shown.split())
         assert not missing, f"exporter {' '.join(path)} --help lost {sorted(missing)}"
+
+
+def _config(folder: Path, database: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.toml"
+    path.write_text(
+        '[tapkey]\nclient_id = "c"\nclient_secret = "s"\n'
+        f'[database]\nurl = "sqlite:///{database}"\n'
+    )
+    return path
+
+
+def test_the_config_file_comes_from_the_flag_then_the_env_then_the_working_folder(
+    tmp_path: Path,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORTER_")}
+    named = _config(tmp_path / "named", "named.db")
+    flagged = _config(tmp_path / "flagged", "flagged.db")
+    cwd = tmp_path / "cwd"
+    _config(cwd, "cwd.db")
+
+    def upgrade(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*EXPORTER, "db", "upgrade", *args],
+            env={**env, **extra},
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    # Each relative SQLite path is resolved against its own config file's folder.
+    assert upgrade().returncode == 0
+    assert (cwd / "cwd.db").is_file()
+    assert upgrade(EXPORTER_CONFIG=str(named)).returncode == 0
+    assert (named.parent / "named.db").is_file()
+    assert upgrade("--config", str(flagged), EXPORTER_CONFIG=str(named)).returncode == 0
+    assert (flagged.parent / "flagged.db").is_file()
+
+    missing = upgrade(EXPORTER_CONFIG=str(tmp_path / "nope.toml"))
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == (
+        f"error: config file {tmp_path / 'nope.toml'} (from EXPORTER_CONFIG) does not exist; "
+        "check the path"
+    )
