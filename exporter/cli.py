@@ -277,7 +277,7 @@ def db_current(config: ConfigOption = None, database_url: DatabaseOption = None)
     """
     with _errors():
         settings = _settings(config, database_url=database_url)
-        engine = job.make_engine(settings)
+        engine = job.make_engine(settings, create=False)
         try:
             revision = store.current_revision(engine)
         finally:
@@ -390,7 +390,7 @@ ReadFormatOption = Annotated[
 def _reader(config: Path | None, database_url: str | None) -> Iterator[Engine]:
     """An engine on the configured database, whose schema must be current."""
     settings = _settings(config, database_url=database_url)
-    engine = job.make_engine(settings)
+    engine = job.make_engine(settings, create=False)
     try:
         store.require_current(engine)
         yield engine

@@ -25,9 +25,11 @@ from exporter.tapkey import LOCKS_SCOPE, OWNERS_SCOPE, TapkeyClient
 EXIT_CODES = {"succeeded": 0, "failed": 1, "partial": 3}
 
 
-def make_engine(settings: Settings) -> Engine:
-    """The configured database's engine."""
-    return store.make_engine(settings.database.url, schema=settings.database.schema_name)
+def make_engine(settings: Settings, *, create: bool = True) -> Engine:
+    """The configured database's engine (see store.make_engine for `create`)."""
+    return store.make_engine(
+        settings.database.url, schema=settings.database.schema_name, create=create
+    )
 
 
 def make_tokens(
@@ -96,7 +98,7 @@ def run_once(
     would hold back (all of them / those of the given owner ids).
     """
     client_id, _ = settings.tapkey.credentials()
-    engine = make_engine(settings)
+    engine = make_engine(settings, create=not dry_run)
     # Once `stop` is set, retry back-off stops sleeping so a shutdown is not held up by it.
     sleep = None if stop is None else lambda seconds: _wait(stop, seconds)
     try:

@@ -88,11 +88,12 @@ def sqlite_path(engine: Engine) -> Path | None:
     return Path(database)
 
 
-def make_engine(url: str, *, schema: str | None = None) -> Engine:
+def make_engine(url: str, *, schema: str | None = None, create: bool = True) -> Engine:
     """An engine with the session settings every connection needs (UTC, WAL, keepalives).
 
     A sync holds at most four connections at once (the writer, the reader of stored texts, the
-    writer lock's own and `serve`'s /healthz): the default pool of five covers them.
+    writer lock's own and `serve`'s /healthz): the default pool of five covers them. Without
+    `create`, a SQLite file that does not exist is an error (connecting would create it).
     """
     parsed = make_url(url)
     connect_args: dict[str, Any] = {}
@@ -101,6 +102,11 @@ def make_engine(url: str, *, schema: str | None = None) -> Engine:
         connect_args["timeout"] = 30
         database = parsed.database
         if database and database != ":memory:" and not database.startswith("file:"):
+            if not create and not Path(database).is_file():
+                raise DatabaseUnavailableError(
+                    f"the SQLite database {database} does not exist; check [database] url "
+                    "(`exporter run-once` or `exporter db upgrade` creates it)"
+                )
             try:
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:

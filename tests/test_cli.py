@@ -319,3 +319,38 @@ def test_the_config_file_comes_from_the_flag_then_the_env_then_the_working_folde
         f"error: config file {tmp_path / 'nope.toml'} (from EXPORTER_CONFIG) does not exist; "
         "check the path"
     )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["locks"],
+        ["changes"],
+        ["runs"],
+        ["history", "x"],
+        ["db", "current"],
+        ["run-once", "--dry-run"],
+    ],
+)
+def test_commands_that_write_nothing_create_no_sqlite_file(
+    command: list[str], tmp_path: Path
+) -> None:
+    # A mistyped path must say so, not leave an empty database that "has no schema".
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORTER_")}
+    env.update(EXPORTER_TAPKEY__CLIENT_ID="c", EXPORTER_TAPKEY__CLIENT_SECRET="s")
+    missing = tmp_path / "typo" / "inventory.db"
+    done = subprocess.run(
+        [*EXPORTER, *command, "--database-url", f"sqlite:///{missing}"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 5
+    assert done.stderr.strip() == (
+        f"error: the SQLite database {missing} does not exist; check [database] url "
+        "(`exporter run-once` or `exporter db upgrade` creates it)"
+    )
+    assert list(tmp_path.iterdir()) == []
