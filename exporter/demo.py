@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 from rich.console import Console
@@ -10,6 +11,7 @@ from rich.table import Table
 
 from exporter import job, report
 from exporter.config import load_settings
+from exporter.errors import UsageError
 from exporter.sandbox import Sandbox
 
 DEMO_CLIENT_ID = "demo-client"
@@ -22,7 +24,13 @@ def run_demo(
     """Load the sandbox's inventory, then sync after each of `generations` random change sets.
 
     `prog` is how the user invoked the exporter, so the closing hints can be pasted as they are.
+    A file at `path` is replaced only if it is an earlier demo's database.
     """
+    if path.exists() and not _is_demo_database(path):
+        raise UsageError(
+            f"{path} exists and is not a demo database; the demo replaces its --db file, so "
+            "pass a new path (or delete that file yourself)"
+        )
     for suffix in ("", "-wal", "-shm", ".lock"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     with Sandbox(
@@ -105,3 +113,16 @@ def _print_changes(console: Console, engine: object, run_id: int) -> None:
         detail = ", ".join(fields or ()) or (row["removal_reason"] or "")
         table.add_row(row["entity"], row["id"][:8], row["change_type"], detail, row["title"] or "")
     console.print(table)
+
+
+def _is_demo_database(path: Path) -> bool:
+    """Whether `path` is a SQLite database whose runs (if any) were all the demo's."""
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            triggers = {row[0] for row in conn.execute("SELECT DISTINCT trigger FROM sync_runs")}
+        finally:
+            conn.close()
+    except sqlite3.Error:  # not SQLite, or not the exporter's schema
+        return False
+    return triggers <= {"demo"}

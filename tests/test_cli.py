@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -17,10 +19,13 @@ import requests
 import typer
 from conftest import subprocess_env
 from history_checks import assert_history_consistent, expected_locks, locks_at
+from rich.console import Console
 from sqlalchemy import Engine, func, select
 from typer.testing import CliRunner
 
 from exporter import cli
+from exporter.demo import run_demo
+from exporter.errors import UsageError
 from exporter.sandbox import Fault, Sandbox
 from exporter.schema import sync_run_owners, sync_runs
 
@@ -354,3 +359,20 @@ def test_commands_that_write_nothing_create_no_sqlite_file(
         "(`exporter run-once` or `exporter db upgrade` creates it)"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_replaces_only_an_earlier_demo_database(tmp_path: Path) -> None:
+    quiet = Console(file=io.StringIO())
+    path = tmp_path / "demo.db"
+    run_demo(path, generations=1, console=quiet)
+    run_demo(path, generations=1, console=quiet)  # an earlier demo's file is replaced
+
+    with sqlite3.connect(path) as conn:  # now it holds a real run: the user's data
+        conn.execute("UPDATE sync_runs SET trigger = 'manual' WHERE id = 1")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me")
+    for target in (path, notes):
+        before = target.read_bytes()
+        with pytest.raises(UsageError, match="exists and is not a demo database"):
+            run_demo(target, generations=1, console=quiet)
+        assert target.read_bytes() == before
