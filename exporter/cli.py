@@ -13,7 +13,9 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -118,6 +120,36 @@ def _check_format(fmt: str, allowed: tuple[str, ...] = ("table", "json")) -> Non
         raise typer.BadParameter(f"must be one of {', '.join(allowed)} (got {fmt!r})")
 
 
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """SIGTERM/SIGINT stop the run between owners, recorded as failed ("interrupted").
+
+    A run killed mid-crawl stays `running` until the next run finds it; stopping it cleanly
+    records why at once. A second signal acts as it would without this handler.
+    """
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop  # signal handlers can only be set from the main thread
+        return
+
+    def handle(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            signal.signal(signum, previous[signal.Signals(signum)])
+            signal.raise_signal(signum)
+            return
+        log.warning(
+            "%s: stopping the run (send it again to exit at once)", signal.strsignal(signum)
+        )
+        stop.set()
+
+    previous = {signum: signal.signal(signum, handle) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 @app.command("run-once")
 def run_once(
     config: ConfigOption = None,
@@ -162,10 +194,11 @@ def run_once(
     _check_format(fmt)
     with _errors():
         settings = _settings(config, database_url=database_url, quiet=quiet)
-        with observability.run_scope() as scope:
+        with observability.run_scope() as scope, _stop_on_signals() as stop:
             result = job.run_once(
                 settings,
                 trigger="manual",
+                stop=stop,
                 dry_run=dry_run,
                 allow_client_change=allow_client_change,
                 on_started=scope.bind,

@@ -376,3 +376,23 @@ def test_demo_replaces_only_an_earlier_demo_database(tmp_path: Path) -> None:
         with pytest.raises(UsageError, match="exists and is not a demo database"):
             run_demo(target, generations=1, console=quiet)
         assert target.read_bytes() == before
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signalled_run_once_records_its_run_as_interrupted(
+    sandbox: Sandbox, db_url: str, engine: Engine, signum: int
+) -> None:
+    sandbox.add_fault(Fault(route="locks", kind="delay", delay=0.5, times=10))
+    env = subprocess_env(sandbox, db_url)
+    env["EXPORTER_TAPKEY__WORKERS"] = "1"
+    process = _start(env, "run-once")
+    _wait_for(lambda: _running(engine))
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=30)
+
+    assert process.returncode == 1, stderr
+    assert "stopping the run" in stderr and "error: interrupted" in stderr
+    with engine.connect() as conn:
+        run = conn.execute(select(sync_runs)).mappings().one()
+    assert (run["status"], run["error"]) == ("failed", "interrupted")
+    assert run["finished_at"] is not None
