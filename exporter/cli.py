@@ -34,7 +34,7 @@ from exporter.config import (
     masked_url,
     resolve_config_path,
 )
-from exporter.errors import ExporterError
+from exporter.errors import ExporterError, UsageError
 from exporter.results import RunResult
 
 app = typer.Typer(
@@ -49,6 +49,8 @@ app.add_typer(db_app, name="db")
 # Piped output has no terminal width; rich would assume 80 columns and wrap every table cell.
 _PIPE_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160
 out = Console(highlight=False, soft_wrap=True, width=_PIPE_WIDTH)
+# The sandbox's default client secret: published here and in the README, not a real one.
+SANDBOX_SECRET = "sandbox-secret"
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 log = logging.getLogger("exporter")
 
@@ -346,14 +348,16 @@ def serve(config: ConfigOption = None) -> None:
 
 @app.command("sandbox")
 def sandbox(
-    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks a free one).")] = 8765,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Port on 127.0.0.1 (0 picks a free one).")
+    ] = 8765,
     seed: Annotated[int, typer.Option(help="Seed for the generated inventory.")] = 1,
     owners: Annotated[int, typer.Option(min=0, help="Owner accounts.")] = 3,
     locks_per_owner: Annotated[int, typer.Option(min=0, help="Bound locks per owner.")] = 5,
     client_id: Annotated[str, typer.Option(help="Accepted client id.")] = "sandbox-client",
     client_secret: Annotated[
         str, typer.Option(help="Accepted client secret.", envvar="SANDBOX_CLIENT_SECRET")
-    ] = "sandbox-secret",
+    ] = SANDBOX_SECRET,
     token_lifetime: Annotated[float, typer.Option(min=1, help="Token lifetime, seconds.")] = 3600,
     max_top: Annotated[
         int | None, typer.Option(min=1, help="Silently cap $top at this many rows.")
@@ -379,13 +383,23 @@ def sandbox(
         max_top=max_top,
         port=port,
     )
-    fake.start()
+    with _errors():
+        try:
+            fake.start()
+        except OSError as exc:
+            raise UsageError(
+                f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}; choose another "
+                "--port (0 picks a free one)"
+            ) from None
     out.print(f"Sandbox serving {owners} owners x {locks_per_owner} locks at {fake.base_url}")
     out.print("Point the exporter at it with:")
     out.print(f"  export EXPORTER_TAPKEY__TOKEN_URL={fake.token_url}")
     out.print(f"  export EXPORTER_TAPKEY__API_BASE_URL={fake.base_url}")
     out.print(f"  export EXPORTER_TAPKEY__CLIENT_ID={client_id}")
-    out.print("  export EXPORTER_TAPKEY__CLIENT_SECRET=<the sandbox secret>")
+    if client_secret == SANDBOX_SECRET:  # public, so it can be shown; a chosen one is not
+        out.print(f"  export EXPORTER_TAPKEY__CLIENT_SECRET={client_secret}")
+    else:
+        out.print("  # export EXPORTER_TAPKEY__CLIENT_SECRET=<the secret given to --client-secret>")
     serve_forever(fake)
 
 

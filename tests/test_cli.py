@@ -396,3 +396,13 @@ def test_a_signalled_run_once_records_its_run_as_interrupted(
         run = conn.execute(select(sync_runs)).mappings().one()
     assert (run["status"], run["error"]) == ("failed", "interrupted")
     assert run["finished_at"] is not None
+
+
+def test_sandbox_on_a_port_in_use_is_one_line_and_exit_2(sandbox: Sandbox) -> None:
+    port = sandbox.base_url.rsplit(":", 1)[1]
+    done = _run(os.environ.copy(), "sandbox", "--port", port, timeout=30)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"error: cannot listen on 127.0.0.1:{port}: Address already in use; choose another "
+        "--port (0 picks a free one)"
+    )
