@@ -24,6 +24,7 @@ from exporter.report import (
     chunks,
     hex_of,
     lock_row,
+    missing_run,
     owner_names,
     resolve_owner,
 )
@@ -33,6 +34,7 @@ from exporter.schema import (
     bound_lock_versions,
     bound_locks,
     owner_account_versions,
+    sync_runs,
 )
 from exporter.store import connect
 
@@ -104,7 +106,16 @@ def changes(
         raise UsageError(
             f"unknown change kind {sorted(unknown)[0]!r}; use {', '.join(CHANGE_KINDS)}"
         )
+    if since is not None and until is not None and since >= until:
+        raise UsageError(
+            f"--since ({since.isoformat()}) is not before --until ({until.isoformat()}); swap them"
+        )
     with connect(engine) as conn:
+        if (
+            run_id is not None
+            and conn.execute(select(sync_runs.c.id).where(sync_runs.c.id == run_id)).first() is None
+        ):
+            raise missing_run(run_id)
         owner_ids = resolve_owner(conn, owner) if owner is not None else None
         names = owner_names(conn)
         rows: list[ChangeRow] = []

@@ -30,6 +30,7 @@ from sqlalchemy import (
 from exporter.config import parse_duration
 from exporter.errors import UsageError
 from exporter.schema import (
+    RUN_STATUSES,
     bound_lock_versions,
     bound_locks,
     owner_account_versions,
@@ -85,7 +86,7 @@ def resolve_as_of(engine: Engine, text: str, *, now: datetime) -> AsOf:
             select(sync_runs.c.finished_at, sync_runs.c.status).where(sync_runs.c.id == run_id)
         ).one_or_none()
     if row is None:
-        raise UsageError(f"there is no run {run_id}; `exporter runs` lists the runs")
+        raise missing_run(run_id)
     if row.finished_at is None:
         raise UsageError(f"run {run_id} has not finished yet; give a timestamp instead")
     return AsOf(row.finished_at, run_id)
@@ -475,8 +476,15 @@ def _run_row(row: Row) -> RunRow:
     return RunRow(**{**values, "duration_seconds": duration})
 
 
+def missing_run(run_id: int) -> UsageError:
+    """The error for a run id that names no run."""
+    return UsageError(f"there is no run {run_id}; `exporter runs` lists the runs")
+
+
 def runs(engine: Engine, *, limit: int | None = 20, status: str | None = None) -> list[RunRow]:
     """The most recent runs first, optionally only those with `status`."""
+    if status is not None and status not in RUN_STATUSES:
+        raise UsageError(f"unknown run status {status!r}; use {', '.join(RUN_STATUSES)}")
     query = select(sync_runs).order_by(sync_runs.c.id.desc()).limit(limit)
     if status is not None:
         query = query.where(sync_runs.c.status == status)
@@ -489,7 +497,7 @@ def run_detail(engine: Engine, run_id: int) -> RunDetail:
     with connect(engine) as conn:
         row = conn.execute(select(sync_runs).where(sync_runs.c.id == run_id)).mappings().first()
         if row is None:
-            raise UsageError(f"there is no run {run_id}; `exporter runs` lists the runs")
+            raise missing_run(run_id)
         names = owner_names(conn)
         outcomes = conn.execute(
             select(sync_run_owners).where(sync_run_owners.c.run_id == run_id)

@@ -170,6 +170,13 @@ def test_locks_filters(inventory_db: InventoryDb, exporter: Any) -> None:
         pytest.param(["changes", "--kind", "deleted"], "unknown change kind", id="kind"),
         pytest.param(["history", "zz-not-a-lock"], "no bound lock", id="history"),
         pytest.param(["runs", "show", "9999"], "there is no run 9999", id="run"),
+        pytest.param(["changes", "--run", "9999"], "there is no run 9999", id="changes-run"),
+        pytest.param(["runs", "--status", "done"], "unknown run status 'done'", id="status"),
+        pytest.param(
+            ["changes", "--since", "2026-02-01", "--until", "2026-01-01"],
+            "is not before --until",
+            id="since-after-until",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(exporter: Any, args: list[str], message: str) -> None:
