@@ -223,7 +223,7 @@ def _result_json(result: RunResult) -> dict[str, Any]:
     data["duration_seconds"] = (
         (result.finished_at - result.started_at).total_seconds() if result.finished_at else None
     )
-    return json.loads(json.dumps(data, default=str))  # type: ignore[no-any-return]
+    return render.json_value(data)  # type: ignore[no-any-return]
 
 
 def _print_result(result: RunResult) -> None:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,9 @@ def test_run_once_prints_a_summary_and_json(sandbox: Sandbox, tmp_path: Path) ->
     assert "succeeded" in table.stdout and "created" in table.stdout
     data = json.loads(as_json.stdout)
     assert data["status"] == "succeeded" and data["counts"]["unchanged"] == 15
+    # Times in the one ISO-8601 form every other JSON and CSV output uses.
+    assert datetime.fromisoformat(data["started_at"]).isoformat() == data["started_at"]
+    assert datetime.fromisoformat(data["owners"][0]["fetched_at"]).tzinfo is not None
     assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
 
 
