@@ -351,8 +351,22 @@ def upgrade(engine: Engine) -> None:
         current = MigrationContext.configure(conn).get_current_revision()
         if current is not None and not is_known_revision(current):
             raise SchemaVersionError(_unknown_revision_message(current))
-        command.upgrade(_alembic_config(conn), "head")
-        conn.commit()
+        try:
+            command.upgrade(_alembic_config(conn), "head")
+        except (SQLAlchemyError, AlembicCommandError) as exc:
+            orig = getattr(exc, "orig", None) or exc
+            reason = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+            message = (
+                f"upgrading the schema from revision {current or '(none)'} to "
+                f"{head_revision()} failed: {reason}; fix the cause and run `exporter db upgrade` "
+                "again (SQLite and PostgreSQL undo a failed upgrade; MySQL/MariaDB keep the "
+                "steps before the failed one)"
+            )
+        else:
+            conn.commit()
+            return
+    # Raised outside the except block, so no database traceback is chained to it.
+    raise SchemaVersionError(message)
 
 
 def is_known_revision(revision: str) -> bool:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert, inspect, select
+from sqlalchemy import insert, inspect, select, text
 
 from exporter import store
 from exporter.errors import SchemaVersionError
@@ -91,3 +91,23 @@ def test_sqlite_stores_instants_as_fixed_width_utc_text(tmp_path: Path, moment: 
         back = conn.execute(select(sync_runs.c.started_at)).scalar_one()
     assert text == moment.astimezone(UTC).strftime(SQLITE_TIME_FORMAT)
     assert len(text) == 27 and back == moment
+
+
+def test_a_failing_upgrade_is_one_line_and_changes_nothing(db_url: str) -> None:
+    # Stamped one revision back, the schema already has what 0003 creates: its first step fails.
+    engine = store.make_engine(db_url)
+    head = store.head_revision()
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = '0002'"))
+        with pytest.raises(SchemaVersionError) as failed:
+            store.upgrade(engine)
+        message = str(failed.value)
+        assert message.startswith(f"upgrading the schema from revision 0002 to {head} failed: ")
+        assert "run `exporter db upgrade` again" in message and "\n" not in message
+        assert failed.value.__cause__ is None and failed.value.__context__ is None
+        assert store.current_revision(engine) == "0002"
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text(f"UPDATE alembic_version SET version_num = '{head}'"))
+        engine.dispose()
