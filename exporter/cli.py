@@ -279,7 +279,8 @@ def check(config: ConfigOption = None, database_url: DatabaseOption = None) -> N
         settings = _settings(config, database_url=database_url)
         results = job.check(settings)
     for result in results:
-        line = f"{'ok' if result.ok else 'FAILED':<7}{result.name:<10}{result.detail}"
+        label = "skip" if result.skipped else "ok" if result.ok else "FAILED"
+        line = f"{label:<7}{result.name:<10}{result.detail}"
         (out if result.ok else err).print(line, markup=False)
     failures = [r.exit_code for r in results if not r.ok]
     # Configuration first (nothing else can be trusted), then Tapkey, then the database.

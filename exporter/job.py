@@ -165,6 +165,7 @@ class CheckResult:
     ok: bool
     detail: str
     exit_code: int = 0
+    skipped: bool = False  # it needs what an earlier check found broken; not a failure itself
 
 
 def check(settings: Settings) -> list[CheckResult]:
@@ -179,18 +180,22 @@ def _failed(name: str, exc: ExporterError) -> CheckResult:
     return CheckResult(name, False, str(exc), exc.exit_code)
 
 
+def _skipped(names: tuple[str, ...], reason: str) -> list[CheckResult]:
+    return [CheckResult(name, True, reason, skipped=True) for name in names]
+
+
 def _check_tapkey(settings: Settings) -> list[CheckResult]:
     source = str(settings.source) if settings.source else "environment variables only"
     try:
         client_id, _ = settings.tapkey.credentials()
         tokens = make_tokens(settings)
     except ExporterError as exc:
-        return [_failed("config", exc)]
+        return [_failed("config", exc), *_skipped(("token", "owners"), "needs [tapkey] fixed")]
     results = [CheckResult("config", True, f"{source}; client_id {client_id}")]
     try:
         tokens.token()
     except ExporterError as exc:
-        return [*results, _failed("token", exc)]
+        return [*results, _failed("token", exc), *_skipped(("owners",), "needs a token")]
     granted = tokens.granted_scopes
     missing = sorted({OWNERS_SCOPE, LOCKS_SCOPE} - granted) if granted is not None else []
     if granted is None:
@@ -243,7 +248,12 @@ def _check_database(settings: Settings) -> CheckResult:
             engine.dispose()
     head = store.head_revision()
     client_id = settings.tapkey.client_id
-    if previous is not None and previous != client_id and not settings.sync.allow_client_id_change:
+    if (
+        previous is not None
+        and client_id  # without one, [tapkey] is already reported
+        and previous != client_id
+        and not settings.sync.allow_client_id_change
+    ):
         detail = (
             f"{shown} was filled by OAuth client {previous!r}, not {client_id!r}: run-once "
             "would refuse it; use a separate database or see --allow-client-change"
