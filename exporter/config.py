@@ -734,10 +734,12 @@ def file_permissions_warning(settings: Settings) -> str | None:
         files.append(settings.tapkey.client_secret_file)
     for path in files:
         try:
-            mode = stat.S_IMODE(path.stat().st_mode)
+            info = path.stat()
         except OSError:
             continue
-        if mode & 0o044:
+        mode = stat.S_IMODE(info.st_mode)
+        # Not a regular file (a folder given by mistake): its own error says so; chmod would not.
+        if stat.S_ISREG(info.st_mode) and mode & 0o044:
             warnings.append(
                 f"{path} holds a secret and is readable by other users (mode {mode:04o}); "
                 f"run: chmod 600 {shlex.quote(str(path))}"

@@ -1671,6 +1671,7 @@ def test_an_unreadable_secret_file_is_one_line_and_exit_2(
         assert result.code == 2 and "Traceback" not in result.err
         [line] = [line for line in result.err.splitlines() if line.startswith(prefix)]
         assert "cannot read [tapkey] client_secret_file" in line and "Is a directory" in line
+        assert "chmod" not in result.err  # no permission advice about a folder
 
 
 def test_the_real_command_prints_usage_and_config_errors_on_one_line(tmp_path: Path) -> None:
