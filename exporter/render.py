@@ -188,7 +188,9 @@ def inventory_table(inv: Inventory, console: Console, *, include_removed: bool) 
         if not locks:
             console.print(f"No bound locks for owner account {label}.", markup=False)
             continue
-        table = Table(title=f"Owner account {label}: {len(locks)} locks", title_justify="left")
+        table = Table(
+            title=f"Owner account {label}: {_count(len(locks), 'lock')}", title_justify="left"
+        )
         for column in ("Lock ID", "Lock ID (hex)", "Title", "Description", "Lock model", "Bound"):
             # Ids stay whole (`history` needs them): folded, never cut short with an ellipsis.
             table.add_column(column, overflow="fold", no_wrap=column == "Bound")
