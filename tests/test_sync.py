@@ -97,8 +97,8 @@ def test_unchanged_rerun_writes_no_versions_and_rewrites_no_lock_rows(
     run_engine_events: list[Engine] = []
     original = job.make_engine
 
-    def spying_engine(settings: Any) -> Engine:
-        created = original(settings)
+    def spying_engine(settings: Any, **kwargs: Any) -> Engine:
+        created = original(settings, **kwargs)
         event.listen(created, "before_cursor_execute", record)
         run_engine_events.append(created)
         return created
