@@ -549,8 +549,9 @@ def _summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             },
             "rss_peak_mib": max(f["rss_peak_mib"] for f in figures),
             "rss_base_mib": statistics.median(f["rss_base_mib"] for f in figures),
-            "api_requests": figures[-1]["api_requests"],
-            "server_requests": figures[-1]["server_requests"],
+            # The first: for the floor, one taken before the sandbox's changes.
+            "api_requests": figures[0]["api_requests"],
+            "server_requests": figures[0]["server_requests"],
         }
     # Each scenario against the mean of the floors measured just before and after it, so drifts
     # in machine speed cancel out; the median over rounds is reported.
