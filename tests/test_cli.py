@@ -39,9 +39,17 @@ def _start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     )
 
 
-def _run(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def _run(
+    env: dict[str, str], *args: str, timeout: float = 60, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*EXPORTER, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+        [*EXPORTER, *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -204,15 +212,7 @@ def test_a_killed_run_is_marked_failed_by_the_next_and_history_converges(
 
 def test_demo_builds_a_history_in_a_fresh_sqlite_file(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORTER_")}
-    result = subprocess.run(
-        [*EXPORTER, "demo", "--generations", "2"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = _run(env, "demo", "--generations", "2", timeout=120, cwd=tmp_path)
 
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "demo.db").is_file()
@@ -304,15 +304,7 @@ def test_the_config_file_comes_from_the_flag_then_the_env_then_the_working_folde
     _config(cwd, "cwd.db")
 
     def upgrade(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*EXPORTER, "db", "upgrade", *args],
-            env={**env, **extra},
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        return _run({**env, **extra}, "db", "upgrade", *args, cwd=cwd)
 
     # Each relative SQLite path is resolved against its own config file's folder.
     assert upgrade().returncode == 0
@@ -348,15 +340,7 @@ def test_commands_that_write_nothing_create_no_sqlite_file(
     env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORTER_")}
     env.update(EXPORTER_TAPKEY__CLIENT_ID="c", EXPORTER_TAPKEY__CLIENT_SECRET="s")
     missing = tmp_path / "typo" / "inventory.db"
-    done = subprocess.run(
-        [*EXPORTER, *command, "--database-url", f"sqlite:///{missing}"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = _run(env, *command, "--database-url", f"sqlite:///{missing}", cwd=tmp_path)
     assert done.returncode == 5
     assert done.stderr.strip() == (
         f"error: the SQLite database {missing} does not exist; check [database] url "
