@@ -262,8 +262,10 @@ def _print_result(result: RunResult) -> None:
                 change.title or "",
             )
         out.print(changes)
-    for owner in failed:
-        err.print(f"owner {owner.owner_account_id} failed: {owner.error}", markup=False)
+    if not logging.getLogger("exporter.sync").isEnabledFor(logging.WARNING):
+        # Otherwise the sync has logged each of them already (cron would mail them twice).
+        for owner in failed:
+            err.print(f"owner {owner.owner_account_id} failed: {owner.error}", markup=False)
 
 
 @app.command("check")

@@ -394,3 +394,15 @@ def test_sandbox_on_a_port_in_use_is_one_line_and_exit_2(sandbox: Sandbox) -> No
         f"error: cannot listen on 127.0.0.1:{port}: Address already in use; choose another "
         "--port (0 picks a free one)"
     )
+
+
+def test_a_failed_owner_is_reported_once_on_stderr(sandbox: Sandbox, tmp_path: Path) -> None:
+    # Cron mails stderr: the sync's log line names the failed owner; the summary must not repeat it.
+    owner_id = sandbox.owners_payload()[0]["id"]
+    sandbox.add_fault(Fault(route="locks", status=403, owner_id=owner_id, times=None))
+    env = subprocess_env(sandbox, f"sqlite:///{tmp_path / 'inv.db'}")
+
+    done = _run(env, "run-once", "--quiet")
+
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.count(f"owner {owner_id} failed:") == 1
