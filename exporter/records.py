@@ -318,28 +318,58 @@ def split_array(text: str, where: str) -> list[tuple[Any, str]]:
     return elements
 
 
-def known_page(text: str, known: Mapping[str, str]) -> list[tuple[Any, str]] | None:
-    """`split_array` for a page that is exactly stored texts joined by commas, else None.
+class KnownTexts:
+    """An owner's stored payload texts by lock id, and the pages made only of them.
 
-    A compact-JSON page whose elements all equal their stored texts (most pages of most runs) is
-    checked with one `json.loads` and one string comparison instead of a scan per element.
+    The texts come in the order they were read back, which is the order the locks were first
+    stored in: the API's order for every lock bound since then. So most pages of most runs are
+    exactly the stored texts from `$skip` on, joined compactly, and are recognised with one string
+    comparison and no JSON parsing. That equality is proof enough: each stored text is one
+    non-empty JSON value whose id is its key, and such values joined by commas in brackets read
+    back as exactly those values.
     """
-    try:
-        values = json.loads(text)
-    except ValueError:
-        return None
-    if not isinstance(values, list):
-        return None
-    texts: list[str] = []
-    for value in values:
-        lock_id = element_id(value)
-        stored = known.get(lock_id) if lock_id is not None else None
-        if stored is None:
+
+    def __init__(self, by_id: Mapping[str, str]) -> None:
+        self.by_id = by_id
+        usable = all(by_id.values())  # an empty text (raw was NULL) stands for nothing
+        self._ids = list(by_id) if usable else []
+        self._texts = list(by_id.values()) if usable else []
+
+    def __bool__(self) -> bool:
+        return bool(self.by_id)
+
+    def page(self, text: str, skip: int, top: int) -> tuple[list[str | None], list[Any]] | None:
+        """The ids and (value, text) elements of a page made only of stored texts, else None.
+
+        The value of an element recognised without parsing is None: only its text is needed, as
+        an element equal to its stored text is not parsed again.
+        """
+        end = min(skip + top, len(self._texts))
+        if skip < end and text == f"[{','.join(self._texts[skip:end])}]":
+            return list(self._ids[skip:end]), [(None, t) for t in self._texts[skip:end]]
+        return self._page_in_any_order(text)
+
+    def _page_in_any_order(self, text: str) -> tuple[list[str | None], list[Any]] | None:
+        # Stored texts in another order (locks bound later, a reordered list): one `json.loads`
+        # for the ids and one string comparison instead of a scan per element.
+        try:
+            values = json.loads(text)
+        except ValueError:
             return None
-        texts.append(stored)
-    if text != f"[{','.join(texts)}]":
-        return None
-    return list(zip(values, texts, strict=True))
+        if not isinstance(values, list):
+            return None
+        ids: list[str | None] = []
+        texts: list[str] = []
+        for value in values:
+            lock_id = element_id(value)
+            stored = self.by_id.get(lock_id) if lock_id is not None else None
+            if stored is None:
+                return None
+            ids.append(lock_id)
+            texts.append(stored)
+        if text != f"[{','.join(texts)}]":
+            return None
+        return ids, list(zip(values, texts, strict=True))
 
 
 def parse_owner(value: Any, owner_id: str | None, raw: str) -> OwnerRecord:

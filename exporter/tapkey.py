@@ -27,11 +27,11 @@ from exporter.auth import TokenProvider, require_secure_url
 from exporter.errors import ApiError, AuthError, PagingError, PayloadError, PermissionDeniedError
 from exporter.records import (
     BadValue,
+    KnownTexts,
     LockRecord,
     OwnerLocks,
     OwnerRecord,
     element_id,
-    known_page,
     parse_lock,
     parse_owner,
     split_array,
@@ -185,7 +185,7 @@ class TapkeyClient:
     def list_owners(self) -> list[OwnerRecord]:
         """Every owner account the OAuth client can see (PayloadError if any cannot be read)."""
         target = _Target("/api/v1/Owners")
-        rows, _ = self._read_list(target, {}, parse_owner, {})
+        rows, _ = self._read_list(target, {}, parse_owner, KnownTexts({}))
         owners: list[OwnerRecord] = []
         seen: set[str] = set()
         for owner_id, owner in rows:
@@ -208,7 +208,7 @@ class TapkeyClient:
         `known` maps lock ids to the payload text already stored for this owner: an element whose
         text equals it is listed in `unchanged_ids` without becoming a record (it parsed when it
         was stored, and the text is all a record derives from), which is most locks on most runs.
-        A compact page made only of such elements is recognised as a whole (`known_page`).
+        A compact page made only of such elements is recognised as a whole (`KnownTexts.page`).
         """
         target = _Target(f"/api/v1/Owners/{quote(owner_id, safe='')}/BoundLocks", owner_id)
         params = {"expand": ",".join(expand)} if expand else {}
@@ -230,7 +230,7 @@ class TapkeyClient:
         # mypy joins the union's members to `object` when it solves T.
         rows, requests_sent = cast(
             tuple[list[tuple[str | None, LockRecord | str | None]], int],
-            self._read_list(target, params, parse, known),
+            self._read_list(target, params, parse, KnownTexts(known)),
         )
         first: dict[str, LockRecord | str | None] = {}
         copies: dict[str, int] = {}
@@ -288,7 +288,7 @@ class TapkeyClient:
         target: _Target,
         params: dict[str, str],
         parse: Callable[[Any, str | None, str], T | None],
-        known: Mapping[str, str],
+        known: KnownTexts,
     ) -> tuple[list[tuple[str | None, T | None]], int]:
         """Read a whole list with overlapping pages; re-read it if it shifted while being paged.
 
@@ -331,7 +331,7 @@ class TapkeyClient:
         target: _Target,
         params: dict[str, str],
         parse: Callable[[Any, str | None, str], T | None],
-        known: Mapping[str, str],
+        known: KnownTexts,
         counter: list[int],
     ) -> list[tuple[str | None, T | None]] | None:
         """One pass of `_read_list`; None when the list shifted under us."""
@@ -343,8 +343,7 @@ class TapkeyClient:
         while True:
             skip = 0 if not rows else 1 if len(rows) == 1 else len(rows) - 1
             query = {**params, "$top": str(self._top), "$skip": str(skip)}
-            page = self._get_page(target, query, counter, known)
-            ids = [element_id(value) for value, _ in page]
+            ids, page = self._get_page(target, query, counter, known, skip)
             if not rows:
                 new = range(len(page))
                 first_ids = ids
@@ -383,11 +382,16 @@ class TapkeyClient:
         target: _Target,
         params: dict[str, str],
         counter: list[int],
-        known: Mapping[str, str],
-    ) -> list[tuple[Any, str]]:
+        known: KnownTexts,
+        skip: int,
+    ) -> tuple[list[str | None], list[tuple[Any, str]]]:
+        """GET one page: the elements' ids and (value, exact text) pairs."""
         text = self._get_text(target, params, counter)
-        page = known_page(text, known) if known else None
-        return page if page is not None else split_array(text, f"GET {target.path}")
+        page = known.page(text, skip, self._top) if known else None
+        if page is not None:
+            return page
+        elements = split_array(text, f"GET {target.path}")
+        return [element_id(value) for value, _ in elements], elements
 
     # -- one request -----------------------------------------------------------------------------
 

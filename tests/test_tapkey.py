@@ -21,7 +21,7 @@ from exporter.errors import (
     PayloadError,
     PermissionDeniedError,
 )
-from exporter.records import OwnerLocks, lock_id_hex
+from exporter.records import KnownTexts, OwnerLocks, lock_id_hex
 from exporter.sandbox import Fault, Request, Sandbox
 from exporter.tapkey import TapkeyClient
 
@@ -657,6 +657,125 @@ def test_known_text_does_not_hide_a_conflicting_copy(fake: Sandbox, make_client:
     )
     assert (result.records, result.unchanged_ids) == ([], [])
     assert result.skipped_ids == frozenset({"lock-1"}) and result.skipped == 2
+
+
+# -- pages recognised as stored texts ----------------------------------------------------------
+
+
+def stored_texts(server: Sandbox, owner: str) -> dict[str, str]:
+    """What a sync stored for the owner's current list: texts by lock id, in the API's order."""
+    return {lock["id"]: served_text(lock) for lock in server.locks_payload(owner)}
+
+
+def assert_listed(result: OwnerLocks, server: Sandbox, known: dict[str, str]) -> None:
+    """Each lock the server lists now is in the result once: unchanged if the text it has now
+    is the stored one, else a record with that text."""
+    now = stored_texts(server, result.owner_id)
+    unchanged = {lock_id: known[lock_id] for lock_id in result.unchanged_ids}
+    records = {r.id: r.raw for r in result.records}
+    assert len(unchanged) + len(records) == len(result.unchanged_ids) + len(result.records)
+    assert {**unchanged, **records} == now
+    assert not any(known.get(lock_id) == raw for lock_id, raw in records.items())
+    assert result.skipped == 0 and not result.unidentified_skips
+
+
+def test_known_page_in_stored_order_is_matched_without_parsing() -> None:
+    texts = {f"lock-{n}": lock_text(f"lock-{n}") for n in range(5)}
+    known = KnownTexts(texts)
+    ids, elements = known.page(f"[{','.join(list(texts.values())[2:4])}]", 2, 2) or ([], [])
+    assert ids == ["lock-2", "lock-3"]
+    assert elements == [(None, texts["lock-2"]), (None, texts["lock-3"])]  # values not parsed
+    # The same texts in another order are still recognised, by their parsed ids.
+    ids, elements = known.page(f"[{texts['lock-3']},{texts['lock-2']}]", 2, 2) or ([], [])
+    assert ids == ["lock-3", "lock-2"] and elements[0] == (
+        json.loads(texts["lock-3"]),
+        texts["lock-3"],
+    )
+    # Anything else is left to the full scan.
+    assert known.page(f"[{texts['lock-2']},{lock_text('lock-3', title='new')}]", 2, 2) is None
+    short = known.page(f"[{texts['lock-2']}]", 2, 2)  # a capped page: shorter than asked for
+    assert short == (["lock-2"], [(json.loads(texts["lock-2"]), texts["lock-2"])])
+    assert known.page(f"[{texts['lock-2']}, {texts['lock-3']}]", 2, 2) is None
+
+
+def test_empty_stored_texts_stand_for_nothing() -> None:
+    # raw NULL is read back as "": joined, such texts would make invalid JSON look known.
+    assert KnownTexts({"a": "", "b": ""}).page("[,]", 0, 2) is None
+
+
+@pytest.mark.parametrize("order", ["stored", "reversed"])
+def test_an_unchanged_list_is_unchanged_in_any_stored_order(
+    make_fake: Factory, make_client: Factory, order: str
+) -> None:
+    fake = make_fake(locks_per_owner=3 * PAGE + 1)
+    owner = only_owner(fake)
+    known = stored_texts(fake, owner)
+    if order == "reversed":
+        known = dict(reversed(known.items()))
+    result = make_client(fake).list_bound_locks(owner, known=known)
+    assert result.unchanged_ids == [lock["id"] for lock in fake.locks_payload(owner)]
+    assert result.records == [] and result.requests == fake.requests["locks"] == 5
+
+
+@pytest.mark.parametrize("where", ["first", "overlap", "last"])
+def test_unbind_mid_crawl_with_stored_texts(
+    fake: Sandbox, make_client: Factory, where: str
+) -> None:
+    owner = only_owner(fake)
+    known = stored_texts(fake, owner)
+    index = {"first": 0, "overlap": PAGE - 1, "last": -1}[where]
+    gone = fake.locks_payload(owner)[index]["id"]
+    on_request(fake, 2, lambda: fake.unbind(gone))
+    result = make_client(fake).list_bound_locks(owner, known=known)
+    assert_listed(result, fake, known)
+    assert gone not in result.unchanged_ids
+
+
+def test_changes_mid_crawl_with_stored_texts(fake: Sandbox, make_client: Factory) -> None:
+    owner = only_owner(fake)
+    known = stored_texts(fake, owner)
+    locks = fake.locks_payload(owner)
+    added: list[str] = []
+
+    def change() -> None:
+        added.append(fake.bind_new(owner))
+        fake.rename(locks[-1]["id"], "Renamed")  # after the position: read as it is now
+
+    on_request(fake, 2, change)
+    result = make_client(fake).list_bound_locks(owner, known=known)
+    assert_listed(result, fake, known)
+    assert {r.id for r in result.records} == {added[0], locks[-1]["id"]}
+
+
+def test_insertion_before_the_position_with_stored_texts(
+    fake: Sandbox, make_client: Factory
+) -> None:
+    elements = [lock_text(f"lock-{i}") for i in range(10)]
+    known = {f"lock-{i}": text for i, text in enumerate(elements)}
+    on_request(fake, 2, lambda: elements.insert(0, lock_text("new-first")))
+    serve_elements(fake, elements)
+    result = make_client(fake).list_bound_locks(only_owner(fake), known=known)
+    assert result.unchanged_ids == list(known) and [r.id for r in result.records] == ["new-first"]
+    assert result.requests == 2 + 4  # the shift was caught on page 2 and the list read again
+
+
+def test_ignored_skip_with_stored_texts_fails_fast(fake: Sandbox, make_client: Factory) -> None:
+    owner = only_owner(fake)
+    known = stored_texts(fake, owner)
+    fake.ignore_skip = True
+    with pytest.raises(PagingError, match=r"ignored \$skip"):
+        make_client(fake).list_bound_locks(owner, known=known)
+
+
+@pytest.mark.parametrize("cap", [2, PAGE - 1])
+def test_top_cap_with_stored_texts_loses_nothing(
+    make_fake: Factory, make_client: Factory, cap: int
+) -> None:
+    fake = make_fake(locks_per_owner=3 * PAGE + 1, max_top=cap)
+    owner = only_owner(fake)
+    known = stored_texts(fake, owner)
+    result = make_client(fake).list_bound_locks(owner, known=known)
+    assert result.unchanged_ids == list(known) and result.records == []
 
 
 def test_health_readings_with_expand(fake: Sandbox, make_client: Factory) -> None:
