@@ -387,9 +387,24 @@ def _find_locks(conn: Connection, key: str) -> list[str]:
             .scalars()
             .all()
         )
+    if not ids and wanted:
+        ids = _ids_starting_with(conn, wanted)
     if not ids:
         raise UsageError(
             f"no bound lock has the id, lock id or physical lock id {key!r}; find it with "
             "`exporter locks --include-removed --search TEXT`"
+        )
+    return ids
+
+
+def _ids_starting_with(conn: Connection, prefix: str) -> list[str]:
+    """The one bound lock id that starts with `prefix` (as `git` takes short hashes), if any."""
+    query = select(bound_locks.c.id).where(bound_locks.c.id.startswith(prefix, autoescape=True))
+    # SQLite's LIKE ignores ASCII case; ids compare case-sensitively everywhere.
+    ids = sorted(i for i in conn.execute(query).scalars() if i.startswith(prefix))
+    if len(ids) > 1:
+        shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
+        raise UsageError(
+            f"{prefix!r} is the start of more than one bound lock id ({shown}); give more of it"
         )
     return ids

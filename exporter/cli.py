@@ -497,7 +497,8 @@ def locks(
     elif fmt == "csv":
         render.inventory_csv(inventory, out.file)
     else:
-        render.inventory_table(inventory, out, include_removed=include_removed)
+        filtered = model is not None or search is not None
+        render.inventory_table(inventory, out, include_removed=include_removed, filtered=filtered)
 
 
 @app.command("history")

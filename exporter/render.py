@@ -169,13 +169,15 @@ def inventory_csv(inv: Inventory, out: IO[str]) -> None:
     write_csv((lock.as_dict() for lock in inv.locks), LOCK_COLUMNS, out)
 
 
-def inventory_table(inv: Inventory, console: Console, *, include_removed: bool) -> None:
-    """Grouped by owner account like Tapkey's console sample."""
+def inventory_table(
+    inv: Inventory, console: Console, *, include_removed: bool, filtered: bool = False
+) -> None:
+    """Grouped by owner account like Tapkey's console sample (`filtered`: by model or text)."""
     if inv.as_of is not None:
         run = f" (end of run {inv.as_of.run_id})" if inv.as_of.run_id is not None else ""
         console.print(f"Inventory as of {_cell(inv.as_of.at)} UTC{run}", markup=False)
     if not inv.owners:
-        console.print("No owner accounts.")
+        console.print("No lock matches --model / --search." if filtered else "No owner accounts.")
         return
     by_owner: dict[str, list[Any]] = {o.id: [] for o in inv.owners}
     for lock in inv.locks:

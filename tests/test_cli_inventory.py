@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -156,6 +157,8 @@ def test_locks_filters(inventory_db: InventoryDb, exporter: Any) -> None:
     model = removed["locks"][0]["lock_model_name"]
     by_model = json.loads(_ok(exporter("locks", "--model", model, "-f", "json")))
     assert {lock["lock_model_name"] for lock in by_model["locks"]} == {model}
+    nothing = _ok(exporter("locks", "--model", "No Such Model"))
+    assert "No lock matches --model / --search." in nothing and "No owner accounts" not in nothing
 
 
 @pytest.mark.parametrize(
@@ -260,6 +263,22 @@ def test_history_shows_old_to_new_values_per_field(
         ("restored", None),
     ]
     assert "removed: unbound" in _ok(exporter("history", inventory_db.unbound))
+
+
+def test_history_takes_the_start_of_an_id(inventory_db: InventoryDb, exporter: Any) -> None:
+    # The demo's tables show the first 8 characters of each id.
+    whole = json.loads(_ok(exporter("history", inventory_db.renamed, "-f", "json")))
+    short = json.loads(_ok(exporter("history", inventory_db.renamed[:8], "-f", "json")))
+    assert short["locks"] == whole["locks"] and short["versions"] == whole["versions"]
+
+    listed = json.loads(_ok(exporter("locks", "--include-removed", "-f", "json")))
+    ids = sorted(lock["id"] for lock in listed["locks"])
+    shared = next(a[:1] for a, b in itertools.pairwise(ids) if a[:1] == b[:1])
+    result = exporter("history", shared)
+    assert result.exit_code == 2 and "more than one bound lock id" in result.stderr
+    swapped = inventory_db.renamed[:8].swapcase()  # ids compare case-sensitively
+    if swapped != inventory_db.renamed[:8]:
+        assert exporter("history", swapped).exit_code == 2
 
 
 # -- changes --------------------------------------------------------------------------------------
