@@ -17,6 +17,10 @@ Scenarios, in this order, in each of `--repeat` rounds (a fresh sandbox and data
   `json.loads` of every page) with no database: the least any client can spend;
 - ``fetch``: the exporter's own `TapkeyClient` crawling the same pages into `LockRecord`s, no
   database (a diagnostic: it splits the exporter's cost into API client and engine);
+- ``store``: only the first load's database writes: the same lock rows, prebuilt before the clock
+  starts (fetched by the exporter's client), written as the sync writes new locks (one
+  transaction per owner: `store.insert_many`, then the `created` versions copied by
+  `history.open_created_versions`). No HTTP, no diffing: a first load cannot take less;
 - ``first``: `exporter.job.run_once` into an empty (migrated) database;
 - ``unchanged``: the same again, nothing changed;
 - ``changes``: after `Sandbox.advance(changes=1000)` in the server process.
@@ -64,7 +68,7 @@ BENCH_DB = "exporter_bench"
 CLIENT_ID = "bench-client"
 CLIENT_SECRET = "bench-secret"  # the sandbox's own fake credentials, not a real secret
 TARGETS = {"first": 1.6, "unchanged": 1.25}
-SCENARIOS = ("floor", "fetch", "first", "unchanged", "changes")
+SCENARIOS = ("floor", "fetch", "store", "first", "unchanged", "changes")
 MIB = 1024 * 1024
 
 # -- server process ------------------------------------------------------------------------------
@@ -266,6 +270,73 @@ def _exporter_fetch(params: dict[str, Any]) -> dict[str, Any]:
     return {"status": "succeeded", "owners": len(owners), "locks": locks, "api_requests": sent}
 
 
+def _fetch_rows(params: dict[str, Any]) -> dict[str, Any]:
+    """Before `store`'s clock: every owner's lock rows as the sync builds them for a first load."""
+    from datetime import timedelta
+
+    from exporter.auth import TokenProvider
+    from exporter.history import LOCK_CURRENT_ONLY
+    from exporter.schema import LOCK_TRACKED
+    from exporter.tapkey import TapkeyClient
+
+    tokens = TokenProvider(
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        token_url=params["token_url"],
+        scopes=["read:owneraccounts", "read:core:entities"],
+        timeout=(10, 60),
+    )
+    names = (*LOCK_TRACKED[1:], *LOCK_CURRENT_ONLY)
+    start = datetime.now(UTC)
+    owners: list[tuple[str, datetime, list[tuple[Any, ...]]]] = []
+    with TapkeyClient(
+        base_url=params["base_url"], tokens=tokens, page_size=params["page_size"]
+    ) as client:
+        for n, owner in enumerate(client.list_owners()):
+            t = start + timedelta(microseconds=n)  # each owner's own instant, as in the sync
+            records = client.list_bound_locks(owner.id).records
+            rows = [(r.id, owner.id, *(getattr(r, k) for k in names), t, t) for r in records]
+            owners.append((owner.id, t, rows))
+    return {
+        "columns": ("id", *LOCK_TRACKED, *LOCK_CURRENT_ONLY, "first_seen_at", "updated_at"),
+        "owners": owners,
+        "start": start,
+    }
+
+
+def _store_only(params: dict[str, Any]) -> dict[str, Any]:
+    """The first load's writes alone: one transaction per owner, as `exporter.sync` writes them."""
+    from sqlalchemy import insert
+
+    from exporter import store
+    from exporter.history import open_created_versions
+    from exporter.schema import bound_locks, owner_accounts, sync_runs
+
+    prepared = params["prepared"]
+    owners, start = prepared["owners"], prepared["start"]
+    engine = store.make_engine(params["db_url"])
+    try:
+        with store.connect(engine) as conn:
+            with conn.begin():  # what the run has written before its first owner
+                conn.execute(
+                    insert(sync_runs).values(
+                        id=1, started_at=start, status="running", trigger="manual"
+                    )
+                )
+                conn.execute(
+                    insert(owner_accounts),
+                    [{"id": o, "first_seen_at": start, "updated_at": start} for o, _, _ in owners],
+                )
+            for owner_id, t, rows in owners:
+                with conn.begin():
+                    store.insert_many(conn, bound_locks, prepared["columns"], rows)
+                    open_created_versions(conn, owner_id, t, 1)
+    finally:
+        engine.dispose()
+    locks = sum(len(rows) for _, _, rows in owners)
+    return {"status": "succeeded", "owners": len(owners), "locks": locks, "api_requests": 0}
+
+
 def _sync_once(params: dict[str, Any]) -> dict[str, Any]:
     """`exporter.job.run_once` with settings pointing at the sandbox and the bench database."""
     from exporter.config import load_settings
@@ -305,8 +376,12 @@ def _measure_child(conn: Connection, kind: str, params: dict[str, Any]) -> None:
     import exporter.job  # noqa: F401
 
     profile = params.get("profile")
+    if kind == "store":  # its rows are built before the clock starts
+        params = {**params, "prepared": _fetch_rows(params)}
     base_rss = _current_rss()
-    work = {"floor": _crawl_floor, "fetch": _exporter_fetch}.get(kind, _sync_once)
+    work = {"floor": _crawl_floor, "fetch": _exporter_fetch, "store": _store_only}.get(
+        kind, _sync_once
+    )
     machine_started, steal_started = _machine_cpu()
     started = time.perf_counter()
     cpu_started = time.process_time()
@@ -455,6 +530,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         floors.append(_scenario(server, "floor", round_no, params, args))
                         figures["floor_s"] = (floors[-2]["wall_s"] + floors[-1]["wall_s"]) / 2
                         runs[kind].append(figures)
+                        if kind == "store":  # the first load needs the database empty again
+                            params["db_url"] = fresh()
                     runs["floor"].extend(floors)
                 finally:
                     server.close()
@@ -492,16 +569,18 @@ def _scenario(
     server.call("reset")
     profile = None
     if args.profile and kind in args.profile:
-        profile = str(RESULTS / f"profile_{args.db}_{kind}_{round_no}.prof")
+        profile = str(args.results / f"profile_{args.db}_{kind}_{round_no}.prof")
     load_before = os.getloadavg()[0]
     sandbox_cpu = server.call("cpu")
     figures = measure(kind, {**params, "profile": profile})
     figures["sandbox_cpu_s"] = server.call("cpu") - sandbox_cpu
+    figures["server_requests"] = server.call("counts")["total"]
+    if kind == "store":  # the sandbox served its pages before the clock started
+        figures["sandbox_cpu_s"] = figures["server_requests"] = 0
     # What the client and the sandbox did not use: the database server (and anything else).
     figures["other_cpu_s"] = max(
         0.0, figures["machine_cpu_s"] - figures["cpu_s"] - figures["sandbox_cpu_s"]
     )
-    figures["server_requests"] = server.call("counts")["total"]
     figures["loadavg_1m"] = [load_before, os.getloadavg()[0]]
     print(
         f"  round {round_no} {kind:<9} {figures['wall_s']:7.2f} s  "
@@ -529,6 +608,8 @@ def _check_counts(
     first, unchanged = runs["first"][-1], runs["unchanged"][-1]
     if first["created"] != total or floor["locks"] != total:
         raise RuntimeError(f"first load created {first['created']} locks, expected {total}")
+    if runs["store"][-1]["locks"] != total:
+        raise RuntimeError(f"store wrote {runs['store'][-1]['locks']} locks, expected {total}")
     changed = sum(unchanged[k] for k in ("created", "updated", "removed", "restored"))
     if changed or unchanged["unchanged"] != total:
         raise RuntimeError(f"the unchanged rerun changed {changed} locks")
@@ -599,6 +680,7 @@ def _names(parameters: dict[str, Any]) -> dict[str, str]:
     return {
         "floor": "fetch floor (no DB)",
         "fetch": "exporter fetch (no DB)",
+        "store": "store only (no HTTP)",
         "first": "first load",
         "unchanged": "unchanged rerun",
         "changes": f"after {parameters['changes']:,} changes",
@@ -689,16 +771,19 @@ def main(argv: list[str] | None = None) -> int:
         help="write cProfile stats of these scenarios to benchmarks/results/",
     )
     parser.add_argument(
+        "--results", type=Path, default=RESULTS, help=f"folder for the JSON results ({RESULTS})"
+    )
+    parser.add_argument(
         "--check", action="store_true", help="exit 1 when a target is missed (for CI)"
     )
     args = parser.parse_args(argv)
-    RESULTS.mkdir(exist_ok=True)
+    args.results.mkdir(parents=True, exist_ok=True)
     report = run(args)
     print_table(report)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     for name in (f"sync_{args.db}_{stamp}.json", f"sync_{args.db}_latest.json"):
-        (RESULTS / name).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"results: {RESULTS / f'sync_{args.db}_{stamp}.json'}")
+        (args.results / name).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"results: {args.results / f'sync_{args.db}_{stamp}.json'}")
     missed = [k for k, v in report["summary"].items() if v.get("met") is False]
     return 1 if args.check and missed else 0
 

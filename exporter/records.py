@@ -321,12 +321,12 @@ def split_array(text: str, where: str) -> list[tuple[Any, str]]:
 class KnownTexts:
     """An owner's stored payload texts by lock id, and the pages made only of them.
 
-    The texts come in the order they were read back, which is the order the locks were first
-    stored in: the API's order for every lock bound since then. So most pages of most runs are
-    exactly the stored texts from `$skip` on, joined compactly, and are recognised with one string
-    comparison and no JSON parsing. That equality is proof enough: each stored text is one
-    non-empty JSON value whose id is its key, and such values joined by commas in brackets read
-    back as exactly those values.
+    The texts keep the order the database returned them in, which is usually the order the locks
+    were first stored in: the API's order for every lock bound since then. So most pages of most
+    runs are exactly the stored texts from `$skip` on, joined compactly, and are recognised with
+    one string comparison and no JSON parsing. That equality is proof enough: each stored text is
+    one non-empty JSON value whose id is its key, and such values joined by commas in brackets
+    read back as exactly those values. Any other order only costs the slower checks.
     """
 
     def __init__(self, by_id: Mapping[str, str]) -> None:
@@ -338,7 +338,9 @@ class KnownTexts:
     def __bool__(self) -> bool:
         return bool(self.by_id)
 
-    def page(self, text: str, skip: int, top: int) -> tuple[list[str | None], list[Any]] | None:
+    def page(
+        self, text: str, skip: int, top: int
+    ) -> tuple[list[str | None], list[tuple[Any, str]]] | None:
         """The ids and (value, text) elements of a page made only of stored texts, else None.
 
         The value of an element recognised without parsing is None: only its text is needed, as
@@ -349,7 +351,9 @@ class KnownTexts:
             return list(self._ids[skip:end]), [(None, t) for t in self._texts[skip:end]]
         return self._page_in_any_order(text)
 
-    def _page_in_any_order(self, text: str) -> tuple[list[str | None], list[Any]] | None:
+    def _page_in_any_order(
+        self, text: str
+    ) -> tuple[list[str | None], list[tuple[Any, str]]] | None:
         # Stored texts in another order (locks bound later, a reordered list): one `json.loads`
         # for the ids and one string comparison instead of a scan per element.
         try:

@@ -1,0 +1,35 @@
+"""The sync benchmark still runs end to end (tiny sizes: its figures are not judged here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_sync_benchmark_runs_every_scenario(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "sync_bench.py"),
+            *("--db", "sqlite", "--db-url", f"sqlite:///{tmp_path / 'bench.db'}"),
+            *("--owners", "3", "--locks-per-owner", "7", "--changes", "4", "--repeat", "1"),
+            *("--results", str(tmp_path / "results")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "store only (no HTTP)" in result.stdout and "first load" in result.stdout
+    (report,) = (tmp_path / "results").glob("sync_sqlite_2*.json")
+    data = json.loads(report.read_text())
+    runs = data["runs"]
+    assert len(runs["floor"]) == 6  # before and after each of the five other scenarios
+    assert runs["store"][0]["locks"] == runs["first"][0]["created"] == 21
+    assert runs["unchanged"][0]["unchanged"] == 21
+    assert all(data["summary"][kind]["ratio"] > 0 for kind in ("store", "first", "unchanged"))
