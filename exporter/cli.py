@@ -27,15 +27,10 @@ from rich.table import Table
 from sqlalchemy import Engine
 
 from exporter import changelog, job, observability, render, report, store
-from exporter.config import (
-    Settings,
-    file_permissions_warning,
-    load_settings,
-    masked_url,
-    resolve_config_path,
-)
+from exporter.config import file_permissions_warning, load_settings, resolve_config_path
 from exporter.errors import ExporterError, UsageError
 from exporter.results import RunResult
+from exporter.settings import Settings, masked_url
 
 app = typer.Typer(
     help="Sync Tapkey owner accounts and bound locks into SQL with exact change history.",

@@ -15,10 +15,10 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from exporter import retention, store
 from exporter.auth import TokenProvider
-from exporter.config import Settings, masked_url
 from exporter.errors import ExporterError, LockHeldError
 from exporter.guard import RemovalGuard
 from exporter.results import RunResult
+from exporter.settings import Settings, masked_url
 from exporter.sync import filled_by, sync, utcnow
 from exporter.tapkey import LOCKS_SCOPE, OWNERS_SCOPE, TapkeyClient
 

@@ -27,9 +27,9 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from exporter.config import LoggingSettings
 from exporter.errors import ConfigError
 from exporter.schema import bound_locks, owner_accounts, sync_runs
+from exporter.settings import LoggingSettings
 
 if TYPE_CHECKING:
     from exporter.results import RunResult

@@ -27,7 +27,6 @@ from sqlalchemy import (
     union_all,
 )
 
-from exporter.config import parse_duration
 from exporter.errors import UsageError
 from exporter.schema import (
     RUN_STATUSES,
@@ -38,6 +37,7 @@ from exporter.schema import (
     sync_run_owners,
     sync_runs,
 )
+from exporter.settings import parse_duration
 from exporter.store import connect
 
 _CHUNK = 500

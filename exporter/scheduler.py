@@ -28,9 +28,9 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from exporter import job, observability
-from exporter.config import ScheduleSettings, Settings
 from exporter.errors import ExporterError, LockHeldError
 from exporter.results import RunResult
+from exporter.settings import ScheduleSettings, Settings
 from exporter.tapkey import TapkeyClient
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,9 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 from exporter import store
-from exporter.config import Settings, load_settings
+from exporter.config import load_settings
 from exporter.sandbox import Sandbox
+from exporter.settings import Settings
 
 POSTGRES_ADMIN = os.environ.get(
     "EXPORTER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -6,20 +6,18 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from exporter.config import (
+from exporter.config import file_permissions_warning, load_settings, resolve_config_path
+from exporter.errors import ConfigError
+from exporter.settings import (
     SECTIONS,
     DatabaseSettings,
     ScheduleSettings,
     Settings,
     TapkeySettings,
     env_var_name,
-    file_permissions_warning,
-    load_settings,
     masked_url,
     parse_duration,
-    resolve_config_path,
 )
-from exporter.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
 SECRET = "s3cr3t-Value-9f2c"

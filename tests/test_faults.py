@@ -38,7 +38,6 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import Pool
 
 from exporter import cli, job, store
-from exporter.config import Settings
 from exporter.errors import DatabaseUnavailableError, SchemaVersionError
 from exporter.results import RunResult
 from exporter.sandbox import Fault, Request, Sandbox
@@ -50,6 +49,7 @@ from exporter.schema import (
     sync_run_owners,
     sync_runs,
 )
+from exporter.settings import Settings
 
 EXPORTER = [sys.executable, "-m", "exporter.cli"]
 SECRET = "sandbox-secret"
