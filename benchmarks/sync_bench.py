@@ -241,12 +241,11 @@ def _crawl_floor(params: dict[str, Any]) -> dict[str, Any]:
     return {"status": "succeeded", "owners": len(owners), "locks": locks, "api_requests": sent}
 
 
-def _exporter_fetch(params: dict[str, Any]) -> dict[str, Any]:
-    """The exporter's own Tapkey client (paging, parsing into LockRecords), no database."""
+def _client(params: dict[str, Any]) -> Any:
+    """The exporter's Tapkey client for the sandbox, with `params`' page size and workers."""
     from exporter.auth import TokenProvider
     from exporter.tapkey import TapkeyClient
 
-    workers = params["workers"]
     tokens = TokenProvider(
         client_id=CLIENT_ID,
         client_secret=CLIENT_SECRET,
@@ -254,12 +253,18 @@ def _exporter_fetch(params: dict[str, Any]) -> dict[str, Any]:
         scopes=["read:owneraccounts", "read:core:entities"],
         timeout=(10, 60),
     )
-    with TapkeyClient(
+    return TapkeyClient(
         base_url=params["base_url"],
         tokens=tokens,
         page_size=params["page_size"],
-        workers=workers,
-    ) as client:
+        workers=params["workers"],
+    )
+
+
+def _exporter_fetch(params: dict[str, Any]) -> dict[str, Any]:
+    """The exporter's own Tapkey client (paging, parsing into LockRecords), no database."""
+    workers = params["workers"]
+    with _client(params) as client:
         owners = client.list_owners()
         with ThreadPoolExecutor(max_workers=workers) as pool:
             locks = sum(
@@ -274,24 +279,13 @@ def _fetch_rows(params: dict[str, Any]) -> dict[str, Any]:
     """Before `store`'s clock: every owner's lock rows as the sync builds them for a first load."""
     from datetime import timedelta
 
-    from exporter.auth import TokenProvider
     from exporter.history import LOCK_CURRENT_ONLY
     from exporter.schema import LOCK_TRACKED
-    from exporter.tapkey import TapkeyClient
 
-    tokens = TokenProvider(
-        client_id=CLIENT_ID,
-        client_secret=CLIENT_SECRET,
-        token_url=params["token_url"],
-        scopes=["read:owneraccounts", "read:core:entities"],
-        timeout=(10, 60),
-    )
     names = (*LOCK_TRACKED[1:], *LOCK_CURRENT_ONLY)
     start = datetime.now(UTC)
     owners: list[tuple[str, datetime, list[tuple[Any, ...]]]] = []
-    with TapkeyClient(
-        base_url=params["base_url"], tokens=tokens, page_size=params["page_size"]
-    ) as client:
+    with _client(params) as client:
         for n, owner in enumerate(client.list_owners()):
             t = start + timedelta(microseconds=n)  # each owner's own instant, as in the sync
             records = client.list_bound_locks(owner.id).records
