@@ -142,7 +142,11 @@ def _env_values(env: Mapping[str, str]) -> Iterator[tuple[str, str, str, str]]:
             continue
         section, key = match["section"].lower(), match["key"].lower()
         if section not in SECTIONS:
-            hint = _suggest(section, {s: env_var_name(s, key) for s in SECTIONS})
+            hint = _suggest(
+                section,
+                {s: env_var_name(s, key) for s in SECTIONS},
+                listing=", ".join(env_var_name(s, "*") for s in SECTIONS),
+            )
             raise ConfigError(
                 f"unknown environment variable {name}: no [{section}] section; {hint}"
             )
@@ -155,12 +159,13 @@ def _env_values(env: Mapping[str, str]) -> Iterator[tuple[str, str, str, str]]:
         yield name, section, key, value
 
 
-def _suggest(word: str, choices: Mapping[str, str]) -> str:
-    """A "did you mean" hint; `choices` maps each valid name to how it is shown."""
+def _suggest(word: str, choices: Mapping[str, str], listing: str | None = None) -> str:
+    """A "did you mean" hint; `choices` maps each valid name to how it is shown, `listing` (by
+    default those) is what is shown when nothing is close."""
     close = difflib.get_close_matches(word.lower(), list(choices), n=1, cutoff=0.6)
     if close:
         return f"did you mean {choices[close[0]]}?"
-    return "valid choices: " + ", ".join(choices.values())
+    return "valid choices: " + (listing or ", ".join(choices.values()))
 
 
 def _describe(

@@ -160,6 +160,13 @@ def test_empty_env_value_unsets_optional_key(cwd: Path) -> None:
             "did you mean EXPORTER_TAPKEY__CLIENT_ID?",
             id="section",
         ),
+        pytest.param(
+            {"EXPORTER_X__Y__Z": "x"},
+            "unknown environment variable EXPORTER_X__Y__Z: no [x] section; valid choices: "
+            "EXPORTER_TAPKEY__*, EXPORTER_DATABASE__*, EXPORTER_SCHEDULE__*, EXPORTER_SYNC__*, "
+            "EXPORTER_LOGGING__*, EXPORTER_HTTP__*",
+            id="nothing-close",
+        ),
     ],
 )
 def test_unknown_env_var_suggests(cwd: Path, env: dict[str, str], expected: str) -> None:
