@@ -323,10 +323,12 @@ class KnownTexts:
 
     The texts keep the order the database returned them in, which is usually the order the locks
     were first stored in: the API's order for every lock bound since then. So most pages of most
-    runs are exactly the stored texts from `$skip` on, joined compactly, and are recognised with
-    one string comparison and no JSON parsing. That equality is proof enough: each stored text is
-    one non-empty JSON value whose id is its key, and such values joined by commas in brackets
-    read back as exactly those values. Any other order only costs the slower checks.
+    runs are exactly the stored texts from `$skip` (or, after a lock bound or unbound earlier in
+    the list, from the page's first element) on, joined compactly, and are recognised with one string
+    comparison and no JSON parsing beyond, at most, the first element. That equality is proof
+    enough: each stored text is one non-empty JSON value whose id is its key, and such values
+    joined by commas in brackets read back as exactly those values. Any other order only costs
+    the slower checks.
     """
 
     def __init__(self, by_id: Mapping[str, str]) -> None:
@@ -334,6 +336,7 @@ class KnownTexts:
         usable = all(by_id.values())  # an empty text (raw was NULL) stands for nothing
         self._ids = list(by_id) if usable else []
         self._texts = list(by_id.values()) if usable else []
+        self._positions: dict[str, int] | None = None
 
     def __bool__(self) -> bool:
         return bool(self.by_id)
@@ -346,10 +349,31 @@ class KnownTexts:
         The value of an element recognised without parsing is None: only its text is needed, as
         an element equal to its stored text is not parsed again.
         """
-        end = min(skip + top, len(self._texts))
-        if skip < end and text == f"[{','.join(self._texts[skip:end])}]":
-            return list(self._ids[skip:end]), [(None, t) for t in self._texts[skip:end]]
+        start = self._start(text, skip)
+        if start is not None:
+            end = min(start + top, len(self._texts))
+            if text == f"[{','.join(self._texts[start:end])}]":
+                return list(self._ids[start:end]), [(None, t) for t in self._texts[start:end]]
         return self._page_in_any_order(text)
+
+    def _start(self, text: str, skip: int) -> int | None:
+        """Where the page's first element is in the stored order, if it is a stored text.
+
+        At `skip` when nothing before it changed; after a lock bound or unbound earlier in the
+        list, where its first element's id says (one element is parsed for that).
+        """
+        texts = self._texts
+        if skip < len(texts) and text.startswith(texts[skip], 1):
+            return skip
+        try:
+            value, _ = _SCAN(text, 1)
+        except (StopIteration, ValueError):
+            return None
+        if self._positions is None:
+            self._positions = {lock_id: i for i, lock_id in enumerate(self._ids)}
+        lock_id = element_id(value)
+        start = self._positions.get(lock_id) if lock_id is not None else None
+        return start if start is not None and text.startswith(texts[start], 1) else None
 
     def _page_in_any_order(
         self, text: str

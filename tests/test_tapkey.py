@@ -685,6 +685,13 @@ def test_known_page_in_stored_order_is_matched_without_parsing() -> None:
     ids, elements = known.page(f"[{','.join(list(texts.values())[2:4])}]", 2, 2) or ([], [])
     assert ids == ["lock-2", "lock-3"]
     assert elements == [(None, texts["lock-2"]), (None, texts["lock-3"])]  # values not parsed
+    # A page that starts elsewhere in the stored order (a lock unbound before it): found by its
+    # first element, the rest still unparsed.
+    ids, elements = known.page(f"[{','.join(list(texts.values())[3:5])}]", 2, 2) or ([], [])
+    assert ids == ["lock-3", "lock-4"] and elements == [
+        (None, texts["lock-3"]),
+        (None, texts["lock-4"]),
+    ]
     # The same texts in another order are still recognised, by their parsed ids.
     ids, elements = known.page(f"[{texts['lock-3']},{texts['lock-2']}]", 2, 2) or ([], [])
     assert ids == ["lock-3", "lock-2"] and elements[0] == (
