@@ -15,7 +15,7 @@ from datetime import datetime
 from itertools import pairwise
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Select, Table, select
+from sqlalchemy import Connection, Engine, Select, Table, func, select
 
 from exporter.errors import UsageError
 from exporter.report import (
@@ -398,10 +398,17 @@ def _find_locks(conn: Connection, key: str) -> list[str]:
 
 
 def _ids_starting_with(conn: Connection, prefix: str) -> list[str]:
-    """The one bound lock id that starts with `prefix` (as `git` takes short hashes), if any."""
-    query = select(bound_locks.c.id).where(bound_locks.c.id.startswith(prefix, autoescape=True))
-    # SQLite's LIKE ignores ASCII case; ids compare case-sensitively everywhere.
-    ids = sorted(i for i in conn.execute(query).scalars() if i.startswith(prefix))
+    """The one bound lock id that starts with `prefix` (as `git` takes short hashes), if any.
+
+    Ids compare case-sensitively, but a person typing the start of a GUID may not: without an
+    exact match, a start in another case is taken too.
+    """
+    low = prefix.lower()
+    query = select(bound_locks.c.id).where(
+        func.lower(bound_locks.c.id).startswith(low, autoescape=True)
+    )
+    candidates = sorted(conn.execute(query).scalars())
+    ids = [i for i in candidates if i.startswith(prefix)] or candidates
     if len(ids) > 1:
         shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
         raise UsageError(

@@ -43,10 +43,11 @@ app.add_typer(db_app, name="db")
 
 # Piped output has no terminal width; rich would assume 80 columns and wrap every table cell.
 _PIPE_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160
-out = Console(highlight=False, soft_wrap=True, width=_PIPE_WIDTH)
+# No console markup: titles, names, descriptions and errors are data and may hold [brackets].
+out = Console(highlight=False, markup=False, soft_wrap=True, width=_PIPE_WIDTH)
 # The sandbox's default client secret: published here and in the README, not a real one.
 SANDBOX_SECRET = "sandbox-secret"
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
 log = logging.getLogger("exporter")
 
 ConfigOption = Annotated[
@@ -79,7 +80,7 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except ExporterError as exc:
-        err.print(f"error: {exc}", markup=False)
+        err.print(f"error: {exc}")
         raise typer.Exit(exc.exit_code) from None
 
 
@@ -207,9 +208,9 @@ def run_once(
     elif not quiet or result.status != "succeeded":
         _print_result(result)
     if result.status == "failed" and result.error:
-        err.print(f"error: {result.error}", markup=False)
+        err.print(f"error: {result.error}")
     elif result.held_back and result.error:
-        err.print(f"warning: {result.error}", markup=False)
+        err.print(f"warning: {result.error}")
     raise typer.Exit(job.EXIT_CODES[result.status])
 
 
@@ -260,7 +261,7 @@ def _print_result(result: RunResult) -> None:
     if not logging.getLogger("exporter.sync").isEnabledFor(logging.WARNING):
         # Otherwise the sync has logged each of them already (cron would mail them twice).
         for owner in failed:
-            err.print(f"owner {owner.owner_account_id} failed: {owner.error}", markup=False)
+            err.print(f"owner {owner.owner_account_id} failed: {owner.error}")
 
 
 @app.command("check")
@@ -278,7 +279,7 @@ def check(config: ConfigOption = None, database_url: DatabaseOption = None) -> N
     for result in results:
         label = "skip" if result.skipped else "ok" if result.ok else "FAILED"
         line = f"{label:<7}{result.name:<10}{result.detail}"
-        (out if result.ok else err).print(line, markup=False)
+        (out if result.ok else err).print(line)
     failures = [r.exit_code for r in results if not r.ok]
     # Configuration first (nothing else can be trusted), then Tapkey, then the database.
     code = next((c for c in (2, 1, 5) if c in failures), 1 if failures else 0)
@@ -502,7 +503,7 @@ def history(
         str,
         typer.Argument(
             help="A bound lock id, a lock id such as 12-34-BF-FB (every binding of that "
-            "device), or a physical lock id as the API gives it.",
+            "device), a physical lock id as the API gives it, or the start of a bound lock id.",
             show_default=False,
         ),
     ],
@@ -672,10 +673,10 @@ def main() -> None:
         if type(exc).__name__ != "NoArgsIsHelpError":
             ctx = getattr(exc, "ctx", None)
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-            err.print(f"error: {exc.format_message()}{hint}", markup=False)
+            err.print(f"error: {exc.format_message()}{hint}")
         raise SystemExit(getattr(exc, "exit_code", 2)) from None
     except typer.Abort:
-        err.print("aborted", markup=False)
+        err.print("aborted")
         raise SystemExit(1) from None
     raise SystemExit(code if isinstance(code, int) else 0)
 

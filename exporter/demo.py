@@ -8,6 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from exporter import job, report
 from exporter.config import load_settings
@@ -57,12 +58,18 @@ def run_demo(
             for generation in range(generations + 1):
                 if generation:
                     applied = sandbox.advance(changes=4)
-                    console.rule(f"Sandbox generation {generation}: {len(applied)} changes applied")
+                    console.rule(
+                        f"Sandbox generation {generation}: {len(applied)} changes applied "
+                        "(changes to rcl fields and health readings make no version)"
+                    )
                 result = job.run_once(settings, trigger="demo")
                 counts = ", ".join(f"{k} {v}" for k, v in result.counts.as_dict().items() if v)
                 console.print(
-                    f"[bold]Run {result.run_id}[/bold] {result.status}: {result.owners_seen} "
-                    f"owners, {result.locks_seen} locks ({counts or 'no changes'})"
+                    Text.assemble(
+                        (f"Run {result.run_id}", "bold"),
+                        f" {result.status}: {result.owners_seen} owners, {result.locks_seen} "
+                        f"locks ({counts or 'no changes'})",
+                    )
                 )
                 if generation == 0:
                     _print_inventory(console, engine)
@@ -71,10 +78,10 @@ def run_demo(
         finally:
             engine.dispose()
     console.print()
-    console.print(f"The history is in [bold]{path}[/bold]. Look at it with:")
+    console.print(Text.assemble("The history is in ", (str(path), "bold"), ". Look at it with:"))
     db = f"--database-url sqlite:///{path}"
     for args in ("locks", "locks --as-of 1", "changes", "runs"):
-        console.print(f"  {prog} {args} {db}", markup=False)
+        console.print(f"  {prog} {args} {db}")
     console.print("or any SQL client, e.g.:")
     console.print("  SELECT owner_name, title, lock_model_name FROM current_bound_locks;")
     console.print(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -225,6 +226,18 @@ def _check_tapkey(settings: Settings) -> list[CheckResult]:
     return results
 
 
+def _uncreatable(path: Path) -> str | None:
+    """Why a SQLite file could not be created at `path`, as far as shows without writing."""
+    folder = path.parent
+    while not folder.exists():  # run-once creates the missing folders under the nearest one
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"this user may not write in {folder}"
+    return None
+
+
 def _check_database(settings: Settings) -> CheckResult:
     shown = masked_url(settings.database.url)
     url = make_url(settings.database.url)
@@ -233,6 +246,10 @@ def _check_database(settings: Settings) -> CheckResult:
     on_disk = sqlite and path not in ("", ":memory:") and not path.startswith("file:")
     if on_disk and not Path(path).exists():
         # Connecting would create the file: report instead of writing anything.
+        problem = _uncreatable(Path(path))
+        if problem is not None:
+            detail = f"{shown}: the file cannot be created ({problem}); check [database] url"
+            return CheckResult("database", False, detail, 5)
         return CheckResult("database", True, f"{shown}: no file yet; run-once creates it")
     engine: Engine | None = None
     try:

@@ -323,12 +323,12 @@ class KnownTexts:
 
     The texts keep the order the database returned them in, which is usually the order the locks
     were first stored in: the API's order for every lock bound since then. So most pages of most
-    runs are exactly the stored texts from `$skip` (or, after a lock bound or unbound earlier in
-    the list, from the page's first element) on, joined compactly, and are recognised with one string
-    comparison and no JSON parsing beyond, at most, the first element. That equality is proof
-    enough: each stored text is one non-empty JSON value whose id is its key, and such values
-    joined by commas in brackets read back as exactly those values. Any other order only costs
-    the slower checks.
+    runs are exactly the stored texts from `$skip` on (or, after a lock bound or unbound earlier
+    in the list, from the page's first element on), joined compactly, and are recognised with one
+    string comparison and no JSON parsing beyond, at most, the first element. That equality is
+    proof enough: each stored text is one non-empty JSON value whose id is its key, and such
+    values joined by commas in brackets read back as exactly those values. Any other order only
+    costs the slower checks.
     """
 
     def __init__(self, by_id: Mapping[str, str]) -> None:

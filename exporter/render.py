@@ -175,7 +175,7 @@ def inventory_table(
     """Grouped by owner account like Tapkey's console sample (`filtered`: by model or text)."""
     if inv.as_of is not None:
         run = f" (end of run {inv.as_of.run_id})" if inv.as_of.run_id is not None else ""
-        console.print(f"Inventory as of {_cell(inv.as_of.at)} UTC{run}", markup=False)
+        console.print(f"Inventory as of {_cell(inv.as_of.at)} UTC{run}")
     if not inv.owners:
         console.print("No lock matches --model / --search." if filtered else "No owner accounts.")
         return
@@ -188,7 +188,7 @@ def inventory_table(
             label += f", removed {_cell(owner.removed_at)}"
         locks = by_owner[owner.id]
         if not locks:
-            console.print(f"No bound locks for owner account {label}.", markup=False)
+            console.print(f"No bound locks for owner account {label}.")
             continue
         table = Table(
             title=f"Owner account {label}: {_count(len(locks), 'lock')}", title_justify="left"
@@ -290,7 +290,7 @@ def history_table(history: LockHistory, console: Console) -> None:
     """The bindings of the device, then every version with what changed."""
     hexes = sorted({lock.lock_id_hex for lock in history.locks if lock.lock_id_hex})
     device = f" (lock id {', '.join(hexes)})" if hexes else ""
-    console.print(f"{len(history.locks)} bound lock(s) for {history.query!r}{device}", markup=False)
+    console.print(f"{len(history.locks)} bound lock(s) for {history.query!r}{device}")
     held = Table(title="Who held it", title_justify="left")
     for column in ("Owner account", "Bound lock id", "From (UTC)", "To (UTC)", "Ended by"):
         held.add_column(column, overflow="fold", no_wrap=column.endswith("(UTC)"))

@@ -90,6 +90,19 @@ def test_a_sqlite_file_that_does_not_exist_yet_is_not_created(
     assert not target.exists() and not target.parent.exists()
 
 
+def test_check_fails_for_a_sqlite_file_that_cannot_be_created(
+    sandbox: Sandbox, tmp_path: Path, exporter_cli: Cli
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    env = subprocess_env(sandbox, f"sqlite:///{blocker / 'sub' / 'inventory.db'}")
+
+    result = exporter_cli("check", env=env)
+
+    assert result.code == 5
+    assert f"cannot be created ({blocker} is not a folder)" in _lines(result)["database"]
+
+
 @pytest.mark.parametrize(
     "env, faults, code, name, message",
     [

@@ -406,3 +406,17 @@ def test_a_failed_owner_is_reported_once_on_stderr(sandbox: Sandbox, tmp_path: P
 
     assert done.returncode == 3, done.stderr
     assert done.stderr.count(f"owner {owner_id} failed:") == 1
+
+
+def test_brackets_in_data_are_shown_as_they_are(sandbox: Sandbox, tmp_path: Path) -> None:
+    # Titles and errors are data: console markup would take "[b]" or "[tapkey]" for styling.
+    lock_id = sandbox.locks_payload(sandbox.owners_payload()[0]["id"])[0]["id"]
+    sandbox.rename(lock_id, "Door [b]Red[/b] [wing]")
+    env = {**subprocess_env(sandbox, f"sqlite:///{tmp_path / 'inv.db'}"), "COLUMNS": "300"}
+    assert _run(env, "run-once", "--quiet").returncode == 0
+    failed = _run({**env, "EXPORTER_TAPKEY__CLIENT_SECRET": "wrong-secret"}, "run-once", "--quiet")
+    assert failed.returncode == 1 and "[tapkey]" in failed.stderr
+
+    assert "Door [b]Red[/b] [wing]" in _run(env, "locks").stdout
+    assert "Door [b]Red[/b] [wing]" in _run(env, "history", lock_id).stdout
+    assert "[tapkey]" in _run(env, "runs", "show", "2").stdout
