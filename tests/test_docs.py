@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import typer
@@ -36,3 +37,23 @@ def test_the_readme_commands_point_at_real_files() -> None:
     assert ".venv/bin/exporter demo" in README
     for path in ("config.example.toml", "deploy/crontab", "deploy/kubernetes.yaml", "Dockerfile"):
         assert (ROOT / path).is_file(), path
+
+
+def _options(command: object) -> set[str]:
+    params = getattr(command, "params", [])
+    return {opt for p in params for opt in getattr(p, "opts", []) if opt.startswith("--")}
+
+
+def test_every_option_is_in_the_command_line_reference() -> None:
+    start = README.index("## Command-line reference")
+    reference = README[start : README.index("\n## ", start + 1)]
+    root = typer.main.get_command(app)
+    missing = []
+    for path in _command_paths(root):
+        command: object = root
+        for name in path.split()[1:]:
+            command = getattr(command, "commands", {})[name]
+        for option in sorted(_options(command) - {"--help"}):
+            if not re.search(rf"`{re.escape(option)}(?![\w-])", reference):
+                missing.append(f"{path} {option}")
+    assert not missing, f"the README's command-line reference lacks {missing}"
