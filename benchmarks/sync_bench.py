@@ -762,7 +762,7 @@ def main(argv: list[str] | None = None) -> int:
         "--profile",
         nargs="*",
         choices=SCENARIOS,
-        help="write cProfile stats of these scenarios to benchmarks/results/",
+        help="write cProfile stats of these scenarios to the results folder",
     )
     parser.add_argument(
         "--results", type=Path, default=RESULTS, help=f"folder for the JSON results ({RESULTS})"
