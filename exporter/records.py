@@ -321,22 +321,26 @@ def split_array(text: str, where: str) -> list[tuple[Any, str]]:
 class KnownTexts:
     """An owner's stored payload texts by lock id, and the pages made only of them.
 
-    The texts keep the order the database returned them in, which is usually the order the locks
-    were first stored in: the API's order for every lock bound since then. So most pages of most
-    runs are exactly the stored texts from `$skip` on (or, after a lock bound or unbound earlier
-    in the list, from the page's first element on), joined compactly, and are recognised with one
-    string comparison and no JSON parsing beyond, at most, the first element. That equality is
-    proof enough: each stored text is one non-empty JSON value whose id is its key, and such
-    values joined by commas in brackets read back as exactly those values. Any other order only
-    costs the slower checks.
+    Most pages of most runs are stored texts joined by commas, and are recognised without JSON
+    parsing: first as the stored texts from `$skip` on in the order the database returned them
+    (usually the order they were stored in, which is the API's order for every lock bound since:
+    one string comparison), else by walking the page from stored text to stored text, each found
+    by its first characters (any order: a lock bound or unbound earlier in the list, a database
+    that returns rows in key order). Either way the page is proved to be exactly those texts, and
+    each stored text is one non-empty JSON value whose id is its key, so the page holds exactly
+    those values. Pages that are not (changed or indented elements) go to the element scan.
     """
+
+    # Lengths tried for the prefix that tells stored texts apart (see `_prefixes`).
+    _PREFIX_LENGTHS: Final = (48, 96, 192, 384)
 
     def __init__(self, by_id: Mapping[str, str]) -> None:
         self.by_id = by_id
         usable = all(by_id.values())  # an empty text (raw was NULL) stands for nothing
         self._ids = list(by_id) if usable else []
         self._texts = list(by_id.values()) if usable else []
-        self._positions: dict[str, int] | None = None
+        self._by_prefix: dict[str, tuple[str, str]] | None = None
+        self._prefix_length = 0
 
     def __bool__(self) -> bool:
         return bool(self.by_id)
@@ -349,31 +353,52 @@ class KnownTexts:
         The value of an element recognised without parsing is None: only its text is needed, as
         an element equal to its stored text is not parsed again.
         """
-        start = self._start(text, skip)
-        if start is not None:
-            end = min(start + top, len(self._texts))
-            if text == f"[{','.join(self._texts[start:end])}]":
-                return list(self._ids[start:end]), [(None, t) for t in self._texts[start:end]]
-        return self._page_in_any_order(text)
+        end = min(skip + top, len(self._texts))
+        if skip < end and text == f"[{','.join(self._texts[skip:end])}]":
+            return list(self._ids[skip:end]), [(None, t) for t in self._texts[skip:end]]
+        walked = self._walk(text)
+        return walked if walked is not None else self._page_in_any_order(text)
 
-    def _start(self, text: str, skip: int) -> int | None:
-        """Where the page's first element is in the stored order, if it is a stored text.
-
-        At `skip` when nothing before it changed; after a lock bound or unbound earlier in the
-        list, where its first element's id says (one element is parsed for that).
-        """
-        texts = self._texts
-        if skip < len(texts) and text.startswith(texts[skip], 1):
-            return skip
-        try:
-            value, _ = _SCAN(text, 1)
-        except (StopIteration, ValueError):
+    def _walk(self, text: str) -> tuple[list[str | None], list[tuple[Any, str]]] | None:
+        """The page as stored texts in any order, found without parsing; None if it is not."""
+        by_prefix = self._prefixes()
+        if not by_prefix or not (text.startswith("[") and text.endswith("]")):
             return None
-        if self._positions is None:
-            self._positions = {lock_id: i for i, lock_id in enumerate(self._ids)}
-        lock_id = element_id(value)
-        start = self._positions.get(lock_id) if lock_id is not None else None
-        return start if start is not None and text.startswith(texts[start], 1) else None
+        ids: list[str | None] = []
+        elements: list[tuple[Any, str]] = []
+        pos, last = 1, len(text) - 1
+        length = self._prefix_length
+        while pos < last:  # at the start of an element
+            found = by_prefix.get(text[pos : pos + length])
+            if found is None or not text.startswith(found[1], pos):
+                return None
+            ids.append(found[0])
+            elements.append((None, found[1]))
+            pos += len(found[1])
+            if pos == last:
+                return ids, elements
+            if text[pos] != ",":
+                return None
+            pos += 1
+        return ([], []) if text == "[]" else None
+
+    def _prefixes(self) -> dict[str, tuple[str, str]]:
+        """(id, text) of the stored texts by their first characters, as many as the shortest
+        tried length that tells them all apart. Empty when none does, or when a text is shorter
+        than that: then pages are not walked."""
+        if self._by_prefix is None:
+            self._by_prefix = {}
+            shortest = min(map(len, self._texts), default=0)
+            for length in self._PREFIX_LENGTHS:
+                if length > shortest:
+                    break
+                by_prefix = {
+                    t[:length]: (i, t) for i, t in zip(self._ids, self._texts, strict=True)
+                }
+                if len(by_prefix) == len(self._texts):
+                    self._by_prefix, self._prefix_length = by_prefix, length
+                    break
+        return self._by_prefix
 
     def _page_in_any_order(
         self, text: str

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import socket
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,7 @@ from exporter.errors import (
     PayloadError,
     PermissionDeniedError,
 )
-from exporter.records import KnownTexts, OwnerLocks, lock_id_hex
+from exporter.records import KnownTexts, OwnerLocks, element_id, lock_id_hex, split_array
 from exporter.sandbox import Fault, Request, Sandbox
 from exporter.tapkey import TapkeyClient
 
@@ -679,30 +680,79 @@ def assert_listed(result: OwnerLocks, server: Sandbox, known: dict[str, str]) ->
     assert result.skipped == 0 and not result.unidentified_skips
 
 
-def test_known_page_in_stored_order_is_matched_without_parsing() -> None:
-    texts = {f"lock-{n}": lock_text(f"lock-{n}") for n in range(5)}
+def test_pages_of_stored_texts_are_matched_without_parsing() -> None:
+    # Texts that differ early (as real payloads do) are told apart by their first characters.
+    texts = {
+        f"lock-{n}": lock_text(f"lock-{n}", bindDate=f"2018-12-1{n}T12:00:00Z") for n in range(5)
+    }
+    stored = list(texts.values())
     known = KnownTexts(texts)
-    ids, elements = known.page(f"[{','.join(list(texts.values())[2:4])}]", 2, 2) or ([], [])
-    assert ids == ["lock-2", "lock-3"]
-    assert elements == [(None, texts["lock-2"]), (None, texts["lock-3"])]  # values not parsed
-    # A page that starts elsewhere in the stored order (a lock unbound before it): found by its
-    # first element, the rest still unparsed.
-    ids, elements = known.page(f"[{','.join(list(texts.values())[3:5])}]", 2, 2) or ([], [])
-    assert ids == ["lock-3", "lock-4"] and elements == [
-        (None, texts["lock-3"]),
-        (None, texts["lock-4"]),
-    ]
-    # The same texts in another order are still recognised, by their parsed ids.
-    ids, elements = known.page(f"[{texts['lock-3']},{texts['lock-2']}]", 2, 2) or ([], [])
-    assert ids == ["lock-3", "lock-2"] and elements[0] == (
-        json.loads(texts["lock-3"]),
-        texts["lock-3"],
+
+    def unparsed(*ids: str) -> tuple[list[str], list[tuple[None, str]]]:
+        return list(ids), [(None, texts[i]) for i in ids]
+
+    assert known.page(f"[{','.join(stored[2:4])}]", 2, 2) == unparsed("lock-2", "lock-3")
+    # Shifted (a lock unbound before the page), reordered, capped: walked, still unparsed.
+    assert known.page(f"[{','.join(stored[3:5])}]", 2, 2) == unparsed("lock-3", "lock-4")
+    assert known.page(f"[{stored[4]},{stored[0]}]", 0, 2) == unparsed("lock-4", "lock-0")
+    assert known.page(f"[{stored[2]}]", 2, 2) == unparsed("lock-2")
+    assert known.page(f"[{stored[1]},{stored[1]}]", 0, 2) == unparsed("lock-1", "lock-1")
+    assert known.page("[]", 5, 2) == ([], [])
+    # Anything else is left to the element scan.
+    changed = lock_text("lock-3", bindDate="2018-12-13T12:00:00Z", title="new")
+    for page in (
+        f"[{stored[2]},{changed}]",
+        f"[{stored[2]}, {stored[3]}]",
+        f"[{stored[2]},{stored[3]}] ",
+        f"[{stored[2]}{stored[3]}]",
+        f"[{stored[2]},]",
+    ):
+        assert known.page(page, 2, 2) is None, page
+
+
+@pytest.mark.parametrize("alike", [False, True], ids=["walked", "by-ids"])
+def test_a_recognised_page_is_always_what_the_element_scan_reads(alike: bool) -> None:
+    # Pages of stored texts, shuffled, repeated, cut and corrupted: whenever `page` recognises
+    # one, the full scan must read exactly those elements; when it does not, nothing is lost.
+    rng = random.Random(5)
+    texts = {
+        f"lock-{n}": lock_text(f"lock-{n}", **({} if alike else {"bindDate": f"2018-12-1{n}"}))
+        for n in range(8)
+    }
+    known = KnownTexts(texts)
+    assert bool(known._prefixes()) is not alike  # the pages are walked, or found by their ids
+    stored = list(texts.values())
+    recognised = 0
+    for _ in range(3000):
+        page = "[" + ",".join(rng.choices(stored, k=rng.randint(0, 5))) + "]"
+        if rng.random() < 0.3:
+            cut = rng.randrange(len(page))
+            page = page[:cut] + rng.choice(["", " ", ",", "]", "[", "x", '"']) + page[cut + 1 :]
+        elif rng.random() < 0.3:  # a bad separator between two elements
+            page = page.replace("},{", "}" + rng.choice(["", " ", "x", ",,", ", "]) + "{", 1)
+        found = known.page(page, rng.randint(0, 8), rng.randint(1, 5))
+        if found is None:
+            continue
+        recognised += 1
+        elements = split_array(page, "GET test")
+        assert found[0] == [element_id(value) for value, _ in elements], page
+        assert [t for _, t in found[1]] == [t for _, t in elements], page
+    assert recognised > 1000
+
+
+def test_stored_texts_alike_at_the_start_are_matched_by_their_ids() -> None:
+    # Texts alike but for their ends cannot be walked: one json.loads finds them by their ids.
+    texts = {f"lock-{n}": lock_text(f"lock-{n}") for n in range(3)}
+    assert len({t[:-20] for t in texts.values()}) == 1
+    page = f"[{texts['lock-2']},{texts['lock-0']}]"
+    assert KnownTexts(texts).page(page, 0, 2) == (
+        ["lock-2", "lock-0"],
+        [
+            (json.loads(texts["lock-2"]), texts["lock-2"]),
+            (json.loads(texts["lock-0"]), texts["lock-0"]),
+        ],
     )
-    # Anything else is left to the full scan.
-    assert known.page(f"[{texts['lock-2']},{lock_text('lock-3', title='new')}]", 2, 2) is None
-    short = known.page(f"[{texts['lock-2']}]", 2, 2)  # a capped page: shorter than asked for
-    assert short == (["lock-2"], [(json.loads(texts["lock-2"]), texts["lock-2"])])
-    assert known.page(f"[{texts['lock-2']}, {texts['lock-3']}]", 2, 2) is None
+    assert KnownTexts(texts).page(f"[{texts['lock-2']}, {texts['lock-0']}]", 0, 2) is None
 
 
 def test_empty_stored_texts_stand_for_nothing() -> None:
