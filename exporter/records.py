@@ -356,13 +356,13 @@ class KnownTexts:
         end = min(skip + top, len(self._texts))
         if skip < end and text == f"[{','.join(self._texts[skip:end])}]":
             return list(self._ids[skip:end]), [(None, t) for t in self._texts[skip:end]]
-        walked = self._walk(text)
-        return walked if walked is not None else self._page_in_any_order(text)
+        # Where the walk can run, it finds every page `_page_in_any_order` would, unparsed.
+        return self._walk(text) if self._prefixes() else self._page_in_any_order(text)
 
     def _walk(self, text: str) -> tuple[list[str | None], list[tuple[Any, str]]] | None:
         """The page as stored texts in any order, found without parsing; None if it is not."""
         by_prefix = self._prefixes()
-        if not by_prefix or not (text.startswith("[") and text.endswith("]")):
+        if not (text.startswith("[") and text.endswith("]")):
             return None
         ids: list[str | None] = []
         elements: list[tuple[Any, str]] = []
