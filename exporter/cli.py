@@ -43,11 +43,12 @@ app.add_typer(db_app, name="db")
 
 # Piped output has no terminal width; rich would assume 80 columns and wrap every table cell.
 _PIPE_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160
-# No console markup: titles, names, descriptions and errors are data and may hold [brackets].
-out = Console(highlight=False, markup=False, soft_wrap=True, width=_PIPE_WIDTH)
+# No console markup or emoji codes: titles, names, descriptions and errors are data and may hold
+# [brackets] or :colons:.
+out = Console(highlight=False, markup=False, emoji=False, soft_wrap=True, width=_PIPE_WIDTH)
 # The sandbox's default client secret: published here and in the README, not a real one.
 SANDBOX_SECRET = "sandbox-secret"
-err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, markup=False, emoji=False, soft_wrap=True)
 log = logging.getLogger("exporter")
 
 ConfigOption = Annotated[

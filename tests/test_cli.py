@@ -408,15 +408,19 @@ def test_a_failed_owner_is_reported_once_on_stderr(sandbox: Sandbox, tmp_path: P
     assert done.stderr.count(f"owner {owner_id} failed:") == 1
 
 
-def test_brackets_in_data_are_shown_as_they_are(sandbox: Sandbox, tmp_path: Path) -> None:
-    # Titles and errors are data: console markup would take "[b]" or "[tapkey]" for styling.
+def test_markup_and_emoji_codes_in_data_are_shown_as_they_are(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    # Titles and errors are data: console markup would take "[b]" or "[tapkey]" for styling, and
+    # emoji codes ":smile:" for emoji.
+    title = "Door [b]Red[/b] [wing] :smile:"
     lock_id = sandbox.locks_payload(sandbox.owners_payload()[0]["id"])[0]["id"]
-    sandbox.rename(lock_id, "Door [b]Red[/b] [wing]")
+    sandbox.rename(lock_id, title)
     env = {**subprocess_env(sandbox, f"sqlite:///{tmp_path / 'inv.db'}"), "COLUMNS": "300"}
     assert _run(env, "run-once", "--quiet").returncode == 0
     failed = _run({**env, "EXPORTER_TAPKEY__CLIENT_SECRET": "wrong-secret"}, "run-once", "--quiet")
     assert failed.returncode == 1 and "[tapkey]" in failed.stderr
 
-    assert "Door [b]Red[/b] [wing]" in _run(env, "locks").stdout
-    assert "Door [b]Red[/b] [wing]" in _run(env, "history", lock_id).stdout
+    assert title in _run(env, "locks").stdout
+    assert title in _run(env, "history", lock_id).stdout
     assert "[tapkey]" in _run(env, "runs", "show", "2").stdout
