@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import signal
@@ -22,7 +21,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from sqlalchemy import Engine
 
@@ -31,6 +29,7 @@ from exporter.config import file_permissions_warning, load_settings, resolve_con
 from exporter.errors import ExporterError, UsageError
 from exporter.results import RunResult
 from exporter.settings import Settings, masked_url
+from exporter.terminal import SafeConsole
 
 app = typer.Typer(
     help="Sync Tapkey owner accounts and bound locks into SQL with exact change history.",
@@ -44,11 +43,11 @@ app.add_typer(db_app, name="db")
 # Piped output has no terminal width; rich would assume 80 columns and wrap every table cell.
 _PIPE_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160
 # No console markup or emoji codes: titles, names, descriptions and errors are data and may hold
-# [brackets] or :colons:.
-out = Console(highlight=False, markup=False, emoji=False, soft_wrap=True, width=_PIPE_WIDTH)
+# [brackets] or :colons:. SafeConsole shows their control characters escaped.
+out = SafeConsole(highlight=False, markup=False, emoji=False, soft_wrap=True, width=_PIPE_WIDTH)
 # The sandbox's default client secret: published here and in the README, not a real one.
 SANDBOX_SECRET = "sandbox-secret"
-err = Console(stderr=True, highlight=False, markup=False, emoji=False, soft_wrap=True)
+err = SafeConsole(stderr=True, highlight=False, markup=False, emoji=False, soft_wrap=True)
 log = logging.getLogger("exporter")
 
 ConfigOption = Annotated[
@@ -205,7 +204,7 @@ def run_once(
                 allow_mass_removal_owners=allow_mass_removal_owner or (),
             )
     if fmt == "json":
-        out.print_json(json.dumps(_result_json(result)))
+        render.write_json(_result_json(result), out.file)
     elif not quiet or result.status != "succeeded":
         _print_result(result)
     if result.status == "failed" and result.error:

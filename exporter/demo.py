@@ -14,6 +14,7 @@ from exporter import job, report
 from exporter.config import load_settings
 from exporter.errors import UsageError
 from exporter.sandbox import Sandbox
+from exporter.terminal import visible
 
 DEMO_CLIENT_ID = "demo-client"
 DEMO_SECRET = "demo-secret"  # the in-process sandbox's own credential, not a real one
@@ -78,7 +79,8 @@ def run_demo(
         finally:
             engine.dispose()
     console.print()
-    console.print(Text.assemble("The history is in ", (str(path), "bold"), ". Look at it with:"))
+    shown = visible(str(path))  # Text objects bypass the console's escaping
+    console.print(Text.assemble("The history is in ", (shown, "bold"), ". Look at it with:"))
     db = f"--database-url sqlite:///{path}"
     for args in ("locks", "locks --as-of 1", "changes", "runs"):
         console.print(f"  {prog} {args} {db}")

@@ -19,7 +19,7 @@ from exporter.auth import TokenProvider
 from exporter.errors import ExporterError, LockHeldError
 from exporter.guard import RemovalGuard
 from exporter.results import RunResult
-from exporter.settings import Settings, masked_url
+from exporter.settings import Settings, masked_url, without_secrets
 from exporter.sync import filled_by, sync, utcnow
 from exporter.tapkey import LOCKS_SCOPE, OWNERS_SCOPE, TapkeyClient
 
@@ -259,7 +259,8 @@ def _check_database(settings: Settings) -> CheckResult:
     except ExporterError as exc:
         return _failed("database", exc)
     except (OperationalError, DBAPIError) as exc:
-        return CheckResult("database", False, store.run_failure_message(exc), 5)
+        detail = without_secrets(store.run_failure_message(exc), settings.database.url)
+        return CheckResult("database", False, detail, 5)
     finally:
         if engine is not None:
             engine.dispose()

@@ -30,6 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from exporter.errors import ConfigError
 from exporter.schema import bound_locks, owner_accounts, sync_runs
 from exporter.settings import LoggingSettings
+from exporter.terminal import visible
 
 if TYPE_CHECKING:
     from exporter.results import RunResult
@@ -84,16 +85,21 @@ def _utc_time(record: logging.LogRecord) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    """`2025-01-31T12:00:00.123Z INFO exporter.sync run=42: message` (UTC times)."""
+    """`2025-01-31T12:00:00.123Z INFO exporter.sync run=42: message` (UTC times).
+
+    Messages quote API text: control characters are shown escaped, newlines too (one record,
+    one line); a traceback keeps its lines.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         run_id = getattr(record, "run_id", None)
         run = f" run={run_id}" if run_id is not None else ""
-        line = f"{_utc_time(record)} {record.levelname} {record.name}{run}: {record.getMessage()}"
+        message = visible(record.getMessage(), keep_layout=False)
+        line = f"{_utc_time(record)} {record.levelname} {record.name}{run}: {message}"
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            line += "\n" + visible(self.formatException(record.exc_info))
         if record.stack_info:
-            line += "\n" + self.formatStack(record.stack_info)
+            line += "\n" + visible(self.formatStack(record.stack_info))
         return line
 
 

@@ -136,8 +136,9 @@ def _shown(value: Any) -> str:
 
 
 def write_json(data: Any, out: IO[str]) -> None:
-    """`data` as indented JSON."""
-    out.write(json.dumps(json_value(data), indent=2, ensure_ascii=False) + "\n")
+    """`data` as indented JSON, ASCII: every other character as an escape (`\\u00e4`, `\\u202e`),
+    so that no control or bidi character of the data reaches a terminal raw."""
+    out.write(json.dumps(json_value(data), indent=2) + "\n")
 
 
 def write_csv(rows: Iterable[Mapping[str, Any]], columns: Sequence[str], out: IO[str]) -> None:

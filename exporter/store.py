@@ -34,6 +34,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from exporter.errors import DatabaseUnavailableError, LockHeldError, SchemaVersionError
+from exporter.settings import masked_url, without_secrets
 
 LOCK_NAME = "tapkey-inventory-exporter"
 log = logging.getLogger(__name__)
@@ -204,8 +205,9 @@ def _unreachable(engine: Engine, exc: BaseException) -> str:
         str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc) else type(exc).__name__
     )
     return (
-        f"cannot connect to the database {engine.url.render_as_string(hide_password=True)}: "
-        f"{reason}; check [database] url and that the server is running"
+        f"cannot connect to the database {masked_url(engine.url)}: "
+        f"{without_secrets(reason, engine.url)}; check [database] url and that the server is "
+        "running"
     )
 
 
@@ -488,9 +490,7 @@ class WriterLock:
         if not got:
             self._conn.close()
             self._conn = None
-            raise LockHeldError(
-                _held_message(self._engine.url.render_as_string(hide_password=True))
-            )
+            raise LockHeldError(_held_message(masked_url(self._engine.url)))
 
     def check(self) -> None:
         """Raise DatabaseUnavailableError if the lock's connection has died (the lock is gone)."""

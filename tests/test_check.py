@@ -183,18 +183,48 @@ def test_a_tapkey_or_credentials_problem_is_reported_and_the_database_still_chec
     assert "Traceback" not in result.err and SECRET not in result.out + result.err
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        pytest.param(
+            "postgresql://exporter:hunter2@127.0.0.1:9/inventory",
+            "postgresql://exporter:***@127.0.0.1:9/inventory",
+            id="user-info",
+        ),
+        pytest.param(
+            "postgresql://exporter@127.0.0.1:9/inventory?password=hunter2&sslpassword=hunter2k",
+            "postgresql://exporter@127.0.0.1:9/inventory?password=***&sslpassword=***",
+            id="query",
+        ),
+    ],
+)
 def test_an_unreachable_database_exits_5_with_the_password_masked(
-    sandbox: Sandbox, exporter_cli: Cli
+    sandbox: Sandbox, exporter_cli: Cli, url: str, shown: str
 ) -> None:
-    url = "postgresql://exporter:hunter2@127.0.0.1:9/inventory"
-
     result = exporter_cli("check", env=subprocess_env(sandbox, url))
 
     assert result.code == 5
     database = _lines(result)["database"]
-    assert database.startswith("FAILED cannot connect to the database postgresql://exporter:***@")
+    assert database.startswith(f"FAILED cannot connect to the database {shown}: ")
     assert "hunter2" not in result.out + result.err
     assert _lines(result)["owners"].startswith("ok ")
+    current = exporter_cli("db", "current", env=subprocess_env(sandbox, url))
+    assert current.code == 5 and f"cannot connect to the database {shown}: " in current.err
+    assert "hunter2" not in current.out + current.err
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_db_current_shows_a_url_with_its_query_password_masked(
+    sandbox: Sandbox, db_url: str, exporter_cli: Cli
+) -> None:
+    # PostgreSQL here trusts local connections: the password is sent and ignored.
+    url = f"{db_url}?password=hunter2&application_name=exporter"
+
+    result = exporter_cli("db", "current", env=subprocess_env(sandbox, url))
+
+    assert result.code == 0, result.err
+    assert "?application_name=exporter&password=***: revision" in result.out
+    assert "hunter2" not in result.out + result.err
 
 
 def test_a_schema_behind_exits_5_and_creates_nothing(

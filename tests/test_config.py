@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 from pydantic import BaseModel, ValidationError
+from sqlalchemy.engine import make_url
 
 from exporter.config import file_permissions_warning, load_settings, resolve_config_path
 from exporter.errors import ConfigError
@@ -17,6 +18,7 @@ from exporter.settings import (
     env_var_name,
     masked_url,
     parse_duration,
+    without_secrets,
 )
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
@@ -546,10 +548,42 @@ def test_permission_warning_for_secret_file(cwd: Path) -> None:
         pytest.param("postgresql://u:p@ss@db/x", "postgresql://u:***@db/x", id="unescaped-at"),
         pytest.param("junk://u:pw@h:notaport/x", "junk://u:***@h:notaport/x", id="junk"),
         pytest.param("", "", id="empty"),
+        pytest.param(
+            "postgresql://db/x?password=hunter22&sslmode=require",
+            "postgresql://db/x?password=***&sslmode=require",
+            id="query-password",
+        ),
+        pytest.param(
+            "postgresql://u:pw@db/x?sslpassword=k3y&application_name=bi&PWD=z",
+            "postgresql://u:***@db/x?PWD=***&application_name=bi&sslpassword=***",
+            id="query-secrets",
+        ),
+        pytest.param(
+            "mysql+pymysql://root@db/x?passwd=s3cret&charset=utf8mb4",
+            "mysql+pymysql://root@db/x?charset=utf8mb4&passwd=***",
+            id="pymysql-passwd",
+        ),
+        pytest.param(
+            "junk://u:pw@h:notaport/x?api_token=abc",
+            "junk://u:***@h:notaport/x?api_token=***",
+            id="junk-query",
+        ),
     ],
 )
 def test_masked_url(url: str, expected: str) -> None:
     assert masked_url(url) == expected
+    if url.startswith(("postgresql", "mysql")):  # an engine's URL object masks the same
+        assert masked_url(make_url(url)) == expected
+
+
+def test_without_secrets_masks_every_credential_of_the_url_in_a_message() -> None:
+    url = "postgresql://u:pa%40ss@db/x?password=hunter22&sslpassword=k%23y9"
+    message = 'invalid option near "password=hunter22"; key k#y9; user pa@ss; pa%40ss'
+    assert (
+        without_secrets(message, url)
+        == 'invalid option near "password=***"; key ***; user ***; ***'
+    )
+    assert without_secrets("a pw", "postgresql://u:pw@db/x") == "a pw"  # too short to replace
 
 
 def test_secret_never_shown(cwd: Path) -> None:
