@@ -7,15 +7,16 @@ fields are the tracked attributes that differ from it. The BI views `bound_lock_
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from itertools import pairwise
+from heapq import merge
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Select, Table, func, select
+from sqlalchemy import ColumnElement, Connection, Engine, Select, Table, func, select, true
 
 from exporter.errors import UsageError
 from exporter.report import (
@@ -23,10 +24,12 @@ from exporter.report import (
     Row,
     chunks,
     hex_of,
+    id_order,
     lock_row,
     missing_run,
     owner_names,
     resolve_owner,
+    stream,
 )
 from exporter.schema import (
     LOCK_TRACKED,
@@ -81,9 +84,12 @@ class ChangeRow:
 
 @dataclass(frozen=True)
 class ChangeFeed:
-    """Changes in time order, and the current names of the owner accounts they mention."""
+    """Changes in time order, and the current names of the owner accounts they mention.
 
-    rows: list[ChangeRow]
+    `rows` is a list, or (inside `open_changes`) read from the database while it is iterated.
+    """
+
+    rows: Iterable[ChangeRow]
     owner_names: dict[str, str | None] = field(default_factory=dict)
 
 
@@ -100,6 +106,35 @@ def changes(
     """Lock and owner changes observed in [since, until), optionally of one run, owner or kind.
 
     A lock change matches `owner` when the lock belongs to that owner before or after it.
+    """
+    with open_changes(
+        engine,
+        since=since,
+        until=until,
+        run_id=run_id,
+        owner=owner,
+        kinds=kinds,
+        entities=entities,
+    ) as feed:
+        return ChangeFeed(list(feed.rows), feed.owner_names)
+
+
+@contextlib.contextmanager
+def open_changes(
+    engine: Engine,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    run_id: int | None = None,
+    owner: str | None = None,
+    kinds: Collection[str] = (),
+    entities: Collection[str] = ENTITIES,
+) -> Iterator[ChangeFeed]:
+    """`changes()` with the lock changes read from the database as they are iterated, in order.
+
+    Owner changes are few and read first; lock changes come sorted from the database and are
+    merged in, so a feed of a million changes passes through in constant memory. Iterate the
+    rows inside the block, once.
     """
     unknown = set(kinds) - set(CHANGE_KINDS)
     if unknown:
@@ -118,28 +153,32 @@ def changes(
             raise missing_run(run_id)
         owner_ids = resolve_owner(conn, owner) if owner is not None else None
         names = owner_names(conn)
-        rows: list[ChangeRow] = []
-        for entity in ENTITIES:
-            if entity not in entities:
-                continue
-            table = bound_lock_versions if entity == "lock" else owner_account_versions
-            query = select(table)
+
+        def matching(table: Table) -> ColumnElement[bool]:
+            condition: ColumnElement[bool] = true()
             if since is not None:
-                query = query.where(table.c.valid_from >= since)
+                condition &= table.c.valid_from >= since
             if until is not None:
-                query = query.where(table.c.valid_from < until)
+                condition &= table.c.valid_from < until
             if run_id is not None:
-                query = query.where(table.c.run_id == run_id)
+                condition &= table.c.run_id == run_id
             if kinds:
-                query = query.where(table.c.change_type.in_(sorted(kinds)))
-            if entity == "lock":
-                rows.extend(_lock_changes(conn, query, names))
-            else:
-                rows.extend(_owner_changes(conn, query, names))
-    if owner_ids is not None:
-        rows = [r for r in rows if _concerns(r, owner_ids)]
-    rows.sort(key=lambda r: (r.changed_at, r.entity != "owner", r.id))
-    return ChangeFeed(rows, names)
+                condition &= table.c.change_type.in_(sorted(kinds))
+            return condition
+
+        owner_rows: list[ChangeRow] = []
+        if "owner" in entities:
+            owner_rows = list(_owner_changes(conn, matching(owner_account_versions), names))
+            owner_rows.sort(key=lambda r: (r.changed_at, r.id))
+        lock_rows: Iterable[ChangeRow] = ()
+        if "lock" in entities:
+            lock_rows = _lock_changes(conn, matching(bound_lock_versions), names)
+        rows: Iterator[ChangeRow] = merge(
+            owner_rows, lock_rows, key=lambda r: (r.changed_at, r.entity != "owner", r.id)
+        )
+        if owner_ids is not None:
+            rows = (r for r in rows if _concerns(r, owner_ids))
+        yield ChangeFeed(rows, names)
 
 
 def _concerns(row: ChangeRow, owner_ids: set[str]) -> bool:
@@ -148,43 +187,46 @@ def _concerns(row: ChangeRow, owner_ids: set[str]) -> bool:
     return any(c.field == "owner_account_id" and c.old in owner_ids for c in row.changes)
 
 
-def _previous_versions(conn: Connection, table: Table, versions: Sequence[Row]) -> dict[int, Row]:
-    """version_id -> the version of the same entity just before it (created ones have none)."""
-    ids = sorted({v["id"] for v in versions if v["change_type"] != "created"})
-    previous: dict[int, Row] = {}
-    for chunk in chunks(ids):
-        chains: dict[str, list[Row]] = defaultdict(list)
-        for row in conn.execute(
-            select(table).where(table.c.id.in_(chunk)).order_by(table.c.id, table.c.valid_from)
-        ).mappings():
-            chains[row["id"]].append(row)
-        for chain in chains.values():
-            for before, after in pairwise(chain):
-                previous[after["version_id"]] = before
-    return previous
+def _with_previous(table: Table, tracked: Sequence[str]) -> Select[Any]:
+    """Versions of `table`, each with the tracked values of the version before it.
 
-
-def _diff(old: Row | None, new: Row, fields: Iterable[str]) -> tuple[FieldChange, ...]:
-    if old is None:
-        return ()
-    return tuple(FieldChange(f, old[f], new[f]) for f in fields if old[f] != new[f])
+    Versions of one entity are contiguous: the previous one ended when this one began (the
+    `bound_lock_change_feed` view joins them the same way).
+    """
+    previous = table.alias("previous")
+    return select(
+        *table.c,
+        previous.c.version_id.label("previous_version_id"),
+        *(previous.c[name].label(f"previous_{name}") for name in tracked),
+    ).select_from(
+        table.outerjoin(
+            previous,
+            (previous.c.id == table.c.id) & (previous.c.valid_to == table.c.valid_from),
+        )
+    )
 
 
 def _lock_changes(
-    conn: Connection, query: Select[Any], names: Mapping[str, str | None]
-) -> list[ChangeRow]:
+    conn: Connection, condition: ColumnElement[bool], names: Mapping[str, str | None]
+) -> Iterator[ChangeRow]:
+    """The lock versions matching `condition` as changes, by time and lock id, streamed."""
     v = bound_lock_versions
-    query = query.add_columns(
-        bound_locks.c.physical_lock_id.label("current_physical_lock_id"),
-        bound_locks.c.lock_id_hex,
-    ).join(bound_locks, bound_locks.c.id == v.c.id)
-    versions = conn.execute(query).mappings().all()
-    previous = _previous_versions(conn, v, versions)
-    return [
-        _change_row(
+    query = (
+        _with_previous(v, LOCK_TRACKED)
+        .add_columns(
+            bound_locks.c.physical_lock_id.label("current_physical_lock_id"),
+            bound_locks.c.lock_id_hex,
+        )
+        .join(bound_locks, bound_locks.c.id == v.c.id)
+        .where(condition)
+        .order_by(v.c.valid_from, id_order(v.c.id, conn.dialect.name))
+    )
+    names_of = query.selected_columns.keys()
+    for values in stream(conn, query):
+        row = dict(zip(names_of, values, strict=True))
+        yield _change_row(
             "lock",
             row,
-            previous.get(row["version_id"]),
             LOCK_TRACKED,
             owner_account_id=row["owner_account_id"],
             owner_name=names.get(row["owner_account_id"]),
@@ -192,37 +234,34 @@ def _lock_changes(
             lock_id_hex=hex_of(row),
             lock_model_name=row["lock_model_name"],
         )
-        for row in versions
-    ]
 
 
 def _owner_changes(
-    conn: Connection, query: Select[Any], names: Mapping[str, str | None]
-) -> list[ChangeRow]:
-    versions = conn.execute(query).mappings().all()
-    previous = _previous_versions(conn, owner_account_versions, versions)
-    return [
-        _change_row(
+    conn: Connection, condition: ColumnElement[bool], names: Mapping[str, str | None]
+) -> Iterator[ChangeRow]:
+    """The owner versions matching `condition` as changes."""
+    query = _with_previous(owner_account_versions, OWNER_TRACKED).where(condition)
+    for row in conn.execute(query).mappings():
+        yield _change_row(
             "owner",
             row,
-            previous.get(row["version_id"]),
             OWNER_TRACKED,
             owner_account_id=row["id"],
             owner_name=names.get(row["id"]),
             title=row["name"],
         )
-        for row in versions
-    ]
 
 
-def _change_row(
-    entity: str,
-    row: Row,
-    before: Row | None,
-    tracked: Sequence[str],
-    **described: Any,
-) -> ChangeRow:
-    """A version row as a change against the version before it; `described` names the entity."""
+def _change_row(entity: str, row: Row, tracked: Sequence[str], **described: Any) -> ChangeRow:
+    """A version row (with its previous version's values) as a change; `described` names it."""
+    previous = row["previous_version_id"] if row["change_type"] != "created" else None
+    changes: tuple[FieldChange, ...] = ()
+    if previous is not None:
+        changes = tuple(
+            FieldChange(name, row[f"previous_{name}"], row[name])
+            for name in tracked
+            if row[f"previous_{name}"] != row[name]
+        )
     return ChangeRow(
         entity=entity,
         version_id=row["version_id"],
@@ -232,8 +271,8 @@ def _change_row(
         run_id=row["run_id"],
         change_type=row["change_type"],
         removal_reason=row["removal_reason"],
-        previous_version_id=before["version_id"] if before is not None else None,
-        changes=_diff(before, row, tracked),
+        previous_version_id=previous,
+        changes=changes,
         **described,
     )
 
@@ -359,9 +398,7 @@ def lock_history(engine: Engine, key: str) -> LockHistory:
         versions = [
             row
             for chunk in chunks(ids)
-            for row in _lock_changes(
-                conn, select(bound_lock_versions).where(bound_lock_versions.c.id.in_(chunk)), names
-            )
+            for row in _lock_changes(conn, bound_lock_versions.c.id.in_(chunk), names)
         ]
         holdings = _bindings(conn, ids)
     locks.sort(key=lambda r: (r.removed_at is None, r.removed_at or r.bind_date, r.id))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import logging
 import os
 import signal
@@ -18,7 +19,7 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.table import Table
@@ -40,14 +41,33 @@ app = typer.Typer(
 db_app = typer.Typer(help="Database schema management.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
+
+def _output_closed() -> NoReturn:
+    """The reader of our output went away (`exporter locks | head -1`): end as SIGPIPE ends
+    other tools, quietly (Python would print a traceback, typer and rich exit 1)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):  # what is still buffered goes nowhere instead of failing again at exit
+        os.dup2(devnull, fd)
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGPIPE)
+    raise SystemExit(1)  # no SIGPIPE (Windows)
+
+
+class _Console(SafeConsole):
+    def on_broken_pipe(self) -> None:
+        """Rich's own handling exits 1."""
+        _output_closed()
+
+
 # Piped output has no terminal width; rich would assume 80 columns and wrap every table cell.
 _PIPE_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160
 # No console markup or emoji codes: titles, names, descriptions and errors are data and may hold
 # [brackets] or :colons:. SafeConsole shows their control characters escaped.
-out = SafeConsole(highlight=False, markup=False, emoji=False, soft_wrap=True, width=_PIPE_WIDTH)
+out = _Console(highlight=False, markup=False, emoji=False, soft_wrap=True, width=_PIPE_WIDTH)
 # The sandbox's default client secret: published here and in the README, not a real one.
 SANDBOX_SECRET = "sandbox-secret"
-err = SafeConsole(stderr=True, highlight=False, markup=False, emoji=False, soft_wrap=True)
+err = _Console(stderr=True, highlight=False, markup=False, emoji=False, soft_wrap=True)
 log = logging.getLogger("exporter")
 
 ConfigOption = Annotated[
@@ -82,6 +102,8 @@ def _errors() -> Iterator[None]:
     except ExporterError as exc:
         err.print(f"error: {exc}")
         raise typer.Exit(exc.exit_code) from None
+    except BrokenPipeError:
+        _output_closed()
 
 
 def _settings(
@@ -204,7 +226,8 @@ def run_once(
                 allow_mass_removal_owners=allow_mass_removal_owner or (),
             )
     if fmt == "json":
-        render.write_json(_result_json(result), out.file)
+        with _errors():
+            _print_result_json(result, settings)
     elif not quiet or result.status != "succeeded":
         _print_result(result)
     if result.status == "failed" and result.error:
@@ -214,12 +237,22 @@ def run_once(
     raise typer.Exit(job.EXIT_CODES[result.status])
 
 
-def _result_json(result: RunResult) -> dict[str, Any]:
+def _print_result_json(result: RunResult, settings: Settings) -> None:
+    """The result as JSON; a run's changes are read back from the database as they are written."""
     data = dataclasses.asdict(result)
     data["duration_seconds"] = (
         (result.finished_at - result.started_at).total_seconds() if result.finished_at else None
     )
-    return render.json_value(data)  # type: ignore[no-any-return]
+    if result.dry_run or result.run_id is None:  # a dry run's changes exist only in memory
+        render.write_json(data, out.file)
+        return
+    engine = job.make_engine(settings, create=False)
+    try:
+        with report.open_run_changes(engine, result.run_id) as changes:
+            data["changes"] = map(dataclasses.asdict, changes)
+            render.write_json(data, out.file)
+    finally:
+        engine.dispose()
 
 
 def _print_result(result: RunResult) -> None:
@@ -430,6 +463,14 @@ def demo(
 ReadFormatOption = Annotated[
     str, typer.Option("--format", "-f", help="Output format: table, csv or json.")
 ]
+CsvRawOption = Annotated[
+    bool,
+    typer.Option(
+        "--csv-raw",
+        help="CSV: write text exactly as stored; without it a cell starting with =, +, -, @, "
+        "tab or CR gets a leading ' (a spreadsheet would run it as a formula).",
+    ),
+]
 
 
 @contextlib.contextmanager
@@ -472,6 +513,7 @@ def locks(
         ),
     ] = None,
     fmt: ReadFormatOption = "table",
+    csv_raw: CsvRawOption = False,
 ) -> None:
     """Show the lock inventory grouped by owner account, now or as it was at --as-of.
 
@@ -480,21 +522,24 @@ def locks(
     _check_format(fmt, render.FORMATS)
     with _errors(), _reader(config, database_url) as engine:
         when = report.resolve_as_of(engine, as_of, now=datetime.now(UTC)) if as_of else None
-        inventory = report.inventory(
+        with report.open_inventory(
             engine,
             as_of=when,
             owner=owner,
             model=model,
             search=search,
             include_removed=include_removed,
-        )
-    if fmt == "json":
-        render.write_json(render.inventory_json(inventory), out.file)
-    elif fmt == "csv":
-        render.inventory_csv(inventory, out.file)
-    else:
-        filtered = model is not None or search is not None
-        render.inventory_table(inventory, out, include_removed=include_removed, filtered=filtered)
+            with_owners=fmt != "csv",
+        ) as inventory:
+            if fmt == "json":
+                render.write_json(render.inventory_json(inventory), out.file)
+            elif fmt == "csv":
+                render.inventory_csv(inventory, out.file, raw=csv_raw)
+            else:
+                filtered = model is not None or search is not None
+                render.inventory_table(
+                    inventory, out, include_removed=include_removed, filtered=filtered
+                )
 
 
 @app.command("history")
@@ -510,6 +555,7 @@ def history(
     config: ConfigOption = None,
     database_url: DatabaseOption = None,
     fmt: ReadFormatOption = "table",
+    csv_raw: CsvRawOption = False,
 ) -> None:
     """Show every version of a lock: what changed (old -> new), when, in which run, and why.
 
@@ -518,12 +564,12 @@ def history(
     _check_format(fmt, render.FORMATS)
     with _errors(), _reader(config, database_url) as engine:
         result = changelog.lock_history(engine, lock)
-    if fmt == "json":
-        render.write_json(render.history_json(result), out.file)
-    elif fmt == "csv":
-        render.changes_csv(result.versions, out.file)
-    else:
-        render.history_table(result, out)
+        if fmt == "json":
+            render.write_json(render.history_json(result), out.file)
+        elif fmt == "csv":
+            render.changes_csv(result.versions, out.file, raw=csv_raw)
+        else:
+            render.history_table(result, out)
 
 
 @app.command("changes")
@@ -563,6 +609,7 @@ def changes(
         bool,
         typer.Option("--quiet", "-q", help="No title, and nothing at all when nothing changed."),
     ] = False,
+    csv_raw: CsvRawOption = False,
 ) -> None:
     """Show the change feed: one line per change with the fields that changed.
 
@@ -571,24 +618,30 @@ def changes(
     _check_format(fmt, render.FORMATS)
     kinds = {k.strip() for value in kind or () for k in value.split(",") if k.strip()}
     now = datetime.now(UTC)
-    with _errors(), _reader(config, database_url) as engine:
-        feed = changelog.changes(
+    with (
+        _errors(),
+        _reader(config, database_url) as engine,
+        changelog.open_changes(
             engine,
             since=report.parse_instant(since, now=now) if since else None,
             until=report.parse_instant(until, now=now) if until else None,
             run_id=run,
             owner=owner,
             kinds=kinds,
-        )
-    if quiet and not feed.rows:
-        return
-    if fmt == "json":
-        render.write_json([row.as_dict() for row in feed.rows], out.file)
-    elif fmt == "csv":
-        render.changes_csv(feed.rows, out.file)
-    else:
-        count = f"{len(feed.rows)} change{'' if len(feed.rows) == 1 else 's'}"
-        render.changes_table(feed, out, title=None if quiet else count)
+        ) as feed,
+    ):
+        rows = iter(feed.rows)
+        first = next(rows, None)
+        if quiet and first is None:
+            return
+        rows = itertools.chain([first] if first is not None else [], rows)
+        if fmt == "json":
+            render.write_json(map(changelog.ChangeRow.as_dict, rows), out.file)
+        elif fmt == "csv":
+            render.changes_csv(rows, out.file, raw=csv_raw)
+        else:
+            feed = dataclasses.replace(feed, rows=rows)
+            render.changes_table(feed, out, titled=not quiet)
 
 
 runs_app = typer.Typer(
@@ -619,6 +672,7 @@ def runs(
             "--quiet", "-q", help="Only runs that did not succeed; nothing if none (for cron)."
         ),
     ] = False,
+    csv_raw: CsvRawOption = False,
 ) -> None:
     """List recent runs with status, duration, counts and error summary.
 
@@ -633,12 +687,14 @@ def runs(
         rows = [row for row in rows if row.status != "succeeded"]
         if not rows:
             return
-    if fmt == "json":
-        render.write_json([row.as_dict() for row in rows], out.file)
-    elif fmt == "csv":
-        render.write_csv((row.as_dict() for row in rows), render.RUN_COLUMNS, out.file)
-    else:
-        render.runs_table(rows, out)
+    with _errors():
+        if fmt == "json":
+            render.write_json([row.as_dict() for row in rows], out.file)
+        elif fmt == "csv":
+            rendered = (row.as_dict() for row in rows)
+            render.write_csv(rendered, render.RUN_COLUMNS, out.file, raw=csv_raw)
+        else:
+            render.runs_table(rows, out)
 
 
 @runs_app.command("show")
@@ -647,6 +703,7 @@ def runs_show(
     config: ConfigOption = None,
     database_url: DatabaseOption = None,
     fmt: ReadFormatOption = "table",
+    csv_raw: CsvRawOption = False,
 ) -> None:
     """Show one run with the outcome of every owner account (CSV: one row per owner).
 
@@ -655,19 +712,23 @@ def runs_show(
     _check_format(fmt, render.FORMATS)
     with _errors(), _reader(config, database_url) as engine:
         detail = report.run_detail(engine, run_id)
-    if fmt == "json":
-        render.write_json(render.run_detail_json(detail), out.file)
-    elif fmt == "csv":
-        rows = (o.as_dict() for o in detail.owners)
-        render.write_csv(rows, render.RUN_OWNER_COLUMNS, out.file)
-    else:
-        render.run_detail_table(detail, out)
+    with _errors():
+        if fmt == "json":
+            render.write_json(render.run_detail_json(detail), out.file)
+        elif fmt == "csv":
+            rows = (o.as_dict() for o in detail.owners)
+            render.write_csv(rows, render.RUN_OWNER_COLUMNS, out.file, raw=csv_raw)
+        else:
+            render.run_detail_table(detail, out)
 
 
 def main() -> None:
     """Console-script entry point; a usage error (unknown option, bad value) is one line, exit 2."""
     try:
         code = app(standalone_mode=False)
+        sys.stdout.flush()  # what is still buffered, while a closed pipe can be handled
+    except BrokenPipeError:
+        _output_closed()
     except typer.TyperException as exc:  # typer's click usage errors all derive from it
         # NoArgsIsHelpError: the help text was already printed.
         if type(exc).__name__ != "NoArgsIsHelpError":

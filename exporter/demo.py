@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+from sqlalchemy import Engine
 
 from exporter import job, report
 from exporter.config import load_settings
@@ -107,8 +107,9 @@ def _print_inventory(console: Console, engine: object) -> None:
     console.print(table)
 
 
-def _print_changes(console: Console, engine: object, run_id: int) -> None:
-    rows = report.run_changes(engine, run_id)  # type: ignore[arg-type]
+def _print_changes(console: Console, engine: Engine, run_id: int) -> None:
+    with report.open_run_changes(engine, run_id) as changes:
+        rows = list(changes)
     if not rows:
         console.print("  no changes")
         return
@@ -116,11 +117,8 @@ def _print_changes(console: Console, engine: object, run_id: int) -> None:
     for column in ("entity", "id", "change", "fields / reason", "title / name"):
         table.add_column(column)
     for row in rows:
-        fields = row["changed_fields"]
-        if isinstance(fields, str):
-            fields = json.loads(fields)
-        detail = ", ".join(fields or ()) or (row["removal_reason"] or "")
-        table.add_row(row["entity"], row["id"][:8], row["change_type"], detail, row["title"] or "")
+        detail = ", ".join(row.changed_fields or ()) or (row.removal_reason or "")
+        table.add_row(row.entity, row.id[:8], row.change_type, detail, row.title or "")
     console.print(table)
 
 

@@ -8,16 +8,19 @@ the same values as text (times ISO-8601, booleans `true`/`false`, NULL as an emp
 from __future__ import annotations
 
 import csv
+import io
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import date, datetime
+from itertools import groupby, islice
+from operator import attrgetter, itemgetter
 from typing import IO, Any
 
 from rich.console import Console
 from rich.table import Table
 
 from exporter.changelog import ChangeFeed, ChangeRow, FieldChange, LockHistory
-from exporter.report import Inventory, RunDetail, RunRow
+from exporter.report import Inventory, LockRow, OwnerRow, RunDetail, RunRow, fold
 
 FORMATS = ("table", "csv", "json")
 
@@ -92,26 +95,33 @@ RUN_OWNER_COLUMNS = (
 
 # -- values ---------------------------------------------------------------------------------------
 
+# OWASP's list (CSV injection): a spreadsheet takes a cell that starts with one of these for a
+# formula, and a formula can run commands or send the sheet's contents away.
+FORMULA_STARTS = frozenset("=+-@\t\r")
+# Tables are for people: past this many rows they say how many more there are instead.
+TABLE_LIMIT = 1000
 
-def json_value(value: Any) -> Any:
-    """A value as JSON holds it: times as ISO-8601 text, containers recursively."""
+
+def _json_default(value: Any) -> Any:
     if isinstance(value, datetime | date):
         return value.isoformat()
-    if isinstance(value, Mapping):
-        return {str(k): json_value(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_value(v) for v in value]
-    return value
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def csv_value(value: Any) -> str:
-    """A value as a CSV field: NULL is empty, booleans are true/false, times ISO-8601."""
+def csv_value(value: Any, *, raw: bool = False) -> str:
+    """A value as a CSV field: NULL is empty, booleans are true/false, times ISO-8601.
+
+    Text starting with a formula character gets a leading `'` unless `raw` (numbers and times
+    are never touched).
+    """
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, datetime | date):
         return value.isoformat()
+    if isinstance(value, str):
+        return "'" + value if not raw and value[:1] in FORMULA_STARTS else value
     return str(value)
 
 
@@ -136,24 +146,141 @@ def _shown(value: Any) -> str:
 
 
 def write_json(data: Any, out: IO[str]) -> None:
-    """`data` as indented JSON, ASCII: every other character as an escape (`\\u00e4`, `\\u202e`),
-    so that no control or bidi character of the data reaches a terminal raw."""
-    out.write(json.dumps(json_value(data), indent=2) + "\n")
+    """`data` as indented JSON; a list given as an iterator is written while it is consumed.
+
+    The text is what `json.dumps(data, indent=2)` gives (times ISO-8601): ASCII, every other
+    character written as an escape (`\\u00e4`, `\\u202e`), so that no control or bidi character
+    of the data reaches a terminal raw. Parsed, it is exactly the data.
+    """
+    _write_json(data, out, 0)
+    out.write("\n")
 
 
-def write_csv(rows: Iterable[Mapping[str, Any]], columns: Sequence[str], out: IO[str]) -> None:
-    """Rows as CSV with a header line."""
-    writer = csv.DictWriter(out, fieldnames=list(columns), lineterminator="\n")
-    writer.writeheader()
+def _write_json(value: Any, out: IO[str], depth: int) -> None:
+    if isinstance(value, Iterator):
+        pad = "\n" + "  " * (depth + 1)
+        started = False
+        for batch in _batches(value):
+            out.write(("," if started else "[") + pad + _dump_items(batch, depth + 1))
+            started = True
+        out.write("\n" + "  " * depth + "]" if started else "[]")
+    elif isinstance(value, Mapping) and any(isinstance(v, Iterator) for v in value.values()):
+        pad = "\n" + "  " * (depth + 1)
+        for n, (key, item) in enumerate(value.items()):
+            out.write(("," if n else "{") + pad + _dump(str(key), 0) + ": ")
+            _write_json(item, out, depth + 1)
+        out.write("\n" + "  " * depth + "}")
+    else:
+        out.write(_dump(value, depth))
+
+
+def _batches(items: Iterable[Any], size: int = 1000) -> Iterator[list[Any]]:
+    it = iter(items)
+    return iter(lambda: list(islice(it, size)), [])
+
+
+_CONTAINERS = frozenset({dict, list, tuple})
+
+
+def _flat(value: Any) -> bool:
+    return type(value) is dict and bool(value) and _CONTAINERS.isdisjoint(map(type, value.values()))
+
+
+def _dump_items(items: list[Any], depth: int) -> str:
+    """List items at nesting `depth`, as json.dumps(indent=2) lays them out, joined."""
+    if not all(map(_flat, items)):
+        return ("," + "\n" + "  " * depth).join(_dump(item, depth) for item in items)
+    # Flat objects (locks, runs) in one call of the C encoder, with the indentation as its item
+    # separator (with `indent`, json.dumps uses its pure-Python encoder: 5x slower). Outside
+    # strings "},\n" can only be where one object ends and the next begins (a newline inside a
+    # string is written as \n).
+    inner = "\n" + "  " * (depth + 1)
+    text = json.dumps(items, default=_json_default, separators=("," + inner, ": "))
+    opening, closing = "{" + inner, "\n" + "  " * depth + "}"
+    text = text[2:-2].replace("}," + inner + "{", closing + ",\n" + "  " * depth + opening)
+    return opening + text + closing
+
+
+def _dump(value: Any, depth: int) -> str:
+    """`value` as json.dumps(indent=2) writes it at nesting `depth`."""
+    text = json.dumps(value, indent=2, default=_json_default)
+    return text.replace("\n", "\n" + "  " * depth) if depth else text
+
+
+def write_csv(
+    rows: Iterable[Mapping[str, Any]], columns: Sequence[str], out: IO[str], *, raw: bool = False
+) -> None:
+    """Rows (mappings) as CSV with a header line; see `csv_value`."""
+    write_csv_tuples(([row.get(c) for c in columns] for row in rows), columns, out, raw=raw)
+
+
+def write_csv_tuples(
+    rows: Iterable[Sequence[Any]], columns: Sequence[str], out: IO[str], *, raw: bool = False
+) -> None:
+    """Rows (values in `columns` order) as CSV with a header line; see `csv_value`."""
+    csv.writer(out, lineterminator="\n").writerow(columns)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    for batch in _batches(rows):
+        cells = list(_csv_cells(batch, raw))
+        writer.writerows(cells)
+        text = buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+        if "\r" in text:
+            text = _lines_quoting_cr(cells)
+        out.write(text)
+
+
+def _lines_quoting_cr(rows: list[Sequence[Any]]) -> str:
+    """CSV lines for `rows` with every field holding a carriage return quoted.
+
+    The csv module quotes a field for the characters of its line terminator only, "\n" here: a
+    bare CR in a field would end the row for a reader. With "\r\n" it quotes both.
+    """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    lines = []
     for row in rows:
-        writer.writerow({c: csv_value(row.get(c)) for c in columns})
+        writer.writerow(row)
+        lines.append(buffer.getvalue()[:-2] + "\n")
+        buffer.seek(0)
+        buffer.truncate()
+    return "".join(lines)
+
+
+_BOOL_TEXT = {True: "true", False: "false", None: None}
+_first = itemgetter(0)
+
+
+def _csv_cells(rows: list[Sequence[Any]], raw: bool) -> Iterable[Sequence[Any]]:
+    """`rows` with every cell as `csv_value` writes it (None stays None: csv writes "").
+
+    Column by column, so that a column needing nothing (numbers; text without a formula
+    character at the start of a cell) costs no Python call per cell: a million rows pass here.
+    """
+    columns: list[Sequence[Any]] = list(zip(*rows, strict=True))
+    for i, column in enumerate(columns):
+        kinds = set(map(type, column)) - {type(None)}
+        if kinds <= {int, float}:  # csv writes numbers as str() does
+            continue
+        if kinds == {str}:
+            if not raw and not FORMULA_STARTS.isdisjoint(map(_first, filter(None, column))):
+                columns[i] = [v and ("'" + v if v[0] in FORMULA_STARTS else v) for v in column]
+        elif kinds == {bool}:
+            columns[i] = list(map(_BOOL_TEXT.__getitem__, column))
+        elif kinds == {datetime} and None not in column:
+            columns[i] = list(map(datetime.isoformat, column))
+        else:
+            columns[i] = [csv_value(v, raw=raw) for v in column]
+    return zip(*columns, strict=True)
 
 
 # -- locks ----------------------------------------------------------------------------------------
 
 
 def inventory_json(inv: Inventory) -> dict[str, Any]:
-    """`exporter locks --format json`."""
+    """`exporter locks --format json` (the locks as an iterator: written as they are read)."""
     return {
         "as_of": inv.as_of.at if inv.as_of else None,
         "as_of_run": inv.as_of.run_id if inv.as_of else None,
@@ -161,66 +288,107 @@ def inventory_json(inv: Inventory) -> dict[str, Any]:
             {"id": o.id, "name": o.name, "active": o.active, "removed_at": o.removed_at}
             for o in inv.owners
         ],
-        "locks": [lock.as_dict() for lock in inv.locks],
+        "locks": map(LockRow._asdict, inv.locks),
     }
 
 
-def inventory_csv(inv: Inventory, out: IO[str]) -> None:
+def inventory_csv(inv: Inventory, out: IO[str], *, raw: bool = False) -> None:
     """`exporter locks --format csv`: one row per lock."""
-    write_csv((lock.as_dict() for lock in inv.locks), LOCK_COLUMNS, out)
+    write_csv_tuples(inv.locks, LOCK_COLUMNS, out, raw=raw)
 
 
 def inventory_table(
     inv: Inventory, console: Console, *, include_removed: bool, filtered: bool = False
 ) -> None:
-    """Grouped by owner account like Tapkey's console sample (`filtered`: by model or text)."""
+    """Grouped by owner account like Tapkey's console sample (`filtered`: by model or text).
+
+    The locks arrive in owner order, so one owner's locks are held at a time; past TABLE_LIMIT
+    locks the rest is only counted.
+    """
     if inv.as_of is not None:
         run = f" (end of run {inv.as_of.run_id})" if inv.as_of.run_id is not None else ""
         console.print(f"Inventory as of {_cell(inv.as_of.at)} UTC{run}")
-    if not inv.owners:
-        console.print("No lock matches --model / --search." if filtered else "No owner accounts.")
-        return
-    by_owner: dict[str, list[Any]] = {o.id: [] for o in inv.owners}
-    for lock in inv.locks:
-        by_owner[lock.owner_account_id].append(lock)
-    for owner in inv.owners:
+    total = removed = owners_shown = 0
+    for owner, locks in _by_owner(inv.owners, inv.locks):
+        if not locks and filtered:
+            continue
+        owners_shown += 1
         label = f"{owner.name or '(no name)'} ({owner.id})"
         if owner.removed_at is not None:
             label += f", removed {_cell(owner.removed_at)}"
-        locks = by_owner[owner.id]
+        room = max(TABLE_LIMIT - total, 0)
+        total += len(locks)
+        removed += sum(1 for lock in locks if lock.removed_at is not None)
         if not locks:
             console.print(f"No bound locks for owner account {label}.")
-            continue
-        table = Table(
-            title=f"Owner account {label}: {_count(len(locks), 'lock')}", title_justify="left"
+        elif room:
+            _owner_table(label, locks, room, console, include_removed=include_removed)
+    if not owners_shown:
+        console.print("No lock matches --model / --search." if filtered else "No owner accounts.")
+        return
+    if total > TABLE_LIMIT:
+        console.print(
+            f"{total - TABLE_LIMIT:,} more locks not shown (a table stops at {TABLE_LIMIT:,}): "
+            "use --format csv or json for all, or narrow with --owner, --model or --search."
         )
-        for column in ("Lock ID", "Lock ID (hex)", "Title", "Description", "Lock model", "Bound"):
-            # Ids stay whole (`history` needs them): folded, never cut short with an ellipsis.
-            table.add_column(column, overflow="fold", no_wrap=column == "Bound")
-        if include_removed:
-            table.add_column("Removed")
-        for lock in locks:
-            cells = [
-                lock.id,
-                lock.lock_id_hex or "",
-                lock.title or "",
-                lock.description or "",
-                lock.lock_model_name or "",
-                _cell(lock.bind_date),
-            ]
-            if include_removed:
-                cells.append(_cell(lock.removed_at))
-            table.add_row(*cells)
-        console.print(table)
-    removed = sum(1 for lock in inv.locks if lock.removed_at is not None)
     tail = f" ({removed} removed)" if removed else ""
-    console.print(
-        f"{_count(len(inv.locks), 'lock')} in {_count(len(inv.owners), 'owner account')}{tail}."
+    console.print(f"{_count(total, 'lock')} in {_count(owners_shown, 'owner account')}{tail}.")
+
+
+def _by_owner(
+    owners: Sequence[OwnerRow], locks: Iterable[LockRow]
+) -> Iterator[tuple[OwnerRow, list[LockRow]]]:
+    """Each owner with its locks; both come sorted by owner (`report.fold` of the name, id)."""
+
+    def key(name: str | None, owner_id: str) -> tuple[tuple[bool, str], str]:
+        return fold(name), owner_id
+
+    listed = iter(owners)
+    pending = next(listed, None)
+    for owner_id, group in groupby(locks, key=attrgetter("owner_account_id")):
+        held = list(group)
+        here = key(held[0].owner_name, owner_id)
+        while pending is not None and key(pending.name, pending.id) < here:
+            yield pending, []
+            pending = next(listed, None)
+        if pending is not None and pending.id == owner_id:
+            yield pending, held
+            pending = next(listed, None)
+        else:  # an owner the owner list lacks
+            yield OwnerRow(owner_id, held[0].owner_name, None), held
+    while pending is not None:
+        yield pending, []
+        pending = next(listed, None)
+
+
+def _owner_table(
+    label: str, locks: list[LockRow], room: int, console: Console, *, include_removed: bool
+) -> None:
+    table = Table(
+        title=f"Owner account {label}: {_count(len(locks), 'lock')}", title_justify="left"
     )
+    for column in ("Lock ID", "Lock ID (hex)", "Title", "Description", "Lock model", "Bound"):
+        # Ids stay whole (`history` needs them): folded, never cut short with an ellipsis.
+        table.add_column(column, overflow="fold", no_wrap=column == "Bound")
+    if include_removed:
+        table.add_column("Removed")
+    for lock in locks[:room]:
+        cells = [
+            lock.id,
+            lock.lock_id_hex or "",
+            lock.title or "",
+            lock.description or "",
+            lock.lock_model_name or "",
+            _cell(lock.bind_date),
+        ]
+        if include_removed:
+            cells.append(_cell(lock.removed_at))
+        table.add_row(*cells)
+    console.print(table)
 
 
 def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
 
 
 # -- changes and histories ------------------------------------------------------------------------
@@ -234,9 +402,9 @@ def _change_dicts(rows: Iterable[ChangeRow]) -> Iterable[dict[str, Any]]:
             yield {**base, "field": change.field or None, "old": change.old, "new": change.new}
 
 
-def changes_csv(rows: Iterable[ChangeRow], out: IO[str]) -> None:
+def changes_csv(rows: Iterable[ChangeRow], out: IO[str], *, raw: bool = False) -> None:
     """One CSV row per changed field."""
-    write_csv(_change_dicts(rows), CHANGE_COLUMNS, out)
+    write_csv(_change_dicts(rows), CHANGE_COLUMNS, out, raw=raw)
 
 
 def describe(row: ChangeRow, names: Mapping[str, str | None]) -> str:
@@ -258,12 +426,16 @@ def describe(row: ChangeRow, names: Mapping[str, str | None]) -> str:
     return text or "updated"
 
 
-def changes_table(feed: ChangeFeed, console: Console, *, title: str | None = None) -> None:
-    """One line per change."""
-    table = Table(title=title, title_justify="left")
+def changes_table(feed: ChangeFeed, console: Console, *, titled: bool = True) -> None:
+    """One line per change, titled with their number; past TABLE_LIMIT the rest is counted."""
+    table = Table(title_justify="left")
     for column in ("When (UTC)", "Run", "Change", "What", "Id", "Owner account", "Details"):
         table.add_column(column, overflow="fold", no_wrap=column in ("When (UTC)", "Change"))
+    total = 0
     for row in feed.rows:
+        total += 1
+        if total > TABLE_LIMIT:
+            continue
         what = row.entity if row.title is None else f"{row.entity} {row.title!r}"
         table.add_row(
             _cell(row.changed_at),
@@ -274,7 +446,15 @@ def changes_table(feed: ChangeFeed, console: Console, *, title: str | None = Non
             row.owner_name or row.owner_account_id or "",
             describe(row, feed.owner_names),
         )
+    if titled:
+        table.title = _count(total, "change")
     console.print(table)
+    if total > TABLE_LIMIT:
+        console.print(
+            f"{total - TABLE_LIMIT:,} more changes not shown (a table stops at {TABLE_LIMIT:,}): "
+            "use --format csv or json for all, or narrow with --since, --until, --run, --kind "
+            "or --owner."
+        )
 
 
 def history_json(history: LockHistory) -> dict[str, Any]:
