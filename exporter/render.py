@@ -394,17 +394,21 @@ def _count(n: int, noun: str) -> str:
 # -- changes and histories ------------------------------------------------------------------------
 
 
-def _change_dicts(rows: Iterable[ChangeRow]) -> Iterable[dict[str, Any]]:
+# CHANGE_COLUMNS up to `title` are attributes of the change, then field, old, new, version_id.
+_CHANGE_ATTRIBUTES = attrgetter(*CHANGE_COLUMNS[:-4])
+_NO_FIELD = (FieldChange("", None, None),)
+
+
+def _change_tuples(rows: Iterable[ChangeRow]) -> Iterator[tuple[Any, ...]]:
     for row in rows:
-        base = row.as_dict()
-        base.pop("changes")
-        for change in row.changes or (FieldChange("", None, None),):
-            yield {**base, "field": change.field or None, "old": change.old, "new": change.new}
+        attributes = _CHANGE_ATTRIBUTES(row)
+        for change in row.changes or _NO_FIELD:
+            yield (*attributes, change.field or None, change.old, change.new, row.version_id)
 
 
 def changes_csv(rows: Iterable[ChangeRow], out: IO[str], *, raw: bool = False) -> None:
     """One CSV row per changed field."""
-    write_csv(_change_dicts(rows), CHANGE_COLUMNS, out, raw=raw)
+    write_csv_tuples(_change_tuples(rows), CHANGE_COLUMNS, out, raw=raw)
 
 
 def describe(row: ChangeRow, names: Mapping[str, str | None]) -> str:

@@ -1,4 +1,4 @@
-"""The sync benchmark still runs end to end (tiny sizes: its figures are not judged here)."""
+"""The benchmarks still run end to end (tiny sizes: their figures are not judged here)."""
 
 from __future__ import annotations
 
@@ -33,3 +33,26 @@ def test_sync_benchmark_runs_every_scenario(tmp_path: Path) -> None:
     assert runs["store"][0]["locks"] == runs["first"][0]["created"] == 21
     assert runs["unchanged"][0]["unchanged"] == 21
     assert all(data["summary"][kind]["ratio"] > 0 for kind in ("store", "first", "unchanged"))
+
+
+def test_read_benchmark_runs_every_command(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "read_bench.py"),
+            *("--db", "sqlite", "--db-url", f"sqlite:///{tmp_path / 'read.db'}"),
+            *("--locks", "250", "--owners", "4", "--renames", "10", "--repeat", "1"),
+            *("--results", str(tmp_path / "results")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "locks --as-of 1 csv" in result.stdout
+    (report,) = (tmp_path / "results").glob("read_sqlite_2*.json")
+    summary = json.loads(report.read_text())["summary"]
+    assert summary["locks csv"]["lines"] == summary["locks --as-of 1 csv"]["lines"] == 251
+    assert all(row["rss_peak_mib"] > 0 and row["wall_s"] > 0 for row in summary.values())
+    assert {"met"} <= set(summary["locks csv"])

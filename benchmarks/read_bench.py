@@ -1,0 +1,376 @@
+"""Read-side benchmark: `exporter locks`, `changes` and `history` on 1,000,000 locks.
+
+    .venv/bin/python benchmarks/read_bench.py --db sqlite
+    .venv/bin/python benchmarks/read_bench.py --db postgresql
+
+The database is built directly, not by syncing: two runs written with the exporter's own bulk
+helpers (`store.insert_many` for the locks, `history.open_created_versions` for their `created`
+versions): run 1 loads every lock, run 2 renames `--renames` of them (an `updated` version each),
+so `--as-of 1` and the current inventory differ. Each command then runs as a subprocess of its
+own, the way a user runs it, with stdout read (and counted) through a pipe; the figures are its
+wall time, CPU time and peak RSS (`wait4`'s ru_maxrss: that process alone).
+
+Targets (issue 13): `locks --format csv` and `locks --as-of 1 --format csv` <= 5 s and peak RSS
+< 150 MiB on SQLite and PostgreSQL; `--check` exits 1 when one is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+ADMIN_URLS = {
+    "postgresql": os.environ.get(
+        "EXPORTER_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+    ),
+    "mariadb": os.environ.get("EXPORTER_BENCH_MARIADB", "mysql+pymysql://root@127.0.0.1:3306/"),
+}
+MIB = 1024 * 1024
+TARGET_SECONDS = 5.0
+TARGET_RSS_MIB = 150.0
+# (name, arguments, judged against the targets)
+COMMANDS: tuple[tuple[str, tuple[str, ...], bool], ...] = (
+    ("locks csv", ("locks", "--format", "csv"), True),
+    ("locks --as-of 1 csv", ("locks", "--as-of", "1", "--format", "csv"), True),
+    ("locks json", ("locks", "--format", "json"), False),
+    ("locks --as-of 1 json", ("locks", "--as-of", "1", "--format", "json"), False),
+    ("locks table", ("locks",), False),
+    ("changes csv", ("changes", "--format", "csv"), False),
+    ("changes json", ("changes", "--format", "json"), False),
+    ("changes --run 2 table", ("changes", "--run", "2"), False),
+)
+_PLACES = ("Entrance", "Main", "Back", "Side", "Server", "Storage", "Bike", "Staff", "Archive")
+_THINGS = ("Door", "Gate", "Room", "Cabinet", "Locker", "Cellar")
+_MODELS = (("TK.Td30", 1, "Td30"), ("TK.Pad2", 1, "Padlock P2"), ("SB.Wr1", 7, "Wall Reader WR1"))
+_DESCRIPTIONS = ("Ground floor, next to the reception.", "Staff only.", "Fire door, keep closed.")
+
+
+# -- building the database ------------------------------------------------------------------------
+
+
+def build(url: str, *, locks: int, owners: int, renames: int, seed: int) -> dict[str, Any]:
+    """Fill the empty, migrated database at `url`: run 1 loads `locks`, run 2 renames some."""
+    from sqlalchemy import insert, literal, select, update
+
+    from exporter import store
+    from exporter.history import close_versions, open_created_versions
+    from exporter.schema import (
+        LOCK_TRACKED,
+        UTCDateTime,
+        bound_lock_versions,
+        bound_locks,
+        owner_account_versions,
+        owner_accounts,
+        sync_runs,
+    )
+
+    rng = random.Random(seed)
+    started = time.perf_counter()
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    second = start + timedelta(days=1)
+    owner_ids = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(owners)]
+    columns = ("id", *LOCK_TRACKED, "lock_id_hex", "first_seen_at", "updated_at")
+    engine = store.make_engine(url)
+    try:
+        with store.connect(engine) as conn:
+            with conn.begin():
+                conn.execute(
+                    insert(sync_runs),
+                    [
+                        {"id": run, "started_at": t, "finished_at": t + timedelta(hours=1)}
+                        | {"status": "running", "trigger": "manual"}
+                        for run, t in ((1, start), (2, second))
+                    ],
+                )
+                owner_rows = [
+                    {"id": o, "name": f"Owner {rng.randrange(10**6)}", "active": True}
+                    for o in owner_ids
+                ]
+                conn.execute(
+                    insert(owner_accounts),
+                    [{**o, "first_seen_at": start, "updated_at": start} for o in owner_rows],
+                )
+                conn.execute(
+                    insert(owner_account_versions),
+                    [
+                        {**o, "valid_from": start, "change_type": "created", "run_id": 1}
+                        for o in owner_rows
+                    ],
+                )
+            renamed: list[str] = []
+            # One transaction per ~50,000 locks: a commit per owner spends the time in fsync.
+            per_commit = max(1, 50_000 * owners // max(locks, 1))
+            for first in range(0, owners, per_commit):
+                with conn.begin():
+                    for n in range(first, min(first + per_commit, owners)):
+                        owner_id = owner_ids[n]
+                        count = locks // owners + (1 if n < locks % owners else 0)
+                        t = start + timedelta(microseconds=n + 1)
+                        rows = [_lock_row(rng, owner_id, t) for _ in range(count)]
+                        renamed.extend(row[0] for row in rows[: renames * count // max(locks, 1)])
+                        store.insert_many(conn, bound_locks, columns, rows)
+                        open_created_versions(conn, owner_id, t, 1)
+            with conn.begin():
+                renamed_at = second + timedelta(microseconds=1)
+                for chunk_start in range(0, len(renamed), 500):
+                    chunk = renamed[chunk_start : chunk_start + 500]
+                    close_versions(conn, bound_lock_versions, chunk, renamed_at)
+                    conn.execute(
+                        update(bound_locks)
+                        .where(bound_locks.c.id.in_(chunk))
+                        .values(title=bound_locks.c.title + " (renamed)", updated_at=renamed_at)
+                    )
+                    source = select(
+                        bound_locks.c.id,
+                        *(bound_locks.c[name] for name in LOCK_TRACKED),
+                        literal(renamed_at, UTCDateTime()).label("valid_from"),
+                        literal("updated").label("change_type"),
+                        literal(2).label("run_id"),
+                    ).where(bound_locks.c.id.in_(chunk))
+                    names = ["id", *LOCK_TRACKED, "valid_from", "change_type", "run_id"]
+                    conn.execute(insert(bound_lock_versions).from_select(names, source))
+                conn.execute(update(sync_runs).values(status="succeeded"))
+    finally:
+        engine.dispose()
+    return {"locks": locks, "renamed": len(renamed), "build_s": time.perf_counter() - started}
+
+
+def _lock_row(rng: random.Random, owner_id: str, t: datetime) -> tuple[Any, ...]:
+    type_id, maker, model = rng.choice(_MODELS)
+    physical = bytes(rng.getrandbits(8) for _ in range(7))
+    bind = datetime(2020, 1, 1, tzinfo=UTC) + timedelta(seconds=rng.randrange(6 * 365 * 86400))
+    return (
+        str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+        owner_id,
+        f"{rng.choice(_PLACES)} {rng.choice(_THINGS)} {rng.randrange(1, 100)}",
+        rng.choice(_DESCRIPTIONS),
+        base64.b64encode(physical).decode(),
+        type_id,
+        model,
+        maker,
+        rng.random() > 0.1,
+        bind,
+        None,
+        "Lock",
+        "-".join(f"{b:02X}" for b in physical[2:]),
+        t,
+        t,
+    )
+
+
+# -- measuring ------------------------------------------------------------------------------------
+
+
+def measure(args: tuple[str, ...], url: str, workdir: Path) -> dict[str, Any]:
+    """Run `exporter ARGS` on `url` as a subprocess; its wall and CPU time, peak RSS, output."""
+    config = workdir / "empty.toml"
+    config.write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORTER_")}
+    command = [sys.executable, "-m", "exporter.cli", *args, "-c", str(config)]
+    command += ["--database-url", url]
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert process.stdout is not None and process.stderr is not None
+    lines = size = 0
+    while chunk := process.stdout.read(1 << 16):
+        lines += chunk.count(b"\n")
+        size += len(chunk)
+    stderr = process.stderr.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(args)} exited {process.returncode}: {stderr.decode()[-2000:]}"
+        )
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB elsewhere
+    return {
+        "wall_s": wall,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "rss_peak_mib": usage.ru_maxrss * scale / MIB,
+        "lines": lines,
+        "bytes": size,
+    }
+
+
+@contextmanager
+def bench_database(db: str, workdir: Path, url: str | None) -> Iterator[str]:
+    """An empty, migrated database for the benchmark (dropped afterwards on a server)."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from exporter import store
+
+    def migrate(db_url: str) -> str:
+        engine = store.make_engine(db_url)
+        try:
+            store.upgrade(engine)
+        finally:
+            engine.dispose()
+        return db_url
+
+    if db == "sqlite":
+        path = Path(url.removeprefix("sqlite:///")) if url else workdir / "read_bench.db"
+        for suffix in ("", "-wal", "-shm", "-journal", ".lock"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        yield migrate(f"sqlite:///{path}")
+        return
+    admin_url = url or ADMIN_URLS[db]
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    name = f"exporter_read_bench_{os.getpid()}"
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            if db == "postgresql":
+                conn.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = :name AND pid <> pg_backend_pid()"
+                    ),
+                    {"name": name},
+                )
+            conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
+
+    drop()
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    try:
+        yield migrate(make_url(admin_url).set(database=name).render_as_string(hide_password=False))
+    finally:
+        drop()
+        admin.dispose()
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Build the database, then time every command `args.repeat` times."""
+    workdir = Path(tempfile.mkdtemp(prefix="exporter-read-bench-"))
+    busy = os.getloadavg()[0]
+    if busy > 0.5:
+        print(f"warning: load average {busy:.1f}: other processes share the CPUs", flush=True)
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in COMMANDS}
+    try:
+        with bench_database(args.db, workdir, args.db_url) as url:
+            print(f"building {args.locks:,} locks in {args.owners:,} owner accounts...", flush=True)
+            built = build(
+                url, locks=args.locks, owners=args.owners, renames=args.renames, seed=args.seed
+            )
+            print(f"built in {built['build_s']:.0f} s", flush=True)
+            for round_no in range(1, args.repeat + 1):
+                for name, command, _ in COMMANDS:
+                    figures = measure(command, url, workdir)
+                    figures["load_before"] = os.getloadavg()[0]
+                    results[name].append(figures)
+                    print(
+                        f"round {round_no}: {name:<24}{figures['wall_s']:>7.2f} s wall"
+                        f"{figures['cpu_s']:>7.2f} s cpu{figures['rss_peak_mib']:>6.0f} MiB",
+                        flush=True,
+                    )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    summary = {}
+    for name, command, judged in COMMANDS:
+        runs = results[name]
+        row = {
+            "command": "exporter " + " ".join(command),
+            "wall_s": statistics.median(r["wall_s"] for r in runs),
+            "cpu_s": statistics.median(r["cpu_s"] for r in runs),
+            "rss_peak_mib": max(r["rss_peak_mib"] for r in runs),
+            "lines": runs[0]["lines"],
+        }
+        if judged:
+            row["met"] = row["wall_s"] <= TARGET_SECONDS and row["rss_peak_mib"] < TARGET_RSS_MIB
+        summary[name] = row
+    _check_lines(summary, args.locks)
+    return {
+        "benchmark": "read",
+        "db": args.db,
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "parameters": vars(args) | {"results": str(args.results), "db_url": None},
+        "build": built,
+        "summary": summary,
+        "runs": results,
+    }
+
+
+def _check_lines(summary: dict[str, Any], locks: int) -> None:
+    """The CSV outputs hold every lock (plus the header line): the figures are of whole runs."""
+    for name in ("locks csv", "locks --as-of 1 csv"):
+        if summary[name]["lines"] != locks + 1:
+            raise RuntimeError(f"{name} wrote {summary[name]['lines'] - 1} locks, not {locks}")
+
+
+def print_table(report: dict[str, Any]) -> None:
+    """The summary as a plain text table."""
+    p = report["parameters"]
+    print()
+    print(
+        f"read benchmark: {report['db']}, {p['locks']:,} locks in {p['owners']:,} owner "
+        f"accounts, median of {p['repeat']}"
+    )
+    header = f"{'command':<26}{'wall s':>8}{'cpu s':>8}{'peak RSS':>10}{'lines':>12}  target"
+    print(header)
+    print("-" * len(header))
+    for name, row in report["summary"].items():
+        target = ""
+        if "met" in row:
+            target = f"<= {TARGET_SECONDS:.0f} s, < {TARGET_RSS_MIB:.0f} MiB: " + (
+                "ok" if row["met"] else "MISS"
+            )
+        print(
+            f"{name:<26}{row['wall_s']:>8.2f}{row['cpu_s']:>8.2f}"
+            f"{row['rss_peak_mib']:>6.0f} MiB{row['lines']:>12,}  {target}"
+        )
+    print("(each command is its own process: peak RSS includes the interpreter and imports)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse options, build the database, time the commands, print and save the results."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--db", choices=("sqlite", "postgresql", "mariadb"), default="sqlite")
+    parser.add_argument(
+        "--db-url",
+        help="sqlite: a file URL to use; postgresql/mariadb: an admin URL (a bench database is "
+        "created and dropped on that server)",
+    )
+    parser.add_argument("--locks", type=int, default=1_000_000)
+    parser.add_argument("--owners", type=int, default=2_000)
+    parser.add_argument("--renames", type=int, default=10_000, help="locks renamed in run 2")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds; the table shows medians")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS, help=f"folder for the JSON results ({RESULTS})"
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 when a target is missed (for CI)"
+    )
+    args = parser.parse_args(argv)
+    args.results.mkdir(parents=True, exist_ok=True)
+    report = run(args)
+    print_table(report)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    for name in (f"read_{args.db}_{stamp}.json", f"read_{args.db}_latest.json"):
+        (args.results / name).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"results: {args.results / f'read_{args.db}_{stamp}.json'}")
+    missed = [name for name, row in report["summary"].items() if row.get("met") is False]
+    return 1 if args.check and missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
