@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 MAX_MARGIN_FRACTION = 0.25
 #: Cap on a token endpoint's Retry-After, in seconds.
 MAX_TOKEN_RETRY_AFTER = 30.0
+#: Retries are logged at INFO; the retry after this many failed attempts of one request is a
+#: WARNING (the service is struggling, not just blinking). A request that finally fails raises.
+RETRY_WARNING_AFTER = 3
 
 # requests-oauthlib logs the token request body (holding the client secret), the response body and
 # the token dict at DEBUG. Raising the level keeps those records from ever being created; the filter
@@ -109,6 +112,11 @@ def shown_location(response: requests.Response) -> str:
     """A redirect's target for a message (untrusted: shown without query, printable only)."""
     location = redirect_location(response)
     return display_url(location) if location else "an unreadable Location"
+
+
+def retry_log_level(failed_attempts: int) -> int:
+    """The level of the line announcing a retry after `failed_attempts` failures of one request."""
+    return logging.WARNING if failed_attempts == RETRY_WARNING_AFTER else logging.INFO
 
 
 def network_hint(exc: Exception, proxy: Proxy | None) -> str:
@@ -304,7 +312,8 @@ class TokenProvider:
                 if exc.retry_after is not None:
                     wait = max(wait, exc.retry_after)
                 wait = min(wait, self._max_retry_after)
-                log.warning(
+                log.log(
+                    retry_log_level(attempt),
                     "token endpoint %s: %s; retrying in %.2f s (attempt %d of %d)",
                     safe_url,
                     exc.reason,
@@ -333,14 +342,20 @@ class TokenProvider:
             lifetime = max(0.0, float(expires_in))
             margin = min(self._refresh_margin, lifetime * MAX_MARGIN_FRACTION)
             self._renew_at = sent_at + lifetime - margin
+            stated = f"lifetime {lifetime:g} s"
         else:
-            # No stated lifetime: keep the token until the API rejects it (401 -> invalidate).
+            # A guessed lifetime would renew either needlessly or too late; the API's 401 says
+            # exactly when the token is no longer good, and costs one repeated request.
             self._renew_at = float("inf")
+            stated = (
+                "no expires_in in the response, so no lifetime is assumed: the token is used "
+                "until the API rejects it (401), then a new one is fetched and the request repeated"
+            )
         self._token = access_token
         self.fetch_count += 1
         log.info(
-            "fetched an access token (lifetime %s s, scopes: %s)",
-            expires_in if expires_in is not None else "unknown",
+            "fetched an access token (%s; scopes: %s)",
+            stated,
             " ".join(sorted(self.granted_scopes))
             if self.granted_scopes is not None
             else "not stated",
@@ -398,6 +413,12 @@ class TokenProvider:
             raise AuthError(
                 f"token endpoint {safe_url} returned an unexpected scope change; "
                 "check [tapkey] scopes"
+            ) from None
+        except ValueError:
+            # oauthlib refuses an expires_in that is not a number (it would be our only guess).
+            raise AuthError(
+                f"token endpoint {safe_url} returned a token whose expires_in is not a number; "
+                "check [tapkey] token_url"
             ) from None
         finally:
             session.close()

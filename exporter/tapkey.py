@@ -33,6 +33,7 @@ from exporter.auth import (
     proxy_refusal,
     redirect_location,
     require_secure_url,
+    retry_log_level,
     shown_location,
 )
 from exporter.errors import ApiError, AuthError, PagingError, PayloadError, PermissionDeniedError
@@ -158,6 +159,7 @@ class TapkeyClient:
         self._base_url = base_url.rstrip("/")
         self._origin = _origin(self._base_url)
         self._proxy = proxy
+        self._answered = False  # some request got a 2xx: the base URL and routes are right
         self._tokens = tokens
         # Overlapping pages advance by $top - 1 rows, so $top must be at least 2.
         self._top = max(2, page_size)
@@ -478,6 +480,7 @@ class TapkeyClient:
                     else:
                         outcome = _status_outcome(status)
                         if outcome == "ok":
+                            self._answered = True
                             return self._read_body(response, target)
                         retry_after = _retry_after(response.headers)
                 failure, cause = f"HTTP {status}", ""
@@ -528,7 +531,8 @@ class TapkeyClient:
             spent = max(self._clock() - started, waited)
             if retries >= self._max_retries or spent + wait > self._max_retry_time:
                 raise self._exhausted(target, status, failure, cause, retries + 1, truncated, hint)
-            log.warning(
+            log.log(
+                retry_log_level(retries + 1),
                 "GET %s: %s%s; retrying in %.2f s (retry %d of %d)",
                 target.path,
                 failure,
@@ -619,11 +623,19 @@ class TapkeyClient:
     def _status_error(self, target: _Target, status: int) -> ApiError:
         """The error for a status that is not retried (403 and other 4xx)."""
         where = f"GET {target.path}"
+        if status == 404 and target.owner_id is not None and self._answered:
+            # The base URL and routes answered before (the owner list came from them).
+            return ApiError(
+                f"{where}: HTTP 404: owner account {target.owner_id} is gone although the API "
+                "answered this run's other requests: the owner account was probably removed, or "
+                "the OAuth client lost access to it, during the run; the next run no longer "
+                "lists it",
+                status=status,
+            )
         if status != 403:
             hint = {
                 400: "the API rejected the query; check [tapkey] page_size",
-                404: "not found; check [tapkey] api_base_url"
-                + (f" (owner {target.owner_id} may have been removed)" if target.owner_id else ""),
+                404: "not found; check [tapkey] api_base_url",
             }.get(status, "check [tapkey] api_base_url")
             return ApiError(f"{where}: HTTP {status}: {hint}", status=status)
         granted = self._tokens.granted_scopes
