@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from http_servers import ForwardProxy, Tls, make_tls
+from http_servers import ForwardProxy, Tls
 
 from exporter import job
 from exporter.config import load_settings
@@ -24,11 +24,6 @@ from exporter.settings import Settings
 SECRET = "proxy-test-client-secret"
 PROXY_PASSWORD = "pr0xy-pa55"
 API = "https://my.tapkey.com"
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
-    return make_tls(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture

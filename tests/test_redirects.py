@@ -7,11 +7,10 @@ The sandbox serves https here (a trustme certificate); a second, plain-http sand
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from http_servers import Tls, make_tls
+from http_servers import Tls
 
 from exporter.auth import TokenProvider
 from exporter.errors import ApiError, AuthError
@@ -21,11 +20,6 @@ from exporter.tapkey import MAX_REDIRECTS, TapkeyClient
 SECRET = "redirect-test-secret-7Hq"
 SCOPES = ("read:owneraccounts", "read:core:entities")
 REDIRECTS = (301, 302, 303, 307, 308)
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
-    return make_tls(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture
@@ -49,26 +43,26 @@ def other_host(tls: Tls) -> Iterator[Sandbox]:
         yield server
 
 
-def tokens(server: Sandbox, tls: Tls, **options: Any) -> TokenProvider:
-    settings: dict[str, Any] = {
-        "client_id": "sandbox-client",
-        "client_secret": SECRET,
-        "token_url": server.token_url,
-        "scopes": SCOPES,
-        "timeout": (2.0, 5.0),
-        "verify": str(tls.ca_file),
-        "sleep": lambda _: None,
-    }
-    settings.update(options)
-    return TokenProvider(**settings)
+def tokens(server: Sandbox, tls: Tls | None) -> TokenProvider:
+    """A token provider for `server` (over https when `tls` is given)."""
+    return TokenProvider(
+        client_id="sandbox-client",
+        client_secret=SECRET,
+        token_url=server.token_url,
+        scopes=SCOPES,
+        timeout=(2.0, 5.0),
+        verify=str(tls.ca_file) if tls else True,
+        sleep=lambda _: None,
+    )
 
 
-def client(server: Sandbox, tls: Tls) -> TapkeyClient:
+def client(server: Sandbox, tls: Tls | None) -> TapkeyClient:
+    """An API client for `server` (over https when `tls` is given)."""
     return TapkeyClient(
         base_url=server.base_url,
         tokens=tokens(server, tls),
         timeout=(2.0, 5.0),
-        verify=str(tls.ca_file),
+        verify=str(tls.ca_file) if tls else True,
         sleep=lambda _: None,
     )
 
@@ -143,14 +137,7 @@ def test_the_loopback_sandbox_over_plain_http_follows_its_own_redirects(
     elsewhere: Sandbox,
 ) -> None:
     elsewhere.add_fault(redirect("owners", 302, "/api/v1/owners?%24top=100&%24skip=0"))
-    provider = TokenProvider(
-        client_id="sandbox-client",
-        client_secret=SECRET,
-        token_url=elsewhere.token_url,
-        scopes=SCOPES,
-        timeout=(2.0, 5.0),
-    )
-    with TapkeyClient(base_url=elsewhere.base_url, tokens=provider) as api:
+    with client(elsewhere, None) as api:
         assert len(api.list_owners()) == 3
 
 
@@ -159,21 +146,13 @@ def test_a_redirect_to_https_from_a_plain_http_base_is_refused(
 ) -> None:
     # Another origin, even if it is "more secure": the token stays where it was configured.
     elsewhere.add_fault(redirect("owners", 302, f"{secure.base_url}/api/v1/Owners"))
-    provider = TokenProvider(
-        client_id="sandbox-client",
-        client_secret=SECRET,
-        token_url=elsewhere.token_url,
-        scopes=SCOPES,
-        timeout=(2.0, 5.0),
-    )
-    api = TapkeyClient(base_url=elsewhere.base_url, tokens=provider)
-    with api, pytest.raises(ApiError, match="redirected"):
+    with client(elsewhere, None) as api, pytest.raises(ApiError, match="redirected"):
         api.list_owners()
     assert secure.request_count == 0
 
 
 def test_a_redirect_location_is_shown_without_its_query_or_control_characters(
-    secure: Sandbox, tls: Tls, tmp_path: Path
+    secure: Sandbox, tls: Tls
 ) -> None:
     secure.add_fault(redirect("owners", 302, "https://evil.example/\x1b[31mred?token=abc"))
     with client(secure, tls) as api, pytest.raises(ApiError) as caught:
