@@ -415,7 +415,7 @@ class Sandbox:
         with self._lock:
             self._data.set_owner_visible(owner_id, True)
 
-    def deny(self, owner_id: str, route: str) -> None:
+    def deny(self, owner_id: str, route: Route) -> None:
         """Answer 403 ``forbidden`` on one route of one owner (a limited admin role, say)."""
         if route not in _SCOPES or route == "owners":
             raise ValueError(f"route must be one of locks, {', '.join(ACCESS_ROUTES)}")
@@ -423,7 +423,7 @@ class Sandbox:
             self._data.owner(owner_id)
             self._denied.add((owner_id, route))
 
-    def allow(self, owner_id: str, route: str) -> None:
+    def allow(self, owner_id: str, route: Route) -> None:
         """Undo `deny`."""
         with self._lock:
             self._denied.discard((owner_id, route))
@@ -583,7 +583,7 @@ class Sandbox:
 
     @property
     def requests(self) -> collections.Counter[str]:
-        """Requests by route ("token", "owners", "locks"): a copy."""
+        """Requests by route ("token", "owners", "locks", "contacts", "cards", ...): a copy."""
         with self._lock:
             return collections.Counter(self._requests)
 
@@ -739,15 +739,15 @@ class Sandbox:
         if unsupported:
             message = f"The query option {unsupported[0][:20]} is not supported by the sandbox."
             return _odata_error(message, unsupported[0][:20])
-        text = params.get("$filter")
-        try:
-            parsed = (
-                None
-                if text is None
-                else self._access.parse_filter(route, text, received_at=self.received_at_filter)
-            )
-        except FilterError as exc:
-            return _odata_error(f"The query specified in the URI is not valid. {exc}", "$filter")
+        parsed = None
+        if "$filter" in params:
+            try:
+                parsed = self._access.parse_filter(
+                    route, params["$filter"], received_at=self.received_at_filter
+                )
+            except FilterError as exc:
+                message = f"The query specified in the URI is not valid. {exc}"
+                return _odata_error(message, "$filter")
         return _Response(200, self._access.page_json(route, owner_id, skip, top, parsed))
 
 

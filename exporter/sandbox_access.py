@@ -189,6 +189,9 @@ class AccessData:
         """A new contact at the end of the owner's list (a seeded name and email if not given)."""
         self._inventory.owner(owner_id)
         contact = self._add_contact(owner_id, self._direct_rng)
+        if contact.ip_id != ip_id and identifier is None:  # an email only for Tapkey users
+            contact.ip_id = ip_id
+            identifier = self._identifier(contact, self._direct_rng)
         contact.ip_id, contact.legacy_email = ip_id, legacy_email
         self.update_contact(contact.id, title=title, identifier=identifier)
         return contact

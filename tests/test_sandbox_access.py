@@ -575,11 +575,12 @@ def test_direct_changes_of_contacts_and_cards() -> None:
     old = fake.contacts_payload(owner)
     new = fake.add_contact(owner, title="Dora Explorer", identifier="dora@example.com")
     legacy = fake.add_contact(owner, legacy_email=True)
-    partner = fake.add_contact(owner, ip_id="partner.idp", identifier="u-1")
+    partner = fake.add_contact(owner, ip_id="partner.idp")
     contacts = fake.contacts_payload(owner)
     assert contacts[:-3] == old and [c["id"] for c in contacts[-3:]] == [new, legacy, partner]
     assert contacts[-3]["identifier"] == "dora@example.com" and "identifier" not in contacts[-2]
     assert "@" in contacts[-2]["email"] and contacts[-1]["ipId"] == "partner.idp"
+    assert "@" not in contacts[-1]["identifier"]  # an email only for Tapkey users
 
     fake.update_contact(legacy, title="Old Timer", identifier="old@example.org")
     assert fake.contacts_payload(owner)[-2]["email"] == "old@example.org"
