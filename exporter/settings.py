@@ -10,13 +10,11 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
-from datetime import UTC
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
-from apscheduler.triggers.cron import CronTrigger
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -29,6 +27,7 @@ from pydantic import (
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from exporter import crontab
 from exporter.errors import ConfigError
 
 _NUM = r"(\d+(?:\.\d+)?)"
@@ -348,8 +347,7 @@ class ScheduleSettings(_Section):
             return None
         value = " ".join(value.split())
         try:
-            # An explicit zone: without one APScheduler would look up the host's zone.
-            CronTrigger.from_crontab(value, timezone=UTC)
+            crontab.parse(value)
         except ValueError as exc:
             raise ValueError(f"invalid crontab expression {value!r}: {exc}") from None
         return value
@@ -384,11 +382,11 @@ class ScheduleSettings(_Section):
         """The zone `cron` is read in."""
         return ZoneInfo(self.timezone)
 
-    def cron_trigger(self) -> CronTrigger | None:
+    def cron_trigger(self) -> crontab.CrontabTrigger | None:
         """An APScheduler trigger for `cron` in `timezone`, or None when `every` is used."""
         if self.cron is None:
             return None
-        return CronTrigger.from_crontab(self.cron, timezone=self.tzinfo)
+        return crontab.CrontabTrigger(self.cron, self.tzinfo)
 
 
 class SyncSettings(_Section):
