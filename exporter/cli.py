@@ -121,7 +121,8 @@ def _check_format(fmt: str, allowed: tuple[str, ...] = ("table", "json")) -> Non
 
 @contextlib.contextmanager
 def _stop_on_signals() -> Iterator[threading.Event]:
-    """SIGTERM/SIGINT stop the run between owners, recorded as failed ("interrupted").
+    """SIGTERM/SIGINT stop the run at once (requests in flight abandoned), recorded as failed
+    ("interrupted").
 
     A run killed mid-crawl stays `running` until the next run finds it; stopping it cleanly
     records why at once. A second signal acts as it would without this handler.

@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from exporter import retention, store
 from exporter.auth import TokenProvider
-from exporter.errors import ExporterError, LockHeldError
+from exporter.errors import ExporterError, Interrupted, LockHeldError
 from exporter.guard import RemovalGuard
 from exporter.results import RunResult
 from exporter.settings import Settings, masked_url
@@ -57,8 +57,12 @@ def make_client(
     *,
     sleep: Callable[[float], None] | None = None,
     tokens: TokenProvider | None = None,
+    stop: threading.Event | None = None,
 ) -> TapkeyClient:
-    """A Tapkey API client with its token provider (or `tokens`), both from `[tapkey]`."""
+    """A Tapkey API client with its token provider (or `tokens`), both from `[tapkey]`.
+
+    Once `stop` is set the client sends no further request (raises Interrupted).
+    """
     tapkey = settings.tapkey
     timeout = (tapkey.connect_timeout, tapkey.read_timeout)
     verify: bool | str = str(tapkey.ca_bundle) if tapkey.ca_bundle else True
@@ -75,6 +79,7 @@ def make_client(
         max_retry_time=tapkey.max_retry_time,
         verify=verify,
         sleep=sleep,
+        stop=stop,
     )
 
 
@@ -100,11 +105,11 @@ def run_once(
     """
     client_id, _ = settings.tapkey.credentials()
     engine = make_engine(settings, create=not dry_run)
-    # Once `stop` is set, retry back-off stops sleeping so a shutdown is not held up by it.
+    # Once `stop` is set, no retry is waited for or sent: the back-off raises Interrupted.
     sleep = None if stop is None else lambda seconds: _wait(stop, seconds)
     try:
         store.require_current(engine, auto_upgrade_sqlite=not dry_run)
-        with make_client(settings, sleep=sleep) as client:
+        with make_client(settings, sleep=sleep, stop=stop) as client:
             if on_client is not None:
                 on_client(client)
             result = sync(
@@ -127,7 +132,7 @@ def run_once(
                 ),
                 health=settings.tapkey.expand_health,
             )
-        if not dry_run:
+        if not dry_run and not (stop is not None and stop.is_set()):
             _apply_retention(engine, settings, now())
         return result
     finally:
@@ -155,7 +160,8 @@ def _apply_retention(engine: Engine, settings: Settings, now: datetime) -> None:
 
 
 def _wait(stop: threading.Event, seconds: float) -> None:
-    stop.wait(seconds)
+    if stop.wait(seconds):
+        raise Interrupted
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,12 @@ One job, run by one thread, never overlapping (`max_instances=1`); slots missed 
 overruns or the host sleeps are coalesced into one run, never queued. Replicas are kept apart by
 the database's writer lock, taken inside each run: the loser skips its slot and writes nothing.
 
-Shutdown: the first SIGTERM/SIGINT stops scheduling and sets the stop event, which the sync
-checks between owners (the owner in flight commits or rolls back as a whole), so the run ends as
-`failed`/`interrupted` and releases its lock; the daemon waits up to `shutdown_timeout` for that
-and exits 0. A second signal exits at once; every write being transactional, the database stays
-consistent, and the next run marks the abandoned run `failed`/`interrupted`.
+Shutdown: the first SIGTERM/SIGINT stops scheduling and sets the stop event: the sync abandons
+the requests in flight and stops within about a second (the owner being written commits or rolls
+back as a whole), so the run ends as `failed`/`interrupted` and releases its lock; the daemon
+waits up to `shutdown_timeout` for that and exits 0. A second signal exits at once; every write
+being transactional, the database stays consistent, and the next run marks the abandoned run
+`failed`/`interrupted`.
 """
 
 from __future__ import annotations

@@ -44,11 +44,12 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from exporter import lock_health
-from exporter.crawl import InventorySource, crawl
+from exporter.crawl import InventorySource, call_until_stopped, crawl
 from exporter.errors import (
     ClientMismatchError,
     DatabaseUnavailableError,
     ExporterError,
+    Interrupted,
     TapkeyError,
 )
 from exporter.guard import RemovalGuard, locks_held_message, owners_held_message
@@ -238,7 +239,7 @@ class _Run:
         """Run the phases; a failure ends the run as `failed` rather than leaving it open."""
         try:
             self._phases()
-        except _Interrupted:
+        except Interrupted:
             self._finish("failed", "interrupted")
         except TapkeyError as exc:
             self._finish("failed", str(exc))
@@ -290,7 +291,7 @@ class _Run:
     # -- phases -------------------------------------------------------------------------------
 
     def _phases(self) -> None:
-        owners = self.source.list_owners()
+        owners = call_until_stopped(self.stop, self.source.list_owners)
         self.result.owners_seen = len(owners)
         listed = {owner.id for owner in owners}
         with connect(self.engine) as conn, conn.begin():
@@ -313,7 +314,7 @@ class _Run:
         with connect(self.engine) as conn, contextlib.closing(fetches):
             for owner_id, fetched in fetches:
                 if self.stop.is_set():
-                    raise _Interrupted
+                    raise Interrupted
                 outcome = self._apply_owner(conn, owner_id, fetched)
                 self.result.owners.append(outcome)
                 if outcome.status == "complete":
@@ -322,7 +323,7 @@ class _Run:
                     if not fetched.unidentified_skips:
                         removable.add(owner_id)
         if self.stop.is_set():
-            raise _Interrupted
+            raise Interrupted
         self._check_lock()
         self._record_quiet_owners()
         held = self._remove(removable | vanished, vanished)
@@ -667,13 +668,6 @@ class _Run:
                     title,
                 )
             )
-
-
-class _Interrupted(ExporterError):
-    """The run was asked to stop (SIGTERM); it ends as failed/interrupted."""
-
-    def __str__(self) -> str:
-        return "interrupted"
 
 
 def _lock_values(record: LockRecord, owner_id: str) -> dict[str, Any]:

@@ -24,7 +24,14 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from exporter.auth import TokenProvider, require_secure_url
-from exporter.errors import ApiError, AuthError, PagingError, PayloadError, PermissionDeniedError
+from exporter.errors import (
+    ApiError,
+    AuthError,
+    Interrupted,
+    PagingError,
+    PayloadError,
+    PermissionDeniedError,
+)
 from exporter.records import (
     BadValue,
     KnownTexts,
@@ -123,6 +130,7 @@ class TapkeyClient:
         max_restarts: int = 3,
         clock: Callable[[], float] = time.monotonic,
         max_body_bytes: int = MAX_BODY_BYTES,
+        stop: threading.Event | None = None,
     ) -> None:
         require_secure_url(base_url, "[tapkey] api_base_url")
         self._base_url = base_url.rstrip("/")
@@ -139,6 +147,7 @@ class TapkeyClient:
         self._clock = clock
         self._max_restarts = max(0, max_restarts)
         self._max_body_bytes = max_body_bytes
+        self._stop = stop  # once set, no request is sent (a stopped run leaves fetches behind)
         self._random = random.Random()
         self._counter_lock = threading.Lock()
         self._requests = 0
@@ -417,6 +426,8 @@ class TapkeyClient:
         reauthenticated = False
         is_retry = False
         while True:
+            if self._stop is not None and self._stop.is_set():
+                raise Interrupted
             token = self._tokens.token()
             self._count(counter, retry=is_retry)
             is_retry = False
