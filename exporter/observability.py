@@ -1,4 +1,4 @@
-"""Logging setup, Prometheus metrics and the `/healthz` + `/metrics` HTTP endpoint of the daemon.
+"""Logging setup, Prometheus metrics and the `/healthz`, `/livez` and `/metrics` HTTP endpoint.
 
 Every log line written while a run is in progress carries that run's id (`sync_runs.id`): the
 scheduler opens a `run_scope()` around each slot and binds the id once the run row exists.
@@ -322,9 +322,14 @@ def make_app(
     metrics: Metrics,
     *,
     max_age: float,
+    live: Callable[[], bool] = lambda: True,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> WsgiApp:
-    """The WSGI app: `/healthz` (JSON), `/metrics` (Prometheus text), 404 for anything else."""
+    """The WSGI app: `/healthz` and `/livez` (JSON), `/metrics` (Prometheus text), else 404.
+
+    `/livez` asks only whether the process serves (`live()`: false once it is shutting down), never
+    Tapkey or the database: a liveness probe on it does not restart pods during an outage.
+    """
     metrics_app = make_wsgi_app(metrics.registry)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -333,9 +338,13 @@ def make_app(
             return metrics_app(environ, start_response)  # type: ignore[no-any-return]
         if path == "/healthz":
             status, body = health(engine, max_age=max_age, now=now)
-            phrase = "OK" if status == 200 else "Service Unavailable"
-            return _json(start_response, f"{status} {phrase}", body)
-        return _json(start_response, "404 Not Found", {"error": "try /healthz or /metrics"})
+        elif path == "/livez":
+            status, body = (200, {"status": "ok"}) if live() else (503, {"status": "stopping"})
+        else:
+            error = {"error": "try /healthz, /livez or /metrics"}
+            return _json(start_response, "404 Not Found", error)
+        phrase = "OK" if status == 200 else "Service Unavailable"
+        return _json(start_response, f"{status} {phrase}", body)
 
     return app
 

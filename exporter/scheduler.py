@@ -224,13 +224,16 @@ def serve(settings: Settings) -> int:
         engine = job.make_engine(settings)
         daemon.metrics.watch_database(engine)
         app = observability.make_app(
-            engine, daemon.metrics, max_age=settings.http.healthz_max_age_seconds
+            engine,
+            daemon.metrics,
+            max_age=settings.http.healthz_max_age_seconds,
+            live=lambda: not daemon.stop.is_set(),
         )
         endpoint = observability.HttpEndpoint(app, settings.http.host, settings.http.port)
         endpoint.start()
         host, port = endpoint.address
         shown = f"[{host}]" if ":" in host else host
-        log.info("serving /healthz and /metrics on http://%s:%d", shown, port)
+        log.info("serving /healthz, /livez and /metrics on http://%s:%d", shown, port)
     try:
         return daemon.run()
     finally:

@@ -38,13 +38,13 @@ from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from exporter import cli, job, observability, scheduler, store
-from exporter.config import load_settings
+from exporter.config import load_settings, secret_file_warning
 from exporter.crontab import CrontabTrigger
 from exporter.errors import LockHeldError
 from exporter.sandbox import Fault, Request, Sandbox
 from exporter.schema import sync_runs
 
-SERVING = re.compile(r"serving /healthz and /metrics on http://127\.0\.0\.1:(\d+)")
+SERVING = re.compile(r"serving /healthz, /livez and /metrics on http://127\.0\.0\.1:(\d+)")
 STARTED = re.compile(r"run (\d+) started")
 
 
@@ -86,8 +86,8 @@ class Daemon:
         found = wait_for(port, 15, "the HTTP endpoint's start-up line", self)
         return f"http://127.0.0.1:{found}{path}"
 
-    def health(self) -> tuple[int, dict[str, Any]]:
-        response = requests.get(self.url("/healthz"), timeout=10)
+    def health(self, path: str = "/healthz") -> tuple[int, dict[str, Any]]:
+        response = requests.get(self.url(path), timeout=10)
         return response.status_code, response.json()
 
     def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -356,6 +356,8 @@ def test_a_failing_api_does_not_stop_the_daemon_and_healthz_follows(
         wait_for(lambda: daemon.health()[0] == 503, 20, "healthz 503", daemon)
         status, body = daemon.health()
         assert (status, body["status"]) == (503, "stale") and "ago" in body["reason"]
+        # Liveness asks whether the process serves, not whether Tapkey does: no restart.
+        assert daemon.health("/livez") == (200, {"status": "ok"})
         wait_for(
             lambda: sum(r["status"] == "failed" for r in runs(engine)) >= 2,
             20,
@@ -591,6 +593,30 @@ def test_healthz_is_503_when_the_database_is_unreachable() -> None:
     assert (status, body) == (503, {"status": "unavailable", "reason": "cannot read the database"})
 
 
+def test_livez_asks_only_whether_the_process_serves() -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    engine = store.make_engine(f"postgresql://nobody@127.0.0.1:{port}/none")  # unreachable
+    stopping = threading.Event()
+    app = observability.make_app(
+        engine, observability.Metrics(), max_age=60, live=lambda: not stopping.is_set()
+    )
+
+    def get(path: str) -> tuple[str, dict[str, Any]]:
+        answer: list[str] = []
+        body = b"".join(app({"PATH_INFO": path}, lambda status, _headers: answer.append(status)))
+        return answer[0], json.loads(body)
+
+    try:
+        assert get("/healthz")[0] == "503 Service Unavailable"
+        assert get("/livez") == ("200 OK", {"status": "ok"})
+        stopping.set()
+        assert get("/livez") == ("503 Service Unavailable", {"status": "stopping"})
+    finally:
+        engine.dispose()
+
+
 @pytest.mark.parametrize("fmt", [pytest.param("json", id="json"), pytest.param("text", id="text")])
 def test_every_log_line_of_a_run_carries_its_run_id(fmt: str) -> None:
     # The handler setup_logging puts on the root logger, on a logger of its own here (the
@@ -681,8 +707,11 @@ def test_the_kubernetes_manifest_configures_a_reachable_healthz(tmp_path: Path) 
     assert (settings.http.host, settings.http.port) == ("10.1.2.3", 9464)
     [port] = container["ports"]
     assert port["containerPort"] == settings.http.port
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/healthz", "port": port["name"]}
+    # Readiness (and alerting) ask whether syncs succeed; liveness only whether the process
+    # serves, so a Tapkey or database outage does not restart the pods.
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": port["name"]}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": port["name"]}
+    assert "startupProbe" not in container  # /livez answers from the start
     assert pod["terminationGracePeriodSeconds"] > settings.schedule.shutdown_timeout
     assert container["args"][0] == "serve"
     assert container["securityContext"]["readOnlyRootFilesystem"]
@@ -691,6 +720,22 @@ def test_the_kubernetes_manifest_configures_a_reachable_healthz(tmp_path: Path) 
 def test_the_systemd_unit_crontab_and_dockerfile_fit_the_cli(tmp_path: Path) -> None:
     unit = (REPO / "deploy" / "tapkey-exporter.service").read_text()
     values = dict(line.split("=", 1) for line in unit.splitlines() if re.match(r"[A-Za-z]+=", line))
+    # The install lines of the unit's header are the README's, and the config file they install
+    # passes the permission check for the service user (no "chmod 600" that would lock it out).
+    installs = [line[1:].strip() for line in unit.splitlines() if line.startswith("#   install ")]
+    readme = [line.strip() for line in (REPO / "README.md").read_text().splitlines()]
+    assert len(installs) == 3 and all(line in readme for line in installs)
+    [config_line] = [line for line in installs if line.endswith("config.toml")]
+    words = config_line.split()
+    mode, owner = int(words[words.index("-m") + 1], 8), words[words.index("-o") + 1]
+    service = 54321  # the tapkey-exporter user, in its group of the same number
+    assert owner == "root"
+    assert (
+        secret_file_warning(
+            Path(words[-1]), mode=mode, owner=0, group=service, uid=service, groups=[service]
+        )
+        is None
+    )
     assert values["ExecStart"].split()[1:3] == ["serve", "--config"]
     default_timeout = load_settings(None, env={}, cwd=tmp_path).schedule.shutdown_timeout
     assert int(values["TimeoutStopSec"]) > default_timeout
