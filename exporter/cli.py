@@ -176,7 +176,8 @@ def run_once(
         typer.Option(
             "--allow-mass-removal-owner",
             metavar="OWNER_ID",
-            help="Confirm the held-back removals of this owner account only (repeatable).",
+            help="Confirm the held-back removals of this owner account only (its id or the "
+            "start of it; repeatable).",
             show_default=False,
         ),
     ] = None,

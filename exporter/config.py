@@ -184,7 +184,13 @@ def _describe(
             shown = masked_url(shown)
         problem += f" (got {_show(shown)})"
     origin = origins.get((section, key)) if key else None
-    if origin is None:
+    if key is None and (involved := _conflict_origins(first, section, origins)):
+        # A rule between keys (both set, ...): name where those keys came from, not the file.
+        prefix = " and ".join(dict.fromkeys(o.label for o in involved))
+        kinds = {o.kind for o in involved}
+        plural = "s" if len(involved) > 1 else ""
+        fix = f"; fix the environment variable{plural}" if kinds == {"env"} else ""
+    elif origin is None:
         prefix = str(path) if path is not None else "configuration"
         fix = f"; set it in the config file or {env_var_name(section, key)}" if key else ""
     elif origin.kind == "file":
@@ -198,6 +204,14 @@ def _describe(
         prefix, fix = "command line", "; fix the command-line option"
     more = len({tuple(error["loc"]) for error in errors}) - 1
     return f"{prefix}: {where}: {problem}{fix}" + (f" (+{more} more)" if more else "")
+
+
+def _conflict_origins(
+    error: Mapping[str, Any], section: str, origins: Mapping[tuple[str, str], _Origin]
+) -> list[_Origin]:
+    """Where the keys of a `Conflict` between keys of `section` were set (none: defaults)."""
+    keys = getattr((error.get("ctx") or {}).get("error"), "keys", ())
+    return [origins[section, k] for k in keys if (section, k) in origins]
 
 
 def _problem(error: Mapping[str, Any], model: type[BaseModel] | None, key: str | None) -> str:

@@ -10,15 +10,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from exporter import retention, store
 from exporter.auth import TokenProvider
 from exporter.errors import ExporterError, Interrupted, LockHeldError
-from exporter.guard import RemovalGuard
+from exporter.guard import RemovalGuard, resolve_owner_ids
 from exporter.results import RunResult
+from exporter.schema import owner_accounts
 from exporter.settings import Settings, masked_url
 from exporter.sync import filled_by, sync, utcnow
 from exporter.tapkey import LOCKS_SCOPE, OWNERS_SCOPE, TapkeyClient
@@ -101,7 +102,8 @@ def run_once(
     `on_started(run_id)` is called once the run's row exists; `on_client(client)` gets the API
     client before it is used (the daemon reads its request and retry counts afterwards).
     `allow_mass_removal` / `allow_mass_removal_owners` confirm removals the deletion guard
-    would hold back (all of them / those of the given owner ids).
+    would hold back (all of them / those of the given owner ids or unique starts of ids; an id
+    that names no present owner, or several, is a UsageError before anything is fetched).
     """
     client_id, _ = settings.tapkey.credentials()
     engine = make_engine(settings, create=not dry_run)
@@ -109,6 +111,12 @@ def run_once(
     sleep = None if stop is None else lambda seconds: _wait(stop, seconds)
     try:
         store.require_current(engine, auto_upgrade_sqlite=not dry_run)
+        # Checked before anything is fetched or written: a mistyped id would confirm nothing.
+        confirmed = (
+            resolve_owner_ids(allow_mass_removal_owners, _present_owner_ids(engine))
+            if allow_mass_removal_owners
+            else frozenset()
+        )
         with make_client(settings, sleep=sleep, stop=stop) as client:
             if on_client is not None:
                 on_client(client)
@@ -128,7 +136,7 @@ def run_once(
                     max_fraction=settings.sync.mass_removal_max_fraction,
                     min_count=settings.sync.mass_removal_min_count,
                     allow_all=allow_mass_removal or settings.sync.allow_mass_removal,
-                    allow_owners=frozenset(allow_mass_removal_owners),
+                    allow_owners=confirmed,
                 ),
                 health=settings.tapkey.expand_health,
             )
@@ -137,6 +145,12 @@ def run_once(
         return result
     finally:
         engine.dispose()
+
+
+def _present_owner_ids(engine: Engine) -> set[str]:
+    with store.connect(engine) as conn:
+        query = select(owner_accounts.c.id).where(owner_accounts.c.removed_at.is_(None))
+        return set(conn.execute(query).scalars())
 
 
 def _apply_retention(engine: Engine, settings: Settings, now: datetime) -> None:

@@ -66,6 +66,14 @@ def masked_url(url: str) -> str:
     return re.sub(r"(://[^:/@?#]*):.*@", r"\1:***@", url)
 
 
+class Conflict(ValueError):
+    """A rule between several keys of one section; `keys` lets the error say where each was set."""
+
+    def __init__(self, message: str, *keys: str) -> None:
+        super().__init__(message)
+        self.keys = keys
+
+
 def _blank_to_none(value: object) -> object:
     return None if isinstance(value, str) and not value.strip() else value
 
@@ -199,9 +207,11 @@ class TapkeySettings(_Section):
     @model_validator(mode="after")
     def _one_secret_source(self) -> TapkeySettings:
         if self.client_secret is not None and self.client_secret_file is not None:
-            raise ValueError(
+            raise Conflict(
                 "client_secret and client_secret_file are both set; keep only one (in the "
-                "file, EXPORTER_TAPKEY__CLIENT_SECRET or EXPORTER_TAPKEY__CLIENT_SECRET_FILE)"
+                "file, EXPORTER_TAPKEY__CLIENT_SECRET or EXPORTER_TAPKEY__CLIENT_SECRET_FILE)",
+                "client_secret",
+                "client_secret_file",
             )
         return self
 
@@ -288,7 +298,9 @@ class DatabaseSettings(_Section):
     @model_validator(mode="after")
     def _schema_needs_postgresql(self) -> DatabaseSettings:
         if self.schema_name is not None and self.backend != "postgresql":
-            raise ValueError("schema_name is only supported with a postgresql:// url")
+            raise Conflict(
+                "schema_name is only supported with a postgresql:// url", "schema_name", "url"
+            )
         return self
 
     @property
@@ -366,9 +378,11 @@ class ScheduleSettings(_Section):
     @model_validator(mode="after")
     def _every_or_cron(self) -> ScheduleSettings:
         if self.every is not None and self.cron is not None:
-            raise ValueError(
+            raise Conflict(
                 "every and cron are both set; keep only one (an empty environment variable, "
-                "e.g. EXPORTER_SCHEDULE__EVERY=, unsets a value from the file)"
+                "e.g. EXPORTER_SCHEDULE__EVERY=, unsets a value from the file)",
+                "every",
+                "cron",
             )
         return self
 

@@ -439,6 +439,46 @@ def test_every_and_cron_are_exclusive(cwd: Path) -> None:
     assert (schedule.every, schedule.cron) == (None, "0 * * * *")
 
 
+@pytest.mark.parametrize(
+    ("text", "env", "expected"),
+    [
+        pytest.param(
+            None,
+            {"EXPORTER_TAPKEY__CLIENT_SECRET": SECRET, "EXPORTER_TAPKEY__CLIENT_SECRET_FILE": "s"},
+            "EXPORTER_TAPKEY__CLIENT_SECRET and EXPORTER_TAPKEY__CLIENT_SECRET_FILE: [tapkey]: "
+            "client_secret and client_secret_file are both set",
+            id="both-secrets-in-env",
+        ),
+        pytest.param(
+            "[tapkey]\nclient_id = 'x'\n",
+            {"EXPORTER_SCHEDULE__EVERY": "5m", "EXPORTER_SCHEDULE__CRON": "0 * * * *"},
+            "EXPORTER_SCHEDULE__EVERY and EXPORTER_SCHEDULE__CRON: [schedule]: every and cron",
+            id="schedule-in-env-beside-a-file",
+        ),
+        pytest.param(
+            "[tapkey]\nclient_id = 'x'\n",
+            {"EXPORTER_DATABASE__SCHEMA_NAME": "tapkey"},
+            "EXPORTER_DATABASE__SCHEMA_NAME: [database]: schema_name is only supported with a "
+            "postgresql:// url; fix the environment variable",
+            id="schema-in-env",
+        ),
+        pytest.param(
+            "[schedule]\nevery = '5m'\n",
+            {"EXPORTER_SCHEDULE__CRON": "0 * * * *"},
+            "config.toml and EXPORTER_SCHEDULE__CRON: [schedule]: every and cron are both set",
+            id="file-and-env",
+        ),
+    ],
+)
+def test_a_rule_between_keys_names_where_they_were_set(
+    cwd: Path, text: str | None, env: dict[str, str], expected: str
+) -> None:
+    message = config_error(cwd, text, **env)
+    assert expected in message
+    assert message.startswith("EXPORTER_") or message.startswith(f"{cwd / 'config.toml'} and ")
+    assert SECRET not in message
+
+
 def test_cron_alone(cwd: Path) -> None:
     schedule = load(cwd, "[schedule]\ncron = '*/5  * * * *'\ntimezone = 'Europe/Vienna'\n").schedule
     assert (schedule.every, schedule.cron, schedule.interval_seconds) == (None, "*/5 * * * *", None)

@@ -1696,9 +1696,16 @@ def test_held_back_removals_on_the_command_line(
     _unbind(big_sandbox, second, 15)
 
     held = exporter_cli("run-once", env=env)
-    one = exporter_cli("run-once", "--allow-mass-removal-owner", first, env=env)
+    # A mistyped id is refused before anything is fetched or written; the start of one id works.
+    typo = exporter_cli("run-once", "--allow-mass-removal-owner", f"x{first}", env=env)
+    runs = exporter_cli("runs", "--format", "json", env=env)
+    assert sum(owner.startswith(first[:8]) for owner in _owner_ids(big_sandbox)) == 1
+    one = exporter_cli("run-once", "--allow-mass-removal-owner", first[:8], env=env)
     rest = exporter_cli("run-once", "--allow-mass-removal", "--format", "json", env=env)
 
+    assert typo.code == 2 and typo.err.count("\n") == 1
+    assert f"--allow-mass-removal-owner 'x{first}' names no owner account" in typo.err
+    assert len(json.loads(runs.out)) == 2  # the first load and the held-back run
     assert held.code == 3
     [warning] = [line for line in held.err.splitlines() if line.startswith("warning: ")]
     assert f"--allow-mass-removal-owner {first}" in warning
