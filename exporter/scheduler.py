@@ -135,12 +135,17 @@ class Daemon:
                 # Database unreachable, schema behind, client mismatch, unreadable secret: say
                 # so and try again at the next slot.
                 log.error(
-                    "run failed: %s (exit code %d); retrying at the next slot", exc, exc.exit_code
+                    "%s: %s (exit code %d); retrying at the next slot",
+                    _what_failed(scope.run_id),
+                    exc,
+                    exc.exit_code,
                 )
                 if scope.run_id is None:
                     self.metrics.slot_errors.labels(type(exc).__name__).inc()
             except Exception as exc:
-                log.exception("run failed unexpectedly; retrying at the next slot")
+                log.exception(
+                    "%s unexpectedly; retrying at the next slot", _what_failed(scope.run_id)
+                )
                 if scope.run_id is None:
                     self.metrics.slot_errors.labels(type(exc).__name__).inc()
             finally:
@@ -203,6 +208,11 @@ class Daemon:
             os._exit(0)
         log.info("exporter serve stopped")
         return 0
+
+
+def _what_failed(run_id: int | None) -> str:
+    """The subject of a slot's error line: a run only if one was started (has a sync_runs row)."""
+    return f"run {run_id} failed" if run_id is not None else "slot skipped, no run started"
 
 
 def _log_result(result: RunResult) -> None:

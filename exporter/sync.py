@@ -193,6 +193,8 @@ class _Run:
         self.had_locks = True
         # Outcomes of owners that had nothing else to write: recorded together after the crawl.
         self.quiet: list[OwnerOutcome] = []
+        # Per owner, the note on locks another owner of this run listed first (_listed_twice).
+        self.also_listed: dict[str, str] = {}
         self.guard = RemovalGuard()
         # Ask for health readings and store new ones (lock_health), never as versions.
         self.health = False
@@ -399,6 +401,7 @@ class _Run:
                 locks_seen=len(fetched.records) + len(fetched.unchanged_ids),
                 counts=counts,
                 fetched_at=t,
+                error=self.also_listed.get(owner_id),
             )
             if wrote:
                 conn.execute(insert(sync_run_owners).values(_outcome_row(self._run_id, outcome)))
@@ -450,10 +453,12 @@ class _Run:
         """
         counts = Counts(skipped=fetched.skipped)
         self.seen.update(fetched.skipped_ids)
-        twice = self._mark_seen(fetched.unchanged_ids, counts)
+        twice = self._mark_seen(fetched.unchanged_ids)
         counts.unchanged += len(fetched.unchanged_ids) - len(twice)
-        twice = self._mark_seen([r.id for r in fetched.records], counts)
-        records = [r for r in fetched.records if r.id not in twice]
+        again = self._mark_seen([r.id for r in fetched.records])
+        records = [r for r in fetched.records if r.id not in again]
+        if twice or again:
+            self._listed_twice(owner_id, twice | again)
         # Only locks whose text differs from the stored one are loaded and diffed in full (new,
         # changed, moved in, restored). Into a table that was empty when the run began nothing
         # needs loading: a lock this run already wrote is in `seen`, and was skipped above.
@@ -505,18 +510,24 @@ class _Run:
             conn.execute(insert(bound_lock_versions), versions)
         return counts, True
 
-    def _mark_seen(self, ids: Sequence[str], counts: Counts) -> set[str]:
-        """Mark `ids` seen; return (and count as skipped) those another owner listed first.
-
-        Such a lock (a move caught half-way) stays with the first owner this run; the next run
-        sees the settled state.
-        """
+    def _mark_seen(self, ids: Sequence[str]) -> set[str]:
+        """Mark `ids` seen; return those another owner of this run listed first."""
         twice = self.seen.intersection(ids)
         self.seen.update(ids)
-        for lock_id in twice:
-            log.warning("lock %s listed by more than one owner; kept the first", lock_id)
-        counts.skipped += len(twice)
         return twice
+
+    def _listed_twice(self, owner_id: str, lock_ids: set[str]) -> None:
+        """Note locks that an owner applied earlier in this run listed too (a move caught
+        half-way): they stay with that owner this run and are not counted again (they are not
+        unreadable, so not `skipped` either); the next run sees the settled state."""
+        shown = ", ".join(sorted(lock_ids)[:5]) + (", ..." if len(lock_ids) > 5 else "")
+        what = "lock" if len(lock_ids) == 1 else f"{len(lock_ids)} locks"
+        note = (
+            f"{what} also listed by another owner in this run (a move caught half-way?): "
+            f"{shown}; kept under that owner until the next run"
+        )
+        self.also_listed[owner_id] = note
+        log.warning("owner %s: %s", owner_id, note)
 
     def _remove(self, owner_ids: set[str], vanished: set[str]) -> list[str]:
         """Remove unseen locks of fully fetched and vanished owners, then vanished owners.
@@ -558,8 +569,10 @@ class _Run:
                     and not guard.confirmed(owner_id)
                 ):
                     self.result.held_back[owner_id] = len(locks)
-                    owner_notes[owner_id] = locks_held_message(guard, owner_id, len(locks), stored)
-                    held.append(owner_notes[owner_id])
+                    message = locks_held_message(guard, owner_id, len(locks), stored)
+                    held.append(message)
+                    notes = (self.also_listed.get(owner_id), message)
+                    owner_notes[owner_id] = "; ".join(n for n in notes if n)
                     continue
                 reason = "owner_removed" if owner_id in vanished else "unbound"
                 doomed[reason].extend(lock_id for lock_id, _ in locks)

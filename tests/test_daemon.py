@@ -421,6 +421,9 @@ def test_a_database_unreachable_at_a_slot_is_retried_at_the_next(
         )
         status, body = daemon.health()
         assert (status, body["status"]) == (503, "unavailable")
+        # No run was started, so none "failed": the line says the slot was skipped.
+        assert "run failed" not in daemon.text()
+        assert "slot skipped, no run started: cannot connect to the database" in daemon.text()
         errors = daemon.metrics()[
             ("tapkey_exporter_slot_errors_total", (("error", "DatabaseUnavailableError"),))
         ]
@@ -637,9 +640,10 @@ def test_every_log_line_of_a_run_carries_its_run_id(fmt: str) -> None:
             logger.info("no row yet")
             scope.bind(42)
             logger.info("in the run")
-            worker = threading.Thread(target=logger.warning, args=("from a fetch thread",))
-            worker.start()
-            worker.join()
+            # A thread of its own (the HTTP endpoint's) is not part of the run.
+            other = threading.Thread(target=logger.warning, args=("from another thread",))
+            other.start()
+            other.join()
         logger.info("after")
     finally:
         logger.removeHandler(handler)
@@ -649,13 +653,54 @@ def test_every_log_line_of_a_run_carries_its_run_id(fmt: str) -> None:
     assert len(lines) == 5
     if fmt == "json":
         records = [json.loads(line) for line in lines]
-        assert [r.get("run_id") for r in records] == [None, None, 42, 42, None]
-        assert records[3]["level"] == "WARNING" and records[3]["message"] == "from a fetch thread"
+        assert [r.get("run_id") for r in records] == [None, None, 42, None, None]
+        assert records[3]["level"] == "WARNING" and records[3]["message"] == "from another thread"
     else:
-        assert [" run=42: " in line for line in lines] == [False, False, True, True, False]
+        assert [" run=42: " in line for line in lines] == [False, False, True, False, False]
         assert re.match(
             r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO exporter\.test: before$", lines[0]
         )
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_the_fetch_threads_log_the_run_id_and_the_http_threads_do_not(
+    db_url: str, tmp_path: Path, sandbox: Sandbox
+) -> None:
+    # While a run is in progress, /healthz fails to read its database (a warning on an HTTP
+    # thread) and a fetch is retried (a warning on a fetch thread).
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    unreachable = store.make_engine(f"postgresql://nobody@127.0.0.1:{port}/none")
+    app = observability.make_app(unreachable, observability.Metrics(), max_age=60)
+    endpoint = observability.HttpEndpoint(app, "127.0.0.1", 0)
+    endpoint.start()
+    host, http_port = endpoint.address
+
+    def probe(request: Request) -> None:
+        if request.route == "locks" and request.number == 1:
+            requests.get(f"http://{host}:{http_port}/healthz", timeout=10)
+
+    sandbox.hooks.append(probe)
+    sandbox.add_fault(Fault(route="locks", status=503))
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(observability.JsonFormatter())
+    handler.addFilter(observability.RunIdFilter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        with observability.run_scope() as scope:
+            result = job.run_once(make_settings(sandbox, db_url, tmp_path), on_started=scope.bind)
+    finally:
+        root.removeHandler(handler)
+        endpoint.stop()
+        unreachable.dispose()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    [healthz] = [line for line in lines if line["message"].startswith("healthz: cannot read")]
+    [retry] = [line for line in lines if "; retrying in " in line["message"]]
+    assert "run_id" not in healthz
+    assert retry["run_id"] == result.run_id
 
 
 @pytest.mark.parametrize("db_url", ["postgresql", "mariadb"], indirect=True)
