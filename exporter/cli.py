@@ -332,7 +332,7 @@ def db_current(config: ConfigOption = None, database_url: DatabaseOption = None)
 
 @app.command("serve")
 def serve(config: ConfigOption = None) -> None:
-    """Run the sync on the configured schedule until stopped, with optional /healthz and /metrics.
+    """Run the sync on a schedule until stopped, with optional /healthz, /livez and /metrics.
 
     Replicas may share a database: a replica that finds the writer lock held skips that slot.
 
