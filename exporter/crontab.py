@@ -42,7 +42,7 @@ def parse(text: str) -> str:
     if len(words) == 1 and words[0].startswith("@"):
         expanded = MACROS.get(words[0].lower())
         if expanded is None:
-            names = ", ".join(sorted(set(MACROS)))
+            names = ", ".join(sorted(MACROS))
             raise ValueError(f"unknown shorthand {words[0]!r}: use one of {names}, or 5 fields")
         return expanded
     if len(words) != 5:
