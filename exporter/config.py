@@ -23,6 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from exporter.errors import ConfigError
+from exporter.proxies import PROXY_VARIABLES
 from exporter.settings import SECTIONS, Settings, env_var_name, masked_url
 
 DEFAULT_CONFIG_NAME = "config.toml"
@@ -66,6 +67,8 @@ def load_settings(
 ) -> Settings:
     """Build the settings from `path` (optional), `EXPORTER_<SECTION>__<KEY>` and CLI overrides.
 
+    Of the rest of `env`, only the standard proxy variables are kept (`Settings.proxy_env`).
+
     `overrides` maps "section.key" to a command-line value; None values are skipped. A relative
     path (SQLite file, secret file, CA bundle) is resolved against the config file's folder (`cwd`
     without a file), except one given on the command line, which is relative to `cwd`.
@@ -93,8 +96,9 @@ def load_settings(
     from_cli = {f"{s}.{k}" for (s, k), origin in origins.items() if origin.kind == "cli"}
     base_dirs = {key: cwd if key in from_cli else base for key in _PATH_KEYS}
     try:
+        proxy_env = {name: env[name] for name in PROXY_VARIABLES if env.get(name, "").strip()}
         settings = Settings.model_validate(
-            {**data, "source": path}, context={"base_dirs": base_dirs}
+            {**data, "source": path, "proxy_env": proxy_env}, context={"base_dirs": base_dirs}
         )
     except ValidationError as exc:
         message = _describe(exc, origins, path)

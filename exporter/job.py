@@ -18,6 +18,7 @@ from exporter import retention, store
 from exporter.auth import TokenProvider
 from exporter.errors import ExporterError, Interrupted, LockHeldError
 from exporter.guard import RemovalGuard, resolve_owner_ids
+from exporter.proxies import Proxy, proxy_for
 from exporter.results import RunResult
 from exporter.schema import owner_accounts
 from exporter.settings import Settings, masked_url
@@ -32,6 +33,11 @@ def make_engine(settings: Settings, *, create: bool = True) -> Engine:
     return store.make_engine(
         settings.database.url, schema=settings.database.schema_name, create=create
     )
+
+
+def proxy_to(settings: Settings, url: str) -> Proxy | None:
+    """The proxy for requests to `url`: `[tapkey] proxy`, else the standard proxy variables."""
+    return proxy_for(url, configured=settings.tapkey.proxy, env=settings.proxy_env)
 
 
 def make_tokens(
@@ -50,6 +56,7 @@ def make_tokens(
         sleep=sleep if sleep is not None else time.sleep,
         backoff_factor=tapkey.backoff_factor,
         max_retry_after=tapkey.max_retry_after,
+        proxy=proxy_to(settings, tapkey.token_url),
     )
 
 
@@ -81,6 +88,7 @@ def make_client(
         verify=verify,
         sleep=sleep,
         stop=stop,
+        proxy=proxy_to(settings, tapkey.api_base_url),
     )
 
 
@@ -210,9 +218,10 @@ def _check_tapkey(settings: Settings) -> list[CheckResult]:
     try:
         client_id, _ = settings.tapkey.credentials()
         tokens = make_tokens(settings)
+        via = _via(settings)
     except ExporterError as exc:
         return [_failed("config", exc), *_skipped(("token", "owners"), "needs [tapkey] fixed")]
-    results = [CheckResult("config", True, f"{source}; client_id {client_id}")]
+    results = [CheckResult("config", True, f"{source}; client_id {client_id}{via}")]
     try:
         tokens.token()
     except ExporterError as exc:
@@ -244,6 +253,15 @@ def _check_tapkey(settings: Settings) -> list[CheckResult]:
     more = f" and {len(owners) - 10} more" if len(owners) > 10 else ""
     results.append(CheckResult("owners", True, f"{len(owners)} visible: {shown}{more}"))
     return results
+
+
+def _via(settings: Settings) -> str:
+    """Which proxy the token and API requests go through, if any (credentials masked)."""
+    token = proxy_to(settings, settings.tapkey.token_url)
+    api = proxy_to(settings, settings.tapkey.api_base_url)
+    if token == api:
+        return f"; through proxy {token}" if token else ""
+    return f"; token request through {token or 'no proxy'}, API through {api or 'no proxy'}"
 
 
 def _uncreatable(path: Path) -> str | None:

@@ -29,6 +29,7 @@ from sqlalchemy.exc import ArgumentError
 
 from exporter import crontab
 from exporter.errors import ConfigError
+from exporter.proxies import check_proxy_url, display_proxy
 
 _NUM = r"(\d+(?:\.\d+)?)"
 _DURATION_RE = re.compile(rf"(?:{_NUM}d)?(?:{_NUM}h)?(?:{_NUM}m)?(?:{_NUM}s)?")
@@ -168,9 +169,10 @@ class TapkeySettings(_Section):
     max_retry_time: float = Field(300.0, gt=0)
     ca_bundle: Path | None = None
     expand_health: bool = False
+    proxy: str | None = None
 
     _blank = field_validator(
-        "client_id", "client_secret", "client_secret_file", "ca_bundle", mode="before"
+        "client_id", "client_secret", "client_secret_file", "ca_bundle", "proxy", mode="before"
     )(_blank_to_none)
 
     @field_validator("client_id")
@@ -196,6 +198,11 @@ class TapkeySettings(_Section):
     @classmethod
     def _check_api_base_url(cls, value: str) -> str:
         return _check_http_url(value).rstrip("/")
+
+    @field_validator("proxy")
+    @classmethod
+    def _check_proxy(cls, value: str | None) -> str | None:
+        return None if value is None else check_proxy_url(value)
 
     @field_validator("scopes")
     @classmethod
@@ -253,6 +260,11 @@ class TapkeySettings(_Section):
                 f"[tapkey] client_secret_file {path} is empty; put the client secret in it"
             )
         return self.client_id, secret
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            shown = display_proxy(value) if name == "proxy" and isinstance(value, str) else value
+            yield name, shown
 
 
 class DatabaseSettings(_Section):
@@ -482,7 +494,8 @@ class HttpSettings(_Section):
 
 
 class Settings(BaseModel):
-    """The whole configuration. `source` is the file it was loaded from (not user-settable)."""
+    """The whole configuration. Not user-settable: `source`, the file it was loaded from, and
+    `proxy_env`, the standard proxy variables found in the environment (`exporter.proxies`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -493,6 +506,7 @@ class Settings(BaseModel):
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     source: Path | None = None
+    proxy_env: dict[str, str] = Field(default_factory=dict, repr=False)  # may hold credentials
 
 
 SECTIONS: dict[str, type[BaseModel]] = {

@@ -689,10 +689,13 @@ def test_the_fetch_threads_log_the_run_id_and_the_http_threads_do_not(
     handler.addFilter(observability.RunIdFilter())
     root = logging.getLogger()
     root.addHandler(handler)
+    level = root.level
+    root.setLevel(logging.INFO)  # a first retry is logged at INFO
     try:
         with observability.run_scope() as scope:
             result = job.run_once(make_settings(sandbox, db_url, tmp_path), on_started=scope.bind)
     finally:
+        root.setLevel(level)
         root.removeHandler(handler)
         endpoint.stop()
         unreachable.dispose()
