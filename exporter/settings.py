@@ -10,13 +10,11 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
-from datetime import UTC
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
-from apscheduler.triggers.cron import CronTrigger
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -29,6 +27,7 @@ from pydantic import (
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from exporter import crontab
 from exporter.errors import ConfigError
 from exporter.proxies import check_proxy_url, display_proxy
 
@@ -66,6 +65,14 @@ def masked_url(url: str) -> str:
         return parsed.render_as_string(hide_password=True)
     # Junk or an unescaped "@" in the password: mask everything up to the last "@".
     return re.sub(r"(://[^:/@?#]*):.*@", r"\1:***@", url)
+
+
+class Conflict(ValueError):
+    """A rule between several keys of one section; `keys` lets the error say where each was set."""
+
+    def __init__(self, message: str, *keys: str) -> None:
+        super().__init__(message)
+        self.keys = keys
 
 
 def _blank_to_none(value: object) -> object:
@@ -207,9 +214,11 @@ class TapkeySettings(_Section):
     @model_validator(mode="after")
     def _one_secret_source(self) -> TapkeySettings:
         if self.client_secret is not None and self.client_secret_file is not None:
-            raise ValueError(
+            raise Conflict(
                 "client_secret and client_secret_file are both set; keep only one (in the "
-                "file, EXPORTER_TAPKEY__CLIENT_SECRET or EXPORTER_TAPKEY__CLIENT_SECRET_FILE)"
+                "file, EXPORTER_TAPKEY__CLIENT_SECRET or EXPORTER_TAPKEY__CLIENT_SECRET_FILE)",
+                "client_secret",
+                "client_secret_file",
             )
         return self
 
@@ -301,7 +310,9 @@ class DatabaseSettings(_Section):
     @model_validator(mode="after")
     def _schema_needs_postgresql(self) -> DatabaseSettings:
         if self.schema_name is not None and self.backend != "postgresql":
-            raise ValueError("schema_name is only supported with a postgresql:// url")
+            raise Conflict(
+                "schema_name is only supported with a postgresql:// url", "schema_name", "url"
+            )
         return self
 
     @property
@@ -360,8 +371,7 @@ class ScheduleSettings(_Section):
             return None
         value = " ".join(value.split())
         try:
-            # An explicit zone: without one APScheduler would look up the host's zone.
-            CronTrigger.from_crontab(value, timezone=UTC)
+            crontab.parse(value)
         except ValueError as exc:
             raise ValueError(f"invalid crontab expression {value!r}: {exc}") from None
         return value
@@ -380,9 +390,11 @@ class ScheduleSettings(_Section):
     @model_validator(mode="after")
     def _every_or_cron(self) -> ScheduleSettings:
         if self.every is not None and self.cron is not None:
-            raise ValueError(
+            raise Conflict(
                 "every and cron are both set; keep only one (an empty environment variable, "
-                "e.g. EXPORTER_SCHEDULE__EVERY=, unsets a value from the file)"
+                "e.g. EXPORTER_SCHEDULE__EVERY=, unsets a value from the file)",
+                "every",
+                "cron",
             )
         return self
 
@@ -396,11 +408,11 @@ class ScheduleSettings(_Section):
         """The zone `cron` is read in."""
         return ZoneInfo(self.timezone)
 
-    def cron_trigger(self) -> CronTrigger | None:
+    def cron_trigger(self) -> crontab.CrontabTrigger | None:
         """An APScheduler trigger for `cron` in `timezone`, or None when `every` is used."""
         if self.cron is None:
             return None
-        return CronTrigger.from_crontab(self.cron, timezone=self.tzinfo)
+        return crontab.CrontabTrigger(self.cron, self.tzinfo)
 
 
 class SyncSettings(_Section):

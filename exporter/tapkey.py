@@ -36,7 +36,14 @@ from exporter.auth import (
     retry_log_level,
     shown_location,
 )
-from exporter.errors import ApiError, AuthError, PagingError, PayloadError, PermissionDeniedError
+from exporter.errors import (
+    ApiError,
+    AuthError,
+    Interrupted,
+    PagingError,
+    PayloadError,
+    PermissionDeniedError,
+)
 from exporter.records import (
     BadValue,
     KnownTexts,
@@ -153,6 +160,7 @@ class TapkeyClient:
         max_restarts: int = 3,
         clock: Callable[[], float] = time.monotonic,
         max_body_bytes: int = MAX_BODY_BYTES,
+        stop: threading.Event | None = None,
         proxy: Proxy | None = None,
     ) -> None:
         require_secure_url(base_url, "[tapkey] api_base_url")
@@ -173,6 +181,7 @@ class TapkeyClient:
         self._clock = clock
         self._max_restarts = max(0, max_restarts)
         self._max_body_bytes = max_body_bytes
+        self._stop = stop  # once set, no request is sent (a stopped run leaves fetches behind)
         self._random = random.Random()
         self._counter_lock = threading.Lock()
         self._requests = 0
@@ -454,6 +463,8 @@ class TapkeyClient:
         reauthenticated = False
         is_retry = False
         while True:
+            if self._stop is not None and self._stop.is_set():
+                raise Interrupted
             token = self._tokens.token()
             self._count(counter, retry=is_retry)
             is_retry = False
