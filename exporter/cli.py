@@ -142,7 +142,8 @@ def _check_format(fmt: str, allowed: tuple[str, ...] = ("table", "json")) -> Non
 
 @contextlib.contextmanager
 def _stop_on_signals() -> Iterator[threading.Event]:
-    """SIGTERM/SIGINT stop the run between owners, recorded as failed ("interrupted").
+    """SIGTERM/SIGINT stop the run at once (requests in flight abandoned), recorded as failed
+    ("interrupted").
 
     A run killed mid-crawl stays `running` until the next run finds it; stopping it cleanly
     records why at once. A second signal acts as it would without this handler.
@@ -196,7 +197,8 @@ def run_once(
         typer.Option(
             "--allow-mass-removal-owner",
             metavar="OWNER_ID",
-            help="Confirm the held-back removals of this owner account only (repeatable).",
+            help="Confirm the held-back removals of this owner account only (its id or the "
+            "start of it; repeatable).",
             show_default=False,
         ),
     ] = None,
@@ -362,7 +364,7 @@ def db_current(config: ConfigOption = None, database_url: DatabaseOption = None)
 
 @app.command("serve")
 def serve(config: ConfigOption = None) -> None:
-    """Run the sync on the configured schedule until stopped, with optional /healthz and /metrics.
+    """Run the sync on a schedule until stopped, with optional /healthz, /livez and /metrics.
 
     Replicas may share a database: a replica that finds the writer lock held skips that slot.
 
@@ -398,6 +400,9 @@ def sandbox(
 ) -> None:
     """Serve a fake Tapkey (token endpoint + Owners + BoundLocks) on 127.0.0.1 until Ctrl-C.
 
+    Each owner also has Contacts, BoundCards, Grants and LogEntries.
+    The client is granted read:owneraccounts, read:core:entities, read:grants, read:logs.
+
     Of the configuration only \\[logging] is used. Example:
     exporter sandbox --port 8765 --owners 5 --locks-per-owner 20
     """
@@ -423,7 +428,10 @@ def sandbox(
                 f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}; choose another "
                 "--port (0 picks a free one)"
             ) from None
-    out.print(f"Sandbox serving {owners} owners x {locks_per_owner} locks at {fake.base_url}")
+    out.print(
+        f"Sandbox serving {owners} owners x {locks_per_owner} locks (and contacts, cards, grants,"
+        f" log entries) at {fake.base_url}"
+    )
     out.print("Point the exporter at it with:")
     out.print(f"  export EXPORTER_TAPKEY__TOKEN_URL={fake.token_url}")
     out.print(f"  export EXPORTER_TAPKEY__API_BASE_URL={fake.base_url}")
