@@ -251,6 +251,18 @@ def test_csv_value_quotes_only_text_that_starts_like_a_formula(value: Any, writt
     assert next(csv.DictReader(io.StringIO(out.getvalue())))["v"] == written
 
 
+def test_csv_fields_read_back_whatever_they_hold() -> None:
+    values = ['a "quoted" word', "comma, inside", "line\nbreak", "cr\rinside", "crlf\r\n", " lead"]
+    rows = [[value, n, None, value.upper()] for n, value in enumerate(values)]
+    out = io.StringIO()
+    render.write_csv_tuples(rows, ("text", "n", "none", "upper"), out)
+
+    assert out.getvalue().count("\n") >= len(rows) + 1
+    read = list(csv.reader(io.StringIO(out.getvalue(), newline="")))
+    assert read[0] == ["text", "n", "none", "upper"]
+    assert read[1:] == [[value, str(n), "", value.upper()] for n, value in enumerate(values)]
+
+
 # -- tables ---------------------------------------------------------------------------------------
 
 
