@@ -28,33 +28,37 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
-ADMIN_URLS = {
-    "postgresql": os.environ.get(
-        "EXPORTER_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
-    ),
-    "mariadb": os.environ.get("EXPORTER_BENCH_MARIADB", "mysql+pymysql://root@127.0.0.1:3306/"),
-}
-MIB = 1024 * 1024
+# The sync benchmark's database handling, results folder and environment record (same folder).
+from sync_bench import MIB, RESULTS, _environment, bench_database
+
 TARGET_SECONDS = 5.0
 TARGET_RSS_MIB = 150.0
-# (name, arguments, judged against the targets)
-COMMANDS: tuple[tuple[str, tuple[str, ...], bool], ...] = (
-    ("locks csv", ("locks", "--format", "csv"), True),
-    ("locks --as-of 1 csv", ("locks", "--as-of", "1", "--format", "csv"), True),
-    ("locks json", ("locks", "--format", "json"), False),
-    ("locks --as-of 1 json", ("locks", "--as-of", "1", "--format", "json"), False),
-    ("locks table", ("locks",), False),
-    ("changes csv", ("changes", "--format", "csv"), False),
-    ("changes json", ("changes", "--format", "json"), False),
-    ("changes --run 2 table", ("changes", "--run", "2"), False),
+# The SQL floors: the query behind `locks` (now / --as-of 1) read with the bare driver.
+FLOORS = {"SQL floor": "now", "SQL floor --as-of 1": "as-of"}
+# (name, arguments, judged against the targets, the floor it compares with)
+COMMANDS: tuple[tuple[str, tuple[str, ...], bool, str | None], ...] = (
+    ("locks csv", ("locks", "--format", "csv"), True, "SQL floor"),
+    (
+        "locks --as-of 1 csv",
+        ("locks", "--as-of", "1", "--format", "csv"),
+        True,
+        "SQL floor --as-of 1",
+    ),
+    ("locks json", ("locks", "--format", "json"), False, "SQL floor"),
+    (
+        "locks --as-of 1 json",
+        ("locks", "--as-of", "1", "--format", "json"),
+        False,
+        "SQL floor --as-of 1",
+    ),
+    ("locks table", ("locks",), False, "SQL floor"),
+    ("changes csv", ("changes", "--format", "csv"), False, None),
+    ("changes json", ("changes", "--format", "json"), False, None),
+    ("changes --run 2 table", ("changes", "--run", "2"), False, None),
 )
 _PLACES = ("Entrance", "Main", "Back", "Side", "Server", "Storage", "Bike", "Staff", "Archive")
 _THINGS = ("Door", "Gate", "Room", "Cabinet", "Locker", "Cellar")
@@ -178,13 +182,55 @@ def _lock_row(rng: random.Random, owner_id: str, t: datetime) -> tuple[Any, ...]
 # -- measuring ------------------------------------------------------------------------------------
 
 
+def sql_floor(url: str, when: str) -> int:
+    """Read the rows of `exporter locks`'s query (now, or as of run 1) with the bare driver.
+
+    The same SQL (report._locks_query, its parameters written in), executed and fetched by
+    sqlite3, psycopg (streamed in chunks, as the exporter reads) or PyMySQL (unbuffered), every
+    row decoded by the driver and dropped: what any reader of these rows has to spend.
+    """
+    from exporter import report, store
+
+    engine = store.make_engine(url, create=False)
+    rows = 0
+    try:
+        at = (
+            report.resolve_as_of(engine, "1", now=datetime.now(UTC)).at if when == "as-of" else None
+        )
+        with engine.connect() as conn:
+            query = report._locks_query(conn.dialect.name, at, None, False)
+            sql = str(query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+            dbapi: Any = conn.connection.dbapi_connection
+            if conn.dialect.name == "postgresql":
+                with dbapi.cursor() as cursor:
+                    rows = sum(1 for _ in cursor.stream(sql, size=2000))
+            else:
+                if conn.dialect.name == "sqlite":
+                    cursor = dbapi.cursor()
+                else:
+                    import pymysql.cursors
+
+                    cursor = dbapi.cursor(pymysql.cursors.SSCursor)
+                cursor.execute(sql)
+                while batch := cursor.fetchmany(2000):
+                    rows += len(batch)
+                cursor.close()
+    finally:
+        engine.dispose()
+    return rows
+
+
 def measure(args: tuple[str, ...], url: str, workdir: Path) -> dict[str, Any]:
-    """Run `exporter ARGS` on `url` as a subprocess; its wall and CPU time, peak RSS, output."""
+    """Run `exporter ARGS` (or a SQL floor) on `url` as a subprocess: its wall and CPU time,
+    peak RSS and output."""
     config = workdir / "empty.toml"
     config.write_text("")
     env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORTER_")}
-    command = [sys.executable, "-m", "exporter.cli", *args, "-c", str(config)]
-    command += ["--database-url", url]
+    if args[0] == "--sql-floor":
+        command = [sys.executable, str(Path(__file__).resolve()), *args, "--db-url", url]
+    else:
+        command = [sys.executable, "-m", "exporter.cli", *args, "-c", str(config)]
+        command += ["--database-url", url]
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     assert process.stdout is not None and process.stderr is not None
@@ -210,70 +256,25 @@ def measure(args: tuple[str, ...], url: str, workdir: Path) -> dict[str, Any]:
     }
 
 
-@contextmanager
-def bench_database(db: str, workdir: Path, url: str | None) -> Iterator[str]:
-    """An empty, migrated database for the benchmark (dropped afterwards on a server)."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    from exporter import store
-
-    def migrate(db_url: str) -> str:
-        engine = store.make_engine(db_url)
-        try:
-            store.upgrade(engine)
-        finally:
-            engine.dispose()
-        return db_url
-
-    if db == "sqlite":
-        path = Path(url.removeprefix("sqlite:///")) if url else workdir / "read_bench.db"
-        for suffix in ("", "-wal", "-shm", "-journal", ".lock"):
-            Path(f"{path}{suffix}").unlink(missing_ok=True)
-        yield migrate(f"sqlite:///{path}")
-        return
-    admin_url = url or ADMIN_URLS[db]
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    name = f"exporter_read_bench_{os.getpid()}"
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            if db == "postgresql":
-                conn.execute(
-                    text(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE datname = :name AND pid <> pg_backend_pid()"
-                    ),
-                    {"name": name},
-                )
-            conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
-
-    drop()
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    try:
-        yield migrate(make_url(admin_url).set(database=name).render_as_string(hide_password=False))
-    finally:
-        drop()
-        admin.dispose()
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Build the database, then time every command `args.repeat` times."""
     workdir = Path(tempfile.mkdtemp(prefix="exporter-read-bench-"))
     busy = os.getloadavg()[0]
     if busy > 0.5:
         print(f"warning: load average {busy:.1f}: other processes share the CPUs", flush=True)
-    results: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in COMMANDS}
+    steps = [(name, ("--sql-floor", when)) for name, when in FLOORS.items()]
+    steps += [(name, command) for name, command, _, _ in COMMANDS]
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in steps}
     try:
-        with bench_database(args.db, workdir, args.db_url) as url:
+        with bench_database(args.db, workdir, args.db_url) as fresh:
+            url = fresh()
             print(f"building {args.locks:,} locks in {args.owners:,} owner accounts...", flush=True)
             built = build(
                 url, locks=args.locks, owners=args.owners, renames=args.renames, seed=args.seed
             )
             print(f"built in {built['build_s']:.0f} s", flush=True)
             for round_no in range(1, args.repeat + 1):
-                for name, command, _ in COMMANDS:
+                for name, command in steps:
                     figures = measure(command, url, workdir)
                     figures["load_before"] = os.getloadavg()[0]
                     results[name].append(figures)
@@ -284,25 +285,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    summary = {}
-    for name, command, judged in COMMANDS:
+    summary: dict[str, dict[str, Any]] = {}
+    for name, command in steps:
         runs = results[name]
-        row = {
-            "command": "exporter " + " ".join(command),
+        summary[name] = {
+            "command": " ".join(command),
             "wall_s": statistics.median(r["wall_s"] for r in runs),
             "cpu_s": statistics.median(r["cpu_s"] for r in runs),
             "rss_peak_mib": max(r["rss_peak_mib"] for r in runs),
             "lines": runs[0]["lines"],
         }
+    for name, _, judged, floor in COMMANDS:
+        row = summary[name]
+        if floor is not None:
+            # Per round, against the floor measured in the same round (the VM's speed drifts).
+            rounds = zip(results[name], results[floor], strict=True)
+            row["x_floor"] = statistics.median(r["wall_s"] / f["wall_s"] for r, f in rounds)
         if judged:
             row["met"] = row["wall_s"] <= TARGET_SECONDS and row["rss_peak_mib"] < TARGET_RSS_MIB
-        summary[name] = row
     _check_lines(summary, args.locks)
     return {
         "benchmark": "read",
         "db": args.db,
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "parameters": vars(args) | {"results": str(args.results), "db_url": None},
+        "environment": _environment(),
         "build": built,
         "summary": summary,
         "runs": results,
@@ -324,7 +331,10 @@ def print_table(report: dict[str, Any]) -> None:
         f"read benchmark: {report['db']}, {p['locks']:,} locks in {p['owners']:,} owner "
         f"accounts, median of {p['repeat']}"
     )
-    header = f"{'command':<26}{'wall s':>8}{'cpu s':>8}{'peak RSS':>10}{'lines':>12}  target"
+    header = (
+        f"{'command':<26}{'wall s':>8}{'cpu s':>8}{'peak RSS':>10}{'lines':>12}{'x floor':>9}"
+        "  target"
+    )
     print(header)
     print("-" * len(header))
     for name, row in report["summary"].items():
@@ -333,11 +343,15 @@ def print_table(report: dict[str, Any]) -> None:
             target = f"<= {TARGET_SECONDS:.0f} s, < {TARGET_RSS_MIB:.0f} MiB: " + (
                 "ok" if row["met"] else "MISS"
             )
+        ratio = f"{row['x_floor']:.2f}" if "x_floor" in row else ""
         print(
             f"{name:<26}{row['wall_s']:>8.2f}{row['cpu_s']:>8.2f}"
-            f"{row['rss_peak_mib']:>6.0f} MiB{row['lines']:>12,}  {target}"
+            f"{row['rss_peak_mib']:>6.0f} MiB{row['lines']:>12,}{ratio:>9}  {target}"
         )
-    print("(each command is its own process: peak RSS includes the interpreter and imports)")
+    print(
+        "(each command is its own process: peak RSS includes the interpreter and imports; the "
+        "SQL floor's lines are the rows it read; x floor: wall time over the floor's, same round)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -360,7 +374,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--check", action="store_true", help="exit 1 when a target is missed (for CI)"
     )
+    parser.add_argument("--sql-floor", choices=("now", "as-of"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.sql_floor:  # one floor measurement, in a process of its own
+        print("\n" * sql_floor(args.db_url, args.sql_floor), end="")
+        return 0
     args.results.mkdir(parents=True, exist_ok=True)
     report = run(args)
     print_table(report)

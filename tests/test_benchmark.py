@@ -50,9 +50,11 @@ def test_read_benchmark_runs_every_command(tmp_path: Path) -> None:
         cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "locks --as-of 1 csv" in result.stdout
+    assert "locks --as-of 1 csv" in result.stdout and "SQL floor --as-of 1" in result.stdout
     (report,) = (tmp_path / "results").glob("read_sqlite_2*.json")
     summary = json.loads(report.read_text())["summary"]
     assert summary["locks csv"]["lines"] == summary["locks --as-of 1 csv"]["lines"] == 251
+    assert summary["SQL floor"]["lines"] == summary["SQL floor --as-of 1"]["lines"] == 250
+    assert summary["locks csv"]["x_floor"] > 0
     assert all(row["rss_peak_mib"] > 0 and row["wall_s"] > 0 for row in summary.values())
     assert {"met"} <= set(summary["locks csv"])
