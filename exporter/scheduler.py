@@ -216,6 +216,7 @@ def _log_result(result: RunResult) -> None:
 def serve(settings: Settings) -> int:
     """Run the daemon (with the HTTP endpoint when `[http] enabled`); return the exit code."""
     settings.tapkey.credentials()  # a missing client id or secret is a start-up error (exit 2)
+    job.refuse_in_memory(settings)
     daemon = Daemon(settings)
     endpoint = None
     engine = None

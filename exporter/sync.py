@@ -45,10 +45,11 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from exporter import lock_health
 from exporter.crawl import InventorySource, crawl
+from exporter.db_errors import store_error
 from exporter.errors import (
     ClientMismatchError,
-    DatabaseUnavailableError,
     ExporterError,
+    StoreError,
     TapkeyError,
 )
 from exporter.guard import RemovalGuard, locks_held_message, owners_held_message
@@ -79,7 +80,6 @@ from exporter.store import (
     WriterLock,
     connect,
     insert_many,
-    run_failure_message,
 )
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ def sync(
         try:
             run.prepare(allow_client_change=allow_client_change)
         except (OperationalError, DBAPIError) as exc:
-            raise DatabaseUnavailableError(run_failure_message(exc)) from None
+            raise store_error(exc, engine) from None
         return run.execute()
 
 
@@ -243,10 +243,10 @@ class _Run:
         except TapkeyError as exc:
             self._finish("failed", str(exc))
         except (OperationalError, DBAPIError) as exc:
-            error = DatabaseUnavailableError(run_failure_message(exc))
+            error = store_error(exc, self.engine)
             self._finish("failed", str(error))
             raise error from None
-        except DatabaseUnavailableError as exc:
+        except StoreError as exc:
             self._finish("failed", str(exc))
             raise
         except BaseException as exc:

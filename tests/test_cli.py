@@ -21,7 +21,7 @@ import typer
 from conftest import subprocess_env
 from history_checks import assert_history_consistent, expected_locks, locks_at
 from rich.console import Console
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, create_engine, func, select
 from typer.testing import CliRunner
 
 from exporter import cli
@@ -174,6 +174,32 @@ def test_two_concurrent_runs_one_exits_4(sandbox: Sandbox, db_url: str, engine: 
     assert "writer lock" in second.stderr
     assert first.returncode == 0, err_text
     assert _scalar(engine, select(func.count()).select_from(sync_runs)) == 1
+
+
+def test_concurrent_first_runs_on_a_new_sqlite_file_create_the_schema_once(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    # The first run of a new SQLite file creates the schema under the writer lock: the runs that
+    # start meanwhile are skipped (exit 4) instead of failing on "table already exists".
+    sandbox.add_fault(Fault(route="locks", kind="delay", delay=0.5, times=None))
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    env = {**subprocess_env(sandbox, url), "EXPORTER_TAPKEY__WORKERS": "1"}
+
+    runs = [_start(env, "run-once", "--quiet") for _ in range(4)]
+    results = [(run.wait(timeout=120), run.communicate()[1]) for run in runs]
+
+    codes = [code for code, _ in results]
+    assert set(codes) <= {0, 4} and 0 in codes, results
+    for code, stderr in results:
+        assert "Traceback" not in stderr and "already exists" not in stderr
+        if code == 4:
+            assert "another exporter run holds the writer lock" in stderr
+    engine = create_engine(url)
+    try:
+        assert _scalar(engine, select(func.count()).select_from(sync_runs)) == codes.count(0)
+        assert_history_consistent(engine)
+    finally:
+        engine.dispose()
 
 
 def test_a_killed_run_is_marked_failed_by_the_next_and_history_converges(

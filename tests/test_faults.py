@@ -1623,6 +1623,36 @@ CONFIG_FAULTS = [
         r"EXPORTER_TAPKEY__PAGE_SIZE: \[tapkey\] page_size: must be between 1 and 1000",
         id="bad-value",
     ),
+    pytest.param(
+        None,
+        None,
+        {"EXPORTER_DATABASE__URL": "sqlite://exporter.db"},
+        r"\[database\] url: sqlite://exporter\.db names a host, not a file \(two slashes\): "
+        r"write sqlite:///exporter\.db for a relative path",
+        id="sqlite-two-slashes",
+    ),
+    pytest.param(
+        None,
+        None,
+        {"EXPORTER_DATABASE__URL": "mysql://root:pw@127.0.0.1:3306"},
+        r"\[database\] url: mysql://root:\*\*\*@127\.0\.0\.1:3306 names no database: add it",
+        id="mariadb-without-database",
+    ),
+    pytest.param(
+        None,
+        None,
+        {"EXPORTER_DATABASE__URL": "postgresql+asyncpg://u@db/x"},
+        r"the postgresql driver 'asyncpg' is not supported: the exporter uses psycopg 3; "
+        r"write postgresql://",
+        id="asyncpg",
+    ),
+    pytest.param(
+        None,
+        None,
+        {"EXPORTER_DATABASE__URL": "mysql+mysqldb://u@db/x"},
+        r"the mysql driver 'mysqldb' is not supported: the exporter uses PyMySQL; write mysql://",
+        id="mysqldb",
+    ),
 ]
 
 
@@ -1656,6 +1686,23 @@ def test_bad_configuration_is_one_line_and_exit_2(
     line = _one_line(result.err.strip())
     assert line.startswith("error: ") and re.search(expected, line), line
     assert result.out == ""
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+@pytest.mark.parametrize("command", ["run-once", "serve"])
+def test_an_in_memory_database_is_refused_for_runs(
+    sandbox: Sandbox, exporter_cli: Callable[..., CliResult], url: str, command: str
+) -> None:
+    env = {**subprocess_env(sandbox, url), "EXPORTER_SCHEDULE__EVERY": "1h"}
+
+    result = exporter_cli(command, env=env)
+
+    assert result.code == 2
+    assert _one_line(result.err.strip()) == (
+        f"error: [database] url {url} is an in-memory database, which is gone when the run "
+        "ends: name a file, e.g. sqlite:///exporter.db"
+    )
+    assert sandbox.request_count == 0
 
 
 def test_an_unreadable_secret_file_is_one_line_and_exit_2(

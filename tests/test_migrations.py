@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -33,6 +34,33 @@ def test_empty_database_upgrades_to_head_and_matches_the_models(empty_db_url: st
         views = set(inspect(engine).get_view_names())
         assert {"current_bound_locks", "bound_lock_changes"} <= views
         store.require_current(engine)
+    finally:
+        engine.dispose()
+
+
+def test_concurrent_upgrades_of_an_empty_database_all_succeed(empty_db_url: str) -> None:
+    # Each upgrade takes the writer lock: one creates the schema, the others wait for it and find
+    # the schema current (they used to fail on "table already exists").
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORTER_")}
+    env["EXPORTER_DATABASE__URL"] = empty_db_url
+    upgrades = [
+        subprocess.Popen(
+            [sys.executable, "-m", "exporter.cli", "db", "upgrade"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    results = [(upgrade.wait(timeout=120), *upgrade.communicate()) for upgrade in upgrades]
+
+    assert [code for code, _, _ in results] == [0, 0, 0, 0], results
+    assert all(out.endswith("(head)\n") for _, out, _ in results)
+    engine = store.make_engine(empty_db_url)
+    try:
+        assert store.current_revision(engine) == store.head_revision()
+        store.check_models(engine)
     finally:
         engine.dispose()
 
