@@ -8,7 +8,7 @@ Shutdown: the first SIGTERM/SIGINT stops scheduling and sets the stop event, whi
 checks between owners (the owner in flight commits or rolls back as a whole), so the run ends as
 `failed`/`interrupted` and releases its lock; the daemon waits up to `shutdown_timeout` for that
 and exits 0. A second signal exits at once; every write being transactional, the database stays
-consistent, and the next run marks the abandoned run `failed`/`interrupted`.
+consistent, and the next run marks the abandoned run `failed` (abandoned, no end time).
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """The sync engine: owner accounts and bound locks from the API in, exact history out.
 
 One run:
-1. takes the database's writer lock and marks runs left `running` by dead processes as failed;
+1. takes the database's writer lock, writes the ends of this process's earlier runs that the
+   database was away for, and marks runs left `running` without an end as failed (abandoned;
+   see exporter.run_records);
 2. fetches the whole owner list and writes owner creates/updates/restores in one transaction;
 3. fetches every owner's bound locks (`workers` at a time) and writes each owner's creates,
    updates and restores in one transaction of its own, in bulk statements. A lock whose payload
@@ -15,7 +17,7 @@ One run:
 5. records the outcome in `sync_runs`.
 
 A crash at any point leaves a consistent database: every transaction moves the current tables and
-the version tables together, and the next run marks the crashed run failed.
+the version tables together, and the next run marks the crashed run failed (abandoned).
 
 Versions are half-open intervals [valid_from, valid_to). Every instant the engine writes comes
 from a clock forced to move forward past everything already stored, so the versions of an entity
@@ -43,7 +45,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from exporter import lock_health
+from exporter import lock_health, run_records
 from exporter.crawl import InventorySource, crawl
 from exporter.db_errors import store_error
 from exporter.errors import (
@@ -202,18 +204,15 @@ class _Run:
     # -- run record ---------------------------------------------------------------------------
 
     def prepare(self, *, allow_client_change: bool) -> None:
-        """Clean up after dead runs, check the client, and open this run's record."""
+        """Close earlier runs' records, check the client, and open this run's record."""
+        unrecorded = run_records.unrecorded(self.engine)
         with connect(self.engine) as conn, conn.begin():
+            # Ends of this process's runs the database was away for, then runs nobody closed.
+            run_records.write_unrecorded(conn, unrecorded)
+            run_records.mark_abandoned(conn)
             # Read under the lock: nobody else writes now, so this is the true latest instant.
             self.clock = Clock(self.now, latest_instant(conn))
             self.result.started_at = self.clock()
-            stale = conn.execute(
-                update(sync_runs)
-                .where(sync_runs.c.status == "running")
-                .values(status="failed", error="interrupted", finished_at=self.clock())
-            ).rowcount
-            if stale:
-                log.warning("marked %d run(s) left running by a dead process as failed", stale)
             previous = filled_by(conn)
             if previous is not None and previous != self.client_id and not allow_client_change:
                 raise ClientMismatchError(
@@ -230,6 +229,7 @@ class _Run:
                     client_id=self.client_id,
                 )
             ).inserted_primary_key[0]  # type: ignore[index]
+        run_records.forget(self.engine, unrecorded)
         if self.on_started is not None and self.result.run_id is not None:
             self.on_started(self.result.run_id)
         log.info("run %s started (%s)", self.result.run_id, self.trigger)
@@ -262,24 +262,18 @@ class _Run:
         result.api_requests = self.source.request_count - self.requests_at_start
         if self.dry_run or result.run_id is None:
             return
-        try:
-            with connect(self.engine) as conn, conn.begin():
-                conn.execute(
-                    update(sync_runs)
-                    .where(sync_runs.c.id == result.run_id)
-                    .values(
-                        status=status,
-                        finished_at=result.finished_at,
-                        owners_seen=result.owners_seen,
-                        locks_seen=result.locks_seen,
-                        api_requests=result.api_requests,
-                        error=error,
-                        **result.counts.as_dict(),
-                    )
-                )
-        except (ExporterError, OperationalError, DBAPIError):
-            # The next run that takes the lock marks this one failed ("interrupted").
-            log.exception("could not record the end of run %s", result.run_id)
+        end = {
+            "status": status,
+            "finished_at": result.finished_at,
+            "owners_seen": result.owners_seen,
+            "locks_seen": result.locks_seen,
+            "api_requests": result.api_requests,
+            "error": error,
+            **result.counts.as_dict(),
+        }
+        run_records.record_end(
+            self.engine, result.run_id, result.started_at, end, wait=self.stop.wait
+        )
         log.info(
             "run %s %s: %s",
             result.run_id,
@@ -567,13 +561,13 @@ class _Run:
                     self._note("lock", lock_id, "removed", owner_id, None, reason, title)
             removed_owners = sorted(vanished - kept_owners)
             removed = sum(len(ids) for ids in doomed.values())
-            self.result.counts.removed += removed
             for outcome in self.result.owners:
                 outcome.counts.removed = per_owner.get(outcome.owner_account_id, 0)
                 outcome.error = owner_notes.get(outcome.owner_account_id, outcome.error)
             for owner_id in removed_owners:
                 self._note("owner", owner_id, "removed", owner_id, None, "owner_removed")
             if self.dry_run:
+                self.result.counts.removed += removed
                 return held
             for reason, ids in doomed.items():
                 remove_rows(
@@ -612,6 +606,8 @@ class _Run:
                     .values(error=bindparam("b_error")),
                     [{"b_owner": o, "b_error": m} for o, m in owner_notes.items()],
                 )
+        # Counted once committed: a run that fails in this transaction records what it wrote.
+        self.result.counts.removed += removed
         if removed or removed_owners:
             log.info("removed %d lock(s) and %d owner(s)", removed, len(removed_owners))
         for message in held:

@@ -27,6 +27,7 @@ from typer.testing import CliRunner
 from exporter import cli
 from exporter.demo import run_demo
 from exporter.errors import UsageError
+from exporter.run_records import ABANDONED
 from exporter.sandbox import Fault, Sandbox
 from exporter.schema import sync_run_owners, sync_runs
 
@@ -219,6 +220,12 @@ def test_a_killed_run_is_marked_failed_by_the_next_and_history_converges(
         victim.communicate(timeout=30)
     assert _running(engine)
     assert_history_consistent(engine)
+    with engine.connect() as conn:
+        committed = conn.execute(
+            select(
+                func.sum(sync_run_owners.c.locks_seen), func.sum(sync_run_owners.c.updated)
+            ).where(sync_run_owners.c.run_id == 2)
+        ).one()
     sandbox.clear_faults()
 
     recovery = _run(env, "run-once")
@@ -228,9 +235,16 @@ def test_a_killed_run_is_marked_failed_by_the_next_and_history_converges(
         runs = conn.execute(select(sync_runs).order_by(sync_runs.c.id)).mappings().all()
     assert [(r["status"], r["error"]) for r in runs] == [
         ("succeeded", None),
-        ("failed", "interrupted"),
+        ("failed", ABANDONED),
         ("succeeded", None),
     ]
+    # No end time is made up for the killed run; its counts are those its owners committed.
+    killed = runs[1]
+    assert killed["finished_at"] is None
+    assert (killed["locks_seen"], killed["updated"]) == tuple(committed)
+    assert killed["updated"] > 0
+    assert "run(s) 2 had no recorded end (the process was killed, or lost" in recovery.stderr
+    assert "dead process" not in recovery.stderr
     finished = runs[-1]["finished_at"]
     assert locks_at(engine, finished) == expected_locks(sandbox.snapshot())
     assert_history_consistent(engine)

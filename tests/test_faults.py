@@ -37,7 +37,7 @@ from sqlalchemy import Engine, create_engine, event, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import Pool
 
-from exporter import cli, job, store
+from exporter import cli, job, run_records, store
 from exporter.errors import DatabaseUnavailableError, SchemaVersionError
 from exporter.results import RunResult
 from exporter.sandbox import Fault, Request, Sandbox
@@ -1118,34 +1118,70 @@ def test_a_connection_lost_before_the_run_starts_exits_5_and_writes_no_run(
 
 
 @SERVERS
-def test_a_database_still_away_at_the_end_leaves_the_run_for_the_next_one_to_close(
-    db_url: str, engine: Engine, tmp_path: Path
+@pytest.mark.parametrize("where", ["second owner", "removals"])
+def test_a_run_cut_off_by_the_database_is_recorded_by_its_process_when_it_is_back(
+    db_url: str,
+    engine: Engine,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    where: str,
 ) -> None:
+    # The database goes away in the middle of the run (in the second owner's transaction, or in
+    # the removals') and is still away while the run tries to record its end: the process keeps
+    # the end, and its next run (`serve`'s next slot) writes it as it happened, not as
+    # "interrupted" with counts of 0 and the time it was found.
+    monkeypatch.setattr(run_records, "RETRY_WAITS", (0.0, 0.0, 0.0))
+    caplog.set_level(logging.INFO)
     url = db_url
     with Sandbox(seed=32, owners=3, locks_per_owner=4) as fake:
         _run(fake, url, tmp_path)
         _mutate_every_owner(fake)
+        inserts: list[str] = []
 
-        def owner_write_then_finish(statement: str) -> bool:
-            finish = statement.startswith("UPDATE sync_runs") and "sync_runs.id =" in statement
-            return finish or statement.startswith("INSERT INTO sync_run_owners")
+        def cut_off_then_every_try_to_record_the_end(statement: str) -> bool:
+            if statement.startswith("INSERT INTO sync_run_owners"):
+                inserts.append(statement)
+                return where == "second owner" and len(inserts) == 2
+            if statement.startswith("UPDATE bound_locks SET removed_at"):
+                return where == "removals"
+            return statement.startswith("UPDATE sync_runs") and "sync_runs.id =" in statement
 
+        attempts = 1 + len(run_records.RETRY_WAITS)
         with (
-            _killing(url, owner_write_then_finish, times=2) as killed,
-            pytest.raises(DatabaseUnavailableError),
+            _killing(url, cut_off_then_every_try_to_record_the_end, 1 + attempts) as killed,
+            pytest.raises(DatabaseUnavailableError) as lost,
         ):
-            _run(fake, url, tmp_path)
-        assert len(killed) == 2 and killed[1].startswith("UPDATE")
+            _run(fake, url, tmp_path, tapkey={"workers": 1})
+        assert len(killed) == 1 + attempts
         assert _runs(engine)[-1] == ("running", None)
-        assert_history_consistent(engine)
+        [warning] = [r for r in caplog.records if "could not record the end" in r.getMessage()]
+        assert warning.getMessage().startswith("could not record the end of run 2 (")
+        assert warning.exc_info is None and "\n" not in warning.getMessage()  # one line
+        counts = ("locks_seen", "updated", "unchanged", "removed")
+        with engine.connect() as conn:
+            committed = conn.execute(
+                select(*(func.sum(sync_run_owners.c[name]) for name in counts)).where(
+                    sync_run_owners.c.run_id == 2
+                )
+            ).one()
+        caplog.clear()
 
         result = _run(fake, url, tmp_path)
 
-        assert _runs(engine) == [
-            ("succeeded", None),
-            ("failed", "interrupted"),
-            ("succeeded", None),
-        ]
+        with engine.connect() as conn:
+            runs = conn.execute(select(sync_runs).order_by(sync_runs.c.id)).mappings().all()
+        cut = runs[1]
+        assert (cut["status"], cut["error"]) == ("failed", _one_line(str(lost.value)))
+        assert cut["error"].startswith("lost the database connection (")
+        # The end it really had: before the next run began, with what its owners committed.
+        assert cut["finished_at"] is not None and cut["finished_at"] < runs[2]["started_at"]
+        assert tuple(cut[name] for name in counts) == tuple(committed)
+        # The renamed lock of each owner that committed; no removal was committed.
+        assert (cut["updated"], cut["removed"]) == (1 if where == "second owner" else 3, 0)
+        assert any("recorded the end of run 2 (failed at" in r.getMessage() for r in caplog.records)
+        assert not any("had no recorded end" in r.getMessage() for r in caplog.records)
+        assert_history_consistent(engine)
         _assert_converged(engine, fake, result)
 
 
@@ -1318,8 +1354,9 @@ def test_no_secret_token_or_database_password_in_any_output(
 
     if engine.dialect.name == "postgresql":
         _database_away_until_after_the_run(sandbox, db_url, run)
-        assert "Traceback" in outputs["database away"].stderr  # tracebacks are grepped too
-        assert _runs(engine)[-2:] == [("failed", "interrupted"), ("succeeded", None)]
+        away = outputs["database away"].stderr
+        assert "Traceback" not in away and "could not record the end of run" in away
+        assert _runs(engine)[-2:] == [("failed", run_records.ABANDONED), ("succeeded", None)]
 
     tokens = sandbox.issued_tokens
     assert len(tokens) >= 6
@@ -1349,8 +1386,8 @@ def _database_away_until_after_the_run(
 ) -> None:
     """Mid-crawl, PostgreSQL drops every session and refuses new ones until the run has ended.
 
-    The run cannot even record its end (it logs that with a traceback) and exits 5; once the
-    database is back, the next run marks it failed ("interrupted") and goes on.
+    The run cannot even record its end (it logs that on one line) and exits 5; once the
+    database is back, the next run (another process) marks it failed (abandoned) and goes on.
     """
     name = make_url(db_url).database
     admin = create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
