@@ -66,7 +66,7 @@ from exporter.history import (
     remove_rows,
     version_row,
 )
-from exporter.records import LockRecord, OwnerLocks, OwnerRecord
+from exporter.records import MAX_ID_LENGTH, LockRecord, OwnerLocks, OwnerRecord
 from exporter.results import Change, Counts, OwnerOutcome, RunResult
 from exporter.schema import (
     LOCK_TRACKED,
@@ -287,9 +287,10 @@ class _Run:
         owners = self.source.list_owners()
         self.result.owners_seen = len(owners)
         listed = {owner.id for owner in owners}
+        owners = [owner for owner in owners if not self._fails_unstorable(owner)]
         with connect(self.engine) as conn, conn.begin():
             self._count_present(conn)
-            vanished = self._write_owners(conn, owners)
+            vanished = self._write_owners(conn, owners, listed)
         complete: set[str] = set()
         removable: set[str] = set()
         fetches = crawl(
@@ -334,8 +335,23 @@ class _Run:
         ).scalar_one()
         self.had_locks = conn.execute(select(bound_locks.c.id).limit(1)).first() is not None
 
-    def _write_owners(self, conn: Connection, owners: Sequence[OwnerRecord]) -> set[str]:
-        """Create, update and restore owners; return the ids of owners that vanished."""
+    def _fails_unstorable(self, owner: OwnerRecord) -> bool:
+        """Fail an owner the database cannot hold (OwnerRecord.problem): it and its locks are
+        left as stored, the other owners sync, and the run is partial."""
+        if owner.problem is None:
+            return False
+        error = f"{owner.problem}; the owner and its locks were left as stored"
+        outcome = OwnerOutcome(owner.id, "failed", fetched_at=self.clock(), error=error)
+        log.warning("owner %s failed: %s", owner.id, error)
+        self.result.owners.append(outcome)
+        if len(owner.id) <= MAX_ID_LENGTH:  # else it cannot have a sync_run_owners row either
+            self.quiet.append(outcome)
+        return True
+
+    def _write_owners(
+        self, conn: Connection, owners: Sequence[OwnerRecord], listed: set[str]
+    ) -> set[str]:
+        """Create, update and restore `owners`; return the ids of stored owners not `listed`."""
         t = self.clock()
         stored = {row.id: row for row in conn.execute(select(owner_accounts))}
         new_rows: list[dict[str, Any]] = []
@@ -356,7 +372,6 @@ class _Run:
             changed_rows.append({"b_id": owner.id, **values, "removed_at": None, "updated_at": t})
             versions.append(version_row(owner.id, values, t, kind, fields, self._run_id))
             self._note("owner", owner.id, kind, owner.id, fields, title=owner.name)
-        listed = {owner.id for owner in owners}
         vanished = {
             row.id for row in stored.values() if row.removed_at is None and row.id not in listed
         }

@@ -11,6 +11,7 @@ are covered in tests/test_cli.py, tests/test_check.py and the secrets/CLI sectio
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
@@ -657,6 +658,151 @@ def test_a_record_with_wrong_types_is_skipped_counted_and_left_as_stored(
     after = _stored(engine, owner)
     assert after[broken] == before[broken]  # not updated, not removed
     assert after[unbound]["removed_at"] is not None  # a known skipped id blocks no removal
+    assert_history_consistent(engine)
+
+
+# Values longer than the exporter stores (records.MAX_FIELD_LENGTHS, MAX_ELEMENT_BYTES): the
+# lock is skipped and counted with a warning naming the field, the same on every database.
+_HEX_299 = base64.b64encode(bytes([100, 0]) + bytes(range(100))).decode()  # 100 bytes of id
+TOO_LONG = [
+    pytest.param({"physicalLockId": "A" * 256}, "physicalLockId is 256", id="physical-lock-id"),
+    pytest.param({"lockTypeId": "T" * 256}, "lockTypeId is 256", id="lock-type-id"),
+    pytest.param(
+        {"lockType": {"id": "TK.Td30", "modelName": "M" * 256}},
+        "lockType.modelName is 256",
+        id="model-name",
+    ),
+    pytest.param({"targetType": "L" * 65}, "targetType is 65", id="target-type"),
+    pytest.param(
+        {"physicalLockId": _HEX_299}, "lock_id_hex is 299 characters", id="hex-id-of-a-long-id"
+    ),
+    pytest.param({"description": "d" * 4_200_000}, "the element is 4,2", id="element-over-4-mib"),
+]
+
+
+@pytest.mark.parametrize(("bad", "named"), TOO_LONG)
+def test_a_value_longer_than_the_exporter_stores_skips_the_lock_on_every_database(
+    sandbox: Sandbox,
+    db_url: str,
+    engine: Engine,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    bad: dict[str, Any],
+    named: str,
+) -> None:
+    _run(sandbox, db_url, tmp_path)
+    owner = _owner_ids(sandbox)[0]
+    elements = _elements(sandbox, owner)
+    long = elements[1]["id"]
+    elements[1].update(bad)
+    elements[2]["title"] = "still synced"
+    before = _stored(engine)
+    _serve_list(sandbox, owner, _texts(elements))
+
+    result = _run(sandbox, db_url, tmp_path)
+
+    assert result.status == "succeeded" and result.counts.skipped == 1
+    assert result.counts.updated == 1 and _run_row(engine, result.run_id)["skipped"] == 1
+    after = _stored(engine)
+    assert after[long] == before[long]  # left as stored: not updated, cut or removed
+    assert after[elements[2]["id"]]["title"] == "still synced"
+    assert {k: v for k, v in after.items() if k not in (long, elements[2]["id"])} == {
+        k: v for k, v in before.items() if k not in (long, elements[2]["id"])
+    }
+    [warning] = [r.getMessage() for r in caplog.records if f"{long}: {named}" in r.getMessage()]
+    assert f"owner {owner}: skipped 1 " in warning and "the exporter stores" in warning
+    assert_history_consistent(engine)
+
+
+def test_long_free_texts_are_stored_whole_on_every_database(
+    sandbox: Sandbox, db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    # A 100,000-character title used to fail the whole run on MariaDB (TEXT holds 64 KiB).
+    owner = _owner_ids(sandbox)[0]
+    lock = _lock_ids(sandbox, owner)[0]
+    title, description, name = "T\u00fcr " * 25_000, "\u00e9" * 300_000, "N" * 100_000
+    sandbox.update_lock(lock, title=title, description=description)
+    sandbox.update_owner(owner, name=name)
+
+    result = _run(sandbox, db_url, tmp_path)
+    again = _run(sandbox, db_url, tmp_path)
+
+    assert result.status == "succeeded" and result.counts.skipped == 0
+    assert again.counts.unchanged == result.counts.created  # stored exactly: no new version
+    with engine.connect() as conn:
+        stored = conn.execute(
+            select(bound_locks.c.title, bound_locks.c.description).where(bound_locks.c.id == lock)
+        ).one()
+        stored_name = conn.execute(
+            select(owner_accounts.c.name).where(owner_accounts.c.id == owner)
+        ).scalar_one()
+        view = conn.execute(
+            text("SELECT title, owner_name FROM current_bound_locks WHERE id = :id"), {"id": lock}
+        ).one()
+    assert tuple(stored) == (title, description) and stored_name == name
+    assert tuple(view) == (title, name)
+    _assert_converged(engine, sandbox, again)
+
+
+def _owner_rows(engine: Engine) -> dict[str, dict[str, Any]]:
+    """The stored owner accounts, but for last_seen_at (which every fetch moves)."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(owner_accounts).order_by(owner_accounts.c.id)).mappings()
+        return {r["id"]: {k: v for k, v in r.items() if k != "last_seen_at"} for r in rows}
+
+
+def _list_also_owner(fake: Sandbox, extra: dict[str, Any]) -> None:
+    """Serve the owner list with `extra` appended, paged like the real API."""
+
+    def page(request: Request) -> None:
+        if request.route != "owners":
+            return
+        owners = [*fake.owners_payload(), extra]
+        skip = request.skip or 0
+        rows = owners[skip : None if request.top is None else skip + request.top]
+        fake.add_fault(Fault("owners", kind="body", body=json.dumps(rows)))
+
+    fake.hooks.append(page)
+
+
+@pytest.mark.parametrize("what", ["long id", "long element"])
+def test_an_owner_the_database_cannot_hold_fails_alone(
+    sandbox: Sandbox, db_url: str, engine: Engine, tmp_path: Path, what: str
+) -> None:
+    # Other owners are never lost: the run syncs them and is partial; that owner is left as it is.
+    _run(sandbox, db_url, tmp_path)
+    owners = _owner_ids(sandbox)
+    for owner in owners:
+        sandbox.rename(_lock_ids(sandbox, owner)[0], f"renamed {owner[:6]}")
+    if what == "long id":
+        bad = "o" * 65
+        _list_also_owner(sandbox, {"id": bad, "name": "x", "active": True})
+    else:
+        bad = owners[0]
+        sandbox.update_owner(bad, name="N" * 4_200_000)
+    before = _stored(engine, bad)
+    owners_before = _owner_rows(engine)
+
+    result = _run(sandbox, db_url, tmp_path)
+
+    assert result.status == "partial" and result.counts.updated == 2 + (what == "long id")
+    failed = [o for o in result.owners if o.status == "failed"]
+    assert [o.owner_account_id for o in failed] == [bad]
+    too_long = "its id is 65 characters" if what == "long id" else "its element is 4,2"
+    assert failed[0].error is not None and failed[0].error.startswith(too_long)
+    assert "the owner and its locks were left as stored" in failed[0].error
+    assert _run_row(engine, result.run_id)["error"].startswith(f"owner {bad}: {too_long}")
+    assert _stored(engine, bad) == before and _owner_rows(engine) == owners_before
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(sync_run_owners.c.owner_account_id, sync_run_owners.c.status).where(
+                sync_run_owners.c.run_id == result.run_id
+            )
+        ).all()
+    expected_rows = {(o, "complete") for o in owners if o != bad}
+    if what == "long element":
+        expected_rows.add((bad, "failed"))  # a 65-character id has no row to go in
+    assert set(map(tuple, rows)) == expected_rows
     assert_history_consistent(engine)
 
 
