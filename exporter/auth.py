@@ -9,7 +9,8 @@ Renewal happens under a lock, so N worker threads that all need a new token trig
 
 Secrets never leave this module: the client secret and access tokens are kept out of exceptions,
 log records and reprs, and requests-oauthlib's DEBUG logging (which prints request bodies and
-tokens) is silenced below.
+tokens) is silenced below. The token request follows no redirect: a 3xx is an error naming its
+Location, so the secret is only ever posted to `token_url` (and through the configured proxy).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urljoin, urlsplit
 
 import requests
 from oauthlib.oauth2 import BackendApplicationClient, OAuth2Error
@@ -29,6 +30,9 @@ from requests_oauthlib import OAuth2Session
 from requests_oauthlib import oauth2_session as _oauth2_session
 
 from exporter.errors import AuthError, ConfigError
+
+if TYPE_CHECKING:  # proxies imports this module
+    from exporter.proxies import Proxy
 
 __all__ = ["TokenProvider", "display_url", "is_loopback_url", "require_secure_url"]
 
@@ -38,6 +42,9 @@ log = logging.getLogger(__name__)
 MAX_MARGIN_FRACTION = 0.25
 #: Cap on a token endpoint's Retry-After, in seconds.
 MAX_TOKEN_RETRY_AFTER = 30.0
+#: Retries are logged at INFO; the retry after this many failed attempts of one request is a
+#: WARNING (the service is struggling, not just blinking). A request that finally fails raises.
+RETRY_WARNING_AFTER = 3
 
 # requests-oauthlib logs the token request body (holding the client secret), the response body and
 # the token dict at DEBUG. Raising the level keeps those records from ever being created; the filter
@@ -86,7 +93,55 @@ def display_url(url: str) -> str:
         return "<unparseable url>"
     if ":" in host:
         host = f"[{host}]"
-    return f"{parts.scheme}://{host}{port}{parts.path}"
+    shown = f"{parts.scheme}://{host}{port}{parts.path}"
+    # Also used for URLs a server sent (a redirect's Location): no control characters, bounded.
+    shown = "".join(c if c.isprintable() else "?" for c in shown)
+    return shown if len(shown) <= 200 else shown[:197] + "..."
+
+
+def redirect_location(response: requests.Response) -> str | None:
+    """The absolute URL a redirect points to; None when its Location cannot be read."""
+    try:
+        location = urljoin(response.url, response.headers.get("Location", ""))
+        return location if urlsplit(location).hostname else None
+    except ValueError:
+        return None
+
+
+def shown_location(response: requests.Response) -> str:
+    """A redirect's target for a message (untrusted: shown without query, printable only)."""
+    location = redirect_location(response)
+    return display_url(location) if location else "an unreadable Location"
+
+
+def retry_log_level(failed_attempts: int) -> int:
+    """The level of the line announcing a retry after `failed_attempts` failures of one request."""
+    return logging.WARNING if failed_attempts == RETRY_WARNING_AFTER else logging.INFO
+
+
+def network_hint(exc: Exception, proxy: Proxy | None) -> str:
+    """What to check after a connection failure: the proxy if that leg failed, else the network."""
+    if proxy is not None and isinstance(exc, requests.exceptions.ProxyError):
+        return f"the proxy {proxy}"
+    return "the network"
+
+
+_TUNNEL_REFUSED = re.compile(r"Tunnel connection failed: (4\d\d)\b")
+
+
+def proxy_refusal(exc: Exception, proxy: Proxy | None) -> str | None:
+    """Why the proxy refused the CONNECT tunnel with a 4xx (not worth retrying), else None."""
+    if proxy is None or not isinstance(exc, requests.exceptions.ProxyError):
+        return None
+    match = _TUNNEL_REFUSED.search(str(exc))
+    if match is None:
+        return None
+    fix = (
+        f"check the user and password in {proxy.source}"
+        if match[1] == "407"
+        else f"ask the proxy's administrators to allow it, or check {proxy.source}"
+    )
+    return f"the proxy {proxy} refused the connection (HTTP {match[1]}); {fix}"
 
 
 def require_secure_url(url: str, key: str) -> None:
@@ -130,10 +185,13 @@ if not getattr(_oauth2_session.is_secure_transport, "_exporter_loopback", False)
 class _Retryable(Exception):
     """A token request that may succeed if repeated (5xx, 429, network)."""
 
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, reason: str, retry_after: float | None = None, hint: str = "the network"
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+        self.hint = hint
 
 
 _KNOWN_REJECTIONS = frozenset(
@@ -163,6 +221,16 @@ def _retry_after_seconds(response: requests.Response) -> float | None:
     return seconds if seconds >= 0 else None
 
 
+def _no_redirects(
+    url: str, headers: dict[str, str], request_kwargs: dict[str, Any]
+) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """requests-oauthlib compliance hook: send the token request with redirects off.
+
+    requests would re-post the form (client secret included) on a 307/308, to any URL.
+    """
+    return url, headers, {**request_kwargs, "allow_redirects": False}
+
+
 class TokenProvider:
     """Hands out a valid access token for the configured OAuth client; thread-safe."""
 
@@ -181,6 +249,7 @@ class TokenProvider:
         max_retries: int = 2,
         backoff_factor: float = 0.5,
         max_retry_after: float = MAX_TOKEN_RETRY_AFTER,
+        proxy: Proxy | None = None,
     ) -> None:
         require_secure_url(token_url, "[tapkey] token_url")
         if not client_id:
@@ -199,6 +268,7 @@ class TokenProvider:
         self._max_retries = max(0, max_retries)
         self._backoff_factor = max(0.0, backoff_factor)
         self._max_retry_after = max(0.0, max_retry_after)
+        self._proxy = proxy
         self._lock = threading.Lock()
         self._token: str | None = None
         self._renew_at = 0.0
@@ -235,14 +305,15 @@ class TokenProvider:
                 if attempt == attempts:
                     raise AuthError(
                         f"token endpoint {safe_url} failed after {attempts} attempts "
-                        f"({exc.reason}); check [tapkey] token_url and the network, or try again "
+                        f"({exc.reason}); check [tapkey] token_url and {exc.hint}, or try again "
                         "later"
                     ) from None
                 wait = self._backoff_factor * 2 ** (attempt - 1)
                 if exc.retry_after is not None:
                     wait = max(wait, exc.retry_after)
                 wait = min(wait, self._max_retry_after)
-                log.warning(
+                log.log(
+                    retry_log_level(attempt),
                     "token endpoint %s: %s; retrying in %.2f s (attempt %d of %d)",
                     safe_url,
                     exc.reason,
@@ -271,14 +342,20 @@ class TokenProvider:
             lifetime = max(0.0, float(expires_in))
             margin = min(self._refresh_margin, lifetime * MAX_MARGIN_FRACTION)
             self._renew_at = sent_at + lifetime - margin
+            stated = f"lifetime {lifetime:g} s"
         else:
-            # No stated lifetime: keep the token until the API rejects it (401 -> invalidate).
+            # A guessed lifetime would renew either needlessly or too late; the API's 401 says
+            # exactly when the token is no longer good, and costs one repeated request.
             self._renew_at = float("inf")
+            stated = (
+                "no expires_in in the response, so no lifetime is assumed: the token is used "
+                "until the API rejects it (401), then a new one is fetched and the request repeated"
+            )
         self._token = access_token
         self.fetch_count += 1
         log.info(
-            "fetched an access token (lifetime %s s, scopes: %s)",
-            expires_in if expires_in is not None else "unknown",
+            "fetched an access token (%s; scopes: %s)",
+            stated,
             " ".join(sorted(self.granted_scopes))
             if self.granted_scopes is not None
             else "not stated",
@@ -292,7 +369,9 @@ class TokenProvider:
         # request body instead): otherwise oauthlib raises a Warning carrying the token when the
         # server grants other scopes than requested.
         session = OAuth2Session(client=BackendApplicationClient(client_id=self._client_id))
-        session.trust_env = False  # no proxies/netrc/CA bundle picked up from the environment
+        # No netrc or CA bundle from the environment; the proxy comes in as a setting.
+        session.trust_env = False
+        session.register_compliance_hook("access_token_request", _no_redirects)
         session.register_compliance_hook("access_token_response", self._check_response)
         try:
             token: dict[str, Any] = session.fetch_token(
@@ -302,6 +381,7 @@ class TokenProvider:
                 scope=self._scopes,
                 timeout=self._timeout,
                 verify=self._verify,
+                proxies=self._proxy.for_requests if self._proxy is not None else None,
             )
         except requests.exceptions.SSLError:
             # Not transient: retrying a certificate problem only delays the message.
@@ -310,7 +390,11 @@ class TokenProvider:
                 "token_url and ca_bundle"
             ) from None
         except (requests.ConnectionError, requests.Timeout) as exc:
-            raise _Retryable(f"network error: {type(exc).__name__}") from None
+            refusal = proxy_refusal(exc, self._proxy)
+            if refusal is not None:
+                raise AuthError(f"token request to {safe_url}: {refusal}") from None
+            hint = network_hint(exc, self._proxy)
+            raise _Retryable(f"network error: {type(exc).__name__}", hint=hint) from None
         except requests.RequestException as exc:
             raise AuthError(
                 f"token request to {safe_url} failed ({type(exc).__name__}); "
@@ -330,6 +414,12 @@ class TokenProvider:
                 f"token endpoint {safe_url} returned an unexpected scope change; "
                 "check [tapkey] scopes"
             ) from None
+        except ValueError:
+            # oauthlib refuses an expires_in that is not a number (it would be our only guess).
+            raise AuthError(
+                f"token endpoint {safe_url} returned a token whose expires_in is not a number; "
+                "check [tapkey] token_url"
+            ) from None
         finally:
             session.close()
         return token
@@ -337,6 +427,12 @@ class TokenProvider:
     def _check_response(self, response: requests.Response) -> requests.Response:
         """requests-oauthlib compliance hook: decide what a token-endpoint status means."""
         status = response.status_code
+        if response.is_redirect:
+            raise AuthError(
+                f"token endpoint {display_url(self._token_url)} answered with a redirect (HTTP "
+                f"{status}) to {shown_location(response)}; the token request carries the client "
+                "secret and follows no redirect: set [tapkey] token_url to the endpoint itself"
+            )
         if status == 429 or status >= 500:
             raise _Retryable(f"HTTP {status}", _retry_after_seconds(response))
         if 200 <= status < 300:

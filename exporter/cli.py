@@ -126,7 +126,8 @@ def _check_format(fmt: str, allowed: tuple[str, ...] = ("table", "json")) -> Non
 
 @contextlib.contextmanager
 def _stop_on_signals() -> Iterator[threading.Event]:
-    """SIGTERM/SIGINT stop the run between owners, recorded as failed ("interrupted").
+    """SIGTERM/SIGINT stop the run at once (requests in flight abandoned), recorded as failed
+    ("interrupted").
 
     A run killed mid-crawl stays `running` until the next run finds it; stopping it cleanly
     records why at once. A second signal acts as it would without this handler.
@@ -180,7 +181,8 @@ def run_once(
         typer.Option(
             "--allow-mass-removal-owner",
             metavar="OWNER_ID",
-            help="Confirm the held-back removals of this owner account only (repeatable).",
+            help="Confirm the held-back removals of this owner account only (its id or the "
+            "start of it; repeatable).",
             show_default=False,
         ),
     ] = None,
@@ -336,7 +338,7 @@ def db_current(config: ConfigOption = None, database_url: DatabaseOption = None)
 
 @app.command("serve")
 def serve(config: ConfigOption = None) -> None:
-    """Run the sync on the configured schedule until stopped, with optional /healthz and /metrics.
+    """Run the sync on a schedule until stopped, with optional /healthz, /livez and /metrics.
 
     Replicas may share a database: a replica that finds the writer lock held skips that slot.
 

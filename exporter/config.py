@@ -8,12 +8,13 @@ becomes one `ConfigError` line naming the key and the fix; secret values never a
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import shlex
 import stat
 import sys
 import tomllib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -22,6 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from exporter.errors import ConfigError
+from exporter.proxies import PROXY_VARIABLES
 from exporter.settings import SECTIONS, Settings, env_var_name, masked_url
 
 DEFAULT_CONFIG_NAME = "config.toml"
@@ -65,6 +67,8 @@ def load_settings(
 ) -> Settings:
     """Build the settings from `path` (optional), `EXPORTER_<SECTION>__<KEY>` and CLI overrides.
 
+    Of the rest of `env`, only the standard proxy variables are kept (`Settings.proxy_env`).
+
     `overrides` maps "section.key" to a command-line value; None values are skipped. A relative
     path (SQLite file, secret file, CA bundle) is resolved against the config file's folder (`cwd`
     without a file), except one given on the command line, which is relative to `cwd`.
@@ -92,8 +96,9 @@ def load_settings(
     from_cli = {f"{s}.{k}" for (s, k), origin in origins.items() if origin.kind == "cli"}
     base_dirs = {key: cwd if key in from_cli else base for key in _PATH_KEYS}
     try:
+        proxy_env = {name: env[name] for name in PROXY_VARIABLES if env.get(name, "").strip()}
         settings = Settings.model_validate(
-            {**data, "source": path}, context={"base_dirs": base_dirs}
+            {**data, "source": path, "proxy_env": proxy_env}, context={"base_dirs": base_dirs}
         )
     except ValidationError as exc:
         message = _describe(exc, origins, path)
@@ -183,7 +188,13 @@ def _describe(
             shown = masked_url(shown)
         problem += f" (got {_show(shown)})"
     origin = origins.get((section, key)) if key else None
-    if origin is None:
+    if key is None and (involved := _conflict_origins(first, section, origins)):
+        # A rule between keys (both set, ...): name where those keys came from, not the file.
+        prefix = " and ".join(dict.fromkeys(o.label for o in involved))
+        kinds = {o.kind for o in involved}
+        plural = "s" if len(involved) > 1 else ""
+        fix = f"; fix the environment variable{plural}" if kinds == {"env"} else ""
+    elif origin is None:
         prefix = str(path) if path is not None else "configuration"
         fix = f"; set it in the config file or {env_var_name(section, key)}" if key else ""
     elif origin.kind == "file":
@@ -197,6 +208,14 @@ def _describe(
         prefix, fix = "command line", "; fix the command-line option"
     more = len({tuple(error["loc"]) for error in errors}) - 1
     return f"{prefix}: {where}: {problem}{fix}" + (f" (+{more} more)" if more else "")
+
+
+def _conflict_origins(
+    error: Mapping[str, Any], section: str, origins: Mapping[tuple[str, str], _Origin]
+) -> list[_Origin]:
+    """Where the keys of a `Conflict` between keys of `section` were set (none: defaults)."""
+    keys = getattr((error.get("ctx") or {}).get("error"), "keys", ())
+    return [origins[section, k] for k in keys if (section, k) in origins]
 
 
 def _problem(error: Mapping[str, Any], model: type[BaseModel] | None, key: str | None) -> str:
@@ -257,7 +276,10 @@ def _show(value: object) -> str:
 
 
 def file_permissions_warning(settings: Settings) -> str | None:
-    """Warn when a file holding a secret (config or secret file) is readable by group/others."""
+    """Warn when a file holding a secret (config or secret file) is readable by too many users.
+
+    See `secret_file_warning` for the rule; the advice keeps this process able to read the file.
+    """
     if sys.platform == "win32":
         return None
     warnings = []
@@ -271,14 +293,91 @@ def file_permissions_warning(settings: Settings) -> str | None:
             info = path.stat()
         except OSError:
             continue
-        mode = stat.S_IMODE(info.st_mode)
         # Not a regular file (a folder given by mistake): its own error says so; chmod would not.
-        if stat.S_ISREG(info.st_mode) and mode & 0o044:
-            warnings.append(
-                f"{path} holds a secret and is readable by other users (mode {mode:04o}); "
-                f"run: chmod 600 {shlex.quote(str(path))}"
-            )
+        if not stat.S_ISREG(info.st_mode):
+            continue
+        warning = secret_file_warning(
+            path,
+            mode=stat.S_IMODE(info.st_mode),
+            owner=info.st_uid,
+            group=info.st_gid,
+            uid=os.geteuid(),
+            groups=[os.getegid(), *os.getgroups()],
+            projected=_projected(path),
+        )
+        if warning:
+            warnings.append(warning)
     return "; ".join(warnings) or None
+
+
+def secret_file_warning(
+    path: Path,
+    *,
+    mode: int,
+    owner: int,
+    group: int,
+    uid: int,
+    groups: Sequence[int],
+    projected: bool = False,
+) -> str | None:
+    """Why a file holding a secret is readable by too many users, with a fix that keeps this
+    process (`uid`; `groups`, its own first) reading it; None when the file is fine.
+
+    Fine are mode 0600 and less, and, for a file owned by root, group read too (0640, 0440):
+    root handing the file to a service's group is how a systemd unit and a Kubernetes Secret
+    volume (fsGroup) give it to a service that must not own it. Readable by all is never fine.
+    `projected`: a file of a Kubernetes volume, which only the pod spec can change.
+    """
+    by_others = bool(mode & 0o004)
+    by_group = bool(mode & 0o040) and owner != 0
+    if not (by_others or by_group):
+        return None
+    whom = "every user" if by_others else f"group {_group_name(group)}"
+    problem = (
+        f"{path} holds a secret and is readable by {whom} (mode {mode:04o}, owner "
+        f"{_user_name(owner)})"
+    )
+    quoted = shlex.quote(str(path))
+    # Whether this process still reads the file once the permissions in question are gone.
+    keeps_access = uid in (0, owner) or (group in groups and not by_group)
+    if projected:
+        fix = (
+            "set the volume's defaultMode to 0440 and the pod's securityContext.fsGroup to the "
+            "exporter's group"
+        )
+    elif keeps_access:
+        fix = f"run: chmod {'o-r' if owner == 0 else '600'} {quoted}"
+    else:
+        mine = group if group in groups else groups[0]
+        fix = f"run as root: chown root:{_group_name(mine)} {quoted} && chmod 640 {quoted}"
+    return f"{problem}; {fix}"
+
+
+def _projected(path: Path) -> bool:
+    """A file of a Kubernetes Secret/ConfigMap volume: a link into the volume's `..data`."""
+    try:
+        target = os.readlink(path)
+    except OSError:
+        return False
+    return target.startswith("..data/")
+
+
+def _user_name(uid: int) -> str:
+    import pwd  # not on Windows, where no permissions are checked
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _group_name(gid: int) -> str:
+    import grp  # not on Windows, where no permissions are checked
+
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
 
 
 def _holds_secret(path: Path) -> bool:

@@ -4,22 +4,33 @@ The sync engine consumes owners in the order their fetches complete. Each owner'
 texts are read before its fetch, so the API client can skip elements whose text is unchanged; the
 texts may be stale by the time the engine applies the owner, but only for locks the engine wrote
 since for another owner of the same run, and it checks those first (they are in its `seen`).
+
+Stopping does not wait for requests: once `stop` is set the crawl ends within `STOP_POLL` and
+leaves the fetches in flight behind on daemon threads (a request can hang for `read_timeout`).
+They write nothing, send no further request (the client checks `stop`) and end on their own.
 """
 
 from __future__ import annotations
 
+import contextvars
+import queue
 import threading
 from collections import deque
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine
 
-from exporter.errors import AuthError, TapkeyError
+from exporter.errors import AuthError, Interrupted, TapkeyError
 from exporter.history import load_live_raw
 from exporter.records import OwnerLocks, OwnerRecord
 from exporter.store import SQLITE_READER_CACHE_KIB, sqlite_cache
+
+T = TypeVar("T")
+
+#: Seconds between two looks at the stop event while waiting for fetches.
+STOP_POLL = 0.1
 
 
 class InventorySource(Protocol):
@@ -53,8 +64,9 @@ def crawl(
 
     At most 2 x workers fetches are in flight, so memory holds a few owners' records, not all.
     Stored texts are read only for owners with stored locks (`stored_locks`: count per owner).
-    Once `stop` is set no new fetch starts. An AuthError ends the crawl: without a token no owner
-    can be read.
+    Once `stop` is set the crawl ends within STOP_POLL seconds, leaving the fetches in flight
+    behind (see the module docstring). An AuthError ends the crawl: without a token no owner can
+    be read.
     """
     pending = deque(owner_ids)
     running: dict[Future[OwnerLocks], str] = {}
@@ -63,10 +75,7 @@ def crawl(
         texts = known.result() if known is not None else None
         return source.list_bound_locks(owner_id, expand=expand, known=texts)
 
-    with (
-        _StoredTexts(engine) as stored,
-        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool,
-    ):
+    with _StoredTexts(engine) as stored, _DaemonPool(workers, "fetch") as pool:
 
         def submit() -> None:
             owner_id = pending.popleft()
@@ -77,7 +86,9 @@ def crawl(
             submit()
         try:
             while running:
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                done, _ = wait(running, timeout=STOP_POLL, return_when=FIRST_COMPLETED)
+                if stop.is_set():
+                    return
                 for future in done:
                     owner_id = running.pop(future)
                     if pending and not stop.is_set():
@@ -91,6 +102,64 @@ def crawl(
         finally:
             for future in running:
                 future.cancel()
+
+
+def call_until_stopped(stop: threading.Event, call: Callable[[], T]) -> T:
+    """`call()` on a thread of its own; Interrupted once `stop` is set, leaving it behind."""
+    with _DaemonPool(1, "call") as pool:
+        future = pool.submit(call)
+        while not wait([future], timeout=STOP_POLL).done:
+            if stop.is_set():
+                raise Interrupted
+        return future.result()
+
+
+class _DaemonPool:
+    """`workers` daemon threads running submitted calls, each in the context it was submitted in.
+
+    Unlike a ThreadPoolExecutor, it can be left with calls in flight: its threads never keep the
+    process from exiting. The context carries the run id of the log lines (observability).
+    """
+
+    def __init__(self, workers: int, name: str) -> None:
+        self._queue: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._workers = workers
+        for number in range(workers):
+            thread = threading.Thread(target=self._work, name=f"{name}_{number}", daemon=True)
+            thread.start()
+
+    def submit(self, call: Callable[..., T], *args: Any) -> Future[T]:
+        """Queue `call(*args)`; its Future can be cancelled until a thread takes it."""
+        future: Future[T] = Future()
+        self._queue.put(_Call(future, call, args, contextvars.copy_context()))
+        return future
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if not item.future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = item.context.run(item.call, *item.args)
+            except BaseException as exc:  # handed to whoever waits, as ThreadPoolExecutor does
+                item.future.set_exception(exc)
+            else:
+                item.future.set_result(result)
+            del item  # not kept alive while waiting for the next call
+
+    def __enter__(self) -> _DaemonPool:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        # Threads finish what they run (or are left behind by a stop), then take a None and end.
+        for _ in range(self._workers):
+            self._queue.put(None)
+
+
+class _Call(NamedTuple):
+    future: Future[Any]
+    call: Callable[..., Any]
+    args: tuple[Any, ...]
+    context: contextvars.Context
 
 
 class _StoredTexts:

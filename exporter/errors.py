@@ -10,6 +10,7 @@
     │   │   └── PermissionDeniedError      403: scope or co-admin rights missing
     │   ├── PayloadError                   a response that cannot be read
     │   └── PagingError                    server ignored $skip / list kept shifting
+    ├── Interrupted                exit 1  the run was asked to stop (SIGTERM/SIGINT)
     ├── LockHeldError              exit 4  another run holds the database lock
     └── StoreError                 exit 5  the database cannot be used
         ├── DatabaseUnavailableError       cannot connect, the connection died, out of space
@@ -72,6 +73,13 @@ class PayloadError(TapkeyError):
 
 class PagingError(TapkeyError):
     """Paging could not produce a consistent list (ignored $skip, list kept shifting)."""
+
+
+class Interrupted(ExporterError):
+    """The run was asked to stop (SIGTERM/SIGINT); it ends as failed/interrupted."""
+
+    def __str__(self) -> str:
+        return "interrupted"
 
 
 class LockHeldError(ExporterError):

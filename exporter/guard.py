@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+
+from exporter.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -60,3 +62,30 @@ def owners_held_message(
         "once); if they are really gone, confirm with `exporter run-once --allow-mass-removal` "
         "(or --allow-mass-removal-owner ID for each)"
     )
+
+
+def resolve_owner_ids(given: Iterable[str], known: Collection[str]) -> frozenset[str]:
+    """The owner ids `given` names (`--allow-mass-removal-owner`): each an id of `known`, or the
+    start of exactly one (in any case when no id starts with it as typed); else UsageError."""
+    resolved = set()
+    for text in given:
+        if text in known:
+            resolved.add(text)
+            continue
+        starting = sorted(i for i in known if i.startswith(text)) or sorted(
+            i for i in known if i.lower().startswith(text.lower())
+        )
+        option = f"--allow-mass-removal-owner {text!r}"
+        if not starting or not text:
+            raise UsageError(
+                f"{option} names no owner account in the database; give the id from the "
+                "held-back message (`exporter runs show RUN_ID` repeats it)"
+            )
+        if len(starting) > 1:
+            shown = ", ".join(starting[:5]) + (", ..." if len(starting) > 5 else "")
+            raise UsageError(
+                f"{option} is the start of {len(starting)} owner account ids ({shown}); "
+                "give more of it"
+            )
+        resolved.add(starting[0])
+    return frozenset(resolved)

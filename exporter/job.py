@@ -10,14 +10,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import Engine, Table
+from sqlalchemy import Engine, Table, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from exporter import db_errors, retention, store
 from exporter.auth import TokenProvider
-from exporter.errors import ConfigError, ExporterError, LockHeldError
-from exporter.guard import RemovalGuard
+from exporter.errors import ConfigError, ExporterError, Interrupted, LockHeldError
+from exporter.guard import RemovalGuard, resolve_owner_ids
+from exporter.proxies import Proxy, proxy_for
 from exporter.results import RunResult
 from exporter.schema import (
     bound_lock_versions,
@@ -51,6 +52,11 @@ def refuse_in_memory(settings: Settings) -> None:
         )
 
 
+def proxy_to(settings: Settings, url: str) -> Proxy | None:
+    """The proxy for requests to `url`: `[tapkey] proxy`, else the standard proxy variables."""
+    return proxy_for(url, configured=settings.tapkey.proxy, env=settings.proxy_env)
+
+
 def make_tokens(
     settings: Settings, *, sleep: Callable[[float], None] | None = None
 ) -> TokenProvider:
@@ -67,6 +73,7 @@ def make_tokens(
         sleep=sleep if sleep is not None else time.sleep,
         backoff_factor=tapkey.backoff_factor,
         max_retry_after=tapkey.max_retry_after,
+        proxy=proxy_to(settings, tapkey.token_url),
     )
 
 
@@ -75,8 +82,12 @@ def make_client(
     *,
     sleep: Callable[[float], None] | None = None,
     tokens: TokenProvider | None = None,
+    stop: threading.Event | None = None,
 ) -> TapkeyClient:
-    """A Tapkey API client with its token provider (or `tokens`), both from `[tapkey]`."""
+    """A Tapkey API client with its token provider (or `tokens`), both from `[tapkey]`.
+
+    Once `stop` is set the client sends no further request (raises Interrupted).
+    """
     tapkey = settings.tapkey
     timeout = (tapkey.connect_timeout, tapkey.read_timeout)
     verify: bool | str = str(tapkey.ca_bundle) if tapkey.ca_bundle else True
@@ -93,6 +104,8 @@ def make_client(
         max_retry_time=tapkey.max_retry_time,
         verify=verify,
         sleep=sleep,
+        stop=stop,
+        proxy=proxy_to(settings, tapkey.api_base_url),
     )
 
 
@@ -114,18 +127,25 @@ def run_once(
     `on_started(run_id)` is called once the run's row exists; `on_client(client)` gets the API
     client before it is used (the daemon reads its request and retry counts afterwards).
     `allow_mass_removal` / `allow_mass_removal_owners` confirm removals the deletion guard
-    would hold back (all of them / those of the given owner ids).
+    would hold back (all of them / those of the given owner ids or unique starts of ids; an id
+    that names no present owner, or several, is a UsageError before anything is fetched).
     """
     client_id, _ = settings.tapkey.credentials()
     refuse_in_memory(settings)
     engine = make_engine(settings, create=not dry_run)
-    # Once `stop` is set, retry back-off stops sleeping so a shutdown is not held up by it.
+    # Once `stop` is set, no retry is waited for or sent: the back-off raises Interrupted.
     sleep = None if stop is None else lambda seconds: _wait(stop, seconds)
     try:
         store.require_current(
             engine, auto_upgrade_sqlite=not dry_run, lock_timeout=settings.database.lock_timeout
         )
-        with make_client(settings, sleep=sleep) as client:
+        # Checked before anything is fetched or written: a mistyped id would confirm nothing.
+        confirmed = (
+            resolve_owner_ids(allow_mass_removal_owners, _present_owner_ids(engine))
+            if allow_mass_removal_owners
+            else frozenset()
+        )
+        with make_client(settings, sleep=sleep, stop=stop) as client:
             if on_client is not None:
                 on_client(client)
             result = sync(
@@ -144,11 +164,11 @@ def run_once(
                     max_fraction=settings.sync.mass_removal_max_fraction,
                     min_count=settings.sync.mass_removal_min_count,
                     allow_all=allow_mass_removal or settings.sync.allow_mass_removal,
-                    allow_owners=frozenset(allow_mass_removal_owners),
+                    allow_owners=confirmed,
                 ),
                 health=settings.tapkey.expand_health,
             )
-        if not dry_run:
+        if not dry_run and not (stop is not None and stop.is_set()):
             _apply_retention(engine, settings, now())
         return result
     except SQLAlchemyError as exc:
@@ -156,6 +176,12 @@ def run_once(
         raise db_errors.store_error(exc, engine) from None
     finally:
         engine.dispose()
+
+
+def _present_owner_ids(engine: Engine) -> set[str]:
+    with store.connect(engine) as conn:
+        query = select(owner_accounts.c.id).where(owner_accounts.c.removed_at.is_(None))
+        return set(conn.execute(query).scalars())
 
 
 def _apply_retention(engine: Engine, settings: Settings, now: datetime) -> None:
@@ -179,7 +205,8 @@ def _apply_retention(engine: Engine, settings: Settings, now: datetime) -> None:
 
 
 def _wait(stop: threading.Event, seconds: float) -> None:
-    stop.wait(seconds)
+    if stop.wait(seconds):
+        raise Interrupted
 
 
 @dataclass(frozen=True)
@@ -214,9 +241,10 @@ def _check_tapkey(settings: Settings) -> list[CheckResult]:
     try:
         client_id, _ = settings.tapkey.credentials()
         tokens = make_tokens(settings)
+        via = _via(settings)
     except ExporterError as exc:
         return [_failed("config", exc), *_skipped(("token", "owners"), "needs [tapkey] fixed")]
-    results = [CheckResult("config", True, f"{source}; client_id {client_id}")]
+    results = [CheckResult("config", True, f"{source}; client_id {client_id}{via}")]
     try:
         tokens.token()
     except ExporterError as exc:
@@ -248,6 +276,15 @@ def _check_tapkey(settings: Settings) -> list[CheckResult]:
     more = f" and {len(owners) - 10} more" if len(owners) > 10 else ""
     results.append(CheckResult("owners", True, f"{len(owners)} visible: {shown}{more}"))
     return results
+
+
+def _via(settings: Settings) -> str:
+    """Which proxy the token and API requests go through, if any (credentials masked)."""
+    token = proxy_to(settings, settings.tapkey.token_url)
+    api = proxy_to(settings, settings.tapkey.api_base_url)
+    if token == api:
+        return f"; through proxy {token}" if token else ""
+    return f"; token request through {token or 'no proxy'}, API through {api or 'no proxy'}"
 
 
 def _uncreatable(path: Path) -> str | None:

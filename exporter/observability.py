@@ -1,7 +1,9 @@
-"""Logging setup, Prometheus metrics and the `/healthz` + `/metrics` HTTP endpoint of the daemon.
+"""Logging setup, Prometheus metrics and the `/healthz`, `/livez` and `/metrics` HTTP endpoint.
 
-Every log line written while a run is in progress carries that run's id (`sync_runs.id`): the
-scheduler opens a `run_scope()` around each slot and binds the id once the run row exists.
+Every log line written by a run carries that run's id (`sync_runs.id`): the scheduler opens a
+`run_scope()` around each slot and binds the id once the run row exists. The scope is a context
+variable, so lines of other threads (the HTTP endpoint's) never carry it; the run's fetch threads
+run in a copy of its context (`exporter.crawl`), so theirs do.
 
 `/healthz` reads the database rather than this process's memory, so a replica that keeps losing
 the writer lock to its peers is still healthy while the database is kept fresh.
@@ -10,6 +12,7 @@ the writer lock to its peers is still healthy while the database is kept fresh.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
 import socket
@@ -50,22 +53,19 @@ class RunScope:
         self.run_id = run_id
 
 
-# Process-wide rather than a contextvar: the sync fetches owners in worker threads, which do not
-# inherit contextvars, and their lines (retries, paging) belong to the run too. Runs never overlap
-# within one process (the scheduler runs one at a time), so one slot is enough.
-_current: RunScope | None = None
+# Per context, not per process: the /healthz and /metrics threads log while a run is in progress.
+_current: contextvars.ContextVar[RunScope | None] = contextvars.ContextVar("run", default=None)
 
 
 @contextlib.contextmanager
 def run_scope() -> Iterator[RunScope]:
-    """Mark the lines logged inside the block as belonging to one run."""
-    global _current
-    scope, previous = RunScope(), _current
-    _current = scope
+    """Mark the lines logged inside the block (in this context) as belonging to one run."""
+    scope = RunScope()
+    token = _current.set(scope)
     try:
         yield scope
     finally:
-        _current = previous
+        _current.reset(token)
 
 
 class RunIdFilter(logging.Filter):
@@ -73,7 +73,7 @@ class RunIdFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "run_id", None) is None:
-            scope = _current
+            scope = _current.get()
             record.run_id = scope.run_id if scope is not None else None
         return True
 
@@ -322,9 +322,14 @@ def make_app(
     metrics: Metrics,
     *,
     max_age: float,
+    live: Callable[[], bool] = lambda: True,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> WsgiApp:
-    """The WSGI app: `/healthz` (JSON), `/metrics` (Prometheus text), 404 for anything else."""
+    """The WSGI app: `/healthz` and `/livez` (JSON), `/metrics` (Prometheus text), else 404.
+
+    `/livez` asks only whether the process serves (`live()`: false once it is shutting down), never
+    Tapkey or the database: a liveness probe on it does not restart pods during an outage.
+    """
     metrics_app = make_wsgi_app(metrics.registry)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -333,9 +338,13 @@ def make_app(
             return metrics_app(environ, start_response)  # type: ignore[no-any-return]
         if path == "/healthz":
             status, body = health(engine, max_age=max_age, now=now)
-            phrase = "OK" if status == 200 else "Service Unavailable"
-            return _json(start_response, f"{status} {phrase}", body)
-        return _json(start_response, "404 Not Found", {"error": "try /healthz or /metrics"})
+        elif path == "/livez":
+            status, body = (200, {"status": "ok"}) if live() else (503, {"status": "stopping"})
+        else:
+            error = {"error": "try /healthz, /livez or /metrics"}
+            return _json(start_response, "404 Not Found", error)
+        phrase = "OK" if status == 200 else "Service Unavailable"
+        return _json(start_response, f"{status} {phrase}", body)
 
     return app
 

@@ -26,6 +26,7 @@ import re
 import secrets
 import socket
 import socketserver
+import ssl
 import struct
 import threading
 import time
@@ -152,6 +153,7 @@ class Sandbox:
 
     All state sits behind one lock; requests are served concurrently, one daemon thread per
     connection, with HTTP/1.1 keep-alive. Use it as a context manager or call start()/stop().
+    With `tls` (a server-side `ssl.SSLContext`) it serves https instead of http.
     """
 
     def __init__(
@@ -168,6 +170,7 @@ class Sandbox:
         host: str = "127.0.0.1",
         port: int = 0,
         clock: Callable[[], float] = time.monotonic,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if token_lifetime <= 0:
             raise ValueError("token_lifetime must be positive")
@@ -182,6 +185,7 @@ class Sandbox:
         self._host = host
         self._port = port
         self._clock = clock
+        self._tls = tls  # a server context: serve https instead of http
         self._tokens: dict[str, _Token] = {}
         self._issued: list[str] = []  # every token ever issued, for leak checks in tests
         self._faults: list[_ActiveFault] = []
@@ -210,6 +214,11 @@ class Sandbox:
         server_class = _Server6 if ":" in self._host else _Server
         self._server = server_class((self._host, self._port), _Handler)
         self._server.sandbox = self
+        if self._tls is not None:
+            # The handshake runs in the connection's thread (_Handler.setup), not in accept().
+            self._server.socket = self._tls.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False
+            )
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -243,12 +252,13 @@ class Sandbox:
 
     @property
     def base_url(self) -> str:
-        """``http://host:port`` of the running server."""
+        """``http://host:port`` (``https://`` with `tls`) of the running server."""
         if self._server is None:
             raise RuntimeError("the sandbox is not running: call start() first")
         host, port = self._server.server_address[:2]
         text = host if isinstance(host, str) else host.decode()
-        return f"http://[{text}]:{port}" if ":" in text else f"http://{text}:{port}"
+        scheme = "http" if self._tls is None else "https"
+        return f"{scheme}://[{text}]:{port}" if ":" in text else f"{scheme}://{text}:{port}"
 
     @property
     def token_url(self) -> str:
@@ -553,6 +563,9 @@ class _Handler(BaseHTTPRequestHandler):
         return cast(_Server, self.server).sandbox
 
     def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(self.timeout)
+            self.request.do_handshake()  # a failed handshake ends this connection only
         super().setup()
         # Responses go out in one write; without this Nagle delays keep-alive replies.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -4,11 +4,12 @@ One job, run by one thread, never overlapping (`max_instances=1`); slots missed 
 overruns or the host sleeps are coalesced into one run, never queued. Replicas are kept apart by
 the database's writer lock, taken inside each run: the loser skips its slot and writes nothing.
 
-Shutdown: the first SIGTERM/SIGINT stops scheduling and sets the stop event, which the sync
-checks between owners (the owner in flight commits or rolls back as a whole), so the run ends as
-`failed`/`interrupted` and releases its lock; the daemon waits up to `shutdown_timeout` for that
-and exits 0. A second signal exits at once; every write being transactional, the database stays
-consistent, and the next run marks the abandoned run `failed` (abandoned, no end time).
+Shutdown: the first SIGTERM/SIGINT stops scheduling and sets the stop event: the sync abandons
+the requests in flight and stops within about a second (the owner being written commits or rolls
+back as a whole), so the run ends as `failed`/`interrupted` and releases its lock; the daemon
+waits up to `shutdown_timeout` for that and exits 0. A second signal exits at once; every write
+being transactional, the database stays consistent, and the next run marks the abandoned run
+`failed` (abandoned, no end time).
 """
 
 from __future__ import annotations
@@ -134,12 +135,17 @@ class Daemon:
                 # Database unreachable, schema behind, client mismatch, unreadable secret: say
                 # so and try again at the next slot.
                 log.error(
-                    "run failed: %s (exit code %d); retrying at the next slot", exc, exc.exit_code
+                    "%s: %s (exit code %d); retrying at the next slot",
+                    _what_failed(scope.run_id),
+                    exc,
+                    exc.exit_code,
                 )
                 if scope.run_id is None:
                     self.metrics.slot_errors.labels(type(exc).__name__).inc()
             except Exception as exc:
-                log.exception("run failed unexpectedly; retrying at the next slot")
+                log.exception(
+                    "%s unexpectedly; retrying at the next slot", _what_failed(scope.run_id)
+                )
                 if scope.run_id is None:
                     self.metrics.slot_errors.labels(type(exc).__name__).inc()
             finally:
@@ -204,6 +210,11 @@ class Daemon:
         return 0
 
 
+def _what_failed(run_id: int | None) -> str:
+    """The subject of a slot's error line: a run only if one was started (has a sync_runs row)."""
+    return f"run {run_id} failed" if run_id is not None else "slot skipped, no run started"
+
+
 def _log_result(result: RunResult) -> None:
     if result.status == "failed" and result.error == "interrupted":
         log.info("run %s stopped by the shutdown (recorded as failed/interrupted)", result.run_id)
@@ -224,13 +235,16 @@ def serve(settings: Settings) -> int:
         engine = job.make_engine(settings)
         daemon.metrics.watch_database(engine)
         app = observability.make_app(
-            engine, daemon.metrics, max_age=settings.http.healthz_max_age_seconds
+            engine,
+            daemon.metrics,
+            max_age=settings.http.healthz_max_age_seconds,
+            live=lambda: not daemon.stop.is_set(),
         )
         endpoint = observability.HttpEndpoint(app, settings.http.host, settings.http.port)
         endpoint.start()
         host, port = endpoint.address
         shown = f"[{host}]" if ":" in host else host
-        log.info("serving /healthz and /metrics on http://%s:%d", shown, port)
+        log.info("serving /healthz, /livez and /metrics on http://%s:%d", shown, port)
     try:
         return daemon.run()
     finally:

@@ -10,13 +10,11 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
-from datetime import UTC
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
-from apscheduler.triggers.cron import CronTrigger
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -29,7 +27,9 @@ from pydantic import (
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from exporter import crontab
 from exporter.errors import ConfigError
+from exporter.proxies import check_proxy_url, display_proxy
 
 _NUM = r"(\d+(?:\.\d+)?)"
 _DURATION_RE = re.compile(rf"(?:{_NUM}d)?(?:{_NUM}h)?(?:{_NUM}m)?(?:{_NUM}s)?")
@@ -79,6 +79,14 @@ def masked_url(url: str) -> str:
         return parsed.render_as_string(hide_password=True)
     # Junk or an unescaped "@" in the password: mask everything up to the last "@".
     return re.sub(r"(://[^:/@?#]*):.*@", r"\1:***@", url)
+
+
+class Conflict(ValueError):
+    """A rule between several keys of one section; `keys` lets the error say where each was set."""
+
+    def __init__(self, message: str, *keys: str) -> None:
+        super().__init__(message)
+        self.keys = keys
 
 
 def _blank_to_none(value: object) -> object:
@@ -175,9 +183,10 @@ class TapkeySettings(_Section):
     max_retry_time: float = Field(300.0, gt=0)
     ca_bundle: Path | None = None
     expand_health: bool = False
+    proxy: str | None = None
 
     _blank = field_validator(
-        "client_id", "client_secret", "client_secret_file", "ca_bundle", mode="before"
+        "client_id", "client_secret", "client_secret_file", "ca_bundle", "proxy", mode="before"
     )(_blank_to_none)
 
     @field_validator("client_id")
@@ -204,6 +213,11 @@ class TapkeySettings(_Section):
     def _check_api_base_url(cls, value: str) -> str:
         return _check_http_url(value).rstrip("/")
 
+    @field_validator("proxy")
+    @classmethod
+    def _check_proxy(cls, value: str | None) -> str | None:
+        return None if value is None else check_proxy_url(value)
+
     @field_validator("scopes")
     @classmethod
     def _check_scopes(cls, value: str) -> str:
@@ -214,9 +228,11 @@ class TapkeySettings(_Section):
     @model_validator(mode="after")
     def _one_secret_source(self) -> TapkeySettings:
         if self.client_secret is not None and self.client_secret_file is not None:
-            raise ValueError(
+            raise Conflict(
                 "client_secret and client_secret_file are both set; keep only one (in the "
-                "file, EXPORTER_TAPKEY__CLIENT_SECRET or EXPORTER_TAPKEY__CLIENT_SECRET_FILE)"
+                "file, EXPORTER_TAPKEY__CLIENT_SECRET or EXPORTER_TAPKEY__CLIENT_SECRET_FILE)",
+                "client_secret",
+                "client_secret_file",
             )
         return self
 
@@ -258,6 +274,11 @@ class TapkeySettings(_Section):
                 f"[tapkey] client_secret_file {path} is empty; put the client secret in it"
             )
         return self.client_id, secret
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            shown = display_proxy(value) if name == "proxy" and isinstance(value, str) else value
+            yield name, shown
 
 
 class DatabaseSettings(_Section):
@@ -315,7 +336,9 @@ class DatabaseSettings(_Section):
     @model_validator(mode="after")
     def _schema_needs_postgresql(self) -> DatabaseSettings:
         if self.schema_name is not None and self.backend != "postgresql":
-            raise ValueError("schema_name is only supported with a postgresql:// url")
+            raise Conflict(
+                "schema_name is only supported with a postgresql:// url", "schema_name", "url"
+            )
         return self
 
     @property
@@ -386,8 +409,7 @@ class ScheduleSettings(_Section):
             return None
         value = " ".join(value.split())
         try:
-            # An explicit zone: without one APScheduler would look up the host's zone.
-            CronTrigger.from_crontab(value, timezone=UTC)
+            crontab.parse(value)
         except ValueError as exc:
             raise ValueError(f"invalid crontab expression {value!r}: {exc}") from None
         return value
@@ -406,9 +428,11 @@ class ScheduleSettings(_Section):
     @model_validator(mode="after")
     def _every_or_cron(self) -> ScheduleSettings:
         if self.every is not None and self.cron is not None:
-            raise ValueError(
+            raise Conflict(
                 "every and cron are both set; keep only one (an empty environment variable, "
-                "e.g. EXPORTER_SCHEDULE__EVERY=, unsets a value from the file)"
+                "e.g. EXPORTER_SCHEDULE__EVERY=, unsets a value from the file)",
+                "every",
+                "cron",
             )
         return self
 
@@ -422,11 +446,11 @@ class ScheduleSettings(_Section):
         """The zone `cron` is read in."""
         return ZoneInfo(self.timezone)
 
-    def cron_trigger(self) -> CronTrigger | None:
+    def cron_trigger(self) -> crontab.CrontabTrigger | None:
         """An APScheduler trigger for `cron` in `timezone`, or None when `every` is used."""
         if self.cron is None:
             return None
-        return CronTrigger.from_crontab(self.cron, timezone=self.tzinfo)
+        return crontab.CrontabTrigger(self.cron, self.tzinfo)
 
 
 class SyncSettings(_Section):
@@ -508,7 +532,8 @@ class HttpSettings(_Section):
 
 
 class Settings(BaseModel):
-    """The whole configuration. `source` is the file it was loaded from (not user-settable)."""
+    """The whole configuration. Not user-settable: `source`, the file it was loaded from, and
+    `proxy_env`, the standard proxy variables found in the environment (`exporter.proxies`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -519,6 +544,7 @@ class Settings(BaseModel):
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     source: Path | None = None
+    proxy_env: dict[str, str] = Field(default_factory=dict, repr=False)  # may hold credentials
 
 
 SECTIONS: dict[str, type[BaseModel]] = {

@@ -46,11 +46,11 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from exporter import lock_health, run_records
-from exporter.crawl import InventorySource, crawl
+from exporter.crawl import InventorySource, call_until_stopped, crawl
 from exporter.db_errors import store_error
 from exporter.errors import (
     ClientMismatchError,
-    ExporterError,
+    Interrupted,
     StoreError,
     TapkeyError,
 )
@@ -194,6 +194,8 @@ class _Run:
         self.had_locks = True
         # Outcomes of owners that had nothing else to write: recorded together after the crawl.
         self.quiet: list[OwnerOutcome] = []
+        # Per owner, the note on locks another owner of this run listed first (_listed_twice).
+        self.also_listed: dict[str, str] = {}
         self.guard = RemovalGuard()
         # Ask for health readings and store new ones (lock_health), never as versions.
         self.health = False
@@ -238,7 +240,7 @@ class _Run:
         """Run the phases; a failure ends the run as `failed` rather than leaving it open."""
         try:
             self._phases()
-        except _Interrupted:
+        except Interrupted:
             self._finish("failed", "interrupted")
         except TapkeyError as exc:
             self._finish("failed", str(exc))
@@ -284,7 +286,7 @@ class _Run:
     # -- phases -------------------------------------------------------------------------------
 
     def _phases(self) -> None:
-        owners = self.source.list_owners()
+        owners = call_until_stopped(self.stop, self.source.list_owners)
         self.result.owners_seen = len(owners)
         listed = {owner.id for owner in owners}
         owners = [owner for owner in owners if not self._fails_unstorable(owner)]
@@ -308,7 +310,7 @@ class _Run:
         with connect(self.engine) as conn, contextlib.closing(fetches):
             for owner_id, fetched in fetches:
                 if self.stop.is_set():
-                    raise _Interrupted
+                    raise Interrupted
                 outcome = self._apply_owner(conn, owner_id, fetched)
                 self.result.owners.append(outcome)
                 if outcome.status == "complete":
@@ -317,7 +319,7 @@ class _Run:
                     if not fetched.unidentified_skips:
                         removable.add(owner_id)
         if self.stop.is_set():
-            raise _Interrupted
+            raise Interrupted
         self._check_lock()
         self._record_quiet_owners()
         held = self._remove(removable | vanished, vanished)
@@ -407,6 +409,7 @@ class _Run:
                 locks_seen=len(fetched.records) + len(fetched.unchanged_ids),
                 counts=counts,
                 fetched_at=t,
+                error=self.also_listed.get(owner_id),
             )
             if wrote:
                 conn.execute(insert(sync_run_owners).values(_outcome_row(self._run_id, outcome)))
@@ -458,10 +461,12 @@ class _Run:
         """
         counts = Counts(skipped=fetched.skipped)
         self.seen.update(fetched.skipped_ids)
-        twice = self._mark_seen(fetched.unchanged_ids, counts)
+        twice = self._mark_seen(fetched.unchanged_ids)
         counts.unchanged += len(fetched.unchanged_ids) - len(twice)
-        twice = self._mark_seen([r.id for r in fetched.records], counts)
-        records = [r for r in fetched.records if r.id not in twice]
+        again = self._mark_seen([r.id for r in fetched.records])
+        records = [r for r in fetched.records if r.id not in again]
+        if twice or again:
+            self._listed_twice(owner_id, twice | again)
         # Only locks whose text differs from the stored one are loaded and diffed in full (new,
         # changed, moved in, restored). Into a table that was empty when the run began nothing
         # needs loading: a lock this run already wrote is in `seen`, and was skipped above.
@@ -513,18 +518,24 @@ class _Run:
             conn.execute(insert(bound_lock_versions), versions)
         return counts, True
 
-    def _mark_seen(self, ids: Sequence[str], counts: Counts) -> set[str]:
-        """Mark `ids` seen; return (and count as skipped) those another owner listed first.
-
-        Such a lock (a move caught half-way) stays with the first owner this run; the next run
-        sees the settled state.
-        """
+    def _mark_seen(self, ids: Sequence[str]) -> set[str]:
+        """Mark `ids` seen; return those another owner of this run listed first."""
         twice = self.seen.intersection(ids)
         self.seen.update(ids)
-        for lock_id in twice:
-            log.warning("lock %s listed by more than one owner; kept the first", lock_id)
-        counts.skipped += len(twice)
         return twice
+
+    def _listed_twice(self, owner_id: str, lock_ids: set[str]) -> None:
+        """Note locks that an owner applied earlier in this run listed too (a move caught
+        half-way): they stay with that owner this run and are not counted again (they are not
+        unreadable, so not `skipped` either); the next run sees the settled state."""
+        shown = ", ".join(sorted(lock_ids)[:5]) + (", ..." if len(lock_ids) > 5 else "")
+        what = "lock" if len(lock_ids) == 1 else f"{len(lock_ids)} locks"
+        note = (
+            f"{what} also listed by another owner in this run (a move caught half-way?): "
+            f"{shown}; kept under that owner until the next run"
+        )
+        self.also_listed[owner_id] = note
+        log.warning("owner %s: %s", owner_id, note)
 
     def _remove(self, owner_ids: set[str], vanished: set[str]) -> list[str]:
         """Remove unseen locks of fully fetched and vanished owners, then vanished owners.
@@ -566,8 +577,10 @@ class _Run:
                     and not guard.confirmed(owner_id)
                 ):
                     self.result.held_back[owner_id] = len(locks)
-                    owner_notes[owner_id] = locks_held_message(guard, owner_id, len(locks), stored)
-                    held.append(owner_notes[owner_id])
+                    message = locks_held_message(guard, owner_id, len(locks), stored)
+                    held.append(message)
+                    notes = (self.also_listed.get(owner_id), message)
+                    owner_notes[owner_id] = "; ".join(n for n in notes if n)
                     continue
                 reason = "owner_removed" if owner_id in vanished else "unbound"
                 doomed[reason].extend(lock_id for lock_id, _ in locks)
@@ -678,13 +691,6 @@ class _Run:
                     title,
                 )
             )
-
-
-class _Interrupted(ExporterError):
-    """The run was asked to stop (SIGTERM); it ends as failed/interrupted."""
-
-    def __str__(self) -> str:
-        return "interrupted"
 
 
 def _lock_values(record: LockRecord, owner_id: str) -> dict[str, Any]:

@@ -3,8 +3,11 @@
 One `requests.Session` (one connection pool sized for the worker threads) serves every call. A call
 adds a bearer token from the `TokenProvider`, retries 429/5xx/network failures with capped
 exponential backoff, re-fetches the token once after a 401, and turns everything else into one
-typed error from `exporter.errors`. Pages are read with overlapping `$skip` windows so that a list
-changing while it is paged is detected and re-read instead of silently losing rows.
+typed error from `exporter.errors`. Redirects are followed only within the origin of
+`api_base_url` (same scheme, host and port), so the bearer token never goes to another host or
+over plain http; at most `MAX_REDIRECTS` in a row. Pages are read with overlapping `$skip`
+windows so that a list changing while it is paged is detected and re-read instead of silently
+losing rows.
 """
 
 from __future__ import annotations
@@ -17,14 +20,30 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any, Final, Literal, TypeVar, cast
-from urllib.parse import quote
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, cast
+from urllib.parse import quote, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 
-from exporter.auth import TokenProvider, require_secure_url
-from exporter.errors import ApiError, AuthError, PagingError, PayloadError, PermissionDeniedError
+from exporter.auth import (
+    TokenProvider,
+    display_url,
+    network_hint,
+    proxy_refusal,
+    redirect_location,
+    require_secure_url,
+    retry_log_level,
+    shown_location,
+)
+from exporter.errors import (
+    ApiError,
+    AuthError,
+    Interrupted,
+    PagingError,
+    PayloadError,
+    PermissionDeniedError,
+)
 from exporter.records import (
     BadValue,
     KnownTexts,
@@ -37,6 +56,9 @@ from exporter.records import (
     split_array,
 )
 
+if TYPE_CHECKING:
+    from exporter.proxies import Proxy
+
 __all__ = ["TapkeyClient"]
 
 log = logging.getLogger(__name__)
@@ -46,6 +68,8 @@ LOCKS_SCOPE: Final = "read:core:entities"
 #: Statuses worth repeating a GET for.
 RETRY_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
 MAX_BODY_BYTES: Final = 64 * 1024 * 1024
+#: Redirects followed in a row for one request (a loop ends with an ApiError).
+MAX_REDIRECTS: Final = 5
 
 T = TypeVar("T")
 
@@ -98,6 +122,19 @@ def _status_outcome(status: int) -> Outcome:
     return "fail"
 
 
+def _origin(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of a URL without user info; None for anything else."""
+    try:
+        parts = urlsplit(url)
+        scheme, host = parts.scheme.lower(), (parts.hostname or "").rstrip(".")
+        port = parts.port or {"https": 443, "http": 80}.get(scheme)
+    except ValueError:
+        return None
+    if not host or port is None or parts.username is not None or parts.password is not None:
+        return None
+    return scheme, host, port
+
+
 def _text(item: LockRecord | str) -> str:
     return item if isinstance(item, str) else item.raw
 
@@ -123,9 +160,14 @@ class TapkeyClient:
         max_restarts: int = 3,
         clock: Callable[[], float] = time.monotonic,
         max_body_bytes: int = MAX_BODY_BYTES,
+        stop: threading.Event | None = None,
+        proxy: Proxy | None = None,
     ) -> None:
         require_secure_url(base_url, "[tapkey] api_base_url")
         self._base_url = base_url.rstrip("/")
+        self._origin = _origin(self._base_url)
+        self._proxy = proxy
+        self._answered = False  # some request got a 2xx: the base URL and routes are right
         self._tokens = tokens
         # Overlapping pages advance by $top - 1 rows, so $top must be at least 2.
         self._top = max(2, page_size)
@@ -139,6 +181,7 @@ class TapkeyClient:
         self._clock = clock
         self._max_restarts = max(0, max_restarts)
         self._max_body_bytes = max_body_bytes
+        self._stop = stop  # once set, no request is sent (a stopped run leaves fetches behind)
         self._random = random.Random()
         self._counter_lock = threading.Lock()
         self._requests = 0
@@ -146,7 +189,8 @@ class TapkeyClient:
         self._owns_session = session is None
         if session is None:
             session = requests.Session()
-            session.trust_env = False  # no proxy/netrc/CA settings picked up from the environment
+            # No netrc or CA bundle from the environment; the proxy comes in as a setting.
+            session.trust_env = False
             adapter = HTTPAdapter(pool_connections=2, pool_maxsize=max(1, workers), max_retries=0)
             session.mount("https://", adapter)
             session.mount("http://", adapter)
@@ -412,12 +456,16 @@ class TapkeyClient:
     def _get_text(self, target: _Target, params: dict[str, str], counter: list[int]) -> str:
         """GET one page and return its body, retrying what is worth retrying."""
         url = self._base_url + target.path
+        query: dict[str, str] | None = params
         started = self._clock()
         waited = 0.0
         retries = 0
+        redirects = 0
         reauthenticated = False
         is_retry = False
         while True:
+            if self._stop is not None and self._stop.is_set():
+                raise Interrupted
             token = self._tokens.token()
             self._count(counter, retry=is_retry)
             is_retry = False
@@ -425,20 +473,28 @@ class TapkeyClient:
             outcome: Outcome = "fail"
             retry_after: float | None = None
             truncated = False
+            location: str | None = None
+            hint = "the network"
             try:
                 with self._session.get(
                     url,
-                    params=params,
+                    params=query,
                     headers={"Accept": "application/json", "Authorization": f"Bearer {token}"},
                     timeout=self._timeout,
                     verify=self._verify,
                     stream=True,
+                    allow_redirects=False,  # followed below, only within the configured origin
+                    proxies=self._proxy.for_requests if self._proxy is not None else None,
                 ) as response:
                     status = response.status_code
-                    outcome = _status_outcome(status)
-                    if outcome == "ok":
-                        return self._read_body(response, target)
-                    retry_after = _retry_after(response.headers)
+                    if response.is_redirect:
+                        location = self._redirect_target(target, response)
+                    else:
+                        outcome = _status_outcome(status)
+                        if outcome == "ok":
+                            self._answered = True
+                            return self._read_body(response, target)
+                        retry_after = _retry_after(response.headers)
                 failure, cause = f"HTTP {status}", ""
             except _BodyInterrupted as exc:
                 status, truncated, failure, cause = None, True, "body cut off", str(exc)
@@ -450,11 +506,26 @@ class TapkeyClient:
             except requests.Timeout as exc:
                 failure, cause = "timed out", type(exc).__name__
             except requests.ConnectionError as exc:
+                refusal = proxy_refusal(exc, self._proxy)
+                if refusal is not None:
+                    raise ApiError(f"GET {target.path}: {refusal}") from None
                 failure, cause = "connection failed", type(exc).__name__
+                hint = network_hint(exc, self._proxy)
             except requests.RequestException as exc:
                 raise ApiError(
                     f"GET {target.path} failed ({type(exc).__name__}); check [tapkey] api_base_url"
                 ) from None
+            if location is not None:
+                redirects += 1
+                if redirects > MAX_REDIRECTS:
+                    raise ApiError(
+                        f"GET {target.path}: more than {MAX_REDIRECTS} redirects in a row (a "
+                        "redirect loop); check [tapkey] api_base_url",
+                        status=status,
+                    )
+                log.debug("GET %s: redirected to %s", target.path, display_url(location))
+                url, query = location, None
+                continue
             if status is not None:
                 if outcome == "reauth":
                     if reauthenticated:
@@ -471,8 +542,9 @@ class TapkeyClient:
             wait = self._backoff(retries, retry_after)
             spent = max(self._clock() - started, waited)
             if retries >= self._max_retries or spent + wait > self._max_retry_time:
-                raise self._exhausted(target, status, failure, cause, retries + 1, truncated)
-            log.warning(
+                raise self._exhausted(target, status, failure, cause, retries + 1, truncated, hint)
+            log.log(
+                retry_log_level(retries + 1),
                 "GET %s: %s%s; retrying in %.2f s (retry %d of %d)",
                 target.path,
                 failure,
@@ -485,6 +557,19 @@ class TapkeyClient:
             waited += wait
             retries += 1
             is_retry = True
+
+    def _redirect_target(self, target: _Target, response: requests.Response) -> str:
+        """Where a redirect leads if it stays within the configured origin; ApiError otherwise."""
+        location = redirect_location(response)
+        if location is not None and _origin(location) == self._origin:
+            return location
+        raise ApiError(
+            f"GET {target.path}: the API redirected (HTTP {response.status_code}) to "
+            f"{shown_location(response)}, away from {display_url(self._base_url)}; redirects "
+            "are followed only within it, so the token never leaves it: check [tapkey] "
+            "api_base_url",
+            status=response.status_code,
+        )
 
     def _read_body(self, response: requests.Response, target: _Target) -> str:
         limit = self._max_body_bytes
@@ -520,6 +605,7 @@ class TapkeyClient:
         cause: str,
         attempts: int,
         truncated: bool,
+        hint: str,
     ) -> Exception:
         """The error once retries are used up (count or time)."""
         where = f"GET {target.path}"
@@ -543,17 +629,25 @@ class TapkeyClient:
             )
         return ApiError(
             f"{where}: {failure} after {attempts} attempts ({cause}); check [tapkey] "
-            "api_base_url, the network and [tapkey] read_timeout",
+            f"api_base_url, {hint} and [tapkey] read_timeout",
         )
 
     def _status_error(self, target: _Target, status: int) -> ApiError:
         """The error for a status that is not retried (403 and other 4xx)."""
         where = f"GET {target.path}"
+        if status == 404 and target.owner_id is not None and self._answered:
+            # The base URL and routes answered before (the owner list came from them).
+            return ApiError(
+                f"{where}: HTTP 404: owner account {target.owner_id} is gone although the API "
+                "answered this run's other requests: the owner account was probably removed, or "
+                "the OAuth client lost access to it, during the run; the next run no longer "
+                "lists it",
+                status=status,
+            )
         if status != 403:
             hint = {
                 400: "the API rejected the query; check [tapkey] page_size",
-                404: "not found; check [tapkey] api_base_url"
-                + (f" (owner {target.owner_id} may have been removed)" if target.owner_id else ""),
+                404: "not found; check [tapkey] api_base_url",
             }.get(status, "check [tapkey] api_base_url")
             return ApiError(f"{where}: HTTP {status}: {hint}", status=status)
         granted = self._tokens.granted_scopes

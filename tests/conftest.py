@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from http_servers import Tls, make_tls
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -180,3 +181,9 @@ def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path, worker_id: str)
         return
     admin = POSTGRES_ADMIN if request.param == "postgresql" else MARIADB_ADMIN
     yield from _server_database(admin, _database_name(worker_id) + "_empty")
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
+    """A CA and a server certificate for 127.0.0.1, localhost and tapkey.test (trustme)."""
+    return make_tls(tmp_path_factory.mktemp("tls"))

@@ -325,3 +325,52 @@ def test_tls_failure_is_not_retried(fake: Sandbox, make_provider: Callable[..., 
     https_url = fake.token_url.replace("http://", "https://")  # the sandbox speaks plain http
     with pytest.raises(AuthError, match=r"TLS verification .* ca_bundle"):
         make_provider(token_url=https_url).token()
+
+
+def test_token_retries_that_succeed_are_not_warnings(
+    fake: Sandbox, make_provider: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    fake.add_fault(Fault(route="token", status=503, times=2))
+    assert make_provider(max_retries=2).token()
+    retries = [r for r in caplog.records if "retrying" in r.getMessage()]
+    assert len(retries) == 2 and all(r.levelno == logging.INFO for r in retries)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    fake.add_fault(Fault(route="token", status=503, times=3))
+    caplog.clear()
+    assert make_provider(max_retries=5).token()
+    assert [r.levelno for r in caplog.records if "retrying" in r.getMessage()] == [
+        logging.INFO,
+        logging.INFO,
+        logging.WARNING,
+    ]
+
+
+def test_a_token_without_expires_in_says_which_lifetime_is_assumed(
+    fake: Sandbox, make_provider: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="exporter.auth")
+    fake.add_fault(
+        Fault(route="token", kind="body", body='{"access_token":"abc","token_type":"Bearer"}')
+    )
+    tokens = make_provider()
+    tokens.token()
+    tokens.token()
+    lines = [r.getMessage() for r in caplog.records if r.name == "exporter.auth"]
+    assert len(lines) == 1 and caplog.records[0].levelno == logging.INFO
+    assert (
+        "no expires_in in the response, so no lifetime is assumed: the token is used until the "
+        "API rejects it (401), then a new one is fetched and the request repeated"
+    ) in lines[0]
+    caplog.clear()
+    make_provider().token()  # a stated lifetime is logged as such
+    assert "lifetime 3600 s" in caplog.records[0].getMessage()
+
+
+def test_an_expires_in_that_is_not_a_number_is_one_clear_error(
+    fake: Sandbox, make_provider: Callable[..., Any]
+) -> None:
+    body = '{"access_token":"abc","token_type":"Bearer","expires_in":"soon"}'
+    fake.add_fault(Fault(route="token", kind="body", body=body))
+    with pytest.raises(AuthError, match="expires_in is not a number; check"):
+        make_provider().token()

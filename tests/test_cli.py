@@ -426,6 +426,58 @@ def test_a_signalled_run_once_records_its_run_as_interrupted(
     assert run["finished_at"] is not None
 
 
+def _stop_and_time(process: subprocess.Popen[str], signum: int = signal.SIGTERM) -> float:
+    """Send `signum` and return how long the process took to exit (killed after 30 s)."""
+    started = time.monotonic()
+    process.send_signal(signum)
+    try:
+        process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+    return time.monotonic() - started
+
+
+def _assert_interrupted(engine: Engine) -> None:
+    with engine.connect() as conn:
+        run = conn.execute(select(sync_runs)).mappings().one()
+    assert (run["status"], run["error"]) == ("failed", "interrupted")
+    assert_history_consistent(engine)
+
+
+@pytest.mark.parametrize("route", ["owners", "locks"])
+def test_a_signalled_run_once_abandons_requests_in_flight(
+    sandbox: Sandbox, db_url: str, engine: Engine, route: str
+) -> None:
+    # A request hanging for a minute (a slow API, up to [tapkey] read_timeout) does not hold up
+    # a stop: the run is recorded as interrupted and the process exits at once.
+    sandbox.add_fault(Fault(route=route, kind="delay", delay=60, times=None))
+    process = _start(subprocess_env(sandbox, db_url), "run-once")
+    _wait_for(lambda: sandbox.requests[route] > 0)
+
+    assert _stop_and_time(process) < 5
+    assert process.returncode == 1
+    _assert_interrupted(engine)
+
+
+def test_a_signalled_run_once_sends_no_further_retry(
+    sandbox: Sandbox, db_url: str, engine: Engine
+) -> None:
+    # Every owner's first request is refused with "retry in 20 s": a stop ends those waits at
+    # once, and no retry is sent.
+    busy = Fault(route="locks", status=503, headers={"Retry-After": "20"}, times=None)
+    sandbox.add_fault(busy)
+    env = {**subprocess_env(sandbox, db_url), "EXPORTER_TAPKEY__MAX_RETRIES": "5"}
+    process = _start(env, "run-once")
+    _wait_for(lambda: sandbox.requests["locks"] == 3)
+    time.sleep(0.2)  # the three fetches are asleep now
+
+    assert _stop_and_time(process) < 5
+    assert sandbox.requests["locks"] == 3
+    assert process.returncode == 1
+    _assert_interrupted(engine)
+
+
 def test_sandbox_on_a_port_in_use_is_one_line_and_exit_2(sandbox: Sandbox) -> None:
     port = sandbox.base_url.rsplit(":", 1)[1]
     done = _run(os.environ.copy(), "sandbox", "--port", port, timeout=30)

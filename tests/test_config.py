@@ -1,12 +1,18 @@
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from exporter.config import file_permissions_warning, load_settings, resolve_config_path
+from exporter.config import (
+    file_permissions_warning,
+    load_settings,
+    resolve_config_path,
+    secret_file_warning,
+)
 from exporter.errors import ConfigError
 from exporter.settings import (
     SECTIONS,
@@ -433,6 +439,46 @@ def test_every_and_cron_are_exclusive(cwd: Path) -> None:
     assert (schedule.every, schedule.cron) == (None, "0 * * * *")
 
 
+@pytest.mark.parametrize(
+    ("text", "env", "expected"),
+    [
+        pytest.param(
+            None,
+            {"EXPORTER_TAPKEY__CLIENT_SECRET": SECRET, "EXPORTER_TAPKEY__CLIENT_SECRET_FILE": "s"},
+            "EXPORTER_TAPKEY__CLIENT_SECRET and EXPORTER_TAPKEY__CLIENT_SECRET_FILE: [tapkey]: "
+            "client_secret and client_secret_file are both set",
+            id="both-secrets-in-env",
+        ),
+        pytest.param(
+            "[tapkey]\nclient_id = 'x'\n",
+            {"EXPORTER_SCHEDULE__EVERY": "5m", "EXPORTER_SCHEDULE__CRON": "0 * * * *"},
+            "EXPORTER_SCHEDULE__EVERY and EXPORTER_SCHEDULE__CRON: [schedule]: every and cron",
+            id="schedule-in-env-beside-a-file",
+        ),
+        pytest.param(
+            "[tapkey]\nclient_id = 'x'\n",
+            {"EXPORTER_DATABASE__SCHEMA_NAME": "tapkey"},
+            "EXPORTER_DATABASE__SCHEMA_NAME: [database]: schema_name is only supported with a "
+            "postgresql:// url; fix the environment variable",
+            id="schema-in-env",
+        ),
+        pytest.param(
+            "[schedule]\nevery = '5m'\n",
+            {"EXPORTER_SCHEDULE__CRON": "0 * * * *"},
+            "config.toml and EXPORTER_SCHEDULE__CRON: [schedule]: every and cron are both set",
+            id="file-and-env",
+        ),
+    ],
+)
+def test_a_rule_between_keys_names_where_they_were_set(
+    cwd: Path, text: str | None, env: dict[str, str], expected: str
+) -> None:
+    message = config_error(cwd, text, **env)
+    assert expected in message
+    assert message.startswith("EXPORTER_") or message.startswith(f"{cwd / 'config.toml'} and ")
+    assert SECRET not in message
+
+
 def test_cron_alone(cwd: Path) -> None:
     schedule = load(cwd, "[schedule]\ncron = '*/5  * * * *'\ntimezone = 'Europe/Vienna'\n").schedule
     assert (schedule.every, schedule.cron, schedule.interval_seconds) == (None, "*/5 * * * *", None)
@@ -444,7 +490,7 @@ def test_cron_alone(cwd: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        pytest.param("cron = '* * * *'", "Wrong number of fields", id="fields"),
+        pytest.param("cron = '* * * *'", "has 4 fields, crontab(5) has 5", id="fields"),
         pytest.param("cron = '61 * * * *'", "invalid crontab expression '61 * * * *'", id="range"),
         pytest.param("timezone = 'Mars/Olympus'", "unknown time zone 'Mars/Olympus'", id="tz"),
         pytest.param("every = 30", 'expected a duration string such as "30s"', id="number"),
@@ -510,12 +556,19 @@ def test_resolve_config_path(cwd: Path, conf_dir: Path) -> None:
         resolve_config_path(None, {"EXPORTER_CONFIG": str(conf_dir)}, cwd)
 
 
+def not_root_owned(path: Path) -> Path:
+    """Give `path` to a user other than root (the tests may run as root, owning what they write)."""
+    if os.geteuid() == 0:
+        os.chown(path, 54321, 54321)
+    return path
+
+
 def test_permission_warning(cwd: Path, conf_dir: Path) -> None:
     config = write(conf_dir / "config.toml", f'[tapkey]\nclient_secret = "{SECRET}"\n')
-    config.chmod(0o644)
+    not_root_owned(config).chmod(0o644)
     warning = file_permissions_warning(load_settings(config, env={}, cwd=cwd))
     assert warning is not None
-    assert str(config) in warning
+    assert f"{config} holds a secret and is readable by every user (mode 0644" in warning
     assert f"chmod 600 {config}" in warning
     assert SECRET not in warning
     config.chmod(0o600)
@@ -524,7 +577,7 @@ def test_permission_warning(cwd: Path, conf_dir: Path) -> None:
 
 def test_permission_warning_needs_a_secret_in_the_file(cwd: Path) -> None:
     config = write(cwd / "config.toml", "[tapkey]\nclient_id = 'x'\n")
-    config.chmod(0o644)
+    not_root_owned(config).chmod(0o644)
     settings = load_settings(config, env={"EXPORTER_TAPKEY__CLIENT_SECRET": SECRET}, cwd=cwd)
     assert file_permissions_warning(settings) is None
     write(config, "[database]\nurl = 'postgresql://u:pw@db/x'\n").chmod(0o640)
@@ -533,9 +586,84 @@ def test_permission_warning_needs_a_secret_in_the_file(cwd: Path) -> None:
 
 def test_permission_warning_for_secret_file(cwd: Path) -> None:
     secret_file = write(cwd / "secret", SECRET)
-    secret_file.chmod(0o604)
+    not_root_owned(secret_file).chmod(0o604)
     settings = load(cwd, EXPORTER_TAPKEY__CLIENT_SECRET_FILE=str(secret_file))
     assert f"chmod 600 {secret_file}" in (file_permissions_warning(settings) or "")
+
+
+ROOT, SERVICE, ADMIN = 0, 54321, 54322  # user ids; each user's own group has its number
+FILE = Path("/etc/tapkey-exporter/config.toml")
+HAND_OVER = f"run as root: chown root:{SERVICE} {FILE} && chmod 640 {FILE}"
+
+
+@pytest.mark.parametrize(
+    ("mode", "owner", "group", "uid", "projected", "expected"),
+    [
+        # systemd: root owns it, the service reads it through its group (the unit's install line).
+        pytest.param(0o640, ROOT, SERVICE, SERVICE, False, None, id="systemd-0640"),
+        # ... and root may look at it (`sudo exporter check`) without being told to lock the
+        # service out.
+        pytest.param(0o640, ROOT, SERVICE, ROOT, False, None, id="systemd-as-root"),
+        # A Kubernetes Secret volume with defaultMode 0440 and the pod's fsGroup.
+        pytest.param(0o440, ROOT, SERVICE, SERVICE, True, None, id="k8s-0440-fsgroup"),
+        pytest.param(0o600, SERVICE, SERVICE, SERVICE, False, None, id="own-0600"),
+        pytest.param(0o400, ADMIN, ADMIN, ROOT, False, None, id="other-owner-0400"),
+        pytest.param(
+            0o644,
+            ROOT,
+            SERVICE,
+            SERVICE,
+            False,
+            f"readable by every user (mode 0644, owner root); run: chmod o-r {FILE}",
+            id="root-owned-0644",
+        ),
+        pytest.param(
+            0o640,
+            SERVICE,
+            SERVICE,
+            SERVICE,
+            False,
+            f"readable by group {SERVICE} (mode 0640, owner {SERVICE}); run: chmod 600 {FILE}",
+            id="own-0640",
+        ),
+        # The service reads it only because everybody may: `chmod o-r` would lock it out.
+        pytest.param(0o644, ROOT, ROOT, SERVICE, False, HAND_OVER, id="root-root-0644"),
+        # Someone else's file, read through its group: hand it to root, keeping the group.
+        pytest.param(0o640, ADMIN, SERVICE, SERVICE, False, HAND_OVER, id="admin-owned-0640"),
+        # Kubernetes' default Secret mode: only the pod spec can change it.
+        pytest.param(
+            0o644,
+            ROOT,
+            ROOT,
+            SERVICE,
+            True,
+            "set the volume's defaultMode to 0440 and the pod's securityContext.fsGroup",
+            id="k8s-default-0644",
+        ),
+    ],
+)
+def test_secret_file_permissions(
+    mode: int, owner: int, group: int, uid: int, projected: bool, expected: str | None
+) -> None:
+    warning = secret_file_warning(
+        FILE, mode=mode, owner=owner, group=group, uid=uid, groups=[uid], projected=projected
+    )
+    if expected is None:
+        assert warning is None
+    else:
+        assert warning is not None and warning.startswith(f"{FILE} holds a secret")
+        assert expected in warning
+
+
+def test_a_kubernetes_volume_file_is_recognised(tmp_path: Path) -> None:
+    # A Secret volume holds each key as a link into ..data, which the kubelet swaps atomically.
+    data = tmp_path / "..2026_01_01_00_00_00.1"
+    data.mkdir()
+    write(data / "client-secret", SECRET).chmod(0o644)
+    (tmp_path / "..data").symlink_to(data.name)
+    (tmp_path / "client-secret").symlink_to("..data/client-secret")
+    settings = load(tmp_path, EXPORTER_TAPKEY__CLIENT_SECRET_FILE=str(tmp_path / "client-secret"))
+    assert "set the volume's defaultMode to 0440" in (file_permissions_warning(settings) or "")
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,6 @@ from typing import Any
 import pytest
 import requests
 import yaml
-from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from conftest import POSTGRES_ADMIN, make_settings, subprocess_env
 from history_checks import assert_history_consistent, expected_locks, locks_at
@@ -39,13 +38,14 @@ from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from exporter import cli, job, observability, scheduler, store
-from exporter.config import load_settings
+from exporter.config import load_settings, secret_file_warning
+from exporter.crontab import CrontabTrigger
 from exporter.errors import LockHeldError
 from exporter.run_records import ABANDONED
 from exporter.sandbox import Fault, Request, Sandbox
 from exporter.schema import sync_runs
 
-SERVING = re.compile(r"serving /healthz and /metrics on http://127\.0\.0\.1:(\d+)")
+SERVING = re.compile(r"serving /healthz, /livez and /metrics on http://127\.0\.0\.1:(\d+)")
 STARTED = re.compile(r"run (\d+) started")
 
 
@@ -87,8 +87,8 @@ class Daemon:
         found = wait_for(port, 15, "the HTTP endpoint's start-up line", self)
         return f"http://127.0.0.1:{found}{path}"
 
-    def health(self) -> tuple[int, dict[str, Any]]:
-        response = requests.get(self.url("/healthz"), timeout=10)
+    def health(self, path: str = "/healthz") -> tuple[int, dict[str, Any]]:
+        response = requests.get(self.url(path), timeout=10)
         return response.status_code, response.json()
 
     def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -296,13 +296,14 @@ def test_two_daemons_on_one_database_never_overlap_and_keep_history_exact(
 def test_sigterm_mid_run_ends_the_run_as_interrupted_and_exits_0(
     db_url: str, engine: Engine, tmp_path: Path, sandbox: Sandbox
 ) -> None:
+    # The fetches in flight hang for a minute: the stop abandons them instead of waiting.
     mid_run = on_route(sandbox, "locks")
-    sandbox.add_fault(Fault(route="locks", kind="delay", delay=0.5, times=None))
+    sandbox.add_fault(Fault(route="locks", kind="delay", delay=60, times=None))
     with serve(sandbox, db_url, tmp_path, schedule__every="1h", tapkey__workers="1") as daemon:
         wait_for(mid_run.is_set, 20, "the run to fetch locks", daemon)
         started = time.monotonic()
         assert daemon.stop(signal.SIGTERM) == 0
-        assert time.monotonic() - started < 10
+        assert time.monotonic() - started < 5
 
     [row] = runs(engine)
     assert (row["status"], row["error"]) == ("failed", "interrupted")
@@ -356,6 +357,8 @@ def test_a_failing_api_does_not_stop_the_daemon_and_healthz_follows(
         wait_for(lambda: daemon.health()[0] == 503, 20, "healthz 503", daemon)
         status, body = daemon.health()
         assert (status, body["status"]) == (503, "stale") and "ago" in body["reason"]
+        # Liveness asks whether the process serves, not whether Tapkey does: no restart.
+        assert daemon.health("/livez") == (200, {"status": "ok"})
         wait_for(
             lambda: sum(r["status"] == "failed" for r in runs(engine)) >= 2,
             20,
@@ -419,6 +422,9 @@ def test_a_database_unreachable_at_a_slot_is_retried_at_the_next(
         )
         status, body = daemon.health()
         assert (status, body["status"]) == (503, "unavailable")
+        # No run was started, so none "failed": the line says the slot was skipped.
+        assert "run failed" not in daemon.text()
+        assert "slot skipped, no run started: cannot connect to the database" in daemon.text()
         errors = daemon.metrics()[
             ("tapkey_exporter_slot_errors_total", (("error", "DatabaseUnavailableError"),))
         ]
@@ -440,6 +446,18 @@ def test_a_database_unreachable_at_a_slot_is_retried_at_the_next(
     assert "Traceback" not in daemon.text()
 
 
+@contextlib.contextmanager
+def sync_runs_locked(db_url: str) -> Iterator[None]:
+    """Hold an exclusive lock on sync_runs (PostgreSQL): recording a run's end hangs meanwhile."""
+    blocker = create_engine(db_url)
+    try:
+        with blocker.connect() as conn, conn.begin():
+            conn.execute(text("LOCK TABLE sync_runs IN ACCESS EXCLUSIVE MODE"))
+            yield
+    finally:
+        blocker.dispose()
+
+
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_a_second_signal_exits_at_once_and_the_next_run_cleans_up(
     db_url: str, engine: Engine, tmp_path: Path, sandbox: Sandbox
@@ -448,11 +466,12 @@ def test_a_second_signal_exits_at_once_and_the_next_run_cleans_up(
     sandbox.add_fault(Fault(route="locks", kind="delay", delay=10.0, times=None))
     with serve(sandbox, db_url, tmp_path, schedule__every="1h") as daemon:
         wait_for(mid_run.is_set, 20, "the run to fetch locks", daemon)
-        daemon.proc.send_signal(signal.SIGTERM)
-        wait_for(lambda: "waiting up to" in daemon.text(), 10, "the first signal", daemon)
-        started = time.monotonic()
-        assert daemon.stop(signal.SIGTERM) == 128 + signal.SIGTERM
-        assert time.monotonic() - started < 2
+        with sync_runs_locked(db_url):  # the interrupted run cannot record its end
+            daemon.proc.send_signal(signal.SIGTERM)
+            wait_for(lambda: "waiting up to" in daemon.text(), 10, "the first signal", daemon)
+            started = time.monotonic()
+            assert daemon.stop(signal.SIGTERM) == 128 + signal.SIGTERM
+            assert time.monotonic() - started < 2
     [row] = runs(engine)
     assert row["status"] == "running"  # abandoned mid-run; nothing half-written
     assert_history_consistent(engine)
@@ -465,7 +484,7 @@ def test_a_second_signal_exits_at_once_and_the_next_run_cleans_up(
     assert_history_consistent(engine)
 
 
-@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_shutdown_timeout_bounds_the_wait_for_a_stuck_run(
     db_url: str, engine: Engine, tmp_path: Path, sandbox: Sandbox
 ) -> None:
@@ -475,9 +494,10 @@ def test_shutdown_timeout_bounds_the_wait_for_a_stuck_run(
         sandbox, db_url, tmp_path, schedule__every="1h", schedule__shutdown_timeout="1"
     ) as daemon:
         wait_for(mid_run.is_set, 20, "the run to fetch locks", daemon)
-        started = time.monotonic()
-        assert daemon.stop(signal.SIGTERM) == 0
-        assert time.monotonic() - started < 4
+        with sync_runs_locked(db_url):  # a database that stopped answering
+            started = time.monotonic()
+            assert daemon.stop(signal.SIGTERM) == 0
+            assert time.monotonic() - started < 4
     assert "did not stop within 1 s" in daemon.text()
     [row] = runs(engine)
     assert row["status"] == "running"
@@ -534,7 +554,7 @@ def test_the_trigger_follows_the_schedule_settings(tmp_path: Path) -> None:
     cron = scheduler.build_trigger(
         _schedule(tmp_path, every="", cron="30 2 * * *", timezone="Europe/Vienna")
     )
-    assert isinstance(cron, CronTrigger)
+    assert isinstance(cron, CrontabTrigger)
     assert str(cron.timezone) == "Europe/Vienna"
     after = datetime(2025, 1, 10, 12, 0, tzinfo=UTC)
     # 02:30 in Vienna in winter is 01:30 UTC.
@@ -577,6 +597,30 @@ def test_healthz_is_503_when_the_database_is_unreachable() -> None:
     assert (status, body) == (503, {"status": "unavailable", "reason": "cannot read the database"})
 
 
+def test_livez_asks_only_whether_the_process_serves() -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    engine = store.make_engine(f"postgresql://nobody@127.0.0.1:{port}/none")  # unreachable
+    stopping = threading.Event()
+    app = observability.make_app(
+        engine, observability.Metrics(), max_age=60, live=lambda: not stopping.is_set()
+    )
+
+    def get(path: str) -> tuple[str, dict[str, Any]]:
+        answer: list[str] = []
+        body = b"".join(app({"PATH_INFO": path}, lambda status, _headers: answer.append(status)))
+        return answer[0], json.loads(body)
+
+    try:
+        assert get("/healthz")[0] == "503 Service Unavailable"
+        assert get("/livez") == ("200 OK", {"status": "ok"})
+        stopping.set()
+        assert get("/livez") == ("503 Service Unavailable", {"status": "stopping"})
+    finally:
+        engine.dispose()
+
+
 @pytest.mark.parametrize("fmt", [pytest.param("json", id="json"), pytest.param("text", id="text")])
 def test_every_log_line_of_a_run_carries_its_run_id(fmt: str) -> None:
     # The handler setup_logging puts on the root logger, on a logger of its own here (the
@@ -597,9 +641,10 @@ def test_every_log_line_of_a_run_carries_its_run_id(fmt: str) -> None:
             logger.info("no row yet")
             scope.bind(42)
             logger.info("in the run")
-            worker = threading.Thread(target=logger.warning, args=("from a fetch thread",))
-            worker.start()
-            worker.join()
+            # A thread of its own (the HTTP endpoint's) is not part of the run.
+            other = threading.Thread(target=logger.warning, args=("from another thread",))
+            other.start()
+            other.join()
         logger.info("after")
     finally:
         logger.removeHandler(handler)
@@ -609,13 +654,57 @@ def test_every_log_line_of_a_run_carries_its_run_id(fmt: str) -> None:
     assert len(lines) == 5
     if fmt == "json":
         records = [json.loads(line) for line in lines]
-        assert [r.get("run_id") for r in records] == [None, None, 42, 42, None]
-        assert records[3]["level"] == "WARNING" and records[3]["message"] == "from a fetch thread"
+        assert [r.get("run_id") for r in records] == [None, None, 42, None, None]
+        assert records[3]["level"] == "WARNING" and records[3]["message"] == "from another thread"
     else:
-        assert [" run=42: " in line for line in lines] == [False, False, True, True, False]
+        assert [" run=42: " in line for line in lines] == [False, False, True, False, False]
         assert re.match(
             r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO exporter\.test: before$", lines[0]
         )
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_the_fetch_threads_log_the_run_id_and_the_http_threads_do_not(
+    db_url: str, tmp_path: Path, sandbox: Sandbox
+) -> None:
+    # While a run is in progress, /healthz fails to read its database (a warning on an HTTP
+    # thread) and a fetch is retried (a warning on a fetch thread).
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    unreachable = store.make_engine(f"postgresql://nobody@127.0.0.1:{port}/none")
+    app = observability.make_app(unreachable, observability.Metrics(), max_age=60)
+    endpoint = observability.HttpEndpoint(app, "127.0.0.1", 0)
+    endpoint.start()
+    host, http_port = endpoint.address
+
+    def probe(request: Request) -> None:
+        if request.route == "locks" and request.number == 1:
+            requests.get(f"http://{host}:{http_port}/healthz", timeout=10)
+
+    sandbox.hooks.append(probe)
+    sandbox.add_fault(Fault(route="locks", status=503))
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(observability.JsonFormatter())
+    handler.addFilter(observability.RunIdFilter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    level = root.level
+    root.setLevel(logging.INFO)  # a first retry is logged at INFO
+    try:
+        with observability.run_scope() as scope:
+            result = job.run_once(make_settings(sandbox, db_url, tmp_path), on_started=scope.bind)
+    finally:
+        root.setLevel(level)
+        root.removeHandler(handler)
+        endpoint.stop()
+        unreachable.dispose()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    [healthz] = [line for line in lines if line["message"].startswith("healthz: cannot read")]
+    [retry] = [line for line in lines if "; retrying in " in line["message"]]
+    assert "run_id" not in healthz
+    assert retry["run_id"] == result.run_id
 
 
 @pytest.mark.parametrize("db_url", ["postgresql", "mariadb"], indirect=True)
@@ -667,8 +756,11 @@ def test_the_kubernetes_manifest_configures_a_reachable_healthz(tmp_path: Path) 
     assert (settings.http.host, settings.http.port) == ("10.1.2.3", 9464)
     [port] = container["ports"]
     assert port["containerPort"] == settings.http.port
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/healthz", "port": port["name"]}
+    # Readiness (and alerting) ask whether syncs succeed; liveness only whether the process
+    # serves, so a Tapkey or database outage does not restart the pods.
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": port["name"]}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": port["name"]}
+    assert "startupProbe" not in container  # /livez answers from the start
     assert pod["terminationGracePeriodSeconds"] > settings.schedule.shutdown_timeout
     assert container["args"][0] == "serve"
     assert container["securityContext"]["readOnlyRootFilesystem"]
@@ -677,6 +769,22 @@ def test_the_kubernetes_manifest_configures_a_reachable_healthz(tmp_path: Path) 
 def test_the_systemd_unit_crontab_and_dockerfile_fit_the_cli(tmp_path: Path) -> None:
     unit = (REPO / "deploy" / "tapkey-exporter.service").read_text()
     values = dict(line.split("=", 1) for line in unit.splitlines() if re.match(r"[A-Za-z]+=", line))
+    # The install lines of the unit's header are the README's, and the config file they install
+    # passes the permission check for the service user (no "chmod 600" that would lock it out).
+    installs = [line[1:].strip() for line in unit.splitlines() if line.startswith("#   install ")]
+    readme = [line.strip() for line in (REPO / "README.md").read_text().splitlines()]
+    assert len(installs) == 3 and all(line in readme for line in installs)
+    [config_line] = [line for line in installs if line.endswith("config.toml")]
+    words = config_line.split()
+    mode, owner = int(words[words.index("-m") + 1], 8), words[words.index("-o") + 1]
+    service = 54321  # the tapkey-exporter user, in its group of the same number
+    assert owner == "root"
+    assert (
+        secret_file_warning(
+            Path(words[-1]), mode=mode, owner=0, group=service, uid=service, groups=[service]
+        )
+        is None
+    )
     assert values["ExecStart"].split()[1:3] == ["serve", "--config"]
     default_timeout = load_settings(None, env={}, cwd=tmp_path).schedule.shutdown_timeout
     assert int(values["TimeoutStopSec"]) > default_timeout

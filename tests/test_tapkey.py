@@ -928,3 +928,59 @@ def test_ignored_skip_with_matching_first_and_last_row(fake: Sandbox, make_clien
     serve_elements(fake, elements, ignore_skip=True)
     with pytest.raises(PagingError, match="ignored"):
         make_client(fake).list_bound_locks(only_owner(fake))
+
+
+def retry_lines(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "exporter.tapkey" and r.levelno == level and "retrying" in r.getMessage()
+    ]
+
+
+def test_retries_that_succeed_are_info_not_warnings(
+    fake: Sandbox, make_client: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    fake.add_fault(Fault(route="locks", status=503, times=2))
+    assert_exact(make_client(fake).list_bound_locks(only_owner(fake)), fake)
+    assert len(retry_lines(caplog, logging.INFO)) == 2
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_request_failing_three_times_warns_once(
+    fake: Sandbox, make_client: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    fake.add_fault(Fault(route="locks", status=503, times=4))
+    assert_exact(make_client(fake).list_bound_locks(only_owner(fake)), fake)
+    warnings = retry_lines(caplog, logging.WARNING)
+    assert len(warnings) == 1 and "(retry 3 of 5)" in warnings[0]
+    assert len(retry_lines(caplog, logging.INFO)) == 3
+
+
+def test_a_404_for_one_owner_after_the_owner_list_says_the_owner_is_gone(
+    make_fake: Factory, make_client: Factory
+) -> None:
+    fake = make_fake(owners=3)
+    client = make_client(fake)
+    owners = [owner.id for owner in client.list_owners()]
+    client.list_bound_locks(owners[0])
+    fake.add_fault(Fault(route="locks", status=404, owner_id=owners[1]))
+    with pytest.raises(ApiError) as caught:
+        client.list_bound_locks(owners[1])
+    message = str(caught.value)
+    assert f"owner account {owners[1]} is gone" in message
+    assert "probably removed, or the OAuth client lost access to it, during the run" in message
+    assert "api_base_url" not in message and caught.value.status == 404
+
+
+def test_a_404_before_anything_worked_points_at_the_base_url(
+    fake: Sandbox, make_client: Factory
+) -> None:
+    fake.add_fault(Fault(route="owners", status=404))
+    with pytest.raises(ApiError, match=r"HTTP 404: not found; check \[tapkey\] api_base_url$"):
+        make_client(fake).list_owners()
+    fake.add_fault(Fault(route="locks", status=404))
+    with pytest.raises(ApiError, match=r"HTTP 404: not found; check \[tapkey\] api_base_url$"):
+        make_client(fake).list_bound_locks(only_owner(fake))
