@@ -322,7 +322,7 @@ def _check_database(settings: Settings) -> CheckResult:
         engine = make_engine(settings)
         revision = store.current_revision(engine)
         previous = _last_client_id(engine) if revision is not None else None
-        # Whether this user may write, found without writing (see store.write_problem).
+        # Whether this user may write, found without writing (see db_errors.write_problem).
         denied = None
         if revision == head:
             with store.connect(engine) as conn:

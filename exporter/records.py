@@ -496,18 +496,18 @@ def parse_owner(value: Any, owner_id: str | None, raw: str) -> OwnerRecord:
     An owner the database cannot hold (an id or element longer than it stores) is not unreadable:
     it comes back with a `problem`, and the run fails that owner alone.
     """
-    ident = value.get("id") if isinstance(value, dict) else None
-    if owner_id is None and isinstance(ident, str) and len(ident) > MAX_ID_LENGTH:
-        problem = _too_long("its id", len(ident), MAX_ID_LENGTH)
-        return OwnerRecord(ident, None, None, raw, problem)
-    too_long = _element_too_long("its element", raw) if owner_id is not None else None
-    if owner_id is not None and too_long is not None:
-        return OwnerRecord(owner_id, None, None, raw, too_long)
     if owner_id is None:
+        ident = value.get("id") if isinstance(value, dict) else None
+        if isinstance(ident, str) and len(ident) > MAX_ID_LENGTH:
+            problem = _too_long("its id", len(ident), MAX_ID_LENGTH)
+            return OwnerRecord(ident, None, None, raw, problem)
         raise PayloadError(
             "GET /api/v1/Owners returned an owner without a readable id; the owner list cannot be "
             "trusted, so nothing is synced"
         )
+    too_long = _element_too_long("its element", raw)
+    if too_long is not None:
+        return OwnerRecord(owner_id, None, None, raw, too_long)
     try:
         return OwnerRecord(owner_id, _str(value, "name"), _bool(value, "active"), raw)
     except BadValue as exc:

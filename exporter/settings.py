@@ -39,19 +39,13 @@ _IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _BACKENDS = ("sqlite", "postgresql", "mysql", "mariadb")
 # mysqlclient is not a dependency; PyMySQL is (the `mysql` extra).
 _PYMYSQL_DRIVERS = {"mysql": "mysql+pymysql", "mariadb": "mariadb+pymysql"}
-# The drivers each database may name (the first is written out in messages); a URL without one
-# gets the first (SQLAlchemy 2's default for postgresql:// is psycopg 3).
+# The one driver the exporter ships for each database (SQLAlchemy's name, the package's name);
+# a URL without a driver gets it (SQLAlchemy 2's default for postgresql:// is psycopg 3).
 _DRIVERS = {
-    "sqlite": ("pysqlite",),
-    "postgresql": ("psycopg",),
-    "mysql": ("pymysql",),
-    "mariadb": ("pymysql",),
-}
-_DRIVER_NAMES = {
-    "sqlite": "Python's sqlite3",
-    "postgresql": "psycopg 3",
-    "mysql": "PyMySQL",
-    "mariadb": "PyMySQL",
+    "sqlite": ("pysqlite", "Python's sqlite3"),
+    "postgresql": ("psycopg", "psycopg 3"),
+    "mysql": ("pymysql", "PyMySQL"),
+    "mariadb": ("pymysql", "PyMySQL"),
 }
 
 
@@ -354,13 +348,12 @@ class DatabaseSettings(_Section):
 def _check_driver(url: URL) -> None:
     """Only the drivers the exporter ships with: SQLite's own, psycopg 3 and PyMySQL."""
     backend, driver = url.get_backend_name(), url.get_driver_name()
-    allowed = _DRIVERS[backend]
-    if driver in allowed:
-        return
-    raise ValueError(
-        f"the {backend} driver {driver!r} is not supported: the exporter uses "
-        f"{_DRIVER_NAMES[backend]}; write {backend}:// (or {backend}+{allowed[0]}://)"
-    )
+    shipped, package = _DRIVERS[backend]
+    if driver != shipped:
+        raise ValueError(
+            f"the {backend} driver {driver!r} is not supported: the exporter uses {package}; "
+            f"write {backend}:// (or {backend}+{shipped}://)"
+        )
 
 
 def _resolve_sqlite(url: URL, base: Path | None) -> URL:

@@ -588,10 +588,10 @@ class WriterLock:
                 self._conn.execute(text(f"SET SESSION wait_timeout = {MYSQL_LOCK_WAIT_TIMEOUT}"))
                 got = self._take(self._mysql_acquire)
         except DBAPIError as exc:
-            self.release()
+            self._close()
             raise store_error(exc, self._engine) from None
         if not got:
-            self.release()
+            self._close()
             where = self._engine.url.render_as_string(hide_password=True)
             raise LockHeldError(_held_message(where, self._skipped))
 
@@ -663,6 +663,11 @@ class WriterLock:
                 else:
                     self._conn.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": self._name()})
                 self._conn.commit()
+            self._close()
+
+    def _close(self) -> None:
+        """Close the lock's connection (ending its session ends any lock it holds)."""
+        if self._conn is not None:
             with contextlib.suppress(SQLAlchemyError):
                 self._conn.close()
             self._conn = None

@@ -82,6 +82,25 @@ def test_concurrent_upgrades_of_an_empty_database_all_succeed(empty_db_url: str)
         engine.dispose()
 
 
+@pytest.mark.parametrize("empty_db_url", ["postgresql"], indirect=True)
+def test_the_writer_lock_key_is_the_same_before_and_after_the_schema_exists(
+    empty_db_url: str,
+) -> None:
+    # Upgrades of a database whose configured schema does not exist yet, and the runs after
+    # them, must take the same advisory lock.
+    engine = store.make_engine(empty_db_url, schema="tapkey")
+    try:
+        with engine.connect() as conn:
+            before = store.WriterLock._pg_key(conn)
+            assert conn.execute(text("SELECT current_schema()")).scalar() is None
+        store.upgrade(engine)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT current_schema()")).scalar() == "tapkey"
+            assert store.WriterLock._pg_key(conn) == before
+    finally:
+        engine.dispose()
+
+
 def test_sqlite_is_upgraded_automatically_when_asked(tmp_path: Path) -> None:
     engine = store.make_engine(f"sqlite:///{tmp_path / 'auto.db'}")
     try:

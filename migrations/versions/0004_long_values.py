@@ -81,19 +81,23 @@ def _comments(finished_at: str, skipped: str) -> None:
         )
 
 
+def _text_type(type_: sa.types.TypeEngine[str], *, was: sa.types.TypeEngine[str]) -> None:
+    for (table, column), comment in _WIDENED.items():
+        op.alter_column(
+            table,
+            column,
+            type_=type_,
+            existing_type=was,
+            existing_nullable=True,
+            existing_comment=comment,
+        )
+
+
 def upgrade() -> None:
     if _dialect() == "sqlite":
         return  # no length limits on text and no comments: nothing changes
     if _dialect() in ("mysql", "mariadb"):
-        for (table, column), comment in _WIDENED.items():
-            op.alter_column(
-                table,
-                column,
-                type_=mysql.MEDIUMTEXT(),
-                existing_type=sa.Text(),
-                existing_nullable=True,
-                existing_comment=comment,
-            )
+        _text_type(mysql.MEDIUMTEXT(), was=sa.Text())
     _comments(_FINISHED_AFTER, _SKIPPED_AFTER)
 
 
@@ -103,12 +107,4 @@ def downgrade() -> None:
     _comments(_FINISHED_BEFORE, _SKIPPED_BEFORE)
     if _dialect() in ("mysql", "mariadb"):
         # Fails if a value is longer than TEXT holds (64 KiB): shorten it first.
-        for (table, column), comment in _WIDENED.items():
-            op.alter_column(
-                table,
-                column,
-                type_=sa.Text(),
-                existing_type=mysql.MEDIUMTEXT(),
-                existing_nullable=True,
-                existing_comment=comment,
-            )
+        _text_type(sa.Text(), was=mysql.MEDIUMTEXT())
