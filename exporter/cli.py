@@ -374,6 +374,9 @@ def sandbox(
 ) -> None:
     """Serve a fake Tapkey (token endpoint + Owners + BoundLocks) on 127.0.0.1 until Ctrl-C.
 
+    Each owner also has Contacts, BoundCards, Grants and LogEntries.
+    The client is granted read:owneraccounts, read:core:entities, read:grants, read:logs.
+
     Of the configuration only \\[logging] is used. Example:
     exporter sandbox --port 8765 --owners 5 --locks-per-owner 20
     """
@@ -399,7 +402,10 @@ def sandbox(
                 f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}; choose another "
                 "--port (0 picks a free one)"
             ) from None
-    out.print(f"Sandbox serving {owners} owners x {locks_per_owner} locks at {fake.base_url}")
+    out.print(
+        f"Sandbox serving {owners} owners x {locks_per_owner} locks (and contacts, cards, grants,"
+        f" log entries) at {fake.base_url}"
+    )
     out.print("Point the exporter at it with:")
     out.print(f"  export EXPORTER_TAPKEY__TOKEN_URL={fake.token_url}")
     out.print(f"  export EXPORTER_TAPKEY__API_BASE_URL={fake.base_url}")

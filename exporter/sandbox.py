@@ -6,12 +6,17 @@
 - ``GET /api/v1/Owners``: the visible owner accounts, paged with OData ``$top``/``$skip``.
 - ``GET /api/v1/Owners/{ownerAccountId}/BoundLocks``: an owner's bound locks, shaped like Tapkey's
   documented example, paged the same way; ``expand=healthStatuses`` fills the health readings.
+- ``GET /api/v1/Owners/{ownerAccountId}/Contacts``, ``.../BoundCards`` (scope
+  ``read:core:entities``), ``.../Grants`` (``read:grants``) and ``.../LogEntries``
+  (``read:logs``): an owner's access data, paged the same way, with a small ``$filter`` subset
+  (see `exporter.sandbox_access` for the lists and their order, `exporter.sandbox_odata` for
+  the filter grammar).
 
 The data comes from a seed (see `exporter.sandbox_data`) and changes in "generations"
 (`Sandbox.advance`). Tests can also mutate it directly, inject `Fault`s (error statuses, delays,
 connection resets, truncated or invalid bodies), run hooks before a response is built, cap
-``$top`` and make the server ignore ``$skip``. The sandbox imports nothing from the exporter: it
-is a stand-in for Tapkey, not part of the exporter.
+``$top``, make the server ignore ``$skip`` and deny one route of one owner. The sandbox imports
+nothing from the exporter: it is a stand-in for Tapkey, not part of the exporter.
 """
 
 from __future__ import annotations
@@ -37,9 +42,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal, cast
 from urllib.parse import parse_qsl, unquote, unquote_plus, urlsplit
 
+from exporter.sandbox_access import ACCESS_CHANGE_KINDS, ACCESS_ROUTES, AccessData, AccessRoute
 from exporter.sandbox_data import CHANGE_KINDS, LOCK_TYPES, Change, Inventory
+from exporter.sandbox_entities import epoch_ms
+from exporter.sandbox_odata import FilterError
 
 __all__ = [
+    "ACCESS_CHANGE_KINDS",
+    "ACCESS_ROUTES",
     "CHANGE_KINDS",
     "LOCK_TYPES",
     "Change",
@@ -51,10 +61,20 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Route = Literal["token", "owners", "locks"]
+Route = Literal["token", "owners", "locks", "contacts", "cards", "grants", "logs"]
 SCOPE_OWNERS = "read:owneraccounts"
 SCOPE_LOCKS = "read:core:entities"
-_ROUTES = ("token", "owners", "locks")
+SCOPE_GRANTS = "read:grants"
+SCOPE_LOGS = "read:logs"
+_ROUTES = ("token", "owners", "locks", *ACCESS_ROUTES)
+_SCOPES: dict[str, str] = {
+    "owners": SCOPE_OWNERS,
+    "locks": SCOPE_LOCKS,
+    "contacts": SCOPE_LOCKS,
+    "cards": SCOPE_LOCKS,
+    "grants": SCOPE_GRANTS,
+    "logs": SCOPE_LOGS,
+}
 _FAULT_KINDS = ("status", "delay", "reset", "truncate", "body")
 _EXPANDABLE = {"healthstatuses", "supportedfeatures", "membershipstatistics"}
 _JSON = "application/json; charset=utf-8"
@@ -63,6 +83,15 @@ _MAX_BODY = 1 << 20
 _TOKEN_PATH = re.compile(r"/connect/token", re.IGNORECASE)
 _OWNERS_PATH = re.compile(r"/api/v1/owners", re.IGNORECASE)
 _LOCKS_PATH = re.compile(r"/api/v1/owners/([^/]+)/boundlocks", re.IGNORECASE)
+_ACCESS_PATH = re.compile(r"/api/v1/owners/([^/]+)/(contacts|boundcards|grants|logentries)", re.I)
+_ACCESS_PATHS: dict[str, AccessRoute] = {
+    "contacts": "contacts",
+    "boundcards": "cards",
+    "grants": "grants",
+    "logentries": "logs",
+}
+# The query options the access routes take; $select is ignored (clients ignore extra fields).
+_ACCESS_OPTIONS = frozenset({"$top", "$skip", "$filter", "$select"})
 
 
 @dataclass
@@ -82,7 +111,7 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     body: str | None = None
     delay: float = 0.0
-    owner_id: str | None = None  # locks route only: just this owner (None = any owner)
+    owner_id: str | None = None  # routes of one owner only: just this owner (None = any owner)
     times: int | None = 1  # how many matching requests it hits; None = until cleared
     after: int = 0  # let this many matching requests pass untouched first
 
@@ -126,6 +155,12 @@ def _error(
     return _Response(status, body.encode(), headers or {})
 
 
+def _odata_error(message: str, target: str) -> _Response:
+    """A 400 with an OData JSON error body, as OData servers answer a query they reject."""
+    error = {"code": "BadRequest", "message": message, "target": target}
+    return _Response(400, json.dumps({"error": error}, separators=(",", ":")).encode())
+
+
 def _unauthorized(description: str) -> _Response:
     challenge = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
     return _error(401, "invalid_token", description, challenge)
@@ -149,7 +184,13 @@ def _non_negative(params: Mapping[str, str], name: str) -> int | None:
 
 
 class Sandbox:
-    """A fake Tapkey (token endpoint, owners and bound locks) on a loopback port.
+    """A fake Tapkey (token endpoint, owners, bound locks, access data) on a loopback port.
+
+    Each owner gets `contacts_per_owner` contacts, `cards_per_owner` bound cards,
+    `grants_per_owner` grants and `log_entries_per_owner` log entries (0: none). The client is
+    allowed `granted_scopes`; a token request naming no scope gets all of them.
+    `received_at_filter=False` answers 400 to a LogEntries ``$filter`` on receivedAt, like a
+    server that cannot filter on it (also settable later as an attribute).
 
     All state sits behind one lock; requests are served concurrently, one daemon thread per
     connection, with HTTP/1.1 keep-alive. Use it as a context manager or call start()/stop().
@@ -162,11 +203,16 @@ class Sandbox:
         seed: int = 0,
         owners: int = 3,
         locks_per_owner: int = 5,
+        contacts_per_owner: int = 4,
+        cards_per_owner: int = 2,
+        grants_per_owner: int = 6,
+        log_entries_per_owner: int = 12,
+        received_at_filter: bool = True,
         client_id: str = "sandbox-client",
         client_secret: str = "sandbox-secret",
         token_lifetime: float = 3600.0,
         max_top: int | None = None,
-        granted_scopes: str = f"{SCOPE_OWNERS} {SCOPE_LOCKS}",
+        granted_scopes: str = f"{SCOPE_OWNERS} {SCOPE_LOCKS} {SCOPE_GRANTS} {SCOPE_LOGS}",
         host: str = "127.0.0.1",
         port: int = 0,
         clock: Callable[[], float] = time.monotonic,
@@ -178,6 +224,15 @@ class Sandbox:
             raise ValueError("max_top must be at least 1")
         self._lock = threading.RLock()
         self._data = Inventory(seed=seed, owners=owners, locks_per_owner=locks_per_owner)
+        self._access = AccessData(
+            self._data,
+            contacts_per_owner=contacts_per_owner,
+            cards_per_owner=cards_per_owner,
+            grants_per_owner=grants_per_owner,
+            log_entries_per_owner=log_entries_per_owner,
+        )
+        self._denied: set[tuple[str, str]] = set()  # (owner id, route) answered 403
+        self.received_at_filter = received_at_filter  # False: 400 to $filter on receivedAt
         self._client_id = client_id
         self._client_secret = client_secret
         self._token_lifetime = token_lifetime
@@ -272,10 +327,16 @@ class Sandbox:
         """How many times advance() has run."""
         return self._data.generation
 
-    def advance(self, changes: int = 5) -> list[Change]:
-        """Start the next generation: apply `changes` random, seed-deterministic changes."""
+    def advance(self, changes: int = 5, *, access: int = 0) -> list[Change]:
+        """Start the next generation: `changes` random lock and owner changes, then `access`
+        changes of access data (kinds in ACCESS_CHANGE_KINDS), all seed-deterministic.
+
+        The two kinds draw from separate random streams: `access` changes nothing about which
+        lock and owner changes a seed gives.
+        """
         with self._lock:
-            return self._data.advance(changes)
+            applied = self._data.advance(changes)
+            return applied + self._access.advance(access)
 
     def owners_payload(self) -> list[dict[str, Any]]:
         """The owner list the API returns now (a fresh copy)."""
@@ -354,6 +415,134 @@ class Sandbox:
         with self._lock:
             self._data.set_owner_visible(owner_id, True)
 
+    def deny(self, owner_id: str, route: Route) -> None:
+        """Answer 403 ``forbidden`` on one route of one owner (a limited admin role, say)."""
+        if route not in _SCOPES or route == "owners":
+            raise ValueError(f"route must be one of locks, {', '.join(ACCESS_ROUTES)}")
+        with self._lock:
+            self._data.owner(owner_id)
+            self._denied.add((owner_id, route))
+
+    def allow(self, owner_id: str, route: Route) -> None:
+        """Undo `deny`."""
+        with self._lock:
+            self._denied.discard((owner_id, route))
+
+    # -- access data (see exporter.sandbox_access) -------------------------------------------------
+
+    def contacts_payload(self, owner_id: str) -> list[dict[str, Any]]:
+        """An owner's contacts as the API lists them (also for a hidden owner; a copy)."""
+        return self._access_payload("contacts", owner_id)
+
+    def cards_payload(self, owner_id: str) -> list[dict[str, Any]]:
+        """An owner's bound cards as the API lists them (a copy)."""
+        return self._access_payload("cards", owner_id)
+
+    def grants_payload(self, owner_id: str) -> list[dict[str, Any]]:
+        """An owner's grants, revoked ones included, as the API lists them (a copy)."""
+        return self._access_payload("grants", owner_id)
+
+    def log_entries_payload(self, owner_id: str) -> list[dict[str, Any]]:
+        """An owner's log entries as the API lists them: by receivedAt, then id (a copy)."""
+        return self._access_payload("logs", owner_id)
+
+    def _access_payload(self, route: AccessRoute, owner_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            data = self._access.page_json(route, self._data.owner(owner_id).id)
+        return cast(list[dict[str, Any]], json.loads(data))
+
+    def add_contact(
+        self,
+        owner_id: str,
+        *,
+        title: str | None = None,
+        identifier: str | None = None,
+        ip_id: str = "tapkey",
+        legacy_email: bool = False,
+    ) -> str:
+        """Append a contact (seeded name and email unless given); returns its id.
+
+        `legacy_email` sends it as an older payload: ``email`` instead of ``identifier``.
+        """
+        with self._lock:
+            return self._access.add_contact(
+                owner_id, title=title, identifier=identifier, ip_id=ip_id, legacy_email=legacy_email
+            ).id
+
+    def update_contact(
+        self, contact_id: str, *, title: str | None = None, identifier: str | None = None
+    ) -> None:
+        """Rename a contact and/or change its identifier (``email`` in an older payload)."""
+        with self._lock:
+            self._access.update_contact(contact_id, title=title, identifier=identifier)
+
+    def remove_contact(self, contact_id: str) -> None:
+        """Remove a contact; later ones move up (grants and log entries naming it stay)."""
+        with self._lock:
+            self._access.remove_contact(contact_id)
+
+    def bind_card(self, owner_id: str, *, title: str | None = None) -> str:
+        """Bind a new card at the end of the owner's BoundCards; returns its id."""
+        with self._lock:
+            return self._access.bind_card(owner_id, title=title).id
+
+    def unbind_card(self, card_id: str) -> None:
+        """Unbind a card: it leaves BoundCards, as on Tapkey (grants naming it stay)."""
+        with self._lock:
+            self._access.unbind_card(card_id)
+
+    def add_grant(
+        self,
+        owner_id: str,
+        *,
+        lock_id: str | None = None,
+        contact_id: str | None = None,
+        card_id: str | None = None,
+        valid_from: str | None = None,
+        valid_before: str | None = None,
+        time_restriction_ical: str | None = None,
+    ) -> str:
+        """Append an Ok grant; returns its id.
+
+        Without `lock_id` one of the owner's locks is drawn (seeded), without `contact_id` and
+        `card_id` one of its contacts or cards; the validity fields are as given (ISO texts).
+        """
+        with self._lock:
+            return self._access.add_grant(
+                owner_id,
+                lock_id=lock_id,
+                contact_id=contact_id,
+                card_id=card_id,
+                valid_from=valid_from,
+                valid_before=valid_before,
+                time_restriction_ical=time_restriction_ical,
+            ).id
+
+    def revoke_grant(self, grant_id: str) -> None:
+        """Revoke a grant: state Revoked, active false; it stays listed."""
+        with self._lock:
+            self._access.revoke_grant(grant_id)
+
+    def remove_grant(self, grant_id: str) -> None:
+        """Remove a grant from the list; later ones move up."""
+        with self._lock:
+            self._access.remove_grant(grant_id)
+
+    def append_log_entries(
+        self, owner_id: str, count: int = 1, *, late: bool = False, received_at: str | None = None
+    ) -> list[str]:
+        """Receive `count` log entries of the owner's locks now; returns their ids.
+
+        Tapkey's receive clock moves forward, so they are listed last. `late`: one lock's
+        backlog, lockTimestamp hours or days before receivedAt. `received_at` (ISO-8601, e.g.
+        ``2025-01-01T05:00:00.000Z``) receives them all at that instant instead: ties with
+        entries already listed, or entries slotted in before them.
+        """
+        at = None if received_at is None else epoch_ms(received_at)
+        with self._lock:
+            entries = self._access.append_log_entries(owner_id, count, late=late, received_at=at)
+        return [entry.id for entry in entries]
+
     # -- faults, tokens, counters ----------------------------------------------------------------
 
     def add_fault(self, fault: Fault) -> None:
@@ -362,8 +551,8 @@ class Sandbox:
             raise ValueError(f"bad fault route/kind: {fault.route!r}/{fault.kind!r}")
         if fault.delay < 0 or fault.after < 0 or not 100 <= fault.status <= 999:
             raise ValueError("fault delay and after must be >= 0 and status a 3-digit code")
-        if fault.owner_id is not None and fault.route != "locks":
-            raise ValueError("owner_id only narrows faults on the locks route")
+        if fault.owner_id is not None and fault.route in ("token", "owners"):
+            raise ValueError("owner_id only narrows faults on the routes of one owner")
         if fault.times is not None and fault.times < 1:
             return  # a fault that never hits
         copy = dataclasses.replace(fault, headers=dict(fault.headers))
@@ -394,7 +583,7 @@ class Sandbox:
 
     @property
     def requests(self) -> collections.Counter[str]:
-        """Requests by route ("token", "owners", "locks"): a copy."""
+        """Requests by route ("token", "owners", "locks", "contacts", "cards", ...): a copy."""
         with self._lock:
             return collections.Counter(self._requests)
 
@@ -501,9 +690,9 @@ class Sandbox:
         return None
 
     def _list_response(self, request: Request, authorization: str | None) -> _Response:
-        """The owners or bound-locks route after authentication, with OData paging."""
+        """A list route after authentication, with OData paging."""
         locks = request.route == "locks"
-        denied = self._check_bearer(authorization, SCOPE_LOCKS if locks else SCOPE_OWNERS)
+        denied = self._check_bearer(authorization, _SCOPES[request.route])
         if denied is not None:
             return denied
         params = request.params
@@ -524,13 +713,42 @@ class Sandbox:
                 skip = 0
             if self.max_top is not None:
                 top = self.max_top if top is None else min(top, self.max_top)
-            if not locks:
+            if request.route == "owners":
                 return _Response(200, self._data.owners_json(skip, top))
             owner = self._data.owners.get(request.owner_id or "")
             if owner is None or not owner.visible:
                 return _error(403, "forbidden", "not a co-administrator of this owner account")
+            if (owner.id, request.route) in self._denied:
+                return _error(403, "forbidden", "the service account's role may not read this")
+            if not locks:
+                route = cast(AccessRoute, request.route)
+                return self._access_response(route, owner.id, skip, top, params)
             health = "healthstatuses" in expand
             return _Response(200, self._data.locks_json(owner.id, skip, top, health=health))
+
+    def _access_response(
+        self,
+        route: AccessRoute,
+        owner_id: str,
+        skip: int,
+        top: int | None,
+        params: Mapping[str, str],
+    ) -> _Response:
+        """An access route's page, after its own query options (call with the lock held)."""
+        unsupported = sorted(k for k in params if k.startswith("$") and k not in _ACCESS_OPTIONS)
+        if unsupported:
+            message = f"The query option {unsupported[0][:20]} is not supported by the sandbox."
+            return _odata_error(message, unsupported[0][:20])
+        parsed = None
+        if "$filter" in params:
+            try:
+                parsed = self._access.parse_filter(
+                    route, params["$filter"], received_at=self.received_at_filter
+                )
+            except FilterError as exc:
+                message = f"The query specified in the URI is not valid. {exc}"
+                return _odata_error(message, "$filter")
+        return _Response(200, self._access.page_json(route, owner_id, skip, top, parsed))
 
 
 class _Server(ThreadingHTTPServer):
@@ -602,6 +820,8 @@ class _Handler(BaseHTTPRequestHandler):
             route, method = "owners", "GET"
         elif match := _LOCKS_PATH.fullmatch(url.path):
             route, method, owner_id = "locks", "GET", unquote(match[1])
+        elif match := _ACCESS_PATH.fullmatch(url.path):
+            route, method, owner_id = _ACCESS_PATHS[match[2].lower()], "GET", unquote(match[1])
         else:
             self._send(_error(404, "not_found", "no such resource"))
             return

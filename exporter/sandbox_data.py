@@ -91,12 +91,16 @@ _T = TypeVar("_T")
 
 @dataclass(frozen=True)
 class Change:
-    """One change applied by `advance` (kind is one of CHANGE_KINDS)."""
+    """One change applied by `advance` (kind is one of CHANGE_KINDS or ACCESS_CHANGE_KINDS).
+
+    `entity_id` names the contact, bound card, grant or log entry an access change is about.
+    """
 
     kind: str
     owner_id: str
     lock_id: str | None
     detail: str
+    entity_id: str | None = None
 
 
 @dataclass(slots=True)

@@ -275,6 +275,12 @@ def test_sandbox_command_serves_a_fake_tapkey_until_interrupted() -> None:
             f"{base_url}/api/v1/Owners", headers={"Authorization": f"Bearer {token}"}, timeout=5
         ).json()
         assert len(owners) == 2
+        logs = requests.get(
+            f"{base_url}/api/v1/Owners/{owners[0]['id']}/LogEntries",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=5,
+        ).json()
+        assert logs and logs[0]["logType"]  # the access data, with the default sizes
     finally:
         server.send_signal(signal.SIGINT)
         server.communicate(timeout=10)

@@ -88,7 +88,7 @@ def test_token_is_issued_to_the_right_client(
     body = reply.json()
     assert set(body) == {"access_token", "token_type", "expires_in", "scope"}
     assert body["token_type"] == "Bearer" and body["expires_in"] == 3600
-    assert body["scope"] == "read:owneraccounts read:core:entities"
+    assert body["scope"] == "read:owneraccounts read:core:entities read:grants read:logs"
     assert reply.headers["Cache-Control"] == "no-store"
     assert api(sandbox, session, "/Owners", body["access_token"]).status_code == 200
 
