@@ -24,8 +24,9 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.table import Table
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
-from exporter import changelog, job, observability, render, report, store
+from exporter import changelog, db_errors, job, observability, render, report, store
 from exporter.config import file_permissions_warning, load_settings, resolve_config_path
 from exporter.errors import ExporterError, UsageError
 from exporter.results import RunResult
@@ -102,6 +103,10 @@ def _errors() -> Iterator[None]:
     except ExporterError as exc:
         err.print(f"error: {exc}")
         raise typer.Exit(exc.exit_code) from None
+    except SQLAlchemyError as exc:  # a database error no core function turned into one line
+        failure = db_errors.store_error(exc)
+        err.print(f"error: {failure}")
+        raise typer.Exit(failure.exit_code) from None
     except BrokenPipeError:
         _output_closed()
 
@@ -331,7 +336,8 @@ def db_upgrade(config: ConfigOption = None, database_url: DatabaseOption = None)
         settings = _settings(config, database_url=database_url)
         engine = job.make_engine(settings)
         try:
-            store.upgrade(engine)
+            wait = max(settings.database.lock_timeout, store.UPGRADE_LOCK_WAIT)
+            store.upgrade(engine, lock_timeout=wait)
             revision = store.current_revision(engine)
         finally:
             engine.dispose()

@@ -35,7 +35,10 @@ _COUNTS = {
     "removed": "Locks removed (unbound, or their owner account vanished).",
     "restored": "Locks seen again after a removal.",
     "unchanged": "Locks fetched without a tracked change.",
-    "skipped": "Lock elements that could not be read and were left as stored.",
+    "skipped": (
+        "Lock elements that could not be read, or held a value longer than the exporter stores, "
+        "and were left as stored."
+    ),
 }
 
 _LOCK_ATTRIBUTES = {
@@ -97,7 +100,10 @@ COLUMN_COMMENTS: dict[str, dict[str, str]] = {
     "sync_runs": {
         "id": "Run number, increasing.",
         "started_at": "When the run started (UTC).",
-        "finished_at": "When the run ended (UTC); NULL while it runs.",
+        "finished_at": (
+            "When the run ended (UTC); NULL while it runs, and for a run found abandoned (its "
+            "end is unknown)."
+        ),
         "status": "running, succeeded, partial (some owner accounts failed) or failed.",
         "trigger": "What started the run - manual, schedule or demo.",
         "owners_seen": "Owner accounts in the owner list.",

@@ -13,7 +13,8 @@
     ├── Interrupted                exit 1  the run was asked to stop (SIGTERM/SIGINT)
     ├── LockHeldError              exit 4  another run holds the database lock
     └── StoreError                 exit 5  the database cannot be used
-        ├── DatabaseUnavailableError       cannot connect, or the connection died
+        ├── DatabaseUnavailableError       cannot connect, the connection died, out of space
+        ├── DatabasePermissionError        the database user may not read or write a table
         └── SchemaVersionError             schema not at the revision this code needs
 
 Every message is one line that names the problem and the fix, and never contains a secret.
@@ -95,6 +96,10 @@ class StoreError(ExporterError):
 
 class DatabaseUnavailableError(StoreError):
     """The database cannot be reached or the connection was lost."""
+
+
+class DatabasePermissionError(StoreError):
+    """The database user lacks a privilege (a read-only role, a read-only SQLite file)."""
 
 
 class SchemaVersionError(StoreError):

@@ -10,18 +10,26 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, Table, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import SQLAlchemyError
 
-from exporter import retention, store
+from exporter import db_errors, retention, store
 from exporter.auth import TokenProvider
-from exporter.errors import ExporterError, Interrupted, LockHeldError
+from exporter.errors import ConfigError, ExporterError, Interrupted, LockHeldError
 from exporter.guard import RemovalGuard, resolve_owner_ids
 from exporter.proxies import Proxy, proxy_for
 from exporter.results import RunResult
-from exporter.schema import owner_accounts
-from exporter.settings import Settings, masked_url, without_secrets
+from exporter.schema import (
+    bound_lock_versions,
+    bound_locks,
+    lock_health_readings,
+    owner_account_versions,
+    owner_accounts,
+    sync_run_owners,
+    sync_runs,
+)
+from exporter.settings import Settings, masked_url
 from exporter.sync import filled_by, sync, utcnow
 from exporter.tapkey import LOCKS_SCOPE, OWNERS_SCOPE, TapkeyClient
 
@@ -33,6 +41,15 @@ def make_engine(settings: Settings, *, create: bool = True) -> Engine:
     return store.make_engine(
         settings.database.url, schema=settings.database.schema_name, create=create
     )
+
+
+def refuse_in_memory(settings: Settings) -> None:
+    """ConfigError if [database] url is an in-memory SQLite database (gone when the run ends)."""
+    if store.in_memory(settings.database.url):
+        raise ConfigError(
+            f"[database] url {settings.database.url} is an in-memory database, "
+            "which is gone when the run ends: name a file, e.g. sqlite:///exporter.db"
+        )
 
 
 def proxy_to(settings: Settings, url: str) -> Proxy | None:
@@ -114,11 +131,14 @@ def run_once(
     that names no present owner, or several, is a UsageError before anything is fetched).
     """
     client_id, _ = settings.tapkey.credentials()
+    refuse_in_memory(settings)
     engine = make_engine(settings, create=not dry_run)
     # Once `stop` is set, no retry is waited for or sent: the back-off raises Interrupted.
     sleep = None if stop is None else lambda seconds: _wait(stop, seconds)
     try:
-        store.require_current(engine, auto_upgrade_sqlite=not dry_run)
+        store.require_current(
+            engine, auto_upgrade_sqlite=not dry_run, lock_timeout=settings.database.lock_timeout
+        )
         # Checked before anything is fetched or written: a mistyped id would confirm nothing.
         confirmed = (
             resolve_owner_ids(allow_mass_removal_owners, _present_owner_ids(engine))
@@ -151,6 +171,9 @@ def run_once(
         if not dry_run and not (stop is not None and stop.is_set()):
             _apply_retention(engine, settings, now())
         return result
+    except SQLAlchemyError as exc:
+        # What the sync does not turn into a one-line error itself (the schema check, retention).
+        raise db_errors.store_error(exc, engine) from None
     finally:
         engine.dispose()
 
@@ -278,6 +301,10 @@ def _uncreatable(path: Path) -> str | None:
 
 def _check_database(settings: Settings) -> CheckResult:
     shown = masked_url(settings.database.url)
+    try:
+        refuse_in_memory(settings)
+    except ConfigError as exc:
+        return _failed("database", exc)
     url = make_url(settings.database.url)
     sqlite = url.get_backend_name() == "sqlite"
     path = url.database or ""
@@ -290,19 +317,25 @@ def _check_database(settings: Settings) -> CheckResult:
             return CheckResult("database", False, detail, 5)
         return CheckResult("database", True, f"{shown}: no file yet; run-once creates it")
     engine: Engine | None = None
+    head = store.head_revision()
     try:
         engine = make_engine(settings)
         revision = store.current_revision(engine)
         previous = _last_client_id(engine) if revision is not None else None
+        # Whether this user may write, found without writing (see db_errors.write_problem).
+        denied = None
+        if revision == head:
+            with store.connect(engine) as conn:
+                denied = db_errors.write_problem(conn, _writes(settings))
     except ExporterError as exc:
         return _failed("database", exc)
-    except (OperationalError, DBAPIError) as exc:
-        detail = without_secrets(store.run_failure_message(exc), settings.database.url)
-        return CheckResult("database", False, detail, 5)
+    except SQLAlchemyError as exc:
+        return _failed("database", db_errors.store_error(exc, engine))
     finally:
         if engine is not None:
             engine.dispose()
-    head = store.head_revision()
+    if denied is not None:
+        return CheckResult("database", False, f"{shown}: {denied}", 5)
     client_id = settings.tapkey.client_id
     if (
         previous is not None
@@ -316,7 +349,8 @@ def _check_database(settings: Settings) -> CheckResult:
         )
         return CheckResult("database", False, detail, 2)
     if revision == head:
-        return CheckResult("database", True, f"{shown}: reachable, schema at {head} (current)")
+        detail = f"{shown}: reachable, schema at {head} (current), this user may write it"
+        return CheckResult("database", True, detail)
     known = revision is None or store.is_known_revision(revision)
     if sqlite and known:
         detail = f"{shown}: schema at {revision or 'none'}; run-once upgrades it to {head}"
@@ -326,6 +360,29 @@ def _check_database(settings: Settings) -> CheckResult:
         return CheckResult("database", False, detail, 5)
     detail = f"{shown}: schema at {revision or 'none'}, needs {head}: run `exporter db upgrade`"
     return CheckResult("database", False, detail, 5)
+
+
+def _writes(settings: Settings) -> dict[Table, tuple[str, ...]]:
+    """The tables a run writes, and how (retention deletes only where it is configured)."""
+    writes: dict[Table, tuple[str, ...]] = {
+        table: ("INSERT", "UPDATE")
+        for table in (
+            sync_runs,
+            sync_run_owners,
+            owner_accounts,
+            owner_account_versions,
+            bound_locks,
+            bound_lock_versions,
+        )
+    }
+    if settings.tapkey.expand_health:
+        writes[lock_health_readings] = ("INSERT",)
+    if settings.sync.health_retention_seconds is not None:
+        writes[lock_health_readings] = (*writes.get(lock_health_readings, ()), "DELETE")
+    if settings.sync.run_retention_seconds is not None:
+        writes[sync_runs] += ("DELETE",)
+        writes[sync_run_owners] += ("DELETE",)
+    return writes
 
 
 def _last_client_id(engine: Engine) -> str | None:

@@ -46,13 +46,13 @@ def _rows(records: Iterable[LockRecord], seen_at: datetime, run_id: int) -> list
                 key,
                 {
                     "bound_lock_id": record.id,
-                    "physical_lock_id": _clip(reading.physical_lock_id, 255),
+                    "physical_lock_id": _fitting(reading.physical_lock_id, 255),
                     "type": reading.type,
                     "reading_at": reading.timestamp,
-                    "value": _clip(None if reading.value is None else str(reading.value), 255),
+                    "value": _fitting(None if reading.value is None else str(reading.value), 255),
                     "value_number": number(reading.value),
-                    "value_status": _clip(reading.value_status, 32),
-                    "api_reading_id": _clip(reading.id, 64),
+                    "value_status": _fitting(reading.value_status, 32),
+                    "api_reading_id": _fitting(reading.id, 64),
                     "seen_at": seen_at,
                     "run_id": run_id,
                 },
@@ -64,8 +64,9 @@ def _keyed(reading: HealthReading) -> bool:
     return bool(reading.type) and reading.timestamp is not None and len(reading.type or "") <= 64
 
 
-def _clip(text: str | None, size: int) -> str | None:
-    return text if text is None or len(text) <= size else text[:size]
+def _fitting(text: str | None, size: int) -> str | None:
+    # A value longer than its column is dropped, never cut: a cut value would be a wrong one.
+    return text if text is None or len(text) <= size else None
 
 
 def store_readings(

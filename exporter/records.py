@@ -27,6 +27,21 @@ __all__ = [
 
 #: Ids longer than this cannot be stored (VARCHAR(64)); such an element counts as unidentified.
 MAX_ID_LENGTH: Final = 64
+#: The longest element (its JSON text, in UTF-8 bytes) the exporter stores: a longer lock is
+#: skipped, a longer owner fails. The text holds every free text of the element (title,
+#: description, owner name) at least once, so this bounds them too: a row stays well within what
+#: MariaDB takes in one statement (max_allowed_packet, 16 MiB by default) and every value within
+#: its MEDIUMTEXT columns (16 MiB), the same on every database.
+MAX_ELEMENT_BYTES: Final = 4 * 1024 * 1024
+#: Lock fields stored in VARCHAR columns, and their length (schema.py; a test keeps them equal).
+#: A longer value makes the lock skipped, left as stored: a value is never cut.
+MAX_FIELD_LENGTHS: Final = {
+    "physicalLockId": 255,
+    "lockTypeId": 255,
+    "lockType.modelName": 255,
+    "targetType": 64,
+    "lock_id_hex": 255,  # derived from physicalLockId
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,12 +58,13 @@ class HealthReading:
 
 @dataclass(frozen=True, slots=True)
 class OwnerRecord:
-    """An owner account from /Owners."""
+    """An owner account from /Owners; `problem` says why the database cannot hold it (if so)."""
 
     id: str
     name: str | None
     active: bool | None
     raw: str
+    problem: str | None = None
 
 
 # Not frozen, but treat it as read-only: a frozen dataclass's __init__ sets each field through
@@ -121,6 +137,35 @@ def lock_id_hex(physical_lock_id: str) -> str | None:
 
 class BadValue(ValueError):
     """A field of an element has the wrong type; the message names the field."""
+
+
+# For parse_lock's quick test: no UTF-8 character takes more than 4 bytes.
+_SURELY_SHORT: Final = MAX_ELEMENT_BYTES // 4
+_VARCHAR: Final = 255
+_TARGET_TYPE: Final = MAX_FIELD_LENGTHS["targetType"]
+assert all(MAX_FIELD_LENGTHS[k] == _VARCHAR for k in MAX_FIELD_LENGTHS if k != "targetType")
+
+
+def _too_long(what: str, length: int, limit: int, unit: str = "characters") -> str:
+    return f"{what} is {length:,} {unit} long, more than the {limit:,} the exporter stores"
+
+
+def _element_too_long(what: str, raw: str) -> str | None:
+    """Why the element text `raw` is too long to store, or None."""
+    if len(raw) <= _SURELY_SHORT:
+        return None
+    size = len(raw.encode())
+    return _too_long(what, size, MAX_ELEMENT_BYTES, "bytes") if size > MAX_ELEMENT_BYTES else None
+
+
+def _check_lengths(raw: str, fields: tuple[tuple[str, str | None], ...]) -> None:
+    """BadValue if the element or one of `fields` (name, value) is longer than it may be."""
+    too_long = _element_too_long("the element", raw)
+    if too_long is not None:
+        raise BadValue(too_long)
+    for name, value in fields:
+        if value is not None and len(value) > MAX_FIELD_LENGTHS[name]:
+            raise BadValue(_too_long(name, len(value), MAX_FIELD_LENGTHS[name]))
 
 
 def element_id(value: Any) -> str | None:
@@ -242,6 +287,26 @@ def parse_lock(obj: dict[str, Any], lock_id: str, owner_id: str, raw: str) -> Lo
     active = get("active")
     if active is not None and type(active) is not bool:
         raise BadValue("active is not true/false")
+    hex_id = lock_id_hex(physical) if physical else None
+    # One comparison per field on the hot path; the precise check only when one may be too long.
+    if (
+        len(raw) > _SURELY_SHORT
+        or (physical is not None and len(physical) > _VARCHAR)
+        or (type_id is not None and len(type_id) > _VARCHAR)
+        or (model is not None and len(model) > _VARCHAR)
+        or (target_type is not None and len(target_type) > _TARGET_TYPE)
+        or (hex_id is not None and len(hex_id) > _VARCHAR)
+    ):
+        _check_lengths(
+            raw,
+            (
+                ("physicalLockId", physical),
+                ("lockTypeId", type_id),
+                ("lockType.modelName", model),
+                ("targetType", target_type),
+                ("lock_id_hex", hex_id),
+            ),
+        )
     health = get("healthStatuses")
     return LockRecord(
         id=lock_id,
@@ -251,7 +316,7 @@ def parse_lock(obj: dict[str, Any], lock_id: str, owner_id: str, raw: str) -> Lo
         title=title,
         description=description,
         physical_lock_id=physical,
-        lock_id_hex=lock_id_hex(physical) if physical else None,
+        lock_id_hex=hex_id,
         lock_type_id=type_id,
         lock_model_name=model,
         manufacturer_id=manufacturer,
@@ -426,12 +491,23 @@ class KnownTexts:
 
 
 def parse_owner(value: Any, owner_id: str | None, raw: str) -> OwnerRecord:
-    """An owner element; any unreadable owner fails the list (removals depend on it)."""
+    """An owner element; any unreadable owner fails the list (removals depend on it).
+
+    An owner the database cannot hold (an id or element longer than it stores) is not unreadable:
+    it comes back with a `problem`, and the run fails that owner alone.
+    """
     if owner_id is None:
+        ident = value.get("id") if isinstance(value, dict) else None
+        if isinstance(ident, str) and len(ident) > MAX_ID_LENGTH:
+            problem = _too_long("its id", len(ident), MAX_ID_LENGTH)
+            return OwnerRecord(ident, None, None, raw, problem)
         raise PayloadError(
             "GET /api/v1/Owners returned an owner without a readable id; the owner list cannot be "
             "trusted, so nothing is synced"
         )
+    too_long = _element_too_long("its element", raw)
+    if too_long is not None:
+        return OwnerRecord(owner_id, None, None, raw, too_long)
     try:
         return OwnerRecord(owner_id, _str(value, "name"), _bool(value, "active"), raw)
     except BadValue as exc:

@@ -102,7 +102,10 @@ def resolve_as_of(engine: Engine, text: str, *, now: datetime) -> AsOf:
     if row is None:
         raise missing_run(run_id)
     if row.finished_at is None:
-        raise UsageError(f"run {run_id} has not finished yet; give a timestamp instead")
+        raise UsageError(
+            f"run {run_id} has no recorded end (it is running, or was abandoned); give a "
+            "timestamp instead"
+        )
     return AsOf(row.finished_at, run_id)
 
 

@@ -9,7 +9,7 @@ the requests in flight and stops within about a second (the owner being written 
 back as a whole), so the run ends as `failed`/`interrupted` and releases its lock; the daemon
 waits up to `shutdown_timeout` for that and exits 0. A second signal exits at once; every write
 being transactional, the database stays consistent, and the next run marks the abandoned run
-`failed`/`interrupted`.
+`failed` (abandoned, no end time).
 """
 
 from __future__ import annotations
@@ -227,6 +227,7 @@ def _log_result(result: RunResult) -> None:
 def serve(settings: Settings) -> int:
     """Run the daemon (with the HTTP endpoint when `[http] enabled`); return the exit code."""
     settings.tapkey.credentials()  # a missing client id or secret is a start-up error (exit 2)
+    job.refuse_in_memory(settings)
     daemon = Daemon(settings)
     endpoint = None
     engine = None

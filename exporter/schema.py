@@ -101,7 +101,8 @@ def _id(length: int = 64) -> TypeEngine[str]:
 
 
 def _long_text() -> TypeEngine[str]:
-    # MySQL TEXT stops at 64 KiB; an expanded lock payload may be longer.
+    """Text for values from the API: MySQL's TEXT stops at 64 KiB, MEDIUMTEXT at 16 MiB, which
+    holds the longest element the exporter stores (records.MAX_ELEMENT_BYTES)."""
     return Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
 
 
@@ -124,8 +125,8 @@ _MYSQL: dict[str, Any] = {"mysql_charset": "utf8mb4", "mariadb_charset": "utf8mb
 def _lock_attributes() -> list[Column[Any]]:
     return [
         Column("owner_account_id", _id(), nullable=False),
-        Column("title", Text()),
-        Column("description", Text()),
+        Column("title", _long_text()),
+        Column("description", _long_text()),
         Column("physical_lock_id", _id(255)),
         Column("lock_type_id", String(255)),
         Column("lock_model_name", String(255)),
@@ -169,7 +170,7 @@ sync_runs = Table(
     Column("owners_seen", Integer(), nullable=False, default=0),
     *_count_columns(),
     Column("api_requests", Integer(), nullable=False, default=0),
-    Column("error", Text()),
+    Column("error", _long_text()),
     Column("client_id", String(255)),
     Index(None, "status"),
     Index(None, "started_at"),
@@ -184,7 +185,7 @@ sync_run_owners = Table(
     Column("status", String(16), nullable=False),
     *_count_columns(),
     Column("fetched_at", UTCDateTime()),
-    Column("error", Text()),
+    Column("error", _long_text()),
     Index(None, "owner_account_id", "status"),
     **_MYSQL,
 )
@@ -193,7 +194,7 @@ owner_accounts = Table(
     "owner_accounts",
     metadata,
     Column("id", _id(), primary_key=True),
-    Column("name", Text()),
+    Column("name", _long_text()),
     Column("active", Boolean()),
     Column("first_seen_at", UTCDateTime(), nullable=False),
     Column("last_seen_at", UTCDateTime()),
@@ -207,7 +208,7 @@ owner_account_versions = Table(
     metadata,
     Column("version_id", Integer(), primary_key=True, autoincrement=True),
     Column("id", _id(), nullable=False),
-    Column("name", Text()),
+    Column("name", _long_text()),
     Column("active", Boolean()),
     *_version_columns("sync_runs"),
     Index(None, "id", "valid_from"),

@@ -39,6 +39,14 @@ _IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _BACKENDS = ("sqlite", "postgresql", "mysql", "mariadb")
 # mysqlclient is not a dependency; PyMySQL is (the `mysql` extra).
 _PYMYSQL_DRIVERS = {"mysql": "mysql+pymysql", "mariadb": "mariadb+pymysql"}
+# The one driver the exporter ships for each database (SQLAlchemy's name, the package's name);
+# a URL without a driver gets it (SQLAlchemy 2's default for postgresql:// is psycopg 3).
+_DRIVERS = {
+    "sqlite": ("pysqlite", "Python's sqlite3"),
+    "postgresql": ("psycopg", "psycopg 3"),
+    "mysql": ("pymysql", "PyMySQL"),
+    "mariadb": ("pymysql", "PyMySQL"),
+}
 
 
 def parse_duration(text: str) -> float:
@@ -339,6 +347,18 @@ class DatabaseSettings(_Section):
         if "@" in (url.host or ""):
             raise ValueError("has an unescaped '@' in the user or password; write it as %40")
         changed = url.set(drivername=_PYMYSQL_DRIVERS.get(url.drivername, url.drivername))
+        _check_driver(changed)
+        if backend == "sqlite" and (url.host or url.port or url.username or url.password):
+            path = "/".join(part for part in (url.host, url.database) if part)
+            raise ValueError(
+                f"{masked_url(value)} names a host, not a file (two slashes): write "
+                f"sqlite:///{path} for a relative path or sqlite:////{path} for an absolute one"
+            )
+        if backend in ("mysql", "mariadb") and not url.database:
+            raise ValueError(
+                f"{masked_url(value)} names no database: add it, e.g. "
+                f"{backend}://user:password@{url.host or 'host'}/inventory"
+            )
         if backend == "sqlite":
             changed = _resolve_sqlite(changed, _base_dir(info, "database.url"))
         return value if changed == url else changed.render_as_string(hide_password=False)
@@ -366,6 +386,17 @@ class DatabaseSettings(_Section):
     def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():
             yield name, masked_url(value) if name == "url" and isinstance(value, str) else value
+
+
+def _check_driver(url: URL) -> None:
+    """Only the drivers the exporter ships with: SQLite's own, psycopg 3 and PyMySQL."""
+    backend, driver = url.get_backend_name(), url.get_driver_name()
+    shipped, package = _DRIVERS[backend]
+    if driver != shipped:
+        raise ValueError(
+            f"the {backend} driver {driver!r} is not supported: the exporter uses {package}; "
+            f"write {backend}:// (or {backend}+{shipped}://)"
+        )
 
 
 def _resolve_sqlite(url: URL, base: Path | None) -> URL:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
+import stat
 import time
-import weakref
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -16,7 +17,6 @@ from typing import Any
 import filelock
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError as AlembicCommandError
 from sqlalchemy import (
@@ -31,9 +31,15 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
 
-from exporter.errors import DatabaseUnavailableError, LockHeldError, SchemaVersionError
+from exporter.db_errors import first_line, permission_problem, store_error
+from exporter.errors import (
+    ConfigError,
+    DatabaseUnavailableError,
+    LockHeldError,
+    SchemaVersionError,
+)
 from exporter.settings import masked_url, without_secrets
 
 LOCK_NAME = "tapkey-inventory-exporter"
@@ -89,12 +95,26 @@ def sqlite_path(engine: Engine) -> Path | None:
     return Path(database)
 
 
+def in_memory(url: str) -> bool:
+    """True for an in-memory SQLite URL (`sqlite://`, `sqlite:///:memory:`, mode=memory)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return False
+    database = parsed.database or ""
+    return (
+        database in ("", ":memory:")
+        or "mode=memory" in database
+        or (parsed.query.get("mode") == "memory")
+    )
+
+
 def make_engine(url: str, *, schema: str | None = None, create: bool = True) -> Engine:
     """An engine with the session settings every connection needs (UTC, WAL, keepalives).
 
     A sync holds at most four connections at once (the writer, the reader of stored texts, the
     writer lock's own and `serve`'s /healthz): the default pool of five covers them. Without
-    `create`, a SQLite file that does not exist is an error (connecting would create it).
+    `create`, a SQLite file that does not exist is an error (connecting would create it); with
+    it, a new SQLite file is created readable by its owner only (see `create_private`).
     """
     parsed = make_url(url)
     connect_args: dict[str, Any] = {}
@@ -108,13 +128,8 @@ def make_engine(url: str, *, schema: str | None = None, create: bool = True) -> 
                     f"the SQLite database {database} does not exist; check [database] url "
                     "(`exporter run-once` or `exporter db upgrade` creates it)"
                 )
-            try:
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise DatabaseUnavailableError(
-                    f"cannot create the folder of the SQLite database {database}: "
-                    f"{exc.strerror or type(exc).__name__}; check [database] url"
-                ) from None
+            if create:
+                _create_sqlite_file(Path(database))
     elif parsed.get_backend_name() == "postgresql":
         connect_args.update(_PG_KEEPALIVES)
         if schema:
@@ -122,7 +137,12 @@ def make_engine(url: str, *, schema: str | None = None, create: bool = True) -> 
     else:
         connect_args.update(init_command="SET time_zone = '+00:00'", connect_timeout=10)
         kwargs["pool_recycle"] = 3600
-    engine = create_engine(parsed, connect_args=connect_args, **kwargs)
+    try:
+        engine = create_engine(parsed, connect_args=connect_args, **kwargs)
+    except (ImportError, ArgumentError) as exc:
+        raise ConfigError(
+            without_secrets(_driver_problem(parsed.drivername, exc), parsed)
+        ) from None
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_on_connect)
     elif parsed.get_backend_name() in ("mysql", "mariadb"):
@@ -130,6 +150,49 @@ def make_engine(url: str, *, schema: str | None = None, create: bool = True) -> 
     else:
         event.listen(engine, "connect", _postgresql_on_connect)
     return engine
+
+
+def _driver_problem(drivername: str, exc: BaseException) -> str:
+    if isinstance(exc, ImportError):
+        extra = "postgres" if drivername.startswith("postgresql") else "mysql"
+        return (
+            f"[database] url: the database driver for {drivername}:// is not installed "
+            f"({exc}); install it with: pip install 'tapkey-inventory-exporter[{extra}]'"
+        )
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"[database] url: {reason}; check [database] url"
+
+
+def create_private(path: Path) -> None:
+    """Create the empty file `path` readable and writable by its owner only, unless it exists.
+
+    Mode 0600 (a stricter umask makes it stricter still); an existing file is left as it is,
+    never loosened. Raises OSError if the file cannot be created.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
+def _create_sqlite_file(path: Path) -> None:
+    # An empty file is an empty SQLite database. SQLite gives the -wal and -shm files it creates
+    # the database file's mode, so those are private too (it would create the file 0644).
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatabaseUnavailableError(
+            f"cannot create the folder of the SQLite database {path}: "
+            f"{exc.strerror or type(exc).__name__}; check [database] url"
+        ) from None
+    try:
+        create_private(path)
+    except OSError as exc:
+        raise DatabaseUnavailableError(
+            f"cannot create the SQLite database {path}: {exc.strerror or type(exc).__name__}; "
+            "check [database] url and that this user may write in its folder"
+        ) from None
 
 
 # SQLite page cache per connection, in KiB: the default (see _sqlite_on_connect) and the sync's
@@ -234,14 +297,21 @@ _COLUMN_TYPES = text(
 )
 
 
-_PLANS: weakref.WeakKeyDictionary[Dialect, dict[tuple[str, tuple[str, ...]], _InsertPlan]] = (
-    weakref.WeakKeyDictionary()
-)
+def _plans(dialect: Dialect) -> dict[tuple[str, tuple[str, ...]], _InsertPlan]:
+    """The insert plans built for `dialect`, kept on the dialect itself.
+
+    A plan's bind processors refer to their dialect, so a module-level cache keyed by dialect
+    (even a WeakKeyDictionary) kept every disposed engine's dialect alive: `serve` grew by
+    ~70 KB with every run that inserted rows. Held by the dialect, they go with its engine.
+    """
+    plans: dict[tuple[str, tuple[str, ...]], _InsertPlan]
+    plans = vars(dialect).setdefault("_exporter_insert_plans", {})
+    return plans
 
 
 def _insert_plan(conn: Connection, table: Table, columns: tuple[str, ...]) -> _InsertPlan:
     dialect = conn.dialect
-    plans = _PLANS.setdefault(dialect, {})
+    plans = _plans(dialect)
     plan = plans.get((table.name, columns))
     if plan is not None:
         return plan
@@ -342,22 +412,75 @@ def head_revision() -> str:
 
 
 def current_revision(engine: Engine) -> str | None:
-    """The revision the database is at (None for an empty database)."""
+    """The revision the database is at (None for an empty database).
+
+    Raises DatabasePermissionError when the database user may not read `alembic_version`.
+    """
     with connect(engine) as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        return _read_revision(conn)
 
 
-def upgrade(engine: Engine) -> None:
-    """Bring the schema to the head revision (idempotent)."""
+def _read_revision(conn: Connection) -> str | None:
+    # A plain SELECT rather than alembic's get_current_revision: its has_table() check says "no
+    # table" on MariaDB when the user may not see it, and on PostgreSQL goes through a
+    # dialect-wide lru_cache that keeps the last 128 disposed engines' dialects alive.
+    try:
+        revisions = list(conn.execute(text("SELECT version_num FROM alembic_version")).scalars())
+    except DBAPIError as exc:
+        if not _no_such_table(exc):
+            raise store_error(exc, conn.engine) from None
+        conn.rollback()  # PostgreSQL: the failed statement aborted the transaction
+        return None
+    conn.rollback()  # end the transaction the SELECT began (DDL may follow on this connection)
+    if len(revisions) > 1:
+        raise SchemaVersionError(
+            f"the database's alembic_version table holds {len(revisions)} revisions "
+            f"({', '.join(sorted(revisions))}); this exporter's migrations have one head"
+        )
+    return str(revisions[0]) if revisions else None
+
+
+def _no_such_table(exc: DBAPIError) -> bool:
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) == "42P01":  # PostgreSQL undefined_table
+        return True
+    if getattr(orig, "sqlite_errorcode", None) is not None:
+        return str(orig).startswith("no such table")
+    args: tuple[Any, ...] = getattr(orig, "args", ())
+    return bool(args) and args[0] == 1146  # MySQL/MariaDB ER_NO_SUCH_TABLE
+
+
+# How long `exporter db upgrade` waits for a run holding the writer lock to finish.
+UPGRADE_LOCK_WAIT = 300.0
+_NOT_UPGRADED = "the schema was not upgraded: run `exporter db upgrade` again once it has finished"
+
+
+def upgrade(engine: Engine, *, lock_timeout: float = UPGRADE_LOCK_WAIT) -> None:
+    """Bring the schema to the head revision (idempotent), under the writer lock.
+
+    The lock keeps concurrent upgrades (and runs) apart: the first upgrades, the others wait up
+    to `lock_timeout` seconds and find the schema current. LockHeldError if it stays held. A
+    schema already at head needs no lock (a run may hold it meanwhile).
+    """
+    if current_revision(engine) == head_revision():
+        return
+    with WriterLock(engine, timeout=lock_timeout, skipped=_NOT_UPGRADED):
+        _upgrade(engine)
+
+
+def _upgrade(engine: Engine) -> None:
+    """Upgrade to head; the caller holds the writer lock."""
     with connect(engine) as conn:
-        current = MigrationContext.configure(conn).get_current_revision()
+        current = _read_revision(conn)
         if current is not None and not is_known_revision(current):
             raise SchemaVersionError(_unknown_revision_message(current))
+        if current == head_revision():
+            return
         try:
             command.upgrade(_alembic_config(conn), "head")
         except (SQLAlchemyError, AlembicCommandError) as exc:
             orig = getattr(exc, "orig", None) or exc
-            reason = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+            reason = permission_problem(exc, engine) or first_line(orig)
             message = (
                 f"upgrading the schema from revision {current or '(none)'} to "
                 f"{head_revision()} failed: {reason}; fix the cause and run `exporter db upgrade` "
@@ -388,40 +511,28 @@ def _unknown_revision_message(revision: str) -> str:
     )
 
 
-def run_failure_message(exc: BaseException) -> str:
-    """One line for a database error that ended a run: out of space, or the connection lost."""
-    orig = getattr(exc, "orig", None) or exc
-    text_ = str(orig).strip()
-    reason = text_.splitlines()[0] if text_ else type(orig).__name__
-    sqlite_full = getattr(orig, "sqlite_errorcode", None) == 13  # SQLITE_FULL
-    pg_full = getattr(orig, "sqlstate", None) in ("53100", "53400")  # disk_full, quota
-    mysql_full = bool(getattr(orig, "args", None)) and orig.args[0] in (1021, 1114)
-    if sqlite_full or pg_full or mysql_full:
-        return (
-            f"the database ran out of space ({reason}); the transaction in progress was rolled "
-            "back, nothing is half-written: free disk space (or raise the database's size limit) "
-            "and run again"
-        )
-    return (
-        f"lost the database connection ({reason}); the transaction in progress was rolled back, "
-        "nothing is half-written: check the database server and run again"
-    )
-
-
 def check_models(engine: Engine) -> None:
     """Raise if the migrations and the table definitions disagree (alembic `check`)."""
     with connect(engine) as conn:
         command.check(_alembic_config(conn))
 
 
-def require_current(engine: Engine, *, auto_upgrade_sqlite: bool = False) -> None:
-    """Make sure the schema is at head; upgrade SQLite automatically when asked to."""
+def require_current(
+    engine: Engine, *, auto_upgrade_sqlite: bool = False, lock_timeout: float = 0.0
+) -> None:
+    """Make sure the schema is at head; upgrade SQLite automatically when asked to.
+
+    The automatic upgrade takes the writer lock (waiting up to `lock_timeout`), so concurrent
+    first runs on a new file do not race to create the tables: one does, the others get
+    LockHeldError (exit 4) as they would for its run.
+    """
     current = current_revision(engine)
     head = head_revision()
     if current == head:
         return
     if auto_upgrade_sqlite and backend(engine) == "sqlite":
-        upgrade(engine)
+        with WriterLock(engine, timeout=lock_timeout):
+            _upgrade(engine)
         return
     if current is None:
         raise SchemaVersionError(
@@ -435,34 +546,37 @@ def require_current(engine: Engine, *, auto_upgrade_sqlite: bool = False) -> Non
     )
 
 
+_SKIPPED = "this run was skipped (wait for it to finish, or check for a stuck process)"
+
+
 class WriterLock:
-    """The database-wide lock that keeps two syncs from writing at once.
+    """The database-wide lock that keeps two syncs (and schema upgrades) from writing at once.
 
     PostgreSQL: a session advisory lock; MariaDB/MySQL: GET_LOCK. Both are held on a dedicated
     connection for the whole run, because a pooled connection would carry the lock back into the
-    pool. SQLite: a file lock beside the database file (same host only). The lock dies with its
-    holder's process or connection, so a crashed run never blocks the next one.
+    pool. SQLite: a file lock beside the database file (same host only), created readable by its
+    owner only. The lock dies with its holder's process or connection, so a crashed run never
+    blocks the next one. `skipped` ends the LockHeldError message: what did not happen.
     """
 
-    def __init__(self, engine: Engine, *, timeout: float = 0.0) -> None:
+    def __init__(self, engine: Engine, *, timeout: float = 0.0, skipped: str = _SKIPPED) -> None:
         self._engine = engine
         self._timeout = timeout
+        self._skipped = skipped
         self._conn: Connection | None = None
         self._file: filelock.BaseFileLock | None = None
+        self._key: int | None = None
 
     def acquire(self) -> None:
         """Take the lock, waiting up to `timeout` seconds, or raise LockHeldError."""
         kind = backend(self._engine)
         if kind == "sqlite":
             path = sqlite_path(self._engine)
-            if path is None:
-                return
-            self._file = filelock.FileLock(f"{path}.lock")
-            try:
-                self._file.acquire(timeout=self._timeout)
-            except filelock.Timeout:
-                self._file = None
-                raise LockHeldError(_held_message(str(path))) from None
+            if path is not None:
+                self._file = _file_lock(Path(f"{path}.lock"))
+                if not self._take(self._file_acquire):
+                    self._file = None
+                    raise LockHeldError(_held_message(str(path), self._skipped))
             return
         try:
             # Autocommit: the locks are session-level anyway, and check(), which runs once per
@@ -470,27 +584,57 @@ class WriterLock:
             self._conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         except (OperationalError, DBAPIError) as exc:
             raise DatabaseUnavailableError(_unreachable(self._engine, exc)) from None
-        if kind == "postgresql":
-            key = self._pg_key(self._conn)
-            deadline = time.monotonic() + self._timeout
-            while True:
-                got = self._conn.execute(
-                    text("SELECT pg_try_advisory_lock(:key)"), {"key": key}
-                ).scalar()
-                if got or time.monotonic() >= deadline:
-                    break
-                time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
-        else:
-            self._conn.execute(text(f"SET SESSION wait_timeout = {MYSQL_LOCK_WAIT_TIMEOUT}"))
-            got = self._conn.execute(
-                text("SELECT GET_LOCK(:name, :timeout)"),
-                {"name": self._name(), "timeout": self._timeout},
-            ).scalar()
-        self._conn.commit()
+        try:
+            if kind == "postgresql":
+                self._key = self._pg_key(self._conn)
+                got = self._take(self._pg_acquire)
+            else:
+                self._conn.execute(text(f"SET SESSION wait_timeout = {MYSQL_LOCK_WAIT_TIMEOUT}"))
+                got = self._take(self._mysql_acquire)
+        except DBAPIError as exc:
+            self._close()
+            raise store_error(exc, self._engine) from None
         if not got:
-            self._conn.close()
-            self._conn = None
-            raise LockHeldError(_held_message(masked_url(self._engine.url)))
+            self._close()
+            where = masked_url(self._engine.url)
+            raise LockHeldError(_held_message(where, self._skipped))
+
+    def _take(self, attempt: Callable[[float], bool]) -> bool:
+        """Try at once; if that fails and there is a timeout, say so and wait."""
+        if attempt(0.0):
+            return True
+        if self._timeout <= 0:
+            return False
+        log.info(
+            "another exporter run holds the writer lock; waiting up to %g s for it", self._timeout
+        )
+        return attempt(self._timeout)
+
+    def _file_acquire(self, timeout: float) -> bool:
+        assert self._file is not None
+        try:
+            self._file.acquire(timeout=timeout)
+        except filelock.Timeout:
+            return False
+        return True
+
+    def _pg_acquire(self, timeout: float) -> bool:
+        assert self._conn is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self._conn.execute(
+                text("SELECT pg_try_advisory_lock(:key)"), {"key": self._key}
+            ).scalar()
+            if got or time.monotonic() >= deadline:
+                return bool(got)
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+    def _mysql_acquire(self, timeout: float) -> bool:
+        assert self._conn is not None
+        got = self._conn.execute(
+            text("SELECT GET_LOCK(:name, :timeout)"), {"name": self._name(), "timeout": timeout}
+        ).scalar()
+        return bool(got)
 
     def check(self) -> None:
         """Raise DatabaseUnavailableError if the lock's connection has died (the lock is gone)."""
@@ -516,12 +660,18 @@ class WriterLock:
             # is left in a failed transaction, and using it raises PendingRollbackError.
             with contextlib.suppress(SQLAlchemyError):
                 if backend(self._engine) == "postgresql":
-                    self._conn.execute(
-                        text("SELECT pg_advisory_unlock(:key)"), {"key": self._pg_key(self._conn)}
-                    )
+                    if self._key is not None:
+                        self._conn.execute(
+                            text("SELECT pg_advisory_unlock(:key)"), {"key": self._key}
+                        )
                 else:
                     self._conn.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": self._name()})
                 self._conn.commit()
+            self._close()
+
+    def _close(self) -> None:
+        """Close the lock's connection (ending its session ends any lock it holds)."""
+        if self._conn is not None:
             with contextlib.suppress(SQLAlchemyError):
                 self._conn.close()
             self._conn = None
@@ -540,13 +690,31 @@ class WriterLock:
     @staticmethod
     def _pg_key(conn: Connection) -> int:
         # Advisory lock keys are per PostgreSQL database already; the schema keeps two
-        # exporters in different schemas of one database apart.
-        schema = conn.execute(text("SELECT current_schema()")).scalar()
+        # exporters in different schemas of one database apart. Before the first upgrade has
+        # created the configured schema, current_schema() is NULL: the first search_path entry
+        # is the schema the upgrade creates (migrations/env.py), so the key stays the same.
+        schema, path = conn.execute(
+            text("SELECT current_schema(), current_setting('search_path')")
+        ).one()
+        if schema is None:
+            schema = str(path).split(",")[0].strip().strip('"')
         return zlib.crc32(f"{LOCK_NAME}:{schema}".encode())
 
 
-def _held_message(where: str) -> str:
-    return (
-        f"another exporter run holds the writer lock on {where}; this run was skipped "
-        "(wait for it to finish, or check for a stuck process)"
-    )
+def _file_lock(path: Path) -> filelock.BaseFileLock:
+    """A file lock on `path`, created private; an existing lock file keeps its mode."""
+    try:
+        create_private(path)
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError as exc:
+        raise DatabaseUnavailableError(
+            f"cannot create the lock file {path}: {exc.strerror or type(exc).__name__}; "
+            "check that this user may write in the database's folder"
+        ) from None
+    # filelock 3.x changes the file's mode to `mode` on every acquire (0644 by default): give it
+    # the mode the file has, so nothing is loosened.
+    return filelock.FileLock(path, mode=mode)
+
+
+def _held_message(where: str, skipped: str) -> str:
+    return f"another exporter run holds the writer lock on {where}; {skipped}"

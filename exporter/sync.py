@@ -1,7 +1,9 @@
 """The sync engine: owner accounts and bound locks from the API in, exact history out.
 
 One run:
-1. takes the database's writer lock and marks runs left `running` by dead processes as failed;
+1. takes the database's writer lock, writes the ends of this process's earlier runs that the
+   database was away for, and marks runs left `running` without an end as failed (abandoned;
+   see exporter.run_records);
 2. fetches the whole owner list and writes owner creates/updates/restores in one transaction;
 3. fetches every owner's bound locks (`workers` at a time) and writes each owner's creates,
    updates and restores in one transaction of its own, in bulk statements. A lock whose payload
@@ -15,7 +17,7 @@ One run:
 5. records the outcome in `sync_runs`.
 
 A crash at any point leaves a consistent database: every transaction moves the current tables and
-the version tables together, and the next run marks the crashed run failed.
+the version tables together, and the next run marks the crashed run failed (abandoned).
 
 Versions are half-open intervals [valid_from, valid_to). Every instant the engine writes comes
 from a clock forced to move forward past everything already stored, so the versions of an entity
@@ -43,13 +45,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from exporter import lock_health
+from exporter import lock_health, run_records
 from exporter.crawl import InventorySource, call_until_stopped, crawl
+from exporter.db_errors import store_error
 from exporter.errors import (
     ClientMismatchError,
-    DatabaseUnavailableError,
-    ExporterError,
     Interrupted,
+    StoreError,
     TapkeyError,
 )
 from exporter.guard import RemovalGuard, locks_held_message, owners_held_message
@@ -64,7 +66,7 @@ from exporter.history import (
     remove_rows,
     version_row,
 )
-from exporter.records import LockRecord, OwnerLocks, OwnerRecord
+from exporter.records import MAX_ID_LENGTH, LockRecord, OwnerLocks, OwnerRecord
 from exporter.results import Change, Counts, OwnerOutcome, RunResult
 from exporter.schema import (
     LOCK_TRACKED,
@@ -80,7 +82,6 @@ from exporter.store import (
     WriterLock,
     connect,
     insert_many,
-    run_failure_message,
 )
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ def sync(
         try:
             run.prepare(allow_client_change=allow_client_change)
         except (OperationalError, DBAPIError) as exc:
-            raise DatabaseUnavailableError(run_failure_message(exc)) from None
+            raise store_error(exc, engine) from None
         return run.execute()
 
 
@@ -205,18 +206,15 @@ class _Run:
     # -- run record ---------------------------------------------------------------------------
 
     def prepare(self, *, allow_client_change: bool) -> None:
-        """Clean up after dead runs, check the client, and open this run's record."""
+        """Close earlier runs' records, check the client, and open this run's record."""
+        unrecorded = run_records.unrecorded(self.engine)
         with connect(self.engine) as conn, conn.begin():
+            # Ends of this process's runs the database was away for, then runs nobody closed.
+            run_records.write_unrecorded(conn, unrecorded)
+            run_records.mark_abandoned(conn)
             # Read under the lock: nobody else writes now, so this is the true latest instant.
             self.clock = Clock(self.now, latest_instant(conn))
             self.result.started_at = self.clock()
-            stale = conn.execute(
-                update(sync_runs)
-                .where(sync_runs.c.status == "running")
-                .values(status="failed", error="interrupted", finished_at=self.clock())
-            ).rowcount
-            if stale:
-                log.warning("marked %d run(s) left running by a dead process as failed", stale)
             previous = filled_by(conn)
             if previous is not None and previous != self.client_id and not allow_client_change:
                 raise ClientMismatchError(
@@ -233,6 +231,7 @@ class _Run:
                     client_id=self.client_id,
                 )
             ).inserted_primary_key[0]  # type: ignore[index]
+        run_records.forget(self.engine, unrecorded)
         if self.on_started is not None and self.result.run_id is not None:
             self.on_started(self.result.run_id)
         log.info("run %s started (%s)", self.result.run_id, self.trigger)
@@ -246,10 +245,10 @@ class _Run:
         except TapkeyError as exc:
             self._finish("failed", str(exc))
         except (OperationalError, DBAPIError) as exc:
-            error = DatabaseUnavailableError(run_failure_message(exc))
+            error = store_error(exc, self.engine)
             self._finish("failed", str(error))
             raise error from None
-        except DatabaseUnavailableError as exc:
+        except StoreError as exc:
             self._finish("failed", str(exc))
             raise
         except BaseException as exc:
@@ -265,24 +264,18 @@ class _Run:
         result.api_requests = self.source.request_count - self.requests_at_start
         if self.dry_run or result.run_id is None:
             return
-        try:
-            with connect(self.engine) as conn, conn.begin():
-                conn.execute(
-                    update(sync_runs)
-                    .where(sync_runs.c.id == result.run_id)
-                    .values(
-                        status=status,
-                        finished_at=result.finished_at,
-                        owners_seen=result.owners_seen,
-                        locks_seen=result.locks_seen,
-                        api_requests=result.api_requests,
-                        error=error,
-                        **result.counts.as_dict(),
-                    )
-                )
-        except (ExporterError, OperationalError, DBAPIError):
-            # The next run that takes the lock marks this one failed ("interrupted").
-            log.exception("could not record the end of run %s", result.run_id)
+        end = {
+            "status": status,
+            "finished_at": result.finished_at,
+            "owners_seen": result.owners_seen,
+            "locks_seen": result.locks_seen,
+            "api_requests": result.api_requests,
+            "error": error,
+            **result.counts.as_dict(),
+        }
+        run_records.record_end(
+            self.engine, result.run_id, result.started_at, end, wait=self.stop.wait
+        )
         log.info(
             "run %s %s: %s",
             result.run_id,
@@ -296,9 +289,10 @@ class _Run:
         owners = call_until_stopped(self.stop, self.source.list_owners)
         self.result.owners_seen = len(owners)
         listed = {owner.id for owner in owners}
+        owners = [owner for owner in owners if not self._fails_unstorable(owner)]
         with connect(self.engine) as conn, conn.begin():
             self._count_present(conn)
-            vanished = self._write_owners(conn, owners)
+            vanished = self._write_owners(conn, owners, listed)
         complete: set[str] = set()
         removable: set[str] = set()
         fetches = crawl(
@@ -343,8 +337,23 @@ class _Run:
         ).scalar_one()
         self.had_locks = conn.execute(select(bound_locks.c.id).limit(1)).first() is not None
 
-    def _write_owners(self, conn: Connection, owners: Sequence[OwnerRecord]) -> set[str]:
-        """Create, update and restore owners; return the ids of owners that vanished."""
+    def _fails_unstorable(self, owner: OwnerRecord) -> bool:
+        """Fail an owner the database cannot hold (OwnerRecord.problem): it and its locks are
+        left as stored, the other owners sync, and the run is partial."""
+        if owner.problem is None:
+            return False
+        error = f"{owner.problem}; the owner and its locks were left as stored"
+        outcome = OwnerOutcome(owner.id, "failed", fetched_at=self.clock(), error=error)
+        log.warning("owner %s failed: %s", owner.id, error)
+        self.result.owners.append(outcome)
+        if len(owner.id) <= MAX_ID_LENGTH:  # else it cannot have a sync_run_owners row either
+            self.quiet.append(outcome)
+        return True
+
+    def _write_owners(
+        self, conn: Connection, owners: Sequence[OwnerRecord], listed: set[str]
+    ) -> set[str]:
+        """Create, update and restore `owners`; return the ids of stored owners not `listed`."""
         t = self.clock()
         stored = {row.id: row for row in conn.execute(select(owner_accounts))}
         new_rows: list[dict[str, Any]] = []
@@ -365,7 +374,6 @@ class _Run:
             changed_rows.append({"b_id": owner.id, **values, "removed_at": None, "updated_at": t})
             versions.append(version_row(owner.id, values, t, kind, fields, self._run_id))
             self._note("owner", owner.id, kind, owner.id, fields, title=owner.name)
-        listed = {owner.id for owner in owners}
         vanished = {
             row.id for row in stored.values() if row.removed_at is None and row.id not in listed
         }
@@ -581,13 +589,13 @@ class _Run:
                     self._note("lock", lock_id, "removed", owner_id, None, reason, title)
             removed_owners = sorted(vanished - kept_owners)
             removed = sum(len(ids) for ids in doomed.values())
-            self.result.counts.removed += removed
             for outcome in self.result.owners:
                 outcome.counts.removed = per_owner.get(outcome.owner_account_id, 0)
                 outcome.error = owner_notes.get(outcome.owner_account_id, outcome.error)
             for owner_id in removed_owners:
                 self._note("owner", owner_id, "removed", owner_id, None, "owner_removed")
             if self.dry_run:
+                self.result.counts.removed += removed
                 return held
             for reason, ids in doomed.items():
                 remove_rows(
@@ -626,6 +634,8 @@ class _Run:
                     .values(error=bindparam("b_error")),
                     [{"b_owner": o, "b_error": m} for o, m in owner_notes.items()],
                 )
+        # Counted once committed: a run that fails in this transaction records what it wrote.
+        self.result.counts.removed += removed
         if removed or removed_owners:
             log.info("removed %d lock(s) and %d owner(s)", removed, len(removed_owners))
         for message in held:

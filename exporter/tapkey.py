@@ -232,8 +232,9 @@ class TapkeyClient:
         rows, _ = self._read_list(target, {}, parse_owner, KnownTexts({}))
         owners: list[OwnerRecord] = []
         seen: set[str] = set()
-        for owner_id, owner in rows:
-            assert owner_id is not None and owner is not None  # parse_owner raises otherwise
+        for _, owner in rows:
+            assert owner is not None  # parse_owner raises otherwise
+            owner_id = owner.id  # also the id of an owner whose id is too long to store
             if owner_id in seen:
                 raise PayloadError(f"GET {target.path} listed owner {owner_id} twice")
             seen.add(owner_id)

@@ -73,7 +73,9 @@ def test_all_good_reports_scopes_owners_and_schema_and_writes_nothing(
     owners = sandbox.owners_payload()
     assert lines["owners"].startswith(f"ok {len(owners)} visible: ")
     assert all(f"{o['name']} ({o['id']})" in lines["owners"] for o in owners)
-    assert lines["database"].endswith(f"reachable, schema at {store.head_revision()} (current)")
+    assert lines["database"].endswith(
+        f"reachable, schema at {store.head_revision()} (current), this user may write it"
+    )
     assert _counts(engine) == before
     assert set(sandbox.requests) == {"token", "owners"}  # no lock was read
 

@@ -21,12 +21,13 @@ import typer
 from conftest import subprocess_env
 from history_checks import assert_history_consistent, expected_locks, locks_at
 from rich.console import Console
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, create_engine, func, select
 from typer.testing import CliRunner
 
 from exporter import cli
 from exporter.demo import run_demo
 from exporter.errors import UsageError
+from exporter.run_records import ABANDONED
 from exporter.sandbox import Fault, Sandbox
 from exporter.schema import sync_run_owners, sync_runs
 
@@ -176,6 +177,32 @@ def test_two_concurrent_runs_one_exits_4(sandbox: Sandbox, db_url: str, engine: 
     assert _scalar(engine, select(func.count()).select_from(sync_runs)) == 1
 
 
+def test_concurrent_first_runs_on_a_new_sqlite_file_create_the_schema_once(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    # The first run of a new SQLite file creates the schema under the writer lock: the runs that
+    # start meanwhile are skipped (exit 4) instead of failing on "table already exists".
+    sandbox.add_fault(Fault(route="locks", kind="delay", delay=0.5, times=None))
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    env = {**subprocess_env(sandbox, url), "EXPORTER_TAPKEY__WORKERS": "1"}
+
+    runs = [_start(env, "run-once", "--quiet") for _ in range(4)]
+    results = [(run.wait(timeout=120), run.communicate()[1]) for run in runs]
+
+    codes = [code for code, _ in results]
+    assert set(codes) <= {0, 4} and 0 in codes, results
+    for code, stderr in results:
+        assert "Traceback" not in stderr and "already exists" not in stderr
+        if code == 4:
+            assert "another exporter run holds the writer lock" in stderr
+    engine = create_engine(url)
+    try:
+        assert _scalar(engine, select(func.count()).select_from(sync_runs)) == codes.count(0)
+        assert_history_consistent(engine)
+    finally:
+        engine.dispose()
+
+
 def test_a_killed_run_is_marked_failed_by_the_next_and_history_converges(
     sandbox: Sandbox, db_url: str, engine: Engine
 ) -> None:
@@ -193,6 +220,12 @@ def test_a_killed_run_is_marked_failed_by_the_next_and_history_converges(
         victim.communicate(timeout=30)
     assert _running(engine)
     assert_history_consistent(engine)
+    with engine.connect() as conn:
+        committed = conn.execute(
+            select(
+                func.sum(sync_run_owners.c.locks_seen), func.sum(sync_run_owners.c.updated)
+            ).where(sync_run_owners.c.run_id == 2)
+        ).one()
     sandbox.clear_faults()
 
     recovery = _run(env, "run-once")
@@ -202,9 +235,16 @@ def test_a_killed_run_is_marked_failed_by_the_next_and_history_converges(
         runs = conn.execute(select(sync_runs).order_by(sync_runs.c.id)).mappings().all()
     assert [(r["status"], r["error"]) for r in runs] == [
         ("succeeded", None),
-        ("failed", "interrupted"),
+        ("failed", ABANDONED),
         ("succeeded", None),
     ]
+    # No end time is made up for the killed run; its counts are those its owners committed.
+    killed = runs[1]
+    assert killed["finished_at"] is None
+    assert (killed["locks_seen"], killed["updated"]) == tuple(committed)
+    assert killed["updated"] > 0
+    assert "run(s) 2 had no recorded end (the process was killed, or lost" in recovery.stderr
+    assert "dead process" not in recovery.stderr
     finished = runs[-1]["finished_at"]
     assert locks_at(engine, finished) == expected_locks(sandbox.snapshot())
     assert_history_consistent(engine)

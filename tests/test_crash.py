@@ -3,8 +3,8 @@
 Each kill lands at a seeded random moment: during start-up (imports, migrations, taking the lock)
 or after a random number of API requests, i.e. anywhere in the crawl and the per-owner writes,
 in the removal phase or while the run is being closed. After every kill the history must be
-consistent; at the end one clean run marks the killed runs failed ("interrupted") and converges
-to the API's state with an exact history.
+consistent; at the end one clean run marks the killed runs failed (abandoned, no end time) and
+converges to the API's state with an exact history.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from conftest import subprocess_env
 from history_checks import assert_history_consistent, expected_locks, locks_at
 from sqlalchemy import Engine, select
 
+from exporter.run_records import ABANDONED
 from exporter.sandbox import Fault, Sandbox
 from exporter.schema import sync_runs
 
@@ -96,10 +97,10 @@ def test_sigkill_at_random_points_never_breaks_the_history(
         assert final.returncode == 0, final.stderr
         runs = _statuses(engine)
         assert runs[-1][1:] == ("succeeded", None)
-        # Exactly the runs a kill left open are closed as failed/interrupted; the others
+        # Exactly the runs a kill left open are closed as failed/abandoned; the others
         # finished before their kill (partial when the deletion guard held something back).
-        interrupted = {run_id for run_id, *outcome in runs if outcome == ["failed", "interrupted"]}
-        assert interrupted == left_open and len(left_open) >= KILLS // 2
+        abandoned = {run_id for run_id, *outcome in runs if outcome == ["failed", ABANDONED]}
+        assert abandoned == left_open and len(left_open) >= KILLS // 2
         request.node.user_properties.append(("kills_that_left_a_run_open", len(left_open)))
         assert {status for _, status, _ in runs} <= {"succeeded", "partial", "failed"}
         with engine.connect() as conn:

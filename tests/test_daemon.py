@@ -41,6 +41,7 @@ from exporter import cli, job, observability, scheduler, store
 from exporter.config import load_settings, secret_file_warning
 from exporter.crontab import CrontabTrigger
 from exporter.errors import LockHeldError
+from exporter.run_records import ABANDONED
 from exporter.sandbox import Fault, Request, Sandbox
 from exporter.schema import sync_runs
 
@@ -337,9 +338,9 @@ def test_a_sigkilled_daemons_run_is_marked_failed_by_the_next_daemon(
         )
         assert following.stop() == 0
     dead, fresh = runs(engine)
-    assert (dead["status"], dead["error"]) == ("failed", "interrupted")
+    assert (dead["status"], dead["error"], dead["finished_at"]) == ("failed", ABANDONED, None)
     assert fresh["status"] == "succeeded"
-    assert "marked 1 run(s) left running by a dead process as failed" in following.text()
+    assert "run(s) 1 had no recorded end (the process was killed, or lost" in following.text()
     assert_history_consistent(engine)
 
 
@@ -479,7 +480,7 @@ def test_a_second_signal_exits_at_once_and_the_next_run_cleans_up(
     result = job.run_once(make_settings(sandbox, db_url, tmp_path))
     assert result.status == "succeeded"
     [dead, _] = runs(engine)
-    assert (dead["status"], dead["error"]) == ("failed", "interrupted")
+    assert (dead["status"], dead["error"]) == ("failed", ABANDONED)
     assert_history_consistent(engine)
 
 

@@ -11,6 +11,7 @@ are covered in tests/test_cli.py, tests/test_check.py and the secrets/CLI sectio
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
@@ -37,7 +38,7 @@ from sqlalchemy import Engine, create_engine, event, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import Pool
 
-from exporter import cli, job, store
+from exporter import cli, job, run_records, store
 from exporter.errors import DatabaseUnavailableError, SchemaVersionError
 from exporter.results import RunResult
 from exporter.sandbox import Fault, Request, Sandbox
@@ -660,6 +661,151 @@ def test_a_record_with_wrong_types_is_skipped_counted_and_left_as_stored(
     assert_history_consistent(engine)
 
 
+# Values longer than the exporter stores (records.MAX_FIELD_LENGTHS, MAX_ELEMENT_BYTES): the
+# lock is skipped and counted with a warning naming the field, the same on every database.
+_HEX_299 = base64.b64encode(bytes([100, 0]) + bytes(range(100))).decode()  # 100 bytes of id
+TOO_LONG = [
+    pytest.param({"physicalLockId": "A" * 256}, "physicalLockId is 256", id="physical-lock-id"),
+    pytest.param({"lockTypeId": "T" * 256}, "lockTypeId is 256", id="lock-type-id"),
+    pytest.param(
+        {"lockType": {"id": "TK.Td30", "modelName": "M" * 256}},
+        "lockType.modelName is 256",
+        id="model-name",
+    ),
+    pytest.param({"targetType": "L" * 65}, "targetType is 65", id="target-type"),
+    pytest.param(
+        {"physicalLockId": _HEX_299}, "lock_id_hex is 299 characters", id="hex-id-of-a-long-id"
+    ),
+    pytest.param({"description": "d" * 4_200_000}, "the element is 4,2", id="element-over-4-mib"),
+]
+
+
+@pytest.mark.parametrize(("bad", "named"), TOO_LONG)
+def test_a_value_longer_than_the_exporter_stores_skips_the_lock_on_every_database(
+    sandbox: Sandbox,
+    db_url: str,
+    engine: Engine,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    bad: dict[str, Any],
+    named: str,
+) -> None:
+    _run(sandbox, db_url, tmp_path)
+    owner = _owner_ids(sandbox)[0]
+    elements = _elements(sandbox, owner)
+    long = elements[1]["id"]
+    elements[1].update(bad)
+    elements[2]["title"] = "still synced"
+    before = _stored(engine)
+    _serve_list(sandbox, owner, _texts(elements))
+
+    result = _run(sandbox, db_url, tmp_path)
+
+    assert result.status == "succeeded" and result.counts.skipped == 1
+    assert result.counts.updated == 1 and _run_row(engine, result.run_id)["skipped"] == 1
+    after = _stored(engine)
+    assert after[long] == before[long]  # left as stored: not updated, cut or removed
+    assert after[elements[2]["id"]]["title"] == "still synced"
+    assert {k: v for k, v in after.items() if k not in (long, elements[2]["id"])} == {
+        k: v for k, v in before.items() if k not in (long, elements[2]["id"])
+    }
+    [warning] = [r.getMessage() for r in caplog.records if f"{long}: {named}" in r.getMessage()]
+    assert f"owner {owner}: skipped 1 " in warning and "the exporter stores" in warning
+    assert_history_consistent(engine)
+
+
+def test_long_free_texts_are_stored_whole_on_every_database(
+    sandbox: Sandbox, db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    # A 100,000-character title used to fail the whole run on MariaDB (TEXT holds 64 KiB).
+    owner = _owner_ids(sandbox)[0]
+    lock = _lock_ids(sandbox, owner)[0]
+    title, description, name = "T\u00fcr " * 25_000, "\u00e9" * 300_000, "N" * 100_000
+    sandbox.update_lock(lock, title=title, description=description)
+    sandbox.update_owner(owner, name=name)
+
+    result = _run(sandbox, db_url, tmp_path)
+    again = _run(sandbox, db_url, tmp_path)
+
+    assert result.status == "succeeded" and result.counts.skipped == 0
+    assert again.counts.unchanged == result.counts.created  # stored exactly: no new version
+    with engine.connect() as conn:
+        stored = conn.execute(
+            select(bound_locks.c.title, bound_locks.c.description).where(bound_locks.c.id == lock)
+        ).one()
+        stored_name = conn.execute(
+            select(owner_accounts.c.name).where(owner_accounts.c.id == owner)
+        ).scalar_one()
+        view = conn.execute(
+            text("SELECT title, owner_name FROM current_bound_locks WHERE id = :id"), {"id": lock}
+        ).one()
+    assert tuple(stored) == (title, description) and stored_name == name
+    assert tuple(view) == (title, name)
+    _assert_converged(engine, sandbox, again)
+
+
+def _owner_rows(engine: Engine) -> dict[str, dict[str, Any]]:
+    """The stored owner accounts, but for last_seen_at (which every fetch moves)."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(owner_accounts).order_by(owner_accounts.c.id)).mappings()
+        return {r["id"]: {k: v for k, v in r.items() if k != "last_seen_at"} for r in rows}
+
+
+def _list_also_owner(fake: Sandbox, extra: dict[str, Any]) -> None:
+    """Serve the owner list with `extra` appended, paged like the real API."""
+
+    def page(request: Request) -> None:
+        if request.route != "owners":
+            return
+        owners = [*fake.owners_payload(), extra]
+        skip = request.skip or 0
+        rows = owners[skip : None if request.top is None else skip + request.top]
+        fake.add_fault(Fault("owners", kind="body", body=json.dumps(rows)))
+
+    fake.hooks.append(page)
+
+
+@pytest.mark.parametrize("what", ["long id", "long element"])
+def test_an_owner_the_database_cannot_hold_fails_alone(
+    sandbox: Sandbox, db_url: str, engine: Engine, tmp_path: Path, what: str
+) -> None:
+    # Other owners are never lost: the run syncs them and is partial; that owner is left as it is.
+    _run(sandbox, db_url, tmp_path)
+    owners = _owner_ids(sandbox)
+    for owner in owners:
+        sandbox.rename(_lock_ids(sandbox, owner)[0], f"renamed {owner[:6]}")
+    if what == "long id":
+        bad = "o" * 65
+        _list_also_owner(sandbox, {"id": bad, "name": "x", "active": True})
+    else:
+        bad = owners[0]
+        sandbox.update_owner(bad, name="N" * 4_200_000)
+    before = _stored(engine, bad)
+    owners_before = _owner_rows(engine)
+
+    result = _run(sandbox, db_url, tmp_path)
+
+    assert result.status == "partial" and result.counts.updated == 2 + (what == "long id")
+    failed = [o for o in result.owners if o.status == "failed"]
+    assert [o.owner_account_id for o in failed] == [bad]
+    too_long = "its id is 65 characters" if what == "long id" else "its element is 4,2"
+    assert failed[0].error is not None and failed[0].error.startswith(too_long)
+    assert "the owner and its locks were left as stored" in failed[0].error
+    assert _run_row(engine, result.run_id)["error"].startswith(f"owner {bad}: {too_long}")
+    assert _stored(engine, bad) == before and _owner_rows(engine) == owners_before
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(sync_run_owners.c.owner_account_id, sync_run_owners.c.status).where(
+                sync_run_owners.c.run_id == result.run_id
+            )
+        ).all()
+    expected_rows = {(o, "complete") for o in owners if o != bad}
+    if what == "long element":
+        expected_rows.add((bad, "failed"))  # a 65-character id has no row to go in
+    assert set(map(tuple, rows)) == expected_rows
+    assert_history_consistent(engine)
+
+
 def test_unknown_new_fields_are_kept_in_raw_and_make_no_version(
     sandbox: Sandbox, db_url: str, engine: Engine, tmp_path: Path
 ) -> None:
@@ -1118,34 +1264,70 @@ def test_a_connection_lost_before_the_run_starts_exits_5_and_writes_no_run(
 
 
 @SERVERS
-def test_a_database_still_away_at_the_end_leaves_the_run_for_the_next_one_to_close(
-    db_url: str, engine: Engine, tmp_path: Path
+@pytest.mark.parametrize("where", ["second owner", "removals"])
+def test_a_run_cut_off_by_the_database_is_recorded_by_its_process_when_it_is_back(
+    db_url: str,
+    engine: Engine,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    where: str,
 ) -> None:
+    # The database goes away in the middle of the run (in the second owner's transaction, or in
+    # the removals') and is still away while the run tries to record its end: the process keeps
+    # the end, and its next run (`serve`'s next slot) writes it as it happened, not as
+    # "interrupted" with counts of 0 and the time it was found.
+    monkeypatch.setattr(run_records, "RETRY_WAITS", (0.0, 0.0, 0.0))
+    caplog.set_level(logging.INFO)
     url = db_url
     with Sandbox(seed=32, owners=3, locks_per_owner=4) as fake:
         _run(fake, url, tmp_path)
         _mutate_every_owner(fake)
+        inserts: list[str] = []
 
-        def owner_write_then_finish(statement: str) -> bool:
-            finish = statement.startswith("UPDATE sync_runs") and "sync_runs.id =" in statement
-            return finish or statement.startswith("INSERT INTO sync_run_owners")
+        def cut_off_then_every_try_to_record_the_end(statement: str) -> bool:
+            if statement.startswith("INSERT INTO sync_run_owners"):
+                inserts.append(statement)
+                return where == "second owner" and len(inserts) == 2
+            if statement.startswith("UPDATE bound_locks SET removed_at"):
+                return where == "removals"
+            return statement.startswith("UPDATE sync_runs") and "sync_runs.id =" in statement
 
+        attempts = 1 + len(run_records.RETRY_WAITS)
         with (
-            _killing(url, owner_write_then_finish, times=2) as killed,
-            pytest.raises(DatabaseUnavailableError),
+            _killing(url, cut_off_then_every_try_to_record_the_end, 1 + attempts) as killed,
+            pytest.raises(DatabaseUnavailableError) as lost,
         ):
-            _run(fake, url, tmp_path)
-        assert len(killed) == 2 and killed[1].startswith("UPDATE")
+            _run(fake, url, tmp_path, tapkey={"workers": 1})
+        assert len(killed) == 1 + attempts
         assert _runs(engine)[-1] == ("running", None)
-        assert_history_consistent(engine)
+        [warning] = [r for r in caplog.records if "could not record the end" in r.getMessage()]
+        assert warning.getMessage().startswith("could not record the end of run 2 (")
+        assert warning.exc_info is None and "\n" not in warning.getMessage()  # one line
+        counts = ("locks_seen", "updated", "unchanged", "removed")
+        with engine.connect() as conn:
+            committed = conn.execute(
+                select(*(func.sum(sync_run_owners.c[name]) for name in counts)).where(
+                    sync_run_owners.c.run_id == 2
+                )
+            ).one()
+        caplog.clear()
 
         result = _run(fake, url, tmp_path)
 
-        assert _runs(engine) == [
-            ("succeeded", None),
-            ("failed", "interrupted"),
-            ("succeeded", None),
-        ]
+        with engine.connect() as conn:
+            runs = conn.execute(select(sync_runs).order_by(sync_runs.c.id)).mappings().all()
+        cut = runs[1]
+        assert (cut["status"], cut["error"]) == ("failed", _one_line(str(lost.value)))
+        assert cut["error"].startswith("lost the database connection (")
+        # The end it really had: before the next run began, with what its owners committed.
+        assert cut["finished_at"] is not None and cut["finished_at"] < runs[2]["started_at"]
+        assert tuple(cut[name] for name in counts) == tuple(committed)
+        # The renamed lock of each owner that committed; no removal was committed.
+        assert (cut["updated"], cut["removed"]) == (1 if where == "second owner" else 3, 0)
+        assert any("recorded the end of run 2 (failed at" in r.getMessage() for r in caplog.records)
+        assert not any("had no recorded end" in r.getMessage() for r in caplog.records)
+        assert_history_consistent(engine)
         _assert_converged(engine, fake, result)
 
 
@@ -1318,8 +1500,9 @@ def test_no_secret_token_or_database_password_in_any_output(
 
     if engine.dialect.name == "postgresql":
         _database_away_until_after_the_run(sandbox, db_url, run)
-        assert "Traceback" in outputs["database away"].stderr  # tracebacks are grepped too
-        assert _runs(engine)[-2:] == [("failed", "interrupted"), ("succeeded", None)]
+        away = outputs["database away"].stderr
+        assert "Traceback" not in away and "could not record the end of run" in away
+        assert _runs(engine)[-2:] == [("failed", run_records.ABANDONED), ("succeeded", None)]
 
     tokens = sandbox.issued_tokens
     assert len(tokens) >= 6
@@ -1349,8 +1532,8 @@ def _database_away_until_after_the_run(
 ) -> None:
     """Mid-crawl, PostgreSQL drops every session and refuses new ones until the run has ended.
 
-    The run cannot even record its end (it logs that with a traceback) and exits 5; once the
-    database is back, the next run marks it failed ("interrupted") and goes on.
+    The run cannot even record its end (it logs that on one line) and exits 5; once the
+    database is back, the next run (another process) marks it failed (abandoned) and goes on.
     """
     name = make_url(db_url).database
     admin = create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
@@ -1624,6 +1807,36 @@ CONFIG_FAULTS = [
         r"EXPORTER_TAPKEY__PAGE_SIZE: \[tapkey\] page_size: must be between 1 and 1000",
         id="bad-value",
     ),
+    pytest.param(
+        None,
+        None,
+        {"EXPORTER_DATABASE__URL": "sqlite://exporter.db"},
+        r"\[database\] url: sqlite://exporter\.db names a host, not a file \(two slashes\): "
+        r"write sqlite:///exporter\.db for a relative path",
+        id="sqlite-two-slashes",
+    ),
+    pytest.param(
+        None,
+        None,
+        {"EXPORTER_DATABASE__URL": "mysql://root:pw@127.0.0.1:3306"},
+        r"\[database\] url: mysql://root:\*\*\*@127\.0\.0\.1:3306 names no database: add it",
+        id="mariadb-without-database",
+    ),
+    pytest.param(
+        None,
+        None,
+        {"EXPORTER_DATABASE__URL": "postgresql+asyncpg://u@db/x"},
+        r"the postgresql driver 'asyncpg' is not supported: the exporter uses psycopg 3; "
+        r"write postgresql://",
+        id="asyncpg",
+    ),
+    pytest.param(
+        None,
+        None,
+        {"EXPORTER_DATABASE__URL": "mysql+mysqldb://u@db/x"},
+        r"the mysql driver 'mysqldb' is not supported: the exporter uses PyMySQL; write mysql://",
+        id="mysqldb",
+    ),
 ]
 
 
@@ -1657,6 +1870,23 @@ def test_bad_configuration_is_one_line_and_exit_2(
     line = _one_line(result.err.strip())
     assert line.startswith("error: ") and re.search(expected, line), line
     assert result.out == ""
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+@pytest.mark.parametrize("command", ["run-once", "serve"])
+def test_an_in_memory_database_is_refused_for_runs(
+    sandbox: Sandbox, exporter_cli: Callable[..., CliResult], url: str, command: str
+) -> None:
+    env = {**subprocess_env(sandbox, url), "EXPORTER_SCHEDULE__EVERY": "1h"}
+
+    result = exporter_cli(command, env=env)
+
+    assert result.code == 2
+    assert _one_line(result.err.strip()) == (
+        f"error: [database] url {url} is an in-memory database, which is gone when the run "
+        "ends: name a file, e.g. sqlite:///exporter.db"
+    )
+    assert sandbox.request_count == 0
 
 
 def test_an_unreadable_secret_file_is_one_line_and_exit_2(

@@ -39,7 +39,7 @@ from sqlalchemy.exc import DBAPIError
 from exporter import changelog, job, report, store
 from exporter.descriptions import COLUMN_COMMENTS, TABLE_COMMENTS, VIEW_COMMENTS
 from exporter.errors import UsageError
-from exporter.sandbox import Sandbox
+from exporter.sandbox import Fault, Sandbox
 from exporter.schema import (
     LOCK_TRACKED,
     SQLITE_TIME_FORMAT,
@@ -760,6 +760,33 @@ def test_health_readings_are_stored_once_and_never_as_versions(
     for lock_id, kind, at in now_stored:
         expected[(lock_id, kind)] = max(at, expected.get((lock_id, kind), at))
     assert {k: v["reading_at"] for k, v in latest.items()} == expected
+
+
+def test_a_health_value_longer_than_its_column_is_dropped_never_cut(
+    sandbox: Sandbox, db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    # Readings are hints: a field longer than its column loses that field, the reading stays.
+    owner = sandbox.owners_payload()[0]["id"]
+    elements = sandbox.locks_payload(owner)
+    lock = elements[0]["id"]
+    reading = {
+        "id": "r" * 65,
+        "physicalLockId": "AAChsgq2",
+        "timestamp": "2030-01-01T00:00:00Z",
+        "type": "Temperature",
+        "value": "7" * 300,
+        "valueStatus": "S" * 33,
+    }
+    elements[0]["healthStatuses"] = [reading]
+    sandbox.add_fault(Fault("locks", kind="body", body=json.dumps(elements), owner_id=owner))
+
+    result = job.run_once(make_settings(sandbox, db_url, tmp_path, expand_health=True))
+
+    assert result.status == "succeeded" and result.counts.skipped == 0
+    [row] = [r for r in _stored_readings(engine).values() if r["bound_lock_id"] == lock]
+    assert (row["type"], row["physical_lock_id"]) == ("Temperature", "AAChsgq2")
+    assert (row["value"], row["value_status"], row["api_reading_id"]) == (None, None, None)
+    assert row["value_number"] == pytest.approx(float("7" * 300))
 
 
 def test_without_expand_health_nothing_is_asked_or_stored(

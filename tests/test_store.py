@@ -1,12 +1,22 @@
-"""store.insert_many, the bulk path new locks take, stores exactly what Core's INSERT stores."""
+"""store: insert_many stores what Core's INSERT stores; engines and files a run leaves behind."""
 
 from __future__ import annotations
 
+import gc
+import os
+import stat
+import tracemalloc
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Table, insert, select
+import pytest
+from conftest import make_settings
+from sqlalchemy import Dialect, Engine, Table, insert, select
 
+from exporter import job
+from exporter.sandbox import Request, Sandbox
 from exporter.schema import bound_lock_versions, bound_locks, sync_runs
 from exporter.store import insert_many
 
@@ -88,3 +98,97 @@ def test_version_rows_with_a_json_column_match_core_insert(engine: Engine) -> No
     core = _rows(engine, bound_lock_versions, "version_id", "core-")
     assert [row["changed_fields"] for row in core] == [["title", "active"], None]
     assert _strip(_rows(engine, bound_lock_versions, "version_id", "bulk-")) == _strip(core)
+
+
+def _live_dialects() -> int:
+    gc.collect()
+    return sum(isinstance(obj, Dialect) for obj in gc.get_objects())
+
+
+def test_runs_that_insert_rows_do_not_grow_memory(db_url: str, tmp_path: Path) -> None:
+    # `serve` builds and disposes an engine per run. Every run here inserts new locks (the bulk
+    # path caches an insert plan per dialect): nothing of a finished run's engine may stay alive.
+    with Sandbox(seed=5, owners=2, locks_per_owner=3) as fake:
+        settings = make_settings(fake, db_url, tmp_path, workers=1)
+        owners = [owner["id"] for owner in fake.owners_payload()]
+        job.run_once(settings)
+
+        def writing_run() -> None:
+            for owner in owners:
+                fake.unbind(fake.locks_payload(owner)[0]["id"])
+                fake.bind_new(owner)
+            result = job.run_once(settings)
+            assert result.status == "succeeded" and result.counts.created == len(owners)
+
+        for _ in range(5):  # warm up: caches that are filled once, pools, imports
+            writing_run()
+        dialects = _live_dialects()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.take_snapshot()
+            runs = 20
+            for _ in range(runs):
+                writing_run()
+            gc.collect()
+            after = tracemalloc.take_snapshot()
+        finally:
+            tracemalloc.stop()
+
+    # Only the exporter's and SQLAlchemy's allocations (the in-process sandbox keeps a history).
+    ours = [tracemalloc.Filter(True, "*/sqlalchemy/*"), tracemalloc.Filter(True, "*/exporter/*")]
+    sandbox = [tracemalloc.Filter(False, "*/exporter/sandbox*")]
+    growth = sum(
+        stat.size_diff
+        for stat in after.filter_traces(ours)
+        .filter_traces(sandbox)
+        .compare_to(before.filter_traces(ours).filter_traces(sandbox), "filename")
+    )
+    assert _live_dialects() <= dialects  # one leaked dialect per run before the fix
+    assert growth / runs < 8_000, f"{growth / runs:.0f} bytes a run"  # ~70 KB a run before
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    """The usual umask, under which files are created 0644 unless asked otherwise."""
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def _modes_during_a_run(sandbox: Sandbox, path: Path, tmp_path: Path) -> dict[str, int]:
+    """The modes of the database, its -wal/-shm and the lock file while a run is writing."""
+    modes: dict[str, int] = {}
+
+    def look(request: Request) -> None:
+        if request.route == "locks" and not modes:
+            for suffix in ("", "-wal", "-shm", ".lock"):
+                modes[suffix] = stat.S_IMODE(os.stat(f"{path}{suffix}").st_mode)
+
+    sandbox.hooks.append(look)
+    result = job.run_once(make_settings(sandbox, f"sqlite:///{path}", tmp_path))
+    assert result.status == "succeeded"
+    return modes
+
+
+def test_a_new_sqlite_database_and_its_files_are_private(
+    sandbox: Sandbox, tmp_path: Path, umask_022: None
+) -> None:
+    path = tmp_path / "data" / "inventory.db"
+
+    modes = _modes_during_a_run(sandbox, path, tmp_path)
+
+    assert modes == {"": 0o600, "-wal": 0o600, "-shm": 0o600, ".lock": 0o600}
+
+
+def test_existing_sqlite_files_keep_their_mode(
+    sandbox: Sandbox, tmp_path: Path, umask_022: None
+) -> None:
+    # An administrator's choice (a group that reads the file) is neither loosened nor tightened.
+    path = tmp_path / "inventory.db"
+    for name in (path, Path(f"{path}.lock")):
+        name.touch()
+        name.chmod(0o640)
+
+    modes = _modes_during_a_run(sandbox, path, tmp_path)
+
+    assert modes == {"": 0o640, "-wal": 0o640, "-shm": 0o640, ".lock": 0o640}
