@@ -235,8 +235,8 @@ _first = itemgetter(0)
 def _csv_column(column: Sequence[Any], raw: bool) -> list[str]:
     """One column of a batch of rows as `csv_value` writes each of its cells.
 
-    Column by column, so that most columns cost no Python call per cell (csv.writer itself
-    took twice as long as all the rest for a million locks, and ",".join a twentieth of that).
+    Column by column, so that most columns cost no Python call per cell; the lines are then
+    joined with str.join (csv.writer took 3.4 us a lock, the joins 0.2 us).
     """
     kinds = set(map(type, column))
     empty = type(None) in kinds
