@@ -402,6 +402,14 @@ def sandbox(
     max_top: Annotated[
         int | None, typer.Option(min=1, help="Silently cap $top at this many rows.")
     ] = None,
+    refuse_top: Annotated[
+        int | None,
+        typer.Option(min=1, help="Answer a larger $top with OData's MaxTop error (HTTP 400)."),
+    ] = None,
+    latency: Annotated[
+        float,
+        typer.Option(min=0, help="Seconds before every answer, like a server across the internet."),
+    ] = 0.0,
     config: ConfigOption = None,
 ) -> None:
     """Serve a fake Tapkey (token endpoint + Owners + BoundLocks) on 127.0.0.1 until Ctrl-C.
@@ -424,6 +432,8 @@ def sandbox(
         client_secret=client_secret,
         token_lifetime=token_lifetime,
         max_top=max_top,
+        refuse_top=refuse_top,
+        latency=latency,
         port=port,
     )
     with _errors():

@@ -24,6 +24,7 @@ from sqlalchemy import Connection, Engine
 
 from exporter.errors import AuthError, Interrupted, TapkeyError
 from exporter.history import load_live_raw
+from exporter.paging import PagingCheck, PagingFacts
 from exporter.records import OwnerLocks, OwnerRecord
 from exporter.store import SQLITE_READER_CACHE_KIB, sqlite_cache
 
@@ -38,6 +39,14 @@ class InventorySource(Protocol):
 
     @property
     def request_count(self) -> int: ...
+
+    @property
+    def api_url(self) -> str: ...
+
+    @property
+    def paging(self) -> PagingFacts: ...
+
+    def confirm_paging(self) -> PagingCheck: ...
 
     def list_owners(self) -> list[OwnerRecord]: ...
 

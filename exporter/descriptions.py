@@ -94,9 +94,22 @@ TABLE_COMMENTS: dict[str, str] = {
         "Lock health readings (battery, temperature), one row per reading, stored when a reading "
         "with a new timestamp appears. Filled only with [tapkey] expand_health = true."
     ),
+    "api_paging": (
+        "What the exporter learned about the paging of each Tapkey API server it read, so that "
+        "a short page ends a list without a confirming request. Not inventory data."
+    ),
 }
 
 COLUMN_COMMENTS: dict[str, dict[str, str]] = {
+    "api_paging": {
+        "api_url": "The API base URL (no user info or query).",
+        "honoured_page_size": (
+            "A page size ($top) the server returned in full; NULL until one was seen, or after "
+            "the server cut a page short below it."
+        ),
+        "max_top": "The largest $top the server accepted after refusing a larger one (HTTP 400).",
+        "updated_at": "When this was last learned (UTC).",
+    },
     "sync_runs": {
         "id": "Run number, increasing.",
         "started_at": "When the run started (UTC).",

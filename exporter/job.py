@@ -14,12 +14,15 @@ from sqlalchemy import Engine, Table, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from exporter import db_errors, retention, store
-from exporter.auth import TokenProvider
+from exporter import api_paging, db_errors, retention, store
+from exporter.auth import TokenProvider, display_url
 from exporter.errors import ConfigError, ExporterError, Interrupted, LockHeldError
 from exporter.guard import RemovalGuard, resolve_owner_ids
 from exporter.proxies import Proxy, proxy_for
 from exporter.results import RunResult
+from exporter.schema import (
+    api_paging as api_paging_table,
+)
 from exporter.schema import (
     bound_lock_versions,
     bound_locks,
@@ -225,7 +228,8 @@ def check(settings: Settings) -> list[CheckResult]:
 
     Every check runs even if an earlier one failed, so one call shows every problem.
     """
-    return [*_check_tapkey(settings), _check_database(settings)]
+    database = _check_database(settings)
+    return [*_check_tapkey(settings), database, _check_paging(settings, database)]
 
 
 def _failed(name: str, exc: ExporterError) -> CheckResult:
@@ -362,6 +366,22 @@ def _check_database(settings: Settings) -> CheckResult:
     return CheckResult("database", False, detail, 5)
 
 
+def _check_paging(settings: Settings, database: CheckResult) -> CheckResult:
+    """What the database knows about the API's paging (exporter.paging), read-only."""
+    if not database.ok or "(current)" not in database.detail:
+        return CheckResult("paging", True, "needs the database at the current schema", skipped=True)
+    api_url = display_url(settings.tapkey.api_base_url)
+    engine = make_engine(settings, create=False)
+    try:
+        with store.connect(engine) as conn:
+            sizes = api_paging.load(conn, api_url)
+    except SQLAlchemyError as exc:
+        return _failed("paging", db_errors.store_error(exc, engine))
+    finally:
+        engine.dispose()
+    return CheckResult("paging", True, f"{api_url}: {api_paging.describe(sizes)}")
+
+
 def _writes(settings: Settings) -> dict[Table, tuple[str, ...]]:
     """The tables a run writes, and how (retention deletes only where it is configured)."""
     writes: dict[Table, tuple[str, ...]] = {
@@ -375,6 +395,7 @@ def _writes(settings: Settings) -> dict[Table, tuple[str, ...]]:
             bound_lock_versions,
         )
     }
+    writes[api_paging_table] = ("INSERT", "DELETE")
     if settings.tapkey.expand_health:
         writes[lock_health_readings] = ("INSERT",)
     if settings.sync.health_retention_seconds is not None:

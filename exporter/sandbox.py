@@ -15,7 +15,9 @@
 The data comes from a seed (see `exporter.sandbox_data`) and changes in "generations"
 (`Sandbox.advance`). Tests can also mutate it directly, inject `Fault`s (error statuses, delays,
 connection resets, truncated or invalid bodies), run hooks before a response is built, cap
-``$top``, make the server ignore ``$skip`` and deny one route of one owner. The sandbox imports
+``$top`` silently or refuse a larger one with OData's 400 (``refuse_top``), make the server ignore
+``$skip``, deny one route of one owner, and delay every answer (``latency``, a remote server's
+round trip). The sandbox imports
 nothing from the exporter: it is a stand-in for Tapkey, not part of the exporter.
 """
 
@@ -191,6 +193,9 @@ class Sandbox:
     allowed `granted_scopes`; a token request naming no scope gets all of them.
     `received_at_filter=False` answers 400 to a LogEntries ``$filter`` on receivedAt, like a
     server that cannot filter on it (also settable later as an attribute).
+    `refuse_top` answers a list request whose ``$top`` exceeds it with OData's MaxTop 400 (the
+    limit stated in the message unless `refuse_top_states_limit` is False). `latency` (seconds)
+    delays every answer, as a server across the internet does; requests still run concurrently.
 
     All state sits behind one lock; requests are served concurrently, one daemon thread per
     connection, with HTTP/1.1 keep-alive. Use it as a context manager or call start()/stop().
@@ -212,6 +217,8 @@ class Sandbox:
         client_secret: str = "sandbox-secret",
         token_lifetime: float = 3600.0,
         max_top: int | None = None,
+        refuse_top: int | None = None,
+        latency: float = 0.0,
         granted_scopes: str = f"{SCOPE_OWNERS} {SCOPE_LOCKS} {SCOPE_GRANTS} {SCOPE_LOGS}",
         host: str = "127.0.0.1",
         port: int = 0,
@@ -222,6 +229,10 @@ class Sandbox:
             raise ValueError("token_lifetime must be positive")
         if max_top is not None and max_top < 1:
             raise ValueError("max_top must be at least 1")
+        if refuse_top is not None and refuse_top < 1:
+            raise ValueError("refuse_top must be at least 1")
+        if latency < 0:
+            raise ValueError("latency must not be negative")
         self._lock = threading.RLock()
         self._data = Inventory(seed=seed, owners=owners, locks_per_owner=locks_per_owner)
         self._access = AccessData(
@@ -250,6 +261,9 @@ class Sandbox:
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
         self.max_top = max_top  # server-side page cap, applied silently
+        self.refuse_top = refuse_top  # a larger $top gets OData's 400
+        self.refuse_top_states_limit = True  # the 400 names the limit, as ASP.NET OData does
+        self.latency = latency  # seconds before every answer
         self.ignore_skip = False  # when True, both list routes ignore $skip
         self.hooks: list[Callable[[Request], None]] = []
 
@@ -708,6 +722,15 @@ class Sandbox:
         }
         if (expand and not locks) or not expand <= _EXPANDABLE:
             return _error(400, "invalid_request", "unsupported expand")
+        refuse = self.refuse_top
+        if refuse is not None and top is not None and top > refuse:
+            limit = f"The limit of '{refuse}' for Top query has been exceeded. "
+            message = (
+                "The query specified in the URI is not valid. "
+                f"{limit if self.refuse_top_states_limit else ''}"
+                f"The value from the incoming request is '{top}'."
+            )
+            return _odata_error(message, "$top")
         with self._lock:
             if self.ignore_skip:
                 skip = 0
@@ -811,6 +834,8 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body()
         if body is None:
             return
+        if sandbox.latency:
+            time.sleep(sandbox.latency)  # the round trip to a remote server
         url = urlsplit(self.path)
         owner_id: str | None = None
         route: Route

@@ -283,6 +283,17 @@ lock_health_readings = Table(
     **_MYSQL,
 )
 
+# One row per API server: what its paging is known to do (exporter.paging.PageSizes).
+api_paging = Table(
+    "api_paging",
+    metadata,
+    Column("api_url", String(255), primary_key=True),
+    Column("honoured_page_size", Integer()),
+    Column("max_top", Integer()),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    **_MYSQL,
+)
+
 
 def _attach_comments() -> None:
     """Give every table and column its description (stored where the database supports it)."""

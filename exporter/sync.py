@@ -45,7 +45,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from exporter import lock_health, run_records
+from exporter import api_paging, lock_health, run_records
 from exporter.crawl import InventorySource, call_until_stopped, crawl
 from exporter.db_errors import store_error
 from exporter.errors import (
@@ -66,6 +66,7 @@ from exporter.history import (
     remove_rows,
     version_row,
 )
+from exporter.paging import PagingCheck
 from exporter.records import MAX_ID_LENGTH, LockRecord, OwnerLocks, OwnerRecord
 from exporter.results import Change, Counts, OwnerOutcome, RunResult
 from exporter.schema import (
@@ -286,6 +287,8 @@ class _Run:
     # -- phases -------------------------------------------------------------------------------
 
     def _phases(self) -> None:
+        with connect(self.engine) as conn:  # what earlier runs learned about the API's paging
+            self.source.paging.learn(api_paging.load(conn, self.source.api_url))
         owners = call_until_stopped(self.stop, self.source.list_owners)
         self.result.owners_seen = len(owners)
         listed = {owner.id for owner in owners}
@@ -320,14 +323,31 @@ class _Run:
                         removable.add(owner_id)
         if self.stop.is_set():
             raise Interrupted
+        paging = self._confirm_paging()
+        removable -= paging.unproven
+        if None in paging.unproven:  # the owner list may have been cut short: nobody vanished
+            vanished = set()
         self._check_lock()
         self._record_quiet_owners()
         held = self._remove(removable | vanished, vanished)
         failed = listed - complete
         if held:
             held.append("under `exporter serve`, set [sync] allow_mass_removal = true for one run")
-        summary = "; ".join(m for m in (_failed_summary(self.result.owners), *held) if m)
-        self._finish("partial" if failed or held else "succeeded", summary or None)
+        summary = "; ".join(
+            m for m in (_failed_summary(self.result.owners), paging.message, *held) if m
+        )
+        unproven = paging.message is not None
+        self._finish("partial" if failed or held or unproven else "succeeded", summary or None)
+
+    def _confirm_paging(self) -> PagingCheck:
+        """Confirm one list end the known page size decided (exporter.paging), and keep what
+        this run learned about the API's paging."""
+        check = call_until_stopped(self.stop, self.source.confirm_paging)
+        if self.source.paging.changed and not self.dry_run:
+            self._check_lock()
+            with connect(self.engine) as conn, conn.begin():
+                api_paging.save(conn, self.source.api_url, self.source.paging.sizes, self.clock())
+        return check
 
     def _count_present(self, conn: Connection) -> None:
         """Remember what is present before this run changes anything (for the deletion guard)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -44,6 +45,15 @@ from exporter.errors import (
     PayloadError,
     PermissionDeniedError,
 )
+from exporter.paging import (
+    ListEnd,
+    ListRead,
+    PagingCheck,
+    PagingFacts,
+    TopRejected,
+    confirms_end,
+    read_list,
+)
 from exporter.records import (
     BadValue,
     KnownTexts,
@@ -70,6 +80,15 @@ RETRY_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
 MAX_BODY_BYTES: Final = 64 * 1024 * 1024
 #: Redirects followed in a row for one request (a loop ends with an ApiError).
 MAX_REDIRECTS: Final = 5
+#: How much of a 400's body is read to find a stated maximum $top.
+MAX_ERROR_BODY: Final = 16 * 1024
+# OData's MaxTop refusal ("The limit of '100' for Top query has been exceeded. ..."), and the
+# looser wordings other servers use ("MaxTop is 500", "maximum $top: 500").
+_TOP_LIMIT = re.compile(
+    r"limit of \W{0,2}(\d{1,7})\W{0,2} for \$?top"
+    r"|max(?:imum)?\s*\$?top\W{0,6}(?:is\s*)?(\d{1,7})",
+    re.IGNORECASE,
+)
 
 T = TypeVar("T")
 
@@ -135,6 +154,14 @@ def _origin(url: str) -> tuple[str, str, int] | None:
     return scheme, host, port
 
 
+def top_limit(body: str) -> int | None:
+    """The maximum `$top` a 400's body states (OData's MaxTop wording), if it states one."""
+    match = _TOP_LIMIT.search(body)
+    if match is None:
+        return None
+    return int(match[1] or match[2])
+
+
 def _text(item: LockRecord | str) -> str:
     return item if isinstance(item, str) else item.raw
 
@@ -147,7 +174,7 @@ class TapkeyClient:
         *,
         base_url: str,
         tokens: TokenProvider,
-        page_size: int = 100,
+        page_size: int = 1000,
         workers: int = 4,
         timeout: tuple[float, float] = (10.0, 60.0),
         max_retries: int = 5,
@@ -169,8 +196,8 @@ class TapkeyClient:
         self._proxy = proxy
         self._answered = False  # some request got a 2xx: the base URL and routes are right
         self._tokens = tokens
-        # Overlapping pages advance by $top - 1 rows, so $top must be at least 2.
-        self._top = max(2, page_size)
+        # What the server's paging is known to do (exporter.paging); the sync loads and keeps it.
+        self.paging = PagingFacts(page_size)
         self._timeout = timeout
         self._max_retries = max(0, max_retries)
         self._backoff_factor = max(0.0, backoff_factor)
@@ -197,6 +224,11 @@ class TapkeyClient:
         self._session = session
 
     # -- public API ------------------------------------------------------------------------------
+
+    @property
+    def api_url(self) -> str:
+        """The API base URL as it may be shown and stored (no user info or query)."""
+        return display_url(self._base_url)
 
     @property
     def request_count(self) -> int:
@@ -335,108 +367,115 @@ class TapkeyClient:
         parse: Callable[[Any, str | None, str], T | None],
         known: KnownTexts,
     ) -> tuple[list[tuple[str | None, T | None]], int]:
-        """Read a whole list with overlapping pages; re-read it if it shifted while being paged.
-
-        Paging algorithm (`$top` is always page_size; n = rows on a page):
-        1. The first page is `$skip=0`. Each next page starts one row *before* the end of what was
-           received so far (`$skip = received - 1`), so its first row must be the previous page's
-           last row (same id; same text if that row had no readable id). `$skip` advances by the
-           rows actually received, so a server that silently caps `$top` loses nothing.
-        2. The list ends at an empty first page, at a page that holds only the overlap row, or at a
-           page shorter than the largest page seen before it (the server has shown it can return
-           more, so a shorter page is the tail). A normal server pays at most one extra request.
-        3. A mismatched or missing overlap row means rows were inserted or removed before our
-           position while paging: the whole list is re-read (at most `max_restarts` times, then
-           PagingError). Changes after our position are harmless and are simply read later.
-        4. A page at `$skip > 0` that repeats the first page means the server ignores `$skip`:
-           PagingError at once instead of looping.
-        5. A one-row first page cannot be overlapped; it is followed by `$skip=1`, which must be
-           empty (else the list grew or the server serves single rows: re-read, as in 3).
-        """
+        """Read a whole list (exporter.paging decides; this only transports the pages)."""
         counter = [0]
-        for attempt in range(self._max_restarts + 1):
-            rows = self._read_list_once(target, params, parse, known, counter)
-            if rows is not None:
-                return rows, counter[0]
-            if attempt < self._max_restarts:
-                log.info(
-                    "GET %s: the list changed while it was being paged; re-reading it (%d of %d)",
-                    target.path,
-                    attempt + 1,
-                    self._max_restarts,
-                )
-                self._sleep(self._backoff(attempt, None))  # let a burst of changes settle
-        raise PagingError(
-            f"GET {target.path}: the list kept changing while it was being paged "
-            f"({self._max_restarts + 1} attempts, {counter[0]} requests); try again later"
+
+        def restart(attempt: int) -> None:
+            log.info(
+                "GET %s: the list changed while it was being paged; re-reading it (%d of %d)",
+                target.path,
+                attempt + 1,
+                self._max_restarts,
+            )
+            self._sleep(self._backoff(attempt, None))  # let a burst of changes settle
+
+        read = read_list(
+            self._page_getter(target, params, counter, known),
+            self.paging,
+            parse,
+            where=f"GET {target.path}",
+            max_restarts=self._max_restarts,
+            on_restart=restart,
         )
+        if read.end is not None:
+            self.paging.ended(target.owner_id, read.end, (target, params))
+        return read.rows, counter[0]
 
-    def _read_list_once(
-        self,
-        target: _Target,
-        params: dict[str, str],
-        parse: Callable[[Any, str | None, str], T | None],
-        known: KnownTexts,
-        counter: list[int],
-    ) -> list[tuple[str | None, T | None]] | None:
-        """One pass of `_read_list`; None when the list shifted under us."""
-        rows: list[tuple[str | None, T | None]] = []
-        first_ids: list[str | None] = []
-        last_id: str | None = None
-        last_raw = ""
-        largest = 0
-        while True:
-            skip = 0 if not rows else 1 if len(rows) == 1 else len(rows) - 1
-            query = {**params, "$top": str(self._top), "$skip": str(skip)}
-            ids, page = self._get_page(target, query, counter, known, skip)
-            if not rows:
-                new = range(len(page))
-                first_ids = ids
-            elif len(rows) == 1:  # after a one-row first page: expect nothing at $skip=1
-                if not page:
-                    break
-                if ids == first_ids:
-                    raise self._skip_ignored(target)
-                return None
-            else:
-                if not page:
-                    return None  # the overlap row vanished: rows were removed before it
-                if ids == first_ids:
-                    raise self._skip_ignored(target)
-                matches = ids[0] == last_id if last_id is not None else page[0][1] == last_raw
-                if not matches:
-                    return None
-                new = range(1, len(page))
-            for i in new:
-                value, raw = page[i]
-                rows.append((ids[i], parse(value, ids[i], raw)))
-            if not new or len(page) < largest:
-                break
-            largest = max(largest, len(page))
-            last_id, last_raw = ids[-1], page[-1][1]
-        return rows
-
-    def _skip_ignored(self, target: _Target) -> PagingError:
-        return PagingError(
-            f"GET {target.path}: the server ignored $skip and returned the first page again; "
-            "paging cannot work against it (check [tapkey] api_base_url)"
-        )
-
-    def _get_page(
+    def _page_getter(
         self,
         target: _Target,
         params: dict[str, str],
         counter: list[int],
         known: KnownTexts,
-        skip: int,
-    ) -> tuple[list[str | None], list[tuple[Any, str]]]:
-        """GET one page: the elements' ids and (value, exact text) pairs."""
-        text = self._get_text(target, params, counter)
-        page = known.page(text, skip, self._top) if known else None
-        if page is not None:
-            return page
-        elements = split_array(text, f"GET {target.path}")
-        return [element_id(value) for value, _ in elements], elements
+    ) -> Callable[[int, int], tuple[list[str | None], list[tuple[Any, str]]]]:
+        def get_page(skip: int, top: int) -> tuple[list[str | None], list[tuple[Any, str]]]:
+            query = {**params, "$top": str(top), "$skip": str(skip)}
+            text = self._get_text(target, query, counter)
+            page = known.page(text, skip, top) if known else None
+            if page is not None:
+                return page
+            elements = split_array(text, f"GET {target.path}")
+            return [element_id(value) for value, _ in elements], elements
+
+        return get_page
+
+    def confirm_paging(self) -> PagingCheck:
+        """Confirm the end of the one list this client ended on the known page size with the
+        longest last page; call once all lists are read, before removals are decided.
+
+        If the server has started to cut pages short below the size it honoured before, that list
+        is the first it cut: its end turns out to be no end (the list is read again, trusting
+        nothing, to tell a cap from a list that merely grew), the page size is forgotten, and
+        every list that ended on a page at least as long as the cap is `unproven`.
+        """
+        try:
+            return self._confirm_paging()
+        finally:
+            self.paging.forget_ends()  # the next run's ends are its own
+
+    def _confirm_paging(self) -> PagingCheck:
+        candidate = self.paging.candidate()
+        if candidate is None:
+            return PagingCheck()
+        key, end, request = candidate
+        target, params = cast(tuple[_Target, dict[str, str]], request)
+        counter = [0]
+        get_page = self._page_getter(target, params, counter, KnownTexts({}))
+        try:
+            if confirms_end(get_page(end.skip, end.top), end):
+                return PagingCheck()
+            read: ListRead[None] = read_list(
+                get_page,
+                self.paging,
+                lambda value, lock_id, raw: None,
+                where=f"GET {target.path}",
+                max_restarts=self._max_restarts,
+                trust=False,
+            )
+        except (ApiError, PagingError, PayloadError) as exc:
+            return self._unconfirmed(key, end, f"its confirming request failed ({exc})")
+        if read.capped_at is None:
+            log.info(
+                "GET %s: the list changed after it was read; the known page size stands",
+                target.path,
+            )
+            return PagingCheck()
+        return self._unconfirmed(
+            key,
+            end,
+            f"the API now cuts pages at {read.capped_at} rows although it returned "
+            f"{self.paging.sizes.honoured} before",
+            cap=read.capped_at,
+        )
+
+    def _unconfirmed(
+        self, key: str | None, end: ListEnd, why: str, *, cap: int | None = None
+    ) -> PagingCheck:
+        """The lists ended on a page as long as `cap` (else `end.rows`) stay unproven."""
+        if cap is not None:
+            self.paging.capped()
+        unproven = frozenset(self.paging.ended_at_least(cap or end.rows) | {key})
+        owners = "the owner list" if None in unproven else ""
+        locks = len(unproven - {None})
+        what = " and ".join(
+            x for x in (owners, f"{locks} owners' lock lists" if locks else "") if x
+        )
+        message = (
+            f"the end of {what} was not proven ({why}); their removals wait for the next run, "
+            "which confirms every list's end"
+        )
+        log.warning("%s", message)
+        return PagingCheck(unproven, message)
 
     # -- one request -----------------------------------------------------------------------------
 
@@ -494,6 +533,11 @@ class TapkeyClient:
                         if outcome == "ok":
                             self._answered = True
                             return self._read_body(response, target)
+                        if status == 400 and "$top" in params:
+                            # Maybe OData's MaxTop: exporter.paging tries a smaller $top.
+                            raise TopRejected(
+                                self._status_error(target, status), self._stated_limit(response)
+                            )
                         retry_after = _retry_after(response.headers)
                 failure, cause = f"HTTP {status}", ""
             except _BodyInterrupted as exc:
@@ -557,6 +601,14 @@ class TapkeyClient:
             waited += wait
             retries += 1
             is_retry = True
+
+    def _stated_limit(self, response: requests.Response) -> int | None:
+        """The maximum $top a 400's body states, if any (only its start is read)."""
+        try:
+            body = next(response.iter_content(chunk_size=MAX_ERROR_BODY), b"")
+        except requests.RequestException:
+            return None
+        return top_limit(body.decode("utf-8", "replace"))
 
     def _redirect_target(self, target: _Target, response: requests.Response) -> str:
         """Where a redirect leads if it stays within the configured origin; ApiError otherwise."""

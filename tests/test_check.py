@@ -58,7 +58,8 @@ def _lines(result: CliResult) -> dict[str, str]:
 def test_all_good_reports_scopes_owners_and_schema_and_writes_nothing(
     sandbox: Sandbox, db_url: str, engine: Engine, exporter_cli: Cli
 ) -> None:
-    env = subprocess_env(sandbox, db_url)
+    # Pages of 2: the run sees full pages, so it learns that the server honours that size.
+    env = {**subprocess_env(sandbox, db_url), "EXPORTER_TAPKEY__PAGE_SIZE": "2"}
     assert exporter_cli("run-once", "--quiet", env=env).code == 0
     before = _counts(engine)
     sandbox.reset_counters()
@@ -67,7 +68,11 @@ def test_all_good_reports_scopes_owners_and_schema_and_writes_nothing(
 
     assert result.code == 0, result.err
     lines = _lines(result)
-    assert list(lines) == ["config", "token", "owners", "database"]
+    assert list(lines) == ["config", "token", "owners", "database", "paging"]
+    assert lines["paging"] == (
+        f"ok {sandbox.base_url}: the server returns full pages of 2: a shorter page ends a list "
+        "without a confirming request"
+    )
     assert lines["config"] == "ok environment variables only; client_id sandbox-client"
     assert lines["token"] == "ok granted scopes read:core:entities read:owneraccounts"
     owners = sandbox.owners_payload()
@@ -179,7 +184,7 @@ def test_a_tapkey_or_credentials_problem_is_reported_and_the_database_still_chec
     assert lines[name].startswith("FAILED ") and message in lines[name]
     assert lines["database"].startswith("ok ")
     # Every check has a line: those that need the failed one say they were skipped.
-    assert set(lines) == {"config", "token", "owners", "database"}
+    assert set(lines) == {"config", "token", "owners", "database", "paging"}
     if name == "config":
         assert lines["token"].startswith("skip ") and lines["owners"].startswith("skip ")
     assert "Traceback" not in result.err and SECRET not in result.out + result.err

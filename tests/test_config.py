@@ -69,7 +69,7 @@ def test_defaults_without_file(cwd: Path) -> None:
     assert settings.source is None
     assert settings.tapkey.token_url == "https://login.tapkey.com/connect/token"
     assert settings.tapkey.scope_list == ["read:owneraccounts", "read:core:entities"]
-    assert settings.tapkey.page_size == 100
+    assert settings.tapkey.page_size == 1000
     assert settings.database.url == f"sqlite:///{cwd}/exporter.db"
     assert settings.schedule.every == "15m"
     assert settings.schedule.interval_seconds == 900
@@ -223,9 +223,9 @@ def test_unreadable_file_is_one_line(cwd: Path) -> None:
 
 
 def test_invalid_value_names_key_and_fix(cwd: Path) -> None:
-    message = config_error(cwd, "[tapkey]\npage_size = 5000\n")
+    message = config_error(cwd, "[tapkey]\npage_size = 5001\n")
     assert message == (
-        f"{cwd / 'config.toml'}: [tapkey] page_size: must be between 1 and 1000 (got 5000); "
+        f"{cwd / 'config.toml'}: [tapkey] page_size: must be between 1 and 5000 (got 5001); "
         "fix the value in the file or set EXPORTER_TAPKEY__PAGE_SIZE"
     )
 

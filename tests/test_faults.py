@@ -1804,7 +1804,7 @@ CONFIG_FAULTS = [
         None,
         None,
         {"EXPORTER_TAPKEY__PAGE_SIZE": "0"},
-        r"EXPORTER_TAPKEY__PAGE_SIZE: \[tapkey\] page_size: must be between 1 and 1000",
+        r"EXPORTER_TAPKEY__PAGE_SIZE: \[tapkey\] page_size: must be between 1 and 5000",
         id="bad-value",
     ),
     pytest.param(

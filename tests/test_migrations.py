@@ -21,6 +21,7 @@ from exporter.sandbox import Sandbox
 from exporter.schema import (
     SQLITE_TIME_FORMAT,
     VIEWS,
+    api_paging,
     bound_lock_versions,
     bound_locks,
     calendar_days,
@@ -189,7 +190,7 @@ def _contents(engine: Engine) -> dict[str, list[dict[str, object]]]:
         return {
             table.name: [dict(row) for row in conn.execute(select(table)).mappings()]
             for table in metadata.sorted_tables
-            if table is not calendar_days
+            if table not in (calendar_days, api_paging)  # api_paging is younger than 0003
         }
 
 
@@ -198,16 +199,18 @@ def test_upgrading_from_0003_keeps_the_data_and_then_takes_long_values(
 ) -> None:
     # 0004 widens MariaDB's free-text columns (TEXT -> MEDIUMTEXT) and rewrites two comments:
     # a database filled at 0003 keeps every row, its views and its comments, and then stores a
-    # 100,000-character title that MariaDB refused at 0003.
+    # 100,000-character title that MariaDB refused at 0003. (The data is written at head, whose
+    # sync needs api_paging, then the database goes back to 0003 with it.)
     engine = store.make_engine(empty_db_url)
     try:
-        _migrate(engine, "0003")
+        store.upgrade(engine)
         with Sandbox(seed=7, owners=2, locks_per_owner=3) as fake:
             settings = make_settings(fake, empty_db_url, tmp_path, expand_health=True)
             for _ in range(2):
                 with job.make_client(settings) as client:
                     sync(engine=engine, source=client, client_id="sandbox-client", health=True)
                 fake.advance(changes=3)
+            _migrate(engine, "0003", down=True)
             before = _contents(engine)
             assert all(before[t.name] for t in (bound_lock_versions, owner_account_versions))
 

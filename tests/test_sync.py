@@ -19,6 +19,7 @@ from exporter.history import load_live_raw
 from exporter.results import RunResult
 from exporter.sandbox import Fault, Request, Sandbox
 from exporter.schema import (
+    api_paging,
     bound_lock_versions,
     bound_locks,
     owner_account_versions,
@@ -476,6 +477,100 @@ def test_a_server_side_page_cap_loses_no_rows(db_url: str, engine: Engine, tmp_p
         _assert_matches_api(engine, fake, result)
 
 
+def _paging_row(engine: Engine) -> tuple[int | None, int | None] | None:
+    with engine.connect() as conn:
+        row = conn.execute(select(api_paging.c.honoured_page_size, api_paging.c.max_top)).first()
+    return None if row is None else (row[0], row[1])
+
+
+def test_the_learned_page_size_saves_a_request_per_list_on_later_runs(
+    db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    with Sandbox(seed=6, owners=3, locks_per_owner=7) as fake:
+        first = _run(fake, db_url, tmp_path, page_size=10)
+        assert first.api_requests == 1 + 1 + 3 + 3  # every short page confirmed (one confirm
+        assert _paging_row(engine) is None  # ... at the end); no page came back full
+        fake.bind_new(_owner_ids(fake)[0])  # 8 locks now, and 10 for the next owner
+        for _ in range(3):
+            fake.bind_new(_owner_ids(fake)[1])
+        learning = _run(fake, db_url, tmp_path, page_size=10)  # owner 1 fills a page of 10
+        assert learning.status == "succeeded" and _paging_row(engine) == (10, None)
+        fake.reset_counters()
+
+        later = _run(fake, db_url, tmp_path, page_size=10)
+
+        # One request per list, one to confirm the end of the longest list (owner 0's 8 locks),
+        # and two for owner 1's 10 locks, which fill a page of 10.
+        assert later.status == "succeeded" and later.counts.unchanged == 7 + 8 + 10
+        assert fake.requests["owners"] + fake.requests["locks"] == 1 + 3 + 1 + 1
+        _assert_matches_api(engine, fake, later)
+
+
+def test_a_server_that_starts_to_cap_below_the_learned_size_removes_nothing(
+    db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    with Sandbox(seed=6, owners=2, locks_per_owner=12) as fake:
+        _run(fake, db_url, tmp_path, page_size=10)
+        assert _paging_row(engine) == (10, None)
+        fake.max_top = 5  # silently, below the size it returned in full before
+        gone = fake.locks_payload(_owner_ids(fake)[1])[0]["id"]
+        fake.unbind(gone)
+
+        cut = _run(fake, db_url, tmp_path, page_size=10)
+
+        # Each lock list ended at 5 rows, which looked like the end; the confirmation caught the
+        # cap, so none of the 14 locks past the cut is removed (nor the unbound one: its list is
+        # unproven too), the run is partial and says why.
+        assert cut.status == "partial" and cut.counts.removed == 0
+        assert "not proven" in (cut.error or "") and "cuts pages at 5 rows" in (cut.error or "")
+        assert _paging_row(engine) == (None, None)
+        assert count_rows(engine, bound_locks) == 24
+        assert_history_consistent(engine)
+
+        after = _run(fake, db_url, tmp_path, page_size=10)  # every end confirmed again
+
+        assert after.status == "succeeded" and after.counts.removed == 1
+        _assert_matches_api(engine, fake, after)
+
+
+def test_an_owner_list_cut_by_a_new_cap_removes_no_owner(
+    db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    with Sandbox(seed=6, owners=12, locks_per_owner=2) as fake:
+        _run(fake, db_url, tmp_path, page_size=10)  # the owner list fills a page of 10
+        assert _paging_row(engine) == (10, None)
+        fake.max_top = 9
+
+        cut = _run(fake, db_url, tmp_path, page_size=10)
+
+        assert cut.status == "partial" and "the owner list" in (cut.error or "")
+        assert cut.counts.removed == 0 and cut.owners_seen == 9
+        with engine.connect() as conn:
+            present = conn.execute(
+                select(func.count()).where(owner_accounts.c.removed_at.is_(None))
+            ).scalar_one()
+        assert present == 12
+        assert_history_consistent(engine)
+
+
+def test_a_refused_page_size_is_stepped_down_and_remembered(
+    db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    with Sandbox(seed=6, owners=2, locks_per_owner=9, refuse_top=4) as fake:
+        first = _run(fake, db_url, tmp_path, page_size=1000)
+        assert first.status == "succeeded" and first.counts.created == 18
+        assert _paging_row(engine) == (4, 4)
+        fake.reset_counters()
+        refused: list[Request] = []
+        fake.hooks.append(lambda r: refused.append(r) if (r.top or 0) > 4 else None)
+
+        again = _run(fake, db_url, tmp_path, page_size=1000)
+
+        assert again.status == "succeeded" and again.counts.unchanged == 18
+        assert refused == []  # pages of 4 from the start
+        _assert_matches_api(engine, fake, again)
+
+
 def test_a_server_ignoring_skip_fails_that_fetch_instead_of_looping(
     db_url: str, engine: Engine, tmp_path: Path
 ) -> None:
@@ -485,8 +580,11 @@ def test_a_server_ignoring_skip_fails_that_fetch_instead_of_looping(
 
         result = _run(fake, db_url, tmp_path, page_size=4)
 
-        assert result.status == "failed"  # the owner list itself is paged and cannot be read
-        assert "skip" in (result.error or "").lower()
+        # The owner list (2 owners) is one page, read whole at the page size the first run
+        # learned; each owner's 9 locks need paging, which fails.
+        assert result.status == "partial"
+        assert {o.status for o in result.owners} == {"failed"}
+        assert "skip" in (result.error or "").lower() and result.counts.removed == 0
         assert fake.request_count < 60
         assert_history_consistent(engine)
 

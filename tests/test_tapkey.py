@@ -22,6 +22,7 @@ from exporter.errors import (
     PayloadError,
     PermissionDeniedError,
 )
+from exporter.paging import PageSizes, PagingCheck
 from exporter.records import KnownTexts, OwnerLocks, element_id, lock_id_hex, split_array
 from exporter.sandbox import Fault, Request, Sandbox
 from exporter.tapkey import TapkeyClient
@@ -498,7 +499,7 @@ def test_403_on_locks_names_a_missing_scope(fake: Sandbox, make_client: Factory)
         client.list_bound_locks(only_owner(fake))
 
 
-@pytest.mark.parametrize("status", [400, 404, 409])
+@pytest.mark.parametrize("status", [404, 409])
 def test_other_4xx_are_api_errors_without_retry(
     fake: Sandbox, make_client: Factory, status: int
 ) -> None:
@@ -984,3 +985,70 @@ def test_a_404_before_anything_worked_points_at_the_base_url(
     fake.add_fault(Fault(route="locks", status=404))
     with pytest.raises(ApiError, match=r"HTTP 404: not found; check \[tapkey\] api_base_url$"):
         make_client(fake).list_bound_locks(only_owner(fake))
+
+
+# -- the known page size, MaxTop and the end confirmed once per run -------------------------------
+
+
+def test_a_learned_page_size_ends_short_lists_in_one_request(
+    make_fake: Factory, make_client: Factory
+) -> None:
+    fake = make_fake(owners=3, locks_per_owner=PAGE - 1)
+    client = make_client(fake)
+    client.paging.learn(PageSizes(honoured=PAGE))
+    owners = client.list_owners()
+    results = [client.list_bound_locks(o.id) for o in owners]
+    for result in results:
+        assert_exact(result, fake)
+    assert fake.requests["owners"] == 1 and fake.requests["locks"] == 3
+    assert client.confirm_paging() == PagingCheck()  # the longest list's end holds
+    assert fake.requests["locks"] + fake.requests["owners"] == 5
+
+
+def test_maxtop_400_steps_the_page_size_down(make_fake: Factory, make_client: Factory) -> None:
+    fake = make_fake(locks_per_owner=13, refuse_top=3)
+    client = make_client(fake, page_size=10)
+    assert_exact(client.list_bound_locks(only_owner(fake)), fake)
+    assert client.paging.sizes == PageSizes(honoured=3, max_top=3) and client.paging.changed
+    before = fake.requests["locks"]
+    assert_exact(client.list_bound_locks(only_owner(fake)), fake)
+    assert before == 1 + 7 and fake.requests["locks"] - before == 7  # pages of 3: no 400 again
+
+
+def test_maxtop_400_without_a_stated_limit_halves(make_fake: Factory, make_client: Factory) -> None:
+    fake = make_fake(locks_per_owner=13, refuse_top=3)
+    fake.refuse_top_states_limit = False
+    client = make_client(fake, page_size=10)
+    assert_exact(client.list_bound_locks(only_owner(fake)), fake)
+    assert client.paging.sizes.max_top == 2
+
+
+def test_a_cap_below_the_learned_size_is_caught_by_the_confirmation(
+    make_fake: Factory, make_client: Factory
+) -> None:
+    fake = make_fake(owners=2, locks_per_owner=3 * PAGE, max_top=PAGE - 1)
+    client = make_client(fake)
+    client.paging.learn(PageSizes(honoured=PAGE))  # learned before the server began to cap
+    owners = client.list_owners()
+    cut = [client.list_bound_locks(o.id) for o in owners]
+    assert [len(r.records) for r in cut] == [PAGE - 1, PAGE - 1]  # looks like the end
+
+    check = client.confirm_paging()
+
+    assert check.unproven == {o.id for o in owners}
+    assert check.message is not None and f"cuts pages at {PAGE - 1} rows" in check.message
+    assert client.paging.sizes == PageSizes()  # forgotten: the next run confirms every end
+    assert_exact(client.list_bound_locks(owners[0].id), fake)
+
+
+def test_a_list_that_grew_after_it_was_read_keeps_the_learned_size(
+    make_fake: Factory, make_client: Factory
+) -> None:
+    fake = make_fake(locks_per_owner=PAGE - 2)
+    client = make_client(fake)
+    client.paging.learn(PageSizes(honoured=PAGE))
+    owner = only_owner(fake)
+    client.list_bound_locks(owner)
+    fake.bind_new(owner)
+    assert client.confirm_paging() == PagingCheck()
+    assert client.paging.sizes == PageSizes(honoured=PAGE)

@@ -1,0 +1,384 @@
+"""Reading a whole OData list with overlapping `$skip` pages: a state machine with no HTTP in it.
+
+`read_list(get_page, facts, ...)` asks `get_page(skip, top)` for pages until the list is proved
+read to its end, and returns the rows. The caller's `get_page` only transports (and may raise
+`TopRejected` when the server refuses the `$top`); every decision is here, so it is tested with
+hand-built pages (tests/test_paging.py).
+
+Rules (n = rows on a page, `top` = the `$top` asked for):
+
+1. The first page is `$skip=0`. Each next page starts one row *before* the end of what was
+   received (`$skip = received - 1`), so its first row must be the previous page's last row (same
+   id; same text if it had no readable id). `$skip` advances by the rows received, so a server
+   that silently caps `$top` loses nothing.
+2. A list ends at an empty first page, at a page holding only the overlap row, at a page shorter
+   than the largest page seen before it in the same list, or - the one rule that saves a request
+   per list - at a page shorter than `top` when the server is *known to honour* `top`
+   (`PagingFacts`): a page of exactly `top` rows at `$top=top` proved it, on any list, in this run
+   or an earlier one (the fact is kept in the database). Until then a short page is confirmed by
+   one more request.
+3. A mismatched or missing overlap row means rows were inserted or removed before our position
+   while paging: the whole list is re-read (at most `max_restarts` times, then PagingError).
+4. A page at `$skip > 0` that repeats the first page means the server ignores `$skip`:
+   PagingError at once instead of looping.
+5. A one-row first page cannot be overlapped; unless rule 2's known page size ends it, it is
+   followed by `$skip=1`, which must be empty (else the list grew: re-read, as in 3).
+6. A server that answers 400 to the `$top` (OData's MaxTop) gets a smaller one: the maximum its
+   error states, else half, down to 2. Once a smaller `$top` is answered (which proves the 400
+   was about `$top`: a 400 for another reason would come back again), every later list asks for
+   it and the database keeps it.
+
+Rule 2 trusts a fact about the server that could stop being true (a server that starts capping
+pages silently below the size it honoured before). A list ended by it carries a `ListEnd`, and
+the caller confirms the end of one such list per run (`PagingFacts.candidate`: the one whose last
+page was longest, the first to be cut short by a new cap) before any removal is decided; see the
+README's "Paging" section for why one is enough.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from exporter.errors import PagingError
+
+__all__ = [
+    "MIN_TOP",
+    "ListEnd",
+    "ListRead",
+    "PageSizes",
+    "PagingCheck",
+    "PagingFacts",
+    "TopRejected",
+    "confirms_end",
+    "read_list",
+    "smaller_top",
+]
+
+T = TypeVar("T")
+
+#: Overlapping pages advance by `$top - 1` rows, so `$top` is at least 2.
+MIN_TOP = 2
+
+#: The ids (None where unreadable) and the (value, exact text) elements of one page.
+Page = tuple[Sequence[str | None], Sequence[tuple[Any, str]]]
+#: Transport of one page: `get_page(skip, top)`.
+GetPage = Callable[[int, int], Page]
+
+
+class TopRejected(Exception):
+    """The server refused a page's `$top` (HTTP 400); `error` is what to raise if no smaller
+    `$top` helps, `limit` the maximum the error body stated, if it stated one."""
+
+    def __init__(self, error: Exception, limit: int | None = None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.limit = limit
+
+
+@dataclass(frozen=True, slots=True)
+class PageSizes:
+    """What is known about one API server's paging; kept in the database between runs."""
+
+    #: A `$top` the server returned in full: a shorter page at a `$top` up to it ends a list.
+    honoured: int | None = None
+    #: The largest `$top` the server accepts (learned from a 400); None while none was refused.
+    max_top: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListEnd:
+    """A list ended by rule 2's known page size, unconfirmed: enough to confirm it later."""
+
+    rows: int  # rows on its last page (shorter than `top`)
+    top: int
+    skip: int  # the `$skip` of the confirming request
+    overlap: bool  # the confirming page must hold the last row only (else: must be empty)
+    last_id: str | None
+    last_raw: str
+
+
+@dataclass(slots=True)
+class ListRead(Generic[T]):
+    """A whole list: its rows (id, converted element), the requests it took and how it ended."""
+
+    rows: list[tuple[str | None, T | None]]
+    requests: int
+    #: Set when the list ended on the known page size alone (rule 2), unconfirmed.
+    end: ListEnd | None = None
+    #: A page shorter than its `$top` was followed by more rows: the server caps pages (rows).
+    capped_at: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PagingCheck:
+    """The outcome of confirming one list end per run (`confirm_paging` of the API client).
+
+    `unproven` names the lists whose end can no longer be trusted (owner ids; None for the owner
+    list): their removals wait for a run that reads them to a proven end.
+    """
+
+    unproven: frozenset[str | None] = frozenset()
+    message: str | None = None
+
+
+class PagingFacts:
+    """The page size to ask for and what the server is known to honour; shared by threads.
+
+    `changed` tells whether anything worth keeping was learned since `learn()`/creation.
+    """
+
+    def __init__(self, page_size: int, known: PageSizes | None = None) -> None:
+        self._lock = threading.Lock()
+        self._page_size = max(MIN_TOP, page_size)
+        self._sizes = known or PageSizes()
+        self._changed = False
+        # Lists ended by rule 2, unconfirmed: key -> rows on the last page; and the longest one.
+        self._ends: dict[str | None, int] = {}
+        self._candidate: tuple[str | None, ListEnd, object] | None = None
+
+    # -- the facts ---------------------------------------------------------------------------
+
+    def learn(self, known: PageSizes) -> None:
+        """Start from what an earlier run learned (from the database)."""
+        with self._lock:
+            self._sizes, self._changed = known, False
+
+    @property
+    def sizes(self) -> PageSizes:
+        with self._lock:
+            return self._sizes
+
+    @property
+    def changed(self) -> bool:
+        with self._lock:
+            return self._changed
+
+    def top(self) -> int:
+        """The `$top` to ask for now."""
+        with self._lock:
+            limit = self._sizes.max_top
+            return max(MIN_TOP, min(self._page_size, limit or self._page_size))
+
+    def ends(self, rows: int, top: int) -> bool:
+        """Whether a page of `rows` at `$top=top` ends a list without a confirming request."""
+        with self._lock:
+            honoured = self._sizes.honoured
+            return rows < top and honoured is not None and top <= honoured
+
+    def full_page(self, top: int) -> None:
+        """A page of `top` rows came back at `$top=top`: the server honours `top`."""
+        with self._lock:
+            honoured = self._sizes.honoured
+            if honoured is None or honoured < top:
+                self._set(PageSizes(top, self._sizes.max_top))
+
+    def stepped_down(self, refused: int, top: int) -> None:
+        """`$top=refused` got a 400 and `$top=top` an answer: the server's maximum is below
+        `refused` (a 400 for another reason would have come back at `top` too)."""
+        with self._lock:
+            sizes = self._sizes
+            if sizes.max_top is not None and sizes.max_top <= top:
+                return  # another thread stepped down as far already
+            honoured = sizes.honoured
+            if honoured is not None and honoured >= refused:
+                honoured = None  # what it honoured before, it refuses now
+            self._set(PageSizes(honoured, top))
+
+    def capped(self) -> None:
+        """The server cut a page short below a size it honoured before: forget that size."""
+        with self._lock:
+            if self._sizes.honoured is not None:
+                self._set(PageSizes(None, self._sizes.max_top))
+
+    def _set(self, sizes: PageSizes) -> None:
+        self._sizes, self._changed = sizes, True
+
+    # -- lists ended by the known page size --------------------------------------------------
+
+    def ended(self, key: str | None, end: ListEnd, request: object = None) -> None:
+        """Note a list ended by rule 2 (`key`: the owner id, None for the owner list;
+        `request`: whatever the caller needs to ask for the list again)."""
+        with self._lock:
+            self._ends[key] = end.rows
+            if self._candidate is None or end.rows > self._candidate[1].rows:
+                self._candidate = (key, end, request)
+
+    def candidate(self) -> tuple[str | None, ListEnd, object] | None:
+        """The unconfirmed end to confirm: the longest last page (a new cap cuts it first)."""
+        with self._lock:
+            return self._candidate
+
+    def ended_at_least(self, rows: int) -> set[str | None]:
+        """Keys of the lists ended by rule 2 on a last page of at least `rows` rows."""
+        with self._lock:
+            return {key for key, n in self._ends.items() if n >= rows}
+
+    def forget_ends(self) -> None:
+        """Start a new run's record of unconfirmed ends."""
+        with self._lock:
+            self._ends.clear()
+            self._candidate = None
+
+
+@dataclass
+class _Pass(Generic[T]):
+    """One pass over a list (rules 1-5); `feed` judges each page."""
+
+    facts: PagingFacts
+    where: str
+    trust: bool  # may rule 2's known page size end the list
+    rows: list[tuple[str | None, T | None]] = field(default_factory=list)
+    first_ids: tuple[str | None, ...] = ()
+    last_id: str | None = None
+    last_raw: str = ""
+    largest: int = 0
+    short: int | None = None  # rows of the last page if it was shorter than its $top
+    done: bool = False
+    end: ListEnd | None = None
+    capped_at: int | None = None
+
+    def next_skip(self) -> int:
+        n = len(self.rows)
+        return 0 if n == 0 else 1 if n == 1 else n - 1
+
+    def feed(
+        self,
+        page: Page,
+        top: int,
+        convert: Callable[[Any, str | None, str], T | None],
+    ) -> bool:
+        """Take one page; False if the list shifted under us (re-read it), PagingError if the
+        server ignores `$skip`."""
+        ids, elements = page
+        n = len(self.rows)
+        if n == 0:
+            start = 0
+            self.first_ids = tuple(ids)
+        elif n == 1:  # after a one-row first page: expect nothing at $skip=1
+            if not elements:
+                self.done = True
+                return True
+            if tuple(ids) == self.first_ids:
+                raise self._skip_ignored()
+            return False
+        else:
+            if not elements:
+                return False  # the overlap row vanished: rows were removed before it
+            if tuple(ids) == self.first_ids:
+                raise self._skip_ignored()
+            if self.last_id is not None:
+                matches = ids[0] == self.last_id
+            else:
+                matches = elements[0][1] == self.last_raw
+            if not matches:
+                return False
+            start = 1
+        if start >= len(elements):  # empty first page, or only the overlap row
+            self.done = True
+            return True
+        if self.short is not None:
+            # The previous page was shorter than its $top, yet more rows followed: a cap.
+            self.capped_at = self.short
+        for i in range(start, len(elements)):
+            value, raw = elements[i]
+            self.rows.append((ids[i], convert(value, ids[i], raw)))
+        size = len(elements)
+        self.last_id, self.last_raw = ids[-1], elements[-1][1]
+        if size >= top:
+            self.facts.full_page(top)
+            self.short = None
+        elif size < self.largest:
+            self.done = True  # the server returned more before: this is the tail
+        elif self.trust and self.facts.ends(size, top):
+            self.done = True
+            self.end = ListEnd(
+                rows=size,
+                top=top,
+                skip=self.next_skip(),
+                overlap=len(self.rows) > 1,
+                last_id=self.last_id,
+                last_raw=self.last_raw,
+            )
+        else:
+            self.short = size
+        self.largest = max(self.largest, size)
+        return True
+
+    def _skip_ignored(self) -> PagingError:
+        return PagingError(
+            f"{self.where}: the server ignored $skip and returned the first page again; "
+            "paging cannot work against it (check [tapkey] api_base_url)"
+        )
+
+
+def read_list(
+    get_page: GetPage,
+    facts: PagingFacts,
+    convert: Callable[[Any, str | None, str], T | None],
+    *,
+    where: str,
+    max_restarts: int = 3,
+    on_restart: Callable[[int], None] = lambda attempt: None,
+    trust: bool = True,
+) -> ListRead[T]:
+    """Read a whole list (see the module docstring); re-read it if it shifted while paged.
+
+    `convert(value, id, raw)` turns each new element into what is kept (called as pages arrive,
+    so a page's JSON values can be freed at once). `on_restart(attempt)` runs before each re-read
+    (the client waits a little there). `trust=False` ignores the known page size (rule 2): every
+    short page is confirmed.
+    """
+    requests = 0
+    for attempt in range(max_restarts + 1):
+        state: _Pass[T] = _Pass(facts, where, trust)
+        shifted = False
+        while not state.done:
+            skip = state.next_skip()
+            top = facts.top()
+            asked = top
+            while True:
+                try:
+                    requests += 1
+                    page = get_page(skip, top)
+                    break
+                except TopRejected as exc:
+                    smaller = smaller_top(top, exc.limit)
+                    if smaller is None:
+                        raise exc.error from None
+                    top = smaller
+            if top < asked:
+                facts.stepped_down(asked, top)
+            if not state.feed(page, top, convert):
+                shifted = True
+                break
+        if not shifted:
+            return ListRead(state.rows, requests, state.end, state.capped_at)
+        if attempt < max_restarts:
+            on_restart(attempt)
+    raise PagingError(
+        f"{where}: the list kept changing while it was being paged "
+        f"({max_restarts + 1} attempts, {requests} requests); try again later"
+    )
+
+
+def smaller_top(top: int, limit: int | None) -> int | None:
+    """The `$top` to try after a 400 to `$top=top`: the stated limit, else half; None below 2."""
+    smaller = limit if limit is not None and MIN_TOP <= limit < top else top // 2
+    return smaller if smaller >= MIN_TOP else None
+
+
+def confirms_end(page: Page, end: ListEnd) -> bool:
+    """Whether `page`, read at `end.skip`, shows the list really ended there: it holds only the
+    overlap row (nothing, after a one-row list). Anything else (more rows, a shifted list, `$skip`
+    ignored) proves nothing."""
+    ids, elements = page
+    if not end.overlap:
+        return not elements
+    if len(elements) != 1:
+        return False
+    if end.last_id is not None:
+        return ids[0] == end.last_id
+    return elements[0][1] == end.last_raw
