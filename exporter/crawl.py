@@ -16,7 +16,7 @@ import contextvars
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Collection, Generator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, NamedTuple, Protocol, TypeVar
 
@@ -48,7 +48,7 @@ class InventorySource(Protocol):
 
     def confirm_paging(self) -> PagingCheck: ...
 
-    def list_owners(self) -> list[OwnerRecord]: ...
+    def list_owners(self, *, stored: Collection[str] | None = None) -> list[OwnerRecord]: ...
 
     def list_bound_locks(
         self,

@@ -5,40 +5,45 @@ read to its end, and returns the rows. The caller's `get_page` only transports (
 `TopRejected` when the server refuses the `$top`); every decision is here, so it is tested with
 hand-built pages (tests/test_paging.py).
 
-Rules (n = rows on a page, `top` = the `$top` asked for):
+Rules (`top` = the `$top` asked for; the server is assumed to return min(top, its cap, rows
+left), with a cap it may not state):
 
 1. The first page is `$skip=0`. Each next page starts one row *before* the end of what was
    received (`$skip = received - 1`), so its first row must be the previous page's last row (same
    id; same text if it had no readable id). `$skip` advances by the rows received, so a server
    that silently caps `$top` loses nothing.
 2. A list ends at an empty first page, at a page holding only the overlap row, at a page shorter
-   than the largest page seen before it in the same list, or - the one rule that saves a request
-   per list - at a page shorter than `top` when the server is *known to honour* `top`
-   (`PagingFacts`): a page of exactly `top` rows at `$top=top` proved it, on any list, in this run
-   or an earlier one (the fact is kept in the database). Until then a short page is confirmed by
-   one more request.
-3. A mismatched or missing overlap row means rows were inserted or removed before our position
+   than an earlier page of the same list, or at a page shorter than `top` and shorter than the
+   longest page the server has returned in one answer (`PageSizes.honoured`: its cap is at least
+   that long, so the shorter page is the tail). The longest page is learned from every page of
+   every list (owners or bound locks) and kept in the database between runs.
+3. A short page that completes the list as stored (every stored id received, at least one) ends
+   it too: ending it there removes nothing. It could only miss rows not stored yet behind a cap
+   exactly as long as the page; the confirmation below finds such a cap.
+4. Otherwise a short page is confirmed by one more request (the server may have capped it).
+5. A mismatched or missing overlap row means rows were inserted or removed before our position
    while paging: the whole list is re-read (at most `max_restarts` times, then PagingError).
-4. A page at `$skip > 0` that repeats the first page means the server ignores `$skip`:
+6. A page at `$skip > 0` that repeats the first page means the server ignores `$skip`:
    PagingError at once instead of looping.
-5. A one-row first page cannot be overlapped; unless rule 2's known page size ends it, it is
-   followed by `$skip=1`, which must be empty (else the list grew: re-read, as in 3).
-6. A server that answers 400 to the `$top` (OData's MaxTop) gets a smaller one: the maximum its
+7. A one-row first page cannot be overlapped; unless rules 2-3 end it, it is followed by
+   `$skip=1`, which must be empty (else the list grew: re-read, as in 5).
+8. A server that answers 400 to the `$top` (OData's MaxTop) gets a smaller one: the maximum its
    error states, else half, down to 2. Once a smaller `$top` is answered (which proves the 400
    was about `$top`: a 400 for another reason would come back again), every later list asks for
    it and the database keeps it.
 
-Rule 2 trusts a fact about the server that could stop being true (a server that starts capping
-pages silently below the size it honoured before). A list ended by it carries a `ListEnd`, and
-the caller confirms the end of one such list per run (`PagingFacts.candidate`: the one whose last
-page was longest, the first to be cut short by a new cap) before any removal is decided; see the
-README's "Paging" section for why one is enough.
+Rules 2 and 3 trust what the server did before; it could start capping pages silently below
+that. Each list they end carries a `ListEnd`, and the caller confirms the end of one of them per
+run, the one whose last page was longest (a new cap cuts it first), before any removal is
+decided. If it was cut, the lists ended on pages as long as the cut are unproven (their removals
+wait) and the cut becomes the page size asked for (`PagingFacts.capped`), so the next run reads
+them whole. See the README's "Paging" section.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -82,7 +87,8 @@ class TopRejected(Exception):
 class PageSizes:
     """What is known about one API server's paging; kept in the database between runs."""
 
-    #: A `$top` the server returned in full: a shorter page at a `$top` up to it ends a list.
+    #: The most rows the server returned in one page: a shorter page (short of its `$top` too)
+    #: ends a list. None until a page came, and after the server cut a page below it.
     honoured: int | None = None
     #: The largest `$top` the server accepts (learned from a 400); None while none was refused.
     max_top: int | None = None
@@ -90,7 +96,7 @@ class PageSizes:
 
 @dataclass(frozen=True, slots=True)
 class ListEnd:
-    """A list ended by rule 2's known page size, unconfirmed: enough to confirm it later."""
+    """A list ended by rule 2 or 3, unconfirmed: enough to confirm it later."""
 
     rows: int  # rows on its last page (shorter than `top`)
     top: int
@@ -106,7 +112,7 @@ class ListRead(Generic[T]):
 
     rows: list[tuple[str | None, T | None]]
     requests: int
-    #: Set when the list ended on the known page size alone (rule 2), unconfirmed.
+    #: Set when rule 2 or 3 ended the list, unconfirmed.
     end: ListEnd | None = None
     #: A page shorter than its `$top` was followed by more rows: the server caps pages (rows).
     capped_at: int | None = None
@@ -135,7 +141,7 @@ class PagingFacts:
         self._page_size = max(MIN_TOP, page_size)
         self._sizes = known or PageSizes()
         self._changed = False
-        # Lists ended by rule 2, unconfirmed: key -> rows on the last page; and the longest one.
+        # Lists ended by rules 2-3, unconfirmed: key -> rows on the last page; and the longest one.
         self._ends: dict[str | None, int] = {}
         self._candidate: tuple[str | None, ListEnd, object] | None = None
 
@@ -163,17 +169,18 @@ class PagingFacts:
             return max(MIN_TOP, min(self._page_size, limit or self._page_size))
 
     def ends(self, rows: int, top: int) -> bool:
-        """Whether a page of `rows` at `$top=top` ends a list without a confirming request."""
+        """Whether a page of `rows` at `$top=top` ends a list by the known page size (rule 2):
+        the server has returned more rows than that in one page, and fewer than `top` came."""
         with self._lock:
             honoured = self._sizes.honoured
-            return rows < top and honoured is not None and top <= honoured
+            return rows < top and honoured is not None and rows < honoured
 
-    def full_page(self, top: int) -> None:
-        """A page of `top` rows came back at `$top=top`: the server honours `top`."""
+    def page_seen(self, rows: int) -> None:
+        """A page of `rows` rows came back in one answer: the server returns pages that long."""
         with self._lock:
             honoured = self._sizes.honoured
-            if honoured is None or honoured < top:
-                self._set(PageSizes(top, self._sizes.max_top))
+            if rows > 0 and (honoured is None or honoured < rows):
+                self._set(PageSizes(rows, self._sizes.max_top))
 
     def stepped_down(self, refused: int, top: int) -> None:
         """`$top=refused` got a 400 and `$top=top` an answer: the server's maximum is below
@@ -187,11 +194,13 @@ class PagingFacts:
                 honoured = None  # what it honoured before, it refuses now
             self._set(PageSizes(honoured, top))
 
-    def capped(self) -> None:
-        """The server cut a page short below a size it honoured before: forget that size."""
+    def capped(self, rows: int) -> None:
+        """The server cut a page to `rows` rows although more followed: forget the size it
+        returned before, and ask for pages of `rows` from now on, so that a full page shows
+        that more follow."""
         with self._lock:
-            if self._sizes.honoured is not None:
-                self._set(PageSizes(None, self._sizes.max_top))
+            max_top = self._sizes.max_top
+            self._set(PageSizes(None, max(MIN_TOP, min(rows, max_top or rows))))
 
     def _set(self, sizes: PageSizes) -> None:
         self._sizes, self._changed = sizes, True
@@ -199,7 +208,7 @@ class PagingFacts:
     # -- lists ended by the known page size --------------------------------------------------
 
     def ended(self, key: str | None, end: ListEnd, request: object = None) -> None:
-        """Note a list ended by rule 2 (`key`: the owner id, None for the owner list;
+        """Note a list ended by rule 2 or 3 (`key`: the owner id, None for the owner list;
         `request`: whatever the caller needs to ask for the list again)."""
         with self._lock:
             self._ends[key] = end.rows
@@ -212,7 +221,7 @@ class PagingFacts:
             return self._candidate
 
     def ended_at_least(self, rows: int) -> set[str | None]:
-        """Keys of the lists ended by rule 2 on a last page of at least `rows` rows."""
+        """Keys of the lists ended by rules 2-3 on a last page of at least `rows` rows."""
         with self._lock:
             return {key for key, n in self._ends.items() if n >= rows}
 
@@ -229,7 +238,9 @@ class _Pass(Generic[T]):
 
     facts: PagingFacts
     where: str
-    trust: bool  # may rule 2's known page size end the list
+    trust: bool  # may rules 2 and 3 end the list without a confirming request
+    stored: frozenset[str] | None = None  # the list's ids as stored (rule 3)
+    missing: set[str] = field(default_factory=set)  # stored ids not received yet
     rows: list[tuple[str | None, T | None]] = field(default_factory=list)
     first_ids: tuple[str | None, ...] = ()
     last_id: str | None = None
@@ -285,14 +296,15 @@ class _Pass(Generic[T]):
         for i in range(start, len(elements)):
             value, raw = elements[i]
             self.rows.append((ids[i], convert(value, ids[i], raw)))
+        self.missing.difference_update(ids)
         size = len(elements)
         self.last_id, self.last_raw = ids[-1], elements[-1][1]
+        self.facts.page_seen(size)
         if size >= top:
-            self.facts.full_page(top)
             self.short = None
         elif size < self.largest:
             self.done = True  # the server returned more before: this is the tail
-        elif self.trust and self.facts.ends(size, top):
+        elif self.trust and (self.facts.ends(size, top) or self._holds_everything_stored()):
             self.done = True
             self.end = ListEnd(
                 rows=size,
@@ -306,6 +318,11 @@ class _Pass(Generic[T]):
             self.short = size
         self.largest = max(self.largest, size)
         return True
+
+    def _holds_everything_stored(self) -> bool:
+        """Rule 3: every id stored for the list was received, so ending it here removes
+        nothing; what it could miss is rows not stored yet (see the module docstring)."""
+        return bool(self.stored) and not self.missing
 
     def _skip_ignored(self) -> PagingError:
         return PagingError(
@@ -323,17 +340,19 @@ def read_list(
     max_restarts: int = 3,
     on_restart: Callable[[int], None] = lambda attempt: None,
     trust: bool = True,
+    stored: Collection[str] | None = None,
 ) -> ListRead[T]:
     """Read a whole list (see the module docstring); re-read it if it shifted while paged.
 
     `convert(value, id, raw)` turns each new element into what is kept (called as pages arrive,
     so a page's JSON values can be freed at once). `on_restart(attempt)` runs before each re-read
-    (the client waits a little there). `trust=False` ignores the known page size (rule 2): every
-    short page is confirmed.
+    (the client waits a little there). `trust=False` ignores rules 2 and 3: every short page is
+    confirmed. `stored`: the ids stored for this list, if the caller knows them (rule 3).
     """
+    known = frozenset(stored) if stored is not None else None
     requests = 0
     for attempt in range(max_restarts + 1):
-        state: _Pass[T] = _Pass(facts, where, trust)
+        state: _Pass[T] = _Pass(facts, where, trust, known, set(known or ()))
         shifted = False
         while not state.done:
             skip = state.next_skip()

@@ -289,7 +289,11 @@ class _Run:
     def _phases(self) -> None:
         with connect(self.engine) as conn:  # what earlier runs learned about the API's paging
             self.source.paging.learn(api_paging.load(conn, self.source.api_url))
-        owners = call_until_stopped(self.stop, self.source.list_owners)
+            stored = conn.execute(
+                select(owner_accounts.c.id).where(owner_accounts.c.removed_at.is_(None))
+            ).scalars()
+            present = frozenset(stored)
+        owners = call_until_stopped(self.stop, lambda: self.source.list_owners(stored=present))
         self.result.owners_seen = len(owners)
         listed = {owner.id for owner in owners}
         owners = [owner for owner in owners if not self._fails_unstorable(owner)]

@@ -17,7 +17,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from types import TracebackType
@@ -258,10 +258,14 @@ class TapkeyClient:
     ) -> None:
         self.close()
 
-    def list_owners(self) -> list[OwnerRecord]:
-        """Every owner account the OAuth client can see (PayloadError if any cannot be read)."""
+    def list_owners(self, *, stored: Collection[str] | None = None) -> list[OwnerRecord]:
+        """Every owner account the OAuth client can see (PayloadError if any cannot be read).
+
+        `stored`: the ids of the owners stored as present, if known (saves a request when the
+        list holds them all; see exporter.paging, rule 3).
+        """
         target = _Target("/api/v1/Owners")
-        rows, _ = self._read_list(target, {}, parse_owner, KnownTexts({}))
+        rows, _ = self._read_list(target, {}, parse_owner, KnownTexts({}), stored)
         owners: list[OwnerRecord] = []
         seen: set[str] = set()
         for _, owner in rows:
@@ -307,7 +311,7 @@ class TapkeyClient:
         # mypy joins the union's members to `object` when it solves T.
         rows, requests_sent = cast(
             tuple[list[tuple[str | None, LockRecord | str | None]], int],
-            self._read_list(target, params, parse, KnownTexts(known)),
+            self._read_list(target, params, parse, KnownTexts(known), known.keys()),
         )
         first: dict[str, LockRecord | str | None] = {}
         copies: dict[str, int] = {}
@@ -366,6 +370,7 @@ class TapkeyClient:
         params: dict[str, str],
         parse: Callable[[Any, str | None, str], T | None],
         known: KnownTexts,
+        stored: Collection[str] | None = None,
     ) -> tuple[list[tuple[str | None, T | None]], int]:
         """Read a whole list (exporter.paging decides; this only transports the pages)."""
         counter = [0]
@@ -386,6 +391,7 @@ class TapkeyClient:
             where=f"GET {target.path}",
             max_restarts=self._max_restarts,
             on_restart=restart,
+            stored=stored,
         )
         if read.end is not None:
             self.paging.ended(target.owner_id, read.end, (target, params))
@@ -445,11 +451,13 @@ class TapkeyClient:
         except (ApiError, PagingError, PayloadError) as exc:
             return self._unconfirmed(key, end, f"its confirming request failed ({exc})")
         if read.capped_at is None:
+            # It changed since it was read: its removals wait (a lock moved in since may be
+            # among them); the known page size stands.
             log.info(
-                "GET %s: the list changed after it was read; the known page size stands",
+                "GET %s: the list changed after it was read; its removals wait for the next run",
                 target.path,
             )
-            return PagingCheck()
+            return PagingCheck(frozenset({key}))
         return self._unconfirmed(
             key,
             end,
@@ -463,7 +471,7 @@ class TapkeyClient:
     ) -> PagingCheck:
         """The lists ended on a page as long as `cap` (else `end.rows`) stay unproven."""
         if cap is not None:
-            self.paging.capped()
+            self.paging.capped(cap)
         unproven = frozenset(self.paging.ended_at_least(cap or end.rows) | {key})
         owners = "the owner list" if None in unproven else ""
         locks = len(unproven - {None})

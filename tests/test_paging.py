@@ -100,14 +100,34 @@ def test_a_known_page_size_saves_the_confirming_request(
     assert (end is not None) is unconfirmed
 
 
-def test_a_full_page_teaches_the_page_size() -> None:
+def test_every_page_teaches_how_long_the_servers_pages_can_be() -> None:
     facts = PagingFacts(TOP)
-    read(FakeList(ids(TOP - 1)), facts)
-    assert facts.sizes == PageSizes() and not facts.changed  # a short page proves nothing
-    read(FakeList(ids(TOP + 2)), facts)
-    assert facts.sizes == PageSizes(honoured=TOP) and facts.changed
-    rows, requests, end, _ = read(FakeList(ids(2)), facts)  # later lists use it at once
+    _, requests, end, _ = read(FakeList(ids(3)), facts)
+    assert requests == 2 and end is None  # nothing known yet: the short page is confirmed
+    assert facts.sizes == PageSizes(honoured=3) and facts.changed
+    rows, requests, end, _ = read(FakeList(ids(2)), facts)  # shorter than a page it returned
     assert rows == ids(2) and requests == 1 and end is not None
+    _, requests, _, _ = read(FakeList(ids(3)), facts)  # as long as the longest: could be a cap
+    assert requests == 2
+
+
+@pytest.mark.parametrize(
+    ("stored", "requests", "ended"),
+    [
+        pytest.param(ids(3), 1, True, id="every-stored-id-came"),
+        pytest.param(ids(2), 1, True, id="and-one-new"),
+        pytest.param([*ids(3), "gone"], 2, False, id="a-stored-id-missing"),
+        pytest.param([], 2, False, id="nothing-stored"),
+        pytest.param(None, 2, False, id="stored-unknown"),
+    ],
+)
+def test_a_short_page_that_completes_the_stored_list_ends_it(
+    stored: list[str] | None, requests: int, ended: bool
+) -> None:
+    # Rule 3: ending the list there removes nothing. With a stored id missing it would remove
+    # it; with nothing stored (a first load) it could miss rows behind a cap: both confirmed.
+    rows, sent, end, _ = read(FakeList(ids(3)), stored=stored)
+    assert rows == ids(3) and sent == requests and (end is not None) is ended
 
 
 def test_a_larger_page_size_than_known_is_confirmed_until_it_is_proved() -> None:
@@ -128,7 +148,7 @@ def test_a_silent_cap_loses_nothing_and_teaches_nothing(cap: int, size: int) -> 
     rows, _, end, capped_at = read(FakeList(ids(size), cap=cap), facts)
     assert rows == ids(size) and end is None
     assert capped_at == (cap if size > cap else None)
-    assert facts.sizes == PageSizes()  # never a full page at the $top asked for
+    assert facts.sizes == PageSizes(honoured=min(cap, size))  # the longest page it returned
 
 
 def test_a_cap_below_a_size_known_before_cuts_the_list_and_leaves_an_end_to_confirm() -> None:
@@ -261,10 +281,20 @@ def test_the_longest_unconfirmed_end_is_the_one_to_confirm() -> None:
     assert facts.candidate() is None and facts.ended_at_least(0) == set()
 
 
-def test_a_cap_seen_forgets_the_known_size_but_not_the_max_top() -> None:
-    facts = PagingFacts(10, PageSizes(honoured=10, max_top=10))
-    facts.capped()
-    assert facts.sizes == PageSizes(max_top=10) and facts.changed
+@pytest.mark.parametrize(
+    ("before", "cap", "after"),
+    [
+        pytest.param(PageSizes(honoured=10), 6, PageSizes(max_top=6), id="steps-down"),
+        pytest.param(PageSizes(10, max_top=5), 6, PageSizes(max_top=5), id="max-top-lower"),
+        pytest.param(PageSizes(10), 1, PageSizes(max_top=2), id="at-least-2"),
+    ],
+)
+def test_a_cap_found_forgets_the_longest_page_and_asks_for_pages_of_the_cap(
+    before: PageSizes, cap: int, after: PageSizes
+) -> None:
+    facts = PagingFacts(10, before)
+    facts.capped(cap)
+    assert facts.sizes == after and facts.changed and facts.top() == after.max_top
 
 
 def _end(rows: int, *, overlap: bool = True) -> ListEnd:

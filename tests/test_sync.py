@@ -488,21 +488,21 @@ def test_the_learned_page_size_saves_a_request_per_list_on_later_runs(
 ) -> None:
     with Sandbox(seed=6, owners=3, locks_per_owner=7) as fake:
         first = _run(fake, db_url, tmp_path, page_size=10)
-        assert first.api_requests == 1 + 1 + 3 + 3  # every short page confirmed (one confirm
-        assert _paging_row(engine) is None  # ... at the end); no page came back full
-        fake.bind_new(_owner_ids(fake)[0])  # 8 locks now, and 10 for the next owner
-        for _ in range(3):
-            fake.bind_new(_owner_ids(fake)[1])
-        learning = _run(fake, db_url, tmp_path, page_size=10)  # owner 1 fills a page of 10
-        assert learning.status == "succeeded" and _paging_row(engine) == (10, None)
+        # Nothing known, nothing stored: every short page is confirmed by one more request.
+        assert first.api_requests == 2 * (1 + 3)
+        assert _paging_row(engine) == (7, None)  # the longest page the server returned
+        owners = _owner_ids(fake)
+        fake.unbind(_lock_ids(fake, owners[0])[0])  # 6 locks: shorter than 7, so the end
+        fake.bind_new(owners[1])  # 8 locks, holding every stored one: nothing to remove
         fake.reset_counters()
 
         later = _run(fake, db_url, tmp_path, page_size=10)
 
-        # One request per list, one to confirm the end of the longest list (owner 0's 8 locks),
-        # and two for owner 1's 10 locks, which fill a page of 10.
-        assert later.status == "succeeded" and later.counts.unchanged == 7 + 8 + 10
-        assert fake.requests["owners"] + fake.requests["locks"] == 1 + 3 + 1 + 1
+        # One request per list, and one to confirm the end of the longest (owner 1's 8 locks).
+        assert later.status == "succeeded" and later.api_requests == 1 + 3 + 1
+        assert (later.counts.removed, later.counts.created) == (1, 1)
+        assert fake.requests["owners"] + fake.requests["locks"] == 1 + 3 + 1
+        assert _paging_row(engine) == (8, None)
         _assert_matches_api(engine, fake, later)
 
 
@@ -523,7 +523,7 @@ def test_a_server_that_starts_to_cap_below_the_learned_size_removes_nothing(
         # unproven too), the run is partial and says why.
         assert cut.status == "partial" and cut.counts.removed == 0
         assert "not proven" in (cut.error or "") and "cuts pages at 5 rows" in (cut.error or "")
-        assert _paging_row(engine) == (None, None)
+        assert _paging_row(engine) == (None, 5)  # pages of 5 from now on
         assert count_rows(engine, bound_locks) == 24
         assert_history_consistent(engine)
 
