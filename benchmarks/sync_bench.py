@@ -74,7 +74,9 @@ MIB = 1024 * 1024
 # -- server process ------------------------------------------------------------------------------
 
 
-def _serve(conn: Connection, seed: int, owners: int, locks_per_owner: int) -> None:
+def _serve(
+    conn: Connection, seed: int, owners: int, locks_per_owner: int, latency: float = 0.0
+) -> None:
     """Run the sandbox and obey commands from the control pipe until `stop`."""
     from exporter.sandbox import Sandbox
 
@@ -85,6 +87,7 @@ def _serve(conn: Connection, seed: int, owners: int, locks_per_owner: int) -> No
         client_id=CLIENT_ID,
         client_secret=CLIENT_SECRET,
         token_lifetime=24 * 3600,
+        latency=latency,
     )
     sandbox.start()
     conn.send({"base_url": sandbox.base_url, "token_url": sandbox.token_url})
@@ -112,11 +115,15 @@ def _serve(conn: Connection, seed: int, owners: int, locks_per_owner: int) -> No
 class Server:
     """The sandbox in its own process, driven through a pipe."""
 
-    def __init__(self, *, seed: int, owners: int, locks_per_owner: int) -> None:
+    def __init__(
+        self, *, seed: int, owners: int, locks_per_owner: int, latency: float = 0.0
+    ) -> None:
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
         self._process = ctx.Process(
-            target=_serve, args=(child, seed, owners, locks_per_owner), name="bench-sandbox"
+            target=_serve,
+            args=(child, seed, owners, locks_per_owner, latency),
+            name="bench-sandbox",
         )
         self._process.start()
         child.close()
@@ -373,9 +380,12 @@ def _measure_child(conn: Connection, kind: str, params: dict[str, Any]) -> None:
     if kind == "store":  # its rows are built before the clock starts
         params = {**params, "prepared": _fetch_rows(params)}
     base_rss = _current_rss()
-    work = {"floor": _crawl_floor, "fetch": _exporter_fetch, "store": _store_only}.get(
-        kind, _sync_once
-    )
+    work = {
+        "floor": _crawl_floor,
+        "fetch": _exporter_fetch,
+        "store": _store_only,
+        "crawler": _plain_crawler,
+    }.get(kind, _sync_once)
     machine_started, steal_started = _machine_cpu()
     started = time.perf_counter()
     cpu_started = time.process_time()
@@ -742,6 +752,205 @@ def print_cpu_table(report: dict[str, Any]) -> None:
     print(f"(bound = machine CPU / {cpus} CPUs: the least wall time the same work can take here)")
 
 
+# -- shapes against a remote API (issue 13): the plain crawler, latency, request counts ----------
+
+#: OWNERSxLOCKS@MS: owners, locks per owner, milliseconds the sandbox waits before each answer.
+SHAPES = ("60x777@30", "1000x5@50", "200x500@0")
+#: Exporter time / plain crawler time (issue 13), per scenario; many small owners vs large ones
+#: for the first load, and only with latency (the no-latency shape is judged by the main table).
+SHAPE_TARGETS = {"unchanged": 1.15, "changes": 1.15}
+FIRST_TARGET_SMALL_OWNERS, FIRST_TARGET_LARGE_OWNERS = 1.3, 1.5
+#: Exporter requests / plain crawler requests on a rerun, any shape.
+REQUEST_TARGET = 1.05
+SHAPE_SCENARIOS = ("first", "unchanged", "changes")
+
+
+def _plain_crawler(params: dict[str, Any]) -> dict[str, Any]:
+    """The plain crawler: pages of 1000, `$skip` advanced by the rows received, a short page ends
+    a list, the same workers, one pooled `requests.Session`, `json.loads` of every page."""
+    import requests
+    from requests.adapters import HTTPAdapter
+
+    workers, top, base = params["workers"], 1000, params["base_url"]
+    session = requests.Session()
+    session.trust_env = False
+    adapter = HTTPAdapter(pool_connections=2, pool_maxsize=workers, max_retries=0)
+    session.mount("http://", adapter)
+    sent = 0
+    lock = threading.Lock()
+
+    def read_list(path: str, token: str) -> list[Any]:
+        nonlocal sent
+        rows: list[Any] = []
+        while True:
+            with lock:
+                sent += 1
+            response = session.get(
+                base + path,
+                params={"$top": str(top), "$skip": str(len(rows))},
+                headers={"Accept": "application/json", "Authorization": f"Bearer {token}"},
+                timeout=(10, 60),
+            )
+            response.raise_for_status()
+            page: list[Any] = json.loads(response.content)
+            rows += page
+            if len(page) < top:
+                return rows
+
+    with session:
+        answer = session.post(
+            params["token_url"],
+            data={
+                "grant_type": "client_credentials",
+                "scope": "read:owneraccounts read:core:entities",
+            },
+            auth=(CLIENT_ID, CLIENT_SECRET),
+            timeout=(10, 60),
+        )
+        answer.raise_for_status()
+        sent += 1
+        token = answer.json()["access_token"]
+        owners = [owner["id"] for owner in read_list("/api/v1/Owners", token)]
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            locks = sum(
+                pool.map(lambda o: len(read_list(f"/api/v1/Owners/{o}/BoundLocks", token)), owners)
+            )
+    return {"status": "succeeded", "owners": len(owners), "locks": locks, "api_requests": sent}
+
+
+def parse_shape(text: str) -> tuple[int, int, float]:
+    """OWNERSxLOCKS@MS -> (owners, locks per owner, latency in seconds)."""
+    try:
+        size, _, ms = text.partition("@")
+        owners, _, locks = size.lower().partition("x")
+        return int(owners), int(locks), float(ms or 0) / 1000
+    except ValueError:
+        message = f"a shape is OWNERSxLOCKS@MS, e.g. 60x777@30: {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
+
+
+def _shape_round(
+    shape: str, round_no: int, fresh: Callable[[], str], workdir: Path, args: argparse.Namespace
+) -> dict[str, dict[str, Any]]:
+    """One round of one shape: the crawler before and after each exporter scenario."""
+    owners, locks, latency = parse_shape(shape)
+    server = Server(seed=args.seed, owners=owners, locks_per_owner=locks, latency=latency)
+    figures: dict[str, dict[str, Any]] = {}
+    try:
+        params = {
+            "base_url": server.base_url,
+            "token_url": server.token_url,
+            "workers": args.workers,
+            "page_size": args.page_size,
+            "workdir": str(workdir),
+            "db_url": fresh(),
+        }
+        crawls = [_scenario(server, "crawler", round_no, params, args)]
+        for kind in SHAPE_SCENARIOS:
+            figures[kind] = _scenario(server, kind, round_no, params, args)
+            crawls.append(_scenario(server, "crawler", round_no, params, args))
+            figures[kind]["crawler_s"] = (crawls[-2]["wall_s"] + crawls[-1]["wall_s"]) / 2
+            figures[kind]["crawler_requests"] = crawls[-1]["server_requests"]
+        figures["crawler"] = crawls[0]
+    finally:
+        server.close()
+    first = figures["first"]
+    if first["created"] != owners * locks or figures["unchanged"]["unchanged"] != owners * locks:
+        raise RuntimeError(f"{shape}: the exporter did not load {owners * locks} locks")
+    return figures
+
+
+def run_shapes(args: argparse.Namespace) -> dict[str, Any]:
+    """Every shape of `args.shapes`, `args.repeat` rounds each; figures and medians."""
+    workdir = Path(tempfile.mkdtemp(prefix="exporter-bench-"))
+    rounds: dict[str, list[dict[str, dict[str, Any]]]] = {shape: [] for shape in args.shapes}
+    try:
+        with bench_database(args.db, workdir, args.db_url) as fresh:
+            for shape in args.shapes:
+                print(f"shape {shape}: {args.repeat} round(s)", flush=True)
+                for round_no in range(1, args.repeat + 1):
+                    rounds[shape].append(_shape_round(shape, round_no, fresh, workdir, args))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    summary: dict[str, dict[str, Any]] = {}
+    for shape, figures in rounds.items():
+        owners = parse_shape(shape)[0]
+        for kind in SHAPE_SCENARIOS:
+            runs = [f[kind] for f in figures]
+            time_ratio = statistics.median(r["wall_s"] / r["crawler_s"] for r in runs)
+            requests = runs[0]["server_requests"]
+            crawler = runs[0]["crawler_requests"]
+            target = SHAPE_TARGETS.get(kind)
+            if kind == "first":
+                large = owners < 100  # few large owners vs many small ones
+                target = FIRST_TARGET_LARGE_OWNERS if large else FIRST_TARGET_SMALL_OWNERS
+            if parse_shape(shape)[2] == 0:
+                target = None  # no latency: the main table (store only, floors) judges it
+            row = {
+                "wall_s": statistics.median(r["wall_s"] for r in runs),
+                "crawler_s": statistics.median(r["crawler_s"] for r in runs),
+                "time_ratio": time_ratio,
+                "requests": requests,
+                "crawler_requests": crawler,
+                "request_ratio": requests / crawler,
+                "time_target": target,
+                "time_met": None if target is None else time_ratio <= target,
+            }
+            if kind != "first":
+                row["request_target"] = REQUEST_TARGET
+                row["request_met"] = row["request_ratio"] <= REQUEST_TARGET
+            summary[f"{shape} {kind}"] = row
+    return {
+        "benchmark": "sync-shapes",
+        "db": args.db,
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "parameters": {
+            "shapes": args.shapes,
+            "workers": args.workers,
+            "page_size": args.page_size,
+            "changes": args.changes,
+            "repeat": args.repeat,
+            "seed": args.seed,
+        },
+        "environment": _environment(),
+        "summary": summary,
+        "rounds": rounds,
+    }
+
+
+def print_shapes(report: dict[str, Any]) -> None:
+    """The shapes' summary as a plain text table."""
+    p = report["parameters"]
+    print()
+    print(
+        f"sync against a remote API: {report['db']}, workers={p['workers']}, "
+        f"page_size={p['page_size']}, {p['changes']:,} changes, median of {p['repeat']}"
+    )
+    header = (
+        f"{'shape and scenario':<24}{'exporter s':>11}{'crawler s':>10}{'x time':>8}"
+        f"{'target':>8}{'requests':>10}{'crawler':>9}{'x req':>7}{'target':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for name, row in report["summary"].items():
+        time_target = (
+            f"{row['time_target']:.2f}{'' if row['time_met'] else '!'}"
+            if row["time_target"]
+            else "-"
+        )
+        request_target = (
+            f"{row['request_target']:.2f}{'' if row['request_met'] else '!'}"
+            if "request_target" in row
+            else "-"
+        )
+        print(
+            f"{name:<24}{row['wall_s']:>11.2f}{row['crawler_s']:>10.2f}{row['time_ratio']:>8.2f}"
+            f"{time_target:>8}{row['requests']:>10}{row['crawler_requests']:>9}"
+            f"{row['request_ratio']:>7.2f}{request_target:>8}"
+        )
+    print("(requests include the token request; '!' marks a missed target)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse options, run the benchmark, print the table and write the JSON results."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -755,7 +964,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--locks-per-owner", type=int, default=500)
     parser.add_argument("--changes", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=4, help="[tapkey] workers (default 4)")
-    parser.add_argument("--page-size", type=int, default=100, help="[tapkey] page_size")
+    parser.add_argument(
+        "--page-size", type=int, default=1000, help="[tapkey] page_size (default 1000)"
+    )
     parser.add_argument("--repeat", type=int, default=3, help="rounds; the table shows medians")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
@@ -770,8 +981,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--check", action="store_true", help="exit 1 when a target is missed (for CI)"
     )
+    parser.add_argument(
+        "--shapes",
+        nargs="*",
+        type=parse_shape_text,
+        help=f"instead of the main table: the remote-API shapes OWNERSxLOCKS@MS against the "
+        f"plain crawler (no value: {' '.join(SHAPES)})",
+    )
     args = parser.parse_args(argv)
     args.results.mkdir(parents=True, exist_ok=True)
+    if args.shapes is not None:
+        return _main_shapes(args)
     report = run(args)
     print_table(report)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -779,6 +999,28 @@ def main(argv: list[str] | None = None) -> int:
         (args.results / name).write_text(json.dumps(report, indent=2) + "\n")
     print(f"results: {args.results / f'sync_{args.db}_{stamp}.json'}")
     missed = [k for k, v in report["summary"].items() if v.get("met") is False]
+    return 1 if args.check and missed else 0
+
+
+def parse_shape_text(text: str) -> str:
+    """Check a shape given on the command line; keep its text."""
+    parse_shape(text)
+    return text
+
+
+def _main_shapes(args: argparse.Namespace) -> int:
+    args.shapes = args.shapes or list(SHAPES)
+    report = run_shapes(args)
+    print_shapes(report)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    for name in (f"shapes_{args.db}_{stamp}.json", f"shapes_{args.db}_latest.json"):
+        (args.results / name).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(f"results: {args.results / f'shapes_{args.db}_{stamp}.json'}")
+    missed = [
+        name
+        for name, row in report["summary"].items()
+        if row["time_met"] is False or row.get("request_met") is False
+    ]
     return 1 if args.check and missed else 0
 
 

@@ -203,6 +203,8 @@ class _Run:
         # Present locks per owner and present owners before this run (for the deletion guard).
         self.locks_before: dict[str, int] = {}
         self.owners_before = 0
+        # Ids of the owners present before this run (read with what is known of the paging).
+        self.present_owners: frozenset[str] | None = None
 
     # -- run record ---------------------------------------------------------------------------
 
@@ -216,6 +218,7 @@ class _Run:
             # Read under the lock: nobody else writes now, so this is the true latest instant.
             self.clock = Clock(self.now, latest_instant(conn))
             self.result.started_at = self.clock()
+            self._read_paging(conn)
             previous = filled_by(conn)
             if previous is not None and previous != self.client_id and not allow_client_change:
                 raise ClientMismatchError(
@@ -236,6 +239,15 @@ class _Run:
         if self.on_started is not None and self.result.run_id is not None:
             self.on_started(self.result.run_id)
         log.info("run %s started (%s)", self.result.run_id, self.trigger)
+
+    def _read_paging(self, conn: Connection) -> None:
+        """What earlier runs learned about the API's paging, and the present owners' ids (a
+        page that lists them all ends the owner list; exporter.paging, rule 3)."""
+        self.source.paging.learn(api_paging.load(conn, self.source.api_url))
+        stored = conn.execute(
+            select(owner_accounts.c.id).where(owner_accounts.c.removed_at.is_(None))
+        ).scalars()
+        self.present_owners = frozenset(stored)
 
     def execute(self) -> RunResult:
         """Run the phases; a failure ends the run as `failed` rather than leaving it open."""
@@ -287,12 +299,10 @@ class _Run:
     # -- phases -------------------------------------------------------------------------------
 
     def _phases(self) -> None:
-        with connect(self.engine) as conn:  # what earlier runs learned about the API's paging
-            self.source.paging.learn(api_paging.load(conn, self.source.api_url))
-            stored = conn.execute(
-                select(owner_accounts.c.id).where(owner_accounts.c.removed_at.is_(None))
-            ).scalars()
-            present = frozenset(stored)
+        if self.present_owners is None:  # a dry run: not read by prepare()
+            with connect(self.engine) as conn:
+                self._read_paging(conn)
+        present = self.present_owners
         owners = call_until_stopped(self.stop, lambda: self.source.list_owners(stored=present))
         self.result.owners_seen = len(owners)
         listed = {owner.id for owner in owners}

@@ -161,7 +161,8 @@ def test_a_schema_behind_the_code_exits_5_and_writes_nothing(
 
 
 def test_two_concurrent_runs_one_exits_4(sandbox: Sandbox, db_url: str, engine: Engine) -> None:
-    sandbox.add_fault(Fault(route="locks", kind="delay", delay=0.7, times=None))
+    # 3 lock requests or more at 1.5 s: the second process starts well within the first run.
+    sandbox.add_fault(Fault(route="locks", kind="delay", delay=1.5, times=None))
     env = subprocess_env(sandbox, db_url)
     env["EXPORTER_TAPKEY__WORKERS"] = "1"
     first = _start(env, "run-once")

@@ -237,8 +237,9 @@ def test_two_daemons_on_one_database_never_overlap_and_keep_history_exact(
                 generations.append(expected_locks(fake.snapshot()))
 
         fake.hooks.append(advance)
-        # Runs of ~0.8 s (3 owners x 2 pages x 0.12 s) every 1 s plus jitter: slots keep colliding.
-        fake.add_fault(Fault(route="locks", kind="delay", delay=0.12, times=None))
+        # Runs of ~0.8 s (3 owners x 1 page and 1 confirmation x 0.2 s) every 1 s plus jitter:
+        # slots keep colliding.
+        fake.add_fault(Fault(route="locks", kind="delay", delay=0.2, times=None))
         options = {"tapkey__workers": "1", "schedule__jitter": "0.5"}
         with (
             serve(fake, db_url, tmp_path, "a", **options) as a,
