@@ -19,19 +19,22 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
-from rich.table import Table
-from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
-from exporter import changelog, db_errors, job, observability, render, report, store
+from exporter import observability
 from exporter.config import file_permissions_warning, load_settings, resolve_config_path
 from exporter.errors import ExporterError, UsageError
-from exporter.results import RunResult
 from exporter.settings import Settings, masked_url
 from exporter.terminal import SafeConsole
+
+# Each command imports what it needs (SQLAlchemy, the read side, the sync) when it runs: a
+# `run-once` from cron sends its first request sooner without loading the reports' modules.
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from exporter.results import RunResult
 
 app = typer.Typer(
     help="Sync Tapkey owner accounts and bound locks into SQL with exact change history.",
@@ -103,12 +106,19 @@ def _errors() -> Iterator[None]:
     except ExporterError as exc:
         err.print(f"error: {exc}")
         raise typer.Exit(exc.exit_code) from None
-    except SQLAlchemyError as exc:  # a database error no core function turned into one line
+    except BrokenPipeError:
+        _output_closed()
+    except Exception as exc:
+        # A database error no core function turned into one line (SQLAlchemy is loaded if it
+        # raised one).
+        sqlalchemy_errors = sys.modules.get("sqlalchemy.exc")
+        if sqlalchemy_errors is None or not isinstance(exc, sqlalchemy_errors.SQLAlchemyError):
+            raise
+        from exporter import db_errors
+
         failure = db_errors.store_error(exc)
         err.print(f"error: {failure}")
         raise typer.Exit(failure.exit_code) from None
-    except BrokenPipeError:
-        _output_closed()
 
 
 def _settings(
@@ -218,6 +228,8 @@ def run_once(
 
     Example: exporter run-once --config /etc/tapkey-exporter/config.toml
     """
+    from exporter import job
+
     _check_format(fmt)
     with _errors():
         settings = _settings(config, database_url=database_url, quiet=quiet)
@@ -246,6 +258,8 @@ def run_once(
 
 def _print_result_json(result: RunResult, settings: Settings) -> None:
     """The result as JSON; a run's changes are read back from the database as they are written."""
+    from exporter import job, render, report
+
     data = dataclasses.asdict(result)
     data["duration_seconds"] = (
         (result.finished_at - result.started_at).total_seconds() if result.finished_at else None
@@ -263,6 +277,8 @@ def _print_result_json(result: RunResult, settings: Settings) -> None:
 
 
 def _print_result(result: RunResult) -> None:
+    from rich.table import Table
+
     title = "Dry run (nothing written)" if result.dry_run else f"Run {result.run_id}"
     table = Table(title=f"{title}: {result.status}", show_header=False)
     duration = (
@@ -313,6 +329,8 @@ def check(config: ConfigOption = None, database_url: DatabaseOption = None) -> N
 
     Example: exporter check --config /etc/tapkey-exporter/config.toml
     """
+    from exporter import job
+
     with _errors():
         settings = _settings(config, database_url=database_url)
         results = job.check(settings)
@@ -332,6 +350,8 @@ def db_upgrade(config: ConfigOption = None, database_url: DatabaseOption = None)
 
     Example: exporter db upgrade --database-url postgresql://exporter@db/inventory
     """
+    from exporter import job, store
+
     with _errors():
         settings = _settings(config, database_url=database_url)
         engine = job.make_engine(settings)
@@ -350,6 +370,8 @@ def db_current(config: ConfigOption = None, database_url: DatabaseOption = None)
 
     Example: exporter db current
     """
+    from exporter import job, store
+
     with _errors():
         settings = _settings(config, database_url=database_url)
         engine = job.make_engine(settings, create=False)
@@ -500,6 +522,8 @@ CsvRawOption = Annotated[
 @contextlib.contextmanager
 def _reader(config: Path | None, database_url: str | None) -> Iterator[Engine]:
     """An engine on the configured database, whose schema must be current."""
+    from exporter import job, store
+
     settings = _settings(config, database_url=database_url)
     engine = job.make_engine(settings, create=False)
     try:
@@ -543,6 +567,8 @@ def locks(
 
     Example: exporter locks --owner "Office Vienna" --as-of 2026-03-01T00:00:00Z
     """
+    from exporter import render, report
+
     _check_format(fmt, render.FORMATS)
     with _errors(), _reader(config, database_url) as engine:
         when = report.resolve_as_of(engine, as_of, now=datetime.now(UTC)) if as_of else None
@@ -585,6 +611,8 @@ def history(
 
     Example: exporter history 12-34-BF-FB
     """
+    from exporter import changelog, render
+
     _check_format(fmt, render.FORMATS)
     with _errors(), _reader(config, database_url) as engine:
         result = changelog.lock_history(engine, lock)
@@ -639,6 +667,8 @@ def changes(
 
     Example: exporter changes --since 7d --kind removed,restored
     """
+    from exporter import changelog, render, report
+
     _check_format(fmt, render.FORMATS)
     kinds = {k.strip() for value in kind or () for k in value.split(",") if k.strip()}
     now = datetime.now(UTC)
@@ -702,6 +732,8 @@ def runs(
 
     Example: exporter runs --limit 5; exporter runs show 42 --format json
     """
+    from exporter import render, report
+
     if ctx.invoked_subcommand is not None:
         return
     _check_format(fmt, render.FORMATS)
@@ -733,6 +765,8 @@ def runs_show(
 
     Example: exporter runs show 42
     """
+    from exporter import render, report
+
     _check_format(fmt, render.FORMATS)
     with _errors(), _reader(config, database_url) as engine:
         detail = report.run_detail(engine, run_id)

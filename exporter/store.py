@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import socket
 import stat
 import time
@@ -12,13 +13,9 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import filelock
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError as AlembicCommandError
 from sqlalchemy import (
     Connection,
     Dialect,
@@ -41,6 +38,11 @@ from exporter.errors import (
     SchemaVersionError,
 )
 from exporter.settings import masked_url, without_secrets
+
+# Alembic is imported where a migration runs or its scripts are read: a run on a current schema
+# needs neither, and its import is a good part of a cron run's start-up.
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
 
 LOCK_NAME = "tapkey-inventory-exporter"
 log = logging.getLogger(__name__)
@@ -395,18 +397,47 @@ def insert_many(
     conn.exec_driver_sql(plan.sql, params)
 
 
-def _alembic_config(connection: Connection) -> AlembicConfig:
-    cfg = AlembicConfig()
+def _alembic_config(connection: Connection | None = None) -> AlembicConfig:
+    from alembic.config import Config
+
+    cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir()))
-    cfg.attributes["connection"] = connection
+    if connection is not None:
+        cfg.attributes["connection"] = connection
     return cfg
 
 
+# A migration script's own revision and the one it follows (see migrations/script.py.mako).
+_REVISION = re.compile(r'^revision: str = "(\w+)"$', re.MULTILINE)
+_DOWN_REVISION = re.compile(r'^down_revision: [^=]+= (?:"(\w+)"|None)$', re.MULTILINE)
+
+
 def head_revision() -> str:
-    """The schema revision this code expects."""
-    cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(migrations_dir()))
-    head = ScriptDirectory.from_config(cfg).get_current_head()
+    """The schema revision this code expects.
+
+    Read from the scripts' `revision` / `down_revision` lines (the one revision nothing
+    follows), which takes a millisecond; Alembic's own reading (it imports every script) decides
+    whenever the lines do not give one head. tests/test_migrations.py checks both agree.
+    """
+    revisions: set[str] = set()
+    followed: set[str] = set()
+    for path in (migrations_dir() / "versions").glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        revision, down = _REVISION.search(text), _DOWN_REVISION.search(text)
+        if revision is None or down is None:
+            return alembic_head_revision()
+        revisions.add(revision[1])
+        if down[1] is not None:
+            followed.add(down[1])
+    heads = revisions - followed
+    return heads.pop() if len(heads) == 1 else alembic_head_revision()
+
+
+def alembic_head_revision() -> str:
+    """The head revision as Alembic reads it from the scripts."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
     assert head is not None
     return head
 
@@ -476,6 +507,9 @@ def _upgrade(engine: Engine) -> None:
             raise SchemaVersionError(_unknown_revision_message(current))
         if current == head_revision():
             return
+        from alembic import command
+        from alembic.util import CommandError as AlembicCommandError
+
         try:
             command.upgrade(_alembic_config(conn), "head")
         except (SQLAlchemyError, AlembicCommandError) as exc:
@@ -496,10 +530,11 @@ def _upgrade(engine: Engine) -> None:
 
 def is_known_revision(revision: str) -> bool:
     """True when `revision` is one of this exporter's migrations."""
-    cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(migrations_dir()))
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError as AlembicCommandError
+
     try:
-        return ScriptDirectory.from_config(cfg).get_revision(revision) is not None
+        return ScriptDirectory.from_config(_alembic_config()).get_revision(revision) is not None
     except AlembicCommandError:
         return False
 
@@ -513,6 +548,8 @@ def _unknown_revision_message(revision: str) -> str:
 
 def check_models(engine: Engine) -> None:
     """Raise if the migrations and the table definitions disagree (alembic `check`)."""
+    from alembic import command
+
     with connect(engine) as conn:
         command.check(_alembic_config(conn))
 

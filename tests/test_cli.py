@@ -160,6 +160,32 @@ def test_a_schema_behind_the_code_exits_5_and_writes_nothing(
     assert _run(env, "db", "current").returncode == 0
 
 
+# Runs `exporter run-once` in-process and prints which of these modules it loaded.
+_LOADED = """
+import runpy, sys
+sys.argv = ["exporter", "run-once", "--quiet"]
+try:
+    runpy.run_module("exporter.cli", run_name="__main__")
+except SystemExit as exit:
+    code = exit.code
+heavy = ("alembic", "exporter.report", "exporter.changelog", "exporter.render")
+print(code, sorted(m for m in heavy if m in sys.modules))
+"""
+
+
+def test_run_once_loads_neither_the_read_side_nor_alembic(
+    sandbox: Sandbox, db_url: str, engine: Engine
+) -> None:
+    # What start-up costs before the first request: a schema already at head needs no Alembic,
+    # a sync no reports. (The time itself is in benchmarks/: see the README.)
+    env = subprocess_env(sandbox, db_url)
+    assert _run(env, "run-once", "--quiet").returncode == 0  # creates the schema (Alembic)
+    loaded = subprocess.run(
+        [sys.executable, "-c", _LOADED], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert loaded.stdout.strip() == "0 []", loaded.stderr
+
+
 def test_two_concurrent_runs_one_exits_4(sandbox: Sandbox, db_url: str, engine: Engine) -> None:
     # 3 lock requests or more at 1.5 s: the second process starts well within the first run.
     sandbox.add_fault(Fault(route="locks", kind="delay", delay=1.5, times=None))

@@ -278,3 +278,7 @@ def test_every_column_filled_from_the_api_holds_what_the_exporter_stores() -> No
     assert MAX_ELEMENT_BYTES < 16 * 1024 * 1024  # MEDIUMTEXT's size
     # Health readings are hints: a value longer than its column is dropped (lock_health.py).
     assert lock_health_readings.c.value.type.length == 255  # type: ignore[attr-defined]
+
+
+def test_the_quick_head_revision_is_alembics() -> None:
+    assert store.head_revision() == store.alembic_head_revision()
