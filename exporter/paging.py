@@ -20,7 +20,12 @@ left), with a cap it may not state):
 3. A short page that completes the list as stored (every stored id received, at least one) ends
    it too: ending it there removes nothing. It could only miss rows not stored yet behind a cap
    exactly as long as the page; the confirmation below finds such a cap.
-4. Otherwise a short page is confirmed by one more request (the server may have capped it).
+4. A short page that lacks a stored id ends the list provisionally: only a removal is at stake,
+   and removals are decided once every list is read. By then the longest page seen may prove
+   the end (rule 2); the ends it does not prove are confirmed then (`PagingFacts.to_confirm`),
+   usually none or one. Not so when the id stored last is the one missing (a cap cuts the tail)
+   or nothing is stored (a first load): there rows could be missed behind a cap, so the short
+   page is confirmed at once by one more request, as every short page was before.
 5. A mismatched or missing overlap row means rows were inserted or removed before our position
    while paging: the whole list is re-read (at most `max_restarts` times, then PagingError).
 6. A page at `$skip > 0` that repeats the first page means the server ignores `$skip`:
@@ -43,7 +48,7 @@ them whole. See the README's "Paging" section.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -104,6 +109,9 @@ class ListEnd:
     overlap: bool  # the confirming page must hold the last row only (else: must be empty)
     last_id: str | None
     last_raw: str
+    #: Rule 4's end taken provisionally: a stored id is missing, so only a removal is at stake,
+    #: and removals are decided once every list is read (`PagingFacts.to_confirm`).
+    provisional: bool = False
 
 
 @dataclass(slots=True)
@@ -142,7 +150,7 @@ class PagingFacts:
         self._sizes = known or PageSizes()
         self._changed = False
         # Lists ended by rules 2-3, unconfirmed: key -> rows on the last page; and the longest one.
-        self._ends: dict[str | None, int] = {}
+        self._ends: dict[str | None, tuple[ListEnd, object]] = {}
         self._candidate: tuple[str | None, ListEnd, object] | None = None
 
     # -- the facts ---------------------------------------------------------------------------
@@ -211,7 +219,7 @@ class PagingFacts:
         """Note a list ended by rule 2 or 3 (`key`: the owner id, None for the owner list;
         `request`: whatever the caller needs to ask for the list again)."""
         with self._lock:
-            self._ends[key] = end.rows
+            self._ends[key] = (end, request)
             if self._candidate is None or end.rows > self._candidate[1].rows:
                 self._candidate = (key, end, request)
 
@@ -223,7 +231,21 @@ class PagingFacts:
     def ended_at_least(self, rows: int) -> set[str | None]:
         """Keys of the lists ended by rules 2-3 on a last page of at least `rows` rows."""
         with self._lock:
-            return {key for key, n in self._ends.items() if n >= rows}
+            return {key for key, (end, _) in self._ends.items() if end.rows >= rows}
+
+    def to_confirm(self) -> list[tuple[str | None, ListEnd, object]]:
+        """The ends to confirm once every list is read: the longest (the one check per run)
+        and each provisional end no page proves now (as long as the longest page seen)."""
+        with self._lock:
+            honoured = self._sizes.honoured or 0
+            chosen = [
+                (key, end, request)
+                for key, (end, request) in self._ends.items()
+                if end.provisional and end.rows >= honoured
+            ]
+            if self._candidate is not None and self._candidate[0] not in {c[0] for c in chosen}:
+                chosen.insert(0, self._candidate)
+            return chosen
 
     def forget_ends(self) -> None:
         """Start a new run's record of unconfirmed ends."""
@@ -239,7 +261,8 @@ class _Pass(Generic[T]):
     facts: PagingFacts
     where: str
     trust: bool  # may rules 2 and 3 end the list without a confirming request
-    stored: frozenset[str] | None = None  # the list's ids as stored (rule 3)
+    stored: frozenset[str] | None = None  # the list's ids as stored (rules 3-4)
+    last_stored: str | None = None  # the stored id the API listed last (rule 4), if known
     missing: set[str] = field(default_factory=set)  # stored ids not received yet
     rows: list[tuple[str | None, T | None]] = field(default_factory=list)
     first_ids: tuple[str | None, ...] = ()
@@ -304,7 +327,7 @@ class _Pass(Generic[T]):
             self.short = None
         elif size < self.largest:
             self.done = True  # the server returned more before: this is the tail
-        elif self.trust and (self.facts.ends(size, top) or self._holds_everything_stored()):
+        elif self.trust and (self.facts.ends(size, top) or self._may_end_here()):
             self.done = True
             self.end = ListEnd(
                 rows=size,
@@ -313,16 +336,27 @@ class _Pass(Generic[T]):
                 overlap=len(self.rows) > 1,
                 last_id=self.last_id,
                 last_raw=self.last_raw,
+                provisional=not self.facts.ends(size, top) and bool(self.missing),
             )
+            if self.end.provisional and (
+                self.last_stored is None or self.last_stored in self.missing
+            ):
+                # The tail of the list as stored is missing: what a cap cutting this page would
+                # look like. Confirmed at once instead, so that no row is missed.
+                self.done, self.end, self.short = False, None, size
         else:
             self.short = size
         self.largest = max(self.largest, size)
         return True
 
-    def _holds_everything_stored(self) -> bool:
-        """Rule 3: every id stored for the list was received, so ending it here removes
-        nothing; what it could miss is rows not stored yet (see the module docstring)."""
-        return bool(self.stored) and not self.missing
+    def _may_end_here(self) -> bool:
+        """Rules 3 and 4: the short page holds every stored id, or lacks some but not the one
+        stored last (a cap would cut the tail: that end is confirmed at once instead)."""
+        if not self.stored:
+            return False
+        if not self.missing:
+            return True
+        return self.last_stored is not None and self.last_stored not in self.missing
 
     def _skip_ignored(self) -> PagingError:
         return PagingError(
@@ -340,19 +374,22 @@ def read_list(
     max_restarts: int = 3,
     on_restart: Callable[[int], None] = lambda attempt: None,
     trust: bool = True,
-    stored: Collection[str] | None = None,
+    stored: Sequence[str] | None = None,
+    stored_in_order: bool = True,
 ) -> ListRead[T]:
     """Read a whole list (see the module docstring); re-read it if it shifted while paged.
 
     `convert(value, id, raw)` turns each new element into what is kept (called as pages arrive,
     so a page's JSON values can be freed at once). `on_restart(attempt)` runs before each re-read
     (the client waits a little there). `trust=False` ignores rules 2 and 3: every short page is
-    confirmed. `stored`: the ids stored for this list, if the caller knows them (rule 3).
+    confirmed. `stored`: the ids stored for this list, if the caller knows them (rules 3-4), in
+    the order the API listed them when they were stored unless `stored_in_order` is False.
     """
     known = frozenset(stored) if stored is not None else None
+    last_stored = stored[-1] if stored and stored_in_order else None
     requests = 0
     for attempt in range(max_restarts + 1):
-        state: _Pass[T] = _Pass(facts, where, trust, known, set(known or ()))
+        state: _Pass[T] = _Pass(facts, where, trust, known, last_stored, set(known or ()))
         shifted = False
         while not state.done:
             skip = state.next_skip()

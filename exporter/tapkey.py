@@ -265,7 +265,8 @@ class TapkeyClient:
         list holds them all; see exporter.paging, rule 3).
         """
         target = _Target("/api/v1/Owners")
-        rows, _ = self._read_list(target, {}, parse_owner, KnownTexts({}), stored)
+        listed = tuple(stored) if stored is not None else None  # in no particular order
+        rows, _ = self._read_list(target, {}, parse_owner, KnownTexts({}), listed, in_order=False)
         owners: list[OwnerRecord] = []
         seen: set[str] = set()
         for _, owner in rows:
@@ -311,7 +312,7 @@ class TapkeyClient:
         # mypy joins the union's members to `object` when it solves T.
         rows, requests_sent = cast(
             tuple[list[tuple[str | None, LockRecord | str | None]], int],
-            self._read_list(target, params, parse, KnownTexts(known), known.keys()),
+            self._read_list(target, params, parse, KnownTexts(known), tuple(known)),
         )
         first: dict[str, LockRecord | str | None] = {}
         copies: dict[str, int] = {}
@@ -370,7 +371,9 @@ class TapkeyClient:
         params: dict[str, str],
         parse: Callable[[Any, str | None, str], T | None],
         known: KnownTexts,
-        stored: Collection[str] | None = None,
+        stored: Sequence[str] | None = None,
+        *,
+        in_order: bool = True,
     ) -> tuple[list[tuple[str | None, T | None]], int]:
         """Read a whole list (exporter.paging decides; this only transports the pages)."""
         counter = [0]
@@ -392,6 +395,7 @@ class TapkeyClient:
             max_restarts=self._max_restarts,
             on_restart=restart,
             stored=stored,
+            stored_in_order=in_order,
         )
         if read.end is not None:
             self.paging.ended(target.owner_id, read.end, (target, params))
@@ -416,8 +420,9 @@ class TapkeyClient:
         return get_page
 
     def confirm_paging(self) -> PagingCheck:
-        """Confirm the end of the one list this client ended on the known page size with the
-        longest last page; call once all lists are read, before removals are decided.
+        """Confirm the list ends that need it once all lists are read, before removals are
+        decided: the one with the longest last page (one check per run), and those ended
+        provisionally that no page proves now (exporter.paging, rule 4).
 
         If the server has started to cut pages short below the size it honoured before, that list
         is the first it cut: its end turns out to be no end (the list is read again, trusting
@@ -430,11 +435,20 @@ class TapkeyClient:
             self.paging.forget_ends()  # the next run's ends are its own
 
     def _confirm_paging(self) -> PagingCheck:
-        candidate = self.paging.candidate()
-        if candidate is None:
-            return PagingCheck()
-        key, end, request = candidate
-        target, params = cast(tuple[_Target, dict[str, str]], request)
+        unproven: set[str | None] = set()
+        messages: list[str] = []
+        for key, end, request in self.paging.to_confirm():
+            if key in unproven:
+                continue
+            check = self._confirm_end(key, end, cast(tuple[_Target, dict[str, str]], request))
+            unproven |= check.unproven
+            messages += [check.message] if check.message else []
+        return PagingCheck(frozenset(unproven), "; ".join(messages) or None)
+
+    def _confirm_end(
+        self, key: str | None, end: ListEnd, request: tuple[_Target, dict[str, str]]
+    ) -> PagingCheck:
+        target, params = request
         counter = [0]
         get_page = self._page_getter(target, params, counter, KnownTexts({}))
         try:
@@ -473,14 +487,12 @@ class TapkeyClient:
         if cap is not None:
             self.paging.capped(cap)
         unproven = frozenset(self.paging.ended_at_least(cap or end.rows) | {key})
-        owners = "the owner list" if None in unproven else ""
         locks = len(unproven - {None})
-        what = " and ".join(
-            x for x in (owners, f"{locks} owners' lock lists" if locks else "") if x
-        )
+        parts = ["the owner list"] if None in unproven else []
+        parts += [f"{locks} owners' lock lists"] if locks else []
         message = (
-            f"the end of {what} was not proven ({why}); their removals wait for the next run, "
-            "which confirms every list's end"
+            f"the end of {' and '.join(parts)} was not proven ({why}); their removals wait for "
+            "the next run, which confirms every list's end"
         )
         log.warning("%s", message)
         return PagingCheck(unproven, message)

@@ -111,12 +111,26 @@ def test_every_page_teaches_how_long_the_servers_pages_can_be() -> None:
     assert requests == 2
 
 
+def test_a_short_page_that_lacks_a_stored_id_ends_the_list_provisionally() -> None:
+    # Rule 4: only a removal is at stake (the id stored last came, so no tail was cut); the
+    # end is confirmed, if still needed, once every list is read.
+    facts = PagingFacts(TOP)
+    rows, requests, end, _ = read(FakeList(ids(3)), facts, stored=["gone", *ids(3)])
+    assert rows == ids(3) and requests == 1
+    assert end is not None and end.provisional
+    facts.ended("owner", end, request="again")
+    assert facts.to_confirm() == [("owner", end, "again")]  # no longer page proves it
+    facts.page_seen(4)  # a longer page of another list does
+    facts.ended("other", ListEnd(1, TOP, 1, False, "x", ""), request=None)
+    assert [key for key, _, _ in facts.to_confirm()] == ["owner"]  # only as the longest
+
+
 @pytest.mark.parametrize(
     ("stored", "requests", "ended"),
     [
         pytest.param(ids(3), 1, True, id="every-stored-id-came"),
         pytest.param(ids(2), 1, True, id="and-one-new"),
-        pytest.param([*ids(3), "gone"], 2, False, id="a-stored-id-missing"),
+        pytest.param([*ids(3), "gone"], 2, False, id="the-id-stored-last-missing"),
         pytest.param([], 2, False, id="nothing-stored"),
         pytest.param(None, 2, False, id="stored-unknown"),
     ],
