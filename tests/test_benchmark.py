@@ -35,6 +35,31 @@ def test_sync_benchmark_runs_every_scenario(tmp_path: Path) -> None:
     assert all(data["summary"][kind]["ratio"] > 0 for kind in ("store", "first", "unchanged"))
 
 
+def test_sync_benchmark_shapes_compare_with_the_plain_crawler(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "sync_bench.py"),
+            *("--db", "sqlite", "--db-url", f"sqlite:///{tmp_path / 'bench.db'}"),
+            *("--shapes", "3x7@5", "--changes", "4", "--repeat", "1"),
+            *("--results", str(tmp_path / "results")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "3x7@5 unchanged" in result.stdout
+    (report,) = (tmp_path / "results").glob("shapes_sqlite_2*.json")
+    summary = json.loads(report.read_text())["summary"]
+    # The plain crawler: token, one page of owners, one page per owner.
+    assert {summary[f"3x7@5 {kind}"]["crawler_requests"] for kind in ("first", "unchanged")} == {5}
+    # The exporter on an unchanged rerun: the same, and one request confirming a list's end.
+    assert summary["3x7@5 unchanged"]["requests"] == 6
+    assert all(row["wall_s"] > 0 and row["crawler_s"] > 0 for row in summary.values())
+
+
 def test_read_benchmark_runs_every_command(tmp_path: Path) -> None:
     result = subprocess.run(
         [
