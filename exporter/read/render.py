@@ -1,4 +1,4 @@
-"""Turn report results into rich tables for people, or CSV and JSON for scripts.
+"""Read-side output: inventories and changes as rich tables for people, CSV and JSON for scripts.
 
 JSON keeps native types (numbers, true/false, null) and writes times as ISO-8601 UTC; CSV writes
 the same values as text (times ISO-8601, booleans `true`/`false`, NULL as an empty field), so
