@@ -34,7 +34,7 @@ from exporter.config.settings import LoggingSettings
 from exporter.db.schema import bound_locks, owner_accounts, sync_runs
 from exporter.errors import ConfigError
 from exporter.kinds import ChangeType, RunStatus
-from exporter.terminal import visible
+from exporter.terminal import json_visible, visible
 
 if TYPE_CHECKING:
     from exporter.results import RunResult
@@ -121,7 +121,7 @@ class JsonFormatter(logging.Formatter):
             data["exception"] = self.formatException(record.exc_info)
         if record.stack_info:
             data["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(data, ensure_ascii=False, default=str)
+        return json_visible(json.dumps(data, ensure_ascii=False, default=str))
 
 
 def setup_logging(settings: LoggingSettings, *, stream: IO[str] | None = None) -> None:
