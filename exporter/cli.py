@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from exporter import observability
-from exporter.config import file_permissions_warning, load_settings, resolve_config_path
+from exporter.config.loader import file_permissions_warning, load_settings, resolve_config_path
+from exporter.config.settings import Settings, masked_url
 from exporter.errors import ExporterError, UsageError
-from exporter.settings import Settings, masked_url
+from exporter.kinds import OwnerStatus, RunStatus
+from exporter.service import observability
 from exporter.terminal import SafeConsole
 
 # Each command imports what it needs (SQLAlchemy, the read side, the sync) when it runs: a
@@ -114,7 +115,7 @@ def _errors() -> Iterator[None]:
         sqlalchemy_errors = sys.modules.get("sqlalchemy.exc")
         if sqlalchemy_errors is None or not isinstance(exc, sqlalchemy_errors.SQLAlchemyError):
             raise
-        from exporter import db_errors
+        from exporter.db import errors as db_errors
 
         failure = db_errors.store_error(exc)
         err.print(f"error: {failure}")
@@ -228,7 +229,7 @@ def run_once(
 
     Example: exporter run-once --config /etc/tapkey-exporter/config.toml
     """
-    from exporter import job
+    from exporter.service import job
 
     _check_format(fmt)
     with _errors():
@@ -247,9 +248,9 @@ def run_once(
     if fmt == "json":
         with _errors():
             _print_result_json(result, settings)
-    elif not quiet or result.status != "succeeded":
+    elif not quiet or result.status != RunStatus.SUCCEEDED:
         _print_result(result)
-    if result.status == "failed" and result.error:
+    if result.status == RunStatus.FAILED and result.error:
         err.print(f"error: {result.error}")
     elif result.held_back and result.error:
         err.print(f"warning: {result.error}")
@@ -258,7 +259,9 @@ def run_once(
 
 def _print_result_json(result: RunResult, settings: Settings) -> None:
     """The result as JSON; a run's changes are read back from the database as they are written."""
-    from exporter import job, render, report
+    from exporter.read import inventory as report
+    from exporter.read import render
+    from exporter.service import job
 
     data = dataclasses.asdict(result)
     data["duration_seconds"] = (
@@ -293,7 +296,7 @@ def _print_result(result: RunResult) -> None:
         *result.counts.as_dict().items(),
         ("API requests", result.api_requests),
     ]
-    failed = [o for o in result.owners if o.status == "failed"]
+    failed = [o for o in result.owners if o.status == OwnerStatus.FAILED]
     if failed:
         rows.append(("failed owners", len(failed)))
     for name, value in rows:
@@ -314,7 +317,7 @@ def _print_result(result: RunResult) -> None:
                 change.title or "",
             )
         out.print(changes)
-    if not logging.getLogger("exporter.sync").isEnabledFor(logging.WARNING):
+    if not logging.getLogger("exporter.sync.engine").isEnabledFor(logging.WARNING):
         # Otherwise the sync has logged each of them already (cron would mail them twice).
         for owner in failed:
             err.print(f"owner {owner.owner_account_id} failed: {owner.error}")
@@ -329,7 +332,7 @@ def check(config: ConfigOption = None, database_url: DatabaseOption = None) -> N
 
     Example: exporter check --config /etc/tapkey-exporter/config.toml
     """
-    from exporter import job
+    from exporter.service import job
 
     with _errors():
         settings = _settings(config, database_url=database_url)
@@ -350,7 +353,8 @@ def db_upgrade(config: ConfigOption = None, database_url: DatabaseOption = None)
 
     Example: exporter db upgrade --database-url postgresql://exporter@db/inventory
     """
-    from exporter import job, store
+    from exporter.db import store
+    from exporter.service import job
 
     with _errors():
         settings = _settings(config, database_url=database_url)
@@ -370,7 +374,8 @@ def db_current(config: ConfigOption = None, database_url: DatabaseOption = None)
 
     Example: exporter db current
     """
-    from exporter import job, store
+    from exporter.db import store
+    from exporter.service import job
 
     with _errors():
         settings = _settings(config, database_url=database_url)
@@ -400,7 +405,7 @@ def serve(config: ConfigOption = None) -> None:
 
     Example: exporter serve --config /etc/tapkey-exporter/config.toml
     """
-    from exporter.scheduler import serve as serve_daemon
+    from exporter.service.scheduler import serve as serve_daemon
 
     with _errors():
         settings = _settings(config)
@@ -442,7 +447,7 @@ def sandbox(
     Of the configuration only \\[logging] is used. Example:
     exporter sandbox --port 8765 --owners 5 --locks-per-owner 20
     """
-    from exporter.sandbox import Sandbox, serve_forever
+    from exporter.sandbox.server import Sandbox, serve_forever
 
     _logging_only(config)
 
@@ -522,7 +527,8 @@ CsvRawOption = Annotated[
 @contextlib.contextmanager
 def _reader(config: Path | None, database_url: str | None) -> Iterator[Engine]:
     """An engine on the configured database, whose schema must be current."""
-    from exporter import job, store
+    from exporter.db import store
+    from exporter.service import job
 
     settings = _settings(config, database_url=database_url)
     engine = job.make_engine(settings, create=False)
@@ -567,7 +573,8 @@ def locks(
 
     Example: exporter locks --owner "Office Vienna" --as-of 2026-03-01T00:00:00Z
     """
-    from exporter import render, report
+    from exporter.read import inventory as report
+    from exporter.read import render
 
     _check_format(fmt, render.FORMATS)
     with _errors(), _reader(config, database_url) as engine:
@@ -611,7 +618,7 @@ def history(
 
     Example: exporter history 12-34-BF-FB
     """
-    from exporter import changelog, render
+    from exporter.read import changelog, render
 
     _check_format(fmt, render.FORMATS)
     with _errors(), _reader(config, database_url) as engine:
@@ -667,7 +674,8 @@ def changes(
 
     Example: exporter changes --since 7d --kind removed,restored
     """
-    from exporter import changelog, render, report
+    from exporter.read import changelog, render
+    from exporter.read import inventory as report
 
     _check_format(fmt, render.FORMATS)
     kinds = {k.strip() for value in kind or () for k in value.split(",") if k.strip()}
@@ -732,7 +740,8 @@ def runs(
 
     Example: exporter runs --limit 5; exporter runs show 42 --format json
     """
-    from exporter import render, report
+    from exporter.read import inventory as report
+    from exporter.read import render
 
     if ctx.invoked_subcommand is not None:
         return
@@ -740,7 +749,7 @@ def runs(
     with _errors(), _reader(config, database_url) as engine:
         rows = report.runs(engine, limit=limit, status=status)
     if quiet:
-        rows = [row for row in rows if row.status != "succeeded"]
+        rows = [row for row in rows if row.status != RunStatus.SUCCEEDED]
         if not rows:
             return
     with _errors():
@@ -765,7 +774,8 @@ def runs_show(
 
     Example: exporter runs show 42
     """
-    from exporter import render, report
+    from exporter.read import inventory as report
+    from exporter.read import render
 
     _check_format(fmt, render.FORMATS)
     with _errors(), _reader(config, database_url) as engine:

@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -18,18 +19,18 @@ from typing import Any
 import pytest
 import requests
 import typer
-from conftest import subprocess_env
+from helpers import subprocess_env
 from history_checks import assert_history_consistent, expected_locks, locks_at
 from rich.console import Console
 from sqlalchemy import Engine, create_engine, func, select
 from typer.testing import CliRunner
 
 from exporter import cli
+from exporter.db.schema import sync_run_owners, sync_runs
 from exporter.demo import run_demo
 from exporter.errors import UsageError
-from exporter.run_records import ABANDONED
-from exporter.sandbox import Fault, Sandbox
-from exporter.schema import sync_run_owners, sync_runs
+from exporter.sandbox.server import Fault, Request, Sandbox
+from exporter.sync.run_records import ABANDONED
 
 EXPORTER = [sys.executable, "-m", "exporter.cli"]
 
@@ -168,7 +169,7 @@ try:
     runpy.run_module("exporter.cli", run_name="__main__")
 except SystemExit as exit:
     code = exit.code
-heavy = ("alembic", "exporter.report", "exporter.changelog", "exporter.render")
+heavy = ("alembic", "exporter.read.inventory", "exporter.read.changelog", "exporter.read.render")
 print(code, sorted(m for m in heavy if m in sys.modules))
 """
 
@@ -187,8 +188,15 @@ def test_run_once_loads_neither_the_read_side_nor_alembic(
 
 
 def test_two_concurrent_runs_one_exits_4(sandbox: Sandbox, db_url: str, engine: Engine) -> None:
-    # 3 lock requests or more at 1.5 s: the second process starts well within the first run.
-    sandbox.add_fault(Fault(route="locks", kind="delay", delay=1.5, times=None))
+    # The first run's lock lists are held until the second run has exited, however slowly a
+    # busy machine starts the second process: the two always overlap.
+    second_done = threading.Event()
+
+    def hold_locks(request: Request) -> None:
+        if request.route == "locks":
+            second_done.wait(60)
+
+    sandbox.hooks.append(hold_locks)
     env = subprocess_env(sandbox, db_url)
     env["EXPORTER_TAPKEY__WORKERS"] = "1"
     first = _start(env, "run-once")
@@ -196,6 +204,7 @@ def test_two_concurrent_runs_one_exits_4(sandbox: Sandbox, db_url: str, engine: 
         _wait_for(lambda: _running(engine))
         second = _run(env, "run-once")
     finally:
+        second_done.set()
         _out, err_text = first.communicate(timeout=60)
 
     assert second.returncode == 4, second.stderr
