@@ -6,7 +6,7 @@ Create Date: 2026-12-06 06:00:00.000000
 
 A table `api_paging`, one row per API base URL: the page size ($top) the server was seen to
 return in full (a shorter page at that size ends a list without a confirming request) and the
-largest $top it accepted after refusing a larger one with HTTP 400. See exporter.paging.
+largest $top it accepted after refusing a larger one with HTTP 400. See exporter.tapkey.paging.
 
 The texts below are frozen at this revision on purpose.
 """
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import exporter.schema
+import exporter.db.schema
 
 revision: str = "0005"
 down_revision: str | Sequence[str] | None = "0004"
@@ -54,7 +54,7 @@ def upgrade() -> None:
         ),
         sa.Column(
             "updated_at",
-            exporter.schema.UTCDateTime(timezone=True),
+            exporter.db.schema.UTCDateTime(timezone=True),
             nullable=False,
             comment="When this was last learned (UTC).",
         ),
