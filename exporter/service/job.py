@@ -374,7 +374,7 @@ def _check_paging(settings: Settings, database: CheckResult) -> CheckResult:
     """What the database knows about the API's paging (exporter.tapkey.paging), read-only."""
     if not database.ok or "(current)" not in database.detail:
         return CheckResult("paging", True, "needs the database at the current schema", skipped=True)
-    api_url = display_url(settings.tapkey.api_base_url)
+    api_url = display_url(settings.tapkey.api_base_url.rstrip("/"))  # as the client keys it
     engine = make_engine(settings, create=False)
     try:
         with store.connect(engine) as conn:
