@@ -112,3 +112,21 @@ def test_the_anchor_rule_matches_github() -> None:
         "tables",
         "tables-1",
     }
+
+
+def test_the_architecture_page_names_every_package_and_module() -> None:
+    page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    package = ROOT / "exporter"
+    missing = [
+        str(path.relative_to(ROOT))
+        for path in sorted(package.rglob("*.py"))
+        if path.name != "__init__.py"
+        and "migrations" not in path.parts
+        and not re.search(rf"(?<![\w/.]){re.escape(path.name)}[ :]", page)
+    ]
+    missing += [
+        f"exporter/{path.name}/"
+        for path in sorted(package.iterdir())
+        if (path / "__init__.py").is_file() and f"  {path.name}/ " not in page
+    ]
+    assert not missing, f"docs/architecture.md's map lacks {missing}"
