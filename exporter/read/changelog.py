@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Engine, Select, Table, func, select, true
 
+from exporter.db.inlists import chunks
 from exporter.db.schema import (
     LOCK_TRACKED,
     OWNER_TRACKED,
@@ -32,7 +33,6 @@ from exporter.kinds import ChangeType
 from exporter.read.inventory import (
     LockRow,
     Row,
-    chunks,
     hex_of,
     id_order,
     lock_row,

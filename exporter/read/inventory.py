@@ -56,7 +56,6 @@ from exporter.results import Change
 # Compared per row: a module constant, not an Enum attribute lookup (four times slower).
 _REMOVED = ChangeType.REMOVED
 
-_CHUNK = 500
 # Rows fetched at a time by a streamed read: memory stays flat, round trips stay few.
 _STREAM_BATCH = 2000
 # A result row (RowMapping) or a plain dict of column values.
@@ -116,12 +115,6 @@ def resolve_as_of(engine: Engine, text: str, *, now: datetime) -> AsOf:
 def valid_at(table: FromClause, at: datetime) -> ColumnElement[bool]:
     """The versions of `table` valid at `at`: valid_from <= at < valid_to (or open)."""
     return (table.c.valid_from <= at) & (table.c.valid_to.is_(None) | (table.c.valid_to > at))
-
-
-def chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
-    """`items` in slices small enough for an IN list on every database."""
-    for start in range(0, len(items), _CHUNK):
-        yield items[start : start + _CHUNK]
 
 
 # -- inventory ------------------------------------------------------------------------------------
