@@ -12,16 +12,6 @@ from typing import Any
 
 import pytest
 from alembic import command
-from helpers import (
-    BACKENDS,
-    MARIADB_ADMIN,
-    POSTGRES_ADMIN,
-    database_name,
-    make_settings,
-    server_database,
-)
-from history_checks import count_rows, locks_at
-from inventory_data import Cache, InventoryDb, inventory_cache  # noqa: F401 (a fixture)
 from sqlalchemy import (
     Engine,
     Integer,
@@ -35,6 +25,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
+from support.helpers import (
+    MARIADB_ADMIN,
+    POSTGRES_ADMIN,
+    database_name,
+    make_settings,
+    server_database,
+)
+from support.history import count_rows, locks_at
+from support.inventory_data import InventoryDb
 
 from exporter.db import store
 from exporter.db.descriptions import COLUMN_COMMENTS, TABLE_COMMENTS, VIEW_COMMENTS
@@ -57,13 +56,6 @@ from exporter.sandbox.server import Fault, Sandbox
 from exporter.service import job
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture(params=BACKENDS)
-def inventory_db(request: pytest.FixtureRequest) -> InventoryDb:
-    """Eight runs of history on each backend (built once per test process)."""
-    cache: Cache = request.getfixturevalue("inventory_cache")
-    return cache.get(str(request.param))
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import make_settings, subprocess_env
+from support.helpers import make_settings, subprocess_env
 from typer.testing import CliRunner
 
 from exporter import cli

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from support.helpers import FakeClock
 
 from exporter.errors import AuthError, ConfigError
 from exporter.sandbox.server import Fault, Request, Sandbox
@@ -19,16 +20,6 @@ from exporter.tapkey.client import TapkeyClient
 
 SECRET = "sandbox-secret-Zq81"
 SCOPES = ("read:owneraccounts", "read:core:entities")
-
-
-class FakeClock:
-    """A monotonic clock moved by hand; shared by the sandbox and the provider."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -40,11 +31,6 @@ def clock() -> FakeClock:
 def fake(clock: FakeClock) -> Iterator[Sandbox]:
     with Sandbox(seed=3, owners=2, locks_per_owner=3, client_secret=SECRET, clock=clock) as server:
         yield server
-
-
-@pytest.fixture
-def sleeps() -> list[float]:
-    return []
 
 
 @pytest.fixture
