@@ -32,7 +32,7 @@ from exporter.db import errors as db_errors
 from exporter.db import store
 from exporter.errors import ExporterError, UsageError
 from exporter.kinds import OwnerStatus, RunStatus
-from exporter.read import changelog, render
+from exporter.read import asof, changelog, render
 from exporter.read import inventory as report
 from exporter.results import RunResult
 from exporter.service import job, observability
@@ -540,7 +540,7 @@ def locks(
     """
     _check_format(fmt, render.FORMATS)
     with _errors(), _reader(config, database_url) as engine:
-        when = report.resolve_as_of(engine, as_of, now=datetime.now(UTC)) if as_of else None
+        when = asof.resolve_as_of(engine, as_of, now=datetime.now(UTC)) if as_of else None
         with report.open_inventory(
             engine,
             as_of=when,
@@ -642,8 +642,8 @@ def changes(
         _reader(config, database_url) as engine,
         changelog.open_changes(
             engine,
-            since=report.parse_instant(since, now=now) if since else None,
-            until=report.parse_instant(until, now=now) if until else None,
+            since=asof.parse_instant(since, now=now) if since else None,
+            until=asof.parse_instant(until, now=now) if until else None,
             run_id=run,
             owner=owner,
             kinds=kinds,

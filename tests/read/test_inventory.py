@@ -50,7 +50,7 @@ from exporter.db.schema import (
     sync_runs,
 )
 from exporter.errors import UsageError
-from exporter.read import changelog
+from exporter.read import asof, changelog
 from exporter.read import inventory as report
 from exporter.sandbox.server import Fault, Sandbox
 from exporter.service import job
@@ -87,13 +87,13 @@ def _tracked(lock: report.LockRow) -> dict[str, Any]:
     ],
 )
 def test_parse_instant_reads_iso_times_and_durations(given: str, expected: datetime) -> None:
-    assert report.parse_instant(given, now=NOW) == expected
+    assert asof.parse_instant(given, now=NOW) == expected
 
 
 @pytest.mark.parametrize("given", ["yesterday", "7", "2026-13-01", "", "-3d"])
 def test_parse_instant_refuses_anything_else_in_one_line(given: str) -> None:
     with pytest.raises(UsageError, match="ISO-8601") as caught:
-        report.parse_instant(given, now=NOW)
+        asof.parse_instant(given, now=NOW)
     assert "\n" not in str(caught.value)
 
 
@@ -104,8 +104,8 @@ def test_inventory_as_of_each_run_is_exactly_what_the_sandbox_served(
     inventory_db: InventoryDb, db: Engine
 ) -> None:
     for generation in inventory_db.generations:
-        as_of = report.resolve_as_of(db, str(generation.run_id), now=NOW)
-        assert as_of == report.AsOf(generation.finished_at, generation.run_id)
+        as_of = asof.resolve_as_of(db, str(generation.run_id), now=NOW)
+        assert as_of == asof.AsOf(generation.finished_at, generation.run_id)
 
         inventory = report.inventory(db, as_of=as_of)
 
@@ -125,10 +125,10 @@ def test_inventory_as_of_a_time_between_runs_is_the_earlier_run(
     second, third = inventory_db.generations[1:3]
     between = second.finished_at + (third.started_at - second.finished_at) / 2
 
-    inventory = report.inventory(db, as_of=report.AsOf(between))
+    inventory = report.inventory(db, as_of=asof.AsOf(between))
 
     assert {lock.id: _tracked(lock) for lock in inventory.locks} == second.locks
-    before_anything = report.inventory(db, as_of=report.AsOf(datetime(2020, 1, 1, tzinfo=UTC)))
+    before_anything = report.inventory(db, as_of=asof.AsOf(datetime(2020, 1, 1, tzinfo=UTC)))
     assert before_anything.locks == [] and before_anything.owners == []
 
 
@@ -144,7 +144,7 @@ def test_a_change_belongs_to_the_instant_it_was_observed(
     tick = timedelta(microseconds=1)
 
     def title_at(at: datetime) -> str | None:
-        locks = report.inventory(db, as_of=report.AsOf(at)).locks
+        locks = report.inventory(db, as_of=asof.AsOf(at)).locks
         (title,) = [lock.title for lock in locks if lock.id == inventory_db.renamed]
         return title
 
@@ -166,7 +166,7 @@ def test_current_inventory_is_the_last_generation_sorted_by_owner_then_title(
         for lock in inventory.locks
     ]
     assert keys == sorted(keys)
-    now = report.inventory(db, as_of=report.AsOf(datetime.now(UTC)))
+    now = report.inventory(db, as_of=asof.AsOf(datetime.now(UTC)))
     assert (now.owners, now.locks) == (inventory.owners, inventory.locks)
 
 
