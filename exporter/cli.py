@@ -34,6 +34,7 @@ from exporter.errors import ExporterError, UsageError
 from exporter.kinds import OwnerStatus, RunStatus
 from exporter.read import asof, changelog, render
 from exporter.read import inventory as report
+from exporter.read import runs as read_runs
 from exporter.results import RunResult
 from exporter.service import job, observability
 from exporter.terminal import SafeConsole
@@ -701,7 +702,7 @@ def runs(
         return
     _check_format(fmt, render.FORMATS)
     with _errors(), _reader(config, database_url) as engine:
-        rows = report.runs(engine, limit=limit, status=status)
+        rows = read_runs.runs(engine, limit=limit, status=status)
     if quiet:
         rows = [row for row in rows if row.status != RunStatus.SUCCEEDED]
         if not rows:
@@ -730,7 +731,7 @@ def runs_show(
     """
     _check_format(fmt, render.FORMATS)
     with _errors(), _reader(config, database_url) as engine:
-        detail = report.run_detail(engine, run_id)
+        detail = read_runs.run_detail(engine, run_id)
     with _errors():
         if fmt == "json":
             render.write_json(render.run_detail_json(detail), out.file)

@@ -52,6 +52,7 @@ from exporter.db.schema import (
 from exporter.errors import UsageError
 from exporter.read import asof, changelog
 from exporter.read import inventory as report
+from exporter.read import runs as read_runs
 from exporter.sandbox.server import Fault, Sandbox
 from exporter.service import job
 
@@ -486,22 +487,22 @@ def test_the_documented_point_in_time_queries_give_the_as_of_inventory(
 
 def test_runs_and_run_detail(inventory_db: InventoryDb, db: Engine) -> None:
     generations = inventory_db.generations
-    runs = report.runs(db, limit=None)
+    runs = read_runs.runs(db, limit=None)
     assert [r.id for r in runs] == [g.run_id for g in reversed(generations)]
     assert [r.status for r in runs] == [g.status for g in reversed(generations)]
     assert all(r.duration_seconds is not None and r.duration_seconds >= 0 for r in runs)
-    assert [r.id for r in report.runs(db, limit=2)] == [g.run_id for g in generations[:-3:-1]]
-    partial = report.runs(db, status="partial")
+    assert [r.id for r in read_runs.runs(db, limit=2)] == [g.run_id for g in generations[:-3:-1]]
+    partial = read_runs.runs(db, status="partial")
     assert [r.id for r in partial] == [generations[6].run_id]
     assert partial[0].error and inventory_db.partial_owner in partial[0].error
 
-    detail = report.run_detail(db, generations[6].run_id)
+    detail = read_runs.run_detail(db, generations[6].run_id)
     assert detail.owners[0].owner_account_id == inventory_db.partial_owner
     assert detail.owners[0].status == "failed" and "503" in (detail.owners[0].error or "")
     assert {o.status for o in detail.owners[1:]} == {"complete"}
     assert sum(o.locks_seen for o in detail.owners) == detail.run.locks_seen
     with pytest.raises(UsageError, match="no run 999"):
-        report.run_detail(db, 999)
+        read_runs.run_detail(db, 999)
 
 
 # -- schema: comments, migration, PostgreSQL schema and read-only role ---------------------------
