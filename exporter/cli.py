@@ -573,12 +573,12 @@ def locks(
 
     Example: exporter locks --owner "Office Vienna" --as-of 2026-03-01T00:00:00Z
     """
+    from exporter.read import asof, render
     from exporter.read import inventory as report
-    from exporter.read import render
 
     _check_format(fmt, render.FORMATS)
     with _errors(), _reader(config, database_url) as engine:
-        when = report.resolve_as_of(engine, as_of, now=datetime.now(UTC)) if as_of else None
+        when = asof.resolve_as_of(engine, as_of, now=datetime.now(UTC)) if as_of else None
         with report.open_inventory(
             engine,
             as_of=when,
@@ -674,8 +674,7 @@ def changes(
 
     Example: exporter changes --since 7d --kind removed,restored
     """
-    from exporter.read import changelog, render
-    from exporter.read import inventory as report
+    from exporter.read import asof, changelog, render
 
     _check_format(fmt, render.FORMATS)
     kinds = {k.strip() for value in kind or () for k in value.split(",") if k.strip()}
@@ -685,8 +684,8 @@ def changes(
         _reader(config, database_url) as engine,
         changelog.open_changes(
             engine,
-            since=report.parse_instant(since, now=now) if since else None,
-            until=report.parse_instant(until, now=now) if until else None,
+            since=asof.parse_instant(since, now=now) if since else None,
+            until=asof.parse_instant(until, now=now) if until else None,
             run_id=run,
             owner=owner,
             kinds=kinds,
@@ -740,14 +739,14 @@ def runs(
 
     Example: exporter runs --limit 5; exporter runs show 42 --format json
     """
-    from exporter.read import inventory as report
     from exporter.read import render
+    from exporter.read import runs as read_runs
 
     if ctx.invoked_subcommand is not None:
         return
     _check_format(fmt, render.FORMATS)
     with _errors(), _reader(config, database_url) as engine:
-        rows = report.runs(engine, limit=limit, status=status)
+        rows = read_runs.runs(engine, limit=limit, status=status)
     if quiet:
         rows = [row for row in rows if row.status != RunStatus.SUCCEEDED]
         if not rows:
@@ -774,12 +773,12 @@ def runs_show(
 
     Example: exporter runs show 42
     """
-    from exporter.read import inventory as report
     from exporter.read import render
+    from exporter.read import runs as read_runs
 
     _check_format(fmt, render.FORMATS)
     with _errors(), _reader(config, database_url) as engine:
-        detail = report.run_detail(engine, run_id)
+        detail = read_runs.run_detail(engine, run_id)
     with _errors():
         if fmt == "json":
             render.write_json(render.run_detail_json(detail), out.file)
