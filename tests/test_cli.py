@@ -164,9 +164,9 @@ def test_run_once_loads_neither_the_read_side_nor_alembic(
     # What start-up costs before the first request: a schema already at head needs no Alembic,
     # a sync no reports. (The time itself is in benchmarks/: see the README.)
     env = subprocess_env(sandbox, db_url)
-    assert _run(env, "run-once", "--quiet").returncode == 0  # creates the schema (Alembic)
+    assert run_exporter(env, "run-once", "--quiet").returncode == 0  # creates the schema
     loaded = subprocess.run(
-        [sys.executable, "-c", _LOADED], env=env, capture_output=True, text=True, timeout=60
+        [EXPORTER[0], "-c", _LOADED], env=env, capture_output=True, text=True, timeout=60
     )
     assert loaded.stdout.strip() == "0 []", loaded.stderr
 

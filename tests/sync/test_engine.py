@@ -472,16 +472,16 @@ def test_the_learned_page_size_saves_a_request_per_list_on_later_runs(
     db_url: str, engine: Engine, tmp_path: Path
 ) -> None:
     with Sandbox(seed=6, owners=3, locks_per_owner=7) as fake:
-        first = _run(fake, db_url, tmp_path, page_size=10)
+        first = run_once(fake, db_url, tmp_path, tapkey={"page_size": 10})
         # Nothing known, nothing stored: every short page is confirmed by one more request.
         assert first.api_requests == 2 * (1 + 3)
         assert _paging_row(engine) == (7, None)  # the longest page the server returned
-        owners = _owner_ids(fake)
-        fake.unbind(_lock_ids(fake, owners[0])[0])  # 6 locks: shorter than 7, so the end
+        owners = sandbox_owner_ids(fake)
+        fake.unbind(sandbox_lock_ids(fake, owners[0])[0])  # 6 locks: shorter than 7, so the end
         fake.bind_new(owners[1])  # 8 locks, holding every stored one: nothing to remove
         fake.reset_counters()
 
-        later = _run(fake, db_url, tmp_path, page_size=10)
+        later = run_once(fake, db_url, tmp_path, tapkey={"page_size": 10})
 
         # One request per list, and one to confirm the end of the longest (owner 1's 8 locks).
         assert later.status == "succeeded" and later.api_requests == 1 + 3 + 1
@@ -495,13 +495,13 @@ def test_a_server_that_starts_to_cap_below_the_learned_size_removes_nothing(
     db_url: str, engine: Engine, tmp_path: Path
 ) -> None:
     with Sandbox(seed=6, owners=2, locks_per_owner=12) as fake:
-        _run(fake, db_url, tmp_path, page_size=10)
+        run_once(fake, db_url, tmp_path, tapkey={"page_size": 10})
         assert _paging_row(engine) == (10, None)
         fake.max_top = 5  # silently, below the size it returned in full before
-        gone = fake.locks_payload(_owner_ids(fake)[1])[0]["id"]
+        gone = fake.locks_payload(sandbox_owner_ids(fake)[1])[0]["id"]
         fake.unbind(gone)
 
-        cut = _run(fake, db_url, tmp_path, page_size=10)
+        cut = run_once(fake, db_url, tmp_path, tapkey={"page_size": 10})
 
         # Each lock list ended at 5 rows, which looked like the end; the confirmation caught the
         # cap, so none of the 14 locks past the cut is removed (nor the unbound one: its list is
@@ -512,7 +512,8 @@ def test_a_server_that_starts_to_cap_below_the_learned_size_removes_nothing(
         assert count_rows(engine, bound_locks) == 24
         assert_history_consistent(engine)
 
-        after = _run(fake, db_url, tmp_path, page_size=10)  # every end confirmed again
+        # Every end is confirmed again.
+        after = run_once(fake, db_url, tmp_path, tapkey={"page_size": 10})
 
         assert after.status == "succeeded" and after.counts.removed == 1
         _assert_matches_api(engine, fake, after)
@@ -522,11 +523,12 @@ def test_an_owner_list_cut_by_a_new_cap_removes_no_owner(
     db_url: str, engine: Engine, tmp_path: Path
 ) -> None:
     with Sandbox(seed=6, owners=12, locks_per_owner=2) as fake:
-        _run(fake, db_url, tmp_path, page_size=10)  # the owner list fills a page of 10
+        # The owner list fills a page of 10.
+        run_once(fake, db_url, tmp_path, tapkey={"page_size": 10})
         assert _paging_row(engine) == (10, None)
         fake.max_top = 9
 
-        cut = _run(fake, db_url, tmp_path, page_size=10)
+        cut = run_once(fake, db_url, tmp_path, tapkey={"page_size": 10})
 
         assert cut.status == "partial" and "the owner list" in (cut.error or "")
         assert cut.counts.removed == 0 and cut.owners_seen == 9
@@ -542,14 +544,14 @@ def test_a_refused_page_size_is_stepped_down_and_remembered(
     db_url: str, engine: Engine, tmp_path: Path
 ) -> None:
     with Sandbox(seed=6, owners=2, locks_per_owner=9, refuse_top=4) as fake:
-        first = _run(fake, db_url, tmp_path, page_size=1000)
+        first = run_once(fake, db_url, tmp_path, tapkey={"page_size": 1000})
         assert first.status == "succeeded" and first.counts.created == 18
         assert _paging_row(engine) == (4, 4)
         fake.reset_counters()
         refused: list[Request] = []
         fake.hooks.append(lambda r: refused.append(r) if (r.top or 0) > 4 else None)
 
-        again = _run(fake, db_url, tmp_path, page_size=1000)
+        again = run_once(fake, db_url, tmp_path, tapkey={"page_size": 1000})
 
         assert again.status == "succeeded" and again.counts.unchanged == 18
         assert refused == []  # pages of 4 from the start
