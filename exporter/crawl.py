@@ -59,6 +59,7 @@ def crawl(
     stop: threading.Event,
     stored_locks: Mapping[str, int],
     expand: Sequence[str] = (),
+    idle: Callable[[], None] | None = None,
 ) -> Generator[tuple[str, OwnerLocks | TapkeyError], None, None]:
     """Fetch owners `workers` at a time, yielding each as it completes (or its TapkeyError).
 
@@ -66,7 +67,8 @@ def crawl(
     Stored texts are read only for owners with stored locks (`stored_locks`: count per owner).
     Once `stop` is set the crawl ends within STOP_POLL seconds, leaving the fetches in flight
     behind (see the module docstring). An AuthError ends the crawl: without a token no owner can
-    be read.
+    be read. `idle()` is called (on the consumer's thread) whenever no fetch has completed for
+    STOP_POLL seconds: the engine commits its open transaction rather than hold it while waiting.
     """
     pending = deque(owner_ids)
     running: dict[Future[OwnerLocks], str] = {}
@@ -89,6 +91,8 @@ def crawl(
                 done, _ = wait(running, timeout=STOP_POLL, return_when=FIRST_COMPLETED)
                 if stop.is_set():
                     return
+                if not done and idle is not None:
+                    idle()
                 for future in done:
                     owner_id = running.pop(future)
                     if pending and not stop.is_set():

@@ -16,10 +16,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from exporter import db_errors, retention, store
 from exporter.auth import TokenProvider
+from exporter.batches import Batching
 from exporter.errors import ConfigError, ExporterError, Interrupted, LockHeldError
 from exporter.guard import RemovalGuard, resolve_owner_ids
 from exporter.proxies import Proxy, proxy_for
-from exporter.results import RunResult
+from exporter.results import RunResult, SyncProgress
 from exporter.schema import (
     bound_lock_versions,
     bound_locks,
@@ -121,6 +122,8 @@ def run_once(
     on_client: Callable[[TapkeyClient], None] | None = None,
     allow_mass_removal: bool = False,
     allow_mass_removal_owners: Collection[str] = (),
+    batching: Batching | None = None,
+    progress: Callable[[SyncProgress], None] | None = None,
 ) -> RunResult:
     """Check the schema (upgrading SQLite automatically), then run one sync.
 
@@ -129,6 +132,7 @@ def run_once(
     `allow_mass_removal` / `allow_mass_removal_owners` confirm removals the deletion guard
     would hold back (all of them / those of the given owner ids or unique starts of ids; an id
     that names no present owner, or several, is a UsageError before anything is fetched).
+    `batching` and `progress` go to the sync (exporter.sync.sync).
     """
     client_id, _ = settings.tapkey.credentials()
     refuse_in_memory(settings)
@@ -167,6 +171,8 @@ def run_once(
                     allow_owners=confirmed,
                 ),
                 health=settings.tapkey.expand_health,
+                batching=batching,
+                progress=progress,
             )
         if not dry_run and not (stop is not None and stop.is_set()):
             _apply_retention(engine, settings, now())

@@ -21,6 +21,7 @@ from conftest import subprocess_env
 from history_checks import assert_history_consistent, expected_locks, locks_at
 from sqlalchemy import Engine, select
 
+from exporter import store
 from exporter.run_records import ABANDONED
 from exporter.sandbox import Fault, Sandbox
 from exporter.schema import sync_runs
@@ -109,3 +110,5 @@ def test_sigkill_at_random_points_never_breaks_the_history(
             ).scalar_one()
         assert locks_at(engine, finished) == expected_locks(fake.snapshot())
         assert_history_consistent(engine)
+        # Indexes a killed first load left out (exporter.indexes) are built again.
+        store.check_models(engine)

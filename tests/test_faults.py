@@ -39,6 +39,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import Pool
 
 from exporter import cli, job, run_records, store
+from exporter.batches import Batching
 from exporter.errors import DatabaseUnavailableError, SchemaVersionError
 from exporter.results import RunResult
 from exporter.sandbox import Fault, Request, Sandbox
@@ -1212,29 +1213,35 @@ def _runs(engine: Engine) -> list[tuple[str, str | None]]:
 
 
 @SERVERS
+@pytest.mark.parametrize(
+    "batching", [pytest.param(Batching(locks=1), id="per-owner"), pytest.param(None, id="grouped")]
+)
 def test_a_connection_lost_inside_an_owner_rolls_that_owner_back(
-    db_url: str, engine: Engine, tmp_path: Path
+    db_url: str, engine: Engine, tmp_path: Path, batching: Batching | None
 ) -> None:
     url = db_url
     with Sandbox(seed=31, owners=4, locks_per_owner=6) as fake:
         inserts: list[str] = []
 
         def second_owner(statement: str) -> bool:
-            # Each owner's transaction writes its locks and versions (bulk, possibly COPY),
-            # then its sync_run_owners row: kill the second owner's just before that row.
+            # Each owner writes its locks and versions (bulk, possibly COPY), then its
+            # sync_run_owners row: kill the second owner's just before that row.
             if statement.startswith("INSERT INTO sync_run_owners"):
                 inserts.append(statement)
             return len(inserts) == 2
 
         lost = pytest.raises(DatabaseUnavailableError, match="lost the database connection \\(")
         with _killing(url, second_owner) as killed, lost:
-            _run(fake, url, tmp_path, tapkey={"workers": 1})
+            _run(fake, url, tmp_path, tapkey={"workers": 1}, batching=batching)
         assert killed
 
-        # The first owner is complete, the second rolled back entirely, the run marked failed.
-        assert count_rows(engine, bound_locks) == 6
+        # The second owner rolled back entirely, with the first if they shared a transaction
+        # (grouped: they do unless the writer had to wait for the second's fetch); the run
+        # records exactly the owners that committed, and is marked failed.
         with engine.connect() as conn:
-            assert conn.execute(select(func.count()).select_from(sync_run_owners)).scalar() == 1
+            committed = conn.execute(select(func.count()).select_from(sync_run_owners)).scalar()
+        assert committed in ((1,) if batching is not None else (0, 1))
+        assert count_rows(engine, bound_locks) == 6 * committed
         assert [status for status, _ in _runs(engine)] == ["failed"]
         assert "rolled back" in (_runs(engine)[0][1] or "")
         assert_history_consistent(engine)
@@ -1298,7 +1305,7 @@ def test_a_run_cut_off_by_the_database_is_recorded_by_its_process_when_it_is_bac
             _killing(url, cut_off_then_every_try_to_record_the_end, 1 + attempts) as killed,
             pytest.raises(DatabaseUnavailableError) as lost,
         ):
-            _run(fake, url, tmp_path, tapkey={"workers": 1})
+            _run(fake, url, tmp_path, tapkey={"workers": 1}, batching=Batching(locks=1))
         assert len(killed) == 1 + attempts
         assert _runs(engine)[-1] == ("running", None)
         [warning] = [r for r in caplog.records if "could not record the end" in r.getMessage()]
