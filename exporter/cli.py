@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -29,7 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from exporter import changelog, db_errors, job, observability, render, report, store
 from exporter.config import file_permissions_warning, load_settings, resolve_config_path
 from exporter.errors import ExporterError, UsageError
-from exporter.results import RunResult
+from exporter.results import RunResult, SyncProgress
 from exporter.settings import Settings, masked_url
 from exporter.terminal import SafeConsole
 
@@ -176,6 +176,22 @@ def _stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(signum, handler)
 
 
+@contextlib.contextmanager
+def _progress_bar(
+    settings: Settings, *, quiet: bool
+) -> Iterator[Callable[[SyncProgress], None] | None]:
+    """The sync's progress callback drawing a bar on stderr, or None where none is wanted."""
+    from exporter import progress  # rich's progress display: imported only when it is drawn
+
+    if not progress.wanted(
+        is_terminal=err.is_terminal, quiet=quiet, log_format=settings.logging.format
+    ):
+        yield None
+        return
+    with progress.ProgressBar(err) as update:
+        yield update
+
+
 @app.command("run-once")
 def run_once(
     config: ConfigOption = None,
@@ -216,12 +232,19 @@ def run_once(
     half of its owners, those removals are held back (exit 3) until confirmed with
     --allow-mass-removal or --allow-mass-removal-owner OWNER_ID.
 
+    At a terminal a progress bar on stderr shows owners done, locks, requests, rate and time
+    left (not with --quiet, JSON logs, or when stderr is not a terminal).
+
     Example: exporter run-once --config /etc/tapkey-exporter/config.toml
     """
     _check_format(fmt)
     with _errors():
         settings = _settings(config, database_url=database_url, quiet=quiet)
-        with observability.run_scope() as scope, _stop_on_signals() as stop:
+        with (
+            observability.run_scope() as scope,
+            _stop_on_signals() as stop,
+            _progress_bar(settings, quiet=quiet) as progress,
+        ):
             result = job.run_once(
                 settings,
                 trigger="manual",
@@ -231,6 +254,7 @@ def run_once(
                 on_started=scope.bind,
                 allow_mass_removal=allow_mass_removal,
                 allow_mass_removal_owners=allow_mass_removal_owner or (),
+                progress=progress,
             )
     if fmt == "json":
         with _errors():
