@@ -25,7 +25,7 @@ from sqlalchemy import Connection, Engine
 from exporter.errors import AuthError, Interrupted, TapkeyError
 from exporter.history import load_live_raw
 from exporter.records import OwnerLocks, OwnerRecord
-from exporter.store import SQLITE_READER_CACHE_KIB, sqlite_cache
+from exporter.store import SQLITE_READER_CACHE_KIB, backend, sqlite_cache
 
 T = TypeVar("T")
 
@@ -170,29 +170,36 @@ class _StoredTexts:
     """Reads owners' stored payload texts, in order, ahead of their fetches.
 
     One thread on one connection, whatever `workers` is: the reads are short, and several threads
-    reading at once cost more CPU (in SQLite and for the GIL) than they save in wall time.
+    reading at once cost more CPU (in SQLite and for the GIL) than they save in wall time. Except
+    on MySQL/MariaDB: InnoDB keeps rows in primary key order, so an owner's rows lie on as many
+    pages as it has locks, and a read mostly waits for the server to bring them in; two readers
+    overlap those waits (an unchanged rerun of 100,000 locks took a quarter less time).
     """
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read")
-        self._conn: Connection | None = None
+        readers = 2 if backend(engine) == "mysql" else 1
+        self._thread = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="read")
+        self._local = threading.local()
+        self._conns: list[Connection] = []
 
     def read(self, owner_id: str) -> Future[dict[str, str]]:
-        """The owner's present locks' stored texts, by id (read on the reader thread)."""
+        """The owner's present locks' stored texts, by id (read on a reader thread)."""
         return self._thread.submit(self._load, owner_id)
 
     def _load(self, owner_id: str) -> dict[str, str]:
-        if self._conn is None:
-            self._conn = self._engine.connect()
-            sqlite_cache(self._conn, SQLITE_READER_CACHE_KIB)
-        with self._conn.begin():
-            return load_live_raw(self._conn, owner_id)
+        conn: Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._engine.connect()
+            self._conns.append(conn)
+            sqlite_cache(conn, SQLITE_READER_CACHE_KIB)
+        with conn.begin():
+            return load_live_raw(conn, owner_id)
 
     def __enter__(self) -> _StoredTexts:
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self._thread.shutdown(cancel_futures=True)
-        if self._conn is not None:
-            self._conn.close()
+        for conn in self._conns:
+            conn.close()
