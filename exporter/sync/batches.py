@@ -7,8 +7,9 @@ holds `Batching.locks` written locks or has been open `Batching.seconds`. It com
 the writer would otherwise wait for a fetch, so it never stays open across a slow request.
 
 A crash loses at most the open group, which the next run writes again; every group moves the
-current and version tables together, and an owner's `sync_run_owners` row commits with its
-writes, so the run records say exactly what was committed. What an owner adds to the run's
+current and version tables together, and its owners' `sync_run_owners` rows are written into it
+just before it commits (`before_commit`, which also checks the writer lock: nothing commits
+without it), so the run records say exactly what was committed. What an owner adds to the run's
 counts is handed over (`on_commit`) only once its group has committed.
 """
 
@@ -44,11 +45,13 @@ class WriteGroup(Generic[T]):
         batching: Batching,
         *,
         on_commit: Callable[[list[T]], None],
+        before_commit: Callable[[list[T]], None] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._conn = conn
         self._batching = batching
         self._on_commit = on_commit
+        self._before_commit = before_commit
         self._monotonic = monotonic
         self._transaction: RootTransaction | None = None
         self._opened_at = 0.0
@@ -71,9 +74,14 @@ class WriteGroup(Generic[T]):
             self.commit()
 
     def commit(self) -> None:
-        """Commit the open transaction, if any, and hand its owners to `on_commit`."""
+        """Commit the open transaction, if any, and hand its owners to `on_commit`.
+
+        `before_commit` gets them first, in the transaction; if it raises, nothing commits.
+        """
         if self._transaction is None:
             return
+        if self._pending and self._before_commit is not None:
+            self._before_commit(self._pending)
         transaction, self._transaction = self._transaction, None
         transaction.commit()
         pending, self._pending, self._locks = self._pending, [], 0

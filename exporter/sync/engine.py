@@ -335,7 +335,10 @@ class _Run:
         # An exception leaves the open group uncommitted: closing the connection rolls it back.
         with connect(self.engine) as conn:
             group: WriteGroup[tuple[OwnerOutcome, Counts]] = WriteGroup(
-                conn, self.batching, on_commit=self._committed
+                conn,
+                self.batching,
+                on_commit=self._committed,
+                before_commit=lambda owners: self._record_group(conn, owners),
             )
             fetches = crawl(
                 self.source,
@@ -467,11 +470,8 @@ class _Run:
         )
         self.locks_applied += outcome.locks_seen
         if wrote:
-            conn.execute(insert(sync_run_owners).values(_outcome_row(self._run_id, outcome)))
-            conn.execute(
-                update(owner_accounts).where(owner_accounts.c.id == owner_id).values(last_seen_at=t)
-            )
-            # Counted once its group commits: a run that dies first records only what it wrote.
+            # Recorded in its group's transaction and counted once that commits: a run that dies
+            # first records only what it wrote.
             group.wrote(len(fetched.records), (outcome, counts))
         else:
             # Nothing changed: no transaction of its own (most owners on most runs).
@@ -502,27 +502,34 @@ class _Run:
         built = indexes.restore(self.engine)
         log.info("built %d index(es) in %.1f s", len(built), time.monotonic() - started)
 
+    def _record_group(self, conn: Connection, owners: list[tuple[OwnerOutcome, Counts]]) -> None:
+        """Before a group commits: the writer lock is still ours, then its owners' run rows."""
+        self._check_lock()
+        self._record_owners(conn, [outcome for outcome, _ in owners])
+
     def _record_quiet_owners(self) -> None:
         """Record the owners that had nothing to write: their run rows and last_seen_at."""
         if self.dry_run or not self.quiet:
             return
         with connect(self.engine) as conn, conn.begin():
-            conn.execute(
-                insert(sync_run_owners), [_outcome_row(self._run_id, o) for o in self.quiet]
-            )
-            seen = [
-                {"b_id": o.owner_account_id, "b_at": o.fetched_at}
-                for o in self.quiet
-                if o.status == OwnerStatus.COMPLETE
-            ]
-            if seen:
-                conn.execute(
-                    update(owner_accounts)
-                    .where(owner_accounts.c.id == bindparam("b_id"))
-                    .values(last_seen_at=bindparam("b_at")),
-                    seen,
-                )
+            self._record_owners(conn, self.quiet)
         self.quiet.clear()
+
+    def _record_owners(self, conn: Connection, outcomes: Sequence[OwnerOutcome]) -> None:
+        """Owners' `sync_run_owners` rows, and `last_seen_at` of those fetched completely."""
+        conn.execute(insert(sync_run_owners), [_outcome_row(self._run_id, o) for o in outcomes])
+        seen = [
+            {"b_id": o.owner_account_id, "b_at": o.fetched_at}
+            for o in outcomes
+            if o.status == OwnerStatus.COMPLETE
+        ]
+        if seen:
+            conn.execute(
+                update(owner_accounts)
+                .where(owner_accounts.c.id == bindparam("b_id"))
+                .values(last_seen_at=bindparam("b_at")),
+                seen,
+            )
 
     def _check_lock(self) -> None:
         """Before writing: abort if the writer lock was lost (another run may hold it now)."""
@@ -580,7 +587,6 @@ class _Run:
         wrote = bool(new_rows or versions or any(changed.values()) or (self.health and records))
         if not wrote or self.dry_run:
             return counts, False
-        self._check_lock()
         reopened = [row["b_id"] for row in changed["updated"] + changed["restored"]]
         close_versions(conn, bound_lock_versions, reopened, t)
         insert_many(conn, bound_locks, _NEW_LOCK_COLUMNS, new_rows)

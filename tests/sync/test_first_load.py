@@ -118,8 +118,11 @@ def _statements() -> Iterator[list[str]]:
     seen: list[str] = []
     active: set[int] = set()
 
-    def executed(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        seen.append(statement.lstrip())
+    def executed(
+        conn: Any, _cursor: Any, statement: str, params: Any, _context: Any, many: bool
+    ) -> None:
+        # Once per row of an executemany (one row of sync_run_owners per owner).
+        seen.extend([statement.lstrip()] * (len(params) if many else 1))
         active.add(id(conn))
 
     def committed(conn: Any) -> None:
