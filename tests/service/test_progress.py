@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import subprocess_env
+from support.helpers import subprocess_env
 
 from exporter.config.settings import LoggingSettings
 from exporter.results import SyncProgress

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import make_settings
-from history_checks import assert_history_consistent, expected_locks, locks_at
 from sqlalchemy import Engine, create_engine, event, func, insert, select, text
+from support.helpers import make_settings
+from support.history import assert_history_consistent, expected_locks, locks_at
 
 from exporter.db import indexes, store
 from exporter.db.schema import bound_locks, sync_run_owners, sync_runs
