@@ -18,8 +18,9 @@ Scenarios, in this order, in each of `--repeat` rounds (a fresh sandbox and data
 - ``fetch``: the exporter's own `TapkeyClient` crawling the same pages into `LockRecord`s, no
   database (a diagnostic: it splits the exporter's cost into API client and engine);
 - ``store``: only the first load's database writes: the same lock rows, prebuilt before the clock
-  starts (fetched by the exporter's client), written as the sync writes new locks (one
-  transaction per owner: `store.insert_many`, then the `created` versions copied by
+  starts (fetched by the exporter's client), written as a first load writes them (secondary
+  indexes dropped first and built at the end, `exporter.db.indexes`; whole owners per transaction
+  up to `Batching().locks` locks: `store.insert_many`, then the `created` versions copied by
   `history.open_created_versions`). No HTTP, no diffing: a first load cannot take less;
 - ``first``: `exporter.service.job.run_once` into an empty (migrated) database;
 - ``unchanged``: the same again, nothing changed;
@@ -306,36 +307,55 @@ def _fetch_rows(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _store_only(params: dict[str, Any]) -> dict[str, Any]:
-    """The first load's writes alone: one transaction per owner, as the sync engine writes them."""
+    """The first load's writes alone, as the sync engine writes them: secondary indexes built
+    after the load, whole owners grouped into transactions of up to Batching().locks locks."""
     from sqlalchemy import insert
 
-    from exporter.db import store
-    from exporter.db.schema import bound_locks, owner_accounts, sync_runs
-    from exporter.sync.versions import open_created_versions
+    from exporter.db import indexes, store
+    from exporter.db.schema import owner_accounts, sync_runs
 
     prepared = params["prepared"]
     owners, start = prepared["owners"], prepared["start"]
     engine = store.make_engine(params["db_url"])
     try:
+        # What the run has written before its first owner.
+        with store.connect(engine) as conn, conn.begin():
+            conn.execute(
+                insert(sync_runs).values(id=1, started_at=start, status="running", trigger="manual")
+            )
+            conn.execute(
+                insert(owner_accounts),
+                [{"id": o, "first_seen_at": start, "updated_at": start} for o, _, _ in owners],
+            )
+        indexes.drop_for_first_load(engine)
         with store.connect(engine) as conn:
-            with conn.begin():  # what the run has written before its first owner
-                conn.execute(
-                    insert(sync_runs).values(
-                        id=1, started_at=start, status="running", trigger="manual"
-                    )
-                )
-                conn.execute(
-                    insert(owner_accounts),
-                    [{"id": o, "first_seen_at": start, "updated_at": start} for o, _, _ in owners],
-                )
-            for owner_id, t, rows in owners:
-                with conn.begin():
-                    store.insert_many(conn, bound_locks, prepared["columns"], rows)
-                    open_created_versions(conn, owner_id, t, 1)
+            _store_groups(conn, prepared["columns"], owners)
+        indexes.restore(engine)
     finally:
         engine.dispose()
     locks = sum(len(rows) for _, _, rows in owners)
     return {"status": "succeeded", "owners": len(owners), "locks": locks, "api_requests": 0}
+
+
+def _store_groups(
+    conn: Any, columns: tuple[str, ...], owners: list[tuple[str, datetime, list[Any]]]
+) -> None:
+    """Owners' new locks and `created` versions, whole owners per transaction (sync.Batching)."""
+    from exporter.db import store
+    from exporter.db.schema import bound_locks
+    from exporter.sync.batches import Batching
+    from exporter.sync.versions import open_created_versions
+
+    limit, written = Batching().locks, 0
+    transaction = conn.begin()
+    for owner_id, t, rows in owners:
+        store.insert_many(conn, bound_locks, columns, rows)
+        open_created_versions(conn, owner_id, t, 1)
+        written += len(rows)
+        if written >= limit:
+            transaction.commit()
+            transaction, written = conn.begin(), 0
+    transaction.commit()
 
 
 def _sync_once(params: dict[str, Any]) -> dict[str, Any]:

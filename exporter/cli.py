@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -35,7 +35,7 @@ from exporter.terminal import SafeConsole
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-    from exporter.results import RunResult
+    from exporter.results import RunResult, SyncProgress
 
 app = typer.Typer(
     help="Sync Tapkey owner accounts and bound locks into SQL with exact change history.",
@@ -187,6 +187,22 @@ def _stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(signum, handler)
 
 
+@contextlib.contextmanager
+def _progress_bar(
+    settings: Settings, *, quiet: bool
+) -> Iterator[Callable[[SyncProgress], None] | None]:
+    """The sync's progress callback drawing a bar on stderr, or None where none is wanted."""
+    from exporter.service import progress  # rich's display: imported only for run-once
+
+    if not progress.wanted(
+        is_terminal=err.is_terminal, quiet=quiet, log_format=settings.logging.format
+    ):
+        yield None
+        return
+    with progress.ProgressBar(err) as update:
+        yield update
+
+
 @app.command("run-once")
 def run_once(
     config: ConfigOption = None,
@@ -227,6 +243,9 @@ def run_once(
     half of its owners, those removals are held back (exit 3) until confirmed with
     --allow-mass-removal or --allow-mass-removal-owner OWNER_ID.
 
+    At a terminal a progress bar on stderr shows owners done, locks, requests, rate and time
+    left (not with --quiet, JSON logs, or when stderr is not a terminal).
+
     Example: exporter run-once --config /etc/tapkey-exporter/config.toml
     """
     from exporter.service import job
@@ -234,7 +253,11 @@ def run_once(
     _check_format(fmt)
     with _errors():
         settings = _settings(config, database_url=database_url, quiet=quiet)
-        with observability.run_scope() as scope, _stop_on_signals() as stop:
+        with (
+            observability.run_scope() as scope,
+            _stop_on_signals() as stop,
+            _progress_bar(settings, quiet=quiet) as progress,
+        ):
             result = job.run_once(
                 settings,
                 trigger="manual",
@@ -244,6 +267,7 @@ def run_once(
                 on_started=scope.bind,
                 allow_mass_removal=allow_mass_removal,
                 allow_mass_removal_owners=allow_mass_removal_owner or (),
+                progress=progress,
             )
     if fmt == "json":
         with _errors():

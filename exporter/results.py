@@ -75,3 +75,13 @@ class RunResult:
     dry_run: bool = False
     # Removals the deletion guard held back: owner id -> locks kept (see RemovalGuard).
     held_back: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SyncProgress:
+    """Where a run is: owners applied of those listed, locks seen and API requests so far."""
+
+    owners_done: int
+    owners_total: int
+    locks_seen: int
+    api_requests: int

@@ -113,7 +113,8 @@ def make_engine(url: str, *, schema: str | None = None, create: bool = True) -> 
     """An engine with the session settings every connection needs (UTC, WAL, keepalives).
 
     A sync holds at most four connections at once (the writer, the reader of stored texts, the
-    writer lock's own and `serve`'s /healthz): the default pool of five covers them. Without
+    writer lock's own and `serve`'s /healthz; five on MySQL/MariaDB, which has two readers): the
+    default pool of five covers them. Without
     `create`, a SQLite file that does not exist is an error (connecting would create it); with
     it, a new SQLite file is created readable by its owner only (see `create_private`).
     """

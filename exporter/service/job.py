@@ -32,8 +32,9 @@ from exporter.db.schema import (
 )
 from exporter.errors import ConfigError, ExporterError, Interrupted, LockHeldError
 from exporter.kinds import RunStatus
-from exporter.results import RunResult
+from exporter.results import RunResult, SyncProgress
 from exporter.sync import api_paging, retention
+from exporter.sync.batches import Batching
 from exporter.sync.engine import filled_by, sync, utcnow
 from exporter.sync.guard import RemovalGuard, resolve_owner_ids
 from exporter.tapkey.auth import TokenProvider
@@ -127,6 +128,8 @@ def run_once(
     on_client: Callable[[TapkeyClient], None] | None = None,
     allow_mass_removal: bool = False,
     allow_mass_removal_owners: Collection[str] = (),
+    batching: Batching | None = None,
+    progress: Callable[[SyncProgress], None] | None = None,
 ) -> RunResult:
     """Check the schema (upgrading SQLite automatically), then run one sync.
 
@@ -135,6 +138,7 @@ def run_once(
     `allow_mass_removal` / `allow_mass_removal_owners` confirm removals the deletion guard
     would hold back (all of them / those of the given owner ids or unique starts of ids; an id
     that names no present owner, or several, is a UsageError before anything is fetched).
+    `batching` and `progress` go to the sync (exporter.sync.sync).
     """
     client_id, _ = settings.tapkey.credentials()
     refuse_in_memory(settings)
@@ -173,6 +177,8 @@ def run_once(
                     allow_owners=confirmed,
                 ),
                 health=settings.tapkey.expand_health,
+                batching=batching,
+                progress=progress,
             )
         if not dry_run and not (stop is not None and stop.is_set()):
             _apply_retention(engine, settings, now())

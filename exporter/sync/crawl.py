@@ -22,7 +22,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine
 
-from exporter.db.store import SQLITE_READER_CACHE_KIB, sqlite_cache
+from exporter.db.store import SQLITE_READER_CACHE_KIB, backend, sqlite_cache
 from exporter.errors import AuthError, Interrupted, TapkeyError
 from exporter.sync.versions import load_live_raw
 from exporter.tapkey.paging import PagingCheck, PagingFacts
@@ -68,6 +68,7 @@ def crawl(
     stop: threading.Event,
     stored_locks: Mapping[str, int],
     expand: Sequence[str] = (),
+    idle: Callable[[], None] | None = None,
 ) -> Generator[tuple[str, OwnerLocks | TapkeyError], None, None]:
     """Fetch owners `workers` at a time, yielding each as it completes (or its TapkeyError).
 
@@ -75,7 +76,8 @@ def crawl(
     Stored texts are read only for owners with stored locks (`stored_locks`: count per owner).
     Once `stop` is set the crawl ends within STOP_POLL seconds, leaving the fetches in flight
     behind (see the module docstring). An AuthError ends the crawl: without a token no owner can
-    be read.
+    be read. `idle()` is called (on the consumer's thread) whenever no fetch has completed for
+    STOP_POLL seconds: the engine commits its open transaction rather than hold it while waiting.
     """
     pending = deque(owner_ids)
     running: dict[Future[OwnerLocks], str] = {}
@@ -98,6 +100,8 @@ def crawl(
                 done, _ = wait(running, timeout=STOP_POLL, return_when=FIRST_COMPLETED)
                 if stop.is_set():
                     return
+                if not done and idle is not None:
+                    idle()
                 for future in done:
                     owner_id = running.pop(future)
                     if pending and not stop.is_set():
@@ -175,29 +179,36 @@ class _StoredTexts:
     """Reads owners' stored payload texts, in order, ahead of their fetches.
 
     One thread on one connection, whatever `workers` is: the reads are short, and several threads
-    reading at once cost more CPU (in SQLite and for the GIL) than they save in wall time.
+    reading at once cost more CPU (in SQLite and for the GIL) than they save in wall time. Except
+    on MySQL/MariaDB: InnoDB keeps rows in primary key order, so an owner's rows lie on as many
+    pages as it has locks, and a read mostly waits for the server to bring them in; two readers
+    overlap those waits (an unchanged rerun of 100,000 locks took a quarter less time).
     """
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read")
-        self._conn: Connection | None = None
+        readers = 2 if backend(engine) == "mysql" else 1
+        self._thread = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="read")
+        self._local = threading.local()
+        self._conns: list[Connection] = []
 
     def read(self, owner_id: str) -> Future[dict[str, str]]:
-        """The owner's present locks' stored texts, by id (read on the reader thread)."""
+        """The owner's present locks' stored texts, by id (read on a reader thread)."""
         return self._thread.submit(self._load, owner_id)
 
     def _load(self, owner_id: str) -> dict[str, str]:
-        if self._conn is None:
-            self._conn = self._engine.connect()
-            sqlite_cache(self._conn, SQLITE_READER_CACHE_KIB)
-        with self._conn.begin():
-            return load_live_raw(self._conn, owner_id)
+        conn: Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._engine.connect()
+            self._conns.append(conn)
+            sqlite_cache(conn, SQLITE_READER_CACHE_KIB)
+        with conn.begin():
+            return load_live_raw(conn, owner_id)
 
     def __enter__(self) -> _StoredTexts:
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self._thread.shutdown(cancel_futures=True)
-        if self._conn is not None:
-            self._conn.close()
+        for conn in self._conns:
+            conn.close()

@@ -6,10 +6,13 @@ One run:
    see exporter.sync.run_records);
 2. fetches the whole owner list and writes owner creates/updates/restores in one transaction;
 3. fetches every owner's bound locks (`workers` at a time) and writes each owner's creates,
-   updates and restores in one transaction of its own, in bulk statements. A lock whose payload
-   text equals the stored text is unchanged without becoming a record; an owner with nothing to
-   write gets no transaction: its `sync_run_owners` row and `last_seen_at` are written with the
-   others like it once the crawl is over;
+   updates and restores in bulk statements, whole owners grouped into bounded transactions while
+   the writer has owners queued (exporter.sync.batches: never an owner split, each owner's
+   `sync_run_owners` row in its group). A lock whose payload text equals the stored text is
+   unchanged without becoming a record; an owner with nothing to write needs no transaction: its
+   `sync_run_owners` row and `last_seen_at` are written with the others like it once the crawl
+   is over. A first load into empty tables builds their secondary indexes after its writes
+   (exporter.db.indexes);
 4. after every owner has been fetched, decides removals in one transaction: a lock is removed
    only if no complete fetch of this run returned it, and only if it belongs to an owner whose
    fetch was complete (`unbound`) or to an owner that vanished from the owner list
@@ -17,7 +20,8 @@ One run:
 5. records the outcome in `sync_runs`.
 
 A crash at any point leaves a consistent database: every transaction moves the current tables and
-the version tables together, and the next run marks the crashed run failed (abandoned).
+the version tables together, and the next run marks the crashed run failed (abandoned), writes
+again what the lost group held and builds any index a dead first load left missing.
 
 Versions are half-open intervals [valid_from, valid_to). Every instant the engine writes comes
 from a clock forced to move forward past everything already stored, so the versions of an entity
@@ -29,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from operator import attrgetter
@@ -45,6 +50,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from exporter.db import indexes
 from exporter.db.errors import store_error
 from exporter.db.inlists import chunks
 from exporter.db.schema import (
@@ -70,9 +76,10 @@ from exporter.errors import (
     first_line,
 )
 from exporter.kinds import ChangeType, OwnerStatus, RemovalReason, RunStatus
-from exporter.results import Change, Counts, OwnerOutcome, RunResult
+from exporter.results import Change, Counts, OwnerOutcome, RunResult, SyncProgress
 from exporter.sync import api_paging, run_records
 from exporter.sync import health as lock_health
+from exporter.sync.batches import Batching, WriteGroup
 from exporter.sync.crawl import InventorySource, call_until_stopped, crawl
 from exporter.sync.guard import RemovalGuard, locks_held_message, owners_held_message
 from exporter.sync.versions import (
@@ -129,12 +136,17 @@ def sync(
     on_started: Callable[[int], None] | None = None,
     guard: RemovalGuard | None = None,
     health: bool = False,
+    batching: Batching | None = None,
+    progress: Callable[[SyncProgress], None] | None = None,
 ) -> RunResult:
     """Run one sync and return its outcome; see the module docstring for the rules.
 
     `on_started(run_id)` is called once the run's `sync_runs` row exists (the daemon tags its
     log lines and metrics with it). `guard` holds back mass removals (default: RemovalGuard()).
     `health` asks for `expand=healthStatuses` and stores new readings (see exporter.sync.health).
+    `batching` bounds the transactions that group owners (exporter.sync.batches; default
+    Batching()). `progress` is called from the calling thread once the owner list is known and
+    after every owner (owners done and total, locks seen, API requests so far).
 
     Raises LockHeldError when another run holds the lock (nothing written), ClientMismatchError
     when the database belongs to another OAuth client, and DatabaseUnavailableError when the
@@ -152,6 +164,8 @@ def sync(
     )
     run.guard = guard or RemovalGuard()
     run.health = health
+    run.batching = batching or Batching()
+    run.progress = progress
     if dry_run:
         return run.execute()
     with WriterLock(engine, timeout=lock_timeout) as lock:
@@ -212,12 +226,22 @@ class _Run:
         self.owners_before = 0
         # Ids of the owners present before this run (read with what is known of the paging).
         self.present_owners: frozenset[str] | None = None
+        self.batching = Batching()
+        self.progress: Callable[[SyncProgress], None] | None = None
+        self.locks_applied = 0  # locks seen by the owners applied so far, committed or not
 
     # -- run record ---------------------------------------------------------------------------
 
     def prepare(self, *, allow_client_change: bool) -> None:
         """Close earlier runs' records, check the client, and open this run's record."""
         unrecorded = run_records.unrecorded(self.engine)
+        # Before anything is written: indexes a first load that died did not get to build.
+        built = indexes.restore(self.engine)
+        if built:
+            log.warning(
+                "built the missing index(es) %s (a first load that did not finish left them)",
+                ", ".join(built),
+            )
         with connect(self.engine) as conn, conn.begin():
             # Ends of this process's runs the database was away for, then runs nobody closed.
             run_records.write_unrecorded(conn, unrecorded)
@@ -317,33 +341,51 @@ class _Run:
         with connect(self.engine) as conn, conn.begin():
             self._count_present(conn)
             vanished = self._write_owners(conn, owners, listed)
+        deferred = (
+            not self.dry_run and not self.had_locks and indexes.drop_for_first_load(self.engine)
+        )
+        self._report()
         complete: set[str] = set()
         removable: set[str] = set()
-        fetches = crawl(
-            self.source,
-            [owner.id for owner in owners],
-            engine=self.engine,
-            workers=self.workers,
-            stop=self.stop,
-            stored_locks=self.locks_before,
-            expand=lock_health.EXPAND if self.health else (),
-        )
         # One connection for every owner's transaction: no pool checkout and ping per owner.
         # Closing the crawl on the way out stops its threads and returns its reader connection
         # now, not whenever the generator is collected (after the caller disposed the engine).
-        with connect(self.engine) as conn, contextlib.closing(fetches):
-            for owner_id, fetched in fetches:
-                if self.stop.is_set():
-                    raise Interrupted
-                outcome = self._apply_owner(conn, owner_id, fetched)
-                self.result.owners.append(outcome)
-                if outcome.status == OwnerStatus.COMPLETE:
-                    complete.add(owner_id)
-                    assert isinstance(fetched, OwnerLocks)
-                    if not fetched.unidentified_skips:
-                        removable.add(owner_id)
+        # An exception leaves the open group uncommitted: closing the connection rolls it back.
+        with connect(self.engine) as conn:
+            group: WriteGroup[tuple[OwnerOutcome, Counts]] = WriteGroup(
+                conn,
+                self.batching,
+                on_commit=self._committed,
+                before_commit=lambda owners: self._record_group(conn, owners),
+            )
+            fetches = crawl(
+                self.source,
+                [owner.id for owner in owners],
+                engine=self.engine,
+                workers=self.workers,
+                stop=self.stop,
+                stored_locks=self.locks_before,
+                expand=lock_health.EXPAND if self.health else (),
+                idle=group.commit,
+            )
+            with contextlib.closing(fetches):
+                for owner_id, fetched in fetches:
+                    if self.stop.is_set():
+                        break
+                    outcome = self._apply_owner(conn, group, owner_id, fetched)
+                    self.result.owners.append(outcome)
+                    if outcome.status == OwnerStatus.COMPLETE:
+                        complete.add(owner_id)
+                        assert isinstance(fetched, OwnerLocks)
+                        if not fetched.unidentified_skips:
+                            removable.add(owner_id)
+                    self._report()
+            # Stopped or done: every owner in the group is whole, so what it holds is kept.
+            group.commit()
         if self.stop.is_set():
-            raise Interrupted
+            raise Interrupted  # a stop is quick: the next run builds the indexes left out
+        if deferred:
+            self._build_indexes()
         paging = self._confirm_paging()
         removable -= paging.unproven
         if None in paging.unproven:  # the owner list may have been cut short: nobody vanished
@@ -435,7 +477,11 @@ class _Run:
         return vanished
 
     def _apply_owner(
-        self, conn: Connection, owner_id: str, fetched: OwnerLocks | TapkeyError
+        self,
+        conn: Connection,
+        group: WriteGroup[tuple[OwnerOutcome, Counts]],
+        owner_id: str,
+        fetched: OwnerLocks | TapkeyError,
     ) -> OwnerOutcome:
         if isinstance(fetched, TapkeyError):
             outcome = OwnerOutcome(
@@ -446,52 +492,80 @@ class _Run:
             return outcome
         # Only locks that differ from the stored text are loaded or written; without any, no
         # transaction is needed (an empty one still costs a COMMIT round trip on some servers).
-        with conn.begin() if fetched.records else contextlib.nullcontext():
-            t = self.clock()
-            counts, wrote = self._write_locks(conn, owner_id, fetched, t)
-            outcome = OwnerOutcome(
-                owner_id,
-                OwnerStatus.COMPLETE,
-                locks_seen=len(fetched.records) + len(fetched.unchanged_ids),
-                counts=counts,
-                fetched_at=t,
-                error=self.also_listed.get(owner_id),
-            )
-            if wrote:
-                conn.execute(insert(sync_run_owners).values(_outcome_row(self._run_id, outcome)))
-                conn.execute(
-                    update(owner_accounts)
-                    .where(owner_accounts.c.id == owner_id)
-                    .values(last_seen_at=t)
-                )
-            else:
-                # Nothing changed: no transaction of its own (most owners on most runs).
-                self.quiet.append(outcome)
-        self.result.locks_seen += outcome.locks_seen
-        self.result.counts.add(counts)
+        if fetched.records:
+            group.begin()
+        t = self.clock()
+        counts, wrote = self._write_locks(conn, owner_id, fetched, t)
+        outcome = OwnerOutcome(
+            owner_id,
+            OwnerStatus.COMPLETE,
+            locks_seen=len(fetched.records) + len(fetched.unchanged_ids),
+            counts=counts,
+            fetched_at=t,
+            error=self.also_listed.get(owner_id),
+        )
+        self.locks_applied += outcome.locks_seen
+        if wrote:
+            # Recorded in its group's transaction and counted once that commits: a run that dies
+            # first records only what it wrote.
+            group.wrote(len(fetched.records), (outcome, counts))
+        else:
+            # Nothing changed: no transaction of its own (most owners on most runs).
+            self.quiet.append(outcome)
+            self._committed([(outcome, counts)])
         return outcome
+
+    def _committed(self, owners: list[tuple[OwnerOutcome, Counts]]) -> None:
+        """Add owners whose writes are committed (or who had none) to the run's counts."""
+        for outcome, counts in owners:
+            self.result.locks_seen += outcome.locks_seen
+            self.result.counts.add(counts)
+
+    def _report(self) -> None:
+        if self.progress is not None:
+            self.progress(
+                SyncProgress(
+                    owners_done=len(self.result.owners),
+                    owners_total=self.result.owners_seen,
+                    locks_seen=self.locks_applied,
+                    api_requests=self.source.request_count - self.requests_at_start,
+                )
+            )
+
+    def _build_indexes(self) -> None:
+        """Build the indexes a first load left out, once its locks are in (exporter.db.indexes)."""
+        started = time.monotonic()
+        built = indexes.restore(self.engine)
+        log.info("built %d index(es) in %.1f s", len(built), time.monotonic() - started)
+
+    def _record_group(self, conn: Connection, owners: list[tuple[OwnerOutcome, Counts]]) -> None:
+        """Before a group commits: the writer lock is still ours, then its owners' run rows."""
+        self._check_lock()
+        self._record_owners(conn, [outcome for outcome, _ in owners])
 
     def _record_quiet_owners(self) -> None:
         """Record the owners that had nothing to write: their run rows and last_seen_at."""
         if self.dry_run or not self.quiet:
             return
         with connect(self.engine) as conn, conn.begin():
-            conn.execute(
-                insert(sync_run_owners), [_outcome_row(self._run_id, o) for o in self.quiet]
-            )
-            seen = [
-                {"b_id": o.owner_account_id, "b_at": o.fetched_at}
-                for o in self.quiet
-                if o.status == OwnerStatus.COMPLETE
-            ]
-            if seen:
-                conn.execute(
-                    update(owner_accounts)
-                    .where(owner_accounts.c.id == bindparam("b_id"))
-                    .values(last_seen_at=bindparam("b_at")),
-                    seen,
-                )
+            self._record_owners(conn, self.quiet)
         self.quiet.clear()
+
+    def _record_owners(self, conn: Connection, outcomes: Sequence[OwnerOutcome]) -> None:
+        """Owners' `sync_run_owners` rows, and `last_seen_at` of those fetched completely."""
+        conn.execute(insert(sync_run_owners), [_outcome_row(self._run_id, o) for o in outcomes])
+        seen = [
+            {"b_id": o.owner_account_id, "b_at": o.fetched_at}
+            for o in outcomes
+            if o.status == OwnerStatus.COMPLETE
+        ]
+        if seen:
+            conn.execute(
+                update(owner_accounts)
+                .where(owner_accounts.c.id == bindparam("b_id"))
+                .values(last_seen_at=bindparam("b_at")),
+                seen,
+            )
 
     def _check_lock(self) -> None:
         """Before writing: abort if the writer lock was lost (another run may hold it now)."""
@@ -549,7 +623,6 @@ class _Run:
         wrote = bool(new_rows or versions or any(changed.values()) or (self.health and records))
         if not wrote or self.dry_run:
             return counts, False
-        self._check_lock()
         reopened = [row["b_id"] for row in changed["updated"] + changed["restored"]]
         close_versions(conn, bound_lock_versions, reopened, t)
         insert_many(conn, bound_locks, _NEW_LOCK_COLUMNS, new_rows)

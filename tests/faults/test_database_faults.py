@@ -38,6 +38,7 @@ from exporter.db.schema import (
 from exporter.errors import DatabaseUnavailableError, SchemaVersionError
 from exporter.sandbox.server import Request, Sandbox
 from exporter.sync import run_records
+from exporter.sync.batches import Batching
 
 
 def _alembic(conn: Any) -> AlembicConfig:
@@ -176,29 +177,37 @@ SERVERS = pytest.mark.parametrize("db_url", ["postgresql", "mariadb"], indirect=
 
 
 @SERVERS
+@pytest.mark.parametrize(
+    "batching", [pytest.param(Batching(locks=1), id="per-owner"), pytest.param(None, id="grouped")]
+)
 def test_a_connection_lost_inside_an_owner_rolls_that_owner_back(
-    db_url: str, engine: Engine, tmp_path: Path
+    db_url: str, engine: Engine, tmp_path: Path, batching: Batching | None
 ) -> None:
     url = db_url
     with Sandbox(seed=31, owners=4, locks_per_owner=6) as fake:
         inserts: list[str] = []
+        # One owner per transaction: kill the second's. Grouped, the four owners may all share
+        # the first transaction: kill that one.
+        victim = 2 if batching is not None else 1
 
-        def second_owner(statement: str) -> bool:
-            # Each owner's transaction writes its locks and versions (bulk, possibly COPY),
-            # then its sync_run_owners row: kill the second owner's just before that row.
+        def in_a_transaction(statement: str) -> bool:
+            # Each transaction writes its owners' locks and versions (bulk, possibly COPY), then
+            # their sync_run_owners rows: kill it just before those rows.
             if statement.startswith("INSERT INTO sync_run_owners"):
                 inserts.append(statement)
-            return len(inserts) == 2
+            return len(inserts) == victim
 
         lost = pytest.raises(DatabaseUnavailableError, match="lost the database connection \\(")
-        with _killing(url, second_owner) as killed, lost:
-            run_once(fake, url, tmp_path, tapkey={"workers": 1})
+        with _killing(url, in_a_transaction) as killed, lost:
+            run_once(fake, url, tmp_path, tapkey={"workers": 1}, batching=batching)
         assert killed
 
-        # The first owner is complete, the second rolled back entirely, the run marked failed.
-        assert count_rows(engine, bound_locks) == 6
+        # The killed transaction rolled back entirely (one owner, or every owner grouped in it,
+        # never part of one); the run records exactly the owners that committed, and is failed.
         with engine.connect() as conn:
-            assert conn.execute(select(func.count()).select_from(sync_run_owners)).scalar() == 1
+            committed = conn.execute(select(func.count()).select_from(sync_run_owners)).scalar()
+        assert committed == victim - 1
+        assert count_rows(engine, bound_locks) == 6 * committed
         assert [status for status, _ in run_statuses(engine)] == ["failed"]
         assert "rolled back" in (run_statuses(engine)[0][1] or "")
         assert_history_consistent(engine)
@@ -262,7 +271,7 @@ def test_a_run_cut_off_by_the_database_is_recorded_by_its_process_when_it_is_bac
             _killing(url, cut_off_then_every_try_to_record_the_end, 1 + attempts) as killed,
             pytest.raises(DatabaseUnavailableError) as lost,
         ):
-            run_once(fake, url, tmp_path, tapkey={"workers": 1})
+            run_once(fake, url, tmp_path, tapkey={"workers": 1}, batching=Batching(locks=1))
         assert len(killed) == 1 + attempts
         assert run_statuses(engine)[-1] == ("running", None)
         [warning] = [r for r in caplog.records if "could not record the end" in r.getMessage()]

@@ -305,6 +305,30 @@ def test_stored_texts_are_read_exactly_whatever_the_ids_contain(
         assert load_live_raw(conn, "nobody") == {}
 
 
+@pytest.mark.parametrize("db_url", ["mariadb"], indirect=True)
+@pytest.mark.parametrize("limit", [10, 50, 108], ids=["in the ids", "in a text", "near the end"])
+def test_texts_cut_by_group_concat_are_read_again_row_by_row(engine: Engine, limit: int) -> None:
+    # MariaDB reads an owner's texts joined by GROUP_CONCAT, which cuts its result silently at
+    # group_concat_max_len: a cut text must never pass for the stored one.
+    t = datetime(2026, 1, 1, tzinfo=UTC)
+    # Three texts of 36 characters: joined, 110.
+    texts = {f"lock-{n}": f'{{"id":"lock-{n}","title":"{"x" * 10}"}}' for n in range(3)}
+    with engine.begin() as conn:
+        conn.execute(
+            bound_locks.insert(),
+            [
+                {"id": i, "owner_account_id": "owner-1", "raw": raw, "first_seen_at": t}
+                | {"updated_at": t}
+                for i, raw in texts.items()
+            ],
+        )
+        assert load_live_raw(conn, "owner-1") == texts  # joined, whole
+        # The session limit the reader raises, lowered again: 10 cuts the joined ids, 50 the
+        # second text, 108 the last text two characters before its end.
+        conn.exec_driver_sql(f"SET SESSION group_concat_max_len = {limit}")
+        assert load_live_raw(conn, "owner-1") == texts
+
+
 def test_twenty_fetch_threads_share_the_database_connections(
     db_url: str, engine: Engine, tmp_path: Path
 ) -> None:

@@ -1,0 +1,92 @@
+"""Secondary indexes of the lock tables, built once after a first load instead of row by row.
+
+A first load into empty tables inserts every lock and its first version. The indexes keyed on
+random lock ids (and the versions' time index) would each be updated row by row at random places,
+which costs more than the rows themselves; built once over the loaded rows they cost a fraction.
+So a first load drops them while the tables are empty (`drop_for_first_load`) and builds them
+again when its writes are done (`restore`). A run that dies in between leaves them missing: every
+run restores missing ones before it writes anything, so the next run builds them.
+
+Kept while loading: the primary keys, the owner index of `bound_locks` (the load copies each
+owner's new rows into versions through it) and the versions' `run_id` index (MariaDB/MySQL refuse
+to drop the index of a foreign key; it grows in order anyway).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import Connection, Engine, Index, bindparam, select, text
+
+from exporter.db.schema import OPEN_VERSION_INDEXES, bound_lock_versions, bound_locks
+from exporter.db.store import backend, connect
+
+log = logging.getLogger(__name__)
+
+_TABLES = (bound_locks, bound_lock_versions)
+_KEPT_COLUMNS = {("owner_account_id", "removed_at"), ("run_id",)}
+# Partial unique indexes exist only where the database has them (see schema.OPEN_VERSION_INDEXES).
+_PARTIAL = frozenset({"postgresql", "sqlite"})
+
+
+def deferred(dialect_name: str) -> list[Index]:
+    """The indexes a first load builds after its writes, on this kind of database."""
+    chosen = []
+    for table in _TABLES:
+        for index in sorted(table.indexes, key=lambda i: str(i.name)):
+            if index in OPEN_VERSION_INDEXES:
+                if dialect_name not in _PARTIAL:
+                    continue
+            elif tuple(column.name for column in index.columns) in _KEPT_COLUMNS:
+                continue
+            chosen.append(index)
+    return chosen
+
+
+# The index names of the two tables from the catalog. Not SQLAlchemy's inspector: on PostgreSQL
+# its reflection caches keep every disposed engine's dialect alive (`serve` builds one per run).
+_CATALOG = {
+    "sqlite": "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name IN :tables",
+    "postgresql": (
+        "SELECT indexname FROM pg_indexes "
+        "WHERE schemaname = current_schema() AND tablename IN :tables"
+    ),
+    "mysql": (
+        "SELECT DISTINCT index_name FROM information_schema.statistics "
+        "WHERE table_schema = DATABASE() AND table_name IN :tables"
+    ),
+}
+
+
+def _present(conn: Connection) -> set[str]:
+    query = text(_CATALOG[backend(conn.engine)]).bindparams(bindparam("tables", expanding=True))
+    return set(conn.execute(query, {"tables": [t.name for t in _TABLES]}).scalars())
+
+
+def drop_for_first_load(engine: Engine) -> bool:
+    """Drop the deferred indexes if both lock tables are empty; True if they were.
+
+    Its own transaction (MariaDB/MySQL commit around every DDL statement anyway); the caller
+    holds the writer lock, so nothing fills the tables meanwhile.
+    """
+    with connect(engine) as conn, conn.begin():
+        for table in _TABLES:
+            if conn.execute(select(table.c.id).limit(1)).first() is not None:
+                return False
+        present = _present(conn)
+        for index in deferred(backend(engine)):
+            if index.name in present:
+                index.drop(conn)
+    log.info("first load into empty tables: their secondary indexes are built after it")
+    return True
+
+
+def restore(engine: Engine) -> list[str]:
+    """Create every deferred index that is missing (after a first load, or one that died);
+    return their names."""
+    with connect(engine) as conn, conn.begin():
+        present = _present(conn)
+        missing = [i for i in deferred(backend(engine)) if i.name not in present]
+        for index in missing:
+            index.create(conn)
+    return [str(index.name) for index in missing]
