@@ -29,9 +29,9 @@ from exporter.schema import (
     sync_run_owners,
     sync_runs,
 )
-from exporter.settings import Settings, masked_url
+from exporter.settings import Settings, masked_url, scopes_for
 from exporter.sync import filled_by, sync, utcnow
-from exporter.tapkey import LOCKS_SCOPE, OWNERS_SCOPE, TapkeyClient
+from exporter.tapkey import TapkeyClient
 
 EXIT_CODES = {"succeeded": 0, "failed": 1, "partial": 3}
 
@@ -250,7 +250,8 @@ def _check_tapkey(settings: Settings) -> list[CheckResult]:
     except ExporterError as exc:
         return [*results, _failed("token", exc), *_skipped(("owners",), "needs a token")]
     granted = tokens.granted_scopes
-    missing = sorted({OWNERS_SCOPE, LOCKS_SCOPE} - granted) if granted is not None else []
+    needed = set(scopes_for(settings.tapkey.entities))
+    missing = sorted(needed - granted) if granted is not None else []
     if granted is None:
         results.append(CheckResult("token", True, "fetched (the token endpoint named no scopes)"))
     elif missing:
