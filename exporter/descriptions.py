@@ -70,6 +70,65 @@ _VERSION = {
     "run_id": "The run that wrote this version (sync_runs.id).",
 }
 
+_CONTACT_ATTRIBUTES = {
+    "owner_account_id": "Owner account whose contact list holds it (owner_accounts.id).",
+    "ip_id": "Identity provider of the contact - tapkey for Tapkey users.",
+    "identifier": (
+        "The contact identifier (a Tapkey user email), kept, replaced by its keyed hash (hex) "
+        "or NULL, per [privacy] contact_identifier."
+    ),
+    "title": "Contact name as shown in Tapkey.",
+    "comment": "Comment on the contact.",
+}
+
+_CARD_ATTRIBUTES = {
+    "owner_account_id": "Owner account the card is bound to (owner_accounts.id).",
+    "title": "Card title as shown in Tapkey.",
+    "label": "Label of the card, often the number printed on it.",
+    "uid": "UID of the card chip (hex).",
+    "physical_card_id": "Physical card id as the API gives it (Base64).",
+    "is_active": "Active flag of the card from Tapkey.",
+    "bind_date": "When the card was bound, per Tapkey (UTC).",
+    "unbind_date": "Unbind date reported by Tapkey (UTC), usually NULL.",
+    "nof_grants_capacity": "How many grants the card can carry.",
+}
+
+_GRANT_ATTRIBUTES = {
+    "owner_account_id": "Owner account that issued the grant (owner_accounts.id).",
+    "bound_lock_id": "The bound lock it opens (bound_locks.id).",
+    "contact_id": "The contact it is granted to (contacts.id); NULL for a card grant.",
+    "bound_card_id": "The bound card it is granted to (bound_cards.id); NULL for a contact grant.",
+    "validity_from": "Start of the grant validity (validFrom, UTC); NULL without a start.",
+    "validity_before": (
+        "End of the grant validity, exclusive (validBefore, UTC); NULL without an end."
+    ),
+    "time_restriction_ical": "Weekly time restriction as iCalendar text; NULL without one.",
+    "state": "Grant state from Tapkey - Ok, Revoked, ... (revoked grants stay listed).",
+    "active": "Active flag of the grant from Tapkey.",
+}
+
+
+def _current(what: str) -> dict[str, str]:
+    return {
+        "raw": (
+            f"The API payload of the {what} exactly as last received (JSON text); a keyed "
+            "digest instead where [privacy] keeps identifiers out of the database."
+        ),
+        "first_seen_at": f"When a run first saw the {what} (UTC).",
+        "removed_at": f"When the {what} was removed (UTC); NULL while present.",
+        "updated_at": "When a tracked attribute last changed (UTC).",
+    }
+
+
+_ACCESS_VERSION = {
+    **_VERSION,
+    "removal_reason": (
+        "For removed versions - deleted (a contact or grant its owner no longer lists), unbound "
+        "(a card its owner no longer lists) or owner_removed (its owner account vanished); else "
+        "NULL."
+    ),
+}
+
 TABLE_COMMENTS: dict[str, str] = {
     "sync_runs": "One row per sync run - when it ran, how it ended and what it counted.",
     "sync_run_owners": "One row per owner account per run - how fetching its locks went.",
@@ -93,6 +152,25 @@ TABLE_COMMENTS: dict[str, str] = {
     "lock_health_readings": (
         "Lock health readings (battery, temperature), one row per reading, stored when a reading "
         "with a new timestamp appears. Filled only with [tapkey] expand_health = true."
+    ),
+    "contacts": (
+        "Every contact (a person who can be granted access) ever seen, in its current state. "
+        "Filled with contacts in [tapkey] entities."
+    ),
+    "contact_versions": (
+        "Every version of every contact (valid_from inclusive, valid_to exclusive)."
+    ),
+    "bound_cards": (
+        "Every bound card ever seen, in its current state. Filled with cards in [tapkey] entities."
+    ),
+    "bound_card_versions": "Every version of every bound card.",
+    "grants": (
+        "Every grant (access of a contact or card to a lock) ever seen, in its current state; "
+        "revoked grants keep state Revoked. Filled with grants in [tapkey] entities."
+    ),
+    "grant_versions": (
+        "Every version of every grant; a grant is listed at T when its version valid at T is "
+        "not removed, and gives access when its state is Ok and T is within its validity."
     ),
 }
 
@@ -174,6 +252,27 @@ COLUMN_COMMENTS: dict[str, dict[str, str]] = {
         "api_reading_id": "The reading id Tapkey gave it.",
         "seen_at": "When a run first stored the reading (UTC).",
         "run_id": "The run that stored it (sync_runs.id).",
+    },
+    "contacts": {"id": "Tapkey contact id.", **_CONTACT_ATTRIBUTES, **_current("contact")},
+    "contact_versions": {
+        "version_id": "Row id.",
+        "id": "The contact (contacts.id).",
+        **_CONTACT_ATTRIBUTES,
+        **_ACCESS_VERSION,
+    },
+    "bound_cards": {"id": "Tapkey bound card id.", **_CARD_ATTRIBUTES, **_current("card")},
+    "bound_card_versions": {
+        "version_id": "Row id.",
+        "id": "The bound card (bound_cards.id).",
+        **_CARD_ATTRIBUTES,
+        **_ACCESS_VERSION,
+    },
+    "grants": {"id": "Tapkey grant id.", **_GRANT_ATTRIBUTES, **_current("grant")},
+    "grant_versions": {
+        "version_id": "Row id.",
+        "id": "The grant (grants.id).",
+        **_GRANT_ATTRIBUTES,
+        **_ACCESS_VERSION,
     },
 }
 

@@ -16,8 +16,11 @@ from sqlalchemy import Connection, Table, func, insert, literal, select, update
 from exporter.schema import (
     LOCK_TRACKED,
     UTCDateTime,
+    bound_card_versions,
     bound_lock_versions,
     bound_locks,
+    contact_versions,
+    grant_versions,
     owner_account_versions,
     sync_runs,
 )
@@ -45,9 +48,15 @@ class Clock:
 
 def latest_instant(conn: Connection) -> datetime | None:
     """The latest instant already written, so new versions always start after it."""
+    versions = (
+        bound_lock_versions,
+        owner_account_versions,
+        contact_versions,
+        bound_card_versions,
+        grant_versions,
+    )
     candidates = [
-        conn.execute(select(func.max(bound_lock_versions.c.valid_from))).scalar(),
-        conn.execute(select(func.max(owner_account_versions.c.valid_from))).scalar(),
+        *(conn.execute(select(func.max(v.c.valid_from))).scalar() for v in versions),
         conn.execute(select(func.max(sync_runs.c.started_at))).scalar(),
         conn.execute(select(func.max(sync_runs.c.finished_at))).scalar(),
     ]
@@ -84,13 +93,18 @@ def chunks(items: Sequence[str], size: int = CHUNK) -> Iterator[Sequence[str]]:
 
 def load_locks(conn: Connection, ids: Sequence[str]) -> dict[str, Mapping[Any, Any]]:
     """The stored tracked and current-only columns of the locks `ids`, by id."""
-    columns = [bound_locks.c[name] for name in (*LOCK_TRACKED, *LOCK_CURRENT_ONLY)]
+    return load_rows(conn, bound_locks, (*LOCK_TRACKED, *LOCK_CURRENT_ONLY), ids)
+
+
+def load_rows(
+    conn: Connection, table: Table, names: Sequence[str], ids: Sequence[str]
+) -> dict[str, Mapping[Any, Any]]:
+    """The stored columns `names` (and removed_at) of the rows `ids` of a current table, by id."""
+    columns = [table.c[name] for name in names]
     stored: dict[str, Mapping[Any, Any]] = {}
     for chunk in chunks(ids):
         rows = conn.execute(
-            select(bound_locks.c.id, bound_locks.c.removed_at, *columns).where(
-                bound_locks.c.id.in_(chunk)
-            )
+            select(table.c.id, table.c.removed_at, *columns).where(table.c.id.in_(chunk))
         )
         for row in rows:
             stored[row.id] = row._mapping
@@ -105,9 +119,9 @@ _JOIN = "\x1e"
 _READ_JOINED = frozenset({"sqlite", "postgresql"})
 
 
-def load_live_raw(conn: Connection, owner_id: str) -> dict[str, str]:
-    """The stored payload text of the owner's present locks, by lock id."""
-    present = (bound_locks.c.owner_account_id == owner_id) & bound_locks.c.removed_at.is_(None)
+def load_live_raw(conn: Connection, owner_id: str, table: Table = bound_locks) -> dict[str, str]:
+    """The stored payload text of the owner's present locks (or rows of `table`), by id."""
+    present = (table.c.owner_account_id == owner_id) & table.c.removed_at.is_(None)
     if conn.dialect.name in _READ_JOINED:
         # One row, not one per lock: the drivers let go of the GIL for every row (sqlite3) or
         # network read (psycopg) and must win it back from the fetch threads each time, so row
@@ -115,8 +129,8 @@ def load_live_raw(conn: Connection, owner_id: str) -> dict[str, str]:
         # so the lists line up; an id containing the separator makes their lengths differ.
         ids, texts = conn.execute(
             select(
-                func.aggregate_strings(bound_locks.c.id, _JOIN),
-                func.aggregate_strings(func.coalesce(bound_locks.c.raw, ""), _JOIN),
+                func.aggregate_strings(table.c.id, _JOIN),
+                func.aggregate_strings(func.coalesce(table.c.raw, ""), _JOIN),
             ).where(present)
         ).one()
         if ids is None:
@@ -124,7 +138,7 @@ def load_live_raw(conn: Connection, owner_id: str) -> dict[str, str]:
         id_list, text_list = ids.split(_JOIN), texts.split(_JOIN)
         if len(id_list) == len(text_list):
             return dict(zip(id_list, text_list, strict=True))
-    rows = conn.execute(select(bound_locks.c.id, bound_locks.c.raw).where(present)).all()
+    rows = conn.execute(select(table.c.id, table.c.raw).where(present)).all()
     return {row.id: row.raw or "" for row in rows}
 
 
@@ -139,22 +153,32 @@ def close_versions(conn: Connection, table: Table, ids: Sequence[str], t: dateti
         )
 
 
-def open_created_versions(conn: Connection, owner_id: str, t: datetime, run_id: int) -> None:
-    """Open `created` versions for the owner's locks inserted at `t`, copied in the database.
+def open_created_versions(
+    conn: Connection,
+    owner_id: str,
+    t: datetime,
+    run_id: int,
+    *,
+    current: Table = bound_locks,
+    versions: Table = bound_lock_versions,
+    tracked: Sequence[str] = LOCK_TRACKED,
+) -> None:
+    """Open `created` versions for the owner's locks (or rows of `current`) inserted at `t`,
+    copied in the database.
 
     Only this transaction's new rows have first_seen_at == t: every instant the engine writes is
     later than all stored ones (Clock). Copying them server-side spares sending every new lock's
     attributes a second time.
     """
     source = select(
-        bound_locks.c.id,
-        *(bound_locks.c[name] for name in LOCK_TRACKED),
+        current.c.id,
+        *(current.c[name] for name in tracked),
         literal(t, UTCDateTime()).label("valid_from"),
         literal("created").label("change_type"),
         literal(run_id).label("run_id"),
-    ).where(bound_locks.c.owner_account_id == owner_id, bound_locks.c.first_seen_at == t)
-    columns = ["id", *LOCK_TRACKED, "valid_from", "change_type", "run_id"]
-    conn.execute(insert(bound_lock_versions).from_select(columns, source))
+    ).where(current.c.owner_account_id == owner_id, current.c.first_seen_at == t)
+    columns = ["id", *tracked, "valid_from", "change_type", "run_id"]
+    conn.execute(insert(versions).from_select(columns, source))
 
 
 def remove_rows(

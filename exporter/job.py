@@ -15,6 +15,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from exporter import db_errors, retention, store
+from exporter.access_records import Privacy
+from exporter.access_sync import AccessOptions
 from exporter.auth import TokenProvider
 from exporter.errors import ConfigError, ExporterError, Interrupted, LockHeldError
 from exporter.guard import RemovalGuard, resolve_owner_ids
@@ -131,6 +133,7 @@ def run_once(
     that names no present owner, or several, is a UsageError before anything is fetched).
     """
     client_id, _ = settings.tapkey.credentials()
+    access = access_options(settings)
     refuse_in_memory(settings)
     engine = make_engine(settings, create=not dry_run)
     # Once `stop` is set, no retry is waited for or sent: the back-off raises Interrupted.
@@ -167,6 +170,7 @@ def run_once(
                     allow_owners=confirmed,
                 ),
                 health=settings.tapkey.expand_health,
+                access=access,
             )
         if not dry_run and not (stop is not None and stop.is_set()):
             _apply_retention(engine, settings, now())
@@ -176,6 +180,16 @@ def run_once(
         raise db_errors.store_error(exc, engine) from None
     finally:
         engine.dispose()
+
+
+def access_options(settings: Settings) -> AccessOptions:
+    """The access entities of `[tapkey] entities` with `[privacy]` (ConfigError for a bad key)."""
+    _, secret = settings.tapkey.credentials()
+    privacy = settings.privacy
+    return AccessOptions.of(
+        settings.tapkey.entities,
+        Privacy.from_settings(privacy.contact_identifier, privacy.key(), secret),
+    )
 
 
 def _present_owner_ids(engine: Engine) -> set[str]:

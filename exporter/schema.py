@@ -50,8 +50,33 @@ LOCK_TRACKED = (
     "target_type",
 )
 OWNER_TRACKED = ("name", "active")
+# Access data (issue 15): the owner comes from the URL, as for locks.
+CONTACT_TRACKED = ("owner_account_id", "ip_id", "identifier", "title", "comment")
+CARD_TRACKED = (
+    "owner_account_id",
+    "title",
+    "label",
+    "uid",
+    "physical_card_id",
+    "is_active",
+    "bind_date",
+    "unbind_date",
+    "nof_grants_capacity",
+)
+GRANT_TRACKED = (
+    "owner_account_id",
+    "bound_lock_id",
+    "contact_id",
+    "bound_card_id",
+    "validity_from",
+    "validity_before",
+    "time_restriction_ical",
+    "state",
+    "active",
+)
 CHANGE_TYPES = ("created", "updated", "removed", "restored")
-REMOVAL_REASONS = ("unbound", "owner_removed")
+# deleted: a contact or grant its owner account no longer lists (a card is unbound).
+REMOVAL_REASONS = ("unbound", "owner_removed", "deleted")
 RUN_STATUSES = ("running", "succeeded", "partial", "failed")
 RUN_TRIGGERS = ("manual", "schedule", "demo")
 
@@ -248,6 +273,128 @@ bound_lock_versions = Table(
     **_MYSQL,
 )
 
+
+def _contact_attributes() -> list[Column[Any]]:
+    return [
+        Column("owner_account_id", _id(), nullable=False),
+        Column("ip_id", String(255)),
+        Column("identifier", _id(255)),
+        Column("title", _long_text()),
+        Column("comment", _long_text()),
+    ]
+
+
+def _card_attributes() -> list[Column[Any]]:
+    return [
+        Column("owner_account_id", _id(), nullable=False),
+        Column("title", _long_text()),
+        Column("label", String(255)),
+        Column("uid", _id(255)),
+        Column("physical_card_id", _id(255)),
+        Column("is_active", Boolean()),
+        Column("bind_date", UTCDateTime()),
+        Column("unbind_date", UTCDateTime()),
+        Column("nof_grants_capacity", Integer()),
+    ]
+
+
+def _grant_attributes() -> list[Column[Any]]:
+    return [
+        Column("owner_account_id", _id(), nullable=False),
+        Column("bound_lock_id", _id()),
+        Column("contact_id", _id()),
+        Column("bound_card_id", _id()),
+        Column("validity_from", UTCDateTime()),
+        Column("validity_before", UTCDateTime()),
+        Column("time_restriction_ical", _long_text()),
+        Column("state", String(32)),
+        Column("active", Boolean()),
+    ]
+
+
+def _current_columns() -> list[Column[Any]]:
+    return [
+        Column("raw", _long_text()),
+        Column("first_seen_at", UTCDateTime(), nullable=False),
+        Column("removed_at", UTCDateTime()),
+        Column("updated_at", UTCDateTime(), nullable=False),
+    ]
+
+
+contacts = Table(
+    "contacts",
+    metadata,
+    Column("id", _id(), primary_key=True),
+    *_contact_attributes(),
+    *_current_columns(),
+    Index(None, "owner_account_id", "removed_at"),
+    **_MYSQL,
+)
+
+contact_versions = Table(
+    "contact_versions",
+    metadata,
+    Column("version_id", Integer(), primary_key=True, autoincrement=True),
+    Column("id", _id(), nullable=False),
+    *_contact_attributes(),
+    *_version_columns("sync_runs"),
+    Index(None, "id", "valid_from"),
+    Index(None, "valid_from"),
+    Index(None, "run_id"),
+    **_MYSQL,
+)
+
+bound_cards = Table(
+    "bound_cards",
+    metadata,
+    Column("id", _id(), primary_key=True),
+    *_card_attributes(),
+    *_current_columns(),
+    Index(None, "owner_account_id", "removed_at"),
+    **_MYSQL,
+)
+
+bound_card_versions = Table(
+    "bound_card_versions",
+    metadata,
+    Column("version_id", Integer(), primary_key=True, autoincrement=True),
+    Column("id", _id(), nullable=False),
+    *_card_attributes(),
+    *_version_columns("sync_runs"),
+    Index(None, "id", "valid_from"),
+    Index(None, "valid_from"),
+    Index(None, "run_id"),
+    **_MYSQL,
+)
+
+grants = Table(
+    "grants",
+    metadata,
+    Column("id", _id(), primary_key=True),
+    *_grant_attributes(),
+    *_current_columns(),
+    Index(None, "owner_account_id", "removed_at"),
+    Index(None, "bound_lock_id"),
+    Index(None, "contact_id"),
+    Index(None, "bound_card_id"),
+    **_MYSQL,
+)
+
+grant_versions = Table(
+    "grant_versions",
+    metadata,
+    Column("version_id", Integer(), primary_key=True, autoincrement=True),
+    Column("id", _id(), nullable=False),
+    *_grant_attributes(),
+    *_version_columns("sync_runs"),
+    Index(None, "id", "valid_from"),
+    Index(None, "valid_from"),
+    Index(None, "run_id"),
+    Index(None, "bound_lock_id", "valid_from"),
+    Index(None, "contact_id", "valid_from"),
+    **_MYSQL,
+)
+
 # A date dimension, filled once by migration 0002: it lets the daily_inventory view walk days in
 # plain SQL (date arithmetic differs between the three databases; comparisons do not).
 CALENDAR_FIRST_DAY = date(2020, 1, 1)
@@ -397,5 +544,11 @@ OPEN_VERSION_INDEXES = tuple(
         postgresql_where=table.c.valid_to.is_(None),
         sqlite_where=table.c.valid_to.is_(None),
     ).ddl_if(dialect=("postgresql", "sqlite"))  # type: ignore[arg-type]  # tuples are documented
-    for table in (owner_account_versions, bound_lock_versions)
+    for table in (
+        owner_account_versions,
+        bound_lock_versions,
+        contact_versions,
+        bound_card_versions,
+        grant_versions,
+    )
 )

@@ -32,7 +32,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from operator import attrgetter
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     Connection,
@@ -46,6 +46,13 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from exporter import lock_health, run_records
+from exporter.access_sync import (
+    AccessContext,
+    AccessOptions,
+    AccessOutcome,
+    AccessSource,
+    sync_access,
+)
 from exporter.crawl import InventorySource, call_until_stopped, crawl
 from exporter.db_errors import store_error
 from exporter.errors import (
@@ -125,12 +132,15 @@ def sync(
     on_started: Callable[[int], None] | None = None,
     guard: RemovalGuard | None = None,
     health: bool = False,
+    access: AccessOptions | None = None,
 ) -> RunResult:
     """Run one sync and return its outcome; see the module docstring for the rules.
 
     `on_started(run_id)` is called once the run's `sync_runs` row exists (the daemon tags its
     log lines and metrics with it). `guard` holds back mass removals (default: RemovalGuard()).
     `health` asks for `expand=healthStatuses` and stores new readings (see exporter.lock_health).
+    `access` names the access entities synced after the locks (see exporter.access_sync); the
+    source must then also be an AccessSource.
 
     Raises LockHeldError when another run holds the lock (nothing written), ClientMismatchError
     when the database belongs to another OAuth client, and DatabaseUnavailableError when the
@@ -148,6 +158,7 @@ def sync(
     )
     run.guard = guard or RemovalGuard()
     run.health = health
+    run.access = access or AccessOptions()
     if dry_run:
         return run.execute()
     with WriterLock(engine, timeout=lock_timeout) as lock:
@@ -199,6 +210,7 @@ class _Run:
         self.guard = RemovalGuard()
         # Ask for health readings and store new ones (lock_health), never as versions.
         self.health = False
+        self.access = AccessOptions()
         # Present locks per owner and present owners before this run (for the deletion guard).
         self.locks_before: dict[str, int] = {}
         self.owners_before = 0
@@ -324,10 +336,34 @@ class _Run:
         self._record_quiet_owners()
         held = self._remove(removable | vanished, vanished)
         failed = listed - complete
-        if held:
+        access = self._sync_access([owner.id for owner in owners])
+        if held or any(o.held for o in access):
             held.append("under `exporter serve`, set [sync] allow_mass_removal = true for one run")
-        summary = "; ".join(m for m in (_failed_summary(self.result.owners), *held) if m)
-        self._finish("partial" if failed or held else "succeeded", summary or None)
+        problems = [p for o in access for p in o.problems()]
+        summary = "; ".join(m for m in (_failed_summary(self.result.owners), *problems, *held) if m)
+        partial = failed or held or problems
+        self._finish("partial" if partial else "succeeded", summary or None)
+
+    def _sync_access(self, owner_ids: list[str]) -> list[AccessOutcome]:
+        """Contacts, cards and grants of the listed owners (exporter.access_sync)."""
+        if not self.access.entities:
+            return []
+        context = AccessContext(
+            engine=self.engine,
+            source=cast(AccessSource, self.source),
+            clock=self.clock,
+            run_id=self._run_id,
+            dry_run=self.dry_run,
+            stop=self.stop,
+            guard=self.guard,
+            workers=self.workers,
+            check_lock=self._check_lock,
+            changes=self.result.changes,
+        )
+        outcomes = sync_access(context, owner_ids, self.access)
+        for outcome in outcomes:
+            self.result.access[outcome.entity] = outcome.counts
+        return outcomes
 
     def _count_present(self, conn: Connection) -> None:
         """Remember what is present before this run changes anything (for the deletion guard)."""

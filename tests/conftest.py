@@ -29,6 +29,12 @@ MARIADB_ADMIN = os.environ.get("EXPORTER_TEST_MARIADB", "mysql+pymysql://root@12
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 BACKENDS = ("sqlite", "postgresql", "mariadb")
 TABLES = (  # calendar_days is static data from migration 0002: never truncated
+    "grant_versions",
+    "bound_card_versions",
+    "contact_versions",
+    "grants",
+    "bound_cards",
+    "contacts",
     "lock_health_readings",
     "sync_run_owners",
     "bound_lock_versions",

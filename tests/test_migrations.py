@@ -185,12 +185,15 @@ def _migrate(engine: Engine, revision: str, *, down: bool = False) -> None:
 
 
 def _contents(engine: Engine) -> dict[str, list[dict[str, object]]]:
+    """The rows of every table that has any (tables of later revisions may be missing)."""
+    existing = set(inspect(engine).get_table_names())
     with engine.connect() as conn:
-        return {
+        contents = {
             table.name: [dict(row) for row in conn.execute(select(table)).mappings()]
             for table in metadata.sorted_tables
-            if table is not calendar_days
+            if table is not calendar_days and table.name in existing
         }
+    return {name: rows for name, rows in contents.items() if rows}
 
 
 def test_upgrading_from_0003_keeps_the_data_and_then_takes_long_values(
@@ -201,13 +204,15 @@ def test_upgrading_from_0003_keeps_the_data_and_then_takes_long_values(
     # 100,000-character title that MariaDB refused at 0003.
     engine = store.make_engine(empty_db_url)
     try:
-        _migrate(engine, "0003")
+        # Filled by today's engine (which reads every table of head), then taken back to 0003.
+        store.upgrade(engine)
         with Sandbox(seed=7, owners=2, locks_per_owner=3) as fake:
             settings = make_settings(fake, empty_db_url, tmp_path, expand_health=True)
             for _ in range(2):
                 with job.make_client(settings) as client:
                     sync(engine=engine, source=client, client_id="sandbox-client", health=True)
                 fake.advance(changes=3)
+            _migrate(engine, "0003", down=True)
             before = _contents(engine)
             assert all(before[t.name] for t in (bound_lock_versions, owner_account_versions))
 
