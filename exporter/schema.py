@@ -534,6 +534,43 @@ VIEWS.update(
     }
 )
 
+# Access data (issue 15). A grant goes to a contact or to a card: both are joined, one is NULL.
+_GRANT_HOLDER_JOINS = (
+    "LEFT JOIN owner_accounts o ON o.id = g.owner_account_id "
+    "LEFT JOIN bound_locks l ON l.id = g.bound_lock_id "
+    "LEFT JOIN contacts c ON c.id = g.contact_id "
+    "LEFT JOIN bound_cards k ON k.id = g.bound_card_id"
+)
+VIEWS.update(
+    {
+        "current_grants": (
+            "SELECT g.id AS grant_id, g.owner_account_id, o.name AS owner_name, "
+            "g.bound_lock_id, l.title AS lock_title, l.lock_id_hex, "
+            "g.contact_id, c.title AS contact_title, c.identifier AS contact_identifier, "
+            "g.bound_card_id, k.title AS card_title, k.label AS card_label, "
+            "g.validity_from, g.validity_before, g.time_restriction_ical, g.state, g.active, "
+            "g.first_seen_at, g.updated_at "
+            f"FROM grants g {_GRANT_HOLDER_JOINS} WHERE g.removed_at IS NULL"
+        ),
+        "grant_changes": (
+            "SELECT g.version_id, g.id AS grant_id, g.change_type, g.changed_fields, "
+            "g.removal_reason, g.valid_from AS changed_at, g.valid_to, g.run_id, "
+            "g.owner_account_id, o.name AS owner_name, g.bound_lock_id, l.title AS lock_title, "
+            "g.contact_id, c.title AS contact_title, g.bound_card_id, k.title AS card_title, "
+            "g.validity_from, g.validity_before, g.time_restriction_ical, g.state, g.active "
+            f"FROM grant_versions g {_GRANT_HOLDER_JOINS}"
+        ),
+        # Which physical lock a grant's bound lock id stood for, and when (lock_binding_history).
+        "grant_lock_bindings": (
+            "SELECT g.id AS grant_id, g.state, g.removed_at AS grant_removed_at, g.contact_id, "
+            "g.bound_card_id, h.bound_lock_id, h.physical_lock_id, h.lock_id_hex, "
+            "h.owner_account_id, h.owner_name, h.held_from, h.held_to, h.end_reason, "
+            "h.title AS lock_title "
+            "FROM grants g JOIN lock_binding_history h ON h.bound_lock_id = g.bound_lock_id"
+        ),
+    }
+)
+
 # At most one open version per entity, enforced where the database has partial indexes (MariaDB and
 # MySQL do not; there the single-writer lock and the engine's transactions keep the invariant).
 OPEN_VERSION_INDEXES = tuple(

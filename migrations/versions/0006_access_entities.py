@@ -37,12 +37,161 @@ def _has_partial_indexes() -> bool:
     return op.get_bind().dialect.name in ("postgresql", "sqlite")
 
 
+# Frozen copies of exporter.schema.VIEWS and descriptions.VIEW_COMMENTS at this revision.
+VIEWS = {
+    "current_grants": (
+        "SELECT g.id AS grant_id, g.owner_account_id, o.name AS owner_name, g.bound_lock_id, "
+        "l.title AS lock_title, l.lock_id_hex, g.contact_id, c.title AS contact_title, "
+        "c.identifier AS contact_identifier, g.bound_card_id, k.title AS card_title, k.label "
+        "AS card_label, g.validity_from, g.validity_before, g.time_restriction_ical, g.state,"
+        " g.active, g.first_seen_at, g.updated_at FROM grants g LEFT JOIN owner_accounts o ON"
+        " o.id = g.owner_account_id LEFT JOIN bound_locks l ON l.id = g.bound_lock_id LEFT "
+        "JOIN contacts c ON c.id = g.contact_id LEFT JOIN bound_cards k ON k.id = "
+        "g.bound_card_id WHERE g.removed_at IS NULL"
+    ),
+    "grant_changes": (
+        "SELECT g.version_id, g.id AS grant_id, g.change_type, g.changed_fields, "
+        "g.removal_reason, g.valid_from AS changed_at, g.valid_to, g.run_id, "
+        "g.owner_account_id, o.name AS owner_name, g.bound_lock_id, l.title AS lock_title, "
+        "g.contact_id, c.title AS contact_title, g.bound_card_id, k.title AS card_title, "
+        "g.validity_from, g.validity_before, g.time_restriction_ical, g.state, g.active FROM "
+        "grant_versions g LEFT JOIN owner_accounts o ON o.id = g.owner_account_id LEFT JOIN "
+        "bound_locks l ON l.id = g.bound_lock_id LEFT JOIN contacts c ON c.id = g.contact_id "
+        "LEFT JOIN bound_cards k ON k.id = g.bound_card_id"
+    ),
+    "grant_lock_bindings": (
+        "SELECT g.id AS grant_id, g.state, g.removed_at AS grant_removed_at, g.contact_id, "
+        "g.bound_card_id, h.bound_lock_id, h.physical_lock_id, h.lock_id_hex, "
+        "h.owner_account_id, h.owner_name, h.held_from, h.held_to, h.end_reason, h.title AS "
+        "lock_title FROM grants g JOIN lock_binding_history h ON h.bound_lock_id = "
+        "g.bound_lock_id"
+    ),
+}
+
+VIEW_COMMENTS: dict[str, tuple[str, dict[str, str]]] = {
+    "current_grants": (
+        (
+            "The grants listed now, with lock title, owner account name and the contact or "
+            "card they go to. A grant gives access when state is Ok and now is within its "
+            "validity."
+        ),
+        {
+            "grant_id": "The grant (grants.id).",
+            "owner_account_id": "Owner account that issued the grant (owner_accounts.id).",
+            "owner_name": "Current name of the owner account.",
+            "bound_lock_id": "The bound lock it opens (bound_locks.id).",
+            "lock_title": "Current title of the lock.",
+            "lock_id_hex": "Customer-facing lock id such as 12-34-BF-FB.",
+            "contact_id": ("The contact it is granted to (contacts.id); NULL for a card grant."),
+            "contact_title": "Current name of the contact.",
+            "contact_identifier": "Current identifier of the contact, as [privacy] stores it.",
+            "bound_card_id": (
+                "The bound card it is granted to (bound_cards.id); NULL for a contact grant."
+            ),
+            "card_title": "Current title of the card.",
+            "card_label": "Current label of the card.",
+            "validity_from": (
+                "Start of the grant validity (validFrom, UTC); NULL without a start."
+            ),
+            "validity_before": (
+                "End of the grant validity, exclusive (validBefore, UTC); NULL without an end."
+            ),
+            "time_restriction_ical": "Weekly time restriction as iCalendar text; NULL without one.",
+            "state": ("Grant state from Tapkey - Ok, Revoked, ... (revoked grants stay listed)."),
+            "active": "Active flag of the grant from Tapkey.",
+            "first_seen_at": "When a run first saw the grant (UTC).",
+            "updated_at": "When a tracked attribute last changed (UTC).",
+        },
+    ),
+    "grant_changes": (
+        (
+            "Every grant version with the current names of its owner account, lock, contact "
+            "and card. A revocation is an updated version whose changed_fields holds state."
+        ),
+        {
+            "version_id": "grant_versions.version_id",
+            "grant_id": "The grant (grants.id).",
+            "change_type": "created, updated, removed or restored.",
+            "changed_fields": (
+                "JSON array of the columns that differ from the previous version (updated, "
+                "restored); NULL for created and removed."
+            ),
+            "removal_reason": (
+                "For removed versions - deleted (a contact or grant its owner no longer "
+                "lists), unbound (a card its owner no longer lists) or owner_removed (its "
+                "owner account vanished); else NULL."
+            ),
+            "changed_at": "When the change was observed (UTC) - the version valid_from.",
+            "valid_to": ("End of this version, exclusive (UTC); NULL for the current version."),
+            "run_id": "The run that wrote this version (sync_runs.id).",
+            "owner_account_id": "Owner account that issued the grant (owner_accounts.id).",
+            "owner_name": "Current name of the owner account.",
+            "bound_lock_id": "The bound lock it opens (bound_locks.id).",
+            "lock_title": "Current title of the lock.",
+            "contact_id": ("The contact it is granted to (contacts.id); NULL for a card grant."),
+            "contact_title": "Current name of the contact.",
+            "bound_card_id": (
+                "The bound card it is granted to (bound_cards.id); NULL for a contact grant."
+            ),
+            "card_title": "Current title of the card.",
+            "validity_from": (
+                "Start of the grant validity (validFrom, UTC); NULL without a start."
+            ),
+            "validity_before": (
+                "End of the grant validity, exclusive (validBefore, UTC); NULL without an end."
+            ),
+            "time_restriction_ical": "Weekly time restriction as iCalendar text; NULL without one.",
+            "state": ("Grant state from Tapkey - Ok, Revoked, ... (revoked grants stay listed)."),
+            "active": "Active flag of the grant from Tapkey.",
+        },
+    ),
+    "grant_lock_bindings": (
+        (
+            "Each grant with the binding periods of its bound lock (lock_binding_history) - "
+            "which physical lock the grant stood for, under which owner account, from when to"
+            " when."
+        ),
+        {
+            "grant_id": "The grant (grants.id).",
+            "state": "Current state of the grant.",
+            "grant_removed_at": "When the grant was removed (UTC); NULL while listed.",
+            "contact_id": ("The contact it is granted to (contacts.id); NULL for a card grant."),
+            "bound_card_id": (
+                "The bound card it is granted to (bound_cards.id); NULL for a contact grant."
+            ),
+            "bound_lock_id": "The bound lock of the grant and of this binding period.",
+            "physical_lock_id": "TLCP id of the physical lock (Base64, as the API gives it).",
+            "lock_id_hex": "Customer-facing lock id such as 12-34-BF-FB.",
+            "owner_account_id": "The owner account that held the lock.",
+            "owner_name": "Current name of that owner account.",
+            "held_from": "Start of the binding period, inclusive (UTC).",
+            "held_to": ("End of the binding period, exclusive (UTC); NULL while it lasts."),
+            "end_reason": "Why the binding period ended (see lock_binding_history).",
+            "lock_title": "Lock title at the start of the period.",
+        },
+    ),
+}
+
+
+def _quote(text: str) -> str:
+    # Written into DDL literally (no bind parameters there); the texts hold no quotes or colons.
+    return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
 def _create_views() -> None:
-    pass
+    for name, sql in VIEWS.items():
+        op.execute(f"CREATE VIEW {name} AS {sql}")
+    if op.get_bind().dialect.name != "postgresql":
+        return  # MariaDB/MySQL views take no comments; SQLite has none at all
+    for view, (text, columns) in VIEW_COMMENTS.items():
+        op.execute(f"COMMENT ON VIEW {view} IS {_quote(text)}")
+        for column, about in columns.items():
+            op.execute(f"COMMENT ON COLUMN {view}.{column} IS {_quote(about)}")
 
 
 def _drop_views() -> None:
-    pass
+    for name in reversed(list(VIEWS)):
+        op.execute(f"DROP VIEW IF EXISTS {name}")
 
 
 def upgrade() -> None:
