@@ -26,7 +26,17 @@ from rich.table import Table
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from exporter import changelog, db_errors, job, observability, render, report, store
+from exporter import (
+    access_render,
+    access_report,
+    changelog,
+    db_errors,
+    job,
+    observability,
+    render,
+    report,
+    store,
+)
 from exporter.config import file_permissions_warning, load_settings, resolve_config_path
 from exporter.errors import ExporterError, UsageError
 from exporter.results import RunResult
@@ -584,6 +594,64 @@ def history(
             render.changes_csv(result.versions, out.file, raw=csv_raw)
         else:
             render.history_table(result, out)
+
+
+@app.command("access")
+def access(
+    lock: Annotated[
+        str | None,
+        typer.Argument(
+            help="A bound lock id, a lock id such as 12-34-BF-FB, a physical lock id, or the "
+            "start of a bound lock id (as for `exporter history`).",
+            show_default=False,
+        ),
+    ] = None,
+    contact: Annotated[
+        str | None,
+        typer.Option(
+            "--contact",
+            help="Instead of a lock: what this contact can open (its id, the start of its id, "
+            "or its identifier as stored).",
+            show_default=False,
+        ),
+    ] = None,
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            "--as-of",
+            help="As it was then: a run id (its end), an ISO-8601 time (UTC unless it has an "
+            "offset) or a duration back from now (7d).",
+            show_default=False,
+        ),
+    ] = None,
+    config: ConfigOption = None,
+    database_url: DatabaseOption = None,
+    fmt: ReadFormatOption = "table",
+    csv_raw: CsvRawOption = False,
+) -> None:
+    """Show who can open a lock, or with --contact what a person can open: the grants in force
+    (state Ok, within their validity), now or at --as-of. Needs grants in [tapkey] entities.
+
+    Example: exporter access 12-34-BF-FB --as-of 2026-03-01T00:00:00Z
+    """
+    _check_format(fmt, render.FORMATS)
+    with _errors():
+        if (lock is None) == (contact is None):
+            raise UsageError("give either a LOCK or --contact ID (one of the two)")
+        with _reader(config, database_url) as engine:
+            now = datetime.now(UTC)
+            when = report.resolve_as_of(engine, as_of, now=now) if as_of else None
+            if lock is not None:
+                answer = access_report.who_can_open(engine, lock, now=now, as_of=when)
+            else:
+                assert contact is not None
+                answer = access_report.what_can_open(engine, contact, now=now, as_of=when)
+            if fmt == "json":
+                render.write_json(access_render.access_json(answer), out.file)
+            elif fmt == "csv":
+                access_render.access_csv(answer, out.file, raw=csv_raw)
+            else:
+                access_render.access_table(answer, out)
 
 
 @app.command("changes")
