@@ -20,6 +20,7 @@ def access_json(answer: AccessAnswer) -> dict[str, Any]:
         "title": answer.title,
         "at": answer.at,
         "as_of_run": answer.as_of.run_id if answer.as_of is not None else None,
+        "bound": answer.bound,
         "grants": [row._asdict() for row in answer.rows],
     }
 
@@ -43,6 +44,7 @@ def access_table(answer: AccessAnswer, console: Console) -> None:
     console.print(
         f"{len(answer.rows)} grant(s) giving access {when} for {what} {name}"
         f"({', '.join(answer.ids)}); time restrictions are shown, not evaluated"
+        + ("" if answer.bound else "; the lock was not bound then, so no grant opens it")
     )
     table = Table(show_lines=False)
     first = "Who (contact or card)" if answer.subject == "lock" else "Lock"

@@ -1,8 +1,9 @@
 """Who can open a lock, and what a contact can open: now, or as of a run or an instant.
 
 A grant gives access at T when it is listed at T (its version valid at T is not removed), its
-state is Ok and T is within [validity_from, validity_before) (NULL: unbounded); its weekly time
-restriction is shown, not evaluated. Now reads the current tables; an earlier T reads the version
+state is Ok, T is within [validity_from, validity_before) (NULL: unbounded) and its bound lock is
+present at T (an unbound lock id opens nothing); its weekly time restriction is shown, not
+evaluated. Now reads the current tables; an earlier T reads the version
 tables (the same rule as the README's SQL recipe). Names (lock title, contact, card, owner) are
 the current ones.
 """
@@ -18,7 +19,14 @@ from sqlalchemy import ColumnElement, Connection, Engine, Table, or_, select
 from exporter.changelog import find_locks, ids_starting_with
 from exporter.errors import UsageError
 from exporter.report import AsOf, chunks, owner_names, valid_at
-from exporter.schema import bound_cards, bound_locks, contacts, grant_versions, grants
+from exporter.schema import (
+    bound_cards,
+    bound_lock_versions,
+    bound_locks,
+    contacts,
+    grant_versions,
+    grants,
+)
 from exporter.store import connect
 
 
@@ -53,6 +61,7 @@ class AccessAnswer:
     at: datetime
     as_of: AsOf | None  # None: now
     rows: list[AccessRow]
+    bound: bool  # for a lock: whether one of its bound lock ids was present then
 
 
 def who_can_open(engine: Engine, key: str, *, now: datetime, as_of: AsOf | None) -> AccessAnswer:
@@ -61,7 +70,9 @@ def who_can_open(engine: Engine, key: str, *, now: datetime, as_of: AsOf | None)
         ids = find_locks(conn, key)
         title = conn.execute(select(bound_locks.c.title).where(bound_locks.c.id == ids[0])).scalar()
         rows = _grants(conn, "bound_lock_id", ids, now if as_of is None else as_of.at, as_of)
-    return AccessAnswer("lock", key, ids, title, now if as_of is None else as_of.at, as_of, rows)
+        bound = bool(_present_locks(conn, set(ids), as_of))
+    at = now if as_of is None else as_of.at
+    return AccessAnswer("lock", key, ids, title, at, as_of, rows, bound)
 
 
 def what_can_open(engine: Engine, key: str, *, now: datetime, as_of: AsOf | None) -> AccessAnswer:
@@ -71,7 +82,7 @@ def what_can_open(engine: Engine, key: str, *, now: datetime, as_of: AsOf | None
         title = conn.execute(select(contacts.c.title).where(contacts.c.id == contact_id)).scalar()
         at = now if as_of is None else as_of.at
         rows = _grants(conn, "contact_id", [contact_id], at, as_of)
-    return AccessAnswer("contact", key, [contact_id], title, at, as_of, rows)
+    return AccessAnswer("contact", key, [contact_id], title, at, as_of, rows, True)
 
 
 def _find_contact(conn: Connection, key: str) -> str:
@@ -113,6 +124,8 @@ def _grants(
     for chunk in chunks(ids):
         query = select(table).where(table.c[column].in_(chunk), listed, _in_force(table, at))
         found.extend(dict(row) for row in conn.execute(query).mappings())
+    bound = _present_locks(conn, {g["bound_lock_id"] for g in found}, as_of)
+    found = [g for g in found if g["bound_lock_id"] in bound]
     locks = _titles(conn, bound_locks, {g["bound_lock_id"] for g in found}, "title")
     people = _titles(conn, contacts, {g["contact_id"] for g in found}, "title", "identifier")
     cards = _titles(conn, bound_cards, {g["bound_card_id"] for g in found}, "title", "label")
@@ -141,6 +154,24 @@ def _grants(
         )
     rows.sort(key=lambda r: (r.lock_title or "", r.contact_title or r.card_title or "", r.grant_id))
     return rows
+
+
+def _present_locks(conn: Connection, ids: set[str | None], as_of: AsOf | None) -> set[str]:
+    """Which of the bound lock ids `ids` are present now, or at `as_of`."""
+    wanted = sorted(i for i in ids if i is not None)
+    present: set[str] = set()
+    for chunk in chunks(wanted):
+        if as_of is None:
+            query = select(bound_locks.c.id).where(
+                bound_locks.c.id.in_(chunk), bound_locks.c.removed_at.is_(None)
+            )
+        else:
+            v = bound_lock_versions
+            query = select(v.c.id).where(
+                v.c.id.in_(chunk), valid_at(v, as_of.at), v.c.change_type != "removed"
+            )
+        present.update(conn.execute(query).scalars())
+    return present
 
 
 def _titles(

@@ -44,11 +44,16 @@ def test_the_readme_access_queries_run_and_the_recipe_gives_access_as_of_run_2(
         second = job.run_once(settings)
         owners = [owner["id"] for owner in fake.owners_payload()]
         granted = expected_access({o: fake.grants_payload(o) for o in owners}, "grants")
+        bound = {lock["id"] for locks in fake.snapshot().values() for lock in locks}
         fake.advance(changes=2, access=12)
         job.run_once(settings)
 
     assert second.run_id == 2 and second.finished_at is not None
-    expected = {i for i, g in granted.items() if _gives_access(g, second.finished_at)}
+    expected = {
+        i
+        for i, g in granted.items()
+        if _gives_access(g, second.finished_at) and g["bound_lock_id"] in bound
+    }
     assert expected  # the seed has grants in force
     with engine.connect() as conn:
         results = [conn.execute(text(statement)).all() for statement in statements]

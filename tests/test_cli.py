@@ -257,6 +257,10 @@ def test_demo_builds_a_history_in_a_fresh_sqlite_file(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "demo.db").is_file()
     assert "Run 3" in result.stdout and "current_bound_locks" in result.stdout
+    # Every entity is enabled: a grant's history and who could open its lock then and now.
+    assert "grants: " in result.stdout and "History of grant" in result.stdout
+    assert "giving access at the end of run 1" in result.stdout
+    assert "giving access at the end of run 3" in result.stdout
 
 
 def test_sandbox_command_serves_a_fake_tapkey_until_interrupted() -> None:

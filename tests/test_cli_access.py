@@ -1,4 +1,4 @@
-"""`exporter access LOCK` / `--contact ID`: who can open what, now or as of a run, on every backend."""
+"""`exporter access LOCK` / `--contact ID`: who can open what, now or as of a run (all backends)."""
 
 from __future__ import annotations
 
@@ -31,9 +31,12 @@ def filled(db_url: str, tmp_path: Path) -> dict[str, Any]:
         expired = fake.add_grant(
             owner, lock_id=lock, contact_id=contact, valid_before="2020-01-01T00:00:00.000Z"
         )
+        other = fake.locks_payload(owner)[1]["id"]
+        unbound = fake.add_grant(owner, lock_id=other, card_id=card)
         settings = make_settings(fake, db_url, tmp_path, entities=["contacts", "cards", "grants"])
         job.run_once(settings)
         fake.revoke_grant(revoked)
+        fake.unbind(other)
         job.run_once(settings)
     config = tmp_path / "config.toml"
     config.write_text("")
@@ -45,6 +48,8 @@ def filled(db_url: str, tmp_path: Path) -> dict[str, Any]:
         "revoked": revoked,
         "kept": kept,
         "expired": expired,
+        "other": other,
+        "unbound": unbound,
     }
 
 
@@ -81,6 +86,16 @@ def test_who_can_open_a_lock_now_and_as_of_an_earlier_run(
     rows = list(csv.DictReader(io.StringIO(by_prefix.stdout)))
     assert [row["grant_id"] for row in rows] == [filled["kept"]]
     assert rows[0]["lock_title"] == "Server room \x1b[31m"  # CSV stays exact
+
+
+def test_a_grant_of_an_unbound_lock_opens_nothing(filled: dict[str, Any], exporter: Any) -> None:
+    now = exporter("access", filled["other"], "-f", "json")
+    assert _grant_ids(now) == set() and json.loads(now.stdout)["bound"] is False
+    assert _grant_ids(exporter("access", filled["other"], "--as-of", "1", "-f", "json")) == {
+        filled["unbound"]
+    }
+    table = exporter("access", filled["other"])
+    assert "the lock was not bound then" in table.stdout
 
 
 def test_what_a_contact_can_open(filled: dict[str, Any], exporter: Any) -> None:
