@@ -19,6 +19,7 @@ A grant whose state changes to Revoked is an update like any other change of a t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import deque
@@ -39,13 +40,12 @@ from exporter.access_records import (
     OwnerEntities,
     Privacy,
 )
-from exporter.crawl import STOP_POLL, _DaemonPool
+from exporter.crawl import STOP_POLL, StoredTexts, _DaemonPool
 from exporter.errors import AuthError, Interrupted, TapkeyError
 from exporter.guard import RemovalGuard, locks_held_message
 from exporter.history import (
     chunks,
     close_versions,
-    load_live_raw,
     load_rows,
     open_created_versions,
     remove_rows,
@@ -169,27 +169,117 @@ class AccessOutcome:
     held_back: dict[str, int] = field(default_factory=dict)
 
     def problems(self) -> list[str]:
-        """One line per failed owner and held-back removal, for the run's error summary."""
-        return [f"{self.entity} of owner {o}: {e}" for o, e in self.failed.items()] + self.held
+        """One line per distinct failure (naming its owners) and per held-back removal."""
+        by_error: dict[str, list[str]] = {}
+        for owner_id, error in self.failed.items():
+            by_error.setdefault(error, []).append(owner_id)
+        lines = []
+        for error, owners in by_error.items():
+            if len(owners) == 1:
+                lines.append(f"{self.entity} of owner {owners[0]}: {error}")
+            else:
+                shown = ", ".join(owners[:3]) + (", ..." if len(owners) > 3 else "")
+                lines.append(f"{self.entity} of {len(owners)} owners ({shown}): {error}")
+        return lines + self.held
 
 
 def sync_access(
     context: AccessContext, owner_ids: Sequence[str], options: AccessOptions
 ) -> list[AccessOutcome]:
-    """Sync the entities of `options` for the listed owners `owner_ids` (module docstring)."""
+    """Sync the entities of `options` for the listed owners `owner_ids` (module docstring).
+
+    Every (entity, owner) list is fetched in one crawl, `workers` at a time, and applied as it
+    arrives; each entity's removals follow once all its owners were applied.
+    """
+    syncs = [
+        _EntitySync(context, ACCESS_ENTITIES[name], options.privacy) for name in options.entities
+    ]
+    with connect(context.engine) as conn:
+        for entity_sync in syncs:
+            entity_sync.count_present(conn)
+        conn.rollback()
+    wanted = [(s, owner_id) for s in syncs if s.readable() for owner_id in owner_ids]
+    with connect(context.engine) as conn:
+        for entity_sync, owner_id, fetched in _fetch(context, wanted):
+            if context.stop.is_set():
+                raise Interrupted
+            entity_sync.take(conn, owner_id, fetched)
+    if context.stop.is_set():
+        raise Interrupted
     outcomes = []
-    for name in options.entities:
-        entity = ACCESS_ENTITIES[name]
-        outcome = _EntitySync(context, entity, options.privacy).run(owner_ids)
-        counts = outcome.counts
+    for entity_sync in syncs:
+        if not entity_sync.readable():
+            missing = entity_sync.missing_scope or ""
+            entity_sync.outcome.failed = dict.fromkeys(owner_ids, missing)
+            log.warning("%s not synced for any owner: %s", entity_sync.entity.name, missing)
+        entity_sync.remove()
+        outcome = entity_sync.outcome
         log.info(
             "%s: %s%s",
-            name,
-            ", ".join(f"{k}={v}" for k, v in counts.as_dict().items()),
+            outcome.entity,
+            ", ".join(f"{k}={v}" for k, v in outcome.counts.as_dict().items()),
             f"; {len(outcome.failed)} owner(s) failed" if outcome.failed else "",
         )
         outcomes.append(outcome)
     return outcomes
+
+
+def _fetch(
+    context: AccessContext, wanted: Sequence[tuple[_EntitySync, str]]
+) -> Iterator[tuple[_EntitySync, str, OwnerEntities | TapkeyError]]:
+    """Each (entity, owner) list as its fetch completes, at most 2 x workers in flight.
+
+    Stored texts are read ahead on one reader thread per entity (crawl.StoredTexts), only for
+    owners with stored rows, while earlier fetches are under way.
+    """
+    pending = deque(wanted)
+    running: dict[Future[OwnerEntities], tuple[_EntitySync, str]] = {}
+
+    def fetch(item: _EntitySync, owner_id: str, known: Future[dict[str, str]] | None) -> Any:
+        entity = item.entity
+        return context.source.list_owner_entities(
+            owner_id,
+            path=entity.path,
+            scope=entity.scope,
+            fields=entity.fields,
+            privacy=item.privacy,
+            personal=entity.personal,
+            known=known.result() if known is not None else None,
+            what=entity.noun,
+        )
+
+    with contextlib.ExitStack() as stack:
+        readers = {
+            id(item): stack.enter_context(StoredTexts(context.engine, item.entity.current))
+            for item, _ in wanted
+        }
+        pool = stack.enter_context(_DaemonPool(context.workers, "access"))
+
+        def submit() -> None:
+            item, owner_id = pending.popleft()
+            known = readers[id(item)].read(owner_id) if item.before.get(owner_id) else None
+            running[pool.submit(fetch, item, owner_id, known)] = (item, owner_id)
+
+        for _ in range(min(2 * context.workers, len(pending))):
+            submit()
+        try:
+            while running:
+                done, _ = wait(running, timeout=STOP_POLL, return_when=FIRST_COMPLETED)
+                if context.stop.is_set():
+                    return
+                for future in done:
+                    item, owner_id = running.pop(future)
+                    if pending:
+                        submit()
+                    try:
+                        yield item, owner_id, future.result()
+                    except AuthError:
+                        raise
+                    except TapkeyError as exc:
+                        yield item, owner_id, exc
+        finally:
+            for future in running:
+                future.cancel()
 
 
 class _EntitySync:
@@ -202,99 +292,38 @@ class _EntitySync:
         self.seen: set[str] = set()
         self.before: dict[str, int] = {}  # present rows per owner before this run
         self.confirmed: dict[str, int] = {}  # rows each complete owner confirmed present
+        self.removable: set[str] = set()  # owners fetched completely, every element identified
+        self.missing_scope: str | None = None
 
-    def run(self, owner_ids: Sequence[str]) -> AccessOutcome:
-        entity, context = self.entity, self.context
-        with connect(context.engine) as conn:
-            self.before = _present_by_owner(conn, entity.current)
-            conn.rollback()
-        missing = self._missing_scope()
-        removable: set[str] = set()
-        if missing is not None:
-            for owner_id in owner_ids:
-                self._fail(owner_id, missing)
-        else:
-            with connect(context.engine) as conn:
-                for owner_id, fetched in self._fetch(owner_ids):
-                    if context.stop.is_set():
-                        raise Interrupted
-                    if isinstance(fetched, TapkeyError):
-                        self._fail(owner_id, str(fetched))
-                        continue
-                    self._apply(conn, owner_id, fetched)
-                    if not fetched.unidentified_skips:
-                        removable.add(owner_id)
-        if context.stop.is_set():
-            raise Interrupted
-        self._remove(removable)
-        return self.outcome
+    def count_present(self, conn: Connection) -> None:
+        """Remember the present rows per owner before this run (the deletion guard's base)."""
+        self.before = _present_by_owner(conn, self.entity.current)
 
-    def _missing_scope(self) -> str | None:
-        """Why no owner can be read: the token lacks the entity's scope (asking would be 403)."""
+    def readable(self) -> bool:
+        """False when the token lacks the entity's scope: asking would only be refused (403)."""
         granted = self.context.source.granted_scopes
         scope = self.entity.scope
         if granted is None or scope in granted:
-            return None
-        return (
+            return True
+        self.missing_scope = (
             f"the token lacks scope {scope} (granted: {' '.join(sorted(granted)) or 'none'}); "
             "add it to [tapkey] scopes (or leave scopes unset) and allow it for the OAuth client"
         )
+        return False
 
-    def _fail(self, owner_id: str, error: str) -> None:
+    def take(self, conn: Connection, owner_id: str, fetched: OwnerEntities | TapkeyError) -> None:
+        """Apply one owner's fetched list, or record why it failed."""
+        if isinstance(fetched, TapkeyError):
+            self.fail(owner_id, str(fetched))
+            return
+        self._apply(conn, owner_id, fetched)
+        if not fetched.unidentified_skips:
+            self.removable.add(owner_id)
+
+    def fail(self, owner_id: str, error: str) -> None:
+        """That entity of that owner is left as stored; the run will be partial."""
         self.outcome.failed[owner_id] = error
         log.warning("owner %s: %s not synced: %s", owner_id, self.entity.name, error)
-
-    # -- fetching ---------------------------------------------------------------------------
-
-    def _fetch(self, owner_ids: Sequence[str]) -> Iterator[tuple[str, OwnerEntities | TapkeyError]]:
-        """Each owner's list as its fetch completes, at most 2 x workers in flight; stored
-        texts are read just before each fetch is sent (only for owners with stored rows)."""
-        context, entity = self.context, self.entity
-        pending = deque(owner_ids)
-        running: dict[Future[OwnerEntities], str] = {}
-
-        def fetch(owner_id: str, known: dict[str, str]) -> OwnerEntities:
-            return context.source.list_owner_entities(
-                owner_id,
-                path=entity.path,
-                scope=entity.scope,
-                fields=entity.fields,
-                privacy=self.privacy,
-                personal=entity.personal,
-                known=known,
-                what=entity.noun,
-            )
-
-        with connect(context.engine) as reader, _DaemonPool(context.workers, "access") as pool:
-
-            def submit() -> None:
-                owner_id = pending.popleft()
-                known: dict[str, str] = {}
-                if self.before.get(owner_id):
-                    with reader.begin():
-                        known = load_live_raw(reader, owner_id, entity.current)
-                running[pool.submit(fetch, owner_id, known)] = owner_id
-
-            for _ in range(min(2 * context.workers, len(pending))):
-                submit()
-            try:
-                while running:
-                    done, _ = wait(running, timeout=STOP_POLL, return_when=FIRST_COMPLETED)
-                    if context.stop.is_set():
-                        return
-                    for future in done:
-                        owner_id = running.pop(future)
-                        if pending:
-                            submit()
-                        try:
-                            yield owner_id, future.result()
-                        except AuthError:
-                            raise
-                        except TapkeyError as exc:
-                            yield owner_id, exc
-            finally:
-                for future in running:
-                    future.cancel()
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -390,9 +419,10 @@ class _EntitySync:
         if versions:
             conn.execute(insert(entity.versions), versions)
 
-    def _remove(self, removable: set[str]) -> None:
+    def remove(self) -> None:
         """Remove what complete fetches no longer list, and the rows of removed owners."""
         entity, context, guard = self.entity, self.context, self.context.guard
+        removable = self.removable
         table = entity.current
         with connect(context.engine) as conn, conn.begin():
             present = _present_by_owner(conn, table)
