@@ -19,12 +19,11 @@ A grant whose state changes to Revoked is an update like any other change of a t
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
 from operator import itemgetter
@@ -40,12 +39,13 @@ from exporter.access_records import (
     OwnerEntities,
     Privacy,
 )
-from exporter.crawl import STOP_POLL, StoredTexts, _DaemonPool
+from exporter.crawl import STOP_POLL, _DaemonPool
 from exporter.errors import AuthError, Interrupted, TapkeyError
 from exporter.guard import RemovalGuard, locks_held_message
 from exporter.history import (
     chunks,
     close_versions,
+    load_live_raw_of,
     load_rows,
     open_created_versions,
     remove_rows,
@@ -229,13 +229,15 @@ def _fetch(
 ) -> Iterator[tuple[_EntitySync, str, OwnerEntities | TapkeyError]]:
     """Each (entity, owner) list as its fetch completes, at most 2 x workers in flight.
 
-    Stored texts are read ahead on one reader thread per entity (crawl.StoredTexts), only for
-    owners with stored rows, while earlier fetches are under way.
+    Stored texts are read ahead on one reader thread, a batch of owners per statement
+    (`_TextBatches`), only for owners with stored rows, while earlier fetches are under way.
     """
     pending = deque(wanted)
     running: dict[Future[OwnerEntities], tuple[_EntitySync, str]] = {}
 
-    def fetch(item: _EntitySync, owner_id: str, known: Future[dict[str, str]] | None) -> Any:
+    def fetch(
+        item: _EntitySync, owner_id: str, known: Future[dict[str, dict[str, str]]] | None
+    ) -> Any:
         entity = item.entity
         return context.source.list_owner_entities(
             owner_id,
@@ -244,20 +246,19 @@ def _fetch(
             fields=entity.fields,
             privacy=item.privacy,
             personal=entity.personal,
-            known=known.result() if known is not None else None,
+            known=known.result().get(owner_id) if known is not None else None,
             what=entity.noun,
         )
 
-    with contextlib.ExitStack() as stack:
-        readers = {
-            id(item): stack.enter_context(StoredTexts(context.engine, item.entity.current))
-            for item, _ in wanted
-        }
-        pool = stack.enter_context(_DaemonPool(context.workers, "access"))
+    stored = [(item, owner_id) for item, owner_id in wanted if item.before.get(owner_id)]
+    with (
+        _TextBatches(context.engine, stored) as texts,
+        _DaemonPool(context.workers, "access") as pool,
+    ):
 
         def submit() -> None:
             item, owner_id = pending.popleft()
-            known = readers[id(item)].read(owner_id) if item.before.get(owner_id) else None
+            known = texts.read(item, owner_id) if item.before.get(owner_id) else None
             running[pool.submit(fetch, item, owner_id, known)] = (item, owner_id)
 
         for _ in range(min(2 * context.workers, len(pending))):
@@ -280,6 +281,55 @@ def _fetch(
         finally:
             for future in running:
                 future.cancel()
+
+
+class _TextBatches:
+    """Stored texts of (entity, owner) lists, read a batch of owners per statement ahead of
+    their fetches on one reader thread; a batch is let go once the next but one is asked for."""
+
+    SIZE = 200
+
+    def __init__(self, engine: Engine, wanted: Sequence[tuple[_EntitySync, str]]) -> None:
+        self._engine = engine
+        self._batch_of: dict[tuple[int, str], int] = {}
+        self._batches: list[tuple[Table, list[str]]] = []
+        for item, owner_id in wanted:
+            table = item.entity.current
+            if (
+                not self._batches
+                or self._batches[-1][0] is not table
+                or (len(self._batches[-1][1]) >= self.SIZE)
+            ):
+                self._batches.append((table, []))
+            self._batches[-1][1].append(owner_id)
+            self._batch_of[id(item), owner_id] = len(self._batches) - 1
+        self._futures: dict[int, Future[dict[str, dict[str, str]]]] = {}
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read")
+        self._conn: Connection | None = None
+
+    def read(self, item: _EntitySync, owner_id: str) -> Future[dict[str, dict[str, str]]]:
+        """The future texts of the owner's batch (owner -> id -> text); the next is read ahead."""
+        index = self._batch_of[id(item), owner_id]
+        for ahead in (index, index + 1):
+            if ahead < len(self._batches) and ahead not in self._futures:
+                self._futures[ahead] = self._thread.submit(self._load, *self._batches[ahead])
+        for old in [i for i in self._futures if i < index - 1]:
+            del self._futures[old]
+        return self._futures[index]
+
+    def _load(self, table: Table, owner_ids: list[str]) -> dict[str, dict[str, str]]:
+        if self._conn is None:
+            self._conn = self._engine.connect()
+        with self._conn.begin():
+            return load_live_raw_of(self._conn, table, owner_ids)
+
+    def __enter__(self) -> _TextBatches:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._thread.shutdown(cancel_futures=True)
+        if self._conn is not None:
+            self._conn.close()
 
 
 class _EntitySync:

@@ -20,12 +20,11 @@ from collections.abc import Callable, Generator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, NamedTuple, Protocol, TypeVar
 
-from sqlalchemy import Connection, Engine, Table
+from sqlalchemy import Connection, Engine
 
 from exporter.errors import AuthError, Interrupted, TapkeyError
 from exporter.history import load_live_raw
 from exporter.records import OwnerLocks, OwnerRecord
-from exporter.schema import bound_locks
 from exporter.store import SQLITE_READER_CACHE_KIB, sqlite_cache
 
 T = TypeVar("T")
@@ -76,7 +75,7 @@ def crawl(
         texts = known.result() if known is not None else None
         return source.list_bound_locks(owner_id, expand=expand, known=texts)
 
-    with StoredTexts(engine) as stored, _DaemonPool(workers, "fetch") as pool:
+    with _StoredTexts(engine) as stored, _DaemonPool(workers, "fetch") as pool:
 
         def submit() -> None:
             owner_id = pending.popleft()
@@ -163,21 +162,20 @@ class _Call(NamedTuple):
     context: contextvars.Context
 
 
-class StoredTexts:
+class _StoredTexts:
     """Reads owners' stored payload texts, in order, ahead of their fetches.
 
     One thread on one connection, whatever `workers` is: the reads are short, and several threads
     reading at once cost more CPU (in SQLite and for the GIL) than they save in wall time.
     """
 
-    def __init__(self, engine: Engine, table: Table = bound_locks) -> None:
+    def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._table = table
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read")
         self._conn: Connection | None = None
 
     def read(self, owner_id: str) -> Future[dict[str, str]]:
-        """The owner's present locks' (rows') stored texts, by id (read on the reader thread)."""
+        """The owner's present locks' stored texts, by id (read on the reader thread)."""
         return self._thread.submit(self._load, owner_id)
 
     def _load(self, owner_id: str) -> dict[str, str]:
@@ -185,9 +183,9 @@ class StoredTexts:
             self._conn = self._engine.connect()
             sqlite_cache(self._conn, SQLITE_READER_CACHE_KIB)
         with self._conn.begin():
-            return load_live_raw(self._conn, owner_id, self._table)
+            return load_live_raw(self._conn, owner_id)
 
-    def __enter__(self) -> StoredTexts:
+    def __enter__(self) -> _StoredTexts:
         return self
 
     def __exit__(self, *_exc: object) -> None:

@@ -119,9 +119,9 @@ _JOIN = "\x1e"
 _READ_JOINED = frozenset({"sqlite", "postgresql"})
 
 
-def load_live_raw(conn: Connection, owner_id: str, table: Table = bound_locks) -> dict[str, str]:
-    """The stored payload text of the owner's present locks (or rows of `table`), by id."""
-    present = (table.c.owner_account_id == owner_id) & table.c.removed_at.is_(None)
+def load_live_raw(conn: Connection, owner_id: str) -> dict[str, str]:
+    """The stored payload text of the owner's present locks, by lock id."""
+    present = (bound_locks.c.owner_account_id == owner_id) & bound_locks.c.removed_at.is_(None)
     if conn.dialect.name in _READ_JOINED:
         # One row, not one per lock: the drivers let go of the GIL for every row (sqlite3) or
         # network read (psycopg) and must win it back from the fetch threads each time, so row
@@ -129,8 +129,8 @@ def load_live_raw(conn: Connection, owner_id: str, table: Table = bound_locks) -
         # so the lists line up; an id containing the separator makes their lengths differ.
         ids, texts = conn.execute(
             select(
-                func.aggregate_strings(table.c.id, _JOIN),
-                func.aggregate_strings(func.coalesce(table.c.raw, ""), _JOIN),
+                func.aggregate_strings(bound_locks.c.id, _JOIN),
+                func.aggregate_strings(func.coalesce(bound_locks.c.raw, ""), _JOIN),
             ).where(present)
         ).one()
         if ids is None:
@@ -138,8 +138,28 @@ def load_live_raw(conn: Connection, owner_id: str, table: Table = bound_locks) -
         id_list, text_list = ids.split(_JOIN), texts.split(_JOIN)
         if len(id_list) == len(text_list):
             return dict(zip(id_list, text_list, strict=True))
-    rows = conn.execute(select(table.c.id, table.c.raw).where(present)).all()
+    rows = conn.execute(select(bound_locks.c.id, bound_locks.c.raw).where(present)).all()
     return {row.id: row.raw or "" for row in rows}
+
+
+def load_live_raw_of(
+    conn: Connection, table: Table, owner_ids: Sequence[str]
+) -> dict[str, dict[str, str]]:
+    """The stored payload texts of the present rows of several owners: owner -> id -> text.
+
+    One statement for many owners: for lists of a few elements each (contacts, cards, grants)
+    the statement, not the rows, is what costs.
+    """
+    texts: dict[str, dict[str, str]] = {owner_id: {} for owner_id in owner_ids}
+    for chunk in chunks(owner_ids):
+        rows = conn.execute(
+            select(table.c.owner_account_id, table.c.id, table.c.raw)
+            .where(table.c.owner_account_id.in_(chunk))
+            .where(table.c.removed_at.is_(None))
+        )
+        for owner_id, row_id, raw in rows:
+            texts[owner_id][row_id] = raw or ""
+    return texts
 
 
 def close_versions(conn: Connection, table: Table, ids: Sequence[str], t: datetime) -> None:
