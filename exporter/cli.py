@@ -287,6 +287,9 @@ def _print_result(result: RunResult) -> None:
         *result.counts.as_dict().items(),
         ("API requests", result.api_requests),
     ]
+    for entity, counts in result.access.items():  # [tapkey] entities beyond locks
+        changed = ", ".join(f"{k} {v}" for k, v in counts.as_dict().items() if v)
+        rows.append((entity, changed or "none"))
     failed = [o for o in result.owners if o.status == "failed"]
     if failed:
         rows.append(("failed owners", len(failed)))
