@@ -13,12 +13,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, Engine, delete, func, select
+from sqlalchemy import Connection, Engine, Table, delete, func, select
 
 from exporter.schema import (
-    bound_lock_versions,
     lock_health_readings,
-    owner_account_versions,
+    metadata,
     sync_run_owners,
     sync_runs,
 )
@@ -92,6 +91,17 @@ def _prune_readings(conn: Connection, cutoff: datetime) -> int:
     return len(doomed)
 
 
+def _run_referrers() -> list[Table]:
+    """Every table whose rows name the run that wrote them (versions of every entity, health
+    readings, ...), except the per-owner run rows, which are pruned with their run."""
+    return [
+        table
+        for table in metadata.sorted_tables
+        if table is not sync_run_owners
+        and any(fk.column.table is sync_runs for fk in table.foreign_keys)
+    ]
+
+
 def _prune_runs(conn: Connection, cutoff: datetime) -> tuple[int, int]:
     latest = conn.execute(select(func.max(sync_runs.c.id))).scalar()
     old = list(
@@ -108,7 +118,7 @@ def _prune_runs(conn: Connection, cutoff: datetime) -> tuple[int, int]:
             delete(sync_run_owners).where(sync_run_owners.c.run_id.in_(chunk))
         ).rowcount
         referenced: set[int] = set()
-        for table in (bound_lock_versions, owner_account_versions, lock_health_readings):
+        for table in _run_referrers():
             referenced.update(
                 conn.execute(
                     select(table.c.run_id).where(table.c.run_id.in_(chunk)).distinct()

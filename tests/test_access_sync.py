@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import logging
 import random
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from sqlalchemy import Engine, func, select
 from exporter import job
 from exporter.results import RunResult
 from exporter.sandbox import Sandbox
-from exporter.schema import contacts, grant_versions, grants
+from exporter.schema import contacts, grant_versions, grants, sync_runs
 from exporter.settings import PrivacySettings
 
 ACCESS = ("contacts", "cards", "grants")
@@ -265,3 +266,26 @@ def test_privacy_keeps_identifiers_out_of_the_database_and_the_logs(
         )
     assert emails and not any(email in stored for email in emails)
     assert not any(email in caplog.text for email in emails)
+
+
+def test_run_retention_keeps_the_runs_that_wrote_access_versions(
+    db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    start = datetime(2031, 5, 1, tzinfo=UTC)
+    with Sandbox(seed=12, owners=2, locks_per_owner=2) as fake:
+        settings = make_settings(fake, db_url, tmp_path, entities=ALL)
+        job.run_once(settings, now=lambda: start)
+        fake.revoke_grant(next(g["id"] for g in fake.grants_payload(_owner_ids(fake)[0])))
+        revoking = job.run_once(settings, now=lambda: start + timedelta(hours=1))
+        idle = job.run_once(settings, now=lambda: start + timedelta(hours=2))
+        keep = settings.model_copy(
+            update={"sync": settings.sync.model_copy(update={"run_retention": "1d"})}
+        )
+        last = job.run_once(keep, now=lambda: start + timedelta(days=3))
+
+    assert revoking.access["grants"].updated == 1 and revoking.counts.updated == 0
+    assert last.status == "succeeded"
+    with engine.connect() as conn:
+        runs = set(conn.execute(select(sync_runs.c.id)).scalars())
+    assert revoking.run_id in runs and idle.run_id not in runs
+    assert_history_consistent(engine)
