@@ -83,7 +83,7 @@ def _floor(params: dict[str, Any]) -> dict[str, Any]:
 
 def _run(params: dict[str, Any]) -> dict[str, Any]:
     from exporter.config import load_settings
-    from exporter.job import run_once
+    from exporter.service.job import run_once
 
     settings = load_settings(
         None,
@@ -108,7 +108,7 @@ def _run(params: dict[str, Any]) -> dict[str, Any]:
 def _child(conn: Connection, kind: str, params: dict[str, Any]) -> None:
     import requests  # noqa: F401
 
-    import exporter.job  # noqa: F401
+    import exporter.service.job  # noqa: F401
 
     started = time.perf_counter()
     cpu = time.process_time()

@@ -12,10 +12,13 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy import Engine, text
 
-from exporter import access_render, access_report, job, report
-from exporter.config import load_settings
+from exporter.config.loader import load_settings
 from exporter.errors import UsageError
-from exporter.sandbox import Sandbox
+from exporter.read import access as access_report
+from exporter.read import access_render
+from exporter.read import inventory as report
+from exporter.sandbox.server import Sandbox
+from exporter.service import job
 from exporter.terminal import visible
 
 DEMO_CLIENT_ID = "demo-client"

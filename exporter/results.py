@@ -75,5 +75,5 @@ class RunResult:
     dry_run: bool = False
     # Removals the deletion guard held back: owner id -> locks kept (see RemovalGuard).
     held_back: dict[str, int] = field(default_factory=dict)
-    # Access entities synced ([tapkey] entities): name -> changes by kind (exporter.access_sync).
+    # Access entities synced ([tapkey] entities): name -> changes by kind (exporter.sync.access).
     access: dict[str, Counts] = field(default_factory=dict)

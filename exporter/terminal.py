@@ -21,7 +21,7 @@ from rich.text import Text
 # embeddings, overrides and isolates, zero-width space, BOM, tags, ...), Cs (lone surrogates), Zl
 # and Zp (line and paragraph separators), except the zero-width (non-)joiner, which scripts and
 # emoji sequences need. Ranges from Unicode 14 (Python 3.11) plus the format characters later
-# versions added; tests/test_terminal.py checks them against the running Python's unicodedata.
+# versions added; tests/read/test_terminal.py checks them against the running Python's unicodedata.
 _C0 = "\x00-\x1f"
 _OTHERS = (
     "\x7f-\x9f\xad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u180e\u200b"
@@ -57,6 +57,26 @@ def visible(text: str, *, keep_layout: bool = True) -> str:
         return text
     pattern = _UNSAFE_ON_CONSOLE if keep_layout else _UNSAFE
     return pattern.sub(_escape, text)
+
+
+_JSON_UNSAFE = re.compile(f"[{_OTHERS}]")
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    units = match.group().encode("utf-16-be", "surrogatepass")
+    return "".join(
+        f"\\u{int.from_bytes(units[i : i + 2], 'big'):04x}" for i in range(0, len(units), 2)
+    )
+
+
+def json_visible(text: str) -> str:
+    """JSON text (as `json.dumps(..., ensure_ascii=False)` writes it) with no raw C1 or format
+    characters: each is written as its `\\u` escape, so the JSON value is unchanged.
+
+    JSON always escapes C0 controls, but not C1 controls (CSI is U+009B) or bidi overrides, and a
+    JSON log line is read on terminals (`tail -f`, `journalctl`) as often as by machines.
+    """
+    return text if text.isascii() else _JSON_UNSAFE.sub(_json_escape, text)
 
 
 class SafeConsole(Console):

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Table, select
 
-from exporter.schema import (
+from exporter.db.schema import (
     CARD_TRACKED,
     CONTACT_TRACKED,
     GRANT_TRACKED,

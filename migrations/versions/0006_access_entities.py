@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import mysql, postgresql
 
-import exporter.schema
+import exporter.db.schema
 
 #: The revision this one follows (the last one on main when it was written).
 PREVIOUS_REVISION = "0004"
@@ -37,7 +37,7 @@ def _has_partial_indexes() -> bool:
     return op.get_bind().dialect.name in ("postgresql", "sqlite")
 
 
-# Frozen copies of exporter.schema.VIEWS and descriptions.VIEW_COMMENTS at this revision.
+# Frozen copies of exporter.db.schema.VIEWS and descriptions.VIEW_COMMENTS at this revision.
 VIEWS = {
     "current_grants": (
         "SELECT g.id AS grant_id, g.owner_account_id, o.name AS owner_name, g.bound_lock_id, "
@@ -248,13 +248,13 @@ def upgrade() -> None:
         ),
         sa.Column(
             "bind_date",
-            exporter.schema.UTCDateTime(timezone=True),
+            exporter.db.schema.UTCDateTime(timezone=True),
             nullable=True,
             comment="When the card was bound, per Tapkey (UTC).",
         ),
         sa.Column(
             "unbind_date",
-            exporter.schema.UTCDateTime(timezone=True),
+            exporter.db.schema.UTCDateTime(timezone=True),
             nullable=True,
             comment="Unbind date reported by Tapkey (UTC), usually NULL.",
         ),
@@ -278,19 +278,19 @@ def upgrade() -> None:
         ),
         sa.Column(
             "first_seen_at",
-            exporter.schema.UTCDateTime(timezone=True),
+            exporter.db.schema.UTCDateTime(timezone=True),
             nullable=False,
             comment="When a run first saw the card (UTC).",
         ),
         sa.Column(
             "removed_at",
-            exporter.schema.UTCDateTime(timezone=True),
+            exporter.db.schema.UTCDateTime(timezone=True),
             nullable=True,
             comment="When the card was removed (UTC); NULL while present.",
         ),
         sa.Column(
             "updated_at",
-            exporter.schema.UTCDateTime(timezone=True),
+            exporter.db.schema.UTCDateTime(timezone=True),
             nullable=False,
             comment="When a tracked attribute last changed (UTC).",
         ),
@@ -374,19 +374,19 @@ def upgrade() -> None:
         ),
         sa.Column(
             "first_seen_at",
-            exporter.schema.UTCDateTime(timezone=True),
+            exporter.db.schema.UTCDateTime(timezone=True),
             nullable=False,
             comment="When a run first saw the contact (UTC).",
         ),
         sa.Column(
             "removed_at",
-            exporter.schema.UTCDateTime(timezone=True),
+            exporter.db.schema.UTCDateTime(timezone=True),
             nullable=True,
             comment="When the contact was removed (UTC); NULL while present.",
         ),
         sa.Column(
             "updated_at",
-            exporter.schema.UTCDateTime(timezone=True),
+            exporter.db.schema.UTCDateTime(timezone=True),
             nullable=False,
             comment="When a tracked attribute last changed (UTC).",
         ),
@@ -449,13 +449,13 @@ def upgrade() -> None:
         ),
         sa.Column(
             "validity_from",
-            exporter.schema.UTCDateTime(timezone=True),
+            exporter.db.schema.UTCDateTime(timezone=True),
             nullable=True,
             comment="Start of the grant validity (validFrom, UTC); NULL without a start.",
         ),
         sa.Column(
             "validity_before",
-            exporter.schema.UTCDateTime(timezone=True),
+            exporter.db.schema.UTCDateTime(timezone=True),
             nullable=True,
             comment="End of the grant validity, exclusive (validBefore, UTC); NULL without an end.",
         ),
@@ -490,19 +490,19 @@ def upgrade() -> None:
         ),
         sa.Column(
             "first_seen_at",
-            exporter.schema.UTCDateTime(timezone=True),
+            exporter.db.schema.UTCDateTime(timezone=True),
             nullable=False,
             comment="When a run first saw the grant (UTC).",
         ),
         sa.Column(
             "removed_at",
-            exporter.schema.UTCDateTime(timezone=True),
+            exporter.db.schema.UTCDateTime(timezone=True),
             nullable=True,
             comment="When the grant was removed (UTC); NULL while present.",
         ),
         sa.Column(
             "updated_at",
-            exporter.schema.UTCDateTime(timezone=True),
+            exporter.db.schema.UTCDateTime(timezone=True),
             nullable=False,
             comment="When a tracked attribute last changed (UTC).",
         ),
@@ -585,13 +585,13 @@ def upgrade() -> None:
         ),
         sa.Column(
             "bind_date",
-            exporter.schema.UTCDateTime(timezone=True),
+            exporter.db.schema.UTCDateTime(timezone=True),
             nullable=True,
             comment="When the card was bound, per Tapkey (UTC).",
         ),
         sa.Column(
             "unbind_date",
-            exporter.schema.UTCDateTime(timezone=True),
+            exporter.db.schema.UTCDateTime(timezone=True),
             nullable=True,
             comment="Unbind date reported by Tapkey (UTC), usually NULL.",
         ),
@@ -603,13 +603,13 @@ def upgrade() -> None:
         ),
         sa.Column(
             "valid_from",
-            exporter.schema.UTCDateTime(timezone=True),
+            exporter.db.schema.UTCDateTime(timezone=True),
             nullable=False,
             comment="Start of this version, inclusive (UTC) - when a run observed the change.",
         ),
         sa.Column(
             "valid_to",
-            exporter.schema.UTCDateTime(timezone=True),
+            exporter.db.schema.UTCDateTime(timezone=True),
             nullable=True,
             comment="End of this version, exclusive (UTC); NULL for the current version.",
         ),
@@ -717,13 +717,13 @@ def upgrade() -> None:
         ),
         sa.Column(
             "valid_from",
-            exporter.schema.UTCDateTime(timezone=True),
+            exporter.db.schema.UTCDateTime(timezone=True),
             nullable=False,
             comment="Start of this version, inclusive (UTC) - when a run observed the change.",
         ),
         sa.Column(
             "valid_to",
-            exporter.schema.UTCDateTime(timezone=True),
+            exporter.db.schema.UTCDateTime(timezone=True),
             nullable=True,
             comment="End of this version, exclusive (UTC); NULL for the current version.",
         ),
@@ -822,13 +822,13 @@ def upgrade() -> None:
         ),
         sa.Column(
             "validity_from",
-            exporter.schema.UTCDateTime(timezone=True),
+            exporter.db.schema.UTCDateTime(timezone=True),
             nullable=True,
             comment="Start of the grant validity (validFrom, UTC); NULL without a start.",
         ),
         sa.Column(
             "validity_before",
-            exporter.schema.UTCDateTime(timezone=True),
+            exporter.db.schema.UTCDateTime(timezone=True),
             nullable=True,
             comment="End of the grant validity, exclusive (validBefore, UTC); NULL without an end.",
         ),
@@ -851,13 +851,13 @@ def upgrade() -> None:
         ),
         sa.Column(
             "valid_from",
-            exporter.schema.UTCDateTime(timezone=True),
+            exporter.db.schema.UTCDateTime(timezone=True),
             nullable=False,
             comment="Start of this version, inclusive (UTC) - when a run observed the change.",
         ),
         sa.Column(
             "valid_to",
-            exporter.schema.UTCDateTime(timezone=True),
+            exporter.db.schema.UTCDateTime(timezone=True),
             nullable=True,
             comment="End of this version, exclusive (UTC); NULL for the current version.",
         ),
