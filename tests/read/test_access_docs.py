@@ -14,7 +14,7 @@ from sqlalchemy import Engine, text
 from exporter.sandbox.server import Sandbox
 from exporter.service import job
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
 
 
 def _statements() -> list[str]:
