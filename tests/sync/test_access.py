@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import random
 from datetime import UTC, datetime, timedelta
@@ -18,7 +19,7 @@ from sqlalchemy import Engine, func, select
 from exporter.config.settings import PrivacySettings
 from exporter.db.schema import contacts, grant_versions, grants, sync_runs
 from exporter.results import RunResult
-from exporter.sandbox.server import Sandbox
+from exporter.sandbox.server import Fault, Sandbox
 from exporter.service import job
 
 ACCESS = ("contacts", "cards", "grants")
@@ -288,4 +289,26 @@ def test_run_retention_keeps_the_runs_that_wrote_access_versions(
     with engine.connect() as conn:
         runs = set(conn.execute(select(sync_runs.c.id)).scalars())
     assert revoking.run_id in runs and idle.run_id not in runs
+    assert_history_consistent(engine)
+
+
+def test_an_element_without_a_readable_id_holds_back_that_owners_removals(
+    db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    with Sandbox(seed=13, owners=2, locks_per_owner=2, grants_per_owner=0) as fake:
+        owner = _owner_ids(fake)[0]
+        first = fake.add_grant(owner)
+        fake.add_grant(owner)
+        _run(fake, db_url, tmp_path)
+        # The first page lists an element without an id where the first grant was: which
+        # stored grant it stands for cannot be told, so none of the owner's grants may go.
+        second = json.dumps(fake.grants_payload(owner)[1])
+        fake.add_fault(
+            Fault("grants", kind="body", owner_id=owner, body=f'[{{"state": "Ok"}},{second}]')
+        )
+        result = _run(fake, db_url, tmp_path)
+
+    assert result.status == "succeeded"
+    assert (result.access["grants"].skipped, result.access["grants"].removed) == (1, 0)
+    assert _count(engine, grants, grants.c.id == first, grants.c.removed_at.is_(None)) == 1
     assert_history_consistent(engine)
