@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -497,9 +497,17 @@ CsvRawOption = Annotated[
 
 
 @contextlib.contextmanager
-def _reader(config: Path | None, database_url: str | None) -> Iterator[Engine]:
-    """An engine on the configured database, whose schema must be current."""
+def _reader(
+    config: Path | None, database_url: str | None, *, usage: Callable[[], None] | None = None
+) -> Iterator[Engine]:
+    """An engine on the configured database, whose schema must be current.
+
+    `usage` checks the command's arguments once the configuration is known to be good (a bad
+    configuration is reported first, as by every command).
+    """
     settings = _settings(config, database_url=database_url)
+    if usage is not None:
+        usage()
     engine = job.make_engine(settings, create=False)
     try:
         store.require_current(engine)
@@ -629,28 +637,30 @@ def access(
     csv_raw: CsvRawOption = False,
 ) -> None:
     """Show who can open a lock, or with --contact what a person can open: the grants in force
-    (state Ok, within their validity), now or at --as-of. Needs grants in [tapkey] entities.
+    (state Ok, within their validity), now or at --as-of. Needs grants in \\[tapkey] entities.
 
     Example: exporter access 12-34-BF-FB --as-of 2026-03-01T00:00:00Z
     """
     _check_format(fmt, render.FORMATS)
-    with _errors():
+
+    def one_subject() -> None:
         if (lock is None) == (contact is None):
             raise UsageError("give either a LOCK or --contact ID (one of the two)")
-        with _reader(config, database_url) as engine:
-            now = datetime.now(UTC)
-            when = report.resolve_as_of(engine, as_of, now=now) if as_of else None
-            if lock is not None:
-                answer = access_report.who_can_open(engine, lock, now=now, as_of=when)
-            else:
-                assert contact is not None
-                answer = access_report.what_can_open(engine, contact, now=now, as_of=when)
-            if fmt == "json":
-                render.write_json(access_render.access_json(answer), out.file)
-            elif fmt == "csv":
-                access_render.access_csv(answer, out.file, raw=csv_raw)
-            else:
-                access_render.access_table(answer, out)
+
+    with _errors(), _reader(config, database_url, usage=one_subject) as engine:
+        now = datetime.now(UTC)
+        when = report.resolve_as_of(engine, as_of, now=now) if as_of else None
+        if lock is not None:
+            answer = access_report.who_can_open(engine, lock, now=now, as_of=when)
+        else:
+            assert contact is not None
+            answer = access_report.what_can_open(engine, contact, now=now, as_of=when)
+        if fmt == "json":
+            render.write_json(access_render.access_json(answer), out.file)
+        elif fmt == "csv":
+            access_render.access_csv(answer, out.file, raw=csv_raw)
+        else:
+            access_render.access_table(answer, out)
 
 
 @app.command("changes")
