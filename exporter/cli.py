@@ -33,8 +33,9 @@ from exporter.db import store
 from exporter.errors import ExporterError, UsageError
 from exporter.kinds import OwnerStatus, RunStatus
 from exporter.read import access as access_report
-from exporter.read import access_render, changelog, render
+from exporter.read import access_render, asof, changelog, render
 from exporter.read import inventory as report
+from exporter.read import runs as read_runs
 from exporter.results import RunResult
 from exporter.service import job, observability
 from exporter.terminal import SafeConsole
@@ -552,7 +553,7 @@ def locks(
     """
     _check_format(fmt, render.FORMATS)
     with _errors(), _reader(config, database_url) as engine:
-        when = report.resolve_as_of(engine, as_of, now=datetime.now(UTC)) if as_of else None
+        when = asof.resolve_as_of(engine, as_of, now=datetime.now(UTC)) if as_of else None
         with report.open_inventory(
             engine,
             as_of=when,
@@ -649,7 +650,7 @@ def access(
 
     with _errors(), _reader(config, database_url, usage=one_subject) as engine:
         now = datetime.now(UTC)
-        when = report.resolve_as_of(engine, as_of, now=now) if as_of else None
+        when = asof.resolve_as_of(engine, as_of, now=now) if as_of else None
         if lock is not None:
             answer = access_report.who_can_open(engine, lock, now=now, as_of=when)
         else:
@@ -714,8 +715,8 @@ def changes(
         _reader(config, database_url) as engine,
         changelog.open_changes(
             engine,
-            since=report.parse_instant(since, now=now) if since else None,
-            until=report.parse_instant(until, now=now) if until else None,
+            since=asof.parse_instant(since, now=now) if since else None,
+            until=asof.parse_instant(until, now=now) if until else None,
             run_id=run,
             owner=owner,
             kinds=kinds,
@@ -773,7 +774,7 @@ def runs(
         return
     _check_format(fmt, render.FORMATS)
     with _errors(), _reader(config, database_url) as engine:
-        rows = report.runs(engine, limit=limit, status=status)
+        rows = read_runs.runs(engine, limit=limit, status=status)
     if quiet:
         rows = [row for row in rows if row.status != RunStatus.SUCCEEDED]
         if not rows:
@@ -802,7 +803,7 @@ def runs_show(
     """
     _check_format(fmt, render.FORMATS)
     with _errors(), _reader(config, database_url) as engine:
-        detail = report.run_detail(engine, run_id)
+        detail = read_runs.run_detail(engine, run_id)
     with _errors():
         if fmt == "json":
             render.write_json(render.run_detail_json(detail), out.file)

@@ -15,7 +15,7 @@ from sqlalchemy import Engine, text
 from exporter.config.loader import load_settings
 from exporter.errors import UsageError
 from exporter.read import access as access_report
-from exporter.read import access_render
+from exporter.read import access_render, asof
 from exporter.read import inventory as report
 from exporter.sandbox.server import Sandbox
 from exporter.service import job
@@ -185,8 +185,8 @@ def _print_access(console: Console, engine: Engine, last_run: int) -> str | None
         )
     console.print(table)
     now = datetime.now(UTC)
-    first = report.resolve_as_of(engine, "1", now=now)
-    for as_of in (first, report.resolve_as_of(engine, str(last_run), now=now)):
+    first = asof.resolve_as_of(engine, "1", now=now)
+    for as_of in (first, asof.resolve_as_of(engine, str(last_run), now=now)):
         answer = access_report.who_can_open(engine, lock_id, now=now, as_of=as_of)
         access_render.access_table(answer, console)
     return str(lock_id)

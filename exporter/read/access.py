@@ -16,6 +16,7 @@ from typing import Any, Literal, NamedTuple
 
 from sqlalchemy import ColumnElement, Connection, Engine, Table, or_, select
 
+from exporter.db.inlists import chunks
 from exporter.db.schema import (
     bound_cards,
     bound_lock_versions,
@@ -26,8 +27,9 @@ from exporter.db.schema import (
 )
 from exporter.db.store import connect
 from exporter.errors import UsageError
+from exporter.read.asof import AsOf, valid_at
 from exporter.read.changelog import find_locks, ids_starting_with
-from exporter.read.inventory import AsOf, chunks, owner_names, valid_at
+from exporter.read.inventory import owner_names
 
 
 class AccessRow(NamedTuple):

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from sqlalchemy import Connection, Engine, Table, bindparam, func, insert, select, update
 
 from exporter.config.settings import ENTITY_SCOPES
+from exporter.db.inlists import chunks
 from exporter.db.schema import (
     CARD_TRACKED,
     CONTACT_TRACKED,
@@ -50,7 +51,6 @@ from exporter.results import Change, Counts
 from exporter.sync.crawl import STOP_POLL, _DaemonPool
 from exporter.sync.guard import RemovalGuard, locks_held_message
 from exporter.sync.versions import (
-    chunks,
     close_versions,
     load_live_raw_of,
     load_rows,

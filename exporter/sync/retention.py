@@ -9,12 +9,12 @@ history and are never pruned.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine, Table, delete, func, select
 
+from exporter.db.inlists import chunks
 from exporter.db.schema import (
     lock_health_readings,
     metadata,
@@ -24,8 +24,6 @@ from exporter.db.schema import (
 from exporter.db.store import connect
 from exporter.kinds import RunStatus
 
-_CHUNK = 500
-
 
 @dataclass(frozen=True)
 class Pruned:
@@ -34,11 +32,6 @@ class Pruned:
     readings: int = 0
     runs: int = 0
     run_owners: int = 0
-
-
-def _chunks(items: Sequence[int]) -> Iterator[Sequence[int]]:
-    for start in range(0, len(items), _CHUNK):
-        yield items[start : start + _CHUNK]
 
 
 def prune(
@@ -71,12 +64,12 @@ def _prune_readings(conn: Connection, cutoff: datetime) -> int:
         newest_old[(lock_id, kind)] = reading_id  # rows are in time order: the last one wins
     lock_ids = sorted({lock_id for lock_id, _ in newest_old})
     fresh: set[tuple[str, str]] = set()
-    for start in range(0, len(lock_ids), _CHUNK):
+    for chunk in chunks(lock_ids):
         fresh.update(
             (lock_id, kind)
             for lock_id, kind in conn.execute(
                 select(table.c.bound_lock_id, table.c.type)
-                .where(table.c.bound_lock_id.in_(lock_ids[start : start + _CHUNK]))
+                .where(table.c.bound_lock_id.in_(chunk))
                 .where(table.c.reading_at >= cutoff)
                 .distinct()
             )
@@ -87,7 +80,7 @@ def _prune_readings(conn: Connection, cutoff: datetime) -> int:
         for reading_id, lock_id, kind, _ in old
         if newest_old[(lock_id, kind)] != reading_id or (lock_id, kind) in fresh
     ]
-    for chunk in _chunks(doomed):
+    for chunk in chunks(doomed):
         conn.execute(delete(table).where(table.c.reading_id.in_(chunk)))
     return len(doomed)
 
@@ -114,7 +107,7 @@ def _prune_runs(conn: Connection, cutoff: datetime) -> tuple[int, int]:
         ).scalars()
     )
     run_owners = runs = 0
-    for chunk in _chunks(old):
+    for chunk in chunks(old):
         run_owners += conn.execute(
             delete(sync_run_owners).where(sync_run_owners.c.run_id.in_(chunk))
         ).rowcount

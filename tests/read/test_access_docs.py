@@ -7,9 +7,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from helpers import make_settings
-from history_checks import expected_access
 from sqlalchemy import Engine, text
+from support.helpers import make_settings
+from support.history import expected_access
 
 from exporter.sandbox.server import Sandbox
 from exporter.service import job

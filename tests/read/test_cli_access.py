@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import make_settings
+from support.helpers import make_settings
 from typer.testing import CliRunner
 
 from exporter import cli

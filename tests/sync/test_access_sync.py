@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import make_settings
-from history_checks import assert_history_consistent, expected_access, rows_at
 from sqlalchemy import Engine, func, select
+from support.helpers import make_settings
+from support.history import assert_history_consistent, expected_access, rows_at
 
 from exporter.config.settings import PrivacySettings
 from exporter.db.schema import contacts, grant_versions, grants, sync_runs
