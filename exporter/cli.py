@@ -320,6 +320,9 @@ def _print_result(result: RunResult) -> None:
         *result.counts.as_dict().items(),
         ("API requests", result.api_requests),
     ]
+    for entity, counts in result.access.items():  # [tapkey] entities beyond locks
+        changed = ", ".join(f"{k} {v}" for k, v in counts.as_dict().items() if v)
+        rows.append((entity, changed or "none"))
     failed = [o for o in result.owners if o.status == OwnerStatus.FAILED]
     if failed:
         rows.append(("failed owners", len(failed)))
@@ -549,12 +552,20 @@ CsvRawOption = Annotated[
 
 
 @contextlib.contextmanager
-def _reader(config: Path | None, database_url: str | None) -> Iterator[Engine]:
-    """An engine on the configured database, whose schema must be current."""
+def _reader(
+    config: Path | None, database_url: str | None, *, usage: Callable[[], None] | None = None
+) -> Iterator[Engine]:
+    """An engine on the configured database, whose schema must be current.
+
+    `usage` checks the command's arguments once the configuration is known to be good (a bad
+    configuration is reported first, as by every command).
+    """
     from exporter.db import store
     from exporter.service import job
 
     settings = _settings(config, database_url=database_url)
+    if usage is not None:
+        usage()
     engine = job.make_engine(settings, create=False)
     try:
         store.require_current(engine)
@@ -653,6 +664,69 @@ def history(
             render.changes_csv(result.versions, out.file, raw=csv_raw)
         else:
             render.history_table(result, out)
+
+
+@app.command("access")
+def access(
+    lock: Annotated[
+        str | None,
+        typer.Argument(
+            help="A bound lock id, a lock id such as 12-34-BF-FB, a physical lock id, or the "
+            "start of a bound lock id (as for `exporter history`).",
+            show_default=False,
+        ),
+    ] = None,
+    contact: Annotated[
+        str | None,
+        typer.Option(
+            "--contact",
+            help="Instead of a lock: what this contact can open (its id, the start of its id, "
+            "or its identifier as stored).",
+            show_default=False,
+        ),
+    ] = None,
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            "--as-of",
+            help="As it was then: a run id (its end), an ISO-8601 time (UTC unless it has an "
+            "offset) or a duration back from now (7d).",
+            show_default=False,
+        ),
+    ] = None,
+    config: ConfigOption = None,
+    database_url: DatabaseOption = None,
+    fmt: ReadFormatOption = "table",
+    csv_raw: CsvRawOption = False,
+) -> None:
+    """Show who can open a lock, or with --contact what a person can open: the grants in force
+    (state Ok, within their validity), now or at --as-of. Needs grants in \\[tapkey] entities.
+
+    Example: exporter access 12-34-BF-FB --as-of 2026-03-01T00:00:00Z
+    """
+    from exporter.read import access as access_report
+    from exporter.read import access_render, asof, render
+
+    _check_format(fmt, render.FORMATS)
+
+    def one_subject() -> None:
+        if (lock is None) == (contact is None):
+            raise UsageError("give either a LOCK or --contact ID (one of the two)")
+
+    with _errors(), _reader(config, database_url, usage=one_subject) as engine:
+        now = datetime.now(UTC)
+        when = asof.resolve_as_of(engine, as_of, now=now) if as_of else None
+        if lock is not None:
+            answer = access_report.who_can_open(engine, lock, now=now, as_of=when)
+        else:
+            assert contact is not None
+            answer = access_report.what_can_open(engine, contact, now=now, as_of=when)
+        if fmt == "json":
+            render.write_json(access_render.access_json(answer), out.file)
+        elif fmt == "csv":
+            access_render.access_csv(answer, out.file, raw=csv_raw)
+        else:
+            access_render.access_table(answer, out)
 
 
 @app.command("changes")

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from exporter.config.loader import load_settings
 from exporter.errors import UsageError
+from exporter.read import access as access_report
+from exporter.read import access_render, asof
 from exporter.read import inventory as report
 from exporter.sandbox.server import Sandbox
 from exporter.service import job
@@ -53,13 +57,15 @@ def run_demo(
                 "tapkey.token_url": sandbox.token_url,
                 "tapkey.api_base_url": sandbox.base_url,
                 "database.url": f"sqlite:///{path}",
+                # Every entity: the access data shows who could open what, when.
+                "tapkey.entities": ["contacts", "cards", "grants", "log_entries"],
             },
         )
         engine = job.make_engine(settings)
         try:
             for generation in range(generations + 1):
                 if generation:
-                    applied = sandbox.advance(changes=4)
+                    applied = sandbox.advance(changes=4, access=6)
                     console.rule(
                         f"Sandbox generation {generation}: {len(applied)} changes applied "
                         "(changes to rcl fields and health readings make no version)"
@@ -73,23 +79,33 @@ def run_demo(
                         f"locks ({counts or 'no changes'})",
                     )
                 )
+                for entity, entity_counts in result.access.items():
+                    changed = ", ".join(f"{k} {v}" for k, v in entity_counts.as_dict().items() if v)
+                    console.print(f"  {entity}: {changed or 'none'}")
                 if generation == 0:
                     _print_inventory(console, engine)
                 else:
                     _print_changes(console, engine, result.run_id or 0)
+            lock = _print_access(console, engine, generations + 1)
         finally:
             engine.dispose()
     console.print()
     shown = visible(str(path))  # Text objects bypass the console's escaping
     console.print(Text.assemble("The history is in ", (shown, "bold"), ". Look at it with:"))
     db = f"--database-url sqlite:///{path}"
-    for args in ("locks", "locks --as-of 1", "changes", "runs"):
+    hints = ["locks", "locks --as-of 1", "changes", "runs"]
+    if lock is not None:
+        hints += [f"access {lock[:8]}", f"access {lock[:8]} --as-of 1"]
+    for args in hints:
         console.print(f"  {prog} {args} {db}")
     console.print("or any SQL client, e.g.:")
     console.print("  SELECT owner_name, title, lock_model_name FROM current_bound_locks;")
     console.print(
         "  SELECT changed_at, change_type, title, changed_fields FROM bound_lock_changes "
         "ORDER BY changed_at;"
+    )
+    console.print(
+        "  SELECT lock_title, contact_title, card_title, state FROM current_grants ORDER BY 1;"
     )
 
 
@@ -121,6 +137,59 @@ def _print_changes(console: Console, engine: Engine, run_id: int) -> None:
         detail = ", ".join(row.changed_fields or ()) or (row.removal_reason or "")
         table.add_row(row.entity, row.id[:8], row.change_type, detail, row.title or "")
     console.print(table)
+
+
+def _print_access(console: Console, engine: Engine, last_run: int) -> str | None:
+    """A grant's history (one that changed, if any), then who could open its lock at the end
+    of run 1 and who can now; returns that lock's id (None without grants)."""
+    with engine.connect() as conn:
+        changed = (
+            conn.execute(
+                text(
+                    "SELECT grant_id, bound_lock_id FROM grant_changes "
+                    "WHERE change_type <> 'created' ORDER BY changed_at LIMIT 1"
+                )
+            ).first()
+            or conn.execute(
+                text(
+                    "SELECT grant_id, bound_lock_id FROM grant_changes ORDER BY version_id LIMIT 1"
+                )
+            ).first()
+        )
+        if changed is None:
+            return None
+        grant_id, lock_id = changed
+        history = conn.execute(
+            text(
+                "SELECT run_id, changed_at, change_type, changed_fields, removal_reason, state, "
+                "lock_title, contact_title, card_title FROM grant_changes "
+                "WHERE grant_id = :grant ORDER BY changed_at"
+            ),
+            {"grant": grant_id},
+        ).all()
+    console.rule("Access data")
+    table = Table(title=f"History of grant {grant_id[:8]}")
+    for column in ("run", "when (UTC)", "change", "fields / reason", "state", "lock", "to"):
+        table.add_column(column)
+    for row in history:
+        fields = row.changed_fields
+        detail = ", ".join(json.loads(fields) if isinstance(fields, str) else fields or ())
+        table.add_row(
+            str(row.run_id),
+            row.changed_at if isinstance(row.changed_at, str) else str(row.changed_at),
+            row.change_type,
+            detail or row.removal_reason or "",
+            row.state or "",
+            row.lock_title or "",
+            row.contact_title or row.card_title or "",
+        )
+    console.print(table)
+    now = datetime.now(UTC)
+    first = asof.resolve_as_of(engine, "1", now=now)
+    for as_of in (first, asof.resolve_as_of(engine, str(last_run), now=now)):
+        answer = access_report.who_can_open(engine, lock_id, now=now, as_of=as_of)
+        access_render.access_table(answer, console)
+    return str(lock_id)
 
 
 def _is_demo_database(path: Path) -> bool:

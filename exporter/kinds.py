@@ -40,5 +40,6 @@ class ChangeType(StrEnum):
 class RemovalReason(StrEnum):
     """`*_versions.removal_reason` of a `removed` version."""
 
-    UNBOUND = "unbound"  # the lock is no longer bound to the owner account
+    UNBOUND = "unbound"  # the lock (or card) is no longer bound to the owner account
     OWNER_REMOVED = "owner_removed"  # the owner account itself is gone
+    DELETED = "deleted"  # a contact or grant its owner account no longer lists

@@ -35,7 +35,7 @@ class Counts:
 class Change:
     """One change the run made (or, with dry_run, would make)."""
 
-    entity: str  # "owner" or "lock"
+    entity: str  # "owner", "lock", "contact", "card" or "grant"
     id: str
     change_type: str
     owner_account_id: str | None
@@ -75,6 +75,8 @@ class RunResult:
     dry_run: bool = False
     # Removals the deletion guard held back: owner id -> locks kept (see RemovalGuard).
     held_back: dict[str, int] = field(default_factory=dict)
+    # Access entities synced ([tapkey] entities): name -> changes by kind (exporter.sync.access).
+    access: dict[str, Counts] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

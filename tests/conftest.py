@@ -31,6 +31,12 @@ from exporter.sandbox.server import Sandbox
 
 TABLES = (  # calendar_days is static data from migration 0002: never truncated
     "api_paging",
+    "grant_versions",
+    "bound_card_versions",
+    "contact_versions",
+    "grants",
+    "bound_cards",
+    "contacts",
     "lock_health_readings",
     "sync_run_owners",
     "bound_lock_versions",

@@ -73,12 +73,34 @@ def test_run_once_prints_a_summary_and_json(sandbox: Sandbox, tmp_path: Path) ->
     assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
 
 
+def test_run_once_with_an_entity_whose_scope_is_missing_is_partial(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    env = subprocess_env(sandbox, f"sqlite:///{tmp_path / 'inv.db'}")
+    env["EXPORTER_TAPKEY__ENTITIES"] = "contacts,grants"
+    env["EXPORTER_TAPKEY__SCOPES"] = "read:owneraccounts read:core:entities"
+
+    result = run_exporter(env, "run-once")
+
+    assert result.returncode == 3, result.stderr
+    assert "partial" in result.stdout and "contacts" in result.stdout
+    assert "token lacks scope read:grants" in result.stderr
+    assert "@example." not in result.stderr  # no identifier (email) in any log line
+
+
 @pytest.mark.parametrize(
     "args, env_extra, code, message",
     [
         pytest.param(["run-once", "--bogus"], {}, 2, "No such option", id="unknown-option"),
         pytest.param(
             ["run-once"], {"EXPORTER_TAPKEY__PAGE_SIZE": "0"}, 2, "page_size", id="bad-config"
+        ),
+        pytest.param(
+            ["run-once"],
+            {"EXPORTER_TAPKEY__ENTITIES": "locks,doors"},
+            2,
+            "unknown entity 'doors'",
+            id="unknown-entity",
         ),
         pytest.param(
             ["run-once"],
@@ -277,6 +299,10 @@ def test_demo_builds_a_history_in_a_fresh_sqlite_file(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "demo.db").is_file()
     assert "Run 3" in result.stdout and "current_bound_locks" in result.stdout
+    # Every entity is enabled: a grant's history and who could open its lock then and now.
+    assert "grants: " in result.stdout and "History of grant" in result.stdout
+    assert "giving access at the end of run 1" in result.stdout
+    assert "giving access at the end of run 3" in result.stdout
 
 
 def test_sandbox_command_serves_a_fake_tapkey_until_interrupted() -> None:

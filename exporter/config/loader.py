@@ -31,7 +31,12 @@ CONFIG_ENV_VAR = "EXPORTER_CONFIG"
 _SECRET_KEYS = frozenset({("tapkey", "client_secret")})
 _URL_KEYS = frozenset({("database", "url")})
 # Settings holding a path; a relative one is resolved at load time (see load_settings).
-_PATH_KEYS = ("database.url", "tapkey.client_secret_file", "tapkey.ca_bundle")
+_PATH_KEYS = (
+    "database.url",
+    "tapkey.client_secret_file",
+    "tapkey.ca_bundle",
+    "privacy.hash_key_file",
+)
 _ENV_RE = re.compile(r"EXPORTER_(?P<section>[A-Za-z0-9]+(?:_[A-Za-z0-9]+)*)__(?P<key>\w+)")
 
 
@@ -288,6 +293,8 @@ def file_permissions_warning(settings: Settings) -> str | None:
         files.append(settings.source)
     if settings.tapkey.client_secret_file is not None:
         files.append(settings.tapkey.client_secret_file)
+    if settings.privacy.hash_key_file is not None:
+        files.append(settings.privacy.hash_key_file)
     for path in files:
         try:
             info = path.stat()

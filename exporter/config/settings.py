@@ -59,6 +59,39 @@ def parse_duration(text: str) -> float:
     return sum(float(v) * unit for v, unit in zip(match.groups(), _UNIT_SECONDS, strict=True) if v)
 
 
+#: What `[tapkey] entities` may name, in sync order (owner accounts are always read).
+ENTITIES: tuple[str, ...] = ("locks", "contacts", "cards", "grants", "log_entries")
+OWNERS_SCOPE = "read:owneraccounts"
+#: The scope each entity's route needs (Tapkey's Management API).
+ENTITY_SCOPES: dict[str, str] = {
+    "locks": "read:core:entities",
+    "contacts": "read:core:entities",
+    "cards": "read:core:entities",
+    "grants": "read:grants",
+    "log_entries": "read:logs",
+}
+
+
+def scopes_for(entities: Iterable[str]) -> list[str]:
+    """The scopes to request for `entities`: read:owneraccounts, then each route's scope once."""
+    return list(dict.fromkeys([OWNERS_SCOPE, *(ENTITY_SCOPES[name] for name in entities)]))
+
+
+def _check_entities(value: object) -> tuple[str, ...]:
+    """`entities` from a TOML list or an environment string ("contacts,grants" or with spaces);
+    locks are always synced, so they are added when left out; order and repeats do not matter."""
+    if isinstance(value, str):
+        value = value.replace(",", " ").split()
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"must be a list of names such as ['locks', 'grants'] (got {value!r})")
+    names = {v.strip().lower() for v in value}
+    unknown = sorted(names - set(ENTITIES))
+    if unknown:
+        hint = "; owner accounts are always read, leave it out" if unknown == ["owners"] else ""
+        raise ValueError(f"unknown entity {unknown[0]!r}: choose from {', '.join(ENTITIES)}{hint}")
+    return tuple(name for name in ENTITIES if name in names or name == "locks")
+
+
 def env_var_name(section: str, key: str) -> str:
     """Return the environment variable that overrides `[section] key`."""
     return f"EXPORTER_{section.upper()}__{key.upper()}"
@@ -205,7 +238,9 @@ class TapkeySettings(_Section):
     client_secret_file: Path | None = None
     token_url: str = "https://login.tapkey.com/connect/token"
     api_base_url: str = "https://my.tapkey.com"
-    scopes: str = "read:owneraccounts read:core:entities"
+    # None: the scopes follow `entities` (scopes_for); a value set here is requested as it is.
+    scopes: str | None = None
+    entities: tuple[str, ...] = ("locks",)
     connect_timeout: float = Field(10.0, gt=0)
     read_timeout: float = Field(60.0, gt=0)
     # $top per request. Tapkey documents no maximum; 5,000 locks are about 5 MB of JSON, and
@@ -221,8 +256,19 @@ class TapkeySettings(_Section):
     proxy: str | None = None
 
     _blank = field_validator(
-        "client_id", "client_secret", "client_secret_file", "ca_bundle", "proxy", mode="before"
+        "client_id",
+        "client_secret",
+        "client_secret_file",
+        "ca_bundle",
+        "proxy",
+        "scopes",
+        mode="before",
     )(_blank_to_none)
+
+    @field_validator("entities", mode="before")
+    @classmethod
+    def _entities(cls, value: object) -> tuple[str, ...]:
+        return _check_entities(value)
 
     @field_validator("client_id")
     @classmethod
@@ -263,7 +309,9 @@ class TapkeySettings(_Section):
 
     @field_validator("scopes")
     @classmethod
-    def _check_scopes(cls, value: str) -> str:
+    def _check_scopes(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not value.split():
             raise ValueError("must name at least one scope, e.g. 'read:owneraccounts'")
         return " ".join(value.split())
@@ -281,8 +329,8 @@ class TapkeySettings(_Section):
 
     @property
     def scope_list(self) -> list[str]:
-        """The requested scopes as a list."""
-        return self.scopes.split()
+        """The requested scopes: `scopes` if set, else those `entities` need (scopes_for)."""
+        return self.scopes.split() if self.scopes is not None else scopes_for(self.entities)
 
     def credentials(self) -> tuple[str, str]:
         """Return (client_id, client_secret), reading `client_secret_file` when that is set."""
@@ -522,6 +570,72 @@ class SyncSettings(_Section):
         return None if self.run_retention is None else parse_duration(self.run_retention)
 
 
+class PrivacySettings(_Section):
+    """[privacy]: what is stored of personal data (contacts' identifiers: email addresses)."""
+
+    contact_identifier: Literal["keep", "hash", "drop"] = "keep"
+    # The HMAC-SHA256 key of `hash`: a secret of its own (never stored in the database), so
+    # the hashes stay the same when the OAuth client secret is rotated.
+    hash_key: SecretStr | None = None
+    hash_key_file: Path | None = None
+
+    _blank = field_validator("hash_key", "hash_key_file", mode="before")(_blank_to_none)
+
+    @field_validator("contact_identifier", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("hash_key_file")
+    @classmethod
+    def _resolve_key_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return _resolve_path(value, info, "privacy.hash_key_file")
+
+    @model_validator(mode="after")
+    def _key_for_hash(self) -> PrivacySettings:
+        if self.hash_key is not None and self.hash_key_file is not None:
+            raise Conflict(
+                "hash_key and hash_key_file are both set; keep only one",
+                "hash_key",
+                "hash_key_file",
+            )
+        if (
+            self.contact_identifier == "hash"
+            and self.hash_key is None
+            and self.hash_key_file is None
+        ):
+            raise Conflict(
+                'contact_identifier = "hash" needs a key: set hash_key_file (a file holding a '
+                "long random secret, e.g. from `openssl rand -hex 32`) or hash_key",
+                "contact_identifier",
+            )
+        return self
+
+    def key(self) -> bytes | None:
+        """The HMAC key of `hash` (read from `hash_key_file` when set); None for keep and drop."""
+        if self.contact_identifier != "hash":
+            return None
+        if self.hash_key is not None:
+            secret = self.hash_key.get_secret_value()
+        else:
+            assert self.hash_key_file is not None  # _key_for_hash
+            path = self.hash_key_file
+            try:
+                secret = path.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+                raise ConfigError(
+                    f"cannot read [privacy] hash_key_file {path}: {reason}; check the path and "
+                    "that this user may read it"
+                ) from None
+        if len(secret) < 16:
+            raise ConfigError(
+                "[privacy] hash key is shorter than 16 characters; use a long random secret, "
+                "e.g. from `openssl rand -hex 32`"
+            )
+        return secret.encode()
+
+
 class LoggingSettings(_Section):
     """[logging]: log level and line format."""
 
@@ -585,6 +699,7 @@ class Settings(BaseModel):
     sync: SyncSettings = Field(default_factory=SyncSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     source: Path | None = None
     proxy_env: dict[str, str] = Field(default_factory=dict, repr=False)  # may hold credentials
 

@@ -70,6 +70,65 @@ _VERSION = {
     "run_id": "The run that wrote this version (sync_runs.id).",
 }
 
+_CONTACT_ATTRIBUTES = {
+    "owner_account_id": "Owner account whose contact list holds it (owner_accounts.id).",
+    "ip_id": "Identity provider of the contact - tapkey for Tapkey users.",
+    "identifier": (
+        "The contact identifier (a Tapkey user email), kept, replaced by its keyed hash (hex) "
+        "or NULL, per [privacy] contact_identifier."
+    ),
+    "title": "Contact name as shown in Tapkey.",
+    "comment": "Comment on the contact.",
+}
+
+_CARD_ATTRIBUTES = {
+    "owner_account_id": "Owner account the card is bound to (owner_accounts.id).",
+    "title": "Card title as shown in Tapkey.",
+    "label": "Label of the card, often the number printed on it.",
+    "uid": "UID of the card chip (hex).",
+    "physical_card_id": "Physical card id as the API gives it (Base64).",
+    "is_active": "Active flag of the card from Tapkey.",
+    "bind_date": "When the card was bound, per Tapkey (UTC).",
+    "unbind_date": "Unbind date reported by Tapkey (UTC), usually NULL.",
+    "nof_grants_capacity": "How many grants the card can carry.",
+}
+
+_GRANT_ATTRIBUTES = {
+    "owner_account_id": "Owner account that issued the grant (owner_accounts.id).",
+    "bound_lock_id": "The bound lock it opens (bound_locks.id).",
+    "contact_id": "The contact it is granted to (contacts.id); NULL for a card grant.",
+    "bound_card_id": "The bound card it is granted to (bound_cards.id); NULL for a contact grant.",
+    "validity_from": "Start of the grant validity (validFrom, UTC); NULL without a start.",
+    "validity_before": (
+        "End of the grant validity, exclusive (validBefore, UTC); NULL without an end."
+    ),
+    "time_restriction_ical": "Weekly time restriction as iCalendar text; NULL without one.",
+    "state": "Grant state from Tapkey - Ok, Revoked, ... (revoked grants stay listed).",
+    "active": "Active flag of the grant from Tapkey.",
+}
+
+
+def _current(what: str) -> dict[str, str]:
+    return {
+        "raw": (
+            f"The API payload of the {what} exactly as last received (JSON text); a keyed "
+            "digest instead where [privacy] keeps identifiers out of the database."
+        ),
+        "first_seen_at": f"When a run first saw the {what} (UTC).",
+        "removed_at": f"When the {what} was removed (UTC); NULL while present.",
+        "updated_at": "When a tracked attribute last changed (UTC).",
+    }
+
+
+_ACCESS_VERSION = {
+    **_VERSION,
+    "removal_reason": (
+        "For removed versions - deleted (a contact or grant its owner no longer lists), unbound "
+        "(a card its owner no longer lists) or owner_removed (its owner account vanished); else "
+        "NULL."
+    ),
+}
+
 TABLE_COMMENTS: dict[str, str] = {
     "sync_runs": "One row per sync run - when it ran, how it ended and what it counted.",
     "sync_run_owners": "One row per owner account per run - how fetching its locks went.",
@@ -97,6 +156,25 @@ TABLE_COMMENTS: dict[str, str] = {
     "api_paging": (
         "What the exporter learned about the paging of each Tapkey API server it read, so that "
         "a short page ends a list without a confirming request. Not inventory data."
+    ),
+    "contacts": (
+        "Every contact (a person who can be granted access) ever seen, in its current state. "
+        "Filled with contacts in [tapkey] entities."
+    ),
+    "contact_versions": (
+        "Every version of every contact (valid_from inclusive, valid_to exclusive)."
+    ),
+    "bound_cards": (
+        "Every bound card ever seen, in its current state. Filled with cards in [tapkey] entities."
+    ),
+    "bound_card_versions": "Every version of every bound card.",
+    "grants": (
+        "Every grant (access of a contact or card to a lock) ever seen, in its current state; "
+        "revoked grants keep state Revoked. Filled with grants in [tapkey] entities."
+    ),
+    "grant_versions": (
+        "Every version of every grant; a grant is listed at T when its version valid at T is "
+        "not removed, and gives access when its state is Ok and T is within its validity."
     ),
 }
 
@@ -187,6 +265,27 @@ COLUMN_COMMENTS: dict[str, dict[str, str]] = {
         "api_reading_id": "The reading id Tapkey gave it.",
         "seen_at": "When a run first stored the reading (UTC).",
         "run_id": "The run that stored it (sync_runs.id).",
+    },
+    "contacts": {"id": "Tapkey contact id.", **_CONTACT_ATTRIBUTES, **_current("contact")},
+    "contact_versions": {
+        "version_id": "Row id.",
+        "id": "The contact (contacts.id).",
+        **_CONTACT_ATTRIBUTES,
+        **_ACCESS_VERSION,
+    },
+    "bound_cards": {"id": "Tapkey bound card id.", **_CARD_ATTRIBUTES, **_current("card")},
+    "bound_card_versions": {
+        "version_id": "Row id.",
+        "id": "The bound card (bound_cards.id).",
+        **_CARD_ATTRIBUTES,
+        **_ACCESS_VERSION,
+    },
+    "grants": {"id": "Tapkey grant id.", **_GRANT_ATTRIBUTES, **_current("grant")},
+    "grant_versions": {
+        "version_id": "Row id.",
+        "id": "The grant (grants.id).",
+        **_GRANT_ATTRIBUTES,
+        **_ACCESS_VERSION,
     },
 }
 
@@ -307,6 +406,83 @@ VIEW_COMMENTS: dict[str, tuple[str, dict[str, str]]] = {
             "value_status": COLUMN_COMMENTS["lock_health_readings"]["value_status"],
             "reading_at": COLUMN_COMMENTS["lock_health_readings"]["reading_at"],
             "seen_at": COLUMN_COMMENTS["lock_health_readings"]["seen_at"],
+        },
+    ),
+    "current_grants": (
+        "The grants listed now, with lock title, owner account name and the contact or card "
+        "they go to. A grant gives access when state is Ok and now is within its validity.",
+        {
+            "grant_id": "The grant (grants.id).",
+            "owner_account_id": _GRANT_ATTRIBUTES["owner_account_id"],
+            "owner_name": "Current name of the owner account.",
+            "bound_lock_id": _GRANT_ATTRIBUTES["bound_lock_id"],
+            "lock_title": "Current title of the lock.",
+            "lock_id_hex": "Customer-facing lock id such as 12-34-BF-FB.",
+            "contact_id": _GRANT_ATTRIBUTES["contact_id"],
+            "contact_title": "Current name of the contact.",
+            "contact_identifier": "Current identifier of the contact, as [privacy] stores it.",
+            "bound_card_id": _GRANT_ATTRIBUTES["bound_card_id"],
+            "card_title": "Current title of the card.",
+            "card_label": "Current label of the card.",
+            "validity_from": _GRANT_ATTRIBUTES["validity_from"],
+            "validity_before": _GRANT_ATTRIBUTES["validity_before"],
+            "time_restriction_ical": _GRANT_ATTRIBUTES["time_restriction_ical"],
+            "state": _GRANT_ATTRIBUTES["state"],
+            "active": _GRANT_ATTRIBUTES["active"],
+            "first_seen_at": "When a run first saw the grant (UTC).",
+            "updated_at": "When a tracked attribute last changed (UTC).",
+        },
+    ),
+    "grant_changes": (
+        "Every grant version with the current names of its owner account, lock, contact and "
+        "card. A revocation is an updated version whose changed_fields holds state.",
+        {
+            "version_id": "grant_versions.version_id",
+            "grant_id": "The grant (grants.id).",
+            "change_type": _VERSION["change_type"],
+            "changed_fields": _VERSION["changed_fields"],
+            "removal_reason": _ACCESS_VERSION["removal_reason"],
+            "changed_at": "When the change was observed (UTC) - the version valid_from.",
+            "valid_to": _VERSION["valid_to"],
+            "run_id": _VERSION["run_id"],
+            "owner_account_id": _GRANT_ATTRIBUTES["owner_account_id"],
+            "owner_name": "Current name of the owner account.",
+            "bound_lock_id": _GRANT_ATTRIBUTES["bound_lock_id"],
+            "lock_title": "Current title of the lock.",
+            "contact_id": _GRANT_ATTRIBUTES["contact_id"],
+            "contact_title": "Current name of the contact.",
+            "bound_card_id": _GRANT_ATTRIBUTES["bound_card_id"],
+            "card_title": "Current title of the card.",
+            **{
+                name: _GRANT_ATTRIBUTES[name]
+                for name in (
+                    "validity_from",
+                    "validity_before",
+                    "time_restriction_ical",
+                    "state",
+                    "active",
+                )
+            },
+        },
+    ),
+    "grant_lock_bindings": (
+        "Each grant with the binding periods of its bound lock (lock_binding_history) - which "
+        "physical lock the grant stood for, under which owner account, from when to when.",
+        {
+            "grant_id": "The grant (grants.id).",
+            "state": "Current state of the grant.",
+            "grant_removed_at": "When the grant was removed (UTC); NULL while listed.",
+            "contact_id": _GRANT_ATTRIBUTES["contact_id"],
+            "bound_card_id": _GRANT_ATTRIBUTES["bound_card_id"],
+            "bound_lock_id": "The bound lock of the grant and of this binding period.",
+            "physical_lock_id": "TLCP id of the physical lock (Base64, as the API gives it).",
+            "lock_id_hex": "Customer-facing lock id such as 12-34-BF-FB.",
+            "owner_account_id": "The owner account that held the lock.",
+            "owner_name": "Current name of that owner account.",
+            "held_from": "Start of the binding period, inclusive (UTC).",
+            "held_to": "End of the binding period, exclusive (UTC); NULL while it lasts.",
+            "end_reason": "Why the binding period ended (see lock_binding_history).",
+            "lock_title": "Lock title at the start of the period.",
         },
     ),
 }

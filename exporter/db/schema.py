@@ -51,6 +51,30 @@ LOCK_TRACKED = (
     "target_type",
 )
 OWNER_TRACKED = ("name", "active")
+# Access data (issue 15): the owner comes from the URL, as for locks.
+CONTACT_TRACKED = ("owner_account_id", "ip_id", "identifier", "title", "comment")
+CARD_TRACKED = (
+    "owner_account_id",
+    "title",
+    "label",
+    "uid",
+    "physical_card_id",
+    "is_active",
+    "bind_date",
+    "unbind_date",
+    "nof_grants_capacity",
+)
+GRANT_TRACKED = (
+    "owner_account_id",
+    "bound_lock_id",
+    "contact_id",
+    "bound_card_id",
+    "validity_from",
+    "validity_before",
+    "time_restriction_ical",
+    "state",
+    "active",
+)
 CHANGE_TYPES = tuple(ChangeType)
 REMOVAL_REASONS = tuple(RemovalReason)
 RUN_STATUSES = tuple(RunStatus)
@@ -249,6 +273,128 @@ bound_lock_versions = Table(
     **_MYSQL,
 )
 
+
+def _contact_attributes() -> list[Column[Any]]:
+    return [
+        Column("owner_account_id", _id(), nullable=False),
+        Column("ip_id", String(255)),
+        Column("identifier", _id(255)),
+        Column("title", _long_text()),
+        Column("comment", _long_text()),
+    ]
+
+
+def _card_attributes() -> list[Column[Any]]:
+    return [
+        Column("owner_account_id", _id(), nullable=False),
+        Column("title", _long_text()),
+        Column("label", String(255)),
+        Column("uid", _id(255)),
+        Column("physical_card_id", _id(255)),
+        Column("is_active", Boolean()),
+        Column("bind_date", UTCDateTime()),
+        Column("unbind_date", UTCDateTime()),
+        Column("nof_grants_capacity", Integer()),
+    ]
+
+
+def _grant_attributes() -> list[Column[Any]]:
+    return [
+        Column("owner_account_id", _id(), nullable=False),
+        Column("bound_lock_id", _id()),
+        Column("contact_id", _id()),
+        Column("bound_card_id", _id()),
+        Column("validity_from", UTCDateTime()),
+        Column("validity_before", UTCDateTime()),
+        Column("time_restriction_ical", _long_text()),
+        Column("state", String(32)),
+        Column("active", Boolean()),
+    ]
+
+
+def _current_columns() -> list[Column[Any]]:
+    return [
+        Column("raw", _long_text()),
+        Column("first_seen_at", UTCDateTime(), nullable=False),
+        Column("removed_at", UTCDateTime()),
+        Column("updated_at", UTCDateTime(), nullable=False),
+    ]
+
+
+contacts = Table(
+    "contacts",
+    metadata,
+    Column("id", _id(), primary_key=True),
+    *_contact_attributes(),
+    *_current_columns(),
+    Index(None, "owner_account_id", "removed_at"),
+    **_MYSQL,
+)
+
+contact_versions = Table(
+    "contact_versions",
+    metadata,
+    Column("version_id", Integer(), primary_key=True, autoincrement=True),
+    Column("id", _id(), nullable=False),
+    *_contact_attributes(),
+    *_version_columns("sync_runs"),
+    Index(None, "id", "valid_from"),
+    Index(None, "valid_from"),
+    Index(None, "run_id"),
+    **_MYSQL,
+)
+
+bound_cards = Table(
+    "bound_cards",
+    metadata,
+    Column("id", _id(), primary_key=True),
+    *_card_attributes(),
+    *_current_columns(),
+    Index(None, "owner_account_id", "removed_at"),
+    **_MYSQL,
+)
+
+bound_card_versions = Table(
+    "bound_card_versions",
+    metadata,
+    Column("version_id", Integer(), primary_key=True, autoincrement=True),
+    Column("id", _id(), nullable=False),
+    *_card_attributes(),
+    *_version_columns("sync_runs"),
+    Index(None, "id", "valid_from"),
+    Index(None, "valid_from"),
+    Index(None, "run_id"),
+    **_MYSQL,
+)
+
+grants = Table(
+    "grants",
+    metadata,
+    Column("id", _id(), primary_key=True),
+    *_grant_attributes(),
+    *_current_columns(),
+    Index(None, "owner_account_id", "removed_at"),
+    Index(None, "bound_lock_id"),
+    Index(None, "contact_id"),
+    Index(None, "bound_card_id"),
+    **_MYSQL,
+)
+
+grant_versions = Table(
+    "grant_versions",
+    metadata,
+    Column("version_id", Integer(), primary_key=True, autoincrement=True),
+    Column("id", _id(), nullable=False),
+    *_grant_attributes(),
+    *_version_columns("sync_runs"),
+    Index(None, "id", "valid_from"),
+    Index(None, "valid_from"),
+    Index(None, "run_id"),
+    Index(None, "bound_lock_id", "valid_from"),
+    Index(None, "contact_id", "valid_from"),
+    **_MYSQL,
+)
+
 # A date dimension, filled once by migration 0002: it lets the daily_inventory view walk days in
 # plain SQL (date arithmetic differs between the three databases; comparisons do not).
 CALENDAR_FIRST_DAY = date(2020, 1, 1)
@@ -399,6 +545,43 @@ VIEWS.update(
     }
 )
 
+# Access data (issue 15). A grant goes to a contact or to a card: both are joined, one is NULL.
+_GRANT_HOLDER_JOINS = (
+    "LEFT JOIN owner_accounts o ON o.id = g.owner_account_id "
+    "LEFT JOIN bound_locks l ON l.id = g.bound_lock_id "
+    "LEFT JOIN contacts c ON c.id = g.contact_id "
+    "LEFT JOIN bound_cards k ON k.id = g.bound_card_id"
+)
+VIEWS.update(
+    {
+        "current_grants": (
+            "SELECT g.id AS grant_id, g.owner_account_id, o.name AS owner_name, "
+            "g.bound_lock_id, l.title AS lock_title, l.lock_id_hex, "
+            "g.contact_id, c.title AS contact_title, c.identifier AS contact_identifier, "
+            "g.bound_card_id, k.title AS card_title, k.label AS card_label, "
+            "g.validity_from, g.validity_before, g.time_restriction_ical, g.state, g.active, "
+            "g.first_seen_at, g.updated_at "
+            f"FROM grants g {_GRANT_HOLDER_JOINS} WHERE g.removed_at IS NULL"
+        ),
+        "grant_changes": (
+            "SELECT g.version_id, g.id AS grant_id, g.change_type, g.changed_fields, "
+            "g.removal_reason, g.valid_from AS changed_at, g.valid_to, g.run_id, "
+            "g.owner_account_id, o.name AS owner_name, g.bound_lock_id, l.title AS lock_title, "
+            "g.contact_id, c.title AS contact_title, g.bound_card_id, k.title AS card_title, "
+            "g.validity_from, g.validity_before, g.time_restriction_ical, g.state, g.active "
+            f"FROM grant_versions g {_GRANT_HOLDER_JOINS}"
+        ),
+        # Which physical lock a grant's bound lock id stood for, and when (lock_binding_history).
+        "grant_lock_bindings": (
+            "SELECT g.id AS grant_id, g.state, g.removed_at AS grant_removed_at, g.contact_id, "
+            "g.bound_card_id, h.bound_lock_id, h.physical_lock_id, h.lock_id_hex, "
+            "h.owner_account_id, h.owner_name, h.held_from, h.held_to, h.end_reason, "
+            "h.title AS lock_title "
+            "FROM grants g JOIN lock_binding_history h ON h.bound_lock_id = g.bound_lock_id"
+        ),
+    }
+)
+
 # At most one open version per entity, enforced where the database has partial indexes (MariaDB and
 # MySQL do not; there the single-writer lock and the engine's transactions keep the invariant).
 OPEN_VERSION_INDEXES = tuple(
@@ -409,5 +592,11 @@ OPEN_VERSION_INDEXES = tuple(
         postgresql_where=table.c.valid_to.is_(None),
         sqlite_where=table.c.valid_to.is_(None),
     ).ddl_if(dialect=("postgresql", "sqlite"))  # type: ignore[arg-type]  # tuples are documented
-    for table in (owner_account_versions, bound_lock_versions)
+    for table in (
+        owner_account_versions,
+        bound_lock_versions,
+        contact_versions,
+        bound_card_versions,
+        grant_versions,
+    )
 )

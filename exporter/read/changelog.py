@@ -392,7 +392,7 @@ def lock_history(engine: Engine, key: str) -> LockHistory:
     optional) or a physical lock id as the API gives it (Base64).
     """
     with connect(engine) as conn:
-        ids = _find_locks(conn, key)
+        ids = find_locks(conn, key)
         names = owner_names(conn)
         locks = [
             lock_row(r, names.get(r["owner_account_id"]), r["lock_id_hex"])
@@ -412,7 +412,9 @@ def lock_history(engine: Engine, key: str) -> LockHistory:
     return LockHistory(key, locks, holdings, versions, names)
 
 
-def _find_locks(conn: Connection, key: str) -> list[str]:
+def find_locks(conn: Connection, key: str) -> list[str]:
+    """The bound lock ids `key` names (see `lock_history`), or the one id it is the start of;
+    UsageError if none."""
     wanted = key.strip()
     found = conn.execute(select(bound_locks.c.id).where(bound_locks.c.id == wanted)).scalars()
     ids = list(found)
@@ -431,7 +433,7 @@ def _find_locks(conn: Connection, key: str) -> list[str]:
             .all()
         )
     if not ids and wanted:
-        ids = _ids_starting_with(conn, wanted)
+        ids = ids_starting_with(conn, wanted)
     if not ids:
         raise UsageError(
             f"no bound lock has the id, lock id or physical lock id {key!r}; find it with "
@@ -440,21 +442,21 @@ def _find_locks(conn: Connection, key: str) -> list[str]:
     return ids
 
 
-def _ids_starting_with(conn: Connection, prefix: str) -> list[str]:
-    """The one bound lock id that starts with `prefix` (as `git` takes short hashes), if any.
+def ids_starting_with(
+    conn: Connection, prefix: str, table: Table = bound_locks, what: str = "bound lock"
+) -> list[str]:
+    """The one id of `table` that starts with `prefix` (as `git` takes short hashes), if any.
 
     Ids compare case-sensitively, but a person typing the start of a GUID may not: without an
     exact match, a start in another case is taken too.
     """
     low = prefix.lower()
-    query = select(bound_locks.c.id).where(
-        func.lower(bound_locks.c.id).startswith(low, autoescape=True)
-    )
+    query = select(table.c.id).where(func.lower(table.c.id).startswith(low, autoescape=True))
     candidates = sorted(conn.execute(query).scalars())
     ids = [i for i in candidates if i.startswith(prefix)] or candidates
     if len(ids) > 1:
         shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
         raise UsageError(
-            f"{prefix!r} is the start of more than one bound lock id ({shown}); give more of it"
+            f"{prefix!r} is the start of more than one {what} id ({shown}); give more of it"
         )
     return ids

@@ -14,7 +14,7 @@ from sqlalchemy import Engine, Table, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from exporter.config.proxies import Proxy, proxy_for
-from exporter.config.settings import Settings, masked_url
+from exporter.config.settings import Settings, masked_url, scopes_for
 from exporter.config.urls import display_url, sqlite_file
 from exporter.db import errors as db_errors
 from exporter.db import store
@@ -34,11 +34,13 @@ from exporter.errors import ConfigError, ExporterError, Interrupted, LockHeldErr
 from exporter.kinds import RunStatus
 from exporter.results import RunResult, SyncProgress
 from exporter.sync import api_paging, retention
+from exporter.sync.access import AccessOptions
 from exporter.sync.batches import Batching
 from exporter.sync.engine import filled_by, sync, utcnow
 from exporter.sync.guard import RemovalGuard, resolve_owner_ids
+from exporter.tapkey.access import Privacy
 from exporter.tapkey.auth import TokenProvider
-from exporter.tapkey.client import LOCKS_SCOPE, OWNERS_SCOPE, TapkeyClient
+from exporter.tapkey.client import TapkeyClient
 
 EXIT_CODES: dict[str, int] = {RunStatus.SUCCEEDED: 0, RunStatus.FAILED: 1, RunStatus.PARTIAL: 3}
 
@@ -141,6 +143,7 @@ def run_once(
     `batching` and `progress` go to the sync (exporter.sync.sync).
     """
     client_id, _ = settings.tapkey.credentials()
+    access = access_options(settings)
     refuse_in_memory(settings)
     engine = make_engine(settings, create=not dry_run)
     # Once `stop` is set, no retry is waited for or sent: the back-off raises Interrupted.
@@ -179,6 +182,7 @@ def run_once(
                 health=settings.tapkey.expand_health,
                 batching=batching,
                 progress=progress,
+                access=access,
             )
         if not dry_run and not (stop is not None and stop.is_set()):
             _apply_retention(engine, settings, now())
@@ -188,6 +192,16 @@ def run_once(
         raise db_errors.store_error(exc, engine) from None
     finally:
         engine.dispose()
+
+
+def access_options(settings: Settings) -> AccessOptions:
+    """The access entities of `[tapkey] entities` with `[privacy]` (ConfigError for a bad key)."""
+    _, secret = settings.tapkey.credentials()
+    privacy = settings.privacy
+    return AccessOptions.of(
+        settings.tapkey.entities,
+        Privacy.from_settings(privacy.contact_identifier, privacy.key(), secret),
+    )
 
 
 def _present_owner_ids(engine: Engine) -> set[str]:
@@ -263,7 +277,8 @@ def _check_tapkey(settings: Settings) -> list[CheckResult]:
     except ExporterError as exc:
         return [*results, _failed("token", exc), *_skipped(("owners",), "needs a token")]
     granted = tokens.granted_scopes
-    missing = sorted({OWNERS_SCOPE, LOCKS_SCOPE} - granted) if granted is not None else []
+    needed = set(scopes_for(settings.tapkey.entities))
+    missing = sorted(needed - granted) if granted is not None else []
     if granted is None:
         results.append(CheckResult("token", True, "fetched (the token endpoint named no scopes)"))
     elif missing:

@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from operator import attrgetter
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     Connection,
@@ -79,6 +79,13 @@ from exporter.kinds import ChangeType, OwnerStatus, RemovalReason, RunStatus
 from exporter.results import Change, Counts, OwnerOutcome, RunResult, SyncProgress
 from exporter.sync import api_paging, run_records
 from exporter.sync import health as lock_health
+from exporter.sync.access import (
+    AccessContext,
+    AccessOptions,
+    AccessOutcome,
+    AccessSource,
+    sync_access,
+)
 from exporter.sync.batches import Batching, WriteGroup
 from exporter.sync.crawl import InventorySource, call_until_stopped, crawl
 from exporter.sync.guard import RemovalGuard, locks_held_message, owners_held_message
@@ -138,6 +145,7 @@ def sync(
     health: bool = False,
     batching: Batching | None = None,
     progress: Callable[[SyncProgress], None] | None = None,
+    access: AccessOptions | None = None,
 ) -> RunResult:
     """Run one sync and return its outcome; see the module docstring for the rules.
 
@@ -147,6 +155,8 @@ def sync(
     `batching` bounds the transactions that group owners (exporter.sync.batches; default
     Batching()). `progress` is called from the calling thread once the owner list is known and
     after every owner (owners done and total, locks seen, API requests so far).
+    `access` names the access entities synced after the locks (see exporter.sync.access); the
+    source must then also be an AccessSource.
 
     Raises LockHeldError when another run holds the lock (nothing written), ClientMismatchError
     when the database belongs to another OAuth client, and DatabaseUnavailableError when the
@@ -166,6 +176,7 @@ def sync(
     run.health = health
     run.batching = batching or Batching()
     run.progress = progress
+    run.access = access or AccessOptions()
     if dry_run:
         return run.execute()
     with WriterLock(engine, timeout=lock_timeout) as lock:
@@ -221,6 +232,7 @@ class _Run:
         self.guard = RemovalGuard()
         # Ask for health readings and store new ones (lock_health), never as versions.
         self.health = False
+        self.access = AccessOptions()
         # Present locks per owner and present owners before this run (for the deletion guard).
         self.locks_before: dict[str, int] = {}
         self.owners_before = 0
@@ -394,14 +406,16 @@ class _Run:
         self._record_quiet_owners()
         held = self._remove(removable | vanished, vanished)
         failed = listed - complete
-        if held:
+        access = self._sync_access([owner.id for owner in owners])
+        if held or any(o.held for o in access):
             held.append("under `exporter serve`, set [sync] allow_mass_removal = true for one run")
+        problems = [p for o in access for p in o.problems()]
         summary = "; ".join(
-            m for m in (_failed_summary(self.result.owners), paging.message, *held) if m
+            m for m in (_failed_summary(self.result.owners), paging.message, *problems, *held) if m
         )
         unproven = paging.message is not None
-        status = RunStatus.PARTIAL if failed or held or unproven else RunStatus.SUCCEEDED
-        self._finish(status, summary or None)
+        partial = failed or held or problems or unproven
+        self._finish(RunStatus.PARTIAL if partial else RunStatus.SUCCEEDED, summary or None)
 
     def _confirm_paging(self) -> PagingCheck:
         """Confirm the list ends that need it (exporter.tapkey.paging), and keep what this run
@@ -412,6 +426,27 @@ class _Run:
             with connect(self.engine) as conn, conn.begin():
                 api_paging.save(conn, self.source.api_url, self.source.paging.sizes, self.clock())
         return check
+
+    def _sync_access(self, owner_ids: list[str]) -> list[AccessOutcome]:
+        """Contacts, cards and grants of the listed owners (exporter.sync.access)."""
+        if not self.access.entities:
+            return []
+        context = AccessContext(
+            engine=self.engine,
+            source=cast(AccessSource, self.source),
+            clock=self.clock,
+            run_id=self._run_id,
+            dry_run=self.dry_run,
+            stop=self.stop,
+            guard=self.guard,
+            workers=self.workers,
+            check_lock=self._check_lock,
+            changes=self.result.changes,
+        )
+        outcomes = sync_access(context, owner_ids, self.access)
+        for outcome in outcomes:
+            self.result.access[outcome.entity] = outcome.counts
+        return outcomes
 
     def _count_present(self, conn: Connection) -> None:
         """Remember what is present before this run changes anything (for the deletion guard)."""

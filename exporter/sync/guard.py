@@ -37,10 +37,12 @@ class RemovalGuard:
         return stored > 0 and gone > self.max_fraction * stored
 
 
-def locks_held_message(guard: RemovalGuard, owner_id: str, gone: int, stored: int) -> str:
-    """Why an owner's removals were held back, and how to confirm them."""
+def locks_held_message(
+    guard: RemovalGuard, owner_id: str, gone: int, stored: int, *, what: str = "locks"
+) -> str:
+    """Why an owner's removals (of locks, or `what`) were held back, and how to confirm them."""
     return (
-        f"owner {owner_id}: held back the removal of {gone} of its {stored} locks (more than "
+        f"owner {owner_id}: held back the removal of {gone} of its {stored} {what} (more than "
         f"{guard.max_fraction:.0%} and more than {guard.min_count} gone at once); if they are "
         f"really gone, confirm with `exporter run-once --allow-mass-removal-owner {owner_id}`"
     )

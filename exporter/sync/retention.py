@@ -12,13 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, Engine, delete, func, select
+from sqlalchemy import Connection, Engine, Table, delete, func, select
 
 from exporter.db.inlists import chunks
 from exporter.db.schema import (
-    bound_lock_versions,
     lock_health_readings,
-    owner_account_versions,
+    metadata,
     sync_run_owners,
     sync_runs,
 )
@@ -86,6 +85,17 @@ def _prune_readings(conn: Connection, cutoff: datetime) -> int:
     return len(doomed)
 
 
+def _run_referrers() -> list[Table]:
+    """Every table whose rows name the run that wrote them (versions of every entity, health
+    readings, ...), except the per-owner run rows, which are pruned with their run."""
+    return [
+        table
+        for table in metadata.sorted_tables
+        if table is not sync_run_owners
+        and any(fk.column.table is sync_runs for fk in table.foreign_keys)
+    ]
+
+
 def _prune_runs(conn: Connection, cutoff: datetime) -> tuple[int, int]:
     latest = conn.execute(select(func.max(sync_runs.c.id))).scalar()
     old = list(
@@ -102,7 +112,7 @@ def _prune_runs(conn: Connection, cutoff: datetime) -> tuple[int, int]:
             delete(sync_run_owners).where(sync_run_owners.c.run_id.in_(chunk))
         ).rowcount
         referenced: set[int] = set()
-        for table in (bound_lock_versions, owner_account_versions, lock_health_readings):
+        for table in _run_referrers():
             referenced.update(
                 conn.execute(
                     select(table.c.run_id).where(table.c.run_id.in_(chunk)).distinct()

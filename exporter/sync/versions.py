@@ -17,8 +17,11 @@ from exporter.db.inlists import chunks
 from exporter.db.schema import (
     LOCK_TRACKED,
     UTCDateTime,
+    bound_card_versions,
     bound_lock_versions,
     bound_locks,
+    contact_versions,
+    grant_versions,
     owner_account_versions,
     sync_runs,
 )
@@ -44,9 +47,15 @@ class Clock:
 
 def latest_instant(conn: Connection) -> datetime | None:
     """The latest instant already written, so new versions always start after it."""
+    versions = (
+        bound_lock_versions,
+        owner_account_versions,
+        contact_versions,
+        bound_card_versions,
+        grant_versions,
+    )
     candidates = [
-        conn.execute(select(func.max(bound_lock_versions.c.valid_from))).scalar(),
-        conn.execute(select(func.max(owner_account_versions.c.valid_from))).scalar(),
+        *(conn.execute(select(func.max(v.c.valid_from))).scalar() for v in versions),
         conn.execute(select(func.max(sync_runs.c.started_at))).scalar(),
         conn.execute(select(func.max(sync_runs.c.finished_at))).scalar(),
     ]
@@ -77,13 +86,18 @@ def version_row(
 
 def load_locks(conn: Connection, ids: Sequence[str]) -> dict[str, Mapping[Any, Any]]:
     """The stored tracked and current-only columns of the locks `ids`, by id."""
-    columns = [bound_locks.c[name] for name in (*LOCK_TRACKED, *LOCK_CURRENT_ONLY)]
+    return load_rows(conn, bound_locks, (*LOCK_TRACKED, *LOCK_CURRENT_ONLY), ids)
+
+
+def load_rows(
+    conn: Connection, table: Table, names: Sequence[str], ids: Sequence[str]
+) -> dict[str, Mapping[Any, Any]]:
+    """The stored columns `names` (and removed_at) of the rows `ids` of a current table, by id."""
+    columns = [table.c[name] for name in names]
     stored: dict[str, Mapping[Any, Any]] = {}
     for chunk in chunks(ids):
         rows = conn.execute(
-            select(bound_locks.c.id, bound_locks.c.removed_at, *columns).where(
-                bound_locks.c.id.in_(chunk)
-            )
+            select(table.c.id, table.c.removed_at, *columns).where(table.c.id.in_(chunk))
         )
         for row in rows:
             stored[row.id] = row._mapping
@@ -159,6 +173,26 @@ def _load_live_raw_checked(conn: Connection, present: Any) -> dict[str, str] | N
     return None
 
 
+def load_live_raw_of(
+    conn: Connection, table: Table, owner_ids: Sequence[str]
+) -> dict[str, dict[str, str]]:
+    """The stored payload texts of the present rows of several owners: owner -> id -> text.
+
+    One statement for many owners: for lists of a few elements each (contacts, cards, grants)
+    the statement, not the rows, is what costs.
+    """
+    texts: dict[str, dict[str, str]] = {owner_id: {} for owner_id in owner_ids}
+    for chunk in chunks(owner_ids):
+        rows = conn.execute(
+            select(table.c.owner_account_id, table.c.id, table.c.raw)
+            .where(table.c.owner_account_id.in_(chunk))
+            .where(table.c.removed_at.is_(None))
+        )
+        for owner_id, row_id, raw in rows:
+            texts[owner_id][row_id] = raw or ""
+    return texts
+
+
 def close_versions(conn: Connection, table: Table, ids: Sequence[str], t: datetime) -> None:
     """End the open versions of `ids` at `t`."""
     for chunk in chunks(ids):
@@ -170,22 +204,32 @@ def close_versions(conn: Connection, table: Table, ids: Sequence[str], t: dateti
         )
 
 
-def open_created_versions(conn: Connection, owner_id: str, t: datetime, run_id: int) -> None:
-    """Open `created` versions for the owner's locks inserted at `t`, copied in the database.
+def open_created_versions(
+    conn: Connection,
+    owner_id: str,
+    t: datetime,
+    run_id: int,
+    *,
+    current: Table = bound_locks,
+    versions: Table = bound_lock_versions,
+    tracked: Sequence[str] = LOCK_TRACKED,
+) -> None:
+    """Open `created` versions for the owner's locks (or rows of `current`) inserted at `t`,
+    copied in the database.
 
     Only this transaction's new rows have first_seen_at == t: every instant the engine writes is
     later than all stored ones (Clock). Copying them server-side spares sending every new lock's
     attributes a second time.
     """
     source = select(
-        bound_locks.c.id,
-        *(bound_locks.c[name] for name in LOCK_TRACKED),
+        current.c.id,
+        *(current.c[name] for name in tracked),
         literal(t, UTCDateTime()).label("valid_from"),
         literal("created").label("change_type"),
         literal(run_id).label("run_id"),
-    ).where(bound_locks.c.owner_account_id == owner_id, bound_locks.c.first_seen_at == t)
-    columns = ["id", *LOCK_TRACKED, "valid_from", "change_type", "run_id"]
-    conn.execute(insert(bound_lock_versions).from_select(columns, source))
+    ).where(current.c.owner_account_id == owner_id, current.c.first_seen_at == t)
+    columns = ["id", *tracked, "valid_from", "change_type", "run_id"]
+    conn.execute(insert(versions).from_select(columns, source))
 
 
 def remove_rows(

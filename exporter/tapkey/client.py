@@ -21,7 +21,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeVar, cast
 from urllib.parse import quote, urlsplit
 
 import requests
@@ -35,6 +35,13 @@ from exporter.errors import (
     PagingError,
     PayloadError,
     PermissionDeniedError,
+)
+from exporter.tapkey.access import (
+    AccessRecord,
+    FieldSpec,
+    OwnerEntities,
+    Privacy,
+    parse_element,
 )
 from exporter.tapkey.auth import (
     TokenProvider,
@@ -102,6 +109,7 @@ class _Target:
 
     path: str
     owner_id: str | None = None
+    scope: str | None = None  # the route's scope, when it is not the lock list's
 
 
 class _BodyInterrupted(Exception):
@@ -162,8 +170,73 @@ def top_limit(body: str) -> int | None:
     return int(match[1] or match[2])
 
 
-def _text(item: LockRecord | str) -> str:
+def _text(item: LockRecord | AccessRecord | str) -> str:
     return item if isinstance(item, str) else item.raw
+
+
+R = TypeVar("R", LockRecord, AccessRecord)
+
+
+@dataclass(slots=True)
+class _Settled(Generic[R]):
+    """A list's rows sorted out: records, unchanged ids and what was skipped."""
+
+    records: list[R]
+    unchanged: list[str]
+    skipped: int
+    skipped_ids: frozenset[str]
+    unidentified: int
+
+
+def _settle(
+    rows: Sequence[tuple[str | None, R | str | None]], problems: dict[str, str]
+) -> _Settled[R]:
+    """Keep one copy of each id; an id listed twice with different contents, or unreadable, is
+    skipped entirely (left as stored), and so is an element without a readable id."""
+    first: dict[str, R | str | None] = {}
+    copies: dict[str, int] = {}
+    conflicting: set[str] = set()
+    unidentified = 0
+    for item_id, item in rows:
+        if item_id is None:
+            unidentified += 1
+        elif item_id not in first:
+            first[item_id], copies[item_id] = item, 1
+        else:
+            copies[item_id] += 1
+            kept = first[item_id]
+            if item is None or kept is None or _text(item) != _text(kept):
+                conflicting.add(item_id)
+    records: list[R] = []
+    unchanged: list[str] = []
+    skipped_ids: set[str] = set()
+    skipped = unidentified
+    for item_id, kept in first.items():
+        if kept is None or item_id in conflicting:
+            skipped += copies[item_id]
+            skipped_ids.add(item_id)
+            problems.setdefault(item_id, "listed more than once with different contents")
+            continue
+        skipped += copies[item_id] - 1
+        if isinstance(kept, str):
+            unchanged.append(item_id)
+        else:
+            records.append(kept)
+    return _Settled(records, unchanged, skipped, frozenset(skipped_ids), unidentified)
+
+
+def _log_skips(owner_id: str, settled: _Settled[Any], problems: dict[str, str], what: str) -> None:
+    if not settled.skipped:
+        return
+    details = "; ".join(f"{k}: {v}" for k, v in list(problems.items())[:5])
+    log.warning(
+        "owner %s: skipped %d unreadable or duplicate %s elements (%d without a readable id)%s",
+        owner_id,
+        settled.skipped,
+        what,
+        settled.unidentified,
+        f"; {details}" if details else "",
+    )
 
 
 class TapkeyClient:
@@ -235,6 +308,12 @@ class TapkeyClient:
         """HTTP requests sent by this client so far, retries included."""
         with self._counter_lock:
             return self._requests
+
+    @property
+    def granted_scopes(self) -> frozenset[str] | None:
+        """The scopes the token endpoint granted (None until a token is fetched, or if it did
+        not say)."""
+        return self._tokens.granted_scopes
 
     @property
     def retry_count(self) -> int:
@@ -314,53 +393,69 @@ class TapkeyClient:
             tuple[list[tuple[str | None, LockRecord | str | None]], int],
             self._read_list(target, params, parse, KnownTexts(known), tuple(known)),
         )
-        first: dict[str, LockRecord | str | None] = {}
-        copies: dict[str, int] = {}
-        conflicting: set[str] = set()
-        unidentified = 0
-        for lock_id, item in rows:
-            if lock_id is None:
-                unidentified += 1
-            elif lock_id not in first:
-                first[lock_id], copies[lock_id] = item, 1
-            else:
-                copies[lock_id] += 1
-                kept = first[lock_id]
-                if item is None or kept is None or _text(item) != _text(kept):
-                    conflicting.add(lock_id)
-        records: list[LockRecord] = []
-        unchanged: list[str] = []
-        skipped_ids: set[str] = set()
-        skipped = unidentified
-        for lock_id, kept in first.items():
-            if kept is None or lock_id in conflicting:
-                skipped += copies[lock_id]
-                skipped_ids.add(lock_id)
-                problems.setdefault(lock_id, "listed more than once with different contents")
-                continue
-            skipped += copies[lock_id] - 1
-            if isinstance(kept, str):
-                unchanged.append(lock_id)
-            else:
-                records.append(kept)
-        if skipped:
-            details = "; ".join(f"{k}: {v}" for k, v in list(problems.items())[:5])
-            log.warning(
-                "owner %s: skipped %d unreadable or duplicate lock elements (%d without a "
-                "readable id)%s",
-                owner_id,
-                skipped,
-                unidentified,
-                f"; {details}" if details else "",
-            )
+        settled = _settle(rows, problems)
+        _log_skips(owner_id, settled, problems, "lock")
         return OwnerLocks(
             owner_id=owner_id,
-            records=records,
-            skipped=skipped,
-            skipped_ids=frozenset(skipped_ids),
-            unidentified_skips=unidentified > 0,
+            records=settled.records,
+            skipped=settled.skipped,
+            skipped_ids=settled.skipped_ids,
+            unidentified_skips=settled.unidentified > 0,
             requests=requests_sent,
-            unchanged_ids=unchanged,
+            unchanged_ids=settled.unchanged,
+        )
+
+    def list_owner_entities(
+        self,
+        owner_id: str,
+        *,
+        path: str,
+        scope: str,
+        fields: tuple[FieldSpec, ...],
+        privacy: Privacy,
+        personal: bool,
+        known: Mapping[str, str] | None = None,
+        what: str = "element",
+    ) -> OwnerEntities:
+        """One owner's complete list on an access route (`path`: Contacts, BoundCards, Grants).
+
+        The same contract as `list_bound_locks`: an element whose stored text (the text, or its
+        keyed digest for `personal` data under [privacy] hash/drop) equals `known`'s is listed
+        in `unchanged_ids` without becoming a record. `scope` names the route's scope in a 403.
+        """
+        target = _Target(f"/api/v1/Owners/{quote(owner_id, safe='')}/{path}", owner_id, scope)
+        known = known or {}
+        problems: dict[str, str] = {}
+        keeps_texts = not personal or privacy.keeps_texts
+
+        def parse(value: Any, item_id: str | None, raw: str) -> AccessRecord | str | None:
+            if item_id is None:
+                return None
+            stored = raw if keeps_texts else privacy.stored_text(raw, personal=True)
+            if known.get(item_id) == stored:
+                return stored  # unchanged: its text stands for it
+            try:
+                return parse_element(value, item_id, owner_id, raw, stored, fields, privacy)
+            except BadValue as exc:
+                problems[item_id] = str(exc)
+                return None
+
+        # Digests are not the page's text: only plain texts can recognise whole pages.
+        pages = KnownTexts(known) if keeps_texts else KnownTexts({})
+        rows, requests_sent = cast(
+            tuple[list[tuple[str | None, AccessRecord | str | None]], int],
+            self._read_list(target, {}, parse, pages, tuple(known)),
+        )
+        settled = _settle(rows, problems)
+        _log_skips(owner_id, settled, problems, what)
+        return OwnerEntities(
+            owner_id=owner_id,
+            records=settled.records,
+            skipped=settled.skipped,
+            skipped_ids=settled.skipped_ids,
+            unidentified_skips=settled.unidentified > 0,
+            requests=requests_sent,
+            unchanged_ids=settled.unchanged,
         )
 
     # -- paging ----------------------------------------------------------------------------------
@@ -723,12 +818,19 @@ class TapkeyClient:
             }.get(status, "check [tapkey] api_base_url")
             return ApiError(f"{where}: HTTP {status}: {hint}", status=status)
         granted = self._tokens.granted_scopes
-        needed = LOCKS_SCOPE if target.owner_id is not None else OWNERS_SCOPE
+        needed = target.scope or (LOCKS_SCOPE if target.owner_id is not None else OWNERS_SCOPE)
         if granted is not None and needed not in granted:
             message = (
                 f"{where} was refused (403): the token lacks scope {needed} (granted: "
                 f"{' '.join(sorted(granted)) or 'none'}); add it to [tapkey] scopes and allow it "
                 "for the OAuth client"
+            )
+        elif target.scope is not None and target.owner_id is not None:
+            message = (
+                f"{where} was refused (403) although the token has scope {needed}: the OAuth "
+                f"client's service account lacks the co-admin right to read this list of owner "
+                f"{target.owner_id} (not co-admin, or a role limited to other data); make it "
+                "co-admin with a role that may read it in the Tapkey portal"
             )
         elif target.owner_id is not None:
             message = (

@@ -23,6 +23,7 @@ from exporter.config.settings import (
     env_var_name,
     masked_url,
     parse_duration,
+    scopes_for,
     without_secrets,
 )
 from exporter.errors import ConfigError
@@ -172,7 +173,7 @@ def test_empty_env_value_unsets_optional_key(cwd: Path) -> None:
             {"EXPORTER_X__Y__Z": "x"},
             "unknown environment variable EXPORTER_X__Y__Z: no [x] section; valid choices: "
             "EXPORTER_TAPKEY__*, EXPORTER_DATABASE__*, EXPORTER_SCHEDULE__*, EXPORTER_SYNC__*, "
-            "EXPORTER_LOGGING__*, EXPORTER_HTTP__*",
+            "EXPORTER_LOGGING__*, EXPORTER_HTTP__*, EXPORTER_PRIVACY__*",
             id="nothing-close",
         ),
     ],
@@ -202,7 +203,7 @@ def test_unknown_env_var_suggests(cwd: Path, env: dict[str, str], expected: str)
         pytest.param(
             "source = '/etc/passwd'\n",
             "unknown key source at the top level of {path}; settings go in sections: "
-            "[tapkey], [database], [schedule], [sync], [logging], [http]",
+            "[tapkey], [database], [schedule], [sync], [logging], [http], [privacy]",
             id="source-not-settable",
         ),
     ],
@@ -790,3 +791,61 @@ def test_ca_bundle_resolved_and_checked(cwd: Path, conf_dir: Path) -> None:
     config = write(conf_dir / "config.toml", "[tapkey]\nca_bundle = 'ca.pem'\n")
     assert load_settings(config, env={}, cwd=cwd).tapkey.ca_bundle == conf_dir / "ca.pem"
     assert "CA bundle" in config_error(cwd, "[tapkey]\nca_bundle = 'missing.pem'\n")
+
+
+# -- [tapkey] entities and scopes, [privacy] ------------------------------------------------------
+
+
+def test_entities_default_to_locks_and_the_scopes_follow_them(cwd: Path) -> None:
+    assert load(cwd).tapkey.entities == ("locks",)
+    settings = load(cwd, "[tapkey]\nentities = ['grants', 'contacts', 'log_entries']\n")
+    # Locks are always synced; the order is the sync order whatever the file says.
+    assert settings.tapkey.entities == ("locks", "contacts", "grants", "log_entries")
+    assert settings.tapkey.scope_list == [
+        "read:owneraccounts",
+        "read:core:entities",
+        "read:grants",
+        "read:logs",
+    ]
+    from_env = load(cwd, EXPORTER_TAPKEY__ENTITIES="cards, grants")
+    assert from_env.tapkey.entities == ("locks", "cards", "grants")
+    assert scopes_for(["locks", "cards"]) == ["read:owneraccounts", "read:core:entities"]
+
+
+def test_explicit_scopes_are_requested_as_they_are(cwd: Path) -> None:
+    text = "[tapkey]\nentities = ['grants']\nscopes = 'read:owneraccounts read:core:entities'\n"
+    assert load(cwd, text).tapkey.scope_list == ["read:owneraccounts", "read:core:entities"]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param(
+            "['locks', 'doors']", "unknown entity 'doors': choose from locks, ", id="unknown"
+        ),
+        pytest.param("['owners']", "owner accounts are always read", id="owners"),
+        pytest.param("[1]", "must be a list of names", id="not-names"),
+    ],
+)
+def test_an_unknown_entity_is_a_one_line_config_error(cwd: Path, value: str, expected: str) -> None:
+    message = config_error(cwd, f"[tapkey]\nentities = {value}\n")
+    assert "[tapkey] entities" in message and expected in message
+
+
+def test_privacy_keep_is_the_default_and_hash_needs_a_key(cwd: Path, conf_dir: Path) -> None:
+    assert load(cwd).privacy.contact_identifier == "keep"
+    assert load(cwd).privacy.key() is None
+    message = config_error(cwd, "[privacy]\ncontact_identifier = 'hash'\n")
+    assert "needs a key" in message and "hash_key_file" in message
+    assert "unexpected" not in config_error(cwd, "[privacy]\ncontact_identifier = 'mask'\n")
+    key_file = write(conf_dir / "key", "0123456789abcdef0123\n")
+    config = write(
+        conf_dir / "config.toml", "[privacy]\ncontact_identifier = 'HASH'\nhash_key_file = 'key'\n"
+    )
+    settings = load_settings(config, env={}, cwd=cwd)
+    assert settings.privacy.hash_key_file == key_file
+    assert settings.privacy.key() == b"0123456789abcdef0123"
+    short = load(cwd, EXPORTER_PRIVACY__CONTACT_IDENTIFIER="hash", EXPORTER_PRIVACY__HASH_KEY="x")
+    with pytest.raises(ConfigError, match="shorter than 16"):
+        short.privacy.key()
+    assert "hash_key=SecretStr('**********')" in repr(short.privacy)

@@ -18,7 +18,6 @@ from exporter.db import store
 from exporter.db.schema import (
     SQLITE_TIME_FORMAT,
     VIEWS,
-    api_paging,
     bound_lock_versions,
     bound_locks,
     calendar_days,
@@ -187,12 +186,15 @@ def _migrate(engine: Engine, revision: str, *, down: bool = False) -> None:
 
 
 def _contents(engine: Engine) -> dict[str, list[dict[str, object]]]:
+    """The rows of every table that has any (tables of later revisions may be missing)."""
+    existing = set(inspect(engine).get_table_names())
     with engine.connect() as conn:
-        return {
+        contents = {
             table.name: [dict(row) for row in conn.execute(select(table)).mappings()]
             for table in metadata.sorted_tables
-            if table not in (calendar_days, api_paging)  # api_paging is younger than 0003
+            if table is not calendar_days and table.name in existing
         }
+    return {name: rows for name, rows in contents.items() if rows}
 
 
 def test_upgrading_from_0003_keeps_the_data_and_then_takes_long_values(
@@ -204,6 +206,7 @@ def test_upgrading_from_0003_keeps_the_data_and_then_takes_long_values(
     # sync needs api_paging, then the database goes back to 0003 with it.)
     engine = store.make_engine(empty_db_url)
     try:
+        # Filled by today's engine (which reads every table of head), then taken back to 0003.
         store.upgrade(engine)
         with Sandbox(seed=7, owners=2, locks_per_owner=3) as fake:
             settings = make_settings(fake, empty_db_url, tmp_path, expand_health=True)

@@ -11,10 +11,20 @@ from typing import Any
 from sqlalchemy import Engine, Table, select
 
 from exporter.db.schema import (
+    CARD_TRACKED,
+    CONTACT_TRACKED,
+    GRANT_TRACKED,
     LOCK_TRACKED,
     OWNER_TRACKED,
+    REMOVAL_REASONS,
+    bound_card_versions,
+    bound_cards,
     bound_lock_versions,
     bound_locks,
+    contact_versions,
+    contacts,
+    grant_versions,
+    grants,
     owner_account_versions,
     owner_accounts,
     sync_run_owners,
@@ -22,6 +32,15 @@ from exporter.db.schema import (
 )
 from exporter.results import RunResult
 from exporter.sandbox.server import Sandbox
+
+#: Current table, version table and tracked columns of each entity with a history.
+HISTORIES: dict[str, tuple[Table, Table, tuple[str, ...]]] = {
+    "owners": (owner_accounts, owner_account_versions, OWNER_TRACKED),
+    "locks": (bound_locks, bound_lock_versions, LOCK_TRACKED),
+    "contacts": (contacts, contact_versions, CONTACT_TRACKED),
+    "cards": (bound_cards, bound_card_versions, CARD_TRACKED),
+    "grants": (grants, grant_versions, GRANT_TRACKED),
+}
 
 
 def _fields(value: Any) -> list[str] | None:
@@ -60,7 +79,7 @@ def _check_entity_versions(
                     assert diff, f"{entity_id}: an update that changed nothing"
             if after["change_type"] == "removed":
                 assert all(before[f] == after[f] for f in tracked), f"{entity_id}: removal values"
-                assert after["removal_reason"] in ("unbound", "owner_removed")
+                assert after["removal_reason"] in REMOVAL_REASONS
         for version in chain:
             assert version["run_id"] in run_ids
             if version["change_type"] in ("created", "removed"):
@@ -78,8 +97,68 @@ def _check_entity_versions(
 
 def assert_history_consistent(engine: Engine) -> None:
     """One open version per entity, contiguous intervals, and current tables matching them."""
-    _check_entity_versions(owner_accounts, owner_account_versions, OWNER_TRACKED, engine)
-    _check_entity_versions(bound_locks, bound_lock_versions, LOCK_TRACKED, engine)
+    for current, versions, tracked in HISTORIES.values():
+        _check_entity_versions(current, versions, tracked, engine)
+
+
+def rows_at(engine: Engine, entity: str, at: datetime) -> dict[str, dict[str, Any]]:
+    """The rows of `entity` (a HISTORIES key) present at `at`, from its version table alone."""
+    _, v, tracked = HISTORIES[entity]
+    query = (
+        select(v)
+        .where(v.c.valid_from <= at)
+        .where((v.c.valid_to.is_(None)) | (v.c.valid_to > at))
+        .where(v.c.change_type != "removed")
+    )
+    with engine.connect() as conn:
+        return {
+            row["id"]: {name: row[name] for name in tracked}
+            for row in conn.execute(query).mappings()
+        }
+
+
+def expected_access(
+    payloads: dict[str, list[dict[str, Any]]], entity: str, identifier: Any = None
+) -> dict[str, dict[str, Any]]:
+    """What the API shows (per owner id, a sandbox payload list) in `entity`'s tracked columns.
+
+    `identifier` maps a contact's identifier to what is stored (default: kept).
+    """
+    expected: dict[str, dict[str, Any]] = {}
+    for owner_id, items in payloads.items():
+        for item in items:
+            if entity == "contacts":
+                value = item.get("identifier", item.get("email"))
+                values = {
+                    "ip_id": item["ipId"],
+                    "identifier": identifier(value) if identifier else value,
+                    "title": item["title"],
+                    "comment": item["comment"],
+                }
+            elif entity == "cards":
+                values = {
+                    "title": item["title"],
+                    "label": item["label"],
+                    "uid": item["uid"],
+                    "physical_card_id": item["physicalCardId"],
+                    "is_active": item["isActive"],
+                    "bind_date": _api_time(item["bindDate"]),
+                    "unbind_date": _api_time(item["unbindDate"]),
+                    "nof_grants_capacity": item["nofGrantsCapacity"],
+                }
+            else:
+                values = {
+                    "bound_lock_id": item["boundLockId"],
+                    "contact_id": item["contactId"],
+                    "bound_card_id": item["boundCardId"],
+                    "validity_from": _api_time(item["validFrom"]),
+                    "validity_before": _api_time(item["validBefore"]),
+                    "time_restriction_ical": item["timeRestrictionIcal"],
+                    "state": item["state"],
+                    "active": item["active"],
+                }
+            expected[item["id"]] = {"owner_account_id": owner_id, **values}
+    return expected
 
 
 def locks_at(engine: Engine, at: datetime) -> dict[str, dict[str, Any]]:

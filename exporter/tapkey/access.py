@@ -1,0 +1,192 @@
+"""Access data payloads -> records: contacts, bound cards and grants (issue 15).
+
+Each entity is described by its fields (`FieldSpec`: column, JSON key, type, VARCHAR length), so
+one parser serves all three; a record is its id, its tracked values and the text the database
+keeps to recognise it unchanged next time (`Privacy.stored_text`). As for locks, an element that
+cannot be read is reported, not guessed at, and a value longer than its column skips the element.
+
+Privacy (`[privacy] contact_identifier`) is applied here, before anything is stored or logged:
+`keep` stores the identifier and the exact payload text; `hash` stores an HMAC-SHA256 of the
+identifier (hex) under a key of its own; `drop` stores NULL. With `hash` or `drop` the payload
+text of an element that may hold an identifier (contacts; grants may embed their contact) is
+stored only as a keyed digest, which still recognises an unchanged element.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from exporter.tapkey.records import (
+    MAX_ID_LENGTH,
+    BadValue,
+    _bool,
+    _date,
+    _element_too_long,
+    _int,
+    _str,
+)
+
+__all__ = [
+    "CARD_FIELDS",
+    "CONTACT_FIELDS",
+    "GRANT_FIELDS",
+    "AccessRecord",
+    "FieldSpec",
+    "OwnerEntities",
+    "Privacy",
+    "parse_element",
+]
+
+Kind = Literal["str", "bool", "int", "date", "id"]
+_READERS: Final = {"str": _str, "bool": _bool, "int": _int, "date": _date, "id": _str}
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    """One tracked column: the JSON keys it is read from (the first present one), its type, and
+    the length of its VARCHAR column (None: unbounded text)."""
+
+    column: str
+    keys: tuple[str, ...]
+    kind: Kind = "str"
+    length: int | None = None
+
+
+# The owner comes from the URL (as for locks), so owner_account_id has no spec.
+CONTACT_FIELDS: Final = (
+    FieldSpec("ip_id", ("ipId",), length=255),
+    # Older payloads name it `email`.
+    FieldSpec("identifier", ("identifier", "email"), length=255),
+    FieldSpec("title", ("title",)),
+    FieldSpec("comment", ("comment",)),
+)
+CARD_FIELDS: Final = (
+    FieldSpec("title", ("title",)),
+    FieldSpec("label", ("label",), length=255),
+    FieldSpec("uid", ("uid",), length=255),
+    FieldSpec("physical_card_id", ("physicalCardId",), length=255),
+    FieldSpec("is_active", ("isActive",), "bool"),
+    FieldSpec("bind_date", ("bindDate",), "date"),
+    FieldSpec("unbind_date", ("unbindDate",), "date"),
+    FieldSpec("nof_grants_capacity", ("nofGrantsCapacity",), "int"),
+)
+GRANT_FIELDS: Final = (
+    FieldSpec("bound_lock_id", ("boundLockId",), "id", MAX_ID_LENGTH),
+    FieldSpec("contact_id", ("contactId",), "id", MAX_ID_LENGTH),
+    FieldSpec("bound_card_id", ("boundCardId",), "id", MAX_ID_LENGTH),
+    FieldSpec("validity_from", ("validFrom",), "date"),
+    FieldSpec("validity_before", ("validBefore",), "date"),
+    FieldSpec("time_restriction_ical", ("timeRestrictionIcal",)),
+    FieldSpec("state", ("state",), length=32),
+    FieldSpec("active", ("active",), "bool"),
+)
+
+
+@dataclass(frozen=True)
+class Privacy:
+    """How identifiers and payload texts of personal data are stored (see the module docstring).
+
+    `identifier_key` is the HMAC key of `hash`; `digest_key` keys the digests of payload texts
+    (derived from the OAuth client secret: a new secret only makes every element look changed
+    once, and the values decide whether a version is written). Neither is ever stored.
+    """
+
+    mode: Literal["keep", "hash", "drop"] = "keep"
+    identifier_key: bytes | None = None
+    digest_key: bytes = b""
+
+    @classmethod
+    def from_settings(
+        cls, mode: Literal["keep", "hash", "drop"], key: bytes | None, client_secret: str
+    ) -> Privacy:
+        """The privacy of `[privacy]`, with the digest key derived from the client secret."""
+        digest_key = hmac.new(
+            client_secret.encode(), b"tapkey-exporter payload digest v1", hashlib.sha256
+        ).digest()
+        return cls(mode, key, digest_key)
+
+    @property
+    def keeps_texts(self) -> bool:
+        """True when personal payload texts are stored as received."""
+        return self.mode == "keep"
+
+    def identifier(self, value: str | None) -> str | None:
+        """The identifier as stored: kept, its keyed hash (hex), or None."""
+        if value is None or self.mode == "keep":
+            return value
+        if self.mode == "drop":
+            return None
+        assert self.identifier_key is not None  # PrivacySettings requires a key for hash
+        return hmac.new(self.identifier_key, value.encode(), hashlib.sha256).hexdigest()
+
+    def stored_text(self, raw: str, *, personal: bool) -> str:
+        """What the database keeps of an element's text: the text, or for personal data under
+        hash/drop a keyed digest of it (still equal for an unchanged element)."""
+        if not personal or self.mode == "keep":
+            return raw
+        digest = hmac.new(self.digest_key, raw.encode(), hashlib.sha256).hexdigest()
+        return f"hmac-sha256:{digest}"
+
+
+@dataclass(slots=True)
+class AccessRecord:
+    """One element: its id, its tracked values by column (owner from the URL), and `raw`, the
+    text the database keeps for it (`Privacy.stored_text`)."""
+
+    id: str
+    values: dict[str, Any]
+    raw: str
+
+
+@dataclass(frozen=True)
+class OwnerEntities:
+    """One owner's complete list of one entity, and what could not be read from it.
+
+    The same contract as `records.OwnerLocks`: `records`, `unchanged_ids` and `skipped_ids`
+    share no id; `unidentified_skips` means an element had no readable id, so nothing of that
+    owner's list may be removed.
+    """
+
+    owner_id: str
+    records: list[AccessRecord]
+    skipped: int
+    skipped_ids: frozenset[str]
+    unidentified_skips: bool
+    requests: int
+    unchanged_ids: list[str] = field(default_factory=list)
+
+
+def parse_element(
+    obj: Any,
+    element_id: str,
+    owner_id: str,
+    raw: str,
+    stored: str,
+    fields: tuple[FieldSpec, ...],
+    privacy: Privacy,
+) -> AccessRecord:
+    """A record from one element; BadValue naming the field on a wrong type or too long a value.
+
+    Messages name fields, never values: they are logged, and values may be personal data.
+    """
+    if not isinstance(obj, dict):
+        raise BadValue("the element is not an object")
+    too_long = _element_too_long("the element", raw)
+    if too_long is not None:
+        raise BadValue(too_long)
+    values: dict[str, Any] = {"owner_account_id": owner_id}
+    for spec in fields:
+        key = next((k for k in spec.keys if obj.get(k) is not None), spec.keys[0])
+        value = _READERS[spec.kind](obj, key)
+        if spec.length is not None and isinstance(value, str) and len(value) > spec.length:
+            raise BadValue(
+                f"{key} is {len(value):,} characters long, more than the {spec.length:,} the "
+                "exporter stores"
+            )
+        values[spec.column] = value
+    if "identifier" in values:
+        values["identifier"] = privacy.identifier(values["identifier"])
+    return AccessRecord(element_id, values, stored)

@@ -1,0 +1,131 @@
+"""`exporter access LOCK` / `--contact ID`: who can open what, now or as of a run (all backends)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.helpers import make_settings
+from typer.testing import CliRunner
+
+from exporter import cli
+from exporter.cli import app
+from exporter.sandbox.server import Sandbox
+from exporter.service import job
+
+
+@pytest.fixture
+def filled(db_url: str, tmp_path: Path) -> dict[str, Any]:
+    """Two runs: a contact granted a lock in run 1 and revoked before run 2, and a card grant."""
+    with Sandbox(seed=31, owners=2, locks_per_owner=2, grants_per_owner=0) as fake:
+        owner = fake.owners_payload()[0]["id"]
+        lock = fake.locks_payload(owner)[0]["id"]
+        fake.rename(lock, "Server room \x1b[31m")
+        contact = fake.add_contact(owner, title="Anna Huber", identifier="anna@example.com")
+        card = fake.bind_card(owner, title="Visitor 1")
+        revoked = fake.add_grant(owner, lock_id=lock, contact_id=contact)
+        kept = fake.add_grant(owner, lock_id=lock, card_id=card)
+        expired = fake.add_grant(
+            owner, lock_id=lock, contact_id=contact, valid_before="2020-01-01T00:00:00.000Z"
+        )
+        other = fake.locks_payload(owner)[1]["id"]
+        unbound = fake.add_grant(owner, lock_id=other, card_id=card)
+        settings = make_settings(fake, db_url, tmp_path, entities=["contacts", "cards", "grants"])
+        job.run_once(settings)
+        fake.revoke_grant(revoked)
+        fake.unbind(other)
+        job.run_once(settings)
+    config = tmp_path / "config.toml"
+    config.write_text("")
+    return {
+        "url": db_url,
+        "config": config,
+        "lock": lock,
+        "contact": contact,
+        "revoked": revoked,
+        "kept": kept,
+        "expired": expired,
+        "other": other,
+        "unbound": unbound,
+    }
+
+
+@pytest.fixture
+def exporter(filled: dict[str, Any]) -> Any:
+    runner = CliRunner()
+    saved = cli.out._width
+    cli.out.width = 250
+
+    def run(*args: str) -> Any:
+        return runner.invoke(
+            app,
+            list(args),
+            env={"EXPORTER_CONFIG": str(filled["config"]), "EXPORTER_DATABASE__URL": filled["url"]},
+        )
+
+    yield run
+    cli.out._width = saved
+
+
+def _grant_ids(result: Any) -> set[str]:
+    assert result.exit_code == 0, (result.output, result.stderr)
+    return {grant["grant_id"] for grant in json.loads(result.stdout)["grants"]}
+
+
+def test_who_can_open_a_lock_now_and_as_of_an_earlier_run(
+    filled: dict[str, Any], exporter: Any
+) -> None:
+    lock = filled["lock"]
+    assert _grant_ids(exporter("access", lock, "-f", "json")) == {filled["kept"]}
+    as_of_1 = _grant_ids(exporter("access", lock, "--as-of", "1", "-f", "json"))
+    assert as_of_1 == {filled["kept"], filled["revoked"]}  # expired never counts
+    by_prefix = exporter("access", lock[:8], "-f", "csv")
+    rows = list(csv.DictReader(io.StringIO(by_prefix.stdout)))
+    assert [row["grant_id"] for row in rows] == [filled["kept"]]
+    assert rows[0]["lock_title"] == "Server room \x1b[31m"  # CSV stays exact
+
+
+def test_a_grant_of_an_unbound_lock_opens_nothing(filled: dict[str, Any], exporter: Any) -> None:
+    now = exporter("access", filled["other"], "-f", "json")
+    assert _grant_ids(now) == set() and json.loads(now.stdout)["bound"] is False
+    assert _grant_ids(exporter("access", filled["other"], "--as-of", "1", "-f", "json")) == {
+        filled["unbound"]
+    }
+    table = exporter("access", filled["other"])
+    assert "the lock was not bound then" in table.stdout
+
+
+def test_what_a_contact_can_open(filled: dict[str, Any], exporter: Any) -> None:
+    assert _grant_ids(exporter("access", "--contact", filled["contact"], "-f", "json")) == set()
+    by_identifier = exporter(
+        "access", "--contact", "anna@example.com", "--as-of", "1", "-f", "json"
+    )
+    assert _grant_ids(by_identifier) == {filled["revoked"]}
+
+
+def test_the_table_shows_api_text_escaped(filled: dict[str, Any], exporter: Any) -> None:
+    result = exporter("access", filled["lock"], "--as-of", "1")
+    assert result.exit_code == 0, result.output
+    assert "Server room \\x1b[31m" in result.stdout and "\x1b" not in result.stdout
+    assert "Anna Huber" in result.stdout and "anna@example.com" in result.stdout
+    assert "end of run 1" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param([], "give either a LOCK or --contact", id="neither"),
+        pytest.param(["x", "--contact", "y"], "give either a LOCK or --contact", id="both"),
+        pytest.param(["no-such-lock"], "no bound lock has the id", id="unknown-lock"),
+        pytest.param(["--contact", "nobody"], "no contact has the id", id="unknown-contact"),
+        pytest.param(["--contact", "x", "--as-of", "99"], "no run 99", id="unknown-run"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(exporter: Any, args: list[str], message: str) -> None:
+    result = exporter("access", *args)
+    assert result.exit_code == 2, (result.output, result.stderr)
+    assert message in result.stderr and result.stderr.count("\n") == 1
