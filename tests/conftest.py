@@ -29,6 +29,8 @@ MARIADB_ADMIN = os.environ.get("EXPORTER_TEST_MARIADB", "mysql+pymysql://root@12
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 BACKENDS = ("sqlite", "postgresql", "mariadb")
 TABLES = (  # calendar_days is static data from migration 0002: never truncated
+    "log_entries",
+    "log_entry_watermarks",
     "lock_health_readings",
     "sync_run_owners",
     "bound_lock_versions",
