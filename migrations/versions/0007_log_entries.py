@@ -220,7 +220,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute("DROP VIEW IF EXISTS lock_openings_daily")
     op.drop_table("log_entry_watermarks")
-    op.drop_index(op.f("ix_log_entries_run_id"), table_name="log_entries")
-    op.drop_index(op.f("ix_log_entries_lock_timestamp"), table_name="log_entries")
-    op.drop_index(op.f("ix_log_entries_bound_lock_id_lock_timestamp"), table_name="log_entries")
+    # Its indexes go with it (MariaDB refuses to drop the run_id one alone: the foreign key).
     op.drop_table("log_entries")
