@@ -203,7 +203,7 @@ COLUMN_COMMENTS: dict[str, dict[str, str]] = {
     },
     "log_entry_watermarks": {
         "owner_account_id": "The owner account (owner_accounts.id).",
-        "received_at": "receivedAt of the newest log entry stored for it (UTC).",
+        "received_at": "receivedAt of the newest log entry stored for it (UTC); NULL if none.",
         "last_id": "Id of that entry.",
         "list_position": (
             "Where that entry is in the unfiltered list (rows up to and including it), for "

@@ -7,14 +7,14 @@ import threading
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine, Table, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from exporter import db_errors, retention, store
+from exporter import db_errors, log_entries, retention, store
 from exporter.auth import TokenProvider
 from exporter.errors import ConfigError, ExporterError, Interrupted, LockHeldError
 from exporter.guard import RemovalGuard, resolve_owner_ids
@@ -24,11 +24,13 @@ from exporter.schema import (
     bound_lock_versions,
     bound_locks,
     lock_health_readings,
+    log_entry_watermarks,
     owner_account_versions,
     owner_accounts,
     sync_run_owners,
     sync_runs,
 )
+from exporter.schema import log_entries as log_entries_table
 from exporter.settings import Settings, masked_url
 from exporter.sync import filled_by, sync, utcnow
 from exporter.tapkey import LOCKS_SCOPE, OWNERS_SCOPE, TapkeyClient
@@ -167,6 +169,7 @@ def run_once(
                     allow_owners=confirmed,
                 ),
                 health=settings.tapkey.expand_health,
+                logs=log_options(settings),
             )
         if not dry_run and not (stop is not None and stop.is_set()):
             _apply_retention(engine, settings, now())
@@ -176,6 +179,17 @@ def run_once(
         raise db_errors.store_error(exc, engine) from None
     finally:
         engine.dispose()
+
+
+def log_options(settings: Settings) -> log_entries.LogOptions | None:
+    """How log entries are read, or None when [tapkey] entities leaves them out."""
+    if "log_entries" not in settings.tapkey.entities:
+        return None
+    keep = settings.sync.log_retention_seconds
+    return log_entries.LogOptions(
+        overlap=timedelta(seconds=settings.sync.log_overlap_seconds),
+        retention=None if keep is None else timedelta(seconds=keep),
+    )
 
 
 def _present_owner_ids(engine: Engine) -> set[str]:
@@ -190,7 +204,11 @@ def _apply_retention(engine: Engine, settings: Settings, now: datetime) -> None:
     Another run that took the lock in the meantime prunes when it finishes: skip quietly.
     """
     keep = settings.sync
-    if keep.health_retention_seconds is None and keep.run_retention_seconds is None:
+    if (
+        keep.health_retention_seconds is None
+        and keep.run_retention_seconds is None
+        and keep.log_retention_seconds is None
+    ):
         return
     try:
         with store.WriterLock(engine):
@@ -199,6 +217,7 @@ def _apply_retention(engine: Engine, settings: Settings, now: datetime) -> None:
                 now=now,
                 health_max_age=keep.health_retention_seconds,
                 run_max_age=keep.run_retention_seconds,
+                log_max_age=keep.log_retention_seconds,
             )
     except LockHeldError:
         return
@@ -382,6 +401,11 @@ def _writes(settings: Settings) -> dict[Table, tuple[str, ...]]:
     if settings.sync.run_retention_seconds is not None:
         writes[sync_runs] += ("DELETE",)
         writes[sync_run_owners] += ("DELETE",)
+    if "log_entries" in settings.tapkey.entities:
+        writes[log_entries_table] = ("INSERT",)
+        writes[log_entry_watermarks] = ("INSERT", "UPDATE")
+        if settings.sync.log_retention_seconds is not None:
+            writes[log_entries_table] += ("DELETE",)
     return writes
 
 

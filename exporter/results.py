@@ -75,3 +75,6 @@ class RunResult:
     dry_run: bool = False
     # Removals the deletion guard held back: owner id -> locks kept (see RemovalGuard).
     held_back: dict[str, int] = field(default_factory=dict)
+    # New log entries stored, and the owners whose log failed (id -> error); see log_entries.
+    log_entries: int = 0
+    log_failures: dict[str, str] = field(default_factory=dict)

@@ -230,6 +230,12 @@ class TapkeySettings(_Section):
         "client_id", "client_secret", "client_secret_file", "ca_bundle", "proxy", mode="before"
     )(_blank_to_none)
 
+    @field_validator("entities", mode="before")
+    @classmethod
+    def _split_entities(cls, value: object) -> object:
+        # From the environment: EXPORTER_TAPKEY__ENTITIES="locks,log_entries".
+        return tuple(value.replace(",", " ").split()) if isinstance(value, str) else value
+
     @field_validator("client_id")
     @classmethod
     def _strip_client_id(cls, value: str | None) -> str | None:

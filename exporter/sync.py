@@ -32,7 +32,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from operator import attrgetter
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     Connection,
@@ -45,8 +45,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from exporter import lock_health, run_records
-from exporter.crawl import InventorySource, call_until_stopped, crawl
+from exporter import lock_health, log_entries, run_records
+from exporter.crawl import InventorySource, _DaemonPool, call_until_stopped, crawl
 from exporter.db_errors import store_error
 from exporter.errors import (
     ClientMismatchError,
@@ -125,12 +125,15 @@ def sync(
     on_started: Callable[[int], None] | None = None,
     guard: RemovalGuard | None = None,
     health: bool = False,
+    logs: log_entries.LogOptions | None = None,
 ) -> RunResult:
     """Run one sync and return its outcome; see the module docstring for the rules.
 
     `on_started(run_id)` is called once the run's `sync_runs` row exists (the daemon tags its
     log lines and metrics with it). `guard` holds back mass removals (default: RemovalGuard()).
     `health` asks for `expand=healthStatuses` and stores new readings (see exporter.lock_health).
+    `logs` also reads every listed owner's new log entries once the locks are done (see
+    exporter.log_entries; not in a dry run); an owner whose log fails makes the run `partial`.
 
     Raises LockHeldError when another run holds the lock (nothing written), ClientMismatchError
     when the database belongs to another OAuth client, and DatabaseUnavailableError when the
@@ -148,6 +151,7 @@ def sync(
     )
     run.guard = guard or RemovalGuard()
     run.health = health
+    run.logs = logs
     if dry_run:
         return run.execute()
     with WriterLock(engine, timeout=lock_timeout) as lock:
@@ -199,6 +203,8 @@ class _Run:
         self.guard = RemovalGuard()
         # Ask for health readings and store new ones (lock_health), never as versions.
         self.health = False
+        # Read log entries after the locks (log_entries), when enabled.
+        self.logs: log_entries.LogOptions | None = None
         # Present locks per owner and present owners before this run (for the deletion guard).
         self.locks_before: dict[str, int] = {}
         self.owners_before = 0
@@ -323,11 +329,36 @@ class _Run:
         self._check_lock()
         self._record_quiet_owners()
         held = self._remove(removable | vanished, vanished)
+        logs = self._read_logs([owner.id for owner in owners])
         failed = listed - complete
         if held:
             held.append("under `exporter serve`, set [sync] allow_mass_removal = true for one run")
-        summary = "; ".join(m for m in (_failed_summary(self.result.owners), *held) if m)
-        self._finish("partial" if failed or held else "succeeded", summary or None)
+        summary = "; ".join(m for m in (_failed_summary(self.result.owners), *held, logs) if m)
+        status = "partial" if failed or held or logs else "succeeded"
+        self._finish(status, summary or None)
+
+    def _read_logs(self, owner_ids: list[str]) -> str | None:
+        """Store the owners' new log entries; the summary of the owners whose log failed."""
+        if self.logs is None or self.dry_run or not owner_ids:
+            return None
+        self._check_lock()
+        source = cast(log_entries.LogSource, self.source)
+        with connect(self.engine) as conn, _DaemonPool(self.workers, "logs") as pool:
+            result = log_entries.read_logs(
+                conn,
+                source,
+                owner_ids,
+                run_id=self._run_id,
+                clock=self.clock,
+                options=self.logs,
+                stop=self.stop,
+                before_write=self._check_lock,
+                pool=pool,
+                workers=self.workers,
+            )
+        self.result.log_entries = result.stored
+        self.result.log_failures = {o.owner_account_id: o.error or "" for o in result.failed}
+        return result.summary()
 
     def _count_present(self, conn: Connection) -> None:
         """Remember what is present before this run changes anything (for the deletion guard)."""

@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 
 OWNERS_SCOPE: Final = "read:owneraccounts"
 LOCKS_SCOPE: Final = "read:core:entities"
+LOGS_SCOPE: Final = "read:logs"
 #: Statuses worth repeating a GET for.
 RETRY_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
 MAX_BODY_BYTES: Final = 64 * 1024 * 1024
@@ -79,10 +80,12 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class _Target:
-    """What is being fetched: the path for URLs and messages, the owner for 403 advice."""
+    """What is being fetched: the path for URLs and messages, the owner and scope for 403
+    advice (the scope defaults to the owner list's or the bound locks')."""
 
     path: str
     owner_id: str | None = None
+    scope: str | None = None
 
 
 class _BodyInterrupted(Exception):
@@ -325,6 +328,20 @@ class TapkeyClient:
             requests=requests_sent,
             unchanged_ids=unchanged,
         )
+
+    @property
+    def page_size(self) -> int:
+        """The `$top` every list request asks for."""
+        return self._top
+
+    def log_entries_page(self, owner_id: str, params: Mapping[str, str]) -> str:
+        """One page of an owner's log entries, the body as sent (see exporter.log_entries).
+
+        `params` are the OData options (`$top`, `$skip`, `$filter`). A 400 is an ApiError with
+        status 400; a 403 is a PermissionDeniedError naming scope read:logs.
+        """
+        path = f"/api/v1/Owners/{quote(owner_id, safe='')}/LogEntries"
+        return self._get_text(_Target(path, owner_id, LOGS_SCOPE), dict(params), [0])
 
     # -- paging ----------------------------------------------------------------------------------
 
@@ -651,7 +668,7 @@ class TapkeyClient:
             }.get(status, "check [tapkey] api_base_url")
             return ApiError(f"{where}: HTTP {status}: {hint}", status=status)
         granted = self._tokens.granted_scopes
-        needed = LOCKS_SCOPE if target.owner_id is not None else OWNERS_SCOPE
+        needed = target.scope or (LOCKS_SCOPE if target.owner_id is not None else OWNERS_SCOPE)
         if granted is not None and needed not in granted:
             message = (
                 f"{where} was refused (403): the token lacks scope {needed} (granted: "

@@ -167,10 +167,10 @@ def upgrade() -> None:
         sa.Column(
             "received_at",
             _time(),
-            nullable=False,
-            comment="receivedAt of the newest log entry stored for it (UTC).",
+            nullable=True,
+            comment="receivedAt of the newest log entry stored for it (UTC); NULL if none.",
         ),
-        sa.Column("last_id", _id(), nullable=False, comment="Id of that entry."),
+        sa.Column("last_id", _id(), nullable=True, comment="Id of that entry."),
         sa.Column(
             "list_position",
             sa.Integer(),
