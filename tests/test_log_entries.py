@@ -8,20 +8,26 @@ drops, and the watermark never runs ahead of what is stored.
 from __future__ import annotations
 
 import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_settings
+from conftest import make_settings, subprocess_env
 from sqlalchemy import Engine, select
 
 from exporter import job
 from exporter.results import RunResult
-from exporter.sandbox import Sandbox
+from exporter.sandbox import Fault, Sandbox
 from exporter.schema import log_entries, log_entry_watermarks
-from exporter.settings import Settings
+from exporter.settings import Settings, SyncSettings
 
 SCOPES = "read:owneraccounts read:core:entities read:logs"
 # A clock for the runs: the sandbox's entries are from around 2025-01-01.
@@ -271,3 +277,82 @@ def test_a_denied_log_changes_nothing_for_that_owner_and_the_rest_goes_on(
         fake.allow(denied, "logs")
         assert run(settings).status == "succeeded"
         assert_exact(engine, fake)
+
+
+# -- crash safety ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_run_killed_while_reading_logs_loses_nothing(
+    db_url: str, engine: Engine, request: pytest.FixtureRequest
+) -> None:
+    # SIGKILL lands after a random number of log requests (pages of 5, each written with the
+    # watermark it reaches): after every kill the watermarks cover only stored entries, and one
+    # clean run ends with exactly the listed entries, each stored once.
+    rng = random.Random(f"log-crash:{request.node.callspec.id}")
+    with Sandbox(seed=11, owners=4, locks_per_owner=3, log_entries_per_owner=40) as fake:
+        fake.add_fault(Fault("logs", kind="delay", delay=0.01, times=None))
+        env = subprocess_env(fake, db_url)
+        env.update(
+            EXPORTER_TAPKEY__PAGE_SIZE="5",
+            EXPORTER_TAPKEY__WORKERS="2",
+            EXPORTER_TAPKEY__ENTITIES="locks,log_entries",
+            EXPORTER_TAPKEY__SCOPES=SCOPES,
+        )
+        for attempt in range(6):
+            if attempt:
+                fake.advance(changes=1, access=rng.randint(5, 15))
+            base = fake.requests["logs"]
+            target = rng.randint(1, 30)
+            process = subprocess.Popen(
+                [sys.executable, "-m", "exporter.cli", "run-once", "--quiet"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                deadline = time.monotonic() + 60
+                while fake.requests["logs"] - base < target and process.poll() is None:
+                    assert time.monotonic() < deadline, "run-once made no progress"
+                    time.sleep(0.002)
+                if process.poll() is None:
+                    os.kill(process.pid, signal.SIGKILL)
+            finally:
+                process.wait(timeout=30)
+            assert_watermarks_covered(engine, fake)
+        fake.clear_faults()
+        final = subprocess.run(
+            [sys.executable, "-m", "exporter.cli", "run-once", "--quiet"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert final.returncode == 0, final.stderr
+        assert_exact(engine, fake)
+
+
+# -- retention ------------------------------------------------------------------------------------
+
+
+def test_log_retention_keeps_the_entries_that_happened_within_it(
+    db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    with Sandbox(seed=6, owners=2, locks_per_owner=4, log_entries_per_owner=40) as fake:
+        settings = settings_for(fake, db_url, tmp_path).model_copy(
+            update={"sync": SyncSettings(log_retention="20d")}
+        )
+        for now in (NOW, NOW + timedelta(days=5)):
+            fake.advance(changes=0, access=8)
+            owner = fake.owners_payload()[0]["id"]
+            fake.append_log_entries(owner, 4, late=True)
+            result = run(settings, now)
+            assert result.status == "succeeded", result.error
+            cutoff = now - timedelta(days=20)
+            kept = listed_entries(fake, keep=lambda e, c=cutoff: _instant(e["lockTimestamp"]) >= c)
+            assert set(stored_entries(engine)) == set(kept)
+            assert 0 < len(kept) < len(listed_entries(fake))
+        # Nothing comes back on the next run, and nothing is stored twice.
+        again = run(settings, NOW + timedelta(days=5, hours=1))
+        assert again.log_entries == 0
+        assert set(stored_entries(engine)) == set(kept)
