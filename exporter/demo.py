@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy import Engine
 
-from exporter import job, report
+from exporter import job, log_view, report
 from exporter.config import load_settings
 from exporter.errors import UsageError
 from exporter.sandbox import Sandbox
@@ -52,13 +53,15 @@ def run_demo(
                 "tapkey.token_url": sandbox.token_url,
                 "tapkey.api_base_url": sandbox.base_url,
                 "database.url": f"sqlite:///{path}",
+                "tapkey.entities": ("locks", "log_entries"),
+                "tapkey.scopes": "read:owneraccounts read:core:entities read:logs",
             },
         )
         engine = job.make_engine(settings)
         try:
             for generation in range(generations + 1):
                 if generation:
-                    applied = sandbox.advance(changes=4)
+                    applied = sandbox.advance(changes=4, access=4)
                     console.rule(
                         f"Sandbox generation {generation}: {len(applied)} changes applied "
                         "(changes to rcl fields and health readings make no version)"
@@ -69,20 +72,21 @@ def run_demo(
                     Text.assemble(
                         (f"Run {result.run_id}", "bold"),
                         f" {result.status}: {result.owners_seen} owners, {result.locks_seen} "
-                        f"locks ({counts or 'no changes'})",
+                        f"locks ({counts or 'no changes'}), {result.log_entries} new log entries",
                     )
                 )
                 if generation == 0:
                     _print_inventory(console, engine)
                 else:
                     _print_changes(console, engine, result.run_id or 0)
+            _print_openings(console, engine)
         finally:
             engine.dispose()
     console.print()
     shown = visible(str(path))  # Text objects bypass the console's escaping
     console.print(Text.assemble("The history is in ", (shown, "bold"), ". Look at it with:"))
     db = f"--database-url sqlite:///{path}"
-    for args in ("locks", "locks --as-of 1", "changes", "runs"):
+    for args in ("locks", "locks --as-of 1", "changes", "log --limit 20", "runs"):
         console.print(f"  {prog} {args} {db}")
     console.print("or any SQL client, e.g.:")
     console.print("  SELECT owner_name, title, lock_model_name FROM current_bound_locks;")
@@ -90,6 +94,7 @@ def run_demo(
         "  SELECT changed_at, change_type, title, changed_fields FROM bound_lock_changes "
         "ORDER BY changed_at;"
     )
+    console.print("  SELECT day, title, openings FROM lock_openings_daily ORDER BY day DESC;")
 
 
 def _print_inventory(console: Console, engine: object) -> None:
@@ -119,6 +124,22 @@ def _print_changes(console: Console, engine: Engine, run_id: int) -> None:
     for row in rows:
         detail = ", ".join(row.changed_fields or ()) or (row.removal_reason or "")
         table.add_row(row.entity, row.id[:8], row.change_type, detail, row.title or "")
+    console.print(table)
+
+
+def _print_openings(console: Console, engine: Engine, shown: int = 8) -> None:
+    """The most recent openings (TriggerLock commands) the log entries hold."""
+    table = Table(title="Recent openings (log entries)")
+    for column in ("when (UTC)", "lock", "owner", "by"):
+        table.add_column(column)
+    with log_view.open_log(engine, limit=None) as feed:
+        openings = (r for r in feed.rows if r.log_type == "Command" and r.command == "TriggerLock")
+        for row in itertools.islice(openings, shown):
+            by = f"contact {row.contact_id[:8]}" if row.contact_id else ""
+            if row.bound_card_id:
+                by = f"card {row.bound_card_id[:8]}"
+            when = row.lock_timestamp.strftime("%Y-%m-%d %H:%M:%S") if row.lock_timestamp else ""
+            table.add_row(when, row.title or row.bound_lock_id or "", row.owner_name or "", by)
     console.print(table)
 
 
