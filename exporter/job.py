@@ -33,7 +33,7 @@ from exporter.schema import (
 from exporter.schema import log_entries as log_entries_table
 from exporter.settings import Settings, masked_url
 from exporter.sync import filled_by, sync, utcnow
-from exporter.tapkey import LOCKS_SCOPE, OWNERS_SCOPE, TapkeyClient
+from exporter.tapkey import LOCKS_SCOPE, LOGS_SCOPE, OWNERS_SCOPE, TapkeyClient
 
 EXIT_CODES = {"succeeded": 0, "failed": 1, "partial": 3}
 
@@ -269,7 +269,10 @@ def _check_tapkey(settings: Settings) -> list[CheckResult]:
     except ExporterError as exc:
         return [*results, _failed("token", exc), *_skipped(("owners",), "needs a token")]
     granted = tokens.granted_scopes
-    missing = sorted({OWNERS_SCOPE, LOCKS_SCOPE} - granted) if granted is not None else []
+    needed = {OWNERS_SCOPE, LOCKS_SCOPE}
+    if "log_entries" in settings.tapkey.entities:
+        needed.add(LOGS_SCOPE)
+    missing = sorted(needed - granted) if granted is not None else []
     if granted is None:
         results.append(CheckResult("token", True, "fetched (the token endpoint named no scopes)"))
     elif missing:

@@ -29,7 +29,8 @@ from typer.testing import CliRunner
 
 from exporter import cli, job, store
 from exporter.cli import app
-from exporter.errors import PagingError
+from exporter.config import load_settings
+from exporter.errors import ConfigError, PagingError
 from exporter.log_entries import MAX_RESTARTS, LogEntry, LogPager, Row, Watermark, _next_watermark
 from exporter.log_view import LogRow
 from exporter.results import RunResult
@@ -616,3 +617,33 @@ def test_the_watermark_waits_for_the_end_of_an_unordered_read() -> None:
     assert _next_watermark(pager, written, done=False) == Watermark(filter_refused_at=None)
     done = _next_watermark(pager, written, done=True)
     assert (done.received_at, done.last_id) == (T0 + timedelta(minutes=7), "e007")
+
+
+# -- settings and check --------------------------------------------------------------------------
+
+
+def test_entities_and_log_settings_from_the_environment(tmp_path: Path) -> None:
+    env = {
+        "EXPORTER_TAPKEY__ENTITIES": "locks, log_entries",
+        "EXPORTER_SYNC__LOG_OVERLAP": "15m",
+        "EXPORTER_SYNC__LOG_RETENTION": "400d",
+    }
+    settings = load_settings(None, env=env, cwd=tmp_path)
+    assert settings.tapkey.entities == ("locks", "log_entries")
+    options = job.log_options(settings)
+    assert options is not None
+    assert (options.overlap, options.retention) == (timedelta(minutes=15), timedelta(days=400))
+    assert job.log_options(load_settings(None, env={}, cwd=tmp_path)) is None
+    with pytest.raises(ConfigError, match="log_overlap"):
+        load_settings(None, env={"EXPORTER_SYNC__LOG_OVERLAP": "0s"}, cwd=tmp_path)
+    with pytest.raises(ConfigError, match="entities"):
+        load_settings(None, env={"EXPORTER_TAPKEY__ENTITIES": "locks,logs"}, cwd=tmp_path)
+
+
+def test_check_names_read_logs_when_log_entries_are_read(db_url: str, tmp_path: Path) -> None:
+    with Sandbox(seed=1, owners=1, locks_per_owner=1) as fake:
+        scopes = "read:owneraccounts read:core:entities"
+        token = {c.name: c for c in job.check(settings_for(fake, db_url, tmp_path, scopes=scopes))}
+        assert not token["token"].ok and "missing read:logs" in token["token"].detail
+        token = {c.name: c for c in job.check(settings_for(fake, db_url, tmp_path))}
+        assert token["token"].ok
