@@ -14,7 +14,10 @@ One run:
    only if no complete fetch of this run returned it, and only if it belongs to an owner whose
    fetch was complete (`unbound`) or to an owner that vanished from the owner list
    (`owner_removed`); an owner whose fetch failed changes nothing and makes the run `partial`;
-5. records the outcome in `sync_runs`.
+5. with `logs`, reads every listed owner's new log entries and appends them, each page with the
+   watermark it reaches in one transaction (see exporter.log_entries); an owner whose log
+   fails makes the run `partial` and changes nothing else;
+6. records the outcome in `sync_runs`.
 
 A crash at any point leaves a consistent database: every transaction moves the current tables and
 the version tables together, and the next run marks the crashed run failed (abandoned).
