@@ -338,17 +338,20 @@ class TokenProvider:
             scope = scope.split()
         self.granted_scopes = frozenset(scope) if isinstance(scope, list | tuple) else None
         expires_in = token.get("expires_in")
-        if isinstance(expires_in, int | float) and not isinstance(expires_in, bool):
-            lifetime = max(0.0, float(expires_in))
+        numeric = isinstance(expires_in, int | float) and not isinstance(expires_in, bool)
+        lifetime = float(expires_in) if numeric and isinstance(expires_in, int | float) else 0.0
+        if 0 < lifetime < float("inf"):
             margin = min(self._refresh_margin, lifetime * MAX_MARGIN_FRACTION)
             self._renew_at = sent_at + lifetime - margin
             stated = f"lifetime {lifetime:g} s"
         else:
-            # A guessed lifetime would renew either needlessly or too late; the API's 401 says
-            # exactly when the token is no longer good, and costs one repeated request.
+            # A guessed lifetime would renew either needlessly or too late, and taking 0 or a
+            # negative one at its word would fetch a token before every request; the API's 401
+            # says exactly when the token is no longer good, and costs one repeated request.
             self._renew_at = float("inf")
+            missing = f"expires_in {expires_in} is no lifetime" if numeric else "no expires_in"
             stated = (
-                "no expires_in in the response, so no lifetime is assumed: the token is used "
+                f"{missing} in the response, so no lifetime is assumed: the token is used "
                 "until the API rejects it (401), then a new one is fetched and the request repeated"
             )
         self._token = access_token

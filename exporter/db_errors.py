@@ -28,6 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from exporter.errors import DatabasePermissionError, DatabaseUnavailableError, StoreError
+from exporter.settings import without_secrets
 
 
 def store_error(exc: BaseException, engine: Engine | None = None) -> StoreError:
@@ -38,7 +39,7 @@ def store_error(exc: BaseException, engine: Engine | None = None) -> StoreError:
     statement the database refused) a plain StoreError. All exit 5.
     """
     orig = getattr(exc, "orig", None) or exc
-    reason = first_line(orig)
+    reason = _reason(orig, engine)
     sqlite = getattr(orig, "sqlite_errorcode", None) is not None
     sqlite_full = getattr(orig, "sqlite_errorcode", None) == 13  # SQLITE_FULL
     pg_full = getattr(orig, "sqlstate", None) in ("53100", "53400")  # disk_full, quota
@@ -88,6 +89,12 @@ def first_line(exc: BaseException) -> str:
     return text_.splitlines()[0] if text_ else type(exc).__name__
 
 
+def _reason(orig: BaseException, engine: Engine | None) -> str:
+    # A driver may quote the URL or a DSN it was given: the message must not carry its secrets.
+    reason = first_line(orig)
+    return reason if engine is None else without_secrets(reason, engine.url)
+
+
 _PG_DENIED = re.compile(r'permission denied for (\w+) "?([^\s"]+)"?')
 _MYSQL_DENIED = re.compile(r"(\w+) command denied to user .* for table (\S+)")
 _VERBS = {"SELECT": "read", "INSERT": "write", "UPDATE": "write", "DELETE": "write"}
@@ -101,7 +108,7 @@ _UPGRADE_AS_OWNER = "run `exporter db upgrade` as a database user that may creat
 def permission_problem(exc: BaseException, engine: Engine | None) -> str | None:
     """What the database user may not do, as one line with the fix; None if `exc` is not that."""
     orig = getattr(exc, "orig", None) or exc
-    reason = first_line(orig)
+    reason = _reason(orig, engine)
     statement = (getattr(exc, "statement", None) or "").lstrip()
     first = statement.split(None, 1)[0].upper() if statement else ""
     code = getattr(orig, "sqlite_errorcode", None)

@@ -33,7 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from exporter.errors import ConfigError
 from exporter.schema import bound_locks, owner_accounts, sync_runs
 from exporter.settings import LoggingSettings
-from exporter.terminal import visible
+from exporter.terminal import json_visible, visible
 
 if TYPE_CHECKING:
     from exporter.results import RunResult
@@ -120,7 +120,7 @@ class JsonFormatter(logging.Formatter):
             data["exception"] = self.formatException(record.exc_info)
         if record.stack_info:
             data["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(data, ensure_ascii=False, default=str)
+        return json_visible(json.dumps(data, ensure_ascii=False, default=str))
 
 
 def setup_logging(settings: LoggingSettings, *, stream: IO[str] | None = None) -> None:

@@ -239,7 +239,15 @@ class TapkeySettings(_Section):
     @field_validator("client_id")
     @classmethod
     def _strip_client_id(cls, value: str | None) -> str | None:
-        return value.strip() if value is not None else None
+        if value is None:
+            return None
+        value = value.strip()
+        if len(value) > 255:  # sync_runs.client_id holds 255, like Tapkey's client ids with room
+            raise ValueError(
+                f"is {len(value)} characters long, at most 255 fit: set it to the OAuth client's "
+                "id (not its secret or a key)"
+            )
+        return value
 
     @field_validator("client_secret_file", "ca_bundle")
     @classmethod

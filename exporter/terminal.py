@@ -59,6 +59,26 @@ def visible(text: str, *, keep_layout: bool = True) -> str:
     return pattern.sub(_escape, text)
 
 
+_JSON_UNSAFE = re.compile(f"[{_OTHERS}]")
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    units = match.group().encode("utf-16-be", "surrogatepass")
+    return "".join(
+        f"\\u{int.from_bytes(units[i : i + 2], 'big'):04x}" for i in range(0, len(units), 2)
+    )
+
+
+def json_visible(text: str) -> str:
+    """JSON text (as `json.dumps(..., ensure_ascii=False)` writes it) with no raw C1 or format
+    characters: each is written as its `\\u` escape, so the JSON value is unchanged.
+
+    JSON always escapes C0 controls, but not C1 controls (CSI is U+009B) or bidi overrides, and a
+    JSON log line is read on terminals (`tail -f`, `journalctl`) as often as by machines.
+    """
+    return text if text.isascii() else _JSON_UNSAFE.sub(_json_escape, text)
+
+
 class SafeConsole(Console):
     """A rich Console that shows control and format characters in strings as escapes.
 

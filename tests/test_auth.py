@@ -367,6 +367,23 @@ def test_a_token_without_expires_in_says_which_lifetime_is_assumed(
     assert "lifetime 3600 s" in caplog.records[0].getMessage()
 
 
+@pytest.mark.parametrize("expires_in", ["0", "-5", "-0.5"])
+def test_an_expires_in_that_is_no_lifetime_is_not_taken_at_its_word(
+    fake: Sandbox,
+    make_provider: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
+    expires_in: str,
+) -> None:
+    # Taken literally, it would make every API request fetch a new token first.
+    caplog.set_level(logging.INFO, logger="exporter.auth")
+    body = f'{{"access_token":"abc","token_type":"Bearer","expires_in":{expires_in}}}'
+    fake.add_fault(Fault(route="token", kind="body", body=body))
+    tokens = make_provider()
+    assert tokens.token() == tokens.token() == "abc"
+    assert tokens.fetch_count == 1
+    assert "so no lifetime is assumed" in caplog.records[0].getMessage()
+
+
 def test_an_expires_in_that_is_not_a_number_is_one_clear_error(
     fake: Sandbox, make_provider: Callable[..., Any]
 ) -> None:

@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -28,7 +29,7 @@ from exporter import cli
 from exporter.demo import run_demo
 from exporter.errors import UsageError
 from exporter.run_records import ABANDONED
-from exporter.sandbox import Fault, Sandbox
+from exporter.sandbox import Fault, Request, Sandbox
 from exporter.schema import sync_run_owners, sync_runs
 
 EXPORTER = [sys.executable, "-m", "exporter.cli"]
@@ -161,7 +162,15 @@ def test_a_schema_behind_the_code_exits_5_and_writes_nothing(
 
 
 def test_two_concurrent_runs_one_exits_4(sandbox: Sandbox, db_url: str, engine: Engine) -> None:
-    sandbox.add_fault(Fault(route="locks", kind="delay", delay=0.7, times=None))
+    # The first run's lock lists are held until the second run has exited, however slowly a
+    # busy machine starts the second process: the two always overlap.
+    second_done = threading.Event()
+
+    def hold_locks(request: Request) -> None:
+        if request.route == "locks":
+            second_done.wait(60)
+
+    sandbox.hooks.append(hold_locks)
     env = subprocess_env(sandbox, db_url)
     env["EXPORTER_TAPKEY__WORKERS"] = "1"
     first = _start(env, "run-once")
@@ -169,6 +178,7 @@ def test_two_concurrent_runs_one_exits_4(sandbox: Sandbox, db_url: str, engine: 
         _wait_for(lambda: _running(engine))
         second = _run(env, "run-once")
     finally:
+        second_done.set()
         _out, err_text = first.communicate(timeout=60)
 
     assert second.returncode == 4, second.stderr

@@ -269,6 +269,13 @@ def test_several_errors_report_first_and_count(cwd: Path) -> None:
     assert message.endswith("(+2 more)")
 
 
+def test_a_client_id_longer_than_its_column_is_a_config_error(cwd: Path) -> None:
+    # Not a database error at the first run on PostgreSQL/MariaDB (SQLite would store it).
+    message = config_error(cwd, f'[tapkey]\nclient_id = "{"x" * 256}"\n')
+    assert "[tapkey] client_id: is 256 characters long, at most 255 fit" in message
+    assert load_settings(None, env={"EXPORTER_TAPKEY__CLIENT_ID": "x" * 255}, cwd=cwd)
+
+
 def test_cli_override_error_names_command_line(cwd: Path) -> None:
     with pytest.raises(ConfigError, match=r"^command line: \[tapkey\] workers: must be between"):
         load_settings(None, env={}, cwd=cwd, overrides={"tapkey.workers": 0})

@@ -13,9 +13,11 @@ from typing import Any
 
 import pytest
 from conftest import make_settings
-from sqlalchemy import Dialect, Engine, Table, insert, select
+from sqlalchemy import Dialect, Engine, Table, create_engine, insert, select
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from exporter import job
+from exporter.db_errors import store_error
 from exporter.sandbox import Request, Sandbox
 from exporter.schema import bound_lock_versions, bound_locks, sync_runs
 from exporter.store import insert_many
@@ -192,3 +194,16 @@ def test_existing_sqlite_files_keep_their_mode(
     modes = _modes_during_a_run(sandbox, path, tmp_path)
 
     assert modes == {"": 0o640, "-wal": 0o640, "-shm": 0o640, ".lock": 0o640}
+
+
+@pytest.mark.parametrize("url", ["postgresql+psycopg", "mysql+pymysql"])
+def test_database_errors_never_carry_the_urls_secrets(url: str) -> None:
+    # A driver message that quotes the DSN (or a password given as a query parameter) it was
+    # handed is shown without the password.
+    engine = create_engine(f"{url}://app:s3cret-pw@db.example/inv?sslpassword=k3y-pass")
+    driver = Exception("connection to 'password=s3cret-pw sslpassword=k3y-pass' refused")
+    for exc in (OperationalError("SELECT 1", {}, driver), DBAPIError("SELECT 1", {}, driver)):
+        message = str(store_error(exc, engine))
+        assert "s3cret-pw" not in message and "k3y-pass" not in message, message
+        assert "password=*** sslpassword=***" in message
+    engine.dispose()

@@ -23,7 +23,7 @@ from sqlalchemy import select
 from test_faults import CliResult, exporter_cli_fixture  # noqa: F401 (a fixture)
 
 from exporter import cli, store, terminal
-from exporter.observability import TextFormatter
+from exporter.observability import JsonFormatter, TextFormatter
 from exporter.sandbox import Sandbox
 from exporter.schema import bound_locks, owner_accounts
 
@@ -97,6 +97,20 @@ def test_text_log_lines_show_control_characters_and_newlines_escaped() -> None:
     line = TextFormatter().format(record)
     assert "\n" not in line and _raw_controls(line) == []
     assert "Owner \\x1b]0;pwned\\x07" in line and "a\\nFAKE" in line
+
+
+@pytest.mark.parametrize(
+    "message",
+    ["CSI \x9b2J clear", "bidi \u202eevil", "tag \U000e0041", "line\u2028sep", "lone \ud800"],
+)
+def test_json_log_lines_carry_no_raw_c1_or_format_characters_and_stay_exact(message: str) -> None:
+    # json.dumps escapes C0 only; C1 controls and bidi overrides would reach a terminal that
+    # tails the log. Non-ASCII text people read (names) stays as it is.
+    record = logging.LogRecord("exporter", logging.INFO, __file__, 1, f"Büro {message}", None, None)
+    line = JsonFormatter().format(record)
+    assert not any(unicodedata.category(char) in ("Cc", "Cf", "Cs", "Zl") for char in line)
+    assert "Büro" in line
+    assert json.loads(line)["message"] == f"Büro {message}"
 
 
 def test_api_text_is_shown_escaped_by_every_command_and_stored_unchanged(
