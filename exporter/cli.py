@@ -700,7 +700,7 @@ def log_command(
 ) -> None:
     """Show stored log entries (openings and other lock events), newest event first.
 
-    Needs [tapkey] entities with log_entries. Example: exporter log --lock 12-34-BF-FB --since 7d
+    Needs \\[tapkey] entities with log_entries. Example: exporter log --lock 12-34-BF-FB --since 7d
     """
     _check_format(fmt, render.FORMATS)
     now = datetime.now(UTC)

@@ -25,9 +25,9 @@ down_revision: str | Sequence[str] | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-VIEW = (
-    "SELECT c.day, e.owner_account_id, o.name AS owner_name, e.bound_lock_id, "
-    "l.lock_id_hex, l.title, COUNT(*) AS openings, "
+VIEWS = {
+    "lock_openings_daily": "SELECT c.day, e.owner_account_id, o.name AS owner_name, "
+    "e.bound_lock_id, l.lock_id_hex, l.title, COUNT(*) AS openings, "
     "MIN(e.lock_timestamp) AS first_opening_at, MAX(e.lock_timestamp) AS last_opening_at "
     "FROM log_entries e JOIN calendar_days c ON c.day_start <= e.lock_timestamp "
     "AND e.lock_timestamp < c.day_end "
@@ -35,7 +35,7 @@ VIEW = (
     "LEFT JOIN owner_accounts o ON o.id = e.owner_account_id "
     "WHERE e.log_type = 'Command' AND e.command = 'TriggerLock' "
     "GROUP BY c.day, e.owner_account_id, o.name, e.bound_lock_id, l.lock_id_hex, l.title"
-)
+}
 
 VIEW_COMMENT = (
     "Openings per lock per UTC day - log entries with log_type Command and command "
@@ -210,7 +210,8 @@ def upgrade() -> None:
         mysql_charset="utf8mb4",
     )
 
-    op.execute(f"CREATE VIEW lock_openings_daily AS {VIEW}")
+    for name, sql in VIEWS.items():
+        op.execute(f"CREATE VIEW {name} AS {sql}")
     if op.get_bind().dialect.name == "postgresql":
         op.execute(f"COMMENT ON VIEW lock_openings_daily IS {_quote(VIEW_COMMENT)}")
         for column, about in VIEW_COLUMNS.items():
