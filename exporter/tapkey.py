@@ -675,6 +675,13 @@ class TapkeyClient:
                 f"{' '.join(sorted(granted)) or 'none'}); add it to [tapkey] scopes and allow it "
                 "for the OAuth client"
             )
+        elif target.owner_id is not None and target.scope == LOGS_SCOPE:
+            message = (
+                f"{where} was refused (403): the OAuth client's service account may not read "
+                f"the logs of owner {target.owner_id} (not co-admin, or an account role limited "
+                "to less than logs); make it co-admin with a role that may read logs in the "
+                "Tapkey portal" + ("" if granted is not None else f" (and check scope {needed})")
+            )
         elif target.owner_id is not None:
             message = (
                 f"{where} was refused (403): the OAuth client's service account is probably not "

@@ -275,6 +275,7 @@ def test_a_denied_log_changes_nothing_for_that_owner_and_the_rest_goes_on(
         result = run(settings)
         assert result.status == "partial"
         assert result.error is not None and denied in result.error and "403" in result.error
+        assert "may not read the logs" in result.error
         assert list(result.log_failures) == [denied]
         stored = set(stored_entries(engine))
         assert {k for k in listed_entries(fake) if k[0] != denied} <= stored
