@@ -73,9 +73,8 @@ def build(url: str, *, locks: int, owners: int, renames: int, seed: int) -> dict
     """Fill the empty, migrated database at `url`: run 1 loads `locks`, run 2 renames some."""
     from sqlalchemy import insert, literal, select, update
 
-    from exporter import store
-    from exporter.history import close_versions, open_created_versions
-    from exporter.schema import (
+    from exporter.db import store
+    from exporter.db.schema import (
         LOCK_TRACKED,
         UTCDateTime,
         bound_lock_versions,
@@ -84,6 +83,7 @@ def build(url: str, *, locks: int, owners: int, renames: int, seed: int) -> dict
         owner_accounts,
         sync_runs,
     )
+    from exporter.sync.versions import close_versions, open_created_versions
 
     rng = random.Random(seed)
     started = time.perf_counter()
@@ -189,7 +189,8 @@ def sql_floor(url: str, when: str) -> int:
     sqlite3, psycopg (streamed in chunks, as the exporter reads) or PyMySQL (unbuffered), every
     row decoded by the driver and dropped: what any reader of these rows has to spend.
     """
-    from exporter import report, store
+    from exporter.db import store
+    from exporter.read import inventory as report
 
     engine = store.make_engine(url, create=False)
     rows = 0

@@ -6,8 +6,8 @@
 Process layout (so that no GIL is shared between the fake API and the code being measured):
 
 - this process orchestrates: it creates/migrates the databases and prints the table;
-- one *server* process runs `exporter.sandbox.Sandbox` (200 owners x 500 locks by default) and
-  obeys a small control pipe (`advance`, `reset`, `counts`, `stop`);
+- one *server* process runs `exporter.sandbox.server.Sandbox` (200 owners x 500 locks by default)
+  and obeys a small control pipe (`advance`, `reset`, `counts`, `stop`);
 - every measurement runs in a *fresh client* process, so its peak RSS (VmHWM) is its own.
 
 Scenarios, in this order, in each of `--repeat` rounds (a fresh sandbox and database per round):
@@ -21,7 +21,7 @@ Scenarios, in this order, in each of `--repeat` rounds (a fresh sandbox and data
   starts (fetched by the exporter's client), written as the sync writes new locks (one
   transaction per owner: `store.insert_many`, then the `created` versions copied by
   `history.open_created_versions`). No HTTP, no diffing: a first load cannot take less;
-- ``first``: `exporter.job.run_once` into an empty (migrated) database;
+- ``first``: `exporter.service.job.run_once` into an empty (migrated) database;
 - ``unchanged``: the same again, nothing changed;
 - ``changes``: after `Sandbox.advance(changes=1000)` in the server process.
 
@@ -76,7 +76,7 @@ MIB = 1024 * 1024
 
 def _serve(conn: Connection, seed: int, owners: int, locks_per_owner: int) -> None:
     """Run the sandbox and obey commands from the control pipe until `stop`."""
-    from exporter.sandbox import Sandbox
+    from exporter.sandbox.server import Sandbox
 
     sandbox = Sandbox(
         seed=seed,
@@ -243,8 +243,8 @@ def _crawl_floor(params: dict[str, Any]) -> dict[str, Any]:
 
 def _client(params: dict[str, Any]) -> Any:
     """The exporter's Tapkey client for the sandbox, with `params`' page size and workers."""
-    from exporter.auth import TokenProvider
-    from exporter.tapkey import TapkeyClient
+    from exporter.tapkey.auth import TokenProvider
+    from exporter.tapkey.client import TapkeyClient
 
     tokens = TokenProvider(
         client_id=CLIENT_ID,
@@ -279,8 +279,8 @@ def _fetch_rows(params: dict[str, Any]) -> dict[str, Any]:
     """Before `store`'s clock: every owner's lock rows as the sync builds them for a first load."""
     from datetime import timedelta
 
-    from exporter.history import LOCK_CURRENT_ONLY
-    from exporter.schema import LOCK_TRACKED
+    from exporter.db.schema import LOCK_TRACKED
+    from exporter.sync.versions import LOCK_CURRENT_ONLY
 
     names = (*LOCK_TRACKED[1:], *LOCK_CURRENT_ONLY)
     start = datetime.now(UTC)
@@ -299,12 +299,12 @@ def _fetch_rows(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _store_only(params: dict[str, Any]) -> dict[str, Any]:
-    """The first load's writes alone: one transaction per owner, as `exporter.sync` writes them."""
+    """The first load's writes alone: one transaction per owner, as the sync engine writes them."""
     from sqlalchemy import insert
 
-    from exporter import store
-    from exporter.history import open_created_versions
-    from exporter.schema import bound_locks, owner_accounts, sync_runs
+    from exporter.db import store
+    from exporter.db.schema import bound_locks, owner_accounts, sync_runs
+    from exporter.sync.versions import open_created_versions
 
     prepared = params["prepared"]
     owners, start = prepared["owners"], prepared["start"]
@@ -332,9 +332,9 @@ def _store_only(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _sync_once(params: dict[str, Any]) -> dict[str, Any]:
-    """`exporter.job.run_once` with settings pointing at the sandbox and the bench database."""
-    from exporter.config import load_settings
-    from exporter.job import run_once
+    """`exporter.service.job.run_once`, settings pointing at the sandbox and the bench database."""
+    from exporter.config.loader import load_settings
+    from exporter.service.job import run_once
 
     settings = load_settings(
         None,
@@ -367,7 +367,7 @@ def _measure_child(conn: Connection, kind: str, params: dict[str, Any]) -> None:
     # Import everything the scenario needs before the clock starts: imports are not sync work.
     import requests  # noqa: F401
 
-    import exporter.job  # noqa: F401
+    import exporter.service.job  # noqa: F401
 
     profile = params.get("profile")
     if kind == "store":  # its rows are built before the clock starts
@@ -429,7 +429,7 @@ def bench_database(db: str, workdir: Path, url: str | None) -> Iterator[Callable
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
-    from exporter import store
+    from exporter.db import store
 
     def migrate(db_url: str) -> str:
         engine = store.make_engine(db_url)

@@ -26,11 +26,16 @@ from rich.table import Table
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from exporter import changelog, db_errors, job, log_view, observability, render, report, store
-from exporter.config import file_permissions_warning, load_settings, resolve_config_path
+from exporter.config.loader import file_permissions_warning, load_settings, resolve_config_path
+from exporter.config.settings import Settings, masked_url
+from exporter.db import errors as db_errors
+from exporter.db import store
 from exporter.errors import ExporterError, UsageError
+from exporter.kinds import OwnerStatus, RunStatus
+from exporter.read import changelog, log_view, render
+from exporter.read import inventory as report
 from exporter.results import RunResult
-from exporter.settings import Settings, masked_url
+from exporter.service import job, observability
 from exporter.terminal import SafeConsole
 
 app = typer.Typer(
@@ -235,9 +240,9 @@ def run_once(
     if fmt == "json":
         with _errors():
             _print_result_json(result, settings)
-    elif not quiet or result.status != "succeeded":
+    elif not quiet or result.status != RunStatus.SUCCEEDED:
         _print_result(result)
-    if result.status == "failed" and result.error:
+    if result.status == RunStatus.FAILED and result.error:
         err.print(f"error: {result.error}")
     elif result.held_back and result.error:
         err.print(f"warning: {result.error}")
@@ -277,7 +282,7 @@ def _print_result(result: RunResult) -> None:
         *result.counts.as_dict().items(),
         ("API requests", result.api_requests),
     ]
-    failed = [o for o in result.owners if o.status == "failed"]
+    failed = [o for o in result.owners if o.status == OwnerStatus.FAILED]
     if failed:
         rows.append(("failed owners", len(failed)))
     if result.log_entries or result.log_failures:
@@ -302,11 +307,11 @@ def _print_result(result: RunResult) -> None:
                 change.title or "",
             )
         out.print(changes)
-    if not logging.getLogger("exporter.sync").isEnabledFor(logging.WARNING):
+    if not logging.getLogger("exporter.sync.engine").isEnabledFor(logging.WARNING):
         # Otherwise the sync has logged each of them already (cron would mail them twice).
         for owner in failed:
             err.print(f"owner {owner.owner_account_id} failed: {owner.error}")
-    if not logging.getLogger("exporter.log_entries").isEnabledFor(logging.WARNING):
+    if not logging.getLogger("exporter.sync.log_entries").isEnabledFor(logging.WARNING):
         for owner_id, error in result.log_failures.items():
             err.print(f"owner {owner_id}: log entries failed: {error}")
 
@@ -385,7 +390,7 @@ def serve(config: ConfigOption = None) -> None:
 
     Example: exporter serve --config /etc/tapkey-exporter/config.toml
     """
-    from exporter.scheduler import serve as serve_daemon
+    from exporter.service.scheduler import serve as serve_daemon
 
     with _errors():
         settings = _settings(config)
@@ -419,7 +424,7 @@ def sandbox(
     Of the configuration only \\[logging] is used. Example:
     exporter sandbox --port 8765 --owners 5 --locks-per-owner 20
     """
-    from exporter.sandbox import Sandbox, serve_forever
+    from exporter.sandbox.server import Sandbox, serve_forever
 
     _logging_only(config)
 
@@ -764,7 +769,7 @@ def runs(
     with _errors(), _reader(config, database_url) as engine:
         rows = report.runs(engine, limit=limit, status=status)
     if quiet:
-        rows = [row for row in rows if row.status != "succeeded"]
+        rows = [row for row in rows if row.status != RunStatus.SUCCEEDED]
         if not rows:
             return
     with _errors():

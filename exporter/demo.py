@@ -11,10 +11,12 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy import Engine
 
-from exporter import job, log_view, report
-from exporter.config import load_settings
+from exporter.config.loader import load_settings
 from exporter.errors import UsageError
-from exporter.sandbox import Sandbox
+from exporter.read import inventory as report
+from exporter.read import log_view
+from exporter.sandbox.server import Sandbox
+from exporter.service import job
 from exporter.terminal import visible
 
 DEMO_CLIENT_ID = "demo-client"

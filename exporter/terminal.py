@@ -21,7 +21,7 @@ from rich.text import Text
 # embeddings, overrides and isolates, zero-width space, BOM, tags, ...), Cs (lone surrogates), Zl
 # and Zp (line and paragraph separators), except the zero-width (non-)joiner, which scripts and
 # emoji sequences need. Ranges from Unicode 14 (Python 3.11) plus the format characters later
-# versions added; tests/test_terminal.py checks them against the running Python's unicodedata.
+# versions added; tests/read/test_terminal.py checks them against the running Python's unicodedata.
 _C0 = "\x00-\x1f"
 _OTHERS = (
     "\x7f-\x9f\xad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u180e\u200b"

@@ -8,7 +8,7 @@ from typing import Any
 from alembic import context
 from sqlalchemy import engine_from_config, pool, text
 
-from exporter.schema import OPEN_VERSION_INDEXES, metadata
+from exporter.db.schema import OPEN_VERSION_INDEXES, metadata
 
 # No logging.config.fileConfig() here: it would disable the application's loggers (alembic#714).
 config = context.config

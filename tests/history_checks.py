@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Table, select
 
-from exporter.schema import (
+from exporter.db.schema import (
     LOCK_TRACKED,
     OWNER_TRACKED,
     bound_lock_versions,

@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MARIADB_ADMIN, POSTGRES_ADMIN, _database_name, _server_database, make_settings
+from helpers import MARIADB_ADMIN, POSTGRES_ADMIN, database_name, make_settings, server_database
 from history_checks import expected_locks
 
-from exporter import job, store
-from exporter.records import lock_id_hex
-from exporter.sandbox import Fault, Sandbox
+from exporter.db import store
+from exporter.sandbox.server import Fault, Sandbox
+from exporter.service import job
+from exporter.tapkey.records import lock_id_hex
 
 RUNS = 8
 
@@ -193,4 +194,4 @@ def _database(backend: str, tmp_path: Path, worker_id: str) -> Iterator[str]:
         yield f"sqlite:///{tmp_path / 'inventory.db'}"
         return
     admin = POSTGRES_ADMIN if backend == "postgresql" else MARIADB_ADMIN
-    yield from _server_database(admin, f"{_database_name(worker_id)}_inventory")
+    yield from server_database(admin, f"{database_name(worker_id)}_inventory")

@@ -19,18 +19,18 @@ from typing import Any
 import pytest
 import requests
 import typer
-from conftest import subprocess_env
+from helpers import subprocess_env
 from history_checks import assert_history_consistent, expected_locks, locks_at
 from rich.console import Console
 from sqlalchemy import Engine, create_engine, func, select
 from typer.testing import CliRunner
 
 from exporter import cli
+from exporter.db.schema import sync_run_owners, sync_runs
 from exporter.demo import run_demo
 from exporter.errors import UsageError
-from exporter.run_records import ABANDONED
-from exporter.sandbox import Fault, Request, Sandbox
-from exporter.schema import sync_run_owners, sync_runs
+from exporter.sandbox.server import Fault, Request, Sandbox
+from exporter.sync.run_records import ABANDONED
 
 EXPORTER = [sys.executable, "-m", "exporter.cli"]
 

@@ -6,7 +6,8 @@ README's "What happens when..." table is the user-facing copy of this module.
 
 Most faults run in-process (`job.run_once`, the same wiring as `exporter run-once`) on SQLite,
 PostgreSQL and MariaDB through the `db_url` fixture; exit codes and output of the real command
-are covered in tests/test_cli.py, tests/test_check.py and the secrets/CLI sections at the end.
+are covered in tests/test_cli.py, tests/service/test_check.py and the secrets/CLI sections at the
+end.
 """
 
 from __future__ import annotations
@@ -32,17 +33,16 @@ import pytest
 import typer
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from conftest import POSTGRES_ADMIN, make_settings, subprocess_env
+from helpers import POSTGRES_ADMIN, make_settings, subprocess_env
 from history_checks import assert_history_consistent, count_rows, expected_locks, locks_at
 from sqlalchemy import Engine, create_engine, event, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import Pool
 
-from exporter import cli, job, run_records, store
-from exporter.errors import DatabaseUnavailableError, SchemaVersionError
-from exporter.results import RunResult
-from exporter.sandbox import Fault, Request, Sandbox
-from exporter.schema import (
+from exporter import cli
+from exporter.config.settings import Settings
+from exporter.db import store
+from exporter.db.schema import (
     bound_lock_versions,
     bound_locks,
     owner_account_versions,
@@ -50,7 +50,11 @@ from exporter.schema import (
     sync_run_owners,
     sync_runs,
 )
-from exporter.settings import Settings
+from exporter.errors import DatabaseUnavailableError, SchemaVersionError
+from exporter.results import RunResult
+from exporter.sandbox.server import Fault, Request, Sandbox
+from exporter.service import job
+from exporter.sync import run_records
 
 EXPORTER = [sys.executable, "-m", "exporter.cli"]
 SECRET = "sandbox-secret"

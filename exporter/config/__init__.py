@@ -1,0 +1,1 @@
+"""Settings: the schema (settings.py) and their sources (loader.py: file, EXPORTER_*, flags)."""

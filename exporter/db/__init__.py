@@ -1,0 +1,1 @@
+"""The database: tables (schema.py), comments, engines, migrations, writer lock (store.py)."""

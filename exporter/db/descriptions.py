@@ -1,0 +1,355 @@
+"""What every table, view and column means: the text of the database comments and of the docs.
+
+`exporter.db.schema` attaches these to the tables (PostgreSQL and MariaDB/MySQL store them as table
+and column comments; SQLite has none); migration 0002 wrote the same text into existing databases,
+and PostgreSQL also gets the view comments. Keep the text free of quotes, colons, percent signs and
+backslashes: it is written into DDL literally.
+"""
+
+from __future__ import annotations
+
+# The bound_locks columns the current_bound_locks view shows (schema.py builds the view from it).
+CURRENT_LOCK_COLUMNS = (
+    "id",
+    "owner_account_id",
+    "title",
+    "description",
+    "physical_lock_id",
+    "lock_id_hex",
+    "lock_type_id",
+    "lock_model_name",
+    "manufacturer_id",
+    "active",
+    "bind_date",
+    "unbind_date",
+    "rcl_serial_no",
+    "rcl_date",
+    "target_type",
+    "first_seen_at",
+    "updated_at",
+)
+
+_COUNTS = {
+    "created": "Locks created (first seen).",
+    "updated": "Locks whose tracked attributes changed.",
+    "removed": "Locks removed (unbound, or their owner account vanished).",
+    "restored": "Locks seen again after a removal.",
+    "unchanged": "Locks fetched without a tracked change.",
+    "skipped": (
+        "Lock elements that could not be read, or held a value longer than the exporter stores, "
+        "and were left as stored."
+    ),
+}
+
+_LOCK_ATTRIBUTES = {
+    "owner_account_id": "Owner account the lock is bound to (owner_accounts.id).",
+    "title": "Lock title as shown in Tapkey.",
+    "description": "Lock description.",
+    "physical_lock_id": "TLCP id of the physical lock as the API gives it (Base64).",
+    "lock_type_id": "Lock type id, e.g. TK.Td30.",
+    "lock_model_name": "Lock model name (lockType.modelName).",
+    "manufacturer_id": "Manufacturer id (lockType.manufacturerId).",
+    "active": "Active flag from Tapkey.",
+    "bind_date": "When the lock was bound to its owner account, per Tapkey (UTC).",
+    "unbind_date": "Unbind date reported by Tapkey (UTC), usually NULL.",
+    "target_type": "Target type from Tapkey, e.g. Lock.",
+}
+
+_VERSION = {
+    "valid_from": "Start of this version, inclusive (UTC) - when a run observed the change.",
+    "valid_to": "End of this version, exclusive (UTC); NULL for the current version.",
+    "change_type": "created, updated, removed or restored.",
+    "changed_fields": (
+        "JSON array of the columns that differ from the previous version (updated, restored); "
+        "NULL for created and removed."
+    ),
+    "removal_reason": (
+        "For removed versions - unbound (its owner no longer lists it) or owner_removed (its "
+        "owner account vanished); else NULL."
+    ),
+    "run_id": "The run that wrote this version (sync_runs.id).",
+}
+
+TABLE_COMMENTS: dict[str, str] = {
+    "sync_runs": "One row per sync run - when it ran, how it ended and what it counted.",
+    "sync_run_owners": "One row per owner account per run - how fetching its locks went.",
+    "owner_accounts": "Every owner account (locking system) ever seen, in its current state.",
+    "owner_account_versions": (
+        "Every version of every owner account; a version is valid from valid_from (inclusive) "
+        "to valid_to (exclusive)."
+    ),
+    "bound_locks": (
+        "Every bound lock ever seen, in its current state; removed locks keep their row with "
+        "removed_at set."
+    ),
+    "bound_lock_versions": (
+        "Every version of every bound lock; a lock is present at T when its version valid at T "
+        "(valid_from <= T < valid_to, or valid_to NULL) is not removed."
+    ),
+    "calendar_days": (
+        "One row per UTC day from 2020-01-01 to 2099-12-31, for charts over time (see the "
+        "daily_inventory view)."
+    ),
+    "lock_health_readings": (
+        "Lock health readings (battery, temperature), one row per reading, stored when a reading "
+        "with a new timestamp appears. Filled only with [tapkey] expand_health = true."
+    ),
+    "log_entries": (
+        "Every log entry of every lock (openings and other events), one row per entry as "
+        "Tapkey lists it, stored once and never changed. Filled only with [tapkey] entities "
+        "including log_entries."
+    ),
+    "log_entry_watermarks": (
+        "Per owner account, how far its log entries were read - the newest entry stored. The "
+        "next run asks for what Tapkey received after it, minus [sync] log_overlap."
+    ),
+}
+
+COLUMN_COMMENTS: dict[str, dict[str, str]] = {
+    "sync_runs": {
+        "id": "Run number, increasing.",
+        "started_at": "When the run started (UTC).",
+        "finished_at": (
+            "When the run ended (UTC); NULL while it runs, and for a run found abandoned (its "
+            "end is unknown)."
+        ),
+        "status": "running, succeeded, partial (some owner accounts failed) or failed.",
+        "trigger": "What started the run - manual, schedule or demo.",
+        "owners_seen": "Owner accounts in the owner list.",
+        "locks_seen": "Bound locks returned by the complete owner fetches.",
+        **_COUNTS,
+        "api_requests": "HTTP requests sent to Tapkey.",
+        "error": "Why the run failed, or which owner accounts failed; NULL if it succeeded.",
+        "client_id": "The OAuth client id the run used.",
+    },
+    "sync_run_owners": {
+        "run_id": "The run (sync_runs.id).",
+        "owner_account_id": "The owner account (owner_accounts.id).",
+        "status": "complete or failed. An owner account was last seen at its last complete fetch.",
+        "locks_seen": "Bound locks its list returned.",
+        **_COUNTS,
+        "fetched_at": "When its locks were written, or its fetch failed (UTC).",
+        "error": "Why its fetch failed; NULL if complete.",
+    },
+    "owner_accounts": {
+        "id": "Tapkey owner account id.",
+        "name": "Owner account name.",
+        "active": "Active flag from Tapkey.",
+        "first_seen_at": "When a run first saw the owner account (UTC).",
+        "last_seen_at": "The last complete fetch of its locks (UTC).",
+        "removed_at": "When it vanished from the owner list (UTC); NULL while listed.",
+        "updated_at": "When name or active last changed (UTC).",
+    },
+    "owner_account_versions": {
+        "version_id": "Row id.",
+        "id": "The owner account (owner_accounts.id).",
+        "name": "Owner account name in this version.",
+        "active": "Active flag in this version.",
+        **_VERSION,
+    },
+    "bound_locks": {
+        "id": "Tapkey bound lock id - one binding of a physical lock to one owner account.",
+        **_LOCK_ATTRIBUTES,
+        "lock_id_hex": "Customer-facing lock id - hex bytes such as 12-34-BF-FB.",
+        "rcl_serial_no": "Revocation list serial number (kept current, not versioned).",
+        "rcl_date": "Revocation list date (UTC; kept current, not versioned).",
+        "raw": "The API payload of the lock exactly as last received (JSON text).",
+        "first_seen_at": "When a run first saw the lock (UTC).",
+        "removed_at": "When the lock was removed (UTC); NULL while present.",
+        "updated_at": "When a tracked attribute last changed (UTC).",
+    },
+    "bound_lock_versions": {
+        "version_id": "Row id.",
+        "id": "The bound lock (bound_locks.id).",
+        **_LOCK_ATTRIBUTES,
+        **_VERSION,
+    },
+    "calendar_days": {
+        "day": "The day (UTC).",
+        "day_start": "Midnight at the start of the day (UTC).",
+        "day_end": "Midnight at the end of the day (UTC), the next day_start.",
+    },
+    "lock_health_readings": {
+        "reading_id": "Row id.",
+        "bound_lock_id": "The bound lock that reported it (bound_locks.id).",
+        "physical_lock_id": "TLCP id of the physical lock, from the reading.",
+        "type": "BatteryVoltage, Temperature or BatteryWarningLevel.",
+        "reading_at": (
+            "When the lock measured the value (UTC), the timestamp of the reading itself."
+        ),
+        "value": "The value as Tapkey sends it (text), e.g. 2.95 or Low.",
+        "value_number": "The value as a number when it is one (voltage, degrees), else NULL.",
+        "value_status": "Ok, Outdated or Invalid, as Tapkey judged the reading when first seen.",
+        "api_reading_id": "The reading id Tapkey gave it.",
+        "seen_at": "When a run first stored the reading (UTC).",
+        "run_id": "The run that stored it (sync_runs.id).",
+    },
+    "log_entries": {
+        "owner_account_id": "The owner account whose log lists the entry (owner_accounts.id).",
+        "id": "Tapkey log entry id.",
+        "entry_no": "The lock's own running number of the entry (entryNo).",
+        "lock_timestamp": "When the lock recorded the event (UTC, the lock clock).",
+        "received_at": (
+            "When Tapkey received the entry (UTC) - minutes or days after lock_timestamp for "
+            "a lock that was offline."
+        ),
+        "bound_lock_id": "The bound lock that recorded it (bound_locks.id).",
+        "bound_card_id": "The bound card used, if any.",
+        "contact_id": "The contact (person) who used the lock, if known.",
+        "log_type": "Kind of entry, e.g. Command.",
+        "command": "For Command entries the command, e.g. TriggerLock (an opening).",
+        "raw": "The API payload of the entry exactly as received (JSON text).",
+        "run_id": "The run that first stored it (sync_runs.id).",
+    },
+    "log_entry_watermarks": {
+        "owner_account_id": "The owner account (owner_accounts.id).",
+        "received_at": "receivedAt of the newest log entry stored for it (UTC); NULL if none.",
+        "last_id": "Id of that entry.",
+        "list_position": (
+            "Where that entry is in the unfiltered list (rows up to and including it), for "
+            "servers that refuse the receivedAt filter; NULL if unknown."
+        ),
+        "filter_refused_at": (
+            "When the API last refused the receivedAt filter (HTTP 400) for it; the filter is "
+            "tried again a day later. NULL if it was accepted."
+        ),
+        "updated_at": "When the watermark last moved (UTC).",
+        "run_id": "The run that moved it last (sync_runs.id).",
+    },
+}
+
+_FEED_FIELDS = {
+    "owner_account_id": "owner account id",
+    "title": "title",
+    "description": "description",
+    "physical_lock_id": "physical lock id",
+    "lock_type_id": "lock type id",
+    "lock_model_name": "lock model name",
+    "manufacturer_id": "manufacturer id",
+    "active": "active flag",
+    "bind_date": "bind date",
+    "unbind_date": "unbind date",
+    "target_type": "target type",
+}
+
+# View name -> (comment, {column: comment}). PostgreSQL stores them; see the README for the rest.
+VIEW_COMMENTS: dict[str, tuple[str, dict[str, str]]] = {
+    "current_bound_locks": (
+        "The locks present now, with their owner account name.",
+        {
+            **{name: COLUMN_COMMENTS["bound_locks"][name] for name in CURRENT_LOCK_COLUMNS},
+            "owner_name": "Current name of the owner account.",
+        },
+    ),
+    "bound_lock_changes": (
+        "Every lock version with its run and the current name of its owner account.",
+        {
+            "version_id": "bound_lock_versions.version_id",
+            "bound_lock_id": "The bound lock (bound_locks.id).",
+            "change_type": _VERSION["change_type"],
+            "changed_fields": _VERSION["changed_fields"],
+            "removal_reason": _VERSION["removal_reason"],
+            "changed_at": "When the change was observed (UTC) - the version valid_from.",
+            "valid_to": _VERSION["valid_to"],
+            "run_id": _VERSION["run_id"],
+            "run_trigger": "What started the run.",
+            "run_status": "How the run ended.",
+            "owner_account_id": _LOCK_ATTRIBUTES["owner_account_id"],
+            "owner_name": "Current name of the owner account.",
+            **{k: v for k, v in _LOCK_ATTRIBUTES.items() if k != "owner_account_id"},
+        },
+    ),
+    "bound_lock_change_feed": (
+        "One row per lock change with the previous and the new value of every tracked attribute. "
+        "The previous version is the version of the same lock that ended when this one began.",
+        {
+            "version_id": "bound_lock_versions.version_id of the new version.",
+            "previous_version_id": "version_id of the previous version; NULL for created.",
+            "bound_lock_id": "The bound lock (bound_locks.id).",
+            "lock_id_hex": (
+                "Customer-facing lock id (12-34-BF-FB); NULL if the version has an older "
+                "physical lock id."
+            ),
+            "changed_at": "When the change was observed (UTC).",
+            "run_id": _VERSION["run_id"],
+            "change_type": _VERSION["change_type"],
+            "changed_fields": _VERSION["changed_fields"],
+            "removal_reason": _VERSION["removal_reason"],
+            "old_owner_name": "Current name of the previous owner account.",
+            "new_owner_name": "Current name of the owner account in this version.",
+            **{
+                f"{side}_{field}": f"{label.capitalize()} {when}."
+                for field, label in _FEED_FIELDS.items()
+                for side, when in (
+                    ("old", "before the change (NULL for created)"),
+                    ("new", "after the change"),
+                )
+            },
+        },
+    ),
+    "lock_binding_history": (
+        "Which owner account held each physical lock, under which bound lock id, from when to "
+        "when. A period ends when the lock is removed, moves to another owner account or its "
+        "physical lock id changes.",
+        {
+            "physical_lock_id": "TLCP id of the physical lock (Base64, as the API gives it).",
+            "lock_id_hex": (
+                "Customer-facing lock id such as 12-34-BF-FB; NULL for an older physical lock "
+                "id of the lock."
+            ),
+            "bound_lock_id": "The bound lock id of this binding (bound_locks.id).",
+            "owner_account_id": "The owner account that held the lock.",
+            "owner_name": "Current name of that owner account.",
+            "held_from": "Start of the period, inclusive (UTC), as observed by a run.",
+            "held_to": "End of the period, exclusive (UTC); NULL while it lasts.",
+            "end_reason": (
+                "Why the period ended - unbound, owner_removed, moved (another owner account "
+                "lists the same bound lock id) or physical_lock_changed; NULL while it lasts."
+            ),
+            "bind_date": "Bind date reported by Tapkey at the start of the period (UTC).",
+            "title": "Lock title at the start of the period.",
+        },
+    ),
+    "daily_inventory": (
+        "Locks present at the end of each UTC day, per owner account and lock model, from the "
+        "day of the first run to the day of the latest run. Filter on day for speed.",
+        {
+            "day": "The day (UTC); counts are as of its last instant.",
+            "owner_account_id": "The owner account.",
+            "owner_name": "Current name of the owner account.",
+            "lock_model_name": "Lock model name.",
+            "locks": "Locks present at the end of the day.",
+        },
+    ),
+    "lock_openings_daily": (
+        "Openings per lock per UTC day - log entries with log_type Command and command "
+        "TriggerLock, counted on the day the lock recorded them (lock_timestamp).",
+        {
+            "day": "The day (UTC) the lock recorded the openings.",
+            "owner_account_id": "The owner account whose log lists them.",
+            "owner_name": "Current name of the owner account.",
+            "bound_lock_id": "The bound lock (bound_locks.id).",
+            "lock_id_hex": "Customer-facing lock id such as 12-34-BF-FB (current).",
+            "title": "Current lock title.",
+            "openings": "Openings recorded that day.",
+            "first_opening_at": "The first opening of the day (UTC).",
+            "last_opening_at": "The last opening of the day (UTC).",
+        },
+    ),
+    "current_lock_health": (
+        "The latest health reading of each type for every present lock (highest reading_at).",
+        {
+            "bound_lock_id": "The bound lock (bound_locks.id).",
+            "lock_id_hex": "Customer-facing lock id such as 12-34-BF-FB.",
+            "title": "Lock title.",
+            "owner_account_id": "The owner account the lock is bound to.",
+            "owner_name": "Current name of the owner account.",
+            "type": COLUMN_COMMENTS["lock_health_readings"]["type"],
+            "value": COLUMN_COMMENTS["lock_health_readings"]["value"],
+            "value_number": COLUMN_COMMENTS["lock_health_readings"]["value_number"],
+            "value_status": COLUMN_COMMENTS["lock_health_readings"]["value_status"],
+            "reading_at": COLUMN_COMMENTS["lock_health_readings"]["reading_at"],
+            "seen_at": COLUMN_COMMENTS["lock_health_readings"]["seen_at"],
+        },
+    ),
+}

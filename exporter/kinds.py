@@ -1,0 +1,44 @@
+"""The fixed words the database stores: run and owner statuses, change types, removal reasons.
+
+StrEnums, so a member is the very string that is written and compared (`RunStatus.FAILED ==
+"failed"`); the values are part of the schema (CHECK-free VARCHAR columns read by BI users) and
+must never change.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+__all__ = ["ChangeType", "OwnerStatus", "RemovalReason", "RunStatus"]
+
+
+class RunStatus(StrEnum):
+    """`sync_runs.status`: how a run ended (`running` until it does)."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    PARTIAL = "partial"  # some owner accounts failed or had removals held back
+    FAILED = "failed"
+
+
+class OwnerStatus(StrEnum):
+    """`sync_run_owners.status`: whether one owner account's locks were fetched completely."""
+
+    COMPLETE = "complete"
+    FAILED = "failed"
+
+
+class ChangeType(StrEnum):
+    """`*_versions.change_type`: what a version records."""
+
+    CREATED = "created"
+    UPDATED = "updated"
+    REMOVED = "removed"
+    RESTORED = "restored"
+
+
+class RemovalReason(StrEnum):
+    """`*_versions.removal_reason` of a `removed` version."""
+
+    UNBOUND = "unbound"  # the lock is no longer bound to the owner account
+    OWNER_REMOVED = "owner_removed"  # the owner account itself is gone

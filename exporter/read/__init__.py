@@ -1,0 +1,1 @@
+"""The read side: inventories, changes and histories from the database, and their output formats."""

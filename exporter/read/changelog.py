@@ -1,0 +1,460 @@
+"""Read-side queries over the version tables: the change feed, lock histories, bindings.
+
+The previous version of a version is the one of the same entity just before it; a change's
+fields are the tracked attributes that differ from it. The BI views `bound_lock_change_feed` and
+`lock_binding_history` say the same in SQL (the tests hold both to the same answers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections import defaultdict
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from heapq import merge
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, Engine, Select, Table, func, select, true
+
+from exporter.db.schema import (
+    LOCK_TRACKED,
+    OWNER_TRACKED,
+    bound_lock_versions,
+    bound_locks,
+    owner_account_versions,
+    sync_runs,
+)
+from exporter.db.store import connect
+from exporter.errors import UsageError
+from exporter.kinds import ChangeType
+from exporter.read.inventory import (
+    LockRow,
+    Row,
+    chunks,
+    hex_of,
+    id_order,
+    lock_row,
+    missing_run,
+    owner_names,
+    resolve_owner,
+    stream,
+)
+
+# Compared per row: a module constant, not an Enum attribute lookup (four times slower).
+_CREATED = ChangeType.CREATED
+_REMOVED = ChangeType.REMOVED
+
+CHANGE_KINDS = tuple(ChangeType)
+ENTITIES = ("lock", "owner")
+_HEX_RE = re.compile(r"[0-9A-F]{2}(?:-?[0-9A-F]{2})*")
+
+
+@dataclass(frozen=True)
+class FieldChange:
+    """One tracked attribute that differs from the previous version."""
+
+    field: str
+    old: Any
+    new: Any
+
+
+@dataclass(frozen=True)
+class ChangeRow:
+    """One version of a lock or an owner account, with what changed against the previous one."""
+
+    entity: str  # "lock" or "owner"
+    version_id: int
+    id: str
+    changed_at: datetime
+    valid_to: datetime | None
+    run_id: int
+    change_type: str
+    removal_reason: str | None
+    owner_account_id: str | None
+    owner_name: str | None
+    title: str | None
+    lock_id_hex: str | None = None
+    lock_model_name: str | None = None
+    previous_version_id: int | None = None
+    changes: tuple[FieldChange, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields by name, `changes` as a list of {field, old, new}."""
+        # Not dataclasses.asdict: it deep-copies every value, a cost a feed of a million pays.
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        data["changes"] = [{"field": c.field, "old": c.old, "new": c.new} for c in self.changes]
+        return data
+
+
+@dataclass(frozen=True)
+class ChangeFeed:
+    """Changes in time order, and the current names of the owner accounts they mention.
+
+    `rows` is a list, or (inside `open_changes`) read from the database while it is iterated.
+    """
+
+    rows: Iterable[ChangeRow]
+    owner_names: dict[str, str | None] = field(default_factory=dict)
+
+
+def changes(
+    engine: Engine,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    run_id: int | None = None,
+    owner: str | None = None,
+    kinds: Collection[str] = (),
+    entities: Collection[str] = ENTITIES,
+) -> ChangeFeed:
+    """Lock and owner changes observed in [since, until), optionally of one run, owner or kind.
+
+    A lock change matches `owner` when the lock belongs to that owner before or after it.
+    """
+    with open_changes(
+        engine,
+        since=since,
+        until=until,
+        run_id=run_id,
+        owner=owner,
+        kinds=kinds,
+        entities=entities,
+    ) as feed:
+        return ChangeFeed(list(feed.rows), feed.owner_names)
+
+
+@contextlib.contextmanager
+def open_changes(
+    engine: Engine,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    run_id: int | None = None,
+    owner: str | None = None,
+    kinds: Collection[str] = (),
+    entities: Collection[str] = ENTITIES,
+) -> Iterator[ChangeFeed]:
+    """`changes()` with the lock changes read from the database as they are iterated, in order.
+
+    Owner changes are few and read first; lock changes come sorted from the database and are
+    merged in, so a feed of a million changes passes through in constant memory. Iterate the
+    rows inside the block, once.
+    """
+    unknown = set(kinds) - set(CHANGE_KINDS)
+    if unknown:
+        raise UsageError(
+            f"unknown change kind {sorted(unknown)[0]!r}; use {', '.join(CHANGE_KINDS)}"
+        )
+    if since is not None and until is not None and since >= until:
+        raise UsageError(
+            f"--since ({since.isoformat()}) is not before --until ({until.isoformat()}); swap them"
+        )
+    with connect(engine) as conn:
+        if (
+            run_id is not None
+            and conn.execute(select(sync_runs.c.id).where(sync_runs.c.id == run_id)).first() is None
+        ):
+            raise missing_run(run_id)
+        owner_ids = resolve_owner(conn, owner) if owner is not None else None
+        names = owner_names(conn)
+
+        def matching(table: Table) -> ColumnElement[bool]:
+            condition: ColumnElement[bool] = true()
+            if since is not None:
+                condition &= table.c.valid_from >= since
+            if until is not None:
+                condition &= table.c.valid_from < until
+            if run_id is not None:
+                condition &= table.c.run_id == run_id
+            if kinds:
+                condition &= table.c.change_type.in_(sorted(kinds))
+            return condition
+
+        owner_rows: list[ChangeRow] = []
+        if "owner" in entities:
+            owner_rows = list(_owner_changes(conn, matching(owner_account_versions), names))
+            owner_rows.sort(key=lambda r: (r.changed_at, r.id))
+        lock_rows: Iterable[ChangeRow] = ()
+        if "lock" in entities:
+            lock_rows = _lock_changes(conn, matching(bound_lock_versions), names)
+        rows: Iterator[ChangeRow] = merge(
+            owner_rows, lock_rows, key=lambda r: (r.changed_at, r.entity != "owner", r.id)
+        )
+        if owner_ids is not None:
+            rows = (r for r in rows if _concerns(r, owner_ids))
+        yield ChangeFeed(rows, names)
+
+
+def _concerns(row: ChangeRow, owner_ids: set[str]) -> bool:
+    if row.owner_account_id in owner_ids:
+        return True
+    return any(c.field == "owner_account_id" and c.old in owner_ids for c in row.changes)
+
+
+def _with_previous(table: Table, tracked: Sequence[str]) -> Select[Any]:
+    """Versions of `table`, each with the tracked values of the version before it.
+
+    Versions of one entity are contiguous: the previous one ended when this one began (the
+    `bound_lock_change_feed` view joins them the same way).
+    """
+    previous = table.alias("previous")
+    return select(
+        *table.c,
+        previous.c.version_id.label("previous_version_id"),
+        *(previous.c[name].label(f"previous_{name}") for name in tracked),
+    ).select_from(
+        table.outerjoin(
+            previous,
+            (previous.c.id == table.c.id) & (previous.c.valid_to == table.c.valid_from),
+        )
+    )
+
+
+def _lock_changes(
+    conn: Connection, condition: ColumnElement[bool], names: Mapping[str, str | None]
+) -> Iterator[ChangeRow]:
+    """The lock versions matching `condition` as changes, by time and lock id, streamed."""
+    v = bound_lock_versions
+    query = (
+        _with_previous(v, LOCK_TRACKED)
+        .add_columns(
+            bound_locks.c.physical_lock_id.label("current_physical_lock_id"),
+            bound_locks.c.lock_id_hex,
+        )
+        .join(bound_locks, bound_locks.c.id == v.c.id)
+        .where(condition)
+        .order_by(v.c.valid_from, id_order(v.c.id, conn.dialect.name))
+    )
+    names_of = query.selected_columns.keys()
+    for values in stream(conn, query):
+        row = dict(zip(names_of, values, strict=True))
+        yield _change_row(
+            "lock",
+            row,
+            LOCK_TRACKED,
+            owner_account_id=row["owner_account_id"],
+            owner_name=names.get(row["owner_account_id"]),
+            title=row["title"],
+            lock_id_hex=hex_of(row),
+            lock_model_name=row["lock_model_name"],
+        )
+
+
+def _owner_changes(
+    conn: Connection, condition: ColumnElement[bool], names: Mapping[str, str | None]
+) -> Iterator[ChangeRow]:
+    """The owner versions matching `condition` as changes."""
+    query = _with_previous(owner_account_versions, OWNER_TRACKED).where(condition)
+    for row in conn.execute(query).mappings():
+        yield _change_row(
+            "owner",
+            row,
+            OWNER_TRACKED,
+            owner_account_id=row["id"],
+            owner_name=names.get(row["id"]),
+            title=row["name"],
+        )
+
+
+def _change_row(entity: str, row: Row, tracked: Sequence[str], **described: Any) -> ChangeRow:
+    """A version row (with its previous version's values) as a change; `described` names it."""
+    previous = row["previous_version_id"] if row["change_type"] != _CREATED else None
+    changes: tuple[FieldChange, ...] = ()
+    if previous is not None:
+        changes = tuple(
+            FieldChange(name, row[f"previous_{name}"], row[name])
+            for name in tracked
+            if row[f"previous_{name}"] != row[name]
+        )
+    return ChangeRow(
+        entity=entity,
+        version_id=row["version_id"],
+        id=row["id"],
+        changed_at=row["valid_from"],
+        valid_to=row["valid_to"],
+        run_id=row["run_id"],
+        change_type=row["change_type"],
+        removal_reason=row["removal_reason"],
+        previous_version_id=previous,
+        changes=changes,
+        **described,
+    )
+
+
+@dataclass(frozen=True)
+class Binding:
+    """A period in which one owner account held a physical lock under one bound lock id."""
+
+    physical_lock_id: str | None
+    lock_id_hex: str | None
+    bound_lock_id: str
+    owner_account_id: str
+    owner_name: str | None
+    held_from: datetime
+    held_to: datetime | None
+    end_reason: str | None
+    bind_date: datetime | None
+    title: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields by name."""
+        return asdict(self)
+
+
+def bindings(engine: Engine, bound_lock_ids: Collection[str] | None = None) -> list[Binding]:
+    """Who held which physical lock when (all locks, or the given bound locks), by start time."""
+    with connect(engine) as conn:
+        return _bindings(conn, bound_lock_ids)
+
+
+def _bindings(conn: Connection, bound_lock_ids: Collection[str] | None) -> list[Binding]:
+    v = bound_lock_versions
+    query = (
+        select(
+            v,
+            bound_locks.c.physical_lock_id.label("current_physical_lock_id"),
+            bound_locks.c.lock_id_hex,
+        )
+        .join(bound_locks, bound_locks.c.id == v.c.id)
+        .order_by(v.c.id, v.c.valid_from)
+    )
+    queries = (
+        [query]
+        if bound_lock_ids is None
+        else [query.where(v.c.id.in_(chunk)) for chunk in chunks(sorted(bound_lock_ids))]
+    )
+    names = owner_names(conn)
+    chains: dict[str, list[Row]] = defaultdict(list)
+    for q in queries:
+        for found in conn.execute(q).mappings():
+            chains[found["id"]].append(found)
+    result = []
+    for chain in chains.values():
+        start: Row | None = None
+        ends: list[Row | None] = [*chain, None]
+        for row in ends:
+            if start is not None and (row is None or not _same_holding(start, row)):
+                end_reason = None
+                if row is not None:
+                    end_reason = (
+                        row["removal_reason"]
+                        if row["change_type"] == _REMOVED
+                        else "moved"
+                        if row["owner_account_id"] != start["owner_account_id"]
+                        else "physical_lock_changed"
+                    )
+                result.append(
+                    Binding(
+                        physical_lock_id=start["physical_lock_id"],
+                        lock_id_hex=hex_of(start),
+                        bound_lock_id=start["id"],
+                        owner_account_id=start["owner_account_id"],
+                        owner_name=names.get(start["owner_account_id"]),
+                        held_from=start["valid_from"],
+                        held_to=row["valid_from"] if row is not None else None,
+                        end_reason=end_reason,
+                        bind_date=start["bind_date"],
+                        title=start["title"],
+                    )
+                )
+                start = None
+            if start is None and row is not None and row["change_type"] != _REMOVED:
+                start = row
+    result.sort(key=lambda b: (b.held_from, b.bound_lock_id))
+    return result
+
+
+def _same_holding(start: Row, row: Row) -> bool:
+    return bool(
+        row["change_type"] != _REMOVED
+        and row["owner_account_id"] == start["owner_account_id"]
+        and row["physical_lock_id"] == start["physical_lock_id"]
+    )
+
+
+@dataclass(frozen=True)
+class LockHistory:
+    """Every bound lock that matched, who held the device when, and every version."""
+
+    query: str
+    locks: list[LockRow]
+    bindings: list[Binding]
+    versions: list[ChangeRow]
+    owner_names: dict[str, str | None]
+
+
+def lock_history(engine: Engine, key: str) -> LockHistory:
+    """The history of a bound lock id, or of every bound lock of a physical lock.
+
+    `key` is a bound lock id, a customer-facing lock id (`12-34-BF-FB`, any case, dashes
+    optional) or a physical lock id as the API gives it (Base64).
+    """
+    with connect(engine) as conn:
+        ids = _find_locks(conn, key)
+        names = owner_names(conn)
+        locks = [
+            lock_row(r, names.get(r["owner_account_id"]), r["lock_id_hex"])
+            for chunk in chunks(ids)
+            for r in conn.execute(select(bound_locks).where(bound_locks.c.id.in_(chunk)))
+            .mappings()
+            .all()
+        ]
+        versions = [
+            row
+            for chunk in chunks(ids)
+            for row in _lock_changes(conn, bound_lock_versions.c.id.in_(chunk), names)
+        ]
+        holdings = _bindings(conn, ids)
+    locks.sort(key=lambda r: (r.removed_at is None, r.removed_at or r.bind_date, r.id))
+    versions.sort(key=lambda r: (r.changed_at, r.id))
+    return LockHistory(key, locks, holdings, versions, names)
+
+
+def _find_locks(conn: Connection, key: str) -> list[str]:
+    wanted = key.strip()
+    found = conn.execute(select(bound_locks.c.id).where(bound_locks.c.id == wanted)).scalars()
+    ids = list(found)
+    if not ids and _HEX_RE.fullmatch(wanted.upper()):
+        digits = wanted.upper().replace("-", "")
+        hex_id = "-".join(digits[i : i + 2] for i in range(0, len(digits), 2))
+        ids = list(
+            conn.execute(select(bound_locks.c.id).where(bound_locks.c.lock_id_hex == hex_id))
+            .scalars()
+            .all()
+        )
+    if not ids:
+        ids = list(
+            conn.execute(select(bound_locks.c.id).where(bound_locks.c.physical_lock_id == wanted))
+            .scalars()
+            .all()
+        )
+    if not ids and wanted:
+        ids = _ids_starting_with(conn, wanted)
+    if not ids:
+        raise UsageError(
+            f"no bound lock has the id, lock id or physical lock id {key!r}; find it with "
+            "`exporter locks --include-removed --search TEXT`"
+        )
+    return ids
+
+
+def _ids_starting_with(conn: Connection, prefix: str) -> list[str]:
+    """The one bound lock id that starts with `prefix` (as `git` takes short hashes), if any.
+
+    Ids compare case-sensitively, but a person typing the start of a GUID may not: without an
+    exact match, a start in another case is taken too.
+    """
+    low = prefix.lower()
+    query = select(bound_locks.c.id).where(
+        func.lower(bound_locks.c.id).startswith(low, autoescape=True)
+    )
+    candidates = sorted(conn.execute(query).scalars())
+    ids = [i for i in candidates if i.startswith(prefix)] or candidates
+    if len(ids) > 1:
+        shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
+        raise UsageError(
+            f"{prefix!r} is the start of more than one bound lock id ({shown}); give more of it"
+        )
+    return ids

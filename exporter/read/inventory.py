@@ -1,0 +1,733 @@
+"""Read-side queries: the inventory now or at any past instant, daily counts, and runs.
+
+Everything is computed from the version tables with the rules of the schema: a version is valid
+on [valid_from, valid_to); a lock is present at T when its version valid at T is not `removed`.
+The `daily_inventory` view says the same in SQL, and the tests hold both to the same answers.
+Changes and lock histories are in `exporter.read.changelog`. Nothing here reads the clock: callers
+pass `now`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import string
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any, NamedTuple
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    FromClause,
+    LargeBinary,
+    RowMapping,
+    Select,
+    Table,
+    case,
+    cast,
+    func,
+    literal_column,
+    select,
+    type_coerce,
+)
+from sqlalchemy.engine import Dialect, processors
+from sqlalchemy.types import TypeEngine
+
+from exporter.config.settings import parse_duration
+from exporter.db.schema import (
+    RUN_STATUSES,
+    UTCDateTime,
+    bound_lock_versions,
+    bound_locks,
+    owner_account_versions,
+    owner_accounts,
+    sync_run_owners,
+    sync_runs,
+)
+from exporter.db.store import connect
+from exporter.errors import UsageError
+from exporter.kinds import ChangeType, OwnerStatus
+from exporter.results import Change
+
+# Compared per row: a module constant, not an Enum attribute lookup (four times slower).
+_REMOVED = ChangeType.REMOVED
+
+_CHUNK = 500
+# Rows fetched at a time by a streamed read: memory stays flat, round trips stay few.
+_STREAM_BATCH = 2000
+# A result row (RowMapping) or a plain dict of column values.
+Row = Mapping[Any, Any]
+_TICK = timedelta(microseconds=1)
+
+# -- instants -------------------------------------------------------------------------------------
+
+
+def parse_instant(text: str, *, now: datetime) -> datetime:
+    """An ISO-8601 timestamp (naive means UTC) or a duration back from `now` ("7d", "1h30m")."""
+    value = text.strip()
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        try:
+            return now - timedelta(seconds=parse_duration(value))
+        except ValueError:
+            raise UsageError(
+                f"cannot read {text!r} as a time: give an ISO-8601 timestamp such as "
+                "2026-03-01 or 2026-03-01T12:00:00Z (UTC unless it has an offset), or a duration "
+                "back from now such as 7d, 12h or 1h30m"
+            ) from None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class AsOf:
+    """The instant an inventory was asked for, and the run it came from (for a run id)."""
+
+    at: datetime
+    run_id: int | None = None
+
+
+def resolve_as_of(engine: Engine, text: str, *, now: datetime) -> AsOf:
+    """`--as-of`: a run id means that run's `finished_at`; else a timestamp or a duration."""
+    value = text.strip()
+    if not value.isdigit():
+        return AsOf(parse_instant(value, now=now))
+    run_id = int(value)
+    with connect(engine) as conn:
+        row = conn.execute(
+            select(sync_runs.c.finished_at, sync_runs.c.status).where(sync_runs.c.id == run_id)
+        ).one_or_none()
+    if row is None:
+        raise missing_run(run_id)
+    if row.finished_at is None:
+        raise UsageError(
+            f"run {run_id} has no recorded end (it is running, or was abandoned); give a "
+            "timestamp instead"
+        )
+    return AsOf(row.finished_at, run_id)
+
+
+def valid_at(table: FromClause, at: datetime) -> ColumnElement[bool]:
+    """The versions of `table` valid at `at`: valid_from <= at < valid_to (or open)."""
+    return (table.c.valid_from <= at) & (table.c.valid_to.is_(None) | (table.c.valid_to > at))
+
+
+def chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    """`items` in slices small enough for an IN list on every database."""
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+# -- inventory ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OwnerRow:
+    """An owner account as shown by `exporter locks`."""
+
+    id: str
+    name: str | None
+    active: bool | None
+    removed_at: datetime | None = None
+
+
+class LockRow(NamedTuple):
+    """A bound lock in an inventory; `removed_at` is set only with include_removed.
+
+    A tuple in the order of the CSV columns: an inventory streams a million of them.
+    """
+
+    owner_account_id: str
+    owner_name: str | None
+    id: str
+    title: str | None
+    description: str | None
+    lock_model_name: str | None
+    bind_date: datetime | None
+    lock_id_hex: str | None
+    physical_lock_id: str | None
+    lock_type_id: str | None
+    manufacturer_id: int | None
+    active: bool | None
+    unbind_date: datetime | None
+    target_type: str | None
+    removed_at: datetime | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields by name."""
+        return self._asdict()
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """An inventory: the owners shown (also those without locks) and the locks, both in order.
+
+    `locks` is a list, or (inside `open_inventory`) read from the database while it is iterated.
+    """
+
+    as_of: AsOf | None
+    owners: list[OwnerRow]
+    locks: Iterable[LockRow]
+
+
+def inventory(
+    engine: Engine,
+    *,
+    as_of: AsOf | None = None,
+    owner: str | None = None,
+    model: str | None = None,
+    search: str | None = None,
+    include_removed: bool = False,
+) -> Inventory:
+    """The locks present now, or at `as_of` exactly as the version tables recorded them.
+
+    `owner` matches an owner account id or (any case) a current or past name; `model` a lock
+    model name or lock type id (any case); `search` is a case-insensitive substring of the
+    title, description, ids or model. Owners without locks are listed unless model/search filter.
+    """
+    with open_inventory(
+        engine,
+        as_of=as_of,
+        owner=owner,
+        model=model,
+        search=search,
+        include_removed=include_removed,
+    ) as found:
+        return Inventory(found.as_of, found.owners, list(found.locks))
+
+
+@contextlib.contextmanager
+def open_inventory(
+    engine: Engine,
+    *,
+    as_of: AsOf | None = None,
+    owner: str | None = None,
+    model: str | None = None,
+    search: str | None = None,
+    include_removed: bool = False,
+    with_owners: bool = True,
+) -> Iterator[Inventory]:
+    """`inventory()` with the locks read from the database as they are iterated, in order.
+
+    Locks are sorted by owner name, owner id, title and lock id (`fold` order), by the
+    database, so that a million locks pass through in constant memory. Iterate them inside the
+    block, once. Without `with_owners` the owner list is left empty (CSV has no use for it);
+    with model/search (or include_removed) finding the owners of the shown locks reads the locks
+    once more first.
+    """
+    with connect(engine) as conn:
+        owner_ids = resolve_owner(conn, owner) if owner is not None else None
+        at = as_of.at if as_of is not None else None
+        query = _locks_query(conn.dialect.name, at, owner_ids, include_removed)
+        filtered = model is not None or search is not None
+
+        def locks() -> Iterator[LockRow]:
+            rows = map(LockRow._make, stream(conn, query))
+            if not filtered:
+                return rows
+            return (lock for lock in rows if _matches(lock, model, search))
+
+        owners: list[OwnerRow] = []
+        if with_owners:
+            owners = _owners(conn, at, owner_ids, include_removed)
+            if filtered or include_removed:
+                owners = listed_owners(owners, locks(), only_those_with_locks=filtered)
+        yield Inventory(as_of, owners, locks())
+
+
+def stream(conn: Connection, query: Select[Any]) -> Iterator[Sequence[Any]]:
+    """The rows of `query` (sequences of values), read from the database in batches.
+
+    Inside, no other statement may run on `conn` until the rows are all read.
+    """
+    if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
+        yield from _psycopg_stream(conn, query)
+        return
+    # SQLite steps through the rows as they are fetched; PyMySQL reads them unbuffered.
+    result = conn.execution_options(stream_results=True, yield_per=_STREAM_BATCH).execute(query)
+    with result:
+        for batch in result.partitions():
+            yield from batch
+
+
+def _psycopg_stream(conn: Connection, query: Select[Any]) -> Iterator[Sequence[Any]]:
+    """PostgreSQL rows as the server sends them (psycopg's chunked stream), typed as by Core.
+
+    SQLAlchemy streams through a server-side cursor (DECLARE CURSOR), which PostgreSQL plans
+    without parallel workers and for the first rows: sorting a million locks took 2-3x as long
+    as the same plain query, whose rows psycopg can read chunk by chunk as they arrive.
+    """
+    dialect = conn.dialect
+    compiled = query.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
+    convert = [
+        (i, process)
+        for i, column in enumerate(query.selected_columns)
+        if (process := column.type.dialect_impl(dialect).result_processor(dialect, None))
+    ]
+    # Core's bind processors are not applied: the parameters of these queries (text, numbers,
+    # aware datetimes) need none on psycopg.
+    dbapi: Any = conn.connection.dbapi_connection
+    chunks = {"size": _STREAM_BATCH} if _psycopg_pq_version() >= 170000 else {}
+    with dbapi.cursor() as cursor:
+        # Times in UTC from the server: converting each from the server's zone (a ZoneInfo)
+        # took more CPU than reading it. Only for this transaction.
+        cursor.execute("SET LOCAL TIME ZONE 'UTC'")
+        rows = cursor.stream(compiled.string, compiled.construct_params(), **chunks)
+        with contextlib.closing(rows):
+            if not convert:
+                yield from rows
+                return
+            for row in rows:
+                values = list(row)
+                for i, process in convert:
+                    if values[i] is not None:
+                        values[i] = process(values[i])
+                yield values
+
+
+def _psycopg_pq_version() -> int:
+    """The libpq version psycopg uses (chunked streaming needs 17)."""
+    import psycopg
+
+    return int(psycopg.pq.version())
+
+
+def listed_owners(
+    owners: list[OwnerRow], locks: Iterable[LockRow], *, only_those_with_locks: bool
+) -> list[OwnerRow]:
+    """The owners an inventory lists: `owners` (or only those holding one of `locks`), plus the
+    owner of any lock missing from them (gone, with include_removed), in `fold` order."""
+    holding: dict[str, str | None] = {}
+    for lock in locks:
+        holding.setdefault(lock.owner_account_id, lock.owner_name)
+    listed = [o for o in owners if o.id in holding] if only_those_with_locks else list(owners)
+    known = {o.id for o in listed}
+    listed += [OwnerRow(i, name, None) for i, name in holding.items() if i not in known]
+    listed.sort(key=lambda o: (fold(o.name), o.id))
+    return listed
+
+
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def fold(text: str | None) -> tuple[bool, str]:
+    """A sort key: NULL last, ASCII letters in either case alike, else by code point.
+
+    Only ASCII case is folded because that is what every database can do identically (SQLite's
+    lower() knows no other letters); `text_order` sorts the same way in SQL.
+    """
+    return (text is None, (text or "").translate(_ASCII_LOWER))
+
+
+def text_order(expr: ColumnElement[Any], dialect: str) -> list[ColumnElement[Any]]:
+    """ORDER BY terms that sort `expr` as `fold` does, on each database."""
+    lowered: ColumnElement[Any]
+    if dialect == "postgresql":
+        # Under the "C" collation lower() folds ASCII only, and comparison is by byte.
+        lowered = func.lower(expr.collate("C")).collate("C")
+    elif dialect in ("mysql", "mariadb"):
+        # LOWER() folds every letter there; on binary strings REPLACE works byte by byte, and
+        # no UTF-8 sequence of another character contains an ASCII byte.
+        lowered = cast(expr, LargeBinary)
+        for upper in string.ascii_uppercase:
+            lowered = func.replace(lowered, literal_column(f"'{upper}'"), upper.lower())
+    else:
+        lowered = func.lower(expr)  # SQLite: ASCII only, BINARY collation
+    return [expr.is_(None), lowered]
+
+
+def id_order(expr: ColumnElement[Any], dialect: str) -> ColumnElement[Any]:
+    """An ORDER BY term comparing ids by code point (a PostgreSQL locale may skip the dashes)."""
+    return expr.collate("C") if dialect == "postgresql" else expr
+
+
+def resolve_owner(conn: Connection, text: str) -> set[str]:
+    """The owner account ids whose id, current name or past name is `text` (any case)."""
+    wanted = text.strip()
+    ids: set[str] = set()
+    for table in (owner_accounts, owner_account_versions):
+        for owner_id, name in conn.execute(select(table.c.id, table.c.name).distinct()):
+            if owner_id == wanted or (name is not None and name.casefold() == wanted.casefold()):
+                ids.add(owner_id)
+    if not ids:
+        raise UsageError(
+            f"no owner account has the id or name {text!r}; `exporter locks` lists them"
+        )
+    return ids
+
+
+def _matches(lock: LockRow, model: str | None, search: str | None) -> bool:
+    if model is not None:
+        wanted = model.strip().casefold()
+        if wanted not in (
+            (lock.lock_model_name or "").casefold(),
+            (lock.lock_type_id or "").casefold(),
+        ):
+            return False
+    if search is not None:
+        needle = search.strip().casefold()
+        haystack = (
+            lock.title,
+            lock.description,
+            lock.id,
+            lock.lock_id_hex,
+            lock.physical_lock_id,
+            lock.lock_model_name,
+        )
+        return any(needle in value.casefold() for value in haystack if value)
+    return True
+
+
+def lock_row(row: Row, owner_name: str | None, hex_id: str | None) -> LockRow:
+    """A LockRow from a bound_locks or bound_lock_versions row."""
+    return LockRow(
+        owner_account_id=row["owner_account_id"],
+        owner_name=owner_name,
+        id=row["id"],
+        title=row["title"],
+        description=row["description"],
+        lock_model_name=row["lock_model_name"],
+        bind_date=row["bind_date"],
+        lock_id_hex=hex_id,
+        physical_lock_id=row["physical_lock_id"],
+        lock_type_id=row["lock_type_id"],
+        manufacturer_id=row["manufacturer_id"],
+        active=row["active"],
+        unbind_date=row["unbind_date"],
+        target_type=row["target_type"],
+        removed_at=row["removed_at"],
+    )
+
+
+def _owners(
+    conn: Connection, at: datetime | None, owner_ids: set[str] | None, include_removed: bool
+) -> list[OwnerRow]:
+    """The owner accounts present now or at `at` (also the removed ones with include_removed)."""
+    if at is None:
+        query = select(owner_accounts)
+        if not include_removed:
+            query = query.where(owner_accounts.c.removed_at.is_(None))
+        found = [
+            OwnerRow(r["id"], r["name"], r["active"], r["removed_at"])
+            for r in conn.execute(query).mappings()
+        ]
+    else:
+        ov = owner_account_versions
+        found = [
+            OwnerRow(
+                r["id"],
+                r["name"],
+                r["active"],
+                r["valid_from"] if r["change_type"] == _REMOVED else None,
+            )
+            for r in conn.execute(select(ov).where(valid_at(ov, at))).mappings()
+            if include_removed or r["change_type"] != _REMOVED
+        ]
+    if owner_ids is not None:
+        found = [o for o in found if o.id in owner_ids]
+    found.sort(key=lambda o: (fold(o.name), o.id))
+    return found
+
+
+class _StreamedTime(TypeEngine[datetime]):
+    """A UTC time column of a streamed read, converted by the driver or in C where possible.
+
+    UTCDateTime's processing is a Python call or two per value, None included: for a million
+    locks that cost about as much as SQLite's sort. SQLite holds ISO-8601 text ending in Z,
+    which SQLAlchemy's C parser turns into an aware datetime; psycopg returns aware times, in
+    UTC in `_psycopg_stream`; MySQL/MariaDB naive ones, which are UTC.
+    """
+
+    cache_ok = True
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], Any] | None:
+        """The conversion from what the driver returns to an aware UTC datetime."""
+        if dialect.name == "sqlite":
+            return processors.str_to_datetime  # type: ignore[no-any-return]
+        if dialect.name == "postgresql":
+            return None
+        return _naive_as_utc
+
+
+def _naive_as_utc(value: datetime | None) -> datetime | None:
+    return value if value is None else value.replace(tzinfo=UTC)
+
+
+def _locks_query(
+    dialect: str, at: datetime | None, owner_ids: set[str] | None, include_removed: bool
+) -> Select[Any]:
+    """The locks present now or at `at` as LockRow columns, sorted as `open_inventory` says."""
+    if at is None:
+        lock, owner = bound_locks, owner_accounts
+        owner_name: ColumnElement[Any] = owner.c.name
+        query = select(
+            lock.c.owner_account_id,
+            owner_name,
+            *(_streamed(lock.c[name]) for name in LockRow._fields[2:]),
+        ).select_from(lock.outerjoin(owner, owner.c.id == lock.c.owner_account_id))
+        if not include_removed:
+            query = query.where(lock.c.removed_at.is_(None))
+    else:
+        # The version valid at `at`, named as its owner was named then (or, for an owner with no
+        # version then, now); the hex id only while the physical lock is the current one.
+        lock, current = bound_lock_versions, bound_locks
+        then = owner_account_versions.alias("owner_then")
+        owner_name = case((then.c.id.is_not(None), then.c.name), else_=owner_accounts.c.name)
+        same_device = (lock.c.physical_lock_id == current.c.physical_lock_id) | (
+            lock.c.physical_lock_id.is_(None) & current.c.physical_lock_id.is_(None)
+        )
+        columns = {
+            **{name: lock.c[name] for name in LockRow._fields if name in lock.c},
+            "owner_name": owner_name,
+            "lock_id_hex": case((same_device, current.c.lock_id_hex)),
+            "removed_at": case((lock.c.change_type == ChangeType.REMOVED, lock.c.valid_from)),
+        }
+        query = (
+            select(*(_streamed(columns[name]) for name in LockRow._fields))
+            .select_from(
+                lock.join(current, current.c.id == lock.c.id)
+                .outerjoin(then, (then.c.id == lock.c.owner_account_id) & valid_at(then, at))
+                .outerjoin(owner_accounts, owner_accounts.c.id == lock.c.owner_account_id)
+            )
+            .where(valid_at(lock, at))
+        )
+        if not include_removed:
+            query = query.where(lock.c.change_type != ChangeType.REMOVED)
+    if owner_ids is not None:
+        query = query.where(lock.c.owner_account_id.in_(sorted(owner_ids)))
+    return query.order_by(
+        *text_order(owner_name, dialect),
+        id_order(lock.c.owner_account_id, dialect),
+        *text_order(lock.c.title, dialect),
+        id_order(lock.c.id, dialect),
+    )
+
+
+def _streamed(column: ColumnElement[Any]) -> ColumnElement[Any]:
+    """`column`, read as `_StreamedTime` if it holds times."""
+    if isinstance(column.type, UTCDateTime):
+        return type_coerce(column, _StreamedTime()).label(column.key)
+    return column
+
+
+def hex_of(row: Row) -> str | None:
+    """The lock id hex of a version row joined with bound_locks (its current physical id only)."""
+    # bound_locks keeps the customer-facing id for the lock's current physical id only.
+    same = row["physical_lock_id"] == row["current_physical_lock_id"]
+    hex_id: str | None = row["lock_id_hex"] if same else None
+    return hex_id
+
+
+def owner_names(conn: Connection) -> dict[str, str | None]:
+    """Every owner account's current name by id."""
+    return dict(conn.execute(select(owner_accounts.c.id, owner_accounts.c.name)).all())
+
+
+def current_locks(engine: Engine) -> Sequence[RowMapping]:
+    """Present bound locks with their owner's name, ordered by owner name, then title."""
+    query = (
+        select(bound_locks, owner_accounts.c.name.label("owner_name"))
+        .join(owner_accounts, owner_accounts.c.id == bound_locks.c.owner_account_id, isouter=True)
+        .where(bound_locks.c.removed_at.is_(None))
+        .order_by(owner_accounts.c.name, bound_locks.c.owner_account_id, bound_locks.c.title)
+    )
+    with connect(engine) as conn:
+        return conn.execute(query).mappings().all()
+
+
+@contextlib.contextmanager
+def open_run_changes(engine: Engine, run_id: int) -> Iterator[Iterator[Change]]:
+    """Every version a run wrote, as the run reports changes: owners first, then the locks by
+    time and id, read from the database as they are iterated (inside the block, once)."""
+
+    def changes(table: Table, title: ColumnElement[Any], owner: ColumnElement[Any]) -> Select[Any]:
+        return (
+            select(
+                table.c.id,
+                table.c.change_type,
+                owner,
+                table.c.changed_fields,
+                table.c.removal_reason,
+                title,
+            )
+            .where(table.c.run_id == run_id)
+            .order_by(table.c.valid_from, id_order(table.c.id, engine.dialect.name))
+        )
+
+    owners = owner_account_versions
+    locks = bound_lock_versions
+    with connect(engine) as conn:
+        owner_rows = conn.execute(changes(owners, owners.c.name, owners.c.id)).all()
+        lock_rows = stream(conn, changes(locks, locks.c.title, locks.c.owner_account_id))
+        yield itertools.chain(
+            (_change("owner", row) for row in owner_rows),
+            (_change("lock", row) for row in lock_rows),
+        )
+
+
+def _change(entity: str, row: Sequence[Any]) -> Change:
+    entity_id, change_type, owner_id, fields, reason, title = row
+    return Change(
+        entity, entity_id, change_type, owner_id, tuple(fields or ()) or None, reason, title
+    )
+
+
+# -- daily counts ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DailyCount:
+    """Locks present at the end of a UTC day for one owner account and lock model."""
+
+    day: date
+    owner_account_id: str
+    owner_name: str | None
+    lock_model_name: str | None
+    locks: int
+
+
+def daily_inventory(engine: Engine) -> list[DailyCount]:
+    """What the `daily_inventory` view shows, computed by walking the versions day by day."""
+    with connect(engine) as conn:
+        first, last = conn.execute(
+            select(func.min(sync_runs.c.started_at), func.max(sync_runs.c.started_at))
+        ).one()
+        names = owner_names(conn)
+        versions = conn.execute(
+            select(
+                bound_lock_versions.c.owner_account_id,
+                bound_lock_versions.c.lock_model_name,
+                bound_lock_versions.c.valid_from,
+                bound_lock_versions.c.valid_to,
+            ).where(bound_lock_versions.c.change_type != ChangeType.REMOVED)
+        ).all()
+    if first is None:
+        return []
+    counts: dict[tuple[date, str, str | None], int] = defaultdict(int)
+    for owner_id, model, valid_from, valid_to in versions:
+        # Present at the day's last instant: valid_from <= end - 1us < valid_to.
+        day = max(valid_from.date(), first.date())
+        stop = last.date() if valid_to is None else min(last.date(), (valid_to - _TICK).date())
+        while day <= stop:
+            end = datetime.combine(day + timedelta(days=1), time(), tzinfo=UTC) - _TICK
+            if valid_from <= end and (valid_to is None or end < valid_to):
+                counts[(day, owner_id, model)] += 1
+            day += timedelta(days=1)
+    return [
+        DailyCount(day, owner_id, names.get(owner_id), model, n)
+        for (day, owner_id, model), n in sorted(
+            counts.items(), key=lambda item: (item[0][0], item[0][1], item[0][2] or "")
+        )
+    ]
+
+
+# -- runs -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One sync run."""
+
+    id: int
+    started_at: datetime
+    finished_at: datetime | None
+    duration_seconds: float | None
+    status: str
+    trigger: str
+    owners_seen: int
+    locks_seen: int
+    created: int
+    updated: int
+    removed: int
+    restored: int
+    unchanged: int
+    skipped: int
+    api_requests: int
+    error: str | None
+    client_id: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields by name."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RunOwnerRow:
+    """How one owner account's fetch went in a run."""
+
+    owner_account_id: str
+    owner_name: str | None
+    status: str
+    locks_seen: int
+    created: int
+    updated: int
+    removed: int
+    restored: int
+    unchanged: int
+    skipped: int
+    fetched_at: datetime | None
+    error: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields by name."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RunDetail:
+    """A run and its per-owner outcomes (failed owners first)."""
+
+    run: RunRow
+    owners: list[RunOwnerRow]
+
+
+def _run_row(row: Row) -> RunRow:
+    started, finished = row["started_at"], row["finished_at"]
+    duration = (finished - started).total_seconds() if finished is not None else None
+    values = {name: row[name] for name in RunRow.__dataclass_fields__ if name in row}
+    return RunRow(**{**values, "duration_seconds": duration})
+
+
+def missing_run(run_id: int) -> UsageError:
+    """The error for a run id that names no run."""
+    return UsageError(f"there is no run {run_id}; `exporter runs` lists the runs")
+
+
+def runs(engine: Engine, *, limit: int | None = 20, status: str | None = None) -> list[RunRow]:
+    """The most recent runs first, optionally only those with `status`."""
+    if status is not None and status not in RUN_STATUSES:
+        raise UsageError(f"unknown run status {status!r}; use {', '.join(RUN_STATUSES)}")
+    query = select(sync_runs).order_by(sync_runs.c.id.desc()).limit(limit)
+    if status is not None:
+        query = query.where(sync_runs.c.status == status)
+    with connect(engine) as conn:
+        return [_run_row(r) for r in conn.execute(query).mappings()]
+
+
+def run_detail(engine: Engine, run_id: int) -> RunDetail:
+    """One run with the outcome of every owner account it fetched."""
+    with connect(engine) as conn:
+        row = conn.execute(select(sync_runs).where(sync_runs.c.id == run_id)).mappings().first()
+        if row is None:
+            raise missing_run(run_id)
+        names = owner_names(conn)
+        outcomes = conn.execute(
+            select(sync_run_owners).where(sync_run_owners.c.run_id == run_id)
+        ).mappings()
+        owners = [
+            RunOwnerRow(
+                owner_name=names.get(o["owner_account_id"]),
+                **{k: o[k] for k in RunOwnerRow.__dataclass_fields__ if k != "owner_name"},
+            )
+            for o in outcomes
+        ]
+    owners.sort(
+        key=lambda o: (o.status != OwnerStatus.FAILED, fold(o.owner_name), o.owner_account_id)
+    )
+    return RunDetail(_run_row(row), owners)

@@ -1,0 +1,1 @@
+"""Running the exporter: one run from settings (job.py), daemon (scheduler.py), logs, metrics."""

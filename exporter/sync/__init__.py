@@ -1,0 +1,1 @@
+"""One sync run: crawl Tapkey, diff against stored rows, write versions; engine.py orchestrates."""

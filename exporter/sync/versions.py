@@ -1,0 +1,186 @@
+"""Primitives of the version tables: how a version is opened, closed and removed.
+
+Every function takes the connection of the caller's transaction; none commits. The sync engine
+decides *what* changes; these functions write it so that the current tables and the open versions
+always move together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Table, func, insert, literal, select, update
+
+from exporter.db.schema import (
+    LOCK_TRACKED,
+    UTCDateTime,
+    bound_lock_versions,
+    bound_locks,
+    owner_account_versions,
+    sync_runs,
+)
+
+# Large enough to amortise round trips, small enough for every database's parameter limit.
+CHUNK = 500
+# Lock columns kept current only: a change to them rewrites the row but makes no version.
+LOCK_CURRENT_ONLY = ("lock_id_hex", "rcl_serial_no", "rcl_date", "raw")
+
+
+class Clock:
+    """`now()`, forced strictly past every instant already written."""
+
+    def __init__(self, now: Callable[[], datetime], floor: datetime | None) -> None:
+        self._now = now
+        self._last = floor
+
+    def __call__(self) -> datetime:
+        t = self._now().astimezone(UTC)
+        if self._last is not None and t <= self._last:
+            t = self._last + timedelta(microseconds=1)
+        self._last = t
+        return t
+
+
+def latest_instant(conn: Connection) -> datetime | None:
+    """The latest instant already written, so new versions always start after it."""
+    candidates = [
+        conn.execute(select(func.max(bound_lock_versions.c.valid_from))).scalar(),
+        conn.execute(select(func.max(owner_account_versions.c.valid_from))).scalar(),
+        conn.execute(select(func.max(sync_runs.c.started_at))).scalar(),
+        conn.execute(select(func.max(sync_runs.c.finished_at))).scalar(),
+    ]
+    present = [c for c in candidates if c is not None]
+    return max(present) if present else None
+
+
+def version_row(
+    entity_id: str,
+    values: Mapping[str, Any],
+    t: datetime,
+    change_type: str,
+    fields: Sequence[str] | None,
+    run_id: int,
+) -> dict[str, Any]:
+    """A version row opened at `t` (changed_fields only for updates and restores)."""
+    return {
+        "id": entity_id,
+        **values,
+        "valid_from": t,
+        "valid_to": None,
+        "change_type": change_type,
+        "changed_fields": list(fields or ()) if change_type in ("updated", "restored") else None,
+        "removal_reason": None,
+        "run_id": run_id,
+    }
+
+
+def chunks(items: Sequence[str], size: int = CHUNK) -> Iterator[Sequence[str]]:
+    """`items` in slices of at most `size`."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def load_locks(conn: Connection, ids: Sequence[str]) -> dict[str, Mapping[Any, Any]]:
+    """The stored tracked and current-only columns of the locks `ids`, by id."""
+    columns = [bound_locks.c[name] for name in (*LOCK_TRACKED, *LOCK_CURRENT_ONLY)]
+    stored: dict[str, Mapping[Any, Any]] = {}
+    for chunk in chunks(ids):
+        rows = conn.execute(
+            select(bound_locks.c.id, bound_locks.c.removed_at, *columns).where(
+                bound_locks.c.id.in_(chunk)
+            )
+        )
+        for row in rows:
+            stored[row.id] = row._mapping
+    return stored
+
+
+# Joins one owner's stored texts into one value. JSON text (what `raw` holds) never contains it:
+# control characters must be escaped in strings, and whitespace is " \t\n\r".
+_JOIN = "\x1e"
+# Where an owner's texts are read joined: not MySQL/MariaDB, whose GROUP_CONCAT silently cuts
+# its result at group_concat_max_len (1 MiB by default).
+_READ_JOINED = frozenset({"sqlite", "postgresql"})
+
+
+def load_live_raw(conn: Connection, owner_id: str) -> dict[str, str]:
+    """The stored payload text of the owner's present locks, by lock id."""
+    present = (bound_locks.c.owner_account_id == owner_id) & bound_locks.c.removed_at.is_(None)
+    if conn.dialect.name in _READ_JOINED:
+        # One row, not one per lock: the drivers let go of the GIL for every row (sqlite3) or
+        # network read (psycopg) and must win it back from the fetch threads each time, so row
+        # by row the reader kept them waiting. Both aggregates take the same rows in one pass,
+        # so the lists line up; an id containing the separator makes their lengths differ.
+        ids, texts = conn.execute(
+            select(
+                func.aggregate_strings(bound_locks.c.id, _JOIN),
+                func.aggregate_strings(func.coalesce(bound_locks.c.raw, ""), _JOIN),
+            ).where(present)
+        ).one()
+        if ids is None:
+            return {}
+        id_list, text_list = ids.split(_JOIN), texts.split(_JOIN)
+        if len(id_list) == len(text_list):
+            return dict(zip(id_list, text_list, strict=True))
+    rows = conn.execute(select(bound_locks.c.id, bound_locks.c.raw).where(present)).all()
+    return {row.id: row.raw or "" for row in rows}
+
+
+def close_versions(conn: Connection, table: Table, ids: Sequence[str], t: datetime) -> None:
+    """End the open versions of `ids` at `t`."""
+    for chunk in chunks(ids):
+        conn.execute(
+            update(table)
+            .where(table.c.id.in_(chunk))
+            .where(table.c.valid_to.is_(None))
+            .values(valid_to=t)
+        )
+
+
+def open_created_versions(conn: Connection, owner_id: str, t: datetime, run_id: int) -> None:
+    """Open `created` versions for the owner's locks inserted at `t`, copied in the database.
+
+    Only this transaction's new rows have first_seen_at == t: every instant the engine writes is
+    later than all stored ones (Clock). Copying them server-side spares sending every new lock's
+    attributes a second time.
+    """
+    source = select(
+        bound_locks.c.id,
+        *(bound_locks.c[name] for name in LOCK_TRACKED),
+        literal(t, UTCDateTime()).label("valid_from"),
+        literal("created").label("change_type"),
+        literal(run_id).label("run_id"),
+    ).where(bound_locks.c.owner_account_id == owner_id, bound_locks.c.first_seen_at == t)
+    columns = ["id", *LOCK_TRACKED, "valid_from", "change_type", "run_id"]
+    conn.execute(insert(bound_lock_versions).from_select(columns, source))
+
+
+def remove_rows(
+    conn: Connection,
+    current: Table,
+    versions: Table,
+    tracked: Sequence[str],
+    ids: Sequence[str],
+    t: datetime,
+    reason: str,
+    run_id: int,
+) -> None:
+    """Close the open versions of `ids` and open `removed` versions carrying their last values."""
+    for chunk in chunks(ids):
+        close_versions(conn, versions, chunk, t)
+        source = select(
+            current.c.id,
+            *(current.c[name] for name in tracked),
+            literal(t, UTCDateTime()).label("valid_from"),
+            literal("removed").label("change_type"),
+            literal(reason).label("removal_reason"),
+            literal(run_id).label("run_id"),
+        ).where(current.c.id.in_(chunk))
+        conn.execute(
+            insert(versions).from_select(
+                ["id", *tracked, "valid_from", "change_type", "removal_reason", "run_id"], source
+            )
+        )
+        conn.execute(update(current).where(current.c.id.in_(chunk)).values(removed_at=t))

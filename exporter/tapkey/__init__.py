@@ -1,0 +1,1 @@
+"""The Tapkey API: OAuth tokens (auth.py), HTTP client (client.py), payloads (records.py)."""

@@ -1,0 +1,209 @@
+"""store: insert_many stores what Core's INSERT stores; engines and files a run leaves behind."""
+
+from __future__ import annotations
+
+import gc
+import os
+import stat
+import tracemalloc
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import make_settings
+from sqlalchemy import Dialect, Engine, Table, create_engine, insert, select
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from exporter.db.errors import store_error
+from exporter.db.schema import bound_lock_versions, bound_locks, sync_runs
+from exporter.db.store import insert_many
+from exporter.sandbox.server import Request, Sandbox
+from exporter.service import job
+
+T = datetime(2026, 11, 28, 6, 30, 1, 123456, tzinfo=UTC)
+# Values a text format must escape or convert: tabs, newlines, backslashes, quotes, non-ASCII,
+# a timestamp in another zone, NULLs, a large integer.
+AWKWARD = {
+    "owner_account_id": "owner-1",
+    "title": 'Tür\t"Süd"\\\n2',
+    "description": None,
+    "physical_lock_id": "AbC+/d==",
+    "lock_type_id": "TKY-1",
+    "lock_model_name": "\\N",
+    "manufacturer_id": 2_000_000_000,
+    "active": False,
+    "bind_date": datetime(2020, 2, 29, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=2))),
+    "unbind_date": None,
+    "target_type": "lock",
+}
+PLAIN = {**AWKWARD, "title": "Door", "active": True, "manufacturer_id": None, "bind_date": T}
+
+
+def _rows(engine: Engine, table: Table, key: str, prefix: str) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(table).where(table.c.id.startswith(prefix)).order_by(table.c.id)
+        ).all()
+    return [{k: v for k, v in row._asdict().items() if k != key} for row in rows]
+
+
+def _insert_both(engine: Engine, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Insert `rows` once with Core (ids prefixed "core-") and once with insert_many ("bulk-")."""
+    columns = tuple(rows[0])
+    with engine.begin() as conn:
+        conn.execute(insert(table), [{**row, "id": f"core-{row['id']}"} for row in rows])
+        insert_many(
+            conn,
+            table,
+            columns,
+            [tuple(f"bulk-{v}" if k == "id" else v for k, v in row.items()) for row in rows],
+        )
+
+
+def _strip(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**row, "id": row["id"].split("-", 1)[1]} for row in rows]
+
+
+def test_new_lock_rows_match_core_insert(engine: Engine) -> None:
+    rows = [
+        {"id": f"{i}", **values, "lock_id_hex": "12-34", "raw": f'{{"id":"{i}"}}'}
+        | {"rcl_serial_no": None, "rcl_date": T, "first_seen_at": T, "updated_at": T}
+        for i, values in enumerate((AWKWARD, PLAIN, AWKWARD))
+    ]
+    _insert_both(engine, bound_locks, rows)
+
+    core = _rows(engine, bound_locks, "", "core-")
+    assert len(core) == 3
+    assert _strip(_rows(engine, bound_locks, "", "bulk-")) == _strip(core)
+    assert core[0]["bind_date"] == AWKWARD["bind_date"]
+    assert core[0]["title"] == AWKWARD["title"]
+
+
+def test_version_rows_with_a_json_column_match_core_insert(engine: Engine) -> None:
+    # changed_fields is JSON (JSONB on PostgreSQL): not a binary COPY type, so the text path.
+    with engine.begin() as conn:
+        run_id = conn.execute(
+            insert(sync_runs)
+            .values(started_at=T, status="running", trigger="manual")
+            .returning(sync_runs.c.id)
+        ).scalar_one()
+    rows = [
+        {"id": "v1", **AWKWARD, "valid_from": T, "valid_to": None, "change_type": "updated"}
+        | {"changed_fields": ["title", "active"], "removal_reason": None, "run_id": run_id},
+        {"id": "v2", **PLAIN, "valid_from": T, "valid_to": T, "change_type": "created"}
+        | {"changed_fields": None, "removal_reason": None, "run_id": run_id},
+    ]
+    _insert_both(engine, bound_lock_versions, rows)
+
+    core = _rows(engine, bound_lock_versions, "version_id", "core-")
+    assert [row["changed_fields"] for row in core] == [["title", "active"], None]
+    assert _strip(_rows(engine, bound_lock_versions, "version_id", "bulk-")) == _strip(core)
+
+
+def _live_dialects() -> int:
+    gc.collect()
+    return sum(isinstance(obj, Dialect) for obj in gc.get_objects())
+
+
+def test_runs_that_insert_rows_do_not_grow_memory(db_url: str, tmp_path: Path) -> None:
+    # `serve` builds and disposes an engine per run. Every run here inserts new locks (the bulk
+    # path caches an insert plan per dialect): nothing of a finished run's engine may stay alive.
+    with Sandbox(seed=5, owners=2, locks_per_owner=3) as fake:
+        settings = make_settings(fake, db_url, tmp_path, workers=1)
+        owners = [owner["id"] for owner in fake.owners_payload()]
+        job.run_once(settings)
+
+        def writing_run() -> None:
+            for owner in owners:
+                fake.unbind(fake.locks_payload(owner)[0]["id"])
+                fake.bind_new(owner)
+            result = job.run_once(settings)
+            assert result.status == "succeeded" and result.counts.created == len(owners)
+
+        for _ in range(5):  # warm up: caches that are filled once, pools, imports
+            writing_run()
+        dialects = _live_dialects()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.take_snapshot()
+            runs = 20
+            for _ in range(runs):
+                writing_run()
+            gc.collect()
+            after = tracemalloc.take_snapshot()
+        finally:
+            tracemalloc.stop()
+
+    # Only the exporter's and SQLAlchemy's allocations (the in-process sandbox keeps a history).
+    ours = [tracemalloc.Filter(True, "*/sqlalchemy/*"), tracemalloc.Filter(True, "*/exporter/*")]
+    sandbox = [tracemalloc.Filter(False, "*/exporter/sandbox*")]
+    growth = sum(
+        stat.size_diff
+        for stat in after.filter_traces(ours)
+        .filter_traces(sandbox)
+        .compare_to(before.filter_traces(ours).filter_traces(sandbox), "filename")
+    )
+    assert _live_dialects() <= dialects  # one leaked dialect per run before the fix
+    assert growth / runs < 8_000, f"{growth / runs:.0f} bytes a run"  # ~70 KB a run before
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    """The usual umask, under which files are created 0644 unless asked otherwise."""
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def _modes_during_a_run(sandbox: Sandbox, path: Path, tmp_path: Path) -> dict[str, int]:
+    """The modes of the database, its -wal/-shm and the lock file while a run is writing."""
+    modes: dict[str, int] = {}
+
+    def look(request: Request) -> None:
+        if request.route == "locks" and not modes:
+            for suffix in ("", "-wal", "-shm", ".lock"):
+                modes[suffix] = stat.S_IMODE(os.stat(f"{path}{suffix}").st_mode)
+
+    sandbox.hooks.append(look)
+    result = job.run_once(make_settings(sandbox, f"sqlite:///{path}", tmp_path))
+    assert result.status == "succeeded"
+    return modes
+
+
+def test_a_new_sqlite_database_and_its_files_are_private(
+    sandbox: Sandbox, tmp_path: Path, umask_022: None
+) -> None:
+    path = tmp_path / "data" / "inventory.db"
+
+    modes = _modes_during_a_run(sandbox, path, tmp_path)
+
+    assert modes == {"": 0o600, "-wal": 0o600, "-shm": 0o600, ".lock": 0o600}
+
+
+def test_existing_sqlite_files_keep_their_mode(
+    sandbox: Sandbox, tmp_path: Path, umask_022: None
+) -> None:
+    # An administrator's choice (a group that reads the file) is neither loosened nor tightened.
+    path = tmp_path / "inventory.db"
+    for name in (path, Path(f"{path}.lock")):
+        name.touch()
+        name.chmod(0o640)
+
+    modes = _modes_during_a_run(sandbox, path, tmp_path)
+
+    assert modes == {"": 0o640, "-wal": 0o640, "-shm": 0o640, ".lock": 0o640}
+
+
+@pytest.mark.parametrize("url", ["postgresql+psycopg", "mysql+pymysql"])
+def test_database_errors_never_carry_the_urls_secrets(url: str) -> None:
+    # A driver message that quotes the DSN (or a password given as a query parameter) it was
+    # handed is shown without the password.
+    engine = create_engine(f"{url}://app:s3cret-pw@db.example/inv?sslpassword=k3y-pass")
+    driver = Exception("connection to 'password=s3cret-pw sslpassword=k3y-pass' refused")
+    for exc in (OperationalError("SELECT 1", {}, driver), DBAPIError("SELECT 1", {}, driver)):
+        message = str(store_error(exc, engine))
+        assert "s3cret-pw" not in message and "k3y-pass" not in message, message
+        assert "password=*** sslpassword=***" in message
+    engine.dispose()
