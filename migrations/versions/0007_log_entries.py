@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import mysql
 
-import exporter.schema
+import exporter.db.schema
 
 revision: str = "0007"
 down_revision: str | Sequence[str] | None = "0004"
@@ -62,8 +62,8 @@ def _id(length: int = 64) -> sa.types.TypeEngine[str]:
     )
 
 
-def _time() -> exporter.schema.UTCDateTime:
-    return exporter.schema.UTCDateTime(timezone=True)
+def _time() -> exporter.db.schema.UTCDateTime:
+    return exporter.db.schema.UTCDateTime(timezone=True)
 
 
 def _quote(text: str) -> str:
