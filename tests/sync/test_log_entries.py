@@ -38,13 +38,13 @@ from exporter.read.log_view import LogRow
 from exporter.results import RunResult
 from exporter.sandbox.server import Fault, Sandbox
 from exporter.service import job
-from exporter.sync.log_entries import (
+from exporter.sync.log_paging import (
     MAX_RESTARTS,
     LogEntry,
     LogPager,
     Row,
     Watermark,
-    _next_watermark,
+    next_watermark,
 )
 
 SCOPES = "read:owneraccounts read:core:entities read:logs"
@@ -624,8 +624,8 @@ def test_the_watermark_waits_for_the_end_of_an_unordered_read() -> None:
     pager = _pager()
     decision = pager.page(pager.first(), [_row(5), _row(2, at=2), _row(6), _row(7)])
     assert not pager.ordered and decision.next is not None
-    assert _next_watermark(pager, written, done=False) == Watermark(filter_refused_at=None)
-    done = _next_watermark(pager, written, done=True)
+    assert next_watermark(pager, written, done=False) == Watermark(filter_refused_at=None)
+    done = next_watermark(pager, written, done=True)
     assert (done.received_at, done.last_id) == (T0 + timedelta(minutes=7), "e007")
 
 
