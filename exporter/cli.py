@@ -192,14 +192,14 @@ def run_once(
         bool,
         typer.Option(
             "--allow-client-change",
-            help="Accept a database filled by another OAuth client (see README).",
+            help="Accept a database filled by another OAuth client (see docs/operations.md).",
         ),
     ] = False,
     allow_mass_removal: Annotated[
         bool,
         typer.Option(
             "--allow-mass-removal",
-            help="Confirm every removal the deletion guard held back (see README).",
+            help="Confirm every removal the deletion guard held back (see docs/operations.md).",
         ),
     ] = False,
     allow_mass_removal_owner: Annotated[

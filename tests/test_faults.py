@@ -2,7 +2,7 @@
 
 Every fault ends in a documented outcome (run status and exit code), a consistent database and one
 message that tells the operator what to do; the next clean run converges to the API's state. The
-README's "What happens when..." table is the user-facing copy of this module.
+"What happens when..." tables of docs/operations.md are the user-facing copy of this module.
 
 Most faults run in-process (`job.run_once`, the same wiring as `exporter run-once`) on SQLite,
 PostgreSQL and MariaDB through the `db_url` fixture; exit codes and output of the real command

@@ -232,7 +232,7 @@ _FEED_FIELDS = {
     "target_type": "target type",
 }
 
-# View name -> (comment, {column: comment}). PostgreSQL stores them; see the README for the rest.
+# View name -> (comment, {column: comment}). PostgreSQL stores them; docs/schema.md has the rest.
 VIEW_COMMENTS: dict[str, tuple[str, dict[str, str]]] = {
     "current_bound_locks": (
         "The locks present now, with their owner account name.",

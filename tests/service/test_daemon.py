@@ -776,11 +776,13 @@ def test_the_kubernetes_manifest_configures_a_reachable_healthz(tmp_path: Path) 
 def test_the_systemd_unit_crontab_and_dockerfile_fit_the_cli(tmp_path: Path) -> None:
     unit = (REPO / "deploy" / "tapkey-exporter.service").read_text()
     values = dict(line.split("=", 1) for line in unit.splitlines() if re.match(r"[A-Za-z]+=", line))
-    # The install lines of the unit's header are the README's, and the config file they install
-    # passes the permission check for the service user (no "chmod 600" that would lock it out).
+    # The install lines of the unit's header are docs/deployment.md's, and the config file they
+    # install passes the permission check for the service user (no "chmod 600" that would lock it
+    # out).
     installs = [line[1:].strip() for line in unit.splitlines() if line.startswith("#   install ")]
-    readme = [line.strip() for line in (REPO / "README.md").read_text().splitlines()]
-    assert len(installs) == 3 and all(line in readme for line in installs)
+    deployment = (REPO / "docs" / "deployment.md").read_text()
+    documented = [line.strip() for line in deployment.splitlines()]
+    assert len(installs) == 3 and all(line in documented for line in installs)
     [config_line] = [line for line in installs if line.endswith("config.toml")]
     words = config_line.split()
     mode, owner = int(words[words.index("-m") + 1], 8), words[words.index("-o") + 1]

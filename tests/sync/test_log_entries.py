@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import doc_sql
 import pytest
 from helpers import make_settings, subprocess_env
 from sqlalchemy import Engine, select, text, update
@@ -377,15 +378,7 @@ def test_log_retention_keeps_the_entries_that_happened_within_it(
         assert set(stored_entries(engine)) == set(kept)
 
 
-# -- the view and the README's query -------------------------------------------------------------
-
-
-def _readme_sql(heading: str) -> str:
-    """The first ```sql block after `heading` in the README."""
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    start = readme.index(heading)
-    block = readme.index("```sql\n", start) + len("```sql\n")
-    return readme[block : readme.index("```", block)]
+# -- the view and the documented query -------------------------------------------------------------
 
 
 def test_lock_openings_daily_counts_trigger_lock_commands_per_lock_and_day(
@@ -404,9 +397,9 @@ def test_lock_openings_daily_counts_trigger_lock_commands_per_lock_and_day(
         viewed = conn.execute(
             text("SELECT day, bound_lock_id, openings, title FROM lock_openings_daily")
         ).all()
-        # The README's example, verbatim.
-        statements = [s for s in _readme_sql("#### `lock_openings_daily`").split(";") if s.strip()]
-        documented = [conn.execute(text(s)).all() for s in statements]
+        # The example of docs/schema.md, verbatim.
+        queries = doc_sql.queries("`lock_openings_daily`")
+        documented = [conn.execute(text(query)).all() for query in queries]
     assert {(str(day), lock): n for day, lock, n, _ in viewed} == dict(expected)
     assert all(title for *_, title in viewed)  # joined to the lock
     assert documented[0] and all(row for row in documented)
