@@ -190,14 +190,13 @@ def sql_floor(url: str, when: str) -> int:
     row decoded by the driver and dropped: what any reader of these rows has to spend.
     """
     from exporter.db import store
+    from exporter.read import asof
     from exporter.read import inventory as report
 
     engine = store.make_engine(url, create=False)
     rows = 0
     try:
-        at = (
-            report.resolve_as_of(engine, "1", now=datetime.now(UTC)).at if when == "as-of" else None
-        )
+        at = asof.resolve_as_of(engine, "1", now=datetime.now(UTC)).at if when == "as-of" else None
         with engine.connect() as conn:
             query = report._locks_query(conn.dialect.name, at, None, False)
             sql = str(query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))

@@ -32,8 +32,9 @@ from exporter.db import errors as db_errors
 from exporter.db import store
 from exporter.errors import ExporterError, UsageError
 from exporter.kinds import OwnerStatus, RunStatus
-from exporter.read import changelog, log_view, render
+from exporter.read import asof, changelog, log_view, render
 from exporter.read import inventory as report
+from exporter.read import runs as read_runs
 from exporter.results import RunResult
 from exporter.service import job, observability
 from exporter.terminal import SafeConsole
@@ -547,7 +548,7 @@ def locks(
     """
     _check_format(fmt, render.FORMATS)
     with _errors(), _reader(config, database_url) as engine:
-        when = report.resolve_as_of(engine, as_of, now=datetime.now(UTC)) if as_of else None
+        when = asof.resolve_as_of(engine, as_of, now=datetime.now(UTC)) if as_of else None
         with report.open_inventory(
             engine,
             as_of=when,
@@ -649,8 +650,8 @@ def changes(
         _reader(config, database_url) as engine,
         changelog.open_changes(
             engine,
-            since=report.parse_instant(since, now=now) if since else None,
-            until=report.parse_instant(until, now=now) if until else None,
+            since=asof.parse_instant(since, now=now) if since else None,
+            until=asof.parse_instant(until, now=now) if until else None,
             run_id=run,
             owner=owner,
             kinds=kinds,
@@ -716,8 +717,8 @@ def log_command(
             engine,
             lock=lock,
             owner=owner,
-            since=report.parse_instant(since, now=now) if since else None,
-            until=report.parse_instant(until, now=now) if until else None,
+            since=asof.parse_instant(since, now=now) if since else None,
+            until=asof.parse_instant(until, now=now) if until else None,
             limit=limit or None,
         ) as feed,
     ):
@@ -767,7 +768,7 @@ def runs(
         return
     _check_format(fmt, render.FORMATS)
     with _errors(), _reader(config, database_url) as engine:
-        rows = report.runs(engine, limit=limit, status=status)
+        rows = read_runs.runs(engine, limit=limit, status=status)
     if quiet:
         rows = [row for row in rows if row.status != RunStatus.SUCCEEDED]
         if not rows:
@@ -796,7 +797,7 @@ def runs_show(
     """
     _check_format(fmt, render.FORMATS)
     with _errors(), _reader(config, database_url) as engine:
-        detail = report.run_detail(engine, run_id)
+        detail = read_runs.run_detail(engine, run_id)
     with _errors():
         if fmt == "json":
             render.write_json(render.run_detail_json(detail), out.file)

@@ -104,3 +104,13 @@ class DatabasePermissionError(StoreError):
 
 class SchemaVersionError(StoreError):
     """The database schema is not at the revision this code expects."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's text, for a one-line message (its type name if it has none).
+
+    A SQLAlchemy error's driver exception (`orig`) is read instead of the wrapper: the wrapper
+    prefixes the driver's class name and appends the SQL, which belongs in no one-line message.
+    """
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

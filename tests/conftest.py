@@ -7,20 +7,25 @@ EXPORTER_TEST_MARIADB). Outside CI a missing server skips its tests with the rea
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import (
+from sqlalchemy import Engine, create_engine, text
+from support.cli import CliResult
+from support.helpers import (
     BACKENDS,
     MARIADB_ADMIN,
     POSTGRES_ADMIN,
     database_name,
     server_database,
 )
-from http_servers import Tls, make_tls
-from sqlalchemy import Engine, create_engine, text
+from support.http_servers import Tls, make_tls
 
+from exporter import cli
 from exporter.db import store
 from exporter.sandbox.server import Sandbox
 
@@ -117,3 +122,40 @@ def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path, worker_id: str)
 def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
     """A CA and a server certificate for 127.0.0.1, localhost and tapkey.test (trustme)."""
     return make_tls(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(name="exporter_cli")
+def exporter_cli_fixture(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> Callable[..., CliResult]:
+    """Run `exporter.cli.main()` with argv and environment; give back code, stdout, stderr."""
+
+    def run(*args: str, env: dict[str, str] | None = None) -> CliResult:
+        for name in [name for name in os.environ if name.startswith("EXPORTER_")]:
+            monkeypatch.delenv(name)
+        for name, value in (env or {}).items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setattr(sys, "argv", ["exporter", *args])
+        capsys.readouterr()
+        # The command configures logging for the process (a handler on the captured stderr):
+        # put pytest's handlers back afterwards so later tests log where they expect.
+        root = logging.getLogger()
+        handlers, level = root.handlers[:], root.level
+        try:
+            with pytest.raises(SystemExit) as exit_info:
+                cli.main()
+        finally:
+            for handler in root.handlers[:]:
+                if handler not in handlers:
+                    root.removeHandler(handler)
+                    handler.close()
+            for handler in handlers:
+                if handler not in root.handlers:
+                    root.addHandler(handler)
+            root.setLevel(level)
+        captured = capsys.readouterr()
+        code = exit_info.value.code
+        return CliResult(code if isinstance(code, int) else 1, captured.out, captured.err)
+
+    return run

@@ -8,7 +8,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -19,10 +18,11 @@ from typing import Any
 import pytest
 import requests
 import typer
-from helpers import subprocess_env
-from history_checks import assert_history_consistent, expected_locks, locks_at
 from rich.console import Console
 from sqlalchemy import Engine, create_engine, func, select
+from support.cli import EXPORTER, run_exporter
+from support.helpers import subprocess_env
+from support.history import assert_history_consistent, expected_locks, locks_at
 from typer.testing import CliRunner
 
 from exporter import cli
@@ -32,26 +32,10 @@ from exporter.errors import UsageError
 from exporter.sandbox.server import Fault, Request, Sandbox
 from exporter.sync.run_records import ABANDONED
 
-EXPORTER = [sys.executable, "-m", "exporter.cli"]
-
 
 def _start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [*EXPORTER, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-
-
-def _run(
-    env: dict[str, str], *args: str, timeout: float = 60, cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*EXPORTER, *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
     )
 
 
@@ -75,9 +59,9 @@ def _running(engine: Engine) -> bool:
 def test_run_once_prints_a_summary_and_json(sandbox: Sandbox, tmp_path: Path) -> None:
     env = subprocess_env(sandbox, f"sqlite:///{tmp_path / 'inv.db'}")
 
-    table = _run(env, "run-once")
-    as_json = _run(env, "run-once", "--format", "json")
-    quiet = _run(env, "run-once", "--quiet")
+    table = run_exporter(env, "run-once")
+    as_json = run_exporter(env, "run-once", "--format", "json")
+    quiet = run_exporter(env, "run-once", "--quiet")
 
     assert table.returncode == 0, table.stderr
     assert "succeeded" in table.stdout and "created" in table.stdout
@@ -123,7 +107,7 @@ def test_exit_codes(
     env = subprocess_env(sandbox, f"sqlite:///{tmp_path / 'inv.db'}")
     env.update(env_extra)
 
-    result = _run(env, *args)
+    result = run_exporter(env, *args)
 
     assert result.returncode == code, result.stderr
     assert message in result.stderr
@@ -137,7 +121,7 @@ def test_a_partial_run_exits_3(sandbox: Sandbox, tmp_path: Path) -> None:
     env = subprocess_env(sandbox, f"sqlite:///{tmp_path / 'inv.db'}")
     env["EXPORTER_TAPKEY__MAX_RETRIES"] = "0"
 
-    result = _run(env, "run-once")
+    result = run_exporter(env, "run-once")
 
     assert result.returncode == 3, result.stderr
     assert owner in result.stderr
@@ -150,15 +134,15 @@ def test_a_schema_behind_the_code_exits_5_and_writes_nothing(
         pytest.skip("SQLite is upgraded automatically by run-once")
     env = subprocess_env(sandbox, empty_db_url)
 
-    result = _run(env, "run-once")
-    current = _run(env, "db", "current")
+    result = run_exporter(env, "run-once")
+    current = run_exporter(env, "db", "current")
 
     assert result.returncode == 5 and "exporter db upgrade" in result.stderr
     assert current.returncode == 5 and "behind" in current.stdout
     assert sandbox.request_count == 0
-    upgraded = _run(env, "db", "upgrade")
+    upgraded = run_exporter(env, "db", "upgrade")
     assert upgraded.returncode == 0, upgraded.stderr
-    assert _run(env, "db", "current").returncode == 0
+    assert run_exporter(env, "db", "current").returncode == 0
 
 
 def test_two_concurrent_runs_one_exits_4(sandbox: Sandbox, db_url: str, engine: Engine) -> None:
@@ -176,7 +160,7 @@ def test_two_concurrent_runs_one_exits_4(sandbox: Sandbox, db_url: str, engine: 
     first = _start(env, "run-once")
     try:
         _wait_for(lambda: _running(engine))
-        second = _run(env, "run-once")
+        second = run_exporter(env, "run-once")
     finally:
         second_done.set()
         _out, err_text = first.communicate(timeout=60)
@@ -217,7 +201,7 @@ def test_a_killed_run_is_marked_failed_by_the_next_and_history_converges(
     sandbox: Sandbox, db_url: str, engine: Engine
 ) -> None:
     env = subprocess_env(sandbox, db_url)
-    assert _run(env, "run-once").returncode == 0
+    assert run_exporter(env, "run-once").returncode == 0
     for owner in sandbox.owners_payload():
         sandbox.rename(sandbox.locks_payload(owner["id"])[0]["id"], f"renamed {owner['id'][:4]}")
     sandbox.add_fault(Fault(route="locks", kind="delay", delay=0.5, times=None))
@@ -238,7 +222,7 @@ def test_a_killed_run_is_marked_failed_by_the_next_and_history_converges(
         ).one()
     sandbox.clear_faults()
 
-    recovery = _run(env, "run-once")
+    recovery = run_exporter(env, "run-once")
 
     assert recovery.returncode == 0, recovery.stderr
     with engine.connect() as conn:
@@ -262,7 +246,7 @@ def test_a_killed_run_is_marked_failed_by_the_next_and_history_converges(
 
 def test_demo_builds_a_history_in_a_fresh_sqlite_file(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORTER_")}
-    result = _run(env, "demo", "--generations", "2", timeout=120, cwd=tmp_path)
+    result = run_exporter(env, "demo", "--generations", "2", timeout=120, cwd=tmp_path)
 
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "demo.db").is_file()
@@ -306,7 +290,7 @@ def test_lock_timeout_waits_for_the_other_run_instead_of_skipping(
     first = _start(env, "run-once")
     try:
         _wait_for(lambda: _running(engine))
-        second = _run({**env, "EXPORTER_DATABASE__LOCK_TIMEOUT": "30"}, "run-once")
+        second = run_exporter({**env, "EXPORTER_DATABASE__LOCK_TIMEOUT": "30"}, "run-once")
     finally:
         first.communicate(timeout=60)
 
@@ -360,7 +344,7 @@ def test_the_config_file_comes_from_the_flag_then_the_env_then_the_working_folde
     _config(cwd, "cwd.db")
 
     def upgrade(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
-        return _run({**env, **extra}, "db", "upgrade", *args, cwd=cwd)
+        return run_exporter({**env, **extra}, "db", "upgrade", *args, cwd=cwd)
 
     # Each relative SQLite path is resolved against its own config file's folder.
     assert upgrade().returncode == 0
@@ -396,7 +380,7 @@ def test_commands_that_write_nothing_create_no_sqlite_file(
     env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORTER_")}
     env.update(EXPORTER_TAPKEY__CLIENT_ID="c", EXPORTER_TAPKEY__CLIENT_SECRET="s")
     missing = tmp_path / "typo" / "inventory.db"
-    done = _run(env, *command, "--database-url", f"sqlite:///{missing}", cwd=tmp_path)
+    done = run_exporter(env, *command, "--database-url", f"sqlite:///{missing}", cwd=tmp_path)
     assert done.returncode == 5
     assert done.stderr.strip() == (
         f"error: the SQLite database {missing} does not exist; check [database] url "
@@ -496,7 +480,7 @@ def test_a_signalled_run_once_sends_no_further_retry(
 
 def test_sandbox_on_a_port_in_use_is_one_line_and_exit_2(sandbox: Sandbox) -> None:
     port = sandbox.base_url.rsplit(":", 1)[1]
-    done = _run(os.environ.copy(), "sandbox", "--port", port, timeout=30)
+    done = run_exporter(os.environ.copy(), "sandbox", "--port", port, timeout=30)
     assert done.returncode == 2
     assert done.stderr.strip() == (
         f"error: cannot listen on 127.0.0.1:{port}: Address already in use; choose another "
@@ -510,7 +494,7 @@ def test_a_failed_owner_is_reported_once_on_stderr(sandbox: Sandbox, tmp_path: P
     sandbox.add_fault(Fault(route="locks", status=403, owner_id=owner_id, times=None))
     env = subprocess_env(sandbox, f"sqlite:///{tmp_path / 'inv.db'}")
 
-    done = _run(env, "run-once", "--quiet")
+    done = run_exporter(env, "run-once", "--quiet")
 
     assert done.returncode == 3, done.stderr
     assert done.stderr.count(f"owner {owner_id} failed:") == 1
@@ -525,10 +509,12 @@ def test_markup_and_emoji_codes_in_data_are_shown_as_they_are(
     lock_id = sandbox.locks_payload(sandbox.owners_payload()[0]["id"])[0]["id"]
     sandbox.rename(lock_id, title)
     env = {**subprocess_env(sandbox, f"sqlite:///{tmp_path / 'inv.db'}"), "COLUMNS": "300"}
-    assert _run(env, "run-once", "--quiet").returncode == 0
-    failed = _run({**env, "EXPORTER_TAPKEY__CLIENT_SECRET": "wrong-secret"}, "run-once", "--quiet")
+    assert run_exporter(env, "run-once", "--quiet").returncode == 0
+    failed = run_exporter(
+        {**env, "EXPORTER_TAPKEY__CLIENT_SECRET": "wrong-secret"}, "run-once", "--quiet"
+    )
     assert failed.returncode == 1 and "[tapkey]" in failed.stderr
 
-    assert title in _run(env, "locks").stdout
-    assert title in _run(env, "history", lock_id).stdout
-    assert "[tapkey]" in _run(env, "runs", "show", "2").stdout
+    assert title in run_exporter(env, "locks").stdout
+    assert title in run_exporter(env, "history", lock_id).stdout
+    assert "[tapkey]" in run_exporter(env, "runs", "show", "2").stdout

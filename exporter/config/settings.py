@@ -29,6 +29,7 @@ from sqlalchemy.exc import ArgumentError
 
 from exporter.config import crontab
 from exporter.config.proxies import check_proxy_url, display_proxy
+from exporter.config.urls import is_loopback_host, sqlite_file
 from exporter.errors import ConfigError
 
 _NUM = r"(\d+(?:\.\d+)?)"
@@ -144,15 +145,6 @@ def _resolve_path(value: Path | None, info: ValidationInfo, key: str) -> Path | 
     return base / value
 
 
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _check_http_url(value: str) -> str:
     value = value.strip()
     parts = urlsplit(value)
@@ -162,7 +154,7 @@ def _check_http_url(value: str) -> str:
         raise ValueError(f"has an invalid port (got {value!r})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"must be an http(s) URL such as https://my.tapkey.com (got {value!r})")
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
         raise ValueError(
             "plain http is only allowed to a loopback host (127.0.0.1, ::1, localhost); "
             f"use https:// (got {value!r})"
@@ -418,8 +410,8 @@ def _check_driver(url: URL) -> None:
 
 
 def _resolve_sqlite(url: URL, base: Path | None) -> URL:
-    database = url.database
-    if not database or database == ":memory:" or database.startswith("file:"):
+    database = sqlite_file(url)
+    if database is None:
         return url
     path = Path(database)
     if path.is_absolute() or base is None:

@@ -28,7 +28,12 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from exporter.config.settings import without_secrets
-from exporter.errors import DatabasePermissionError, DatabaseUnavailableError, StoreError
+from exporter.errors import (
+    DatabasePermissionError,
+    DatabaseUnavailableError,
+    StoreError,
+    first_line,
+)
 
 
 def store_error(exc: BaseException, engine: Engine | None = None) -> StoreError:
@@ -81,12 +86,6 @@ def _connection_lost(exc: BaseException) -> bool:
     args: tuple[Any, ...] = getattr(orig, "args", ())
     code = args[0] if args and isinstance(args[0], int) else None
     return code is None or code >= 2000 or code in _MYSQL_SESSION_ENDED
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an error's text (its type name if it has none)."""
-    text_ = str(exc).strip()
-    return text_.splitlines()[0] if text_ else type(exc).__name__
 
 
 def _reason(orig: BaseException, engine: Engine | None) -> str:

@@ -34,12 +34,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
 
 from exporter.config.settings import masked_url, without_secrets
-from exporter.db.errors import first_line, permission_problem, store_error
+from exporter.config.urls import sqlite_file
+from exporter.db.errors import permission_problem, store_error
 from exporter.errors import (
     ConfigError,
     DatabaseUnavailableError,
     LockHeldError,
     SchemaVersionError,
+    first_line,
 )
 
 LOCK_NAME = "tapkey-inventory-exporter"
@@ -88,12 +90,8 @@ def backend(engine: Engine) -> str:
 
 def sqlite_path(engine: Engine) -> Path | None:
     """The database file of a file-backed SQLite engine, else None."""
-    if backend(engine) != "sqlite":
-        return None
-    database = engine.url.database
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return None
-    return Path(database)
+    database = sqlite_file(engine.url)
+    return None if database is None else Path(database)
 
 
 def in_memory(url: str) -> bool:
@@ -122,8 +120,8 @@ def make_engine(url: str, *, schema: str | None = None, create: bool = True) -> 
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if parsed.get_backend_name() == "sqlite":
         connect_args["timeout"] = 30
-        database = parsed.database
-        if database and database != ":memory:" and not database.startswith("file:"):
+        database = sqlite_file(parsed)
+        if database is not None:
             if not create and not Path(database).is_file():
                 raise DatabaseUnavailableError(
                     f"the SQLite database {database} does not exist; check [database] url "
@@ -160,7 +158,7 @@ def _driver_problem(drivername: str, exc: BaseException) -> str:
             f"[database] url: the database driver for {drivername}:// is not installed "
             f"({exc}); install it with: pip install 'tapkey-inventory-exporter[{extra}]'"
         )
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    reason = first_line(exc)
     return f"[database] url: {reason}; check [database] url"
 
 
@@ -265,9 +263,7 @@ def connect(engine: Engine) -> Iterator[Connection]:
 
 
 def _unreachable(engine: Engine, exc: BaseException) -> str:
-    reason = (
-        str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc) else type(exc).__name__
-    )
+    reason = first_line(exc)
     return (
         f"cannot connect to the database {masked_url(engine.url)}: "
         f"{without_secrets(reason, engine.url)}; check [database] url and that the server is "
@@ -647,7 +643,7 @@ class WriterLock:
         except (OperationalError, DBAPIError) as exc:
             raise DatabaseUnavailableError(
                 "lost the connection that holds the writer lock; the run was aborted "
-                f"({str(getattr(exc, 'orig', exc)).strip().splitlines()[0]}): check the database "
+                f"({first_line(exc)}): check the database "
                 "server and run again"
             ) from None
 

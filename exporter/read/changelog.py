@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Engine, Select, Table, func, select, true
 
+from exporter.db.inlists import chunks
 from exporter.db.schema import (
     LOCK_TRACKED,
     OWNER_TRACKED,
@@ -29,18 +30,17 @@ from exporter.db.schema import (
 from exporter.db.store import connect
 from exporter.errors import UsageError
 from exporter.kinds import ChangeType
+from exporter.read.asof import missing_run
 from exporter.read.inventory import (
     LockRow,
     Row,
-    chunks,
     hex_of,
     id_order,
     lock_row,
-    missing_run,
     owner_names,
     resolve_owner,
-    stream,
 )
+from exporter.read.streaming import stream
 
 # Compared per row: a module constant, not an Enum attribute lookup (four times slower).
 _CREATED = ChangeType.CREATED

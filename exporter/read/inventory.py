@@ -1,10 +1,11 @@
-"""Read-side queries: the inventory now or at any past instant, daily counts, and runs.
+"""Read-side queries: the inventory now or at any past instant, and daily counts.
 
 Everything is computed from the version tables with the rules of the schema: a version is valid
 on [valid_from, valid_to); a lock is present at T when its version valid at T is not `removed`.
 The `daily_inventory` view says the same in SQL, and the tests hold both to the same answers.
-Changes and lock histories are in `exporter.read.changelog`. Nothing here reads the clock: callers
-pass `now`.
+Changes and lock histories are in `exporter.read.changelog`, runs in `exporter.read.runs`, instants
+(`--as-of`) in `exporter.read.asof`, batched reading in `exporter.read.streaming`. Nothing here
+reads the clock: callers pass `now`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import contextlib
 import itertools
 import string
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, NamedTuple
 
@@ -22,7 +23,6 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
-    FromClause,
     LargeBinary,
     RowMapping,
     Select,
@@ -32,97 +32,28 @@ from sqlalchemy import (
     func,
     literal_column,
     select,
-    type_coerce,
 )
-from sqlalchemy.engine import Dialect, processors
-from sqlalchemy.types import TypeEngine
 
-from exporter.config.settings import parse_duration
 from exporter.db.schema import (
-    RUN_STATUSES,
-    UTCDateTime,
     bound_lock_versions,
     bound_locks,
     owner_account_versions,
     owner_accounts,
-    sync_run_owners,
     sync_runs,
 )
 from exporter.db.store import connect
 from exporter.errors import UsageError
-from exporter.kinds import ChangeType, OwnerStatus
+from exporter.kinds import ChangeType
+from exporter.read.asof import AsOf, valid_at
+from exporter.read.streaming import stream, streamed
 from exporter.results import Change
 
 # Compared per row: a module constant, not an Enum attribute lookup (four times slower).
 _REMOVED = ChangeType.REMOVED
 
-_CHUNK = 500
-# Rows fetched at a time by a streamed read: memory stays flat, round trips stay few.
-_STREAM_BATCH = 2000
 # A result row (RowMapping) or a plain dict of column values.
 Row = Mapping[Any, Any]
 _TICK = timedelta(microseconds=1)
-
-# -- instants -------------------------------------------------------------------------------------
-
-
-def parse_instant(text: str, *, now: datetime) -> datetime:
-    """An ISO-8601 timestamp (naive means UTC) or a duration back from `now` ("7d", "1h30m")."""
-    value = text.strip()
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        try:
-            return now - timedelta(seconds=parse_duration(value))
-        except ValueError:
-            raise UsageError(
-                f"cannot read {text!r} as a time: give an ISO-8601 timestamp such as "
-                "2026-03-01 or 2026-03-01T12:00:00Z (UTC unless it has an offset), or a duration "
-                "back from now such as 7d, 12h or 1h30m"
-            ) from None
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
-
-
-@dataclass(frozen=True)
-class AsOf:
-    """The instant an inventory was asked for, and the run it came from (for a run id)."""
-
-    at: datetime
-    run_id: int | None = None
-
-
-def resolve_as_of(engine: Engine, text: str, *, now: datetime) -> AsOf:
-    """`--as-of`: a run id means that run's `finished_at`; else a timestamp or a duration."""
-    value = text.strip()
-    if not value.isdigit():
-        return AsOf(parse_instant(value, now=now))
-    run_id = int(value)
-    with connect(engine) as conn:
-        row = conn.execute(
-            select(sync_runs.c.finished_at, sync_runs.c.status).where(sync_runs.c.id == run_id)
-        ).one_or_none()
-    if row is None:
-        raise missing_run(run_id)
-    if row.finished_at is None:
-        raise UsageError(
-            f"run {run_id} has no recorded end (it is running, or was abandoned); give a "
-            "timestamp instead"
-        )
-    return AsOf(row.finished_at, run_id)
-
-
-def valid_at(table: FromClause, at: datetime) -> ColumnElement[bool]:
-    """The versions of `table` valid at `at`: valid_from <= at < valid_to (or open)."""
-    return (table.c.valid_from <= at) & (table.c.valid_to.is_(None) | (table.c.valid_to > at))
-
-
-def chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
-    """`items` in slices small enough for an IN list on every database."""
-    for start in range(0, len(items), _CHUNK):
-        yield items[start : start + _CHUNK]
-
 
 # -- inventory ------------------------------------------------------------------------------------
 
@@ -239,63 +170,6 @@ def open_inventory(
             if filtered or include_removed:
                 owners = listed_owners(owners, locks(), only_those_with_locks=filtered)
         yield Inventory(as_of, owners, locks())
-
-
-def stream(conn: Connection, query: Select[Any]) -> Iterator[Sequence[Any]]:
-    """The rows of `query` (sequences of values), read from the database in batches.
-
-    Inside, no other statement may run on `conn` until the rows are all read.
-    """
-    if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
-        yield from _psycopg_stream(conn, query)
-        return
-    # SQLite steps through the rows as they are fetched; PyMySQL reads them unbuffered.
-    result = conn.execution_options(stream_results=True, yield_per=_STREAM_BATCH).execute(query)
-    with result:
-        for batch in result.partitions():
-            yield from batch
-
-
-def _psycopg_stream(conn: Connection, query: Select[Any]) -> Iterator[Sequence[Any]]:
-    """PostgreSQL rows as the server sends them (psycopg's chunked stream), typed as by Core.
-
-    SQLAlchemy streams through a server-side cursor (DECLARE CURSOR), which PostgreSQL plans
-    without parallel workers and for the first rows: sorting a million locks took 2-3x as long
-    as the same plain query, whose rows psycopg can read chunk by chunk as they arrive.
-    """
-    dialect = conn.dialect
-    compiled = query.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
-    convert = [
-        (i, process)
-        for i, column in enumerate(query.selected_columns)
-        if (process := column.type.dialect_impl(dialect).result_processor(dialect, None))
-    ]
-    # Core's bind processors are not applied: the parameters of these queries (text, numbers,
-    # aware datetimes) need none on psycopg.
-    dbapi: Any = conn.connection.dbapi_connection
-    chunks = {"size": _STREAM_BATCH} if _psycopg_pq_version() >= 170000 else {}
-    with dbapi.cursor() as cursor:
-        # Times in UTC from the server: converting each from the server's zone (a ZoneInfo)
-        # took more CPU than reading it. Only for this transaction.
-        cursor.execute("SET LOCAL TIME ZONE 'UTC'")
-        rows = cursor.stream(compiled.string, compiled.construct_params(), **chunks)
-        with contextlib.closing(rows):
-            if not convert:
-                yield from rows
-                return
-            for row in rows:
-                values = list(row)
-                for i, process in convert:
-                    if values[i] is not None:
-                        values[i] = process(values[i])
-                yield values
-
-
-def _psycopg_pq_version() -> int:
-    """The libpq version psycopg uses (chunked streaming needs 17)."""
-    import psycopg
-
-    return int(psycopg.pq.version())
 
 
 def listed_owners(
@@ -435,30 +309,6 @@ def _owners(
     return found
 
 
-class _StreamedTime(TypeEngine[datetime]):
-    """A UTC time column of a streamed read, converted by the driver or in C where possible.
-
-    UTCDateTime's processing is a Python call or two per value, None included: for a million
-    locks that cost about as much as SQLite's sort. SQLite holds ISO-8601 text ending in Z,
-    which SQLAlchemy's C parser turns into an aware datetime; psycopg returns aware times, in
-    UTC in `_psycopg_stream`; MySQL/MariaDB naive ones, which are UTC.
-    """
-
-    cache_ok = True
-
-    def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], Any] | None:
-        """The conversion from what the driver returns to an aware UTC datetime."""
-        if dialect.name == "sqlite":
-            return processors.str_to_datetime  # type: ignore[no-any-return]
-        if dialect.name == "postgresql":
-            return None
-        return _naive_as_utc
-
-
-def _naive_as_utc(value: datetime | None) -> datetime | None:
-    return value if value is None else value.replace(tzinfo=UTC)
-
-
 def _locks_query(
     dialect: str, at: datetime | None, owner_ids: set[str] | None, include_removed: bool
 ) -> Select[Any]:
@@ -469,7 +319,7 @@ def _locks_query(
         query = select(
             lock.c.owner_account_id,
             owner_name,
-            *(_streamed(lock.c[name]) for name in LockRow._fields[2:]),
+            *(streamed(lock.c[name]) for name in LockRow._fields[2:]),
         ).select_from(lock.outerjoin(owner, owner.c.id == lock.c.owner_account_id))
         if not include_removed:
             query = query.where(lock.c.removed_at.is_(None))
@@ -489,7 +339,7 @@ def _locks_query(
             "removed_at": case((lock.c.change_type == ChangeType.REMOVED, lock.c.valid_from)),
         }
         query = (
-            select(*(_streamed(columns[name]) for name in LockRow._fields))
+            select(*(streamed(columns[name]) for name in LockRow._fields))
             .select_from(
                 lock.join(current, current.c.id == lock.c.id)
                 .outerjoin(then, (then.c.id == lock.c.owner_account_id) & valid_at(then, at))
@@ -507,13 +357,6 @@ def _locks_query(
         *text_order(lock.c.title, dialect),
         id_order(lock.c.id, dialect),
     )
-
-
-def _streamed(column: ColumnElement[Any]) -> ColumnElement[Any]:
-    """`column`, read as `_StreamedTime` if it holds times."""
-    if isinstance(column.type, UTCDateTime):
-        return type_coerce(column, _StreamedTime()).label(column.key)
-    return column
 
 
 def hex_of(row: Row) -> str | None:
@@ -625,109 +468,3 @@ def daily_inventory(engine: Engine) -> list[DailyCount]:
             counts.items(), key=lambda item: (item[0][0], item[0][1], item[0][2] or "")
         )
     ]
-
-
-# -- runs -----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RunRow:
-    """One sync run."""
-
-    id: int
-    started_at: datetime
-    finished_at: datetime | None
-    duration_seconds: float | None
-    status: str
-    trigger: str
-    owners_seen: int
-    locks_seen: int
-    created: int
-    updated: int
-    removed: int
-    restored: int
-    unchanged: int
-    skipped: int
-    api_requests: int
-    error: str | None
-    client_id: str | None
-
-    def as_dict(self) -> dict[str, Any]:
-        """The fields by name."""
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class RunOwnerRow:
-    """How one owner account's fetch went in a run."""
-
-    owner_account_id: str
-    owner_name: str | None
-    status: str
-    locks_seen: int
-    created: int
-    updated: int
-    removed: int
-    restored: int
-    unchanged: int
-    skipped: int
-    fetched_at: datetime | None
-    error: str | None
-
-    def as_dict(self) -> dict[str, Any]:
-        """The fields by name."""
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class RunDetail:
-    """A run and its per-owner outcomes (failed owners first)."""
-
-    run: RunRow
-    owners: list[RunOwnerRow]
-
-
-def _run_row(row: Row) -> RunRow:
-    started, finished = row["started_at"], row["finished_at"]
-    duration = (finished - started).total_seconds() if finished is not None else None
-    values = {name: row[name] for name in RunRow.__dataclass_fields__ if name in row}
-    return RunRow(**{**values, "duration_seconds": duration})
-
-
-def missing_run(run_id: int) -> UsageError:
-    """The error for a run id that names no run."""
-    return UsageError(f"there is no run {run_id}; `exporter runs` lists the runs")
-
-
-def runs(engine: Engine, *, limit: int | None = 20, status: str | None = None) -> list[RunRow]:
-    """The most recent runs first, optionally only those with `status`."""
-    if status is not None and status not in RUN_STATUSES:
-        raise UsageError(f"unknown run status {status!r}; use {', '.join(RUN_STATUSES)}")
-    query = select(sync_runs).order_by(sync_runs.c.id.desc()).limit(limit)
-    if status is not None:
-        query = query.where(sync_runs.c.status == status)
-    with connect(engine) as conn:
-        return [_run_row(r) for r in conn.execute(query).mappings()]
-
-
-def run_detail(engine: Engine, run_id: int) -> RunDetail:
-    """One run with the outcome of every owner account it fetched."""
-    with connect(engine) as conn:
-        row = conn.execute(select(sync_runs).where(sync_runs.c.id == run_id)).mappings().first()
-        if row is None:
-            raise missing_run(run_id)
-        names = owner_names(conn)
-        outcomes = conn.execute(
-            select(sync_run_owners).where(sync_run_owners.c.run_id == run_id)
-        ).mappings()
-        owners = [
-            RunOwnerRow(
-                owner_name=names.get(o["owner_account_id"]),
-                **{k: o[k] for k in RunOwnerRow.__dataclass_fields__ if k != "owner_name"},
-            )
-            for o in outcomes
-        ]
-    owners.sort(
-        key=lambda o: (o.status != OwnerStatus.FAILED, fold(o.owner_name), o.owner_account_id)
-    )
-    return RunDetail(_run_row(row), owners)

@@ -15,10 +15,10 @@ from sqlalchemy import Engine, Select, select
 from exporter.db.schema import bound_locks, log_entries, owner_accounts
 from exporter.db.store import connect
 from exporter.errors import UsageError
-from exporter.read import inventory as report
 from exporter.read import render
 from exporter.read.changelog import _find_locks
 from exporter.read.inventory import id_order, resolve_owner
+from exporter.read.streaming import stream, streamed
 
 
 class LogRow(NamedTuple):
@@ -76,7 +76,7 @@ def open_log(
         query = _query(conn.dialect.name, lock_ids, owner_ids, since, until)
         if limit is not None:
             query = query.limit(limit)
-        yield LogFeed(map(LogRow._make, report.stream(conn, query)), limit)
+        yield LogFeed(map(LogRow._make, stream(conn, query)), limit)
 
 
 def _query(
@@ -93,7 +93,7 @@ def _query(
         "lock_id_hex": lock.c.lock_id_hex,
         "title": lock.c.title,
     }
-    query = select(*(report._streamed(columns[name]) for name in LogRow._fields)).select_from(
+    query = select(*(streamed(columns[name]) for name in LogRow._fields)).select_from(
         e.outerjoin(lock, lock.c.id == e.c.bound_lock_id).outerjoin(
             owner, owner.c.id == e.c.owner_account_id
         )

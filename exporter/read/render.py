@@ -20,7 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 from exporter.read.changelog import ChangeFeed, ChangeRow, FieldChange, LockHistory
-from exporter.read.inventory import Inventory, LockRow, OwnerRow, RunDetail, RunRow, fold
+from exporter.read.inventory import Inventory, LockRow, OwnerRow, fold
+from exporter.read.runs import RunDetail, RunRow
 
 FORMATS = ("table", "csv", "json")
 

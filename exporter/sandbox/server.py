@@ -17,6 +17,9 @@ The data comes from a seed (see `exporter.sandbox.data`) and changes in "generat
 connection resets, truncated or invalid bodies), run hooks before a response is built, cap
 ``$top``, make the server ignore ``$skip`` and deny one route of one owner. The sandbox imports
 nothing from the exporter: it is a stand-in for Tapkey, not part of the exporter.
+
+This module holds the state and builds the replies; `handler` puts them on the wire and
+`protocol` holds what both use (routes, `Fault`, `Request`, replies).
 """
 
 from __future__ import annotations
@@ -27,25 +30,32 @@ import contextlib
 import dataclasses
 import json
 import logging
-import re
 import secrets
 import socket
-import socketserver
 import ssl
-import struct
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Literal, cast
-from urllib.parse import parse_qsl, unquote, unquote_plus, urlsplit
+from dataclasses import dataclass
+from typing import Any, cast
+from urllib.parse import unquote_plus
 
 from exporter.sandbox.access import ACCESS_CHANGE_KINDS, ACCESS_ROUTES, AccessData, AccessRoute
 from exporter.sandbox.data import CHANGE_KINDS, LOCK_TYPES, SandboxChange, SandboxInventory
 from exporter.sandbox.entities import epoch_ms
+from exporter.sandbox.handler import Handler, Server, Server6
 from exporter.sandbox.odata import FilterError
+from exporter.sandbox.protocol import (
+    FAULT_KINDS,
+    ActiveFault,
+    Fault,
+    Request,
+    Response,
+    Route,
+    error_response,
+    odata_error,
+    unauthorized,
+)
 
 __all__ = [
     "ACCESS_CHANGE_KINDS",
@@ -61,7 +71,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Route = Literal["token", "owners", "locks", "contacts", "cards", "grants", "logs"]
 SCOPE_OWNERS = "read:owneraccounts"
 SCOPE_LOCKS = "read:core:entities"
 SCOPE_GRANTS = "read:grants"
@@ -75,102 +84,15 @@ _SCOPES: dict[str, str] = {
     "grants": SCOPE_GRANTS,
     "logs": SCOPE_LOGS,
 }
-_FAULT_KINDS = ("status", "delay", "reset", "truncate", "body")
 _EXPANDABLE = {"healthstatuses", "supportedfeatures", "membershipstatistics"}
-_JSON = "application/json; charset=utf-8"
-_MAX_BODY = 1 << 20
-# Paths match case-insensitively, as on Tapkey's ASP.NET servers.
-_TOKEN_PATH = re.compile(r"/connect/token", re.IGNORECASE)
-_OWNERS_PATH = re.compile(r"/api/v1/owners", re.IGNORECASE)
-_LOCKS_PATH = re.compile(r"/api/v1/owners/([^/]+)/boundlocks", re.IGNORECASE)
-_ACCESS_PATH = re.compile(r"/api/v1/owners/([^/]+)/(contacts|boundcards|grants|logentries)", re.I)
-_ACCESS_PATHS: dict[str, AccessRoute] = {
-    "contacts": "contacts",
-    "boundcards": "cards",
-    "grants": "grants",
-    "logentries": "logs",
-}
 # The query options the access routes take; $select is ignored (clients ignore extra fields).
 _ACCESS_OPTIONS = frozenset({"$top", "$skip", "$filter", "$select"})
-
-
-@dataclass
-class Fault:
-    """A scripted misbehaviour for requests on one route (see `Sandbox.add_fault`).
-
-    kind ``status``: reply `status` with `headers` and `body` (default: a small JSON error).
-    kind ``delay``: sleep `delay` seconds, then answer normally.
-    kind ``reset``: close the socket without answering (SO_LINGER 0: the client sees a reset).
-    kind ``truncate``: send the real headers (real Content-Length), half the body, then close.
-    kind ``body``: reply 200 with exactly `body` (e.g. invalid JSON) and `headers`.
-    """
-
-    route: Route
-    kind: Literal["status", "delay", "reset", "truncate", "body"] = "status"
-    status: int = 500
-    headers: dict[str, str] = field(default_factory=dict)
-    body: str | None = None
-    delay: float = 0.0
-    owner_id: str | None = None  # routes of one owner only: just this owner (None = any owner)
-    times: int | None = 1  # how many matching requests it hits; None = until cleared
-    after: int = 0  # let this many matching requests pass untouched first
-
-
-@dataclass(frozen=True)
-class Request:
-    """What hooks see of one API request (secrets and tokens are never included)."""
-
-    route: str
-    owner_id: str | None
-    top: int | None
-    skip: int | None
-    params: dict[str, str]
-    number: int  # 1-based count of requests on this route
-
-
-@dataclass
-class _ActiveFault:
-    fault: Fault
-    passed: int = 0  # matching requests seen while `after` was not yet reached
 
 
 @dataclass(frozen=True)
 class _Token:
     expires_at: float
     scopes: frozenset[str]
-
-
-@dataclass
-class _Response:
-    status: int
-    body: bytes
-    headers: dict[str, str] = field(default_factory=dict)
-    content_type: str = _JSON
-
-
-def _error(
-    status: int, error: str, description: str, headers: dict[str, str] | None = None
-) -> _Response:
-    body = json.dumps({"error": error, "error_description": description}, separators=(",", ":"))
-    return _Response(status, body.encode(), headers or {})
-
-
-def _odata_error(message: str, target: str) -> _Response:
-    """A 400 with an OData JSON error body, as OData servers answer a query they reject."""
-    error = {"code": "BadRequest", "message": message, "target": target}
-    return _Response(400, json.dumps({"error": error}, separators=(",", ":")).encode())
-
-
-def _unauthorized(description: str) -> _Response:
-    challenge = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
-    return _error(401, "invalid_token", description, challenge)
-
-
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Sandbox Fault"
 
 
 def _non_negative(params: Mapping[str, str], name: str) -> int | None:
@@ -243,10 +165,10 @@ class Sandbox:
         self._tls = tls  # a server context: serve https instead of http
         self._tokens: dict[str, _Token] = {}
         self._issued: list[str] = []  # every token ever issued, for leak checks in tests
-        self._faults: list[_ActiveFault] = []
+        self._faults: list[ActiveFault] = []
         self._request_count = 0
         self._requests: collections.Counter[str] = collections.Counter()
-        self._server: _Server | None = None
+        self._server: Server | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
         self.max_top = max_top  # server-side page cap, applied silently
@@ -266,11 +188,11 @@ class Sandbox:
         with self._lock:  # encode every lock now so the first crawl costs what later ones do
             for lock in self._data.locks.values():
                 self._data.lock_json(lock)
-        server_class = _Server6 if ":" in self._host else _Server
-        self._server = server_class((self._host, self._port), _Handler)
+        server_class = Server6 if ":" in self._host else Server
+        self._server = server_class((self._host, self._port), Handler)
         self._server.sandbox = self
         if self._tls is not None:
-            # The handshake runs in the connection's thread (_Handler.setup), not in accept().
+            # The handshake runs in the connection's thread (Handler.setup), not in accept().
             self._server.socket = self._tls.wrap_socket(
                 self._server.socket, server_side=True, do_handshake_on_connect=False
             )
@@ -547,7 +469,7 @@ class Sandbox:
 
     def add_fault(self, fault: Fault) -> None:
         """Queue a fault; the sandbox keeps its own copy and counts `times`/`after` on it."""
-        if fault.route not in _ROUTES or fault.kind not in _FAULT_KINDS:
+        if fault.route not in _ROUTES or fault.kind not in FAULT_KINDS:
             raise ValueError(f"bad fault route/kind: {fault.route!r}/{fault.kind!r}")
         if fault.delay < 0 or fault.after < 0 or not 100 <= fault.status <= 999:
             raise ValueError("fault delay and after must be >= 0 and status a 3-digit code")
@@ -557,7 +479,7 @@ class Sandbox:
             return  # a fault that never hits
         copy = dataclasses.replace(fault, headers=dict(fault.headers))
         with self._lock:
-            self._faults.append(_ActiveFault(copy))
+            self._faults.append(ActiveFault(copy))
 
     def clear_faults(self) -> None:
         """Drop every queued fault."""
@@ -613,7 +535,7 @@ class Sandbox:
 
     def _take_fault(self, request: Request) -> Fault | None:
         """The fault to apply: the first matching one past its `after`; each match counts."""
-        chosen: _ActiveFault | None = None
+        chosen: ActiveFault | None = None
         with self._lock:
             for active in self._faults:
                 fault = active.fault
@@ -633,7 +555,7 @@ class Sandbox:
                     self._faults.remove(chosen)
             return chosen.fault
 
-    def _token_response(self, form: dict[str, str], authorization: str | None) -> _Response:
+    def _token_response(self, form: dict[str, str], authorization: str | None) -> Response:
         """RFC 6749 client-credentials grant with client_secret_basic or client_secret_post."""
         client_id, secret = form.get("client_id"), form.get("client_secret")
         challenge: dict[str, str] = {}
@@ -643,21 +565,27 @@ class Sandbox:
                 decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode()
                 basic_id, _, basic_secret = decoded.partition(":")
             except ValueError:
-                return _error(401, "invalid_client", "malformed Basic credentials", challenge)
+                return error_response(
+                    401, "invalid_client", "malformed Basic credentials", challenge
+                )
             if client_id is not None and unquote_plus(basic_id) != client_id:
-                return _error(401, "invalid_client", "two different client ids", challenge)
+                return error_response(401, "invalid_client", "two different client ids", challenge)
             # RFC 6749 form-encodes both before Base64; many clients do not: accept both.
             if (basic_id, basic_secret) != (self._client_id, self._client_secret):
                 basic_id, basic_secret = unquote_plus(basic_id), unquote_plus(basic_secret)
             client_id, secret = basic_id, basic_secret
         if client_id != self._client_id or secret != self._client_secret:
-            return _error(401, "invalid_client", "unknown client or wrong secret", challenge)
+            return error_response(
+                401, "invalid_client", "unknown client or wrong secret", challenge
+            )
         if form.get("grant_type") != "client_credentials":
-            return _error(400, "unsupported_grant_type", "only client_credentials is supported")
+            return error_response(
+                400, "unsupported_grant_type", "only client_credentials is supported"
+            )
         requested = tuple(dict.fromkeys(form.get("scope", "").split())) or self._granted
         refused = [scope for scope in requested if scope not in self._granted]
         if refused:
-            return _error(400, "invalid_scope", f"scope not allowed: {' '.join(refused)}")
+            return error_response(400, "invalid_scope", f"scope not allowed: {' '.join(refused)}")
         token = secrets.token_urlsafe(32)
         with self._lock:
             now = self._clock()
@@ -671,25 +599,25 @@ class Sandbox:
             "scope": " ".join(requested),
         }
         no_store = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-        return _Response(200, json.dumps(payload, separators=(",", ":")).encode(), no_store)
+        return Response(200, json.dumps(payload, separators=(",", ":")).encode(), no_store)
 
-    def _check_bearer(self, authorization: str | None, scope: str) -> _Response | None:
+    def _check_bearer(self, authorization: str | None, scope: str) -> Response | None:
         """None if the bearer token is valid and has `scope`, else the 401/403 to send."""
         if not authorization or authorization[:7].lower() != "bearer ":
-            return _unauthorized("a bearer token is required")
+            return unauthorized("a bearer token is required")
         with self._lock:
             token = self._tokens.get(authorization[7:].strip())
             now = self._clock()
         if token is None:
-            return _unauthorized("unknown or revoked token")
+            return unauthorized("unknown or revoked token")
         if now >= token.expires_at:
-            return _unauthorized("the token has expired")
+            return unauthorized("the token has expired")
         if scope not in token.scopes:
             challenge = {"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'}
-            return _error(403, "insufficient_scope", f"the token lacks {scope}", challenge)
+            return error_response(403, "insufficient_scope", f"the token lacks {scope}", challenge)
         return None
 
-    def _list_response(self, request: Request, authorization: str | None) -> _Response:
+    def _list_response(self, request: Request, authorization: str | None) -> Response:
         """A list route after authentication, with OData paging."""
         locks = request.route == "locks"
         denied = self._check_bearer(authorization, _SCOPES[request.route])
@@ -700,31 +628,35 @@ class Sandbox:
             top = _non_negative(params, "$top")
             skip = _non_negative(params, "$skip") or 0
         except ValueError as exc:
-            return _error(400, "invalid_request", str(exc))
+            return error_response(400, "invalid_request", str(exc))
         expand = {
             name.strip().lower()
             for name in (params.get("expand") or params.get("$expand") or "").split(",")
             if name.strip()
         }
         if (expand and not locks) or not expand <= _EXPANDABLE:
-            return _error(400, "invalid_request", "unsupported expand")
+            return error_response(400, "invalid_request", "unsupported expand")
         with self._lock:
             if self.ignore_skip:
                 skip = 0
             if self.max_top is not None:
                 top = self.max_top if top is None else min(top, self.max_top)
             if request.route == "owners":
-                return _Response(200, self._data.owners_json(skip, top))
+                return Response(200, self._data.owners_json(skip, top))
             owner = self._data.owners.get(request.owner_id or "")
             if owner is None or not owner.visible:
-                return _error(403, "forbidden", "not a co-administrator of this owner account")
+                return error_response(
+                    403, "forbidden", "not a co-administrator of this owner account"
+                )
             if (owner.id, request.route) in self._denied:
-                return _error(403, "forbidden", "the service account's role may not read this")
+                return error_response(
+                    403, "forbidden", "the service account's role may not read this"
+                )
             if not locks:
                 route = cast(AccessRoute, request.route)
                 return self._access_response(route, owner.id, skip, top, params)
             health = "healthstatuses" in expand
-            return _Response(200, self._data.locks_json(owner.id, skip, top, health=health))
+            return Response(200, self._data.locks_json(owner.id, skip, top, health=health))
 
     def _access_response(
         self,
@@ -733,12 +665,12 @@ class Sandbox:
         skip: int,
         top: int | None,
         params: Mapping[str, str],
-    ) -> _Response:
+    ) -> Response:
         """An access route's page, after its own query options (call with the lock held)."""
         unsupported = sorted(k for k in params if k.startswith("$") and k not in _ACCESS_OPTIONS)
         if unsupported:
             message = f"The query option {unsupported[0][:20]} is not supported by the sandbox."
-            return _odata_error(message, unsupported[0][:20])
+            return odata_error(message, unsupported[0][:20])
         parsed = None
         if "$filter" in params:
             try:
@@ -747,172 +679,8 @@ class Sandbox:
                 )
             except FilterError as exc:
                 message = f"The query specified in the URI is not valid. {exc}"
-                return _odata_error(message, "$filter")
-        return _Response(200, self._access.page_json(route, owner_id, skip, top, parsed))
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128  # several clients connecting at once must not hit SYN retries
-    sandbox: Sandbox
-
-    def server_bind(self) -> None:
-        """Bind without HTTPServer's reverse DNS lookup (getfqdn), which can take seconds."""
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name, self.server_port = str(host), int(port)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Clients hanging up (timeouts, faults) are normal here; log anything else."""
-        logger.debug("sandbox connection error from %s", client_address, exc_info=True)
-
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "tapkey-sandbox"
-    timeout = 120  # idle keep-alive connections are closed after this many seconds
-
-    @property
-    def sandbox(self) -> Sandbox:
-        return cast(_Server, self.server).sandbox
-
-    def setup(self) -> None:
-        if isinstance(self.request, ssl.SSLSocket):
-            self.request.settimeout(self.timeout)
-            self.request.do_handshake()  # a failed handshake ends this connection only
-        super().setup()
-        # Responses go out in one write; without this Nagle delays keep-alive replies.
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with self.sandbox._lock:
-            self.sandbox._connections.add(self.connection)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            with self.sandbox._lock:
-                self.sandbox._connections.discard(self.connection)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("sandbox: " + format, *args)
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """Errors http.server detects itself (bad request line, ...) as small JSON bodies."""
-        self.close_connection = True
-        self._send(_error(code, "invalid_request", message or _phrase(code)))
-
-    def _dispatch(self) -> None:
-        sandbox = self.sandbox
-        sandbox._count()
-        body = self._read_body()
-        if body is None:
-            return
-        url = urlsplit(self.path)
-        owner_id: str | None = None
-        route: Route
-        if _TOKEN_PATH.fullmatch(url.path):
-            route, method = "token", "POST"
-        elif _OWNERS_PATH.fullmatch(url.path):
-            route, method = "owners", "GET"
-        elif match := _LOCKS_PATH.fullmatch(url.path):
-            route, method, owner_id = "locks", "GET", unquote(match[1])
-        elif match := _ACCESS_PATH.fullmatch(url.path):
-            route, method, owner_id = _ACCESS_PATHS[match[2].lower()], "GET", unquote(match[1])
-        else:
-            self._send(_error(404, "not_found", "no such resource"))
-            return
-        if self.command != method:
-            self._send(_error(405, "method_not_allowed", f"use {method}", {"Allow": method}))
-            return
-
-        form: dict[str, str] = {}
-        if route == "token":
-            content_type = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
-            if content_type != "application/x-www-form-urlencoded":
-                self._send(_error(400, "invalid_request", "send a form-encoded body"))
-                return
-            form = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
-            # Hooks never see the secret.
-            params = {k: v for k, v in form.items() if k in ("grant_type", "scope", "client_id")}
-        else:
-            params = dict(parse_qsl(url.query, keep_blank_values=True))
-        request = sandbox._begin(route, owner_id, params)
-        try:
-            for hook in list(sandbox.hooks):
-                hook(request)
-        except Exception:
-            logger.exception("sandbox hook failed")
-            self._send(_error(500, "hook_failed", "a sandbox hook raised an exception"))
-            return
-
-        fault = sandbox._take_fault(request)
-        if fault is not None and fault.kind == "delay":
-            time.sleep(fault.delay)
-        elif fault is not None and fault.kind == "reset":
-            self._reset()
-            return
-        elif fault is not None and fault.kind == "status":
-            if fault.body is None:
-                response = _error(fault.status, "sandbox_fault", _phrase(fault.status))
-            else:
-                response = _Response(fault.status, fault.body.encode())
-            response.headers.update(fault.headers)
-            self._send(response)
-            return
-        elif fault is not None and fault.kind == "body":
-            self._send(_Response(200, (fault.body or "").encode(), dict(fault.headers)))
-            return
-
-        authorization = self.headers.get("Authorization")
-        if route == "token":
-            response = sandbox._token_response(form, authorization)
-        else:
-            response = sandbox._list_response(request, authorization)
-        self._send(response, truncate=fault is not None and fault.kind == "truncate")
-
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _dispatch
-
-    def _read_body(self) -> bytes | None:
-        """The request body (so keep-alive stays in step); None after replying with an error."""
-        if "Transfer-Encoding" in self.headers:
-            self.close_connection = True
-            self._send(_error(411, "invalid_request", "send a Content-Length"))
-            return None
-        length = self.headers.get("Content-Length", "0").strip()
-        if not (length.isascii() and length.isdigit()) or int(length) > _MAX_BODY:
-            self.close_connection = True
-            self._send(_error(400, "invalid_request", "bad Content-Length"))
-            return None
-        return self.rfile.read(int(length)) if int(length) else b""
-
-    def _send(self, response: _Response, *, truncate: bool = False) -> None:
-        """Write status line, headers and body in one go (always with Content-Length)."""
-        status = response.status
-        lines = [
-            f"HTTP/1.1 {status} {_phrase(status)}",
-            f"Server: {self.server_version}",
-            f"Content-Type: {response.content_type}",
-            f"Content-Length: {len(response.body)}",
-        ]
-        lines += [f"{name}: {value}" for name, value in response.headers.items()]
-        body = b"" if self.command == "HEAD" else response.body
-        if truncate:
-            body = body[: len(body) // 2]
-            self.close_connection = True
-        if self.close_connection:
-            lines.append("Connection: close")
-        self.wfile.write("\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + body)
-
-    def _reset(self) -> None:
-        """Drop the connection abruptly: with SO_LINGER 0 close() sends a TCP RST."""
-        self.close_connection = True
-        with contextlib.suppress(OSError):
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.connection.close()  # the fd really closes once the handler drops its rfile
+                return odata_error(message, "$filter")
+        return Response(200, self._access.page_json(route, owner_id, skip, top, parsed))
 
 
 def serve_forever(sandbox: Sandbox) -> None:

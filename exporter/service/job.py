@@ -11,11 +11,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine, Table, select
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from exporter.config.proxies import Proxy, proxy_for
 from exporter.config.settings import Settings, masked_url
+from exporter.config.urls import sqlite_file
 from exporter.db import errors as db_errors
 from exporter.db import store
 from exporter.db.schema import (
@@ -330,11 +330,9 @@ def _check_database(settings: Settings) -> CheckResult:
         refuse_in_memory(settings)
     except ConfigError as exc:
         return _failed("database", exc)
-    url = make_url(settings.database.url)
-    sqlite = url.get_backend_name() == "sqlite"
-    path = url.database or ""
-    on_disk = sqlite and path not in ("", ":memory:") and not path.startswith("file:")
-    if on_disk and not Path(path).exists():
+    sqlite = settings.database.backend == "sqlite"
+    path = sqlite_file(settings.database.url)
+    if path is not None and not Path(path).exists():
         # Connecting would create the file: report instead of writing anything.
         problem = _uncreatable(Path(path))
         if problem is not None:

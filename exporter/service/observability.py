@@ -32,7 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from exporter.config.settings import LoggingSettings
 from exporter.db.schema import bound_locks, owner_accounts, sync_runs
-from exporter.errors import ConfigError
+from exporter.errors import ConfigError, first_line
 from exporter.kinds import ChangeType, RunStatus
 from exporter.terminal import json_visible, visible
 
@@ -259,7 +259,7 @@ class _DatabaseCollector(Collector):
                 ).scalar_one()
                 last = _last_success(conn)
         except SQLAlchemyError as exc:
-            log.warning("metrics: cannot read the database: %s", _first_line(exc))
+            log.warning("metrics: cannot read the database: %s", first_line(exc))
             up.add_metric([], 0)
             yield up
             return
@@ -290,11 +290,6 @@ def _last_success(conn: Any) -> datetime | None:
     return finished
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 # --- /healthz -----------------------------------------------------------------------------------
 
 
@@ -306,7 +301,7 @@ def health(
         with engine.connect() as conn:
             last = _last_success(conn)
     except SQLAlchemyError as exc:
-        log.warning("healthz: cannot read the database: %s", _first_line(exc))
+        log.warning("healthz: cannot read the database: %s", first_line(exc))
         return 503, {"status": "unavailable", "reason": "cannot read the database"}
     body: dict[str, Any] = {"max_age_seconds": max_age}
     if last is None:

@@ -49,6 +49,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from exporter.db.errors import store_error
+from exporter.db.inlists import chunks
 from exporter.db.schema import (
     LOCK_TRACKED,
     OWNER_TRACKED,
@@ -69,6 +70,7 @@ from exporter.errors import (
     Interrupted,
     StoreError,
     TapkeyError,
+    first_line,
 )
 from exporter.kinds import ChangeType, OwnerStatus, RemovalReason, RunStatus
 from exporter.results import Change, Counts, OwnerOutcome, RunResult
@@ -79,7 +81,6 @@ from exporter.sync.guard import RemovalGuard, locks_held_message, owners_held_me
 from exporter.sync.versions import (
     LOCK_CURRENT_ONLY,
     Clock,
-    chunks,
     close_versions,
     latest_instant,
     load_locks,
@@ -268,7 +269,7 @@ class _Run:
             self._finish(RunStatus.FAILED, str(exc))
             raise
         except BaseException as exc:
-            self._finish(RunStatus.FAILED, _first_line(exc) or type(exc).__name__)
+            self._finish(RunStatus.FAILED, first_line(exc))
             raise
         return self.result
 
@@ -789,8 +790,3 @@ def _failed_summary(owners: Sequence[OwnerOutcome]) -> str | None:
     first = failed[0]
     more = f" (+{len(failed) - 1} more owners failed)" if len(failed) > 1 else ""
     return f"owner {first.owner_account_id}: {first.error}{more}"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0] if text else ""

@@ -16,11 +16,11 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select
 
+from exporter.db.inlists import chunks
 from exporter.db.schema import lock_health_readings
 from exporter.tapkey.records import HealthReading, LockRecord
 
 EXPAND = ("healthStatuses",)
-_CHUNK = 500
 
 
 def number(value: str | float | None) -> float | None:
@@ -79,8 +79,8 @@ def store_readings(
     table = lock_health_readings
     new: list[dict[str, Any]] = []
     lock_ids = sorted({row["bound_lock_id"] for row in rows})
-    for start in range(0, len(lock_ids), _CHUNK):
-        chunk = set(lock_ids[start : start + _CHUNK])
+    for ids in chunks(lock_ids):
+        chunk = set(ids)
         candidates = [row for row in rows if row["bound_lock_id"] in chunk]
         # Only readings at or after the oldest incoming one can collide: the rest need no load.
         oldest = min(row["reading_at"] for row in candidates)

@@ -10,12 +10,12 @@ watermark refers to (runs that changed nothing: most of them); the latest run is
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine, delete, func, select
 
+from exporter.db.inlists import chunks
 from exporter.db.schema import (
     bound_lock_versions,
     lock_health_readings,
@@ -29,8 +29,6 @@ from exporter.db.store import connect
 from exporter.kinds import RunStatus
 from exporter.sync import log_entries
 
-_CHUNK = 500
-
 
 @dataclass(frozen=True)
 class Pruned:
@@ -40,11 +38,6 @@ class Pruned:
     runs: int = 0
     run_owners: int = 0
     log_entries: int = 0
-
-
-def _chunks(items: Sequence[int]) -> Iterator[Sequence[int]]:
-    for start in range(0, len(items), _CHUNK):
-        yield items[start : start + _CHUNK]
 
 
 def prune(
@@ -80,12 +73,12 @@ def _prune_readings(conn: Connection, cutoff: datetime) -> int:
         newest_old[(lock_id, kind)] = reading_id  # rows are in time order: the last one wins
     lock_ids = sorted({lock_id for lock_id, _ in newest_old})
     fresh: set[tuple[str, str]] = set()
-    for start in range(0, len(lock_ids), _CHUNK):
+    for chunk in chunks(lock_ids):
         fresh.update(
             (lock_id, kind)
             for lock_id, kind in conn.execute(
                 select(table.c.bound_lock_id, table.c.type)
-                .where(table.c.bound_lock_id.in_(lock_ids[start : start + _CHUNK]))
+                .where(table.c.bound_lock_id.in_(chunk))
                 .where(table.c.reading_at >= cutoff)
                 .distinct()
             )
@@ -96,7 +89,7 @@ def _prune_readings(conn: Connection, cutoff: datetime) -> int:
         for reading_id, lock_id, kind, _ in old
         if newest_old[(lock_id, kind)] != reading_id or (lock_id, kind) in fresh
     ]
-    for chunk in _chunks(doomed):
+    for chunk in chunks(doomed):
         conn.execute(delete(table).where(table.c.reading_id.in_(chunk)))
     return len(doomed)
 
@@ -112,7 +105,7 @@ def _prune_runs(conn: Connection, cutoff: datetime) -> tuple[int, int]:
         ).scalars()
     )
     run_owners = runs = 0
-    for chunk in _chunks(old):
+    for chunk in chunks(old):
         run_owners += conn.execute(
             delete(sync_run_owners).where(sync_run_owners.c.run_id.in_(chunk))
         ).rowcount

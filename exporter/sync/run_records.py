@@ -23,10 +23,9 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from exporter.db.errors import first_line
 from exporter.db.schema import CHANGE_COUNTS, sync_run_owners, sync_runs
 from exporter.db.store import connect
-from exporter.errors import StoreError
+from exporter.errors import StoreError, first_line
 from exporter.kinds import RunStatus
 
 log = logging.getLogger(__name__)
@@ -66,7 +65,7 @@ def record_end(
             problem = exc
     with _unrecorded_lock:
         _unrecorded.setdefault(_database(engine), {})[run_id] = {"started_at": started_at, **end}
-    reason = first_line(getattr(problem, "orig", None) or problem) if problem else "?"
+    reason = first_line(problem) if problem else "?"
     log.warning(
         "could not record the end of run %s (%s): this process records it at its next run once "
         "the database is back",

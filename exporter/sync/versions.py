@@ -7,12 +7,13 @@ always move together.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Table, func, insert, literal, select, update
 
+from exporter.db.inlists import chunks
 from exporter.db.schema import (
     LOCK_TRACKED,
     UTCDateTime,
@@ -22,8 +23,6 @@ from exporter.db.schema import (
     sync_runs,
 )
 
-# Large enough to amortise round trips, small enough for every database's parameter limit.
-CHUNK = 500
 # Lock columns kept current only: a change to them rewrites the row but makes no version.
 LOCK_CURRENT_ONLY = ("lock_id_hex", "rcl_serial_no", "rcl_date", "raw")
 
@@ -74,12 +73,6 @@ def version_row(
         "removal_reason": None,
         "run_id": run_id,
     }
-
-
-def chunks(items: Sequence[str], size: int = CHUNK) -> Iterator[Sequence[str]]:
-    """`items` in slices of at most `size`."""
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def load_locks(conn: Connection, ids: Sequence[str]) -> dict[str, Mapping[Any, Any]]:

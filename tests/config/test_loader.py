@@ -519,6 +519,9 @@ def test_bad_schedule(cwd: Path, text: str, expected: str) -> None:
         pytest.param("http://127.5.6.7", id="loopback-net"),
         pytest.param("http://[::1]:8000", id="ipv6-loopback"),
         pytest.param("http://localhost:8000", id="localhost"),
+        # The same loopback rule as the Tapkey client's (config/urls.py), which allowed these:
+        pytest.param("http://sandbox.localhost:8000", id="dot-localhost"),
+        pytest.param("http://[::ffff:127.0.0.1]:8000", id="ipv4-mapped-loopback"),
         pytest.param("https://tapkey.example.com", id="https"),
     ],
 )
@@ -531,6 +534,7 @@ def test_http_allowed(url: str) -> None:
     [
         pytest.param("http://my.tapkey.com", "use https://", id="plain-http"),
         pytest.param("http://10.0.0.1", "use https://", id="private-ip"),
+        pytest.param("http://[::ffff:10.0.0.1]", "use https://", id="ipv4-mapped-private"),
         pytest.param("ftp://my.tapkey.com", "must be an http(s) URL", id="scheme"),
         pytest.param("my.tapkey.com", "must be an http(s) URL", id="no-scheme"),
     ],

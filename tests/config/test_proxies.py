@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from http_servers import ForwardProxy, Tls
+from support.http_servers import ForwardProxy, Tls
 
 from exporter.config.loader import load_settings
 from exporter.config.proxies import Proxy, display_proxy, proxy_for

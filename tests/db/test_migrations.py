@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 from alembic import command
-from helpers import make_settings
 from sqlalchemy import Engine, insert, inspect, select, text
+from support.helpers import make_settings
 
 from exporter.db import store
 from exporter.db.schema import (

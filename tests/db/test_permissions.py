@@ -12,10 +12,10 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
-from helpers import subprocess_env
 from sqlalchemy import Engine, create_engine, func, inspect, select, text
 from sqlalchemy.engine import make_url
-from test_faults import CliResult, exporter_cli_fixture  # noqa: F401 (a fixture)
+from support.cli import CliResult
+from support.helpers import subprocess_env
 
 from exporter.db.schema import bound_lock_versions, sync_runs
 from exporter.sandbox.server import Sandbox

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import make_settings
 from sqlalchemy import Dialect, Engine, Table, create_engine, insert, select
 from sqlalchemy.exc import DBAPIError, OperationalError
+from support.helpers import make_settings
 
 from exporter.db.errors import store_error
 from exporter.db.schema import bound_lock_versions, bound_locks, sync_runs

@@ -12,21 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import BACKENDS
-from inventory_data import Cache, InventoryDb, inventory_cache  # noqa: F401 (a fixture)
+from support.inventory_data import InventoryDb
 from typer.testing import CliRunner
 
 from exporter import cli
 from exporter.cli import app
 from exporter.db.schema import LOCK_TRACKED
 from exporter.read import render
-
-
-@pytest.fixture(params=BACKENDS)
-def inventory_db(request: pytest.FixtureRequest) -> InventoryDb:
-    """Eight runs of history on each backend (built once per test process)."""
-    cache: Cache = request.getfixturevalue("inventory_cache")
-    return cache.get(str(request.param))
 
 
 @pytest.fixture

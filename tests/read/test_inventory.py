@@ -11,19 +11,8 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import doc_sql
 import pytest
 from alembic import command
-from helpers import (
-    BACKENDS,
-    MARIADB_ADMIN,
-    POSTGRES_ADMIN,
-    database_name,
-    make_settings,
-    server_database,
-)
-from history_checks import count_rows, locks_at
-from inventory_data import Cache, InventoryDb, inventory_cache  # noqa: F401 (a fixture)
 from sqlalchemy import (
     Engine,
     Integer,
@@ -37,6 +26,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
+from support import doc_sql
+from support.helpers import (
+    MARIADB_ADMIN,
+    POSTGRES_ADMIN,
+    database_name,
+    make_settings,
+    server_database,
+)
+from support.history import count_rows, locks_at
+from support.inventory_data import InventoryDb
 
 from exporter.db import store
 from exporter.db.descriptions import COLUMN_COMMENTS, TABLE_COMMENTS, VIEW_COMMENTS
@@ -53,19 +52,13 @@ from exporter.db.schema import (
     sync_runs,
 )
 from exporter.errors import UsageError
-from exporter.read import changelog
+from exporter.read import asof, changelog
 from exporter.read import inventory as report
+from exporter.read import runs as read_runs
 from exporter.sandbox.server import Fault, Sandbox
 from exporter.service import job
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture(params=BACKENDS)
-def inventory_db(request: pytest.FixtureRequest) -> InventoryDb:
-    """Eight runs of history on each backend (built once per test process)."""
-    cache: Cache = request.getfixturevalue("inventory_cache")
-    return cache.get(str(request.param))
 
 
 @pytest.fixture
@@ -97,13 +90,13 @@ def _tracked(lock: report.LockRow) -> dict[str, Any]:
     ],
 )
 def test_parse_instant_reads_iso_times_and_durations(given: str, expected: datetime) -> None:
-    assert report.parse_instant(given, now=NOW) == expected
+    assert asof.parse_instant(given, now=NOW) == expected
 
 
 @pytest.mark.parametrize("given", ["yesterday", "7", "2026-13-01", "", "-3d"])
 def test_parse_instant_refuses_anything_else_in_one_line(given: str) -> None:
     with pytest.raises(UsageError, match="ISO-8601") as caught:
-        report.parse_instant(given, now=NOW)
+        asof.parse_instant(given, now=NOW)
     assert "\n" not in str(caught.value)
 
 
@@ -114,8 +107,8 @@ def test_inventory_as_of_each_run_is_exactly_what_the_sandbox_served(
     inventory_db: InventoryDb, db: Engine
 ) -> None:
     for generation in inventory_db.generations:
-        as_of = report.resolve_as_of(db, str(generation.run_id), now=NOW)
-        assert as_of == report.AsOf(generation.finished_at, generation.run_id)
+        as_of = asof.resolve_as_of(db, str(generation.run_id), now=NOW)
+        assert as_of == asof.AsOf(generation.finished_at, generation.run_id)
 
         inventory = report.inventory(db, as_of=as_of)
 
@@ -135,10 +128,10 @@ def test_inventory_as_of_a_time_between_runs_is_the_earlier_run(
     second, third = inventory_db.generations[1:3]
     between = second.finished_at + (third.started_at - second.finished_at) / 2
 
-    inventory = report.inventory(db, as_of=report.AsOf(between))
+    inventory = report.inventory(db, as_of=asof.AsOf(between))
 
     assert {lock.id: _tracked(lock) for lock in inventory.locks} == second.locks
-    before_anything = report.inventory(db, as_of=report.AsOf(datetime(2020, 1, 1, tzinfo=UTC)))
+    before_anything = report.inventory(db, as_of=asof.AsOf(datetime(2020, 1, 1, tzinfo=UTC)))
     assert before_anything.locks == [] and before_anything.owners == []
 
 
@@ -154,7 +147,7 @@ def test_a_change_belongs_to_the_instant_it_was_observed(
     tick = timedelta(microseconds=1)
 
     def title_at(at: datetime) -> str | None:
-        locks = report.inventory(db, as_of=report.AsOf(at)).locks
+        locks = report.inventory(db, as_of=asof.AsOf(at)).locks
         (title,) = [lock.title for lock in locks if lock.id == inventory_db.renamed]
         return title
 
@@ -176,7 +169,7 @@ def test_current_inventory_is_the_last_generation_sorted_by_owner_then_title(
         for lock in inventory.locks
     ]
     assert keys == sorted(keys)
-    now = report.inventory(db, as_of=report.AsOf(datetime.now(UTC)))
+    now = report.inventory(db, as_of=asof.AsOf(datetime.now(UTC)))
     assert (now.owners, now.locks) == (inventory.owners, inventory.locks)
 
 
@@ -508,22 +501,22 @@ def test_every_example_query_of_the_schema_docs_runs(inventory_db: InventoryDb, 
 
 def test_runs_and_run_detail(inventory_db: InventoryDb, db: Engine) -> None:
     generations = inventory_db.generations
-    runs = report.runs(db, limit=None)
+    runs = read_runs.runs(db, limit=None)
     assert [r.id for r in runs] == [g.run_id for g in reversed(generations)]
     assert [r.status for r in runs] == [g.status for g in reversed(generations)]
     assert all(r.duration_seconds is not None and r.duration_seconds >= 0 for r in runs)
-    assert [r.id for r in report.runs(db, limit=2)] == [g.run_id for g in generations[:-3:-1]]
-    partial = report.runs(db, status="partial")
+    assert [r.id for r in read_runs.runs(db, limit=2)] == [g.run_id for g in generations[:-3:-1]]
+    partial = read_runs.runs(db, status="partial")
     assert [r.id for r in partial] == [generations[6].run_id]
     assert partial[0].error and inventory_db.partial_owner in partial[0].error
 
-    detail = report.run_detail(db, generations[6].run_id)
+    detail = read_runs.run_detail(db, generations[6].run_id)
     assert detail.owners[0].owner_account_id == inventory_db.partial_owner
     assert detail.owners[0].status == "failed" and "503" in (detail.owners[0].error or "")
     assert {o.status for o in detail.owners[1:]} == {"complete"}
     assert sum(o.locks_seen for o in detail.owners) == detail.run.locks_seen
     with pytest.raises(UsageError, match="no run 999"):
-        report.run_detail(db, 999)
+        read_runs.run_detail(db, 999)
 
 
 # -- schema: comments, migration, PostgreSQL schema and read-only role ---------------------------

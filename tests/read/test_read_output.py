@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import make_settings, subprocess_env
+from support.helpers import make_settings, subprocess_env
 from typer.testing import CliRunner
 
 from exporter import cli
 from exporter.db import store
-from exporter.read import changelog, render
+from exporter.read import asof, changelog, render
 from exporter.read import inventory as report
 from exporter.sandbox.server import Sandbox
 from exporter.service import job
@@ -128,7 +128,7 @@ def test_streamed_locks_csv_and_json_are_the_materialized_inventory(
 ) -> None:
     engine = store.make_engine(awkward)
     try:
-        as_of = report.resolve_as_of(engine, "1", now=datetime.now(UTC)) if "1" in options else None
+        as_of = asof.resolve_as_of(engine, "1", now=datetime.now(UTC)) if "1" in options else None
         inventory = report.inventory(
             engine,
             as_of=as_of,

@@ -17,10 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import subprocess_env
 from rich.table import Table
 from sqlalchemy import select
-from test_faults import CliResult, exporter_cli_fixture  # noqa: F401 (a fixture)
+from support.cli import CliResult
+from support.helpers import subprocess_env
 
 from exporter import cli, terminal
 from exporter.db import store

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 import requests
-from test_server import GUID, ISO_MS, api, get_token, owner_ids
+from support.helpers import sandbox_owner_ids
+from support.sandbox_http import GUID, ISO_MS, api, get_token
 
 from exporter.sandbox.odata import matches, parse_filter
 from exporter.sandbox.server import ACCESS_CHANGE_KINDS, Fault, Sandbox
@@ -46,19 +47,6 @@ RICH = {
 }
 
 
-@pytest.fixture
-def sandbox() -> Iterator[Sandbox]:
-    """3 owners x 5 locks with the default access data (overrides conftest's fixture)."""
-    with Sandbox(seed=7) as fake:
-        yield fake
-
-
-@pytest.fixture
-def session() -> Iterator[requests.Session]:
-    with requests.Session() as http:
-        yield http
-
-
 def payload(fake: Sandbox, route: str, owner: str) -> list[dict[str, Any]]:
     result: list[dict[str, Any]] = getattr(fake, ROUTES[route][1])(owner)
     return result
@@ -76,7 +64,7 @@ def access_state(
     fake: Sandbox, owners: list[str] | None = None
 ) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """Every list of `owners` (default: the visible ones) by route and owner."""
-    owners = owner_ids(fake) if owners is None else owners
+    owners = sandbox_owner_ids(fake) if owners is None else owners
     return {route: {owner: payload(fake, route, owner) for owner in owners} for route in ROUTES}
 
 
@@ -86,7 +74,7 @@ def access_state(
 def test_payloads_have_the_documented_fields_and_types() -> None:
     fake = Sandbox(seed=3, **RICH)
     seen: set[str] = set()
-    for owner in owner_ids(fake):
+    for owner in sandbox_owner_ids(fake):
         locks = {lock["id"] for lock in fake.locks_payload(owner)}
         contacts = {c["id"]: c for c in fake.contacts_payload(owner)}
         cards = {c["id"]: c for c in fake.cards_payload(owner)}
@@ -141,7 +129,7 @@ def test_payloads_have_the_documented_fields_and_types() -> None:
 def test_log_entries_are_consistent_in_time_and_per_lock() -> None:
     fake = Sandbox(seed=3, **RICH)
     late = other_types = 0
-    for owner in owner_ids(fake):
+    for owner in sandbox_owner_ids(fake):
         entries = fake.log_entries_payload(owner)
         assert len(entries) > 40  # a lock bound in the last days before 2025 has no history
         grants = fake.grants_payload(owner)
@@ -179,7 +167,7 @@ def test_the_routes_serve_the_payloads_byte_for_byte_the_same_for_a_seed(
     for _ in range(2):
         with Sandbox(seed=42, owners=2, locks_per_owner=4) as fake:
             token = get_token(fake, session)
-            owner = owner_ids(fake)[1]
+            owner = sandbox_owner_ids(fake)[1]
             replies = {route: api(fake, session, path(route, owner), token) for route in ROUTES}
             for route, reply in replies.items():
                 assert reply.status_code == 200 and reply.json() == payload(fake, route, owner)
@@ -192,7 +180,7 @@ def test_the_routes_serve_the_payloads_byte_for_byte_the_same_for_a_seed(
 
 def test_sizes_are_options_and_zero_means_none() -> None:
     fake = Sandbox(seed=7)
-    owner = owner_ids(fake)[0]
+    owner = sandbox_owner_ids(fake)[0]
     defaults = [len(payload(fake, route, owner)) for route in ROUTES]
     assert defaults == [4, 2, 6, 12]
     sized = Sandbox(seed=7, contacts_per_owner=1, cards_per_owner=3, grants_per_owner=0)
@@ -203,7 +191,7 @@ def test_sizes_are_options_and_zero_means_none() -> None:
     assert not any(lists for lists in access_state(empty).values() for lists in lists.values())
     no_locks = Sandbox(locks_per_owner=0)
     assert not any(no_locks.grants_payload(o) or no_locks.log_entries_payload(o)
-                   for o in owner_ids(no_locks))  # fmt: skip
+                   for o in sandbox_owner_ids(no_locks))  # fmt: skip
     with pytest.raises(ValueError, match="must be >= 0"):
         Sandbox(grants_per_owner=-1)
 
@@ -248,7 +236,7 @@ def test_every_route_is_paged_with_top_and_skip(
     sandbox: Sandbox, session: requests.Session, route: str
 ) -> None:
     token = get_token(sandbox, session)
-    owner = owner_ids(sandbox)[2]
+    owner = sandbox_owner_ids(sandbox)[2]
     expected = payload(sandbox, route, owner)
     pages = [
         api(sandbox, session, path(route, owner), token, **{"$top": 3, "$skip": skip}).json()
@@ -266,7 +254,7 @@ def test_every_route_is_paged_with_top_and_skip(
 
 def test_a_list_changing_between_pages(sandbox: Sandbox, session: requests.Session) -> None:
     token = get_token(sandbox, session)
-    owner = owner_ids(sandbox)[0]
+    owner = sandbox_owner_ids(sandbox)[0]
     grants = sandbox.grants_payload(owner)
     first = api(sandbox, session, path("grants", owner), token, **{"$top": 3}).json()
     sandbox.remove_grant(grants[0]["id"])  # later grants move up: one is never seen
@@ -288,7 +276,7 @@ def test_a_list_changing_between_pages(sandbox: Sandbox, session: requests.Sessi
 def test_each_route_needs_its_scope(
     sandbox: Sandbox, session: requests.Session, route: str
 ) -> None:
-    owner = owner_ids(sandbox)[0]
+    owner = sandbox_owner_ids(sandbox)[0]
     scope = ROUTES[route][2]
     allowed = get_token(sandbox, session, scope=scope)
     assert api(sandbox, session, path(route, owner), allowed).status_code == 200
@@ -310,7 +298,7 @@ def test_a_client_can_be_refused_the_new_scopes(session: requests.Session) -> No
         )
         assert (reply.status_code, reply.json()["error"]) == (400, "invalid_scope")
         token = get_token(fake, session)  # no scope asked: the two granted ones
-        owner = owner_ids(fake)[0]
+        owner = sandbox_owner_ids(fake)[0]
         assert api(fake, session, path("contacts", owner), token).status_code == 200
         assert api(fake, session, path("logs", owner), token).status_code == 403
 
@@ -319,7 +307,7 @@ def test_deny_answers_403_for_one_route_of_one_owner(
     sandbox: Sandbox, session: requests.Session
 ) -> None:
     token = get_token(sandbox, session)
-    target, other = owner_ids(sandbox)[:2]
+    target, other = sandbox_owner_ids(sandbox)[:2]
     sandbox.deny(target, "logs")
     sandbox.deny(other, "locks")
 
@@ -344,7 +332,7 @@ def test_hidden_owners_are_403_on_every_access_route(
     sandbox: Sandbox, session: requests.Session
 ) -> None:
     token = get_token(sandbox, session)
-    hidden = owner_ids(sandbox)[1]
+    hidden = sandbox_owner_ids(sandbox)[1]
     sandbox.hide_owner(hidden)
     for route in ROUTES:
         reply = api(sandbox, session, path(route, hidden), token)
@@ -371,7 +359,7 @@ def test_log_entries_filter_on_received_at_type_and_command(
     logs: Sandbox, session: requests.Session
 ) -> None:
     token = get_token(logs, session)
-    owner = owner_ids(logs)[0]
+    owner = sandbox_owner_ids(logs)[0]
     entries = logs.log_entries_payload(owner)
     pivot = entries[30]["receivedAt"]
     moment = when(pivot)
@@ -444,7 +432,9 @@ def test_filters_outside_the_subset_are_400_with_an_odata_error(
     logs: Sandbox, session: requests.Session, expression: str
 ) -> None:
     token = get_token(logs, session)
-    reply = api(logs, session, path("logs", owner_ids(logs)[0]), token, **{"$filter": expression})
+    reply = api(
+        logs, session, path("logs", sandbox_owner_ids(logs)[0]), token, **{"$filter": expression}
+    )
     assert reply.status_code == 400
     error = reply.json()["error"]
     assert set(error) == {"code", "message", "target"} and error["target"] == "$filter"
@@ -453,7 +443,7 @@ def test_filters_outside_the_subset_are_400_with_an_odata_error(
 
 def test_unsupported_query_options_are_400(sandbox: Sandbox, session: requests.Session) -> None:
     token = get_token(sandbox, session)
-    owner = owner_ids(sandbox)[0]
+    owner = sandbox_owner_ids(sandbox)[0]
     ordered = api(sandbox, session, path("logs", owner), token, **{"$orderby": "lockTimestamp"})
     assert ordered.status_code == 400 and ordered.json()["error"]["target"] == "$orderby"
     selected = api(sandbox, session, path("logs", owner), token, **{"$select": "id"})
@@ -465,7 +455,7 @@ def test_unsupported_query_options_are_400(sandbox: Sandbox, session: requests.S
 def test_a_server_that_cannot_filter_on_received_at(session: requests.Session) -> None:
     with Sandbox(seed=5, received_at_filter=False) as fake:
         token = get_token(fake, session)
-        owner = owner_ids(fake)[0]
+        owner = sandbox_owner_ids(fake)[0]
         where = path("logs", owner)
         refused = api(fake, session, where, token, **{"$filter": "receivedAt gt 2024-01-01T00:00Z"})
         assert refused.status_code == 400
@@ -480,7 +470,7 @@ def test_a_server_that_cannot_filter_on_received_at(session: requests.Session) -
 
 def test_simple_filters_on_the_other_routes(sandbox: Sandbox, session: requests.Session) -> None:
     token = get_token(sandbox, session)
-    owner = owner_ids(sandbox)[0]
+    owner = sandbox_owner_ids(sandbox)[0]
     contacts = sandbox.contacts_payload(owner)
     wanted = f"id eq '{contacts[3]['id']}' or id eq '{contacts[1]['id']}'"
     reply = api(sandbox, session, path("contacts", owner), token, **{"$filter": wanted})
@@ -506,7 +496,7 @@ def test_access_generations_are_deterministic() -> None:
         assert access_state(first) == access_state(second)
     assert Sandbox(seed=6).advance(0, access=6) != Sandbox(seed=5).advance(0, access=6)
     untouched = Sandbox(seed=5)
-    owners = owner_ids(untouched)
+    owners = sandbox_owner_ids(untouched)
     before = access_state(untouched, owners)
     untouched.advance(20)  # lock and owner changes only: the access lists stay as they were
     assert access_state(untouched, owners) == before
@@ -518,7 +508,7 @@ def _by_id(state: dict[str, dict[str, list[dict[str, Any]]]], route: str) -> dic
 
 def test_every_access_change_kind_does_what_it_says() -> None:
     fake = Sandbox(seed=11, owners=3, locks_per_owner=4)
-    owners = owner_ids(fake)
+    owners = sandbox_owner_ids(fake)
     seen: set[str] = set()
     for _ in range(150):
         before = access_state(fake, owners)
@@ -571,7 +561,7 @@ def test_every_access_change_kind_does_what_it_says() -> None:
 
 def test_direct_changes_of_contacts_and_cards() -> None:
     fake = Sandbox(seed=9)
-    owner = owner_ids(fake)[0]
+    owner = sandbox_owner_ids(fake)[0]
     old = fake.contacts_payload(owner)
     new = fake.add_contact(owner, title="Dora Explorer", identifier="dora@example.com")
     legacy = fake.add_contact(owner, legacy_email=True)
@@ -600,7 +590,7 @@ def test_direct_changes_of_contacts_and_cards() -> None:
 
 def test_direct_changes_of_grants() -> None:
     fake = Sandbox(seed=9)
-    owner = owner_ids(fake)[0]
+    owner = sandbox_owner_ids(fake)[0]
     lock = fake.locks_payload(owner)[2]["id"]
     card = fake.cards_payload(owner)[0]["id"]
     grants = fake.grants_payload(owner)
@@ -627,12 +617,12 @@ def test_direct_changes_of_grants() -> None:
         fake.add_grant(owner, contact_id="nobody")
     lockless = Sandbox(locks_per_owner=0)
     with pytest.raises(ValueError, match="no bound lock"):
-        lockless.add_grant(owner_ids(lockless)[0])
+        lockless.add_grant(sandbox_owner_ids(lockless)[0])
 
 
 def test_appended_log_entries_online_late_and_at_a_chosen_instant() -> None:
     fake = Sandbox(seed=9)
-    owner = owner_ids(fake)[0]
+    owner = sandbox_owner_ids(fake)[0]
     old = fake.log_entries_payload(owner)
     last_no = {e["boundLockId"]: e["entryNo"] for e in old}
 
@@ -669,7 +659,7 @@ def test_appended_log_entries_online_late_and_at_a_chosen_instant() -> None:
     )
     lockless = Sandbox(locks_per_owner=0)
     with pytest.raises(ValueError, match="no bound lock"):
-        lockless.append_log_entries(owner_ids(lockless)[0])
+        lockless.append_log_entries(sandbox_owner_ids(lockless)[0])
 
 
 # -- faults ---------------------------------------------------------------------------------------
@@ -679,7 +669,7 @@ def test_faults_and_counters_cover_the_access_routes(
     sandbox: Sandbox, session: requests.Session
 ) -> None:
     token = get_token(sandbox, session)
-    target, other = owner_ids(sandbox)[:2]
+    target, other = sandbox_owner_ids(sandbox)[:2]
     sandbox.add_fault(Fault(route="logs", status=503, owner_id=target, times=2))
     sandbox.add_fault(Fault(route="contacts", kind="truncate"))
 

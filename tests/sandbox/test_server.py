@@ -10,65 +10,22 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 import requests
+from support.helpers import SANDBOX_SECRET, FakeClock, sandbox_owner_ids
+from support.sandbox_http import GUID, ISO_MS, api, get_token
 
 from exporter.sandbox.server import CHANGE_KINDS, Fault, Request, Sandbox, serve_forever
 
-SECRET = "sandbox-secret"
-GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
-ISO_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 LOCK_KEYS = {
     "active", "bindDate", "description", "healthStatuses", "id", "lastSeenRclSerialNo",
     "lastSeenRclUpdateDate", "lockType", "lockTypeId", "membershipStatistics", "ownerAccountId",
     "physicalLockId", "rclDate", "rclSerialNo", "supportedFeatures", "targetType", "title",
     "unbindDate",
 }  # fmt: skip
-
-
-class FakeClock:
-    """An injectable monotonic clock."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def sandbox() -> Iterator[Sandbox]:
-    """3 owners x 5 locks (overrides the shared conftest fixture of the same name)."""
-    with Sandbox(seed=7) as fake:
-        yield fake
-
-
-@pytest.fixture
-def session() -> Iterator[requests.Session]:
-    with requests.Session() as http:
-        yield http
-
-
-def get_token(fake: Sandbox, http: requests.Session, **form: str) -> str:
-    form.setdefault("grant_type", "client_credentials")
-    reply = http.post(fake.token_url, data=form, auth=("sandbox-client", SECRET), timeout=5)
-    assert reply.status_code == 200, reply.text
-    return str(reply.json()["access_token"])
-
-
-def api(
-    fake: Sandbox, http: requests.Session, path: str, token: str | None, **params: Any
-) -> requests.Response:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return http.get(f"{fake.base_url}/api/v1{path}", headers=headers, params=params, timeout=5)
-
-
-def owner_ids(fake: Sandbox) -> list[str]:
-    return [owner["id"] for owner in fake.owners_payload()]
 
 
 # -- token endpoint -------------------------------------------------------------------------------
@@ -80,8 +37,8 @@ def test_token_is_issued_to_the_right_client(
 ) -> None:
     form = {"grant_type": "client_credentials"}
     if not basic:
-        form |= {"client_id": "sandbox-client", "client_secret": SECRET}
-    auth = ("sandbox-client", SECRET) if basic else None
+        form |= {"client_id": "sandbox-client", "client_secret": SANDBOX_SECRET}
+    auth = ("sandbox-client", SANDBOX_SECRET) if basic else None
     reply = session.post(sandbox.token_url, data=form, auth=auth, timeout=5)
 
     assert reply.status_code == 200
@@ -97,22 +54,22 @@ def test_token_is_issued_to_the_right_client(
     "form, auth, status, error",
     [
         pytest.param({}, ("sandbox-client", "wrong"), 401, "invalid_client", id="bad-secret"),
-        pytest.param({}, ("someone", SECRET), 401, "invalid_client", id="unknown-client"),
+        pytest.param({}, ("someone", SANDBOX_SECRET), 401, "invalid_client", id="unknown-client"),
         pytest.param({}, None, 401, "invalid_client", id="no-credentials"),
         pytest.param(
-            {"client_id": "other"}, ("sandbox-client", SECRET), 401, "invalid_client",
+            {"client_id": "other"}, ("sandbox-client", SANDBOX_SECRET), 401, "invalid_client",
             id="basic-and-form-disagree",
         ),
         pytest.param(
-            {"grant_type": "password"}, ("sandbox-client", SECRET), 400,
+            {"grant_type": "password"}, ("sandbox-client", SANDBOX_SECRET), 400,
             "unsupported_grant_type", id="grant-type",
         ),
         pytest.param(
-            {"grant_type": ""}, ("sandbox-client", SECRET), 400, "unsupported_grant_type",
+            {"grant_type": ""}, ("sandbox-client", SANDBOX_SECRET), 400, "unsupported_grant_type",
             id="no-grant-type",
         ),
         pytest.param(
-            {"scope": "read:owneraccounts write:core:entities"}, ("sandbox-client", SECRET),
+            {"scope": "read:owneraccounts write:core:entities"}, ("sandbox-client", SANDBOX_SECRET),
             400, "invalid_scope", id="scope-not-granted",
         ),
     ],
@@ -150,14 +107,14 @@ def test_a_token_carries_only_the_requested_scopes(
     reply = session.post(
         sandbox.token_url,
         data={"grant_type": "client_credentials", "scope": "read:owneraccounts"},
-        auth=("sandbox-client", SECRET),
+        auth=("sandbox-client", SANDBOX_SECRET),
         timeout=5,
     )
     token = reply.json()["access_token"]
     assert reply.json()["scope"] == "read:owneraccounts"
     assert api(sandbox, session, "/Owners", token).status_code == 200
 
-    denied = api(sandbox, session, f"/Owners/{owner_ids(sandbox)[0]}/BoundLocks", token)
+    denied = api(sandbox, session, f"/Owners/{sandbox_owner_ids(sandbox)[0]}/BoundLocks", token)
     assert (denied.status_code, denied.json()["error"]) == (403, "insufficient_scope")
 
 
@@ -176,8 +133,8 @@ def test_secrets_and_tokens_are_never_logged(
     token = get_token(sandbox, session)
     api(sandbox, session, "/Owners", token)
     api(sandbox, session, "/Owners", "not-a-token")
-    assert SECRET not in caplog.text and token not in caplog.text
-    assert SECRET not in repr(sandbox)
+    assert SANDBOX_SECRET not in caplog.text and token not in caplog.text
+    assert SANDBOX_SECRET not in repr(sandbox)
 
 
 # -- bearer checks --------------------------------------------------------------------------------
@@ -212,17 +169,17 @@ def test_revoked_tokens_are_401(sandbox: Sandbox, session: requests.Session) -> 
 
 def test_hidden_and_unknown_owners_are_403(sandbox: Sandbox, session: requests.Session) -> None:
     token = get_token(sandbox, session)
-    hidden = owner_ids(sandbox)[1]
+    hidden = sandbox_owner_ids(sandbox)[1]
     sandbox.hide_owner(hidden)
 
-    assert hidden not in owner_ids(sandbox) and hidden not in sandbox.snapshot()
+    assert hidden not in sandbox_owner_ids(sandbox) and hidden not in sandbox.snapshot()
     for owner in (hidden, "00000000-0000-4000-8000-000000000000"):
         reply = api(sandbox, session, f"/Owners/{owner}/BoundLocks", token)
         assert (reply.status_code, reply.json()["error"]) == (403, "forbidden")
 
     sandbox.show_owner(hidden)
     assert api(sandbox, session, f"/Owners/{hidden}/BoundLocks", token).status_code == 200
-    assert owner_ids(sandbox)[1] == hidden  # back in its old place
+    assert sandbox_owner_ids(sandbox)[1] == hidden  # back in its old place
 
 
 # -- routes, paging, payloads ---------------------------------------------------------------------
@@ -240,7 +197,7 @@ def test_unknown_paths_are_404_and_wrong_methods_405(
 
 def test_locks_are_paged_with_top_and_skip(sandbox: Sandbox, session: requests.Session) -> None:
     token = get_token(sandbox, session)
-    owner = owner_ids(sandbox)[0]
+    owner = sandbox_owner_ids(sandbox)[0]
     pages = [
         api(sandbox, session, f"/Owners/{owner}/BoundLocks", token, **{"$top": 2, "$skip": skip})
         for skip in (0, 2, 4, 6)
@@ -265,7 +222,7 @@ def test_malformed_odata_options_are_400(
     sandbox: Sandbox, session: requests.Session, params: dict[str, str]
 ) -> None:
     token = get_token(sandbox, session)
-    for path in ("/Owners", f"/Owners/{owner_ids(sandbox)[0]}/BoundLocks"):
+    for path in ("/Owners", f"/Owners/{sandbox_owner_ids(sandbox)[0]}/BoundLocks"):
         reply = api(sandbox, session, path, token, **params)
         assert (reply.status_code, reply.json()["error"]) == (400, "invalid_request")
 
@@ -273,7 +230,7 @@ def test_malformed_odata_options_are_400(
 def test_max_top_caps_pages_silently(session: requests.Session) -> None:
     with Sandbox(locks_per_owner=7, max_top=3) as fake:
         token = get_token(fake, session)
-        path = f"/Owners/{owner_ids(fake)[0]}/BoundLocks"
+        path = f"/Owners/{sandbox_owner_ids(fake)[0]}/BoundLocks"
         assert len(api(fake, session, path, token, **{"$top": 5}).json()) == 3
         assert len(api(fake, session, path, token).json()) == 3
         assert len(api(fake, session, path, token, **{"$top": 2}).json()) == 2
@@ -285,7 +242,7 @@ def test_ignore_skip_returns_the_same_page_forever(
 ) -> None:
     token = get_token(sandbox, session)
     sandbox.ignore_skip = True
-    path = f"/Owners/{owner_ids(sandbox)[0]}/BoundLocks"
+    path = f"/Owners/{sandbox_owner_ids(sandbox)[0]}/BoundLocks"
     pages = [api(sandbox, session, path, token, **{"$top": 2, "$skip": s}).json() for s in (0, 2)]
     owners = [
         api(sandbox, session, "/Owners", token, **{"$top": 1, "$skip": s}).json() for s in (0, 1)
@@ -296,7 +253,7 @@ def test_ignore_skip_returns_the_same_page_forever(
 
 def test_expand_health_statuses(sandbox: Sandbox, session: requests.Session) -> None:
     token = get_token(sandbox, session)
-    owner = owner_ids(sandbox)[0]
+    owner = sandbox_owner_ids(sandbox)[0]
     path = f"/Owners/{owner}/BoundLocks"
     plain = api(sandbox, session, path, token).json()
     expanded = api(sandbox, session, path, token, expand="healthStatuses").json()
@@ -326,7 +283,7 @@ def test_expand_health_statuses(sandbox: Sandbox, session: requests.Session) -> 
 def test_health_readings_change_with_a_health_change(session: requests.Session) -> None:
     with Sandbox(seed=3, owners=1, locks_per_owner=3) as fake:
         token = get_token(fake, session)
-        owner = owner_ids(fake)[0]
+        owner = sandbox_owner_ids(fake)[0]
 
         def readings() -> dict[str, Any]:
             reply = api(
@@ -423,7 +380,7 @@ def _state(fake: Sandbox, owners: list[str]) -> dict[str, Any]:
 
 def test_every_change_kind_does_what_it_says() -> None:
     fake = Sandbox(seed=11, owners=4, locks_per_owner=4)
-    owners = owner_ids(fake)
+    owners = sandbox_owner_ids(fake)
     seen: set[str] = set()
     for _ in range(200):
         before = _state(fake, owners)
@@ -482,12 +439,12 @@ def test_a_single_owner_is_never_lost() -> None:
         fake.advance(3)
         assert fake.owners_payload()
     with pytest.raises(ValueError, match="at least one visible owner"):
-        fake.hide_owner(owner_ids(fake)[0])
+        fake.hide_owner(sandbox_owner_ids(fake)[0])
 
 
 def test_direct_mutations() -> None:
     fake = Sandbox(seed=9)
-    first, second = owner_ids(fake)[:2]
+    first, second = sandbox_owner_ids(fake)[:2]
     ids = [lock["id"] for lock in fake.locks_payload(first)]
 
     fake.unbind(ids[1])  # later locks move up one place
@@ -543,7 +500,9 @@ def test_status_fault_with_a_custom_body_on_the_token_route(
 ) -> None:
     sandbox.add_fault(Fault(route="token", status=503, body="upstream down"))
     data = {"grant_type": "client_credentials"}
-    reply = session.post(sandbox.token_url, data=data, auth=("sandbox-client", SECRET), timeout=5)
+    reply = session.post(
+        sandbox.token_url, data=data, auth=("sandbox-client", SANDBOX_SECRET), timeout=5
+    )
     assert (reply.status_code, reply.text) == (503, "upstream down")
     assert get_token(sandbox, session)
 
@@ -594,7 +553,7 @@ def test_body_fault(sandbox: Sandbox, session: requests.Session) -> None:
 
 def test_fault_times_after_and_owner(sandbox: Sandbox, session: requests.Session) -> None:
     token = get_token(sandbox, session)
-    target, other = owner_ids(sandbox)[:2]
+    target, other = sandbox_owner_ids(sandbox)[:2]
     sandbox.add_fault(Fault(route="locks", status=503, owner_id=target, times=2, after=1))
 
     def status(owner: str) -> int:
@@ -637,7 +596,7 @@ def test_hooks_see_requests_and_can_shift_a_list_mid_crawl(
     sandbox: Sandbox, session: requests.Session
 ) -> None:
     token = get_token(sandbox, session)
-    owner = owner_ids(sandbox)[0]
+    owner = sandbox_owner_ids(sandbox)[0]
     ids = [lock["id"] for lock in sandbox.locks_payload(owner)]
     seen: list[Request] = []
 
@@ -669,7 +628,7 @@ def test_token_requests_reach_hooks_without_the_secret(
     data = {
         "grant_type": "client_credentials",
         "client_id": "sandbox-client",
-        "client_secret": SECRET,
+        "client_secret": SANDBOX_SECRET,
     }
     assert session.post(sandbox.token_url, data=data, timeout=5).status_code == 200
     assert seen[0].route == "token" and "client_secret" not in seen[0].params
@@ -685,7 +644,7 @@ def test_a_failing_hook_is_a_500(sandbox: Sandbox, session: requests.Session) ->
 
 def test_request_counters(sandbox: Sandbox, session: requests.Session) -> None:
     token = get_token(sandbox, session)
-    owners = owner_ids(sandbox)
+    owners = sandbox_owner_ids(sandbox)
     api(sandbox, session, "/Owners", token)
 
     def fetch(owner: str) -> int:

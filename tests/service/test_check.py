@@ -10,9 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import subprocess_env
 from sqlalchemy import Engine, inspect, text
-from test_faults import SECRET, CliResult, exporter_cli_fixture  # noqa: F401 (a fixture)
+from support.cli import CliResult
+from support.helpers import SANDBOX_SECRET, subprocess_env
 
 from exporter.db import store
 from exporter.db.schema import (
@@ -182,7 +182,7 @@ def test_a_tapkey_or_credentials_problem_is_reported_and_the_database_still_chec
     assert set(lines) == {"config", "token", "owners", "database"}
     if name == "config":
         assert lines["token"].startswith("skip ") and lines["owners"].startswith("skip ")
-    assert "Traceback" not in result.err and SECRET not in result.out + result.err
+    assert "Traceback" not in result.err and SANDBOX_SECRET not in result.out + result.err
 
 
 @pytest.mark.parametrize(

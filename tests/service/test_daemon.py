@@ -30,11 +30,11 @@ import pytest
 import requests
 import yaml
 from apscheduler.triggers.interval import IntervalTrigger
-from helpers import POSTGRES_ADMIN, make_settings, subprocess_env
-from history_checks import assert_history_consistent, expected_locks, locks_at
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.engine import make_url
+from support.helpers import POSTGRES_ADMIN, make_settings, subprocess_env
+from support.history import assert_history_consistent, expected_locks, locks_at
 from typer.testing import CliRunner
 
 from exporter import cli

@@ -13,19 +13,18 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
-from helpers import subprocess_env
-from history_checks import assert_history_consistent, expected_locks, locks_at
 from sqlalchemy import Engine, select
+from support.cli import EXPORTER
+from support.helpers import subprocess_env
+from support.history import assert_history_consistent, expected_locks, locks_at
 
 from exporter.db.schema import sync_runs
 from exporter.sandbox.server import Fault, Sandbox
 from exporter.sync.run_records import ABANDONED
 
-EXPORTER = [sys.executable, "-m", "exporter.cli"]
 KILLS = 10
 PAGE_SIZE = 5
 OWNERS, LOCKS_PER_OWNER = 8, 8

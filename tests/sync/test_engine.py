@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import make_settings
-from history_checks import assert_history_consistent, count_rows, expected_locks, locks_at
 from sqlalchemy import Engine, event, func, select
+from support.helpers import make_settings, run_once, sandbox_lock_ids, sandbox_owner_ids
+from support.history import assert_history_consistent, count_rows, expected_locks, locks_at
 
 from exporter.db.schema import (
     bound_lock_versions,
@@ -26,13 +26,6 @@ from exporter.results import RunResult
 from exporter.sandbox.server import Fault, Request, Sandbox
 from exporter.service import job
 from exporter.sync.versions import load_live_raw
-
-
-def _run(fake: Sandbox, db_url: str, tmp_path: Path, **kwargs: Any) -> RunResult:
-    tapkey = {
-        k: kwargs.pop(k) for k in list(kwargs) if k in ("page_size", "workers", "max_retries")
-    }
-    return job.run_once(make_settings(fake, db_url, tmp_path, **tapkey), **kwargs)
 
 
 def _versions(engine: Engine, run_id: int) -> list[dict[str, Any]]:
@@ -51,18 +44,10 @@ def _assert_matches_api(engine: Engine, fake: Sandbox, result: RunResult) -> Non
     assert_history_consistent(engine)
 
 
-def _lock_ids(fake: Sandbox, owner_id: str) -> list[str]:
-    return [lock["id"] for lock in fake.locks_payload(owner_id)]
-
-
-def _owner_ids(fake: Sandbox) -> list[str]:
-    return [owner["id"] for owner in fake.owners_payload()]
-
-
 def test_first_load_stores_every_lock_with_a_created_version(
     sandbox: Sandbox, db_url: str, engine: Engine, tmp_path: Path
 ) -> None:
-    result = _run(sandbox, db_url, tmp_path)
+    result = run_once(sandbox, db_url, tmp_path)
 
     assert result.status == "succeeded"
     assert (result.owners_seen, result.locks_seen, result.counts.created) == (3, 15, 15)
@@ -88,7 +73,7 @@ def test_first_load_stores_every_lock_with_a_created_version(
 def test_unchanged_rerun_writes_no_versions_and_rewrites_no_lock_rows(
     sandbox: Sandbox, db_url: str, engine: Engine, tmp_path: Path
 ) -> None:
-    _run(sandbox, db_url, tmp_path)
+    run_once(sandbox, db_url, tmp_path)
     statements: list[str] = []
 
     def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
@@ -105,7 +90,7 @@ def test_unchanged_rerun_writes_no_versions_and_rewrites_no_lock_rows(
 
     job.make_engine = spying_engine  # type: ignore[assignment]
     try:
-        second = _run(sandbox, db_url, tmp_path)
+        second = run_once(sandbox, db_url, tmp_path)
     finally:
         job.make_engine = original  # type: ignore[assignment]
 
@@ -135,7 +120,7 @@ def test_unchanged_rerun_writes_no_versions_and_rewrites_no_lock_rows(
             conn.execute(select(owner_accounts.c.id, owner_accounts.c.last_seen_at)).all()
         )
     assert {o: (status, n) for o, (status, n, _) in fetched.items()} == {
-        o: ("complete", 5) for o in _owner_ids(sandbox)
+        o: ("complete", 5) for o in sandbox_owner_ids(sandbox)
     }
     assert last_seen == {o: at for o, (_, _, at) in fetched.items()}
     assert all(second.started_at < at < (second.finished_at or at) for at in last_seen.values())
@@ -167,11 +152,11 @@ def test_a_tracked_change_closes_the_old_version_and_opens_a_new_one(
     change_type: str,
     fields: list[str],
 ) -> None:
-    _run(sandbox, db_url, tmp_path)
-    lock_id = _lock_ids(sandbox, _owner_ids(sandbox)[1])[2]
+    run_once(sandbox, db_url, tmp_path)
+    lock_id = sandbox_lock_ids(sandbox, sandbox_owner_ids(sandbox)[1])[2]
     mutate(sandbox, lock_id)
 
-    result = _run(sandbox, db_url, tmp_path)
+    result = run_once(sandbox, db_url, tmp_path)
 
     versions = _versions(engine, result.run_id or 0)
     assert [(v["id"], v["change_type"]) for v in versions] == [(lock_id, change_type)]
@@ -183,11 +168,11 @@ def test_a_tracked_change_closes_the_old_version_and_opens_a_new_one(
 def test_untracked_change_updates_the_row_without_a_version(
     sandbox: Sandbox, db_url: str, engine: Engine, tmp_path: Path
 ) -> None:
-    _run(sandbox, db_url, tmp_path)
-    lock_id = _lock_ids(sandbox, _owner_ids(sandbox)[0])[0]
+    run_once(sandbox, db_url, tmp_path)
+    lock_id = sandbox_lock_ids(sandbox, sandbox_owner_ids(sandbox)[0])[0]
     sandbox.update_lock(lock_id, rclSerialNo=4242)
 
-    result = _run(sandbox, db_url, tmp_path)
+    result = run_once(sandbox, db_url, tmp_path)
 
     assert _versions(engine, result.run_id or 0) == []
     with engine.connect() as conn:
@@ -199,13 +184,13 @@ def test_untracked_change_updates_the_row_without_a_version(
 def test_removal_then_restore(
     sandbox: Sandbox, db_url: str, engine: Engine, tmp_path: Path
 ) -> None:
-    _run(sandbox, db_url, tmp_path)
-    owner = _owner_ids(sandbox)[0]
-    lock_id = _lock_ids(sandbox, owner)[1]
+    run_once(sandbox, db_url, tmp_path)
+    owner = sandbox_owner_ids(sandbox)[0]
+    lock_id = sandbox_lock_ids(sandbox, owner)[1]
     lock = next(item for item in sandbox.locks_payload(owner) if item["id"] == lock_id)
     sandbox.unbind(lock_id)
 
-    removed = _run(sandbox, db_url, tmp_path)
+    removed = run_once(sandbox, db_url, tmp_path)
 
     assert [
         (v["id"], v["change_type"], v["removal_reason"])
@@ -214,7 +199,7 @@ def test_removal_then_restore(
     _assert_matches_api(engine, sandbox, removed)
 
     sandbox.rebind(lock, owner)
-    restored = _run(sandbox, db_url, tmp_path)
+    restored = run_once(sandbox, db_url, tmp_path)
 
     versions = _versions(engine, restored.run_id or 0)
     assert [(v["id"], v["change_type"]) for v in versions] == [(lock_id, "restored")]
@@ -226,13 +211,13 @@ def test_removal_then_restore(
 def test_a_lock_moving_owners_is_an_update_never_a_removal(
     sandbox: Sandbox, db_url: str, engine: Engine, tmp_path: Path, target_first: bool
 ) -> None:
-    _run(sandbox, db_url, tmp_path)
-    owners = _owner_ids(sandbox)
+    run_once(sandbox, db_url, tmp_path)
+    owners = sandbox_owner_ids(sandbox)
     source, target = (owners[2], owners[0]) if target_first else (owners[0], owners[2])
-    lock_id = _lock_ids(sandbox, source)[0]
+    lock_id = sandbox_lock_ids(sandbox, source)[0]
     sandbox.move(lock_id, target)
 
-    result = _run(sandbox, db_url, tmp_path, workers=1)
+    result = run_once(sandbox, db_url, tmp_path, tapkey={"workers": 1})
 
     versions = _versions(engine, result.run_id or 0)
     assert [(v["id"], v["change_type"], v["owner_account_id"]) for v in versions] == [
@@ -246,14 +231,14 @@ def test_a_lock_moving_owners_is_an_update_never_a_removal(
 def test_a_lock_listed_by_two_owners_stays_with_the_first_and_is_never_removed(
     sandbox: Sandbox, db_url: str, engine: Engine, tmp_path: Path, stored_owner_first: bool
 ) -> None:
-    _run(sandbox, db_url, tmp_path)
-    owners = _owner_ids(sandbox)
+    run_once(sandbox, db_url, tmp_path)
+    owners = sandbox_owner_ids(sandbox)
     # workers=1 applies owners in list order, so this picks which listing the run meets first.
     stored, other = (owners[0], owners[2]) if stored_owner_first else (owners[2], owners[0])
-    lock_id = _lock_ids(sandbox, stored)[0]
+    lock_id = sandbox_lock_ids(sandbox, stored)[0]
     sandbox.list_also(lock_id, other)  # a move caught half-way: both lists have the lock
 
-    result = _run(sandbox, db_url, tmp_path, workers=1)
+    result = run_once(sandbox, db_url, tmp_path, tapkey={"workers": 1})
 
     assert result.status == "succeeded"
     # Counted once, under the owner met first; the other listing is not an unreadable "skip".
@@ -281,7 +266,7 @@ def test_a_lock_listed_by_two_owners_stays_with_the_first_and_is_never_removed(
     )
 
     sandbox.move(lock_id, other)  # the move completes
-    settled = _run(sandbox, db_url, tmp_path, workers=1)
+    settled = run_once(sandbox, db_url, tmp_path, tapkey={"workers": 1})
     assert (settled.counts.created, settled.counts.removed, settled.counts.skipped) == (0, 0, 0)
     _assert_matches_api(engine, sandbox, settled)
 
@@ -325,9 +310,9 @@ def test_twenty_fetch_threads_share_the_database_connections(
     # More fetch threads than the engine's pool (5 + 10 overflow) has connections: the crawl
     # must not need a connection per thread.
     with Sandbox(seed=5, owners=24, locks_per_owner=2) as fake:
-        _run(fake, db_url, tmp_path, workers=20)
+        run_once(fake, db_url, tmp_path, tapkey={"workers": 20})
         fake.advance(3)
-        result = _run(fake, db_url, tmp_path, workers=20)
+        result = run_once(fake, db_url, tmp_path, tapkey={"workers": 20})
         assert result.status == "succeeded"
         _assert_matches_api(engine, fake, result)
 
@@ -335,12 +320,12 @@ def test_twenty_fetch_threads_share_the_database_connections(
 def test_an_owner_lost_and_regained(
     sandbox: Sandbox, db_url: str, engine: Engine, tmp_path: Path
 ) -> None:
-    _run(sandbox, db_url, tmp_path)
-    owner = _owner_ids(sandbox)[1]
-    locks = set(_lock_ids(sandbox, owner))
+    run_once(sandbox, db_url, tmp_path)
+    owner = sandbox_owner_ids(sandbox)[1]
+    locks = set(sandbox_lock_ids(sandbox, owner))
     sandbox.hide_owner(owner)
 
-    lost = _run(sandbox, db_url, tmp_path)
+    lost = run_once(sandbox, db_url, tmp_path)
 
     versions = _versions(engine, lost.run_id or 0)
     assert {(v["id"], v["removal_reason"]) for v in versions} == {
@@ -357,7 +342,7 @@ def test_an_owner_lost_and_regained(
     _assert_matches_api(engine, sandbox, lost)
 
     sandbox.show_owner(owner)
-    regained = _run(sandbox, db_url, tmp_path)
+    regained = run_once(sandbox, db_url, tmp_path)
 
     assert {v["id"] for v in _versions(engine, regained.run_id or 0)} == locks
     assert regained.counts.restored == len(locks)
@@ -378,15 +363,15 @@ def test_an_owner_lost_and_regained(
 def test_a_failed_owner_makes_the_run_partial_and_removes_nothing(
     sandbox: Sandbox, db_url: str, engine: Engine, tmp_path: Path
 ) -> None:
-    _run(sandbox, db_url, tmp_path)
-    owners = _owner_ids(sandbox)
+    run_once(sandbox, db_url, tmp_path)
+    owners = sandbox_owner_ids(sandbox)
     failing = owners[0]
-    for lock in _lock_ids(sandbox, failing)[:2]:
+    for lock in sandbox_lock_ids(sandbox, failing)[:2]:
         sandbox.unbind(lock)
-    sandbox.unbind(_lock_ids(sandbox, owners[1])[0])
+    sandbox.unbind(sandbox_lock_ids(sandbox, owners[1])[0])
     sandbox.add_fault(Fault(route="locks", owner_id=failing, status=503, times=None))
 
-    result = _run(sandbox, db_url, tmp_path, max_retries=1)
+    result = run_once(sandbox, db_url, tmp_path, tapkey={"max_retries": 1})
 
     assert result.status == "partial"
     assert result.counts.removed == 1  # only the healthy owner's unbound lock
@@ -411,7 +396,7 @@ def test_a_failed_owner_makes_the_run_partial_and_removes_nothing(
     assert_history_consistent(engine)
 
     sandbox.clear_faults()
-    healed = _run(sandbox, db_url, tmp_path)
+    healed = run_once(sandbox, db_url, tmp_path)
     assert healed.status == "succeeded" and healed.counts.removed == 2
     _assert_matches_api(engine, sandbox, healed)
 
@@ -420,9 +405,9 @@ def test_a_list_shifting_mid_crawl_causes_no_false_removal(
     db_url: str, engine: Engine, tmp_path: Path
 ) -> None:
     with Sandbox(seed=3, owners=2, locks_per_owner=12) as fake:
-        _run(fake, db_url, tmp_path, page_size=4)
-        owner = _owner_ids(fake)[0]
-        first = _lock_ids(fake, owner)[0]
+        run_once(fake, db_url, tmp_path, tapkey={"page_size": 4})
+        owner = sandbox_owner_ids(fake)[0]
+        first = sandbox_lock_ids(fake, owner)[0]
         fired: list[bool] = []
 
         def unbind_after_first_page(request: Request) -> None:
@@ -431,7 +416,7 @@ def test_a_list_shifting_mid_crawl_causes_no_false_removal(
                 fake.unbind(first)
 
         fake.hooks.append(unbind_after_first_page)
-        result = _run(fake, db_url, tmp_path, page_size=4)
+        result = run_once(fake, db_url, tmp_path, tapkey={"page_size": 4})
 
         assert fired and result.status == "succeeded"
         assert [(v["id"], v["change_type"]) for v in _versions(engine, result.run_id or 0)] == [
@@ -450,7 +435,7 @@ def test_token_expiry_mid_run_fetches_a_new_token(
                 fake.revoke_tokens()
 
         fake.hooks.append(revoke_once)
-        result = _run(fake, db_url, tmp_path, workers=1)
+        result = run_once(fake, db_url, tmp_path, tapkey={"workers": 1})
 
         assert result.status == "succeeded" and result.counts.created == 12
         assert fake.requests["token"] == 2
@@ -462,7 +447,7 @@ def test_429_with_retry_after_is_retried(db_url: str, engine: Engine, tmp_path: 
         fake.add_fault(Fault(route="locks", status=429, headers={"Retry-After": "0"}, times=2))
         fake.add_fault(Fault(route="owners", status=429, headers={"Retry-After": "1"}, times=1))
 
-        result = _run(fake, db_url, tmp_path)
+        result = run_once(fake, db_url, tmp_path)
 
         assert result.status == "succeeded" and result.counts.created == 6
         _assert_matches_api(engine, fake, result)
@@ -470,7 +455,7 @@ def test_429_with_retry_after_is_retried(db_url: str, engine: Engine, tmp_path: 
 
 def test_a_server_side_page_cap_loses_no_rows(db_url: str, engine: Engine, tmp_path: Path) -> None:
     with Sandbox(seed=6, owners=2, locks_per_owner=23, max_top=5) as fake:
-        result = _run(fake, db_url, tmp_path, page_size=10)
+        result = run_once(fake, db_url, tmp_path, tapkey={"page_size": 10})
 
         assert result.status == "succeeded" and result.counts.created == 46
         _assert_matches_api(engine, fake, result)
@@ -480,10 +465,10 @@ def test_a_server_ignoring_skip_fails_that_fetch_instead_of_looping(
     db_url: str, engine: Engine, tmp_path: Path
 ) -> None:
     with Sandbox(seed=7, owners=2, locks_per_owner=9) as fake:
-        _run(fake, db_url, tmp_path, page_size=4)
+        run_once(fake, db_url, tmp_path, tapkey={"page_size": 4})
         fake.ignore_skip = True
 
-        result = _run(fake, db_url, tmp_path, page_size=4)
+        result = run_once(fake, db_url, tmp_path, tapkey={"page_size": 4})
 
         assert result.status == "failed"  # the owner list itself is paged and cannot be read
         assert "skip" in (result.error or "").lower()
@@ -494,11 +479,11 @@ def test_a_server_ignoring_skip_fails_that_fetch_instead_of_looping(
 def test_the_owner_list_failing_fails_the_run_and_changes_nothing(
     sandbox: Sandbox, db_url: str, engine: Engine, tmp_path: Path
 ) -> None:
-    first = _run(sandbox, db_url, tmp_path)
-    sandbox.hide_owner(_owner_ids(sandbox)[0])
+    first = run_once(sandbox, db_url, tmp_path)
+    sandbox.hide_owner(sandbox_owner_ids(sandbox)[0])
     sandbox.add_fault(Fault(route="owners", status=500, times=None))
 
-    result = _run(sandbox, db_url, tmp_path, max_retries=1)
+    result = run_once(sandbox, db_url, tmp_path, tapkey={"max_retries": 1})
 
     assert result.status == "failed" and "500" in (result.error or "")
     assert locks_at(engine, datetime.now(UTC)) == locks_at(
@@ -511,7 +496,7 @@ def test_the_owner_list_failing_fails_the_run_and_changes_nothing(
 def test_a_database_filled_by_another_client_is_refused(
     sandbox: Sandbox, db_url: str, engine: Engine, tmp_path: Path
 ) -> None:
-    _run(sandbox, db_url, tmp_path)
+    run_once(sandbox, db_url, tmp_path)
     other = make_settings(sandbox, db_url, tmp_path, client_id="other-client")
 
     with pytest.raises(ClientMismatchError, match="other-client"):
@@ -524,13 +509,13 @@ def test_a_database_filled_by_another_client_is_refused(
 def test_dry_run_reports_changes_and_writes_nothing(
     sandbox: Sandbox, db_url: str, engine: Engine, tmp_path: Path
 ) -> None:
-    _run(sandbox, db_url, tmp_path)
-    owner = _owner_ids(sandbox)[0]
-    sandbox.rename(_lock_ids(sandbox, owner)[0], "Dry")
-    sandbox.unbind(_lock_ids(sandbox, owner)[1])
+    run_once(sandbox, db_url, tmp_path)
+    owner = sandbox_owner_ids(sandbox)[0]
+    sandbox.rename(sandbox_lock_ids(sandbox, owner)[0], "Dry")
+    sandbox.unbind(sandbox_lock_ids(sandbox, owner)[1])
     before = count_rows(engine, bound_lock_versions)
 
-    result = _run(sandbox, db_url, tmp_path, dry_run=True)
+    result = run_once(sandbox, db_url, tmp_path, dry_run=True)
 
     assert result.run_id is None
     assert sorted(c.change_type for c in result.changes) == ["removed", "updated"]
@@ -542,10 +527,10 @@ def test_the_clock_stepping_back_still_orders_versions(
     sandbox: Sandbox, db_url: str, engine: Engine, tmp_path: Path
 ) -> None:
     start = datetime(2030, 1, 1, tzinfo=UTC)
-    _run(sandbox, db_url, tmp_path, now=lambda: start)
-    sandbox.rename(_lock_ids(sandbox, _owner_ids(sandbox)[0])[0], "Earlier clock")
+    run_once(sandbox, db_url, tmp_path, now=lambda: start)
+    sandbox.rename(sandbox_lock_ids(sandbox, sandbox_owner_ids(sandbox)[0])[0], "Earlier clock")
 
-    result = _run(sandbox, db_url, tmp_path, now=lambda: start - timedelta(days=1))
+    result = run_once(sandbox, db_url, tmp_path, now=lambda: start - timedelta(days=1))
 
     assert result.counts.updated == 1
     assert_history_consistent(engine)
@@ -557,11 +542,11 @@ def test_history_is_exact_across_random_generations(
 ) -> None:
     rng = random.Random(2024)
     with Sandbox(seed=11, owners=6, locks_per_owner=8) as fake:
-        results = [_run(fake, db_url, tmp_path, page_size=5)]
+        results = [run_once(fake, db_url, tmp_path, tapkey={"page_size": 5})]
         snapshots = [expected_locks(fake.snapshot())]
         for _ in range(8):
             fake.advance(changes=rng.randint(3, 9))
-            results.append(_run(fake, db_url, tmp_path, page_size=5))
+            results.append(run_once(fake, db_url, tmp_path, tapkey={"page_size": 5}))
             snapshots.append(expected_locks(fake.snapshot()))
 
         assert all(r.status == "succeeded" for r in results)

@@ -22,10 +22,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import doc_sql
 import pytest
-from helpers import make_settings, subprocess_env
 from sqlalchemy import Engine, select, text, update
+from support import doc_sql
+from support.helpers import make_settings, subprocess_env
 from typer.testing import CliRunner
 
 from exporter import cli

@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from support.helpers import FakeClock
 
-from exporter.config.urls import is_loopback_url
 from exporter.errors import AuthError, ConfigError
 from exporter.sandbox.server import Fault, Request, Sandbox
 from exporter.tapkey.auth import TokenProvider, require_secure_url
@@ -20,16 +20,6 @@ from exporter.tapkey.client import TapkeyClient
 
 SECRET = "sandbox-secret-Zq81"
 SCOPES = ("read:owneraccounts", "read:core:entities")
-
-
-class FakeClock:
-    """A monotonic clock moved by hand; shared by the sandbox and the provider."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -41,11 +31,6 @@ def clock() -> FakeClock:
 def fake(clock: FakeClock) -> Iterator[Sandbox]:
     with Sandbox(seed=3, owners=2, locks_per_owner=3, client_secret=SECRET, clock=clock) as server:
         yield server
-
-
-@pytest.fixture
-def sleeps() -> list[float]:
-    return []
 
 
 @pytest.fixture
@@ -257,22 +242,6 @@ def test_token_response_without_a_token(fake: Sandbox, make_provider: Callable[.
     fake.add_fault(Fault(route="token", kind="body", body="<html>maintenance</html>"))
     with pytest.raises(AuthError, match="no usable access token"):
         make_provider().token()
-
-
-@pytest.mark.parametrize(
-    ("url", "loopback"),
-    [
-        pytest.param("http://127.0.0.1:8080/x", True, id="ipv4"),
-        pytest.param("http://127.3.4.5/x", True, id="ipv4-net"),
-        pytest.param("http://[::1]:9/x", True, id="ipv6"),
-        pytest.param("http://LOCALHOST/x", True, id="localhost"),
-        pytest.param("http://example.com/x", False, id="remote"),
-        pytest.param("http://127.0.0.1.example.com/x", False, id="lookalike"),
-        pytest.param("http://10.0.0.1/x", False, id="private"),
-    ],
-)
-def test_loopback_detection(url: str, loopback: bool) -> None:
-    assert is_loopback_url(url) is loopback
 
 
 @pytest.mark.parametrize(

@@ -63,11 +63,6 @@ def fake(make_fake: Factory) -> Sandbox:
 
 
 @pytest.fixture
-def sleeps() -> list[float]:
-    return []
-
-
-@pytest.fixture
 def make_tokens(sleeps: list[float]) -> Factory:
     def make(server: Sandbox, scopes: tuple[str, ...] = SCOPES) -> TokenProvider:
         return TokenProvider(

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from http_servers import Tls
+from support.http_servers import Tls
 
 from exporter.errors import ApiError, AuthError
 from exporter.sandbox.server import Fault, Sandbox

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-SCHEMA_DOC = Path(__file__).resolve().parent.parent / "docs" / "schema.md"
+SCHEMA_DOC = Path(__file__).resolve().parents[2] / "docs" / "schema.md"
 
 
 def statements(section: str | None = None) -> list[str]:

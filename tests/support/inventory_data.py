@@ -18,13 +18,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import MARIADB_ADMIN, POSTGRES_ADMIN, database_name, make_settings, server_database
-from history_checks import expected_locks
 
 from exporter.db import store
 from exporter.sandbox.server import Fault, Sandbox
 from exporter.service import job
 from exporter.tapkey.records import lock_id_hex
+from support.helpers import (
+    MARIADB_ADMIN,
+    POSTGRES_ADMIN,
+    database_name,
+    make_settings,
+    sandbox_lock_ids,
+    sandbox_owner_ids,
+    server_database,
+)
+from support.history import expected_locks
 
 RUNS = 8
 
@@ -59,14 +67,6 @@ class InventoryDb:
     partial_owner: str = ""  # owner whose fetch fails in run 6
 
 
-def _owner_ids(fake: Sandbox) -> list[str]:
-    return [owner["id"] for owner in fake.owners_payload()]
-
-
-def _lock_ids(fake: Sandbox, owner_id: str) -> list[str]:
-    return [lock["id"] for lock in fake.locks_payload(owner_id)]
-
-
 def build(url: str, backend: str, tmp_path: Path, *, now: datetime) -> InventoryDb:
     """Run the scenario into `url` (an empty database) and record what each run should hold."""
     engine = store.make_engine(url)
@@ -77,7 +77,7 @@ def build(url: str, backend: str, tmp_path: Path, *, now: datetime) -> Inventory
     db = InventoryDb(url, backend)
     first = now - timedelta(days=RUNS - 1)
     with Sandbox(seed=21, owners=4, locks_per_owner=6) as fake:
-        owners = _owner_ids(fake)
+        owners = sandbox_owner_ids(fake)
         settings = make_settings(fake, url, tmp_path, max_retries=0)
         unbound_payload: dict[str, Any] = {}
         new = ""
@@ -85,22 +85,24 @@ def build(url: str, backend: str, tmp_path: Path, *, now: datetime) -> Inventory
             if number == 1:
                 # Random changes first, so that every later, named change stays as named.
                 fake.advance(changes=8)
-                for owner in set(owners) - set(_owner_ids(fake)):
+                for owner in set(owners) - set(sandbox_owner_ids(fake)):
                     fake.show_owner(owner)
             elif number == 2:
-                db.renamed = _lock_ids(fake, owners[0])[0]
+                db.renamed = sandbox_lock_ids(fake, owners[0])[0]
                 fake.rename(db.renamed, "Renamed Door")
-                fake.update_lock(_lock_ids(fake, owners[1])[0], description="Moved to hall B.")
-                fake.update_lock(_lock_ids(fake, owners[1])[1], active=False)
+                fake.update_lock(
+                    sandbox_lock_ids(fake, owners[1])[0], description="Moved to hall B."
+                )
+                fake.update_lock(sandbox_lock_ids(fake, owners[1])[1], active=False)
                 fake.bind_new(owners[3])
             elif number == 3:
-                moved = next(i for i in _lock_ids(fake, owners[0]) if i != db.renamed)
+                moved = next(i for i in sandbox_lock_ids(fake, owners[0]) if i != db.renamed)
                 fake.move(moved, owners[1])
                 db.moved = (moved, owners[0], owners[1])
-                old = _lock_ids(fake, owners[3])[0]
+                old = sandbox_lock_ids(fake, owners[3])[0]
                 new = fake.rebind(old, owners[2])
                 db.rebound = (old, new)
-                db.unbound = _lock_ids(fake, owners[2])[0]
+                db.unbound = sandbox_lock_ids(fake, owners[2])[0]
                 unbound_payload = next(
                     lock for lock in fake.locks_payload(owners[2]) if lock["id"] == db.unbound
                 )
@@ -114,14 +116,16 @@ def build(url: str, backend: str, tmp_path: Path, *, now: datetime) -> Inventory
             elif number == 5:
                 fake.show_owner(owners[3])
                 fake.rebind(unbound_payload, owners[2])
-                other = next(i for i in _lock_ids(fake, owners[2]) if i not in (db.unbound, new))
+                other = next(
+                    i for i in sandbox_lock_ids(fake, owners[2]) if i not in (db.unbound, new)
+                )
                 fake.update_lock(other, description="Back in use.")
             elif number == 6:
                 db.partial_owner = owners[1]
                 fake.add_fault(Fault(route="locks", owner_id=owners[1], status=503, times=None))
             elif number == 7:
                 fake.clear_faults()
-                last = [i for i in _lock_ids(fake, owners[1]) if i != db.moved[0]][-1]
+                last = [i for i in sandbox_lock_ids(fake, owners[1]) if i != db.moved[0]][-1]
                 fake.rename(last, "Last Change")
             at = first + timedelta(days=number)
             result = job.run_once(settings, now=lambda at=at: at)  # type: ignore[misc]
@@ -174,19 +178,6 @@ class Cache:
     def close(self) -> None:
         """Drop the server databases (idempotent)."""
         self._cleanup.close()
-
-
-_CACHE: Cache | None = None
-
-
-@pytest.fixture(scope="session")
-def inventory_cache(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Iterator[Cache]:
-    """The process-wide cache of filled databases (import this fixture into a test module)."""
-    global _CACHE
-    if _CACHE is None:
-        _CACHE = Cache(tmp_path_factory, worker_id)
-    yield _CACHE
-    _CACHE.close()
 
 
 def _database(backend: str, tmp_path: Path, worker_id: str) -> Iterator[str]:

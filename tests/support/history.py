@@ -17,8 +17,11 @@ from exporter.db.schema import (
     bound_locks,
     owner_account_versions,
     owner_accounts,
+    sync_run_owners,
     sync_runs,
 )
+from exporter.results import RunResult
+from exporter.sandbox.server import Sandbox
 
 
 def _fields(value: Any) -> list[str] | None:
@@ -127,3 +130,55 @@ def count_rows(engine: Engine, table: Table) -> int:
     """Rows in `table`."""
     with engine.connect() as conn:
         return len(conn.execute(select(table.c[table.primary_key.columns.keys()[0]])).all())
+
+
+def run_row(engine: Engine, run_id: int | None) -> dict[str, Any]:
+    """The sync_runs row of `run_id`."""
+    with engine.connect() as conn:
+        return dict(
+            conn.execute(select(sync_runs).where(sync_runs.c.id == run_id)).mappings().one()
+        )
+
+
+def run_owner_row(engine: Engine, run_id: int | None, owner_id: str) -> dict[str, Any]:
+    """The sync_run_owners row of `owner_id` in `run_id`."""
+    query = select(sync_run_owners).where(
+        sync_run_owners.c.run_id == run_id, sync_run_owners.c.owner_account_id == owner_id
+    )
+    with engine.connect() as conn:
+        return dict(conn.execute(query).mappings().one())
+
+
+def stored_locks(engine: Engine, owner_id: str | None = None) -> dict[str, dict[str, Any]]:
+    """Current rows (all columns but `raw`) with their version rows: what "left as stored" means."""
+    query = select(bound_locks)
+    if owner_id is not None:
+        query = query.where(bound_locks.c.owner_account_id == owner_id)
+    with engine.connect() as conn:
+        rows = {r["id"]: dict(r) for r in conn.execute(query).mappings()}
+        for lock_id, row in rows.items():
+            row.pop("raw")
+            row["versions"] = [
+                dict(v)
+                for v in conn.execute(
+                    select(bound_lock_versions)
+                    .where(bound_lock_versions.c.id == lock_id)
+                    .order_by(bound_lock_versions.c.valid_from)
+                ).mappings()
+            ]
+    return rows
+
+
+def assert_converged(engine: Engine, fake: Sandbox, result: RunResult) -> None:
+    """`result` succeeded and the database holds exactly the API's state, with a sound history."""
+    assert result.status == "succeeded", result.error
+    assert result.finished_at is not None
+    assert locks_at(engine, result.finished_at) == expected_locks(fake.snapshot())
+    assert_history_consistent(engine)
+
+
+def run_statuses(engine: Engine) -> list[tuple[str, str | None]]:
+    """(status, error) of every run, oldest first."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(sync_runs.c.status, sync_runs.c.error).order_by(sync_runs.c.id))
+        return [(status, error) for status, error in rows]

@@ -1,12 +1,15 @@
-"""Helpers the tests share: database servers, settings and environments pointing at a sandbox.
+"""Helpers the tests share: database servers, settings, runs and environments pointing at a sandbox.
 
-Plain functions and constants (fixtures stay in conftest.py); tests import them with
-`from helpers import ...`, which works because pytest puts tests/ on sys.path for conftest.py.
+Plain functions and constants (fixtures stay in conftest.py files); tests import them with
+`from support.helpers import ...`, which works because pytest puts tests/ on sys.path for
+tests/conftest.py.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,9 @@ from sqlalchemy.engine import make_url
 
 from exporter.config.loader import load_settings
 from exporter.config.settings import Settings
-from exporter.sandbox.server import Sandbox
+from exporter.results import RunResult
+from exporter.sandbox.server import Request, Sandbox
+from exporter.service import job
 
 POSTGRES_ADMIN = os.environ.get(
     "EXPORTER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -25,6 +30,8 @@ POSTGRES_ADMIN = os.environ.get(
 MARIADB_ADMIN = os.environ.get("EXPORTER_TEST_MARIADB", "mysql+pymysql://root@127.0.0.1:3306/")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 BACKENDS = ("sqlite", "postgresql", "mariadb")
+# The client secret the sandbox accepts (tests check it never shows in output).
+SANDBOX_SECRET = "sandbox-secret"
 
 
 def _unavailable(what: str, exc: Exception) -> None:
@@ -70,7 +77,7 @@ def make_settings(fake: Sandbox, db_url: str, tmp_path: Path, **tapkey: Any) -> 
     """Settings pointing at `fake` and `db_url`; `tapkey` overrides [tapkey] keys."""
     overrides: dict[str, Any] = {
         "tapkey.client_id": "sandbox-client",
-        "tapkey.client_secret": "sandbox-secret",
+        "tapkey.client_secret": SANDBOX_SECRET,
         "tapkey.token_url": fake.token_url,
         "tapkey.api_base_url": fake.base_url,
         "tapkey.backoff_factor": 0.01,
@@ -86,10 +93,83 @@ def subprocess_env(fake: Sandbox, db_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORTER_")}
     env.update(
         EXPORTER_TAPKEY__CLIENT_ID="sandbox-client",
-        EXPORTER_TAPKEY__CLIENT_SECRET="sandbox-secret",
+        EXPORTER_TAPKEY__CLIENT_SECRET=SANDBOX_SECRET,
         EXPORTER_TAPKEY__TOKEN_URL=fake.token_url,
         EXPORTER_TAPKEY__API_BASE_URL=fake.base_url,
         EXPORTER_TAPKEY__BACKOFF_FACTOR="0.01",
         EXPORTER_DATABASE__URL=db_url,
     )
     return env
+
+
+def settings_with(
+    fake: Sandbox, db_url: str, tmp_path: Path, sync: dict[str, Any] | None = None, **tapkey: Any
+) -> Settings:
+    """`make_settings` with [sync] keys overridden too."""
+    settings = make_settings(fake, db_url, tmp_path, **tapkey)
+    if sync:
+        settings = settings.model_copy(update={"sync": settings.sync.model_copy(update=sync)})
+    return settings
+
+
+def run_once(
+    fake: Sandbox,
+    db_url: str,
+    tmp_path: Path,
+    *,
+    sync: dict[str, Any] | None = None,
+    tapkey: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> RunResult:
+    """One in-process run (the wiring of `exporter run-once`) against `fake` into `db_url`."""
+    return job.run_once(settings_with(fake, db_url, tmp_path, sync, **(tapkey or {})), **kwargs)
+
+
+def sandbox_owner_ids(fake: Sandbox) -> list[str]:
+    """The owner ids the sandbox serves now, in its order."""
+    return [owner["id"] for owner in fake.owners_payload()]
+
+
+def sandbox_lock_ids(fake: Sandbox, owner_id: str) -> list[str]:
+    """The lock ids the sandbox serves for `owner_id` now, in its order."""
+    return [lock["id"] for lock in fake.locks_payload(owner_id)]
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def count_requests(fake: Sandbox) -> Counter[str]:
+    """Requests per owner ("owners"/"token" for those routes), counted from now on."""
+    seen: Counter[str] = Counter()
+
+    def hook(request: Request) -> None:
+        seen[request.owner_id or request.route] += 1
+
+    fake.hooks.append(hook)
+    return seen
+
+
+def mutate_every_owner(fake: Sandbox) -> dict[str, tuple[str, str]]:
+    """Rename the first lock and unbind the last one of every owner: (renamed, unbound) ids."""
+    changed = {}
+    for owner_id in sandbox_owner_ids(fake):
+        ids = sandbox_lock_ids(fake, owner_id)
+        fake.rename(ids[0], f"renamed {ids[0][:6]}")
+        fake.unbind(ids[-1])
+        changed[owner_id] = (ids[0], ids[-1])
+    return changed
+
+
+class FakeClock:
+    """A monotonic clock moved by hand, for the sandbox and the token provider."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now

@@ -1,0 +1,76 @@
+"""Instants on the read side: `--as-of`, `--since` and `--until` values, and the versions valid
+at an instant."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import ColumnElement, Engine, FromClause, select
+
+from exporter.config.settings import parse_duration
+from exporter.db.schema import sync_runs
+from exporter.db.store import connect
+from exporter.errors import UsageError
+
+__all__ = ["AsOf", "missing_run", "parse_instant", "resolve_as_of", "valid_at"]
+
+
+# -- instants -------------------------------------------------------------------------------------
+
+
+def parse_instant(text: str, *, now: datetime) -> datetime:
+    """An ISO-8601 timestamp (naive means UTC) or a duration back from `now` ("7d", "1h30m")."""
+    value = text.strip()
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        try:
+            return now - timedelta(seconds=parse_duration(value))
+        except ValueError:
+            raise UsageError(
+                f"cannot read {text!r} as a time: give an ISO-8601 timestamp such as "
+                "2026-03-01 or 2026-03-01T12:00:00Z (UTC unless it has an offset), or a duration "
+                "back from now such as 7d, 12h or 1h30m"
+            ) from None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class AsOf:
+    """The instant an inventory was asked for, and the run it came from (for a run id)."""
+
+    at: datetime
+    run_id: int | None = None
+
+
+def resolve_as_of(engine: Engine, text: str, *, now: datetime) -> AsOf:
+    """`--as-of`: a run id means that run's `finished_at`; else a timestamp or a duration."""
+    value = text.strip()
+    if not value.isdigit():
+        return AsOf(parse_instant(value, now=now))
+    run_id = int(value)
+    with connect(engine) as conn:
+        row = conn.execute(
+            select(sync_runs.c.finished_at, sync_runs.c.status).where(sync_runs.c.id == run_id)
+        ).one_or_none()
+    if row is None:
+        raise missing_run(run_id)
+    if row.finished_at is None:
+        raise UsageError(
+            f"run {run_id} has no recorded end (it is running, or was abandoned); give a "
+            "timestamp instead"
+        )
+    return AsOf(row.finished_at, run_id)
+
+
+def valid_at(table: FromClause, at: datetime) -> ColumnElement[bool]:
+    """The versions of `table` valid at `at`: valid_from <= at < valid_to (or open)."""
+    return (table.c.valid_from <= at) & (table.c.valid_to.is_(None) | (table.c.valid_to > at))
+
+
+def missing_run(run_id: int) -> UsageError:
+    """The error for a run id that names no run."""
+    return UsageError(f"there is no run {run_id}; `exporter runs` lists the runs")

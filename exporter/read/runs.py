@@ -1,0 +1,116 @@
+"""Runs as the `runs` command shows them: the latest runs, and one run with its owners."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from exporter.db.schema import RUN_STATUSES, sync_run_owners, sync_runs
+from exporter.db.store import connect
+from exporter.errors import UsageError
+from exporter.kinds import OwnerStatus
+from exporter.read.asof import missing_run
+from exporter.read.inventory import Row, fold, owner_names
+
+__all__ = ["RunDetail", "RunOwnerRow", "RunRow", "run_detail", "runs"]
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One sync run."""
+
+    id: int
+    started_at: datetime
+    finished_at: datetime | None
+    duration_seconds: float | None
+    status: str
+    trigger: str
+    owners_seen: int
+    locks_seen: int
+    created: int
+    updated: int
+    removed: int
+    restored: int
+    unchanged: int
+    skipped: int
+    api_requests: int
+    error: str | None
+    client_id: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields by name."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RunOwnerRow:
+    """How one owner account's fetch went in a run."""
+
+    owner_account_id: str
+    owner_name: str | None
+    status: str
+    locks_seen: int
+    created: int
+    updated: int
+    removed: int
+    restored: int
+    unchanged: int
+    skipped: int
+    fetched_at: datetime | None
+    error: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields by name."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RunDetail:
+    """A run and its per-owner outcomes (failed owners first)."""
+
+    run: RunRow
+    owners: list[RunOwnerRow]
+
+
+def _run_row(row: Row) -> RunRow:
+    started, finished = row["started_at"], row["finished_at"]
+    duration = (finished - started).total_seconds() if finished is not None else None
+    values = {name: row[name] for name in RunRow.__dataclass_fields__ if name in row}
+    return RunRow(**{**values, "duration_seconds": duration})
+
+
+def runs(engine: Engine, *, limit: int | None = 20, status: str | None = None) -> list[RunRow]:
+    """The most recent runs first, optionally only those with `status`."""
+    if status is not None and status not in RUN_STATUSES:
+        raise UsageError(f"unknown run status {status!r}; use {', '.join(RUN_STATUSES)}")
+    query = select(sync_runs).order_by(sync_runs.c.id.desc()).limit(limit)
+    if status is not None:
+        query = query.where(sync_runs.c.status == status)
+    with connect(engine) as conn:
+        return [_run_row(r) for r in conn.execute(query).mappings()]
+
+
+def run_detail(engine: Engine, run_id: int) -> RunDetail:
+    """One run with the outcome of every owner account it fetched."""
+    with connect(engine) as conn:
+        row = conn.execute(select(sync_runs).where(sync_runs.c.id == run_id)).mappings().first()
+        if row is None:
+            raise missing_run(run_id)
+        names = owner_names(conn)
+        outcomes = conn.execute(
+            select(sync_run_owners).where(sync_run_owners.c.run_id == run_id)
+        ).mappings()
+        owners = [
+            RunOwnerRow(
+                owner_name=names.get(o["owner_account_id"]),
+                **{k: o[k] for k in RunOwnerRow.__dataclass_fields__ if k != "owner_name"},
+            )
+            for o in outcomes
+        ]
+    owners.sort(
+        key=lambda o: (o.status != OwnerStatus.FAILED, fold(o.owner_name), o.owner_account_id)
+    )
+    return RunDetail(_run_row(row), owners)

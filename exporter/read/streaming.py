@@ -1,0 +1,108 @@
+"""Reading large results in constant memory: rows in batches as the database sends them, and
+time columns converted by the driver or in C."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, Select, type_coerce
+from sqlalchemy.engine import Dialect, processors
+from sqlalchemy.types import TypeEngine
+
+from exporter.db.schema import UTCDateTime
+
+__all__ = ["stream", "streamed"]
+
+# Rows fetched at a time by a streamed read: memory stays flat, round trips stay few.
+_STREAM_BATCH = 2000
+
+
+def stream(conn: Connection, query: Select[Any]) -> Iterator[Sequence[Any]]:
+    """The rows of `query` (sequences of values), read from the database in batches.
+
+    Inside, no other statement may run on `conn` until the rows are all read.
+    """
+    if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
+        yield from _psycopg_stream(conn, query)
+        return
+    # SQLite steps through the rows as they are fetched; PyMySQL reads them unbuffered.
+    result = conn.execution_options(stream_results=True, yield_per=_STREAM_BATCH).execute(query)
+    with result:
+        for batch in result.partitions():
+            yield from batch
+
+
+def _psycopg_stream(conn: Connection, query: Select[Any]) -> Iterator[Sequence[Any]]:
+    """PostgreSQL rows as the server sends them (psycopg's chunked stream), typed as by Core.
+
+    SQLAlchemy streams through a server-side cursor (DECLARE CURSOR), which PostgreSQL plans
+    without parallel workers and for the first rows: sorting a million locks took 2-3x as long
+    as the same plain query, whose rows psycopg can read chunk by chunk as they arrive.
+    """
+    dialect = conn.dialect
+    compiled = query.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
+    convert = [
+        (i, process)
+        for i, column in enumerate(query.selected_columns)
+        if (process := column.type.dialect_impl(dialect).result_processor(dialect, None))
+    ]
+    # Core's bind processors are not applied: the parameters of these queries (text, numbers,
+    # aware datetimes) need none on psycopg.
+    dbapi: Any = conn.connection.dbapi_connection
+    chunks = {"size": _STREAM_BATCH} if _psycopg_pq_version() >= 170000 else {}
+    with dbapi.cursor() as cursor:
+        # Times in UTC from the server: converting each from the server's zone (a ZoneInfo)
+        # took more CPU than reading it. Only for this transaction.
+        cursor.execute("SET LOCAL TIME ZONE 'UTC'")
+        rows = cursor.stream(compiled.string, compiled.construct_params(), **chunks)
+        with contextlib.closing(rows):
+            if not convert:
+                yield from rows
+                return
+            for row in rows:
+                values = list(row)
+                for i, process in convert:
+                    if values[i] is not None:
+                        values[i] = process(values[i])
+                yield values
+
+
+def _psycopg_pq_version() -> int:
+    """The libpq version psycopg uses (chunked streaming needs 17)."""
+    import psycopg
+
+    return int(psycopg.pq.version())
+
+
+class _StreamedTime(TypeEngine[datetime]):
+    """A UTC time column of a streamed read, converted by the driver or in C where possible.
+
+    UTCDateTime's processing is a Python call or two per value, None included: for a million
+    locks that cost about as much as SQLite's sort. SQLite holds ISO-8601 text ending in Z,
+    which SQLAlchemy's C parser turns into an aware datetime; psycopg returns aware times, in
+    UTC in `_psycopg_stream`; MySQL/MariaDB naive ones, which are UTC.
+    """
+
+    cache_ok = True
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], Any] | None:
+        """The conversion from what the driver returns to an aware UTC datetime."""
+        if dialect.name == "sqlite":
+            return processors.str_to_datetime  # type: ignore[no-any-return]
+        if dialect.name == "postgresql":
+            return None
+        return _naive_as_utc
+
+
+def _naive_as_utc(value: datetime | None) -> datetime | None:
+    return value if value is None else value.replace(tzinfo=UTC)
+
+
+def streamed(column: ColumnElement[Any]) -> ColumnElement[Any]:
+    """`column`, read as `_StreamedTime` if it holds times."""
+    if isinstance(column.type, UTCDateTime):
+        return type_coerce(column, _StreamedTime()).label(column.key)
+    return column

@@ -1,0 +1,10 @@
+"""What the tests share, in one place (fixtures live in the conftest.py files):
+
+helpers.py       database servers, settings, in-process runs, sandbox ids, subprocess env
+history.py       checks that a stored history is exact; reading runs and stored locks
+cli.py           the `exporter` command as a subprocess or in-process; one-line messages
+http_servers.py  TLS material and a forward proxy for the transport tests
+inventory_data.py  a database filled by a scripted series of runs, for the read side
+sandbox_http.py  tokens and API calls made by hand, for the sandbox's own tests
+doc_sql.py       the SQL of docs/schema.md, read from the page so tests run the documented text
+"""
