@@ -326,6 +326,10 @@ def _print_result(result: RunResult) -> None:
     failed = [o for o in result.owners if o.status == OwnerStatus.FAILED]
     if failed:
         rows.append(("failed owners", len(failed)))
+    if result.log_entries or result.log_failures:
+        rows.append(("new log entries", result.log_entries))
+    if result.log_failures:
+        rows.append(("owners whose log failed", len(result.log_failures)))
     for name, value in rows:
         table.add_row(name, str(value))
     out.print(table)
@@ -348,6 +352,9 @@ def _print_result(result: RunResult) -> None:
         # Otherwise the sync has logged each of them already (cron would mail them twice).
         for owner in failed:
             err.print(f"owner {owner.owner_account_id} failed: {owner.error}")
+    if not logging.getLogger("exporter.sync.log_entries").isEnabledFor(logging.WARNING):
+        for owner_id, error in result.log_failures.items():
+            err.print(f"owner {owner_id}: log entries failed: {error}")
 
 
 @app.command("check")
@@ -801,6 +808,67 @@ def changes(
         else:
             feed = dataclasses.replace(feed, rows=rows)
             render.changes_table(feed, out, titled=not quiet)
+
+
+@app.command("log")
+def log_command(
+    config: ConfigOption = None,
+    database_url: DatabaseOption = None,
+    lock: Annotated[
+        str | None,
+        typer.Option(
+            help="Only this lock: a bound lock id or its start, a lock id such as 12-34-BF-FB, "
+            "or a physical lock id.",
+            show_default=False,
+        ),
+    ] = None,
+    owner: Annotated[
+        str | None, typer.Option(help="Only this owner account (id or name).", show_default=False)
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Events (lockTimestamp) from this ISO-8601 time (UTC unless it has an offset) "
+            "or this long ago (7d).",
+            show_default=False,
+        ),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(help="Events before this time (same forms as --since).", show_default=False),
+    ] = None,
+    limit: Annotated[
+        int, typer.Option(min=0, help="How many entries, newest first (0: all of them).")
+    ] = 100,
+    fmt: ReadFormatOption = "table",
+    csv_raw: CsvRawOption = False,
+) -> None:
+    """Show stored log entries (openings and other lock events), newest event first.
+
+    Needs \\[tapkey] entities with log_entries. Example: exporter log --lock 12-34-BF-FB --since 7d
+    """
+    from exporter.read import asof, log_view, render
+
+    _check_format(fmt, render.FORMATS)
+    now = datetime.now(UTC)
+    with (
+        _errors(),
+        _reader(config, database_url) as engine,
+        log_view.open_log(
+            engine,
+            lock=lock,
+            owner=owner,
+            since=asof.parse_instant(since, now=now) if since else None,
+            until=asof.parse_instant(until, now=now) if until else None,
+            limit=limit or None,
+        ) as feed,
+    ):
+        if fmt == "json":
+            log_view.log_json(feed.rows, out.file)
+        elif fmt == "csv":
+            log_view.log_csv(feed.rows, out.file, raw=csv_raw)
+        else:
+            log_view.log_table(feed, out)
 
 
 runs_app = typer.Typer(

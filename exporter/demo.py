@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 from datetime import UTC, datetime
@@ -15,7 +16,7 @@ from sqlalchemy import Engine, text
 from exporter.config.loader import load_settings
 from exporter.errors import UsageError
 from exporter.read import access as access_report
-from exporter.read import access_render, asof
+from exporter.read import access_render, asof, log_view
 from exporter.read import inventory as report
 from exporter.sandbox.server import Sandbox
 from exporter.service import job
@@ -76,7 +77,7 @@ def run_demo(
                     Text.assemble(
                         (f"Run {result.run_id}", "bold"),
                         f" {result.status}: {result.owners_seen} owners, {result.locks_seen} "
-                        f"locks ({counts or 'no changes'})",
+                        f"locks ({counts or 'no changes'}), {result.log_entries} new log entries",
                     )
                 )
                 for entity, entity_counts in result.access.items():
@@ -87,13 +88,14 @@ def run_demo(
                 else:
                     _print_changes(console, engine, result.run_id or 0)
             lock = _print_access(console, engine, generations + 1)
+            _print_openings(console, engine)
         finally:
             engine.dispose()
     console.print()
     shown = visible(str(path))  # Text objects bypass the console's escaping
     console.print(Text.assemble("The history is in ", (shown, "bold"), ". Look at it with:"))
     db = f"--database-url sqlite:///{path}"
-    hints = ["locks", "locks --as-of 1", "changes", "runs"]
+    hints = ["locks", "locks --as-of 1", "changes", "log --limit 20", "runs"]
     if lock is not None:
         hints += [f"access {lock[:8]}", f"access {lock[:8]} --as-of 1"]
     for args in hints:
@@ -107,6 +109,7 @@ def run_demo(
     console.print(
         "  SELECT lock_title, contact_title, card_title, state FROM current_grants ORDER BY 1;"
     )
+    console.print("  SELECT day, title, openings FROM lock_openings_daily ORDER BY day DESC;")
 
 
 def _print_inventory(console: Console, engine: object) -> None:
@@ -190,6 +193,22 @@ def _print_access(console: Console, engine: Engine, last_run: int) -> str | None
         answer = access_report.who_can_open(engine, lock_id, now=now, as_of=as_of)
         access_render.access_table(answer, console)
     return str(lock_id)
+
+
+def _print_openings(console: Console, engine: Engine, shown: int = 8) -> None:
+    """The most recent openings (TriggerLock commands) the log entries hold."""
+    table = Table(title="Recent openings (log entries)")
+    for column in ("when (UTC)", "lock", "owner", "by"):
+        table.add_column(column)
+    with log_view.open_log(engine, limit=None) as feed:
+        openings = (r for r in feed.rows if r.log_type == "Command" and r.command == "TriggerLock")
+        for row in itertools.islice(openings, shown):
+            by = f"contact {row.contact_id[:8]}" if row.contact_id else ""
+            if row.bound_card_id:
+                by = f"card {row.bound_card_id[:8]}"
+            when = row.lock_timestamp.strftime("%Y-%m-%d %H:%M:%S") if row.lock_timestamp else ""
+            table.add_row(when, row.title or row.bound_lock_id or "", row.owner_name or "", by)
+    console.print(table)
 
 
 def _is_demo_database(path: Path) -> bool:

@@ -77,6 +77,9 @@ class RunResult:
     held_back: dict[str, int] = field(default_factory=dict)
     # Access entities synced ([tapkey] entities): name -> changes by kind (exporter.sync.access).
     access: dict[str, Counts] = field(default_factory=dict)
+    # New log entries stored, and the owners whose log failed (id -> error); see log_entries.
+    log_entries: int = 0
+    log_failures: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

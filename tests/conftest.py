@@ -37,6 +37,8 @@ TABLES = (  # calendar_days is static data from migration 0002: never truncated
     "grants",
     "bound_cards",
     "contacts",
+    "log_entries",
+    "log_entry_watermarks",
     "lock_health_readings",
     "sync_run_owners",
     "bound_lock_versions",

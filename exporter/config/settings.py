@@ -552,8 +552,15 @@ class SyncSettings(_Section):
     allow_mass_removal: bool = False
     health_retention: str | None = None
     run_retention: str | None = None
+    log_retention: str | None = None
+    log_overlap: str = "10m"
 
-    @field_validator("health_retention", "run_retention", mode="before")
+    @field_validator("log_overlap", mode="before")
+    @classmethod
+    def _check_overlap(cls, value: object) -> str:
+        return _check_duration(value)
+
+    @field_validator("health_retention", "run_retention", "log_retention", mode="before")
     @classmethod
     def _check_retention(cls, value: object) -> object:
         value = _blank_to_none(value)
@@ -568,6 +575,16 @@ class SyncSettings(_Section):
     def run_retention_seconds(self) -> float | None:
         """`run_retention` in seconds (None keeps every run record)."""
         return None if self.run_retention is None else parse_duration(self.run_retention)
+
+    @property
+    def log_retention_seconds(self) -> float | None:
+        """`log_retention` in seconds (None keeps every log entry)."""
+        return None if self.log_retention is None else parse_duration(self.log_retention)
+
+    @property
+    def log_overlap_seconds(self) -> float:
+        """`log_overlap` in seconds."""
+        return parse_duration(self.log_overlap)
 
 
 class PrivacySettings(_Section):

@@ -176,6 +176,15 @@ TABLE_COMMENTS: dict[str, str] = {
         "Every version of every grant; a grant is listed at T when its version valid at T is "
         "not removed, and gives access when its state is Ok and T is within its validity."
     ),
+    "log_entries": (
+        "Every log entry of every lock (openings and other events), one row per entry as "
+        "Tapkey lists it, stored once and never changed. Filled only with [tapkey] entities "
+        "including log_entries."
+    ),
+    "log_entry_watermarks": (
+        "Per owner account, how far its log entries were read - the newest entry stored. The "
+        "next run asks for what Tapkey received after it, minus [sync] log_overlap."
+    ),
 }
 
 COLUMN_COMMENTS: dict[str, dict[str, str]] = {
@@ -287,6 +296,38 @@ COLUMN_COMMENTS: dict[str, dict[str, str]] = {
         **_GRANT_ATTRIBUTES,
         **_ACCESS_VERSION,
     },
+    "log_entries": {
+        "owner_account_id": "The owner account whose log lists the entry (owner_accounts.id).",
+        "id": "Tapkey log entry id.",
+        "entry_no": "The lock's own running number of the entry (entryNo).",
+        "lock_timestamp": "When the lock recorded the event (UTC, the lock clock).",
+        "received_at": (
+            "When Tapkey received the entry (UTC) - minutes or days after lock_timestamp for "
+            "a lock that was offline."
+        ),
+        "bound_lock_id": "The bound lock that recorded it (bound_locks.id).",
+        "bound_card_id": "The bound card used, if any.",
+        "contact_id": "The contact (person) who used the lock, if known.",
+        "log_type": "Kind of entry, e.g. Command.",
+        "command": "For Command entries the command, e.g. TriggerLock (an opening).",
+        "raw": "The API payload of the entry exactly as received (JSON text).",
+        "run_id": "The run that first stored it (sync_runs.id).",
+    },
+    "log_entry_watermarks": {
+        "owner_account_id": "The owner account (owner_accounts.id).",
+        "received_at": "receivedAt of the newest log entry stored for it (UTC); NULL if none.",
+        "last_id": "Id of that entry.",
+        "list_position": (
+            "Where that entry is in the unfiltered list (rows up to and including it), for "
+            "servers that refuse the receivedAt filter; NULL if unknown."
+        ),
+        "filter_refused_at": (
+            "When the API last refused the receivedAt filter (HTTP 400) for it; the filter is "
+            "tried again a day later. NULL if it was accepted."
+        ),
+        "updated_at": "When the watermark last moved (UTC).",
+        "run_id": "The run that moved it last (sync_runs.id).",
+    },
 }
 
 _FEED_FIELDS = {
@@ -390,6 +431,21 @@ VIEW_COMMENTS: dict[str, tuple[str, dict[str, str]]] = {
             "owner_name": "Current name of the owner account.",
             "lock_model_name": "Lock model name.",
             "locks": "Locks present at the end of the day.",
+        },
+    ),
+    "lock_openings_daily": (
+        "Openings per lock per UTC day - log entries with log_type Command and command "
+        "TriggerLock, counted on the day the lock recorded them (lock_timestamp).",
+        {
+            "day": "The day (UTC) the lock recorded the openings.",
+            "owner_account_id": "The owner account whose log lists them.",
+            "owner_name": "Current name of the owner account.",
+            "bound_lock_id": "The bound lock (bound_locks.id).",
+            "lock_id_hex": "Customer-facing lock id such as 12-34-BF-FB (current).",
+            "title": "Current lock title.",
+            "openings": "Openings recorded that day.",
+            "first_opening_at": "The first opening of the day (UTC).",
+            "last_opening_at": "The last opening of the day (UTC).",
         },
     ),
     "current_lock_health": (

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     Date,
@@ -442,6 +443,45 @@ api_paging = Table(
 )
 
 
+# Log entries are events, not state: appended once, never versioned (see exporter.sync.log_entries).
+log_entries = Table(
+    "log_entries",
+    metadata,
+    Column("owner_account_id", _id(), primary_key=True),
+    Column("id", _id(), primary_key=True),
+    Column("entry_no", BigInteger()),
+    Column("lock_timestamp", UTCDateTime()),
+    Column("received_at", UTCDateTime(), nullable=False),
+    Column("bound_lock_id", _id()),
+    Column("bound_card_id", _id()),
+    Column("contact_id", _id()),
+    Column("log_type", String(255)),
+    Column("command", String(255)),
+    Column("raw", _long_text()),
+    Column("run_id", Integer(), ForeignKey("sync_runs.id"), nullable=False),
+    # Per lock over time: the openings view, `exporter log --lock`.
+    Index(None, "bound_lock_id", "lock_timestamp"),
+    # Retention and `exporter log --since` go by lockTimestamp.
+    Index(None, "lock_timestamp"),
+    Index(None, "run_id"),
+    **_MYSQL,
+)
+
+# Where each owner's log was read up to: moved in the transaction that stores the entries it covers.
+log_entry_watermarks = Table(
+    "log_entry_watermarks",
+    metadata,
+    Column("owner_account_id", _id(), primary_key=True),
+    Column("received_at", UTCDateTime()),
+    Column("last_id", _id()),
+    Column("list_position", Integer()),
+    Column("filter_refused_at", UTCDateTime()),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("run_id", Integer(), ForeignKey("sync_runs.id"), nullable=False),
+    **_MYSQL,
+)
+
+
 def _attach_comments() -> None:
     """Give every table and column its description (stored where the database supports it)."""
     for table in metadata.sorted_tables:
@@ -531,6 +571,19 @@ VIEWS.update(
             "AND c.day_end > (SELECT MIN(r.started_at) FROM sync_runs r) "
             "AND c.day_start <= (SELECT MAX(r.started_at) FROM sync_runs r) "
             "GROUP BY c.day, v.owner_account_id, o.name, v.lock_model_name"
+        ),
+        # An opening is a TriggerLock command (Tapkey's own filter for openings), counted on the
+        # UTC day the lock recorded it (lockTimestamp), not the day Tapkey received it.
+        "lock_openings_daily": (
+            "SELECT c.day, e.owner_account_id, o.name AS owner_name, e.bound_lock_id, "
+            "l.lock_id_hex, l.title, COUNT(*) AS openings, "
+            "MIN(e.lock_timestamp) AS first_opening_at, MAX(e.lock_timestamp) AS last_opening_at "
+            "FROM log_entries e JOIN calendar_days c ON c.day_start <= e.lock_timestamp "
+            "AND e.lock_timestamp < c.day_end "
+            "LEFT JOIN bound_locks l ON l.id = e.bound_lock_id "
+            "LEFT JOIN owner_accounts o ON o.id = e.owner_account_id "
+            "WHERE e.log_type = 'Command' AND e.command = 'TriggerLock' "
+            "GROUP BY c.day, e.owner_account_id, o.name, e.bound_lock_id, l.lock_id_hex, l.title"
         ),
         "current_lock_health": (
             "SELECT h.bound_lock_id, l.lock_id_hex, l.title, l.owner_account_id, "

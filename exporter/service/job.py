@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine, Table, select
@@ -25,15 +25,17 @@ from exporter.db.schema import (
     bound_lock_versions,
     bound_locks,
     lock_health_readings,
+    log_entry_watermarks,
     owner_account_versions,
     owner_accounts,
     sync_run_owners,
     sync_runs,
 )
+from exporter.db.schema import log_entries as log_entries_table
 from exporter.errors import ConfigError, ExporterError, Interrupted, LockHeldError
 from exporter.kinds import RunStatus
 from exporter.results import RunResult, SyncProgress
-from exporter.sync import api_paging, retention
+from exporter.sync import api_paging, log_entries, retention
 from exporter.sync.access import AccessOptions
 from exporter.sync.batches import Batching
 from exporter.sync.engine import filled_by, sync, utcnow
@@ -183,6 +185,7 @@ def run_once(
                 batching=batching,
                 progress=progress,
                 access=access,
+                logs=log_options(settings),
             )
         if not dry_run and not (stop is not None and stop.is_set()):
             _apply_retention(engine, settings, now())
@@ -204,6 +207,17 @@ def access_options(settings: Settings) -> AccessOptions:
     )
 
 
+def log_options(settings: Settings) -> log_entries.LogOptions | None:
+    """How log entries are read, or None when [tapkey] entities leaves them out."""
+    if "log_entries" not in settings.tapkey.entities:
+        return None
+    keep = settings.sync.log_retention_seconds
+    return log_entries.LogOptions(
+        overlap=timedelta(seconds=settings.sync.log_overlap_seconds),
+        retention=None if keep is None else timedelta(seconds=keep),
+    )
+
+
 def _present_owner_ids(engine: Engine) -> set[str]:
     with store.connect(engine) as conn:
         query = select(owner_accounts.c.id).where(owner_accounts.c.removed_at.is_(None))
@@ -216,7 +230,11 @@ def _apply_retention(engine: Engine, settings: Settings, now: datetime) -> None:
     Another run that took the lock in the meantime prunes when it finishes: skip quietly.
     """
     keep = settings.sync
-    if keep.health_retention_seconds is None and keep.run_retention_seconds is None:
+    if (
+        keep.health_retention_seconds is None
+        and keep.run_retention_seconds is None
+        and keep.log_retention_seconds is None
+    ):
         return
     try:
         with store.WriterLock(engine):
@@ -225,6 +243,7 @@ def _apply_retention(engine: Engine, settings: Settings, now: datetime) -> None:
                 now=now,
                 health_max_age=keep.health_retention_seconds,
                 run_max_age=keep.run_retention_seconds,
+                log_max_age=keep.log_retention_seconds,
             )
     except LockHeldError:
         return
@@ -425,6 +444,11 @@ def _writes(settings: Settings) -> dict[Table, tuple[str, ...]]:
     if settings.sync.run_retention_seconds is not None:
         writes[sync_runs] += ("DELETE",)
         writes[sync_run_owners] += ("DELETE",)
+    if "log_entries" in settings.tapkey.entities:
+        writes[log_entries_table] = ("INSERT",)
+        writes[log_entry_watermarks] = ("INSERT", "UPDATE")
+        if settings.sync.log_retention_seconds is not None:
+            writes[log_entries_table] += ("DELETE",)
     return writes
 
 

@@ -17,7 +17,10 @@ One run:
    only if no complete fetch of this run returned it, and only if it belongs to an owner whose
    fetch was complete (`unbound`) or to an owner that vanished from the owner list
    (`owner_removed`); an owner whose fetch failed changes nothing and makes the run `partial`;
-5. records the outcome in `sync_runs`.
+5. with `logs`, reads every listed owner's new log entries and appends them, each page with the
+   watermark it reaches in one transaction (see exporter.sync.log_entries); an owner whose log
+   fails makes the run `partial` and changes nothing else;
+6. records the outcome in `sync_runs`.
 
 A crash at any point leaves a consistent database: every transaction moves the current tables and
 the version tables together, and the next run marks the crashed run failed (abandoned), writes
@@ -77,7 +80,7 @@ from exporter.errors import (
 )
 from exporter.kinds import ChangeType, OwnerStatus, RemovalReason, RunStatus
 from exporter.results import Change, Counts, OwnerOutcome, RunResult, SyncProgress
-from exporter.sync import api_paging, run_records
+from exporter.sync import api_paging, log_entries, run_records
 from exporter.sync import health as lock_health
 from exporter.sync.access import (
     AccessContext,
@@ -87,7 +90,7 @@ from exporter.sync.access import (
     sync_access,
 )
 from exporter.sync.batches import Batching, WriteGroup
-from exporter.sync.crawl import InventorySource, call_until_stopped, crawl
+from exporter.sync.crawl import InventorySource, _DaemonPool, call_until_stopped, crawl
 from exporter.sync.guard import RemovalGuard, locks_held_message, owners_held_message
 from exporter.sync.versions import (
     LOCK_CURRENT_ONLY,
@@ -146,6 +149,7 @@ def sync(
     batching: Batching | None = None,
     progress: Callable[[SyncProgress], None] | None = None,
     access: AccessOptions | None = None,
+    logs: log_entries.LogOptions | None = None,
 ) -> RunResult:
     """Run one sync and return its outcome; see the module docstring for the rules.
 
@@ -157,6 +161,9 @@ def sync(
     after every owner (owners done and total, locks seen, API requests so far).
     `access` names the access entities synced after the locks (see exporter.sync.access); the
     source must then also be an AccessSource.
+    `logs` also reads every listed owner's new log entries once the locks are done (see
+    exporter.sync.log_entries; not in a dry run); an owner whose log fails makes the run
+    `partial`.
 
     Raises LockHeldError when another run holds the lock (nothing written), ClientMismatchError
     when the database belongs to another OAuth client, and DatabaseUnavailableError when the
@@ -177,6 +184,7 @@ def sync(
     run.batching = batching or Batching()
     run.progress = progress
     run.access = access or AccessOptions()
+    run.logs = logs
     if dry_run:
         return run.execute()
     with WriterLock(engine, timeout=lock_timeout) as lock:
@@ -233,6 +241,8 @@ class _Run:
         # Ask for health readings and store new ones (lock_health), never as versions.
         self.health = False
         self.access = AccessOptions()
+        # Read log entries after the locks (log_entries), when enabled.
+        self.logs: log_entries.LogOptions | None = None
         # Present locks per owner and present owners before this run (for the deletion guard).
         self.locks_before: dict[str, int] = {}
         self.owners_before = 0
@@ -405,16 +415,19 @@ class _Run:
         self._check_lock()
         self._record_quiet_owners()
         held = self._remove(removable | vanished, vanished)
+        logs = self._read_logs([owner.id for owner in owners])
         failed = listed - complete
         access = self._sync_access([owner.id for owner in owners])
         if held or any(o.held for o in access):
             held.append("under `exporter serve`, set [sync] allow_mass_removal = true for one run")
         problems = [p for o in access for p in o.problems()]
         summary = "; ".join(
-            m for m in (_failed_summary(self.result.owners), paging.message, *problems, *held) if m
+            m
+            for m in (_failed_summary(self.result.owners), paging.message, *problems, *held, logs)
+            if m
         )
         unproven = paging.message is not None
-        partial = failed or held or problems or unproven
+        partial = failed or held or problems or unproven or logs
         self._finish(RunStatus.PARTIAL if partial else RunStatus.SUCCEEDED, summary or None)
 
     def _confirm_paging(self) -> PagingCheck:
@@ -447,6 +460,29 @@ class _Run:
         for outcome in outcomes:
             self.result.access[outcome.entity] = outcome.counts
         return outcomes
+
+    def _read_logs(self, owner_ids: list[str]) -> str | None:
+        """Store the owners' new log entries; the summary of the owners whose log failed."""
+        if self.logs is None or self.dry_run or not owner_ids:
+            return None
+        self._check_lock()
+        source = cast(log_entries.LogSource, self.source)
+        with connect(self.engine) as conn, _DaemonPool(self.workers, "logs") as pool:
+            result = log_entries.read_logs(
+                conn,
+                source,
+                owner_ids,
+                run_id=self._run_id,
+                clock=self.clock,
+                options=self.logs,
+                stop=self.stop,
+                before_write=self._check_lock,
+                pool=pool,
+                workers=self.workers,
+            )
+        self.result.log_entries = result.stored
+        self.result.log_failures = {o.owner_account_id: o.error or "" for o in result.failed}
+        return result.summary()
 
     def _count_present(self, conn: Connection) -> None:
         """Remember what is present before this run changes anything (for the deletion guard)."""

@@ -1,10 +1,11 @@
-"""Retention: forget old lock health readings and old run records, never history.
+"""Retention: forget old lock health readings, log entries and run records, never history.
 
 `[sync] health_retention` drops readings taken longer ago than that, but keeps the latest reading
 of each lock and type however old (so "battery now" always has an answer). `[sync] run_retention`
-drops the per-owner rows of older runs and the `sync_runs` rows no version and no reading refers
-to (runs that changed nothing: most of them); the latest run is always kept. Version rows are the
-history and are never pruned.
+drops the per-owner rows of older runs and the `sync_runs` rows no version, reading, log entry or
+watermark refers to (runs that changed nothing: most of them); the latest run is always kept.
+`[sync] log_retention` drops log entries that happened (lockTimestamp) longer ago than that
+(see exporter.sync.log_entries). Version rows are the history and are never pruned.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from exporter.db.schema import (
 )
 from exporter.db.store import connect
 from exporter.kinds import RunStatus
+from exporter.sync import log_entries
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class Pruned:
     readings: int = 0
     runs: int = 0
     run_owners: int = 0
+    log_entries: int = 0
 
 
 def prune(
@@ -40,16 +43,19 @@ def prune(
     now: datetime,
     health_max_age: float | None = None,
     run_max_age: float | None = None,
+    log_max_age: float | None = None,
 ) -> Pruned:
     """Delete what is older than the given ages (seconds; None keeps everything), in one go."""
     with connect(engine) as conn, conn.begin():
-        readings = 0
+        readings = entries = 0
         if health_max_age is not None:
             readings = _prune_readings(conn, now - timedelta(seconds=health_max_age))
+        if log_max_age is not None:
+            entries = log_entries.prune(conn, now - timedelta(seconds=log_max_age))
         runs = run_owners = 0
         if run_max_age is not None:
             runs, run_owners = _prune_runs(conn, now - timedelta(seconds=run_max_age))
-    return Pruned(readings, runs, run_owners)
+    return Pruned(readings, runs, run_owners, entries)
 
 
 def _prune_readings(conn: Connection, cutoff: datetime) -> int:

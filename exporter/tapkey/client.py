@@ -82,6 +82,7 @@ log = logging.getLogger(__name__)
 
 OWNERS_SCOPE: Final = "read:owneraccounts"
 LOCKS_SCOPE: Final = "read:core:entities"
+LOGS_SCOPE: Final = "read:logs"
 #: Statuses worth repeating a GET for.
 RETRY_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
 MAX_BODY_BYTES: Final = 64 * 1024 * 1024
@@ -105,7 +106,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class _Target:
-    """What is being fetched: the path for URLs and messages, the owner for 403 advice."""
+    """What is being fetched: the path for URLs and messages, the owner and scope for 403
+    advice (the scope defaults to the owner list's or the bound locks')."""
 
     path: str
     owner_id: str | None = None
@@ -457,6 +459,20 @@ class TapkeyClient:
             requests=requests_sent,
             unchanged_ids=settled.unchanged,
         )
+
+    @property
+    def page_size(self) -> int:
+        """The `$top` list requests ask for now (what is known of the server's MaxTop applied)."""
+        return self.paging.top()
+
+    def log_entries_page(self, owner_id: str, params: Mapping[str, str]) -> str:
+        """One page of an owner's log entries, the body as sent (see exporter.sync.log_entries).
+
+        `params` are the OData options (`$top`, `$skip`, `$filter`). A 400 is an ApiError with
+        status 400; a 403 is a PermissionDeniedError naming scope read:logs.
+        """
+        path = f"/api/v1/Owners/{quote(owner_id, safe='')}/LogEntries"
+        return self._get_text(_Target(path, owner_id, LOGS_SCOPE), dict(params), [0])
 
     # -- paging ----------------------------------------------------------------------------------
 
@@ -824,6 +840,13 @@ class TapkeyClient:
                 f"{where} was refused (403): the token lacks scope {needed} (granted: "
                 f"{' '.join(sorted(granted)) or 'none'}); add it to [tapkey] scopes and allow it "
                 "for the OAuth client"
+            )
+        elif target.owner_id is not None and target.scope == LOGS_SCOPE:
+            message = (
+                f"{where} was refused (403): the OAuth client's service account may not read "
+                f"the logs of owner {target.owner_id} (not co-admin, or an account role limited "
+                "to less than logs); make it co-admin with a role that may read logs in the "
+                "Tapkey portal" + ("" if granted is not None else f" (and check scope {needed})")
             )
         elif target.scope is not None and target.owner_id is not None:
             message = (
