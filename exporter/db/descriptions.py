@@ -220,7 +220,11 @@ COLUMN_COMMENTS: dict[str, dict[str, str]] = {
         "locks_seen": "Bound locks its list returned.",
         **_COUNTS,
         "fetched_at": "When its locks were written, or its fetch failed (UTC).",
-        "error": "Why its fetch failed; NULL if complete.",
+        "error": (
+            "Why its fetch failed; for a complete fetch, a note on what was held back (removals "
+            "held by the deletion guard, locks another owner listed too in the run); NULL "
+            "otherwise."
+        ),
     },
     "owner_accounts": {
         "id": "Tapkey owner account id.",

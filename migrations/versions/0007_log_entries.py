@@ -6,7 +6,8 @@ Create Date: 2026-12-06 06:00:00.000000
 
 Adds `log_entries` (append-only, keyed by owner account and entry id), `log_entry_watermarks`
 (how far each owner's log was read) and the view `lock_openings_daily`, with their comments
-(PostgreSQL and MariaDB/MySQL; the view's on PostgreSQL only). Everything below is frozen at this
+(PostgreSQL and MariaDB/MySQL; the view's on PostgreSQL only), and corrects the comment of
+sync_run_owners.error (it also holds notes on complete fetches). Everything below is frozen at this
 revision on purpose.
 """
 
@@ -71,7 +72,30 @@ def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+# sync_run_owners.error also holds notes on complete fetches (removals held back by the deletion
+# guard, locks another owner listed too): its comment said otherwise.
+_OWNER_ERROR_BEFORE = "Why its fetch failed; NULL if complete."
+_OWNER_ERROR_AFTER = (
+    "Why its fetch failed; for a complete fetch, a note on what was held back (removals held "
+    "by the deletion guard, locks another owner listed too in the run); NULL otherwise."
+)
+
+
+def _owner_error_comment(comment: str, was: str) -> None:
+    if op.get_bind().dialect.name == "sqlite":
+        return  # no comments
+    op.alter_column(
+        "sync_run_owners",
+        "error",
+        existing_type=sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb"),
+        existing_nullable=True,
+        existing_comment=was,
+        comment=comment,
+    )
+
+
 def upgrade() -> None:
+    _owner_error_comment(_OWNER_ERROR_AFTER, _OWNER_ERROR_BEFORE)
     op.create_table(
         "log_entries",
         sa.Column(
@@ -219,6 +243,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    _owner_error_comment(_OWNER_ERROR_BEFORE, _OWNER_ERROR_AFTER)
     op.execute("DROP VIEW IF EXISTS lock_openings_daily")
     op.drop_table("log_entry_watermarks")
     # Its indexes go with it (MariaDB refuses to drop the run_id one alone: the foreign key).
