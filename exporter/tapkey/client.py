@@ -472,7 +472,12 @@ class TapkeyClient:
         status 400; a 403 is a PermissionDeniedError naming scope read:logs.
         """
         path = f"/api/v1/Owners/{quote(owner_id, safe='')}/LogEntries"
-        return self._get_text(_Target(path, owner_id, LOGS_SCOPE), dict(params), [0])
+        try:
+            return self._get_text(_Target(path, owner_id, LOGS_SCOPE), dict(params), [0])
+        except TopRejected as exc:
+            # The log reader decides what a 400 means (a refused $filter); its $top is the one
+            # the lock lists settled on (page_size).
+            raise exc.error from None
 
     # -- paging ----------------------------------------------------------------------------------
 

@@ -21,11 +21,8 @@ from sqlalchemy.dialects import mysql, postgresql
 
 import exporter.db.schema
 
-#: The revision this one follows (the last one on main when it was written).
-PREVIOUS_REVISION = "0005"
-
 revision: str = "0006"
-down_revision: str | Sequence[str] | None = PREVIOUS_REVISION
+down_revision: str | Sequence[str] | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -197,9 +197,10 @@ def test_progress_reports_owners_locks_and_requests(
     for run, reports in ((result, seen), (rerun, again)):
         assert [p.owners_done for p in reports] == list(range(6))
         assert {p.owners_total for p in reports} == {5}
-        assert reports[0].locks_seen == 0 and reports[0].api_requests >= 2  # token, owners
+        assert reports[0].locks_seen == 0 and reports[0].api_requests >= 1  # the owner list
         assert reports[-1].locks_seen == run.locks_seen == 20
-        assert reports[-1].api_requests == run.api_requests
+        # The crawl's last report; a list end confirmed after it may add a request.
+        assert run.api_requests - 1 <= reports[-1].api_requests <= run.api_requests
         locks = [p.locks_seen for p in reports]
         assert locks == sorted(locks)
 
