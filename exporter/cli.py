@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 from exporter.config.loader import file_permissions_warning, load_settings, resolve_config_path
-from exporter.config.settings import Settings, masked_url
+from exporter.config.settings import Settings
+from exporter.config.urls import masked_url
 from exporter.errors import ExporterError, UsageError
 from exporter.kinds import OwnerStatus, RunStatus
 from exporter.service import observability

@@ -30,8 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
 
-from exporter.config.settings import masked_url, without_secrets
-from exporter.config.urls import sqlite_file
+from exporter.config.urls import masked_url, sqlite_file, without_secrets
 from exporter.db.errors import permission_problem, store_error
 from exporter.errors import (
     ConfigError,

@@ -14,8 +14,8 @@ from sqlalchemy import Engine, Table, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from exporter.config.proxies import Proxy, proxy_for
-from exporter.config.settings import Settings, masked_url, scopes_for
-from exporter.config.urls import display_url, sqlite_file
+from exporter.config.settings import Settings, scopes_for
+from exporter.config.urls import display_url, masked_url, sqlite_file
 from exporter.db import errors as db_errors
 from exporter.db import store
 from exporter.db.schema import (

@@ -24,8 +24,10 @@ from exporter.errors import (
 from exporter.sandbox.server import Fault, Request, Sandbox
 from exporter.tapkey.auth import TokenProvider
 from exporter.tapkey.client import TapkeyClient
+from exporter.tapkey.fields import element_id
+from exporter.tapkey.page_text import KnownTexts, split_array
 from exporter.tapkey.paging import PageSizes, PagingCheck
-from exporter.tapkey.records import KnownTexts, OwnerLocks, element_id, lock_id_hex, split_array
+from exporter.tapkey.records import OwnerLocks, lock_id_hex
 
 SCOPES = ("read:owneraccounts", "read:core:entities")
 PAGE = 4
@@ -930,7 +932,7 @@ def retry_lines(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name == "exporter.tapkey.client"
+        if r.name == "exporter.tapkey.transport"
         and r.levelno == level
         and "retrying" in r.getMessage()
     ]

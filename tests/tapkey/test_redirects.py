@@ -15,7 +15,8 @@ from support.http_servers import Tls
 from exporter.errors import ApiError, AuthError
 from exporter.sandbox.server import Fault, Sandbox
 from exporter.tapkey.auth import TokenProvider
-from exporter.tapkey.client import MAX_REDIRECTS, TapkeyClient
+from exporter.tapkey.client import TapkeyClient
+from exporter.tapkey.transport import MAX_REDIRECTS
 
 SECRET = "redirect-test-secret-7Hq"
 SCOPES = ("read:owneraccounts", "read:core:entities")
