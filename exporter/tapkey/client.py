@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import quote
 
 import requests
@@ -29,6 +29,7 @@ from exporter.tapkey.access import (
 )
 from exporter.tapkey.auth import TokenProvider, require_secure_url
 from exporter.tapkey.fields import BadValue, element_id
+from exporter.tapkey.options import Connection, PageLimits
 from exporter.tapkey.page_text import KnownTexts, split_array
 from exporter.tapkey.paging import (
     ListEnd,
@@ -40,12 +41,10 @@ from exporter.tapkey.paging import (
     read_list,
 )
 from exporter.tapkey.records import LockRecord, OwnerLocks, OwnerRecord, parse_lock, parse_owner
+from exporter.tapkey.retry import RetryPolicy
 from exporter.tapkey.settle import log_skips, settle
 from exporter.tapkey.statuses import LOGS_SCOPE, Target
-from exporter.tapkey.transport import MAX_BODY_BYTES, Transport
-
-if TYPE_CHECKING:
-    from exporter.config.proxies import Proxy
+from exporter.tapkey.transport import Transport
 
 __all__ = ["TapkeyClient"]
 
@@ -62,45 +61,37 @@ class TapkeyClient:
         *,
         base_url: str,
         tokens: TokenProvider,
-        page_size: int = 1000,
+        connection: Connection | None = None,
+        retry: RetryPolicy | None = None,
+        pages: PageLimits | None = None,
         workers: int = 4,
-        timeout: tuple[float, float] = (10.0, 60.0),
-        max_retries: int = 5,
-        backoff_factor: float = 0.5,
-        max_retry_after: float = 60.0,
-        max_retry_time: float = 300.0,
-        verify: bool | str = True,
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
-        max_restarts: int = 3,
         clock: Callable[[], float] = time.monotonic,
-        max_body_bytes: int = MAX_BODY_BYTES,
         stop: threading.Event | None = None,
-        proxy: Proxy | None = None,
     ) -> None:
+        """`workers`: threads sharing the client (the connection pool's size); `session`,
+        `sleep` and `clock` are for tests; once `stop` is set no request is sent. Options left
+        out take their defaults (those of `[tapkey]`)."""
+        pages = pages or PageLimits()
         require_secure_url(base_url, "[tapkey] api_base_url")
         self._transport = Transport(
             base_url=base_url,
             tokens=tokens,
+            connection=connection or Connection(),
+            retry=retry or RetryPolicy(),
             workers=workers,
-            timeout=timeout,
-            max_retries=max_retries,
-            backoff_factor=backoff_factor,
-            max_retry_after=max_retry_after,
-            max_retry_time=max_retry_time,
-            verify=verify,
+            max_body_bytes=pages.max_body_bytes,
             session=session,
             sleep=sleep,
             clock=clock,
-            max_body_bytes=max_body_bytes,
             stop=stop,
-            proxy=proxy,
         )
         self._tokens = tokens
         # What the server's paging is known to do (tapkey.paging); the sync loads and keeps it.
-        self.paging = PagingFacts(page_size)
+        self.paging = PagingFacts(pages.page_size)
         self._sleep = sleep
-        self._max_restarts = max(0, max_restarts)
+        self._max_restarts = max(0, pages.max_restarts)
 
     # -- public API ------------------------------------------------------------------------------
 
@@ -302,7 +293,7 @@ class TapkeyClient:
                 attempt + 1,
                 self._max_restarts,
             )
-            self._sleep(self._transport.backoff(attempt, None))  # let a burst of changes settle
+            self._sleep(self._transport.backoff(attempt))  # let a burst of changes settle
 
         read = read_list(
             self._page_getter(target, params, counter, known),

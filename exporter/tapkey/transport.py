@@ -15,8 +15,7 @@ import random
 import re
 import threading
 from collections.abc import Callable
-from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import Final
 from urllib.parse import urlsplit
 
 import requests
@@ -34,10 +33,11 @@ from exporter.tapkey.auth import (
     network_hint,
     proxy_refusal,
     redirect_location,
-    retry_log_level,
     shown_location,
 )
+from exporter.tapkey.options import Connection
 from exporter.tapkey.paging import TopRejected
+from exporter.tapkey.retry import Retries, RetryPolicy, retry_after_seconds, retry_log_level
 from exporter.tapkey.statuses import (
     Outcome,
     Target,
@@ -46,14 +46,10 @@ from exporter.tapkey.statuses import (
     status_outcome,
 )
 
-if TYPE_CHECKING:
-    from exporter.config.proxies import Proxy
-
 __all__ = ["MAX_REDIRECTS", "Transport", "top_limit"]
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES: Final = 64 * 1024 * 1024
 #: Redirects followed in a row for one request (a loop ends with an ApiError).
 MAX_REDIRECTS: Final = 5
 #: How much of a 400's body is read to find a stated maximum $top.
@@ -69,23 +65,6 @@ _TOP_LIMIT = re.compile(
 
 class _BodyInterrupted(Exception):
     """The connection broke while the body was being read (retried like a network error)."""
-
-
-def _retry_after(headers: Any) -> float | None:
-    """Seconds from a Retry-After header: delta-seconds, or an HTTP date relative to `Date`."""
-    value = (headers.get("Retry-After") or "").strip()
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:  # an HTTP date: measured against the server's own Date header, not our clock
-        until = parsedate_to_datetime(value)
-        now = parsedate_to_datetime(headers.get("Date") or "")
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (until - now).total_seconds())
 
 
 def _origin(url: str) -> tuple[str, str, int] | None:
@@ -117,31 +96,23 @@ class Transport:
         *,
         base_url: str,
         tokens: TokenProvider,
+        connection: Connection,
+        retry: RetryPolicy,
         workers: int,
-        timeout: tuple[float, float],
-        max_retries: int,
-        backoff_factor: float,
-        max_retry_after: float,
-        max_retry_time: float,
-        verify: bool | str,
+        max_body_bytes: int,
         session: requests.Session | None,
         sleep: Callable[[float], None],
         clock: Callable[[], float],
-        max_body_bytes: int,
         stop: threading.Event | None,
-        proxy: Proxy | None,
     ) -> None:
         self._base_url = base_url.rstrip("/")
         self._origin = _origin(self._base_url)
-        self._proxy = proxy
+        self._proxy = connection.proxy
         self._answered = False  # some request got a 2xx: the base URL and routes are right
         self._tokens = tokens
-        self._timeout = timeout
-        self._max_retries = max(0, max_retries)
-        self._backoff_factor = max(0.0, backoff_factor)
-        self._max_retry_after = max(0.0, max_retry_after)
-        self._max_retry_time = max_retry_time
-        self._verify = verify
+        self._timeout = connection.timeouts.for_requests
+        self._verify = connection.verify
+        self._retry = retry
         self._sleep = sleep
         self._clock = clock
         self._max_body_bytes = max_body_bytes
@@ -188,20 +159,17 @@ class Transport:
             self._retries += retry
         counter[0] += 1
 
-    def backoff(self, retries: int, retry_after: float | None) -> float:
-        """Exponential backoff with jitter; Retry-After raises it (capped), never lowers it."""
-        wait = self._backoff_factor * 2.0**retries * (0.5 + 0.5 * self._random.random())
-        if retry_after is not None:
-            wait = max(wait, retry_after)
-        return min(wait, self._max_retry_after)
+    def backoff(self, retries: int) -> float:
+        """The policy's wait after `retries` retries, with jitter (a re-read list settles)."""
+        return self._retry.delay(retries, None, self._random.random())
 
     def get_text(self, target: Target, params: dict[str, str], counter: list[int]) -> str:
         """GET one page and return its body, retrying what is worth retrying."""
         url = self._base_url + target.path
         query: dict[str, str] | None = params
-        started = self._clock()
-        waited = 0.0
-        retries = 0
+        retries = Retries(
+            self._retry, clock=self._clock, sleep=self._sleep, jitter=self._random.random
+        )
         redirects = 0
         reauthenticated = False
         is_retry = False
@@ -241,7 +209,7 @@ class Transport:
                             raise TopRejected(
                                 self._status_error(target, status), self._stated_limit(response)
                             )
-                        retry_after = _retry_after(response.headers)
+                        retry_after = retry_after_seconds(response.headers)
                 failure, cause = f"HTTP {status}", ""
             except _BodyInterrupted as exc:
                 status, truncated, failure, cause = None, True, "body cut off", str(exc)
@@ -286,23 +254,21 @@ class Transport:
                     continue
                 if outcome != "retry":
                     raise self._status_error(target, status)
-            wait = self.backoff(retries, retry_after)
-            spent = max(self._clock() - started, waited)
-            if retries >= self._max_retries or spent + wait > self._max_retry_time:
-                raise exhausted_error(target, status, failure, cause, retries + 1, truncated, hint)
+            wait = retries.next_wait(retry_after)
+            if wait is None:
+                attempts = retries.count + 1
+                raise exhausted_error(target, status, failure, cause, attempts, truncated, hint)
             log.log(
-                retry_log_level(retries + 1),
+                retry_log_level(retries.count + 1),
                 "GET %s: %s%s; retrying in %.2f s (retry %d of %d)",
                 target.path,
                 failure,
                 f" ({cause})" if cause else "",
                 wait,
-                retries + 1,
-                self._max_retries,
+                retries.count + 1,
+                self._retry.max_retries,
             )
-            self._sleep(wait)
-            waited += wait
-            retries += 1
+            retries.wait(wait)
             is_retry = True
 
     def _stated_limit(self, response: requests.Response) -> int | None:
