@@ -1,2 +1,3 @@
-"""The Tapkey API: tokens (auth.py), one GET (transport.py, statuses.py), lists (client.py,
-paging.py, settle.py), payloads (records.py, access.py, fields.py, page_text.py)."""
+"""The Tapkey API: tokens (auth.py), one GET (transport.py, statuses.py, retry.py, options.py),
+lists (client.py, paging.py, settle.py), payloads (records.py, access.py, fields.py,
+page_text.py)."""
