@@ -32,7 +32,7 @@ from exporter.db.schema import log_entries as log_entries_table
 from exporter.errors import ConfigError, ExporterError
 from exporter.service.job import make_client, make_engine, make_tokens, proxy_to, refuse_in_memory
 from exporter.sync import api_paging
-from exporter.sync.engine import filled_by
+from exporter.sync.run_records import filled_by
 
 
 @dataclass(frozen=True)
