@@ -16,6 +16,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from exporter.config.settings import masked_url, without_secrets
 from exporter.config.urls import sqlite_file
+from exporter.db.tls import is_tls_option, mysql_tls
 from exporter.errors import ConfigError, DatabaseUnavailableError, first_line
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,9 @@ def make_engine(url: str, *, schema: str | None = None, create: bool = True) -> 
     else:
         connect_args.update(init_command="SET time_zone = '+00:00'", connect_timeout=10)
         kwargs["pool_recycle"] = 3600
+        if parsed.get_driver_name() == "pymysql":
+            connect_args.update(mysql_tls(parsed.query))
+            parsed = parsed.difference_update_query(filter(is_tls_option, parsed.query))
     try:
         engine = create_engine(parsed, connect_args=connect_args, **kwargs)
     except (ImportError, ArgumentError) as exc:

@@ -41,7 +41,6 @@ from exporter.sandbox.server import Request, Sandbox
 from exporter.sync import run_records
 from exporter.sync.batches import Batching
 
-
 # These tests kill connections: one that is dropped open instead of closed fails its test.
 pytestmark = pytest.mark.usefixtures("collect_garbage")
 
