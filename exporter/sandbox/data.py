@@ -14,7 +14,7 @@ import hashlib
 import json
 import random
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
@@ -90,9 +90,10 @@ _VALUE_STATUSES = ("Ok", "Ok", "Ok", "Outdated", "Invalid")
 
 _EPOCH = dt.datetime(1970, 1, 1)  # naive UTC: isoformat() then has no offset
 _MS_2018 = 1_514_764_800_000  # 2018-01-01T00:00:00Z: initial bindings fall in 2018-2024
-_MS_2025 = 1_735_689_600_000  # 2025-01-01T00:00:00Z: generation g happens in hour g after this
-_HOUR_MS = 3_600_000
-_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+MS_2025 = 1_735_689_600_000  # 2025-01-01T00:00:00Z: generation g happens in hour g after this
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 _T = TypeVar("_T")
 
 
@@ -144,12 +145,13 @@ class SandboxOwner:
     json: bytes | None = None
 
 
-def _iso(ms: int) -> str:
+def iso(ms: int) -> str:
     """Milliseconds since the epoch as ISO-8601 UTC with milliseconds and a `Z`."""
     return (_EPOCH + dt.timedelta(milliseconds=ms)).isoformat(timespec="milliseconds") + "Z"
 
 
-def _guid(rng: random.Random) -> str:
+def guid(rng: random.Random) -> str:
+    """A seeded version-4 GUID, as Tapkey's ids are."""
     return str(uuid.UUID(int=rng.getrandbits(128), version=4))
 
 
@@ -200,10 +202,10 @@ class SandboxInventory:
         self._direct_rng = random.Random(f"tapkey-sandbox-direct:{seed}")
         rng = random.Random(seed)
         for _ in range(owners):
-            owner = SandboxOwner(_guid(rng), self._new_owner_name(rng), rng.random() < 0.95)
+            owner = SandboxOwner(guid(rng), self._new_owner_name(rng), rng.random() < 0.95)
             self.owners[owner.id] = owner
             for _ in range(locks_per_owner):
-                bind_ms = rng.randrange(_MS_2018, _MS_2025)
+                bind_ms = rng.randrange(_MS_2018, MS_2025)
                 self._bind(self._new_lock(rng, owner.id, bind_ms))
 
     # -- reading -------------------------------------------------------------------------------
@@ -216,30 +218,34 @@ class SandboxInventory:
 
     def owners_json(self, skip: int = 0, top: int | None = None) -> bytes:
         """A page of the owner list, encoded as the API sends it."""
-        page = self.visible_owners()[skip : None if top is None else skip + top]
-        return b"[" + b",".join(self._owner_json(owner) for owner in page) + b"]"
+        return json_page(self.visible_owners(), skip, top, self._owner_json)
 
     def locks_json(
         self, owner_id: str, skip: int = 0, top: int | None = None, *, health: bool = False
     ) -> bytes:
         """A page of one owner's bound locks (KeyError if the owner is unknown)."""
-        ids = self.owners[owner_id].locks[skip : None if top is None else skip + top]
-        return b"[" + b",".join(self.lock_json(self.locks[i], health=health) for i in ids) + b"]"
+        locks = self.locks
+        return json_page(
+            self.owners[owner_id].locks,
+            skip,
+            top,
+            lambda i: self.lock_json(locks[i], health=health),
+        )
 
     def lock_json(self, lock: SandboxLock, *, health: bool = False) -> bytes:
         """One lock encoded (and cached) with or without its health readings."""
         if health:
             if lock.json_health is None:
-                lock.json_health = _ENCODER.encode(_lock_dict(lock, True)).encode()
+                lock.json_health = ENCODER.encode(_lock_dict(lock, True)).encode()
             return lock.json_health
         if lock.json_plain is None:
-            lock.json_plain = _ENCODER.encode(_lock_dict(lock, False)).encode()
+            lock.json_plain = ENCODER.encode(_lock_dict(lock, False)).encode()
         return lock.json_plain
 
     def _owner_json(self, owner: SandboxOwner) -> bytes:
         if owner.json is None:
             value = {"active": owner.active, "id": owner.id, "name": owner.name}
-            owner.json = _ENCODER.encode(value).encode()
+            owner.json = ENCODER.encode(value).encode()
         return owner.json
 
     # -- direct mutations ------------------------------------------------------------------------
@@ -409,11 +415,11 @@ class SandboxInventory:
         old_owner = lock.owner_id
         if kind == "rename":
             old = lock.title
-            lock.title = _different(old, lambda: _title(rng))
+            lock.title = different(old, lambda: _title(rng))
             detail = f"title {old!r} -> {lock.title!r}"
         elif kind == "description":
             old_text = lock.description
-            lock.description = _different(old_text, lambda: rng.choice(_DESCRIPTIONS))
+            lock.description = different(old_text, lambda: rng.choice(_DESCRIPTIONS))
             detail = f"description {old_text!r} -> {lock.description!r}"
         elif kind == "active":
             lock.active = not lock.active
@@ -435,7 +441,7 @@ class SandboxInventory:
             )
         elif kind == "rcl":
             lock.rcl_serial_no = (lock.rcl_serial_no or 0) + 1
-            lock.rcl_date = _iso(self._now_ms(rng))
+            lock.rcl_date = iso(self._now_ms(rng))
             if rng.random() < 0.5:
                 lock.last_seen_rcl_serial_no = lock.rcl_serial_no
                 lock.last_seen_rcl_update_date = lock.rcl_date
@@ -482,7 +488,7 @@ class SandboxInventory:
     def _now_ms(self, rng: random.Random | None = None) -> int:
         """A deterministic instant inside the current generation's hour."""
         rng = rng or self._direct_rng
-        return _MS_2025 + self.generation * _HOUR_MS + rng.randrange(_HOUR_MS)
+        return MS_2025 + self.generation * HOUR_MS + rng.randrange(HOUR_MS)
 
     def _bind(self, lock: SandboxLock) -> None:
         self.locks[lock.id] = lock
@@ -515,21 +521,21 @@ class SandboxInventory:
     ) -> SandboxLock:
         has_rcl = rng.random() < 0.7
         rcl_serial = rng.randint(1, 40) if has_rcl else None
-        rcl_ms = bind_ms + rng.randrange(1, 90 * 24 * _HOUR_MS)
+        rcl_ms = bind_ms + rng.randrange(1, 90 * 24 * HOUR_MS)
         seen = has_rcl and rng.random() < 0.6
         return SandboxLock(
-            id=_guid(rng),
+            id=guid(rng),
             owner_id=owner_id,
             title=_title(rng),
             description=rng.choice(_DESCRIPTIONS),
             physical_lock_id=physical or self._new_physical_id(rng),
             lock_type=rng.randrange(len(LOCK_TYPES)),
             active=rng.random() < 0.93,
-            bind_date=_iso(bind_ms),
+            bind_date=iso(bind_ms),
             rcl_serial_no=rcl_serial,
-            rcl_date=_iso(rcl_ms) if has_rcl else None,
+            rcl_date=iso(rcl_ms) if has_rcl else None,
             last_seen_rcl_serial_no=rcl_serial if seen else None,
-            last_seen_rcl_update_date=_iso(rcl_ms + rng.randrange(_HOUR_MS)) if seen else None,
+            last_seen_rcl_update_date=iso(rcl_ms + rng.randrange(HOUR_MS)) if seen else None,
             health_key=rng.getrandbits(64),
         )
 
@@ -545,7 +551,15 @@ def _title(rng: random.Random) -> str:
     return f"{rng.choice(_PLACES)} {rng.choice(_THINGS)} {rng.randint(1, 99)}"
 
 
-def _different(old: _T, draw: Callable[[], _T]) -> _T:
+def json_page(
+    items: Sequence[_T], skip: int, top: int | None, encode: Callable[[_T], bytes]
+) -> bytes:
+    """The page ``$skip``/``$top`` select of a list, as the JSON array the API sends."""
+    page = items[skip : None if top is None else skip + top]
+    return b"[" + b",".join(map(encode, page)) + b"]"
+
+
+def different(old: _T, draw: Callable[[], _T]) -> _T:
     """Draw until the value differs from `old` (every draw has several possible values)."""
     while True:
         value = draw()
@@ -568,9 +582,9 @@ def _health_readings(lock: SandboxLock) -> list[dict[str, Any]]:
             value = rng.choice(("None", "None", "None", "Low", "Critical"))
         readings.append(
             {
-                "id": _guid(rng),
+                "id": guid(rng),
                 "physicalLockId": lock.physical_lock_id,
-                "timestamp": _iso(_MS_2025 - rng.randrange(60 * 24 * _HOUR_MS)),
+                "timestamp": iso(MS_2025 - rng.randrange(60 * 24 * HOUR_MS)),
                 "type": kind,
                 "value": value,
                 "valueStatus": rng.choice(_VALUE_STATUSES),
