@@ -270,12 +270,13 @@ def bench_database(db: str, workdir: Path, url: str | None) -> Iterator[Callable
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
-    from exporter.db import store
+    from exporter.db.engine import make_engine
+    from exporter.db.migrate import upgrade
 
-    def migrate(db_url: str) -> str:
-        engine = store.make_engine(db_url)
+    def migrated(db_url: str) -> str:
+        engine = make_engine(db_url)
         try:
-            store.upgrade(engine)
+            upgrade(engine)
         finally:
             engine.dispose()
         return db_url
@@ -286,7 +287,7 @@ def bench_database(db: str, workdir: Path, url: str | None) -> Iterator[Callable
         def fresh_sqlite() -> str:
             for suffix in ("", "-wal", "-shm", "-journal", ".lock"):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
-            return migrate(f"sqlite:///{path}")
+            return migrated(f"sqlite:///{path}")
 
         yield fresh_sqlite
         return
@@ -312,7 +313,7 @@ def bench_database(db: str, workdir: Path, url: str | None) -> Iterator[Callable
         drop()
         with admin.connect() as conn:
             conn.execute(text(f"CREATE DATABASE {name}"))
-        return migrate(db_url)
+        return migrated(db_url)
 
     try:
         yield fresh_server

@@ -20,7 +20,7 @@ Scenarios, in this order, in each of `--repeat` rounds (a fresh sandbox and data
 - ``store``: only the first load's database writes: the same lock rows, prebuilt before the clock
   starts (fetched by the exporter's client), written as a first load writes them (secondary
   indexes dropped first and built at the end, `exporter.db.indexes`; whole owners per transaction
-  up to `Batching().locks` locks: `store.insert_many`, then the `created` versions copied by
+  up to `Batching().locks` locks: `insert_many`, then the `created` versions copied by
   `history.open_created_versions`). No HTTP, no diffing: a first load cannot take less;
 - ``first``: `exporter.service.job.run_once` into an empty (migrated) database;
 - ``unchanged``: the same again, nothing changed;
@@ -179,15 +179,16 @@ def _store_only(params: dict[str, Any]) -> dict[str, Any]:
     after the load, whole owners grouped into transactions of up to Batching().locks locks."""
     from sqlalchemy import insert
 
-    from exporter.db import indexes, store
+    from exporter.db import indexes
+    from exporter.db.engine import connect, make_engine
     from exporter.db.schema import owner_accounts, sync_runs
 
     prepared = params["prepared"]
     owners, start = prepared["owners"], prepared["start"]
-    engine = store.make_engine(params["db_url"])
+    engine = make_engine(params["db_url"])
     try:
         # What the run has written before its first owner.
-        with store.connect(engine) as conn, conn.begin():
+        with connect(engine) as conn, conn.begin():
             conn.execute(
                 insert(sync_runs).values(id=1, started_at=start, status="running", trigger="manual")
             )
@@ -196,7 +197,7 @@ def _store_only(params: dict[str, Any]) -> dict[str, Any]:
                 [{"id": o, "first_seen_at": start, "updated_at": start} for o, _, _ in owners],
             )
         indexes.drop_for_first_load(engine)
-        with store.connect(engine) as conn:
+        with connect(engine) as conn:
             _store_groups(conn, prepared["columns"], owners)
         indexes.restore(engine)
     finally:
@@ -209,7 +210,7 @@ def _store_groups(
     conn: Any, columns: tuple[str, ...], owners: list[tuple[str, datetime, list[Any]]]
 ) -> None:
     """Owners' new locks and `created` versions, whole owners per transaction (sync.Batching)."""
-    from exporter.db import store
+    from exporter.db.bulk import insert_many
     from exporter.db.schema import bound_locks
     from exporter.sync.batches import Batching
     from exporter.sync.versions import open_created_versions
@@ -217,7 +218,7 @@ def _store_groups(
     limit, written = Batching().locks, 0
     transaction = conn.begin()
     for owner_id, t, rows in owners:
-        store.insert_many(conn, bound_locks, columns, rows)
+        insert_many(conn, bound_locks, columns, rows)
         open_created_versions(conn, owner_id, t, 1)
         written += len(rows)
         if written >= limit:

@@ -149,7 +149,7 @@ def reader(
     `usage` checks the command's arguments once the configuration is known to be good (a bad
     configuration is reported first, as by every command).
     """
-    from exporter.db import store
+    from exporter.db import migrate
     from exporter.service import job
 
     loaded = settings(config, database_url=database_url)
@@ -157,7 +157,7 @@ def reader(
         usage()
     engine = job.make_engine(loaded, create=False)
     try:
-        store.require_current(engine)
+        migrate.require_current(engine)
         yield engine
     finally:
         engine.dispose()
