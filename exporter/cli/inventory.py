@@ -236,7 +236,7 @@ def runs(
             formats.write_json([row.as_dict() for row in rows], out.file)
         elif fmt == "csv":
             rendered = (row.as_dict() for row in rows)
-            formats.write_csv(rendered, run_render.RUN_COLUMNS, out.file, raw=csv_raw)
+            formats.write_csv(rendered, read_runs.RUN_COLUMNS, out.file, raw=csv_raw)
         else:
             run_render.runs_table(rows, out)
 
@@ -264,6 +264,6 @@ def runs_show(
             formats.write_json(run_render.run_detail_json(detail), out.file)
         elif fmt == "csv":
             rows = (o.as_dict() for o in detail.owners)
-            formats.write_csv(rows, run_render.RUN_OWNER_COLUMNS, out.file, raw=csv_raw)
+            formats.write_csv(rows, read_runs.RUN_OWNER_COLUMNS, out.file, raw=csv_raw)
         else:
             run_render.run_detail_table(detail, out)

@@ -21,40 +21,6 @@ if TYPE_CHECKING:
     from exporter.read.runs import RunDetail, RunRow
     from exporter.results import Change, RunResult
 
-RUN_COLUMNS = (
-    "id",
-    "started_at",
-    "finished_at",
-    "duration_seconds",
-    "status",
-    "trigger",
-    "owners_seen",
-    "locks_seen",
-    "created",
-    "updated",
-    "removed",
-    "restored",
-    "unchanged",
-    "skipped",
-    "api_requests",
-    "error",
-    "client_id",
-)
-RUN_OWNER_COLUMNS = (
-    "owner_account_id",
-    "owner_name",
-    "status",
-    "locks_seen",
-    "created",
-    "updated",
-    "removed",
-    "restored",
-    "unchanged",
-    "skipped",
-    "fetched_at",
-    "error",
-)
-
 
 def run_result_json(result: RunResult, out: IO[str], changes: Iterable[Change] | None) -> None:
     """The result as JSON; `changes` (read back as they were written) replace the result's own
@@ -160,8 +126,8 @@ def run_detail_table(detail: RunDetail, console: Console) -> None:
     """A run's figures, then one line per owner account."""
     run = detail.run
     facts = Table(title=f"Run {run.id}: {run.status}", show_header=False, title_justify="left")
-    for name in RUN_COLUMNS[1:]:
-        value = getattr(run, name)
+    for field in dataclasses.fields(run)[1:]:
+        name, value = field.name, getattr(run, field.name)
         facts.add_row(name, f"{value:.2f}" if isinstance(value, float) else cell(value))
     console.print(facts)
     owners = Table(title="Owner accounts", title_justify="left")

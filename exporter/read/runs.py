@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import Connection, Engine, select
 
@@ -15,7 +15,15 @@ from exporter.kinds import OwnerStatus
 from exporter.read.asof import missing_run
 from exporter.read.inventory import Row, fold, owner_names
 
-__all__ = ["RunDetail", "RunOwnerRow", "RunRow", "run_detail", "runs"]
+__all__ = [
+    "RUN_COLUMNS",
+    "RUN_OWNER_COLUMNS",
+    "RunDetail",
+    "RunOwnerRow",
+    "RunRow",
+    "run_detail",
+    "runs",
+]
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,11 @@ class RunOwnerRow:
     def as_dict(self) -> dict[str, Any]:
         """The fields by name."""
         return asdict(self)
+
+
+# The CSV columns of `exporter runs` and `exporter runs show`: the fields, in order.
+RUN_COLUMNS: Final = tuple(RunRow.__dataclass_fields__)
+RUN_OWNER_COLUMNS: Final = tuple(RunOwnerRow.__dataclass_fields__)
 
 
 @dataclass(frozen=True)

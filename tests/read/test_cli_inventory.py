@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 from exporter import cli
 from exporter.cli import app
 from exporter.db.schema import LOCK_TRACKED
-from exporter.read import formats, render, run_render
+from exporter.read import formats, render
+from exporter.read import runs as read_runs
 
 
 @pytest.fixture
@@ -354,7 +355,7 @@ def test_runs_lists_recent_runs_in_every_format(inventory_db: InventoryDb, expor
     assert [r["status"] for r in data] == [g.status for g in reversed(generations)]
     assert data[-1]["created"] == len(generations[0].locks)
     rows = _csv(_ok(exporter("runs", "--format", "csv")))
-    assert rows == [_as_csv(r, run_render.RUN_COLUMNS) for r in data]
+    assert rows == [_as_csv(r, read_runs.RUN_COLUMNS) for r in data]
     assert len(json.loads(_ok(exporter("runs", "--limit", "2", "-f", "json")))) == 2
 
     table = _ok(exporter("runs"))
@@ -379,7 +380,7 @@ def test_runs_show_lists_the_owner_outcomes(inventory_db: InventoryDb, exporter:
     assert {o["owner_account_id"] for o in data["owners"]} == set(partial.owners)
     assert {o["owner_name"] for o in data["owners"]} == set(partial.owners.values())
     rows = _csv(_ok(exporter("runs", "show", str(partial.run_id), "-f", "csv")))
-    assert rows == [_as_csv(o, run_render.RUN_OWNER_COLUMNS) for o in data["owners"]]
+    assert rows == [_as_csv(o, read_runs.RUN_OWNER_COLUMNS) for o in data["owners"]]
 
     table = _ok(exporter("runs", "show", str(partial.run_id)))
     assert f"Run {partial.run_id}: partial" in table and "failed" in table and "503" in table
