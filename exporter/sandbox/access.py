@@ -23,17 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from operator import attrgetter
 from typing import Any, Final, Literal, TypeVar
 
-from exporter.sandbox.data import (
-    DAY_MS,
-    HOUR_MS,
-    MS_2025,
-    SandboxChange,
-    SandboxInventory,
-    different,
-    guid,
-    iso,
-    json_page,
-)
+from exporter.sandbox.data import SandboxChange, SandboxInventory
 from exporter.sandbox.entities import (
     CardRecord,
     ContactRecord,
@@ -49,6 +39,7 @@ from exporter.sandbox.entities import (
 )
 from exporter.sandbox.logs import LogBook
 from exporter.sandbox.odata import Filter, FilterError, PropertyKind, matches, parse_filter
+from exporter.sandbox.values import DAY_MS, HOUR_MS, MS_2025, different, guid, iso, json_page
 
 __all__ = ["ACCESS_CHANGE_KINDS", "ACCESS_ROUTES", "AccessData", "AccessRoute", "OwnerAccess"]
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from exporter.sandbox.data import ENCODER, guid, iso
+from exporter.sandbox.values import ENCODER, guid, iso
 
 __all__ = [
     "CardRecord",

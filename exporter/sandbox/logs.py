@@ -16,8 +16,9 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from exporter.sandbox.data import DAY_MS, HOUR_MS, MS_2025, SandboxInventory, guid
+from exporter.sandbox.data import SandboxInventory
 from exporter.sandbox.entities import LogEntryRecord, OwnerAccess, epoch_ms
+from exporter.sandbox.values import DAY_MS, HOUR_MS, MS_2025, guid
 
 __all__ = ["LogBook"]
 

@@ -40,8 +40,9 @@ from typing import cast
 
 from exporter.sandbox.access import ACCESS_CHANGE_KINDS, ACCESS_ROUTES, AccessRoute
 from exporter.sandbox.controls import SandboxControls
-from exporter.sandbox.data import CHANGE_KINDS, LOCK_TYPES, SandboxChange
+from exporter.sandbox.data import CHANGE_KINDS, SandboxChange
 from exporter.sandbox.handler import Handler, Server, Server6
+from exporter.sandbox.locks import LOCK_TYPES
 from exporter.sandbox.odata import FilterError
 from exporter.sandbox.protocol import (
     FAULT_KINDS,
