@@ -17,7 +17,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypedDict, Unpack
 
 from sqlalchemy import (
     ColumnElement,
@@ -107,29 +107,24 @@ class Inventory:
     locks: Iterable[LockRow]
 
 
-def inventory(
-    engine: Engine,
-    *,
-    as_of: AsOf | None = None,
-    owner: str | None = None,
-    model: str | None = None,
-    search: str | None = None,
-    include_removed: bool = False,
-) -> Inventory:
+class InventoryFilters(TypedDict, total=False):
+    """The filters `inventory()` passes on to `open_inventory()` unchanged (defaults there)."""
+
+    as_of: AsOf | None
+    owner: str | None
+    model: str | None
+    search: str | None
+    include_removed: bool
+
+
+def inventory(engine: Engine, **filters: Unpack[InventoryFilters]) -> Inventory:
     """The locks present now, or at `as_of` exactly as the version tables recorded them.
 
     `owner` matches an owner account id or (any case) a current or past name; `model` a lock
     model name or lock type id (any case); `search` is a case-insensitive substring of the
     title, description, ids or model. Owners without locks are listed unless model/search filter.
     """
-    with open_inventory(
-        engine,
-        as_of=as_of,
-        owner=owner,
-        model=model,
-        search=search,
-        include_removed=include_removed,
-    ) as found:
+    with open_inventory(engine, **filters) as found:
         return Inventory(found.as_of, found.owners, list(found.locks))
 
 
