@@ -1,8 +1,8 @@
-"""Read-side queries: the inventory now or at any past instant, and daily counts.
+"""Read-side queries: the inventory now or at any past instant, and the changes a run wrote.
 
 Everything is computed from the version tables with the rules of the schema: a version is valid
 on [valid_from, valid_to); a lock is present at T when its version valid at T is not `removed`.
-The `daily_inventory` view says the same in SQL, and the tests hold both to the same answers.
+Daily counts (the `daily_inventory` view's answers) are in `exporter.read.daily`.
 Changes and lock histories are in `exporter.read.changelog`, runs in `exporter.read.runs`, instants
 (`--as-of`) in `exporter.read.asof`, batched reading in `exporter.read.streaming`. Nothing here
 reads the clock: callers pass `now`.
@@ -13,10 +13,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import string
-from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import datetime
 from typing import Any, NamedTuple, TypedDict, Unpack
 
 from sqlalchemy import (
@@ -40,7 +39,6 @@ from exporter.db.schema import (
     bound_locks,
     owner_account_versions,
     owner_accounts,
-    sync_runs,
 )
 from exporter.errors import UsageError
 from exporter.kinds import ChangeType
@@ -53,7 +51,6 @@ _REMOVED = ChangeType.REMOVED
 
 # A result row (RowMapping) or a plain dict of column values.
 Row = Mapping[Any, Any]
-_TICK = timedelta(microseconds=1)
 
 # -- inventory ------------------------------------------------------------------------------------
 
@@ -414,52 +411,3 @@ def _change(entity: str, row: Sequence[Any]) -> Change:
     return Change(
         entity, entity_id, change_type, owner_id, tuple(fields or ()) or None, reason, title
     )
-
-
-# -- daily counts ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DailyCount:
-    """Locks present at the end of a UTC day for one owner account and lock model."""
-
-    day: date
-    owner_account_id: str
-    owner_name: str | None
-    lock_model_name: str | None
-    locks: int
-
-
-def daily_inventory(engine: Engine) -> list[DailyCount]:
-    """What the `daily_inventory` view shows, computed by walking the versions day by day."""
-    with connect(engine) as conn:
-        first, last = conn.execute(
-            select(func.min(sync_runs.c.started_at), func.max(sync_runs.c.started_at))
-        ).one()
-        names = owner_names(conn)
-        versions = conn.execute(
-            select(
-                bound_lock_versions.c.owner_account_id,
-                bound_lock_versions.c.lock_model_name,
-                bound_lock_versions.c.valid_from,
-                bound_lock_versions.c.valid_to,
-            ).where(bound_lock_versions.c.change_type != ChangeType.REMOVED)
-        ).all()
-    if first is None:
-        return []
-    counts: dict[tuple[date, str, str | None], int] = defaultdict(int)
-    for owner_id, model, valid_from, valid_to in versions:
-        # Present at the day's last instant: valid_from <= end - 1us < valid_to.
-        day = max(valid_from.date(), first.date())
-        stop = last.date() if valid_to is None else min(last.date(), (valid_to - _TICK).date())
-        while day <= stop:
-            end = datetime.combine(day + timedelta(days=1), time(), tzinfo=UTC) - _TICK
-            if valid_from <= end and (valid_to is None or end < valid_to):
-                counts[(day, owner_id, model)] += 1
-            day += timedelta(days=1)
-    return [
-        DailyCount(day, owner_id, names.get(owner_id), model, n)
-        for (day, owner_id, model), n in sorted(
-            counts.items(), key=lambda item: (item[0][0], item[0][1], item[0][2] or "")
-        )
-    ]

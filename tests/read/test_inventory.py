@@ -52,7 +52,7 @@ from exporter.db.schema import (
 from exporter.db.types import SQLITE_TIME_FORMAT, UTCDateTime
 from exporter.db.views import VIEW_COMMENTS, VIEWS
 from exporter.errors import UsageError
-from exporter.read import asof, changelog
+from exporter.read import asof, changelog, daily
 from exporter.read import inventory as report
 from exporter.read import runs as read_runs
 from exporter.sandbox.server import Fault, Sandbox
@@ -430,8 +430,8 @@ def test_daily_inventory_view_counts_the_locks_present_at_the_end_of_each_day(
         "daily_inventory", day=metadata.tables["calendar_days"].c.day.type, locks=Integer()
     )
     with db.connect() as conn:
-        viewed = [report.DailyCount(**row) for row in conn.execute(query).mappings()]
-    expected = report.daily_inventory(db)
+        viewed = [daily.DailyCount(**row) for row in conn.execute(query).mappings()]
+    expected = daily.daily_inventory(db)
 
     key = lambda c: (c.day, c.owner_account_id, c.lock_model_name or "")  # noqa: E731
     assert sorted(viewed, key=key) == expected
