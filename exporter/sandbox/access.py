@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping, Sequence
 from operator import attrgetter
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal, TypedDict, TypeVar
 
 from exporter.sandbox.data import SandboxChange, SandboxInventory
 from exporter.sandbox.entities import (
@@ -39,9 +39,26 @@ from exporter.sandbox.entities import (
 )
 from exporter.sandbox.logs import LogBook
 from exporter.sandbox.odata import Filter, FilterError, PropertyKind, matches, parse_filter
-from exporter.sandbox.values import DAY_MS, HOUR_MS, MS_2025, different, guid, iso, json_page
+from exporter.sandbox.values import (
+    DAY_MS,
+    HOUR_MS,
+    MS_2025,
+    different,
+    guid,
+    iso,
+    json_page,
+    set_given,
+)
 
-__all__ = ["ACCESS_CHANGE_KINDS", "ACCESS_ROUTES", "AccessData", "AccessRoute", "OwnerAccess"]
+__all__ = [
+    "ACCESS_CHANGE_KINDS",
+    "ACCESS_ROUTES",
+    "AccessData",
+    "AccessRoute",
+    "ContactChoice",
+    "GrantChoice",
+    "OwnerAccess",
+]
 
 AccessRoute = Literal["contacts", "cards", "grants", "logs"]
 ACCESS_ROUTES: Final[tuple[AccessRoute, ...]] = ("contacts", "cards", "grants", "logs")
@@ -88,6 +105,26 @@ _DOMAINS = ("example.com", "example.org", "example.net")
 _MS_2019: Final = 1_546_300_800_000  # cards were bound in 2019-2024
 _MS_2023: Final = 1_672_531_200_000  # initial grants were made in 2023-2024
 _R = TypeVar("_R")
+
+
+class ContactChoice(TypedDict, total=False):
+    """What `AccessData.add_contact` lets a caller choose (defaults there)."""
+
+    title: str | None
+    identifier: str | None
+    ip_id: str
+    legacy_email: bool
+
+
+class GrantChoice(TypedDict, total=False):
+    """What `AccessData.add_grant` lets a caller choose (each left out is drawn or none)."""
+
+    lock_id: str | None
+    contact_id: str | None
+    card_id: str | None
+    valid_from: str | None
+    valid_before: str | None
+    time_restriction_ical: str | None
 
 
 class AccessData:
@@ -199,12 +236,7 @@ class AccessData:
         self, contact_id: str, *, title: str | None = None, identifier: str | None = None
     ) -> None:
         """Rename a contact and/or change its identifier (a Tapkey user's email)."""
-        contact = self.contact(contact_id)
-        if title is not None:
-            contact.title = title
-        if identifier is not None:
-            contact.identifier = identifier
-        contact.json = None
+        set_given(self.contact(contact_id), title=title, identifier=identifier)
 
     def remove_contact(self, contact_id: str) -> None:
         """Remove a contact from its owner's list (grants naming it stay as they are)."""

@@ -10,9 +10,15 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Mapping
-from typing import Any, Final, cast
+from typing import Any, Final, Unpack, cast
 
-from exporter.sandbox.access import ACCESS_ROUTES, AccessData, AccessRoute
+from exporter.sandbox.access import (
+    ACCESS_ROUTES,
+    AccessData,
+    AccessRoute,
+    ContactChoice,
+    GrantChoice,
+)
 from exporter.sandbox.data import SandboxChange, SandboxInventory
 from exporter.sandbox.entities import epoch_ms
 from exporter.sandbox.protocol import Route
@@ -181,23 +187,13 @@ class SandboxControls:
             data = self._access.page_json(route, self._data.owner(owner_id).id)
         return cast(list[dict[str, Any]], json.loads(data))
 
-    def add_contact(
-        self,
-        owner_id: str,
-        *,
-        title: str | None = None,
-        identifier: str | None = None,
-        ip_id: str = "tapkey",
-        legacy_email: bool = False,
-    ) -> str:
+    def add_contact(self, owner_id: str, **contact: Unpack[ContactChoice]) -> str:
         """Append a contact (seeded name and email unless given); returns its id.
 
         `legacy_email` sends it as an older payload: ``email`` instead of ``identifier``.
         """
         with self._lock:
-            return self._access.add_contact(
-                owner_id, title=title, identifier=identifier, ip_id=ip_id, legacy_email=legacy_email
-            ).id
+            return self._access.add_contact(owner_id, **contact).id
 
     def update_contact(
         self, contact_id: str, *, title: str | None = None, identifier: str | None = None
@@ -221,32 +217,14 @@ class SandboxControls:
         with self._lock:
             self._access.unbind_card(card_id)
 
-    def add_grant(
-        self,
-        owner_id: str,
-        *,
-        lock_id: str | None = None,
-        contact_id: str | None = None,
-        card_id: str | None = None,
-        valid_from: str | None = None,
-        valid_before: str | None = None,
-        time_restriction_ical: str | None = None,
-    ) -> str:
+    def add_grant(self, owner_id: str, **grant: Unpack[GrantChoice]) -> str:
         """Append an Ok grant; returns its id.
 
         Without `lock_id` one of the owner's locks is drawn (seeded), without `contact_id` and
         `card_id` one of its contacts or cards; the validity fields are as given (ISO texts).
         """
         with self._lock:
-            return self._access.add_grant(
-                owner_id,
-                lock_id=lock_id,
-                contact_id=contact_id,
-                card_id=card_id,
-                valid_from=valid_from,
-                valid_before=valid_before,
-                time_restriction_ical=time_restriction_ical,
-            ).id
+            return self._access.add_grant(owner_id, **grant).id
 
     def revoke_grant(self, grant_id: str) -> None:
         """Revoke a grant: state Revoked, active false; it stays listed."""

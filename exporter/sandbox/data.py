@@ -33,6 +33,7 @@ from exporter.sandbox.values import (
     guid,
     iso,
     json_page,
+    set_given,
 )
 
 __all__ = ["CHANGE_KINDS", "SandboxChange", "SandboxInventory"]
@@ -246,12 +247,7 @@ class SandboxInventory:
 
     def update_owner(self, owner_id: str, *, name: str | None, active: bool | None) -> None:
         """Rename an owner and/or set its active flag."""
-        owner = self.owner(owner_id)
-        if name is not None:
-            owner.name = name
-        if active is not None:
-            owner.active = active
-        owner.json = None
+        set_given(self.owner(owner_id), name=name, active=active)
 
     def rebind(self, lock_id: str, owner_id: str, rng: random.Random | None = None) -> SandboxLock:
         """Tapkey-style rebind: unbind, then bind the same physical lock under a NEW bound id."""

@@ -11,7 +11,7 @@ import json
 import random
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 __all__ = [
     "DAY_MS",
@@ -23,6 +23,7 @@ __all__ = [
     "guid",
     "iso",
     "json_page",
+    "set_given",
 ]
 
 _EPOCH = dt.datetime(1970, 1, 1)  # naive UTC: isoformat() then has no offset
@@ -58,6 +59,14 @@ def different(old: _T, draw: Callable[[], _T]) -> _T:
         value = draw()
         if value != old:
             return value
+
+
+def set_given(record: Any, **values: object) -> None:
+    """Set the attributes given a value (None keeps the old one); the record's cached JSON goes."""
+    for name, value in values.items():
+        if value is not None:
+            setattr(record, name, value)
+    record.json = None
 
 
 class IdBag:
