@@ -7,14 +7,16 @@ exporter.tapkey.access, log entries in exporter.sync.log_paging): a value of the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 __all__ = [
     "MAX_ELEMENT_BYTES",
     "MAX_ID_LENGTH",
     "SURELY_SHORT",
     "BadValue",
+    "FieldReader",
     "bool_field",
     "date_field",
     "element_id",
@@ -32,6 +34,7 @@ MAX_ID_LENGTH: Final = 64
 #: MariaDB takes in one statement (max_allowed_packet, 16 MiB by default) and every value within
 #: its MEDIUMTEXT columns (16 MiB), the same on every database.
 MAX_ELEMENT_BYTES: Final = 4 * 1024 * 1024
+_T = TypeVar("_T")
 
 
 class BadValue(ValueError):
@@ -64,28 +67,26 @@ def element_id(value: Any) -> str | None:
     return None
 
 
-def str_field(obj: dict[str, Any], key: str) -> str | None:
-    """A string field of `obj` (None when absent or null); BadValue for another type."""
-    value = obj.get(key)
-    if value is None or isinstance(value, str):
-        return value
-    raise BadValue(f"{key} is not a string")
+#: A reader of one typed field: (element, key) -> the value, None when absent or null.
+FieldReader = Callable[[dict[str, Any], str], _T | None]
 
 
-def int_field(obj: dict[str, Any], key: str) -> int | None:
-    """An integer field of `obj` (None when absent or null); BadValue for another type."""
-    value = obj.get(key)
-    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
-        return value
-    raise BadValue(f"{key} is not an integer")
+def _typed_field(kind: type[_T], what: str, *, excluded: tuple[type, ...] = ()) -> FieldReader[_T]:
+    # One closure per type keeps the check inline: readers run for every field of every lock.
+    def read(obj: dict[str, Any], key: str) -> _T | None:
+        value = obj.get(key)
+        if value is None or (isinstance(value, kind) and not isinstance(value, excluded)):
+            return value
+        raise BadValue(f"{key} is not {what}")
+
+    read.__doc__ = f"A field of `obj` that is {what} (None when absent or null); BadValue if not."
+    return read
 
 
-def bool_field(obj: dict[str, Any], key: str) -> bool | None:
-    """A true/false field of `obj` (None when absent or null); BadValue for another type."""
-    value = obj.get(key)
-    if value is None or isinstance(value, bool):
-        return value
-    raise BadValue(f"{key} is not true/false")
+str_field: Final = _typed_field(str, "a string")
+# bool is a subclass of int in Python, not in JSON.
+int_field: Final = _typed_field(int, "an integer", excluded=(bool,))
+bool_field: Final = _typed_field(bool, "true/false")
 
 
 def date_field(obj: dict[str, Any], key: str) -> datetime | None:
