@@ -86,7 +86,9 @@ def crawl(
         texts = known.result() if known is not None else None
         return source.list_bound_locks(owner_id, expand=expand, known=texts)
 
-    with _StoredTexts(engine) as stored, _DaemonPool(workers, "fetch") as pool:
+    # Twice as many threads as `workers`: the API client lets `workers` of them have a page in
+    # flight, and the others send the request confirming a list's end meanwhile (TapkeyClient).
+    with _StoredTexts(engine) as stored, _DaemonPool(2 * workers, "fetch") as pool:
 
         def submit() -> None:
             owner_id = pending.popleft()

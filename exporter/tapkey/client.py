@@ -288,12 +288,18 @@ class TapkeyClient:
         self._counter_lock = threading.Lock()
         self._requests = 0
         self._retries = 0
+        # Page requests in flight, at most `workers`. A list's confirming request (the one after
+        # its short page, which holds the overlap row only, unless the server caps pages) takes
+        # no slot, so a crawl on 2 x workers threads sends it while `workers` pages are in
+        # flight: a first load's confirmations cost no time of their own (exporter.sync.crawl).
+        self._slots = threading.BoundedSemaphore(max(1, workers))
         self._owns_session = session is None
         if session is None:
             session = requests.Session()
             # No netrc or CA bundle from the environment; the proxy comes in as a setting.
             session.trust_env = False
-            adapter = HTTPAdapter(pool_connections=2, pool_maxsize=max(1, workers), max_retries=0)
+            connections = 2 * max(1, workers)  # pages, and as many confirming requests
+            adapter = HTTPAdapter(pool_connections=2, pool_maxsize=connections, max_retries=0)
             session.mount("https://", adapter)
             session.mount("http://", adapter)
         self._session = session
@@ -524,14 +530,24 @@ class TapkeyClient:
         counter: list[int],
         known: KnownTexts,
     ) -> Callable[[int, int], tuple[list[str | None], list[tuple[Any, str]]]]:
+        # Whether the next request confirms a short page, and whether this list had one already:
+        # only the first takes no slot, so a server that caps pages gets `workers` at a time.
+        confirming = [False, False]
+
         def get_page(skip: int, top: int) -> tuple[list[str | None], list[tuple[Any, str]]]:
             query = {**params, "$top": str(top), "$skip": str(skip)}
-            text = self._get_text(target, query, counter)
+            if confirming[0]:
+                confirming[1] = True
+                text = self._get_text(target, query, counter)
+            else:
+                with self._slots:
+                    text = self._get_text(target, query, counter)
             page = known.page(text, skip, top) if known else None
-            if page is not None:
-                return page
-            elements = split_array(text, f"GET {target.path}")
-            return [element_id(value) for value, _ in elements], elements
+            if page is None:
+                elements = split_array(text, f"GET {target.path}")
+                page = [element_id(value) for value, _ in elements], elements
+            confirming[0] = len(page[1]) < top and not confirming[1]
+            return page
 
         return get_page
 
