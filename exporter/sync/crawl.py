@@ -88,7 +88,7 @@ def crawl(
 
     # Twice as many threads as `workers`: the API client lets `workers` of them have a page in
     # flight, and the others send the request confirming a list's end meanwhile (TapkeyClient).
-    with _StoredTexts(engine) as stored, _DaemonPool(2 * workers, "fetch") as pool:
+    with _StoredTexts(engine) as stored, DaemonPool(2 * workers, "fetch") as pool:
 
         def submit() -> None:
             owner_id = pending.popleft()
@@ -121,7 +121,7 @@ def crawl(
 
 def call_until_stopped(stop: threading.Event, call: Callable[[], T]) -> T:
     """`call()` on a thread of its own; Interrupted once `stop` is set, leaving it behind."""
-    with _DaemonPool(1, "call") as pool:
+    with DaemonPool(1, "call") as pool:
         future = pool.submit(call)
         while not wait([future], timeout=STOP_POLL).done:
             if stop.is_set():
@@ -129,7 +129,7 @@ def call_until_stopped(stop: threading.Event, call: Callable[[], T]) -> T:
         return future.result()
 
 
-class _DaemonPool:
+class DaemonPool:
     """`workers` daemon threads running submitted calls, each in the context it was submitted in.
 
     Unlike a ThreadPoolExecutor, it can be left with calls in flight: its threads never keep the
@@ -161,7 +161,7 @@ class _DaemonPool:
                 item.future.set_result(result)
             del item  # not kept alive while waiting for the next call
 
-    def __enter__(self) -> _DaemonPool:
+    def __enter__(self) -> DaemonPool:
         return self
 
     def __exit__(self, *_exc: object) -> None:

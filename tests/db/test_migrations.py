@@ -18,7 +18,6 @@ from exporter.db import migrate
 from exporter.db.engine import make_engine
 from exporter.db.schema import (
     SQLITE_TIME_FORMAT,
-    VIEWS,
     bound_lock_versions,
     bound_locks,
     calendar_days,
@@ -29,12 +28,14 @@ from exporter.db.schema import (
     sync_run_owners,
     sync_runs,
 )
+from exporter.db.views import VIEWS
 from exporter.db.writer_lock import WriterLock
 from exporter.errors import SchemaVersionError
 from exporter.sandbox.server import Sandbox
 from exporter.service import job
 from exporter.sync.engine import sync
-from exporter.tapkey.records import MAX_ELEMENT_BYTES, MAX_FIELD_LENGTHS
+from exporter.tapkey.fields import MAX_ELEMENT_BYTES
+from exporter.tapkey.records import MAX_FIELD_LENGTHS
 
 ROOT = Path(__file__).resolve().parents[2]
 
