@@ -20,8 +20,7 @@ from exporter.db import indexes, migrate
 from exporter.db.engine import backend, connect
 from exporter.db.schema import bound_locks, sync_run_owners, sync_runs
 from exporter.results import RunResult, SyncProgress
-from exporter.sandbox.protocol import Request
-from exporter.sandbox.server import Sandbox
+from exporter.sandbox.server import Sandbox, SandboxRequest
 from exporter.service import job
 from exporter.sync.batches import Batching, WriteGroup
 
@@ -298,7 +297,7 @@ def test_a_first_loads_confirming_request_does_not_hold_up_the_next_owner(
     first_pages = threading.Event()
     overlapped: list[bool] = []
 
-    def hook(request: Request) -> None:
+    def hook(request: SandboxRequest) -> None:
         if request.route != "locks":
             return
         if not request.skip:
