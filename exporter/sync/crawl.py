@@ -88,7 +88,9 @@ def crawl(
 
     # Twice as many threads as `workers`: the API client lets `workers` of them have a page in
     # flight, and the others send the request confirming a list's end meanwhile (TapkeyClient).
-    with _StoredTexts(engine) as stored, DaemonPool(2 * workers, "fetch") as pool:
+    # One worker stays one thread, so that owners complete (and are applied) in list order.
+    threads = 2 * workers if workers > 1 else 1
+    with _StoredTexts(engine) as stored, DaemonPool(threads, "fetch") as pool:
 
         def submit() -> None:
             owner_id = pending.popleft()

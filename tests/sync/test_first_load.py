@@ -292,8 +292,9 @@ _T = datetime(2026, 1, 1, tzinfo=UTC)
 def test_a_first_loads_confirming_request_does_not_hold_up_the_next_owner(
     db_url: str, engine: Engine, tmp_path: Path
 ) -> None:
-    # One worker: the confirming request of one owner's short list (nothing is stored, so the
-    # end is confirmed at once) goes out while the next owner's first page is in flight.
+    # Two workers: the confirming request of an owner's short list (nothing is stored, so the
+    # end is confirmed at once) goes out while the next owners' first pages are in flight.
+    # Lists longer than the owner list: no page seen yet proves where they end.
     first_pages = threading.Event()
     overlapped: list[bool] = []
 
@@ -301,17 +302,17 @@ def test_a_first_loads_confirming_request_does_not_hold_up_the_next_owner(
         if request.route != "locks":
             return
         if not request.skip:
-            if request.number > 1:  # a first page after the first owner's
+            if request.number > 2:  # a first page after the first two owners'
                 first_pages.set()
         else:  # a confirming request
             overlapped.append(first_pages.wait(timeout=5))
 
-    with Sandbox(seed=4, owners=3, locks_per_owner=3) as fake:
+    with Sandbox(seed=4, owners=4, locks_per_owner=5) as fake:
         fake.hooks.append(hook)
-        result = job.run_once(make_settings(fake, db_url, tmp_path, workers=1))
+        result = job.run_once(make_settings(fake, db_url, tmp_path, workers=2))
         requests = fake.requests["locks"]
 
-    assert result.status == "succeeded" and result.counts.created == 9
+    assert result.status == "succeeded" and result.counts.created == 20
     assert overlapped and all(overlapped)
-    assert requests == 6  # each list's page and the request confirming its end
+    assert requests == 8  # each list's page and the request confirming its end
     assert_history_consistent(engine)
