@@ -14,10 +14,11 @@ from sqlalchemy import Engine, Table, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from exporter.config.proxies import Proxy, proxy_for
-from exporter.config.settings import Settings, masked_url, scopes_for
-from exporter.config.urls import display_url, sqlite_file
+from exporter.config.settings import Settings, scopes_for
+from exporter.config.urls import display_url, masked_url, sqlite_file
+from exporter.db import engine as db_engine
 from exporter.db import errors as db_errors
-from exporter.db import store
+from exporter.db import migrate
 from exporter.db.schema import (
     api_paging as api_paging_table,
 )
@@ -32,6 +33,7 @@ from exporter.db.schema import (
     sync_runs,
 )
 from exporter.db.schema import log_entries as log_entries_table
+from exporter.db.writer_lock import WriterLock
 from exporter.errors import ConfigError, ExporterError, Interrupted, LockHeldError
 from exporter.kinds import RunStatus
 from exporter.results import RunResult, SyncProgress
@@ -45,20 +47,22 @@ from exporter.sync.run_records import filled_by
 from exporter.tapkey.access import Privacy
 from exporter.tapkey.auth import TokenProvider
 from exporter.tapkey.client import TapkeyClient
+from exporter.tapkey.options import Connection, PageLimits, Timeouts
+from exporter.tapkey.retry import RetryPolicy
 
 EXIT_CODES: dict[str, int] = {RunStatus.SUCCEEDED: 0, RunStatus.FAILED: 1, RunStatus.PARTIAL: 3}
 
 
 def make_engine(settings: Settings, *, create: bool = True) -> Engine:
-    """The configured database's engine (see store.make_engine for `create`)."""
-    return store.make_engine(
+    """The configured database's engine (see db.engine.make_engine for `create`)."""
+    return db_engine.make_engine(
         settings.database.url, schema=settings.database.schema_name, create=create
     )
 
 
 def refuse_in_memory(settings: Settings) -> None:
     """ConfigError if [database] url is an in-memory SQLite database (gone when the run ends)."""
-    if store.in_memory(settings.database.url):
+    if db_engine.in_memory(settings.database.url):
         raise ConfigError(
             f"[database] url {settings.database.url} is an in-memory database, "
             "which is gone when the run ends: name a file, e.g. sqlite:///exporter.db"
@@ -70,10 +74,36 @@ def proxy_to(settings: Settings, url: str) -> Proxy | None:
     return proxy_for(url, configured=settings.tapkey.proxy, env=settings.proxy_env)
 
 
+def retry_policy(settings: Settings) -> RetryPolicy:
+    """`[tapkey]`'s retry limits: one policy for the token requests and the API requests."""
+    tapkey = settings.tapkey
+    return RetryPolicy(
+        max_retries=tapkey.max_retries,
+        backoff_factor=tapkey.backoff_factor,
+        # max_retry_after is the longest wait of all, our own backoff's too.
+        max_backoff=tapkey.max_retry_after,
+        max_retry_after=tapkey.max_retry_after,
+        max_retry_time=tapkey.max_retry_time,
+    )
+
+
+def connection_to(settings: Settings, url: str) -> Connection:
+    """How requests to `url` go out: `[tapkey]` timeouts and ca_bundle, the proxy for `url`."""
+    tapkey = settings.tapkey
+    return Connection(
+        timeouts=Timeouts(connect=tapkey.connect_timeout, read=tapkey.read_timeout),
+        verify=str(tapkey.ca_bundle) if tapkey.ca_bundle else True,
+        proxy=proxy_to(settings, url),
+    )
+
+
 def make_tokens(
-    settings: Settings, *, sleep: Callable[[float], None] | None = None
+    settings: Settings,
+    *,
+    sleep: Callable[[float], None] | None = None,
+    retry: RetryPolicy | None = None,
 ) -> TokenProvider:
-    """The client-credentials token provider from `[tapkey]`."""
+    """The client-credentials token provider from `[tapkey]` (`retry`: the client's policy)."""
     tapkey = settings.tapkey
     client_id, secret = tapkey.credentials()
     return TokenProvider(
@@ -81,12 +111,9 @@ def make_tokens(
         client_secret=secret,
         token_url=tapkey.token_url,
         scopes=tapkey.scope_list,
-        timeout=(tapkey.connect_timeout, tapkey.read_timeout),
-        verify=str(tapkey.ca_bundle) if tapkey.ca_bundle else True,
+        connection=connection_to(settings, tapkey.token_url),
+        retry=retry if retry is not None else retry_policy(settings),
         sleep=sleep if sleep is not None else time.sleep,
-        backoff_factor=tapkey.backoff_factor,
-        max_retry_after=tapkey.max_retry_after,
-        proxy=proxy_to(settings, tapkey.token_url),
     )
 
 
@@ -102,23 +129,17 @@ def make_client(
     Once `stop` is set the client sends no further request (raises Interrupted).
     """
     tapkey = settings.tapkey
-    timeout = (tapkey.connect_timeout, tapkey.read_timeout)
-    verify: bool | str = str(tapkey.ca_bundle) if tapkey.ca_bundle else True
     sleep = sleep if sleep is not None else time.sleep
+    retry = retry_policy(settings)
     return TapkeyClient(
         base_url=tapkey.api_base_url,
-        tokens=tokens if tokens is not None else make_tokens(settings, sleep=sleep),
-        page_size=tapkey.page_size,
+        tokens=tokens if tokens is not None else make_tokens(settings, sleep=sleep, retry=retry),
+        connection=connection_to(settings, tapkey.api_base_url),
+        retry=retry,
+        pages=PageLimits(page_size=tapkey.page_size),
         workers=tapkey.workers,
-        timeout=timeout,
-        max_retries=tapkey.max_retries,
-        backoff_factor=tapkey.backoff_factor,
-        max_retry_after=tapkey.max_retry_after,
-        max_retry_time=tapkey.max_retry_time,
-        verify=verify,
         sleep=sleep,
         stop=stop,
-        proxy=proxy_to(settings, tapkey.api_base_url),
     )
 
 
@@ -153,7 +174,7 @@ def run_once(
     # Once `stop` is set, no retry is waited for or sent: the back-off raises Interrupted.
     sleep = None if stop is None else lambda seconds: _wait(stop, seconds)
     try:
-        store.require_current(
+        migrate.require_current(
             engine, auto_upgrade_sqlite=not dry_run, lock_timeout=settings.database.lock_timeout
         )
         # Checked before anything is fetched or written: a mistyped id would confirm nothing.
@@ -162,14 +183,21 @@ def run_once(
             if allow_mass_removal_owners
             else frozenset()
         )
-        options = sync_options(
-            settings,
+        options = SyncOptions(
+            workers=settings.tapkey.workers,
             dry_run=dry_run,
-            allow_client_change=allow_client_change,
-            allow_mass_removal=allow_mass_removal,
-            confirmed=confirmed,
-            batching=batching,
+            allow_client_change=allow_client_change or settings.sync.allow_client_id_change,
+            lock_timeout=settings.database.lock_timeout,
+            guard=RemovalGuard(
+                max_fraction=settings.sync.mass_removal_max_fraction,
+                min_count=settings.sync.mass_removal_min_count,
+                allow_all=allow_mass_removal or settings.sync.allow_mass_removal,
+                allow_owners=confirmed,
+            ),
+            health=settings.tapkey.expand_health,
+            batching=batching or Batching(),
             access=access,
+            logs=log_options(settings),
         )
         with make_client(settings, sleep=sleep, stop=stop) as client:
             if on_client is not None:
@@ -195,35 +223,6 @@ def run_once(
         engine.dispose()
 
 
-def sync_options(
-    settings: Settings,
-    *,
-    dry_run: bool,
-    allow_client_change: bool,
-    allow_mass_removal: bool,
-    confirmed: frozenset[str],
-    batching: Batching | None,
-    access: AccessOptions,
-) -> SyncOptions:
-    """The sync's options from settings and run-once's flags (`confirmed`: resolved owner ids)."""
-    return SyncOptions(
-        workers=settings.tapkey.workers,
-        dry_run=dry_run,
-        allow_client_change=allow_client_change or settings.sync.allow_client_id_change,
-        lock_timeout=settings.database.lock_timeout,
-        guard=RemovalGuard(
-            max_fraction=settings.sync.mass_removal_max_fraction,
-            min_count=settings.sync.mass_removal_min_count,
-            allow_all=allow_mass_removal or settings.sync.allow_mass_removal,
-            allow_owners=confirmed,
-        ),
-        health=settings.tapkey.expand_health,
-        batching=batching or Batching(),
-        access=access,
-        logs=log_options(settings),
-    )
-
-
 def access_options(settings: Settings) -> AccessOptions:
     """The access entities of `[tapkey] entities` with `[privacy]` (ConfigError for a bad key)."""
     _, secret = settings.tapkey.credentials()
@@ -246,7 +245,7 @@ def log_options(settings: Settings) -> log_entries.LogOptions | None:
 
 
 def _present_owner_ids(engine: Engine) -> set[str]:
-    with store.connect(engine) as conn:
+    with db_engine.connect(engine) as conn:
         query = select(owner_accounts.c.id).where(owner_accounts.c.removed_at.is_(None))
         return set(conn.execute(query).scalars())
 
@@ -264,7 +263,7 @@ def _apply_retention(engine: Engine, settings: Settings, now: datetime) -> None:
     ):
         return
     try:
-        with store.WriterLock(engine):
+        with WriterLock(engine):
             retention.prune(
                 engine,
                 now=now,
@@ -389,15 +388,15 @@ def _check_database(settings: Settings) -> CheckResult:
             return CheckResult("database", False, detail, 5)
         return CheckResult("database", True, f"{shown}: no file yet; run-once creates it")
     engine: Engine | None = None
-    head = store.head_revision()
+    head = migrate.head_revision()
     try:
         engine = make_engine(settings)
-        revision = store.current_revision(engine)
+        revision = migrate.current_revision(engine)
         previous = _last_client_id(engine) if revision is not None else None
         # Whether this user may write, found without writing (see db_errors.write_problem).
         denied = None
         if revision == head:
-            with store.connect(engine) as conn:
+            with db_engine.connect(engine) as conn:
                 denied = db_errors.write_problem(conn, _writes(settings))
     except ExporterError as exc:
         return _failed("database", exc)
@@ -423,7 +422,7 @@ def _check_database(settings: Settings) -> CheckResult:
     if revision == head:
         detail = f"{shown}: reachable, schema at {head} (current), this user may write it"
         return CheckResult("database", True, detail)
-    known = revision is None or store.is_known_revision(revision)
+    known = revision is None or migrate.is_known_revision(revision)
     if sqlite and known:
         detail = f"{shown}: schema at {revision or 'none'}; run-once upgrades it to {head}"
         return CheckResult("database", True, detail)
@@ -441,7 +440,7 @@ def _check_paging(settings: Settings, database: CheckResult) -> CheckResult:
     api_url = display_url(settings.tapkey.api_base_url.rstrip("/"))  # as the client keys it
     engine = make_engine(settings, create=False)
     try:
-        with store.connect(engine) as conn:
+        with db_engine.connect(engine) as conn:
             sizes = api_paging.load(conn, api_url)
     except SQLAlchemyError as exc:
         return _failed("paging", db_errors.store_error(exc, engine))
@@ -480,5 +479,5 @@ def _writes(settings: Settings) -> dict[Table, tuple[str, ...]]:
 
 
 def _last_client_id(engine: Engine) -> str | None:
-    with store.connect(engine) as conn:
+    with db_engine.connect(engine) as conn:
         return filled_by(conn)

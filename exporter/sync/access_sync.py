@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Table
 
-from exporter.db.store import connect
+from exporter.db.engine import connect
 from exporter.errors import AuthError, Interrupted, TapkeyError
 from exporter.sync.access import ACCESS_ENTITIES, AccessContext, AccessOptions, AccessOutcome
 from exporter.sync.crawl import STOP_POLL, DaemonPool

@@ -44,9 +44,10 @@ from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from exporter.db import indexes
+from exporter.db.engine import connect
 from exporter.db.errors import store_error
 from exporter.db.schema import owner_accounts
-from exporter.db.store import WriterLock, connect
+from exporter.db.writer_lock import WriterLock
 from exporter.errors import Interrupted, StoreError, TapkeyError, first_line
 from exporter.kinds import OwnerStatus, RunStatus
 from exporter.results import Change, OwnerOutcome, RunResult, SyncProgress
@@ -62,8 +63,9 @@ from exporter.sync.versions import (
     Clock,
     latest_instant,
 )
+from exporter.tapkey.fields import MAX_ID_LENGTH
 from exporter.tapkey.paging import PagingCheck
-from exporter.tapkey.records import MAX_ID_LENGTH, OwnerRecord
+from exporter.tapkey.records import OwnerRecord
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
+from exporter.db.engine import connect
 from exporter.db.inlists import chunks
 from exporter.db.schema import owner_accounts
-from exporter.db.store import connect
 from exporter.errors import TapkeyError
 from exporter.kinds import ChangeType, RemovalReason
 from exporter.results import Change, Counts

@@ -17,13 +17,13 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select
 
+from exporter.db.engine import connect
 from exporter.db.schema import (
     LOCK_TRACKED,
     bound_lock_versions,
     bound_locks,
     owner_accounts,
 )
-from exporter.db.store import connect
 from exporter.errors import TapkeyError
 from exporter.kinds import ChangeType, OwnerStatus
 from exporter.results import Counts, OwnerOutcome, RunResult

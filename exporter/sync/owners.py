@@ -13,13 +13,13 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 
+from exporter.db.engine import connect
 from exporter.db.schema import (
     OWNER_TRACKED,
     owner_account_versions,
     owner_accounts,
     sync_run_owners,
 )
-from exporter.db.store import connect
 from exporter.kinds import ChangeType, OwnerStatus
 from exporter.results import Counts, OwnerOutcome, RunResult
 from exporter.sync.versions import changed_fields, close_versions, version_row

@@ -12,6 +12,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, bindparam, select, update
 
+from exporter.db.engine import connect
 from exporter.db.inlists import chunks
 from exporter.db.schema import (
     LOCK_TRACKED,
@@ -22,7 +23,6 @@ from exporter.db.schema import (
     owner_accounts,
     sync_run_owners,
 )
-from exporter.db.store import connect
 from exporter.kinds import ChangeType, OwnerStatus, RemovalReason
 from exporter.results import OwnerOutcome
 from exporter.sync.locks import LockSync

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, String, Table, bindparam, func, insert, literal, select, update
 
+from exporter.db.bulk import insert_many
 from exporter.db.inlists import chunks
 from exporter.db.schema import (
     LOCK_TRACKED,
@@ -25,7 +26,6 @@ from exporter.db.schema import (
     owner_account_versions,
     sync_runs,
 )
-from exporter.db.store import insert_many
 from exporter.kinds import ChangeType
 from exporter.sync.plan import OwnerDiff
 
