@@ -125,12 +125,11 @@ class EntitySync:
         )
         counts.add(diff.counts())
         values_of = itemgetter(*tracked)
-        new_rows = []
-        for change in diff.changes:
-            record = change.record
-            if change.kind == ChangeType.CREATED:
-                new_rows.append((record.id, *values_of(record.values), record.raw, t, t))
-            self._note(record.id, change.kind, owner_id, change.fields, None, record.values)
+        new_rows = [
+            (record.id, *values_of(record.values), record.raw, t, t) for record in diff.created
+        ]
+        for record, kind, fields in diff.in_order(records) if context.dry_run else ():
+            self._note(record.id, kind, owner_id, fields, None, record.values)
         if context.dry_run:
             return
         context.check_lock()

@@ -25,7 +25,7 @@ from exporter.db.schema import (
     owner_accounts,
 )
 from exporter.errors import TapkeyError
-from exporter.kinds import ChangeType, OwnerStatus
+from exporter.kinds import OwnerStatus
 from exporter.results import Counts, OwnerOutcome, RunResult
 from exporter.sync import health as lock_health
 from exporter.sync.batches import Batching, WriteGroup
@@ -222,18 +222,14 @@ class LockSync:
             current=_current_values,
         )
         counts.add(diff.counts())
-        new_rows = []
-        for change in diff.changes:
-            record = change.record
-            if change.kind == ChangeType.CREATED:
-                new_rows.append(
-                    (record.id, owner_id, *_TRACKED_REST(record), *_CURRENT(record), t, t)
-                )
-            if self.dry_run:
-                self.note(
-                    "lock", record.id, change.kind, owner_id, change.fields, title=record.title
-                )
-        wrote = bool(diff.changes or diff.refresh or (self.health and records))
+        new_rows = [
+            (record.id, owner_id, *_TRACKED_REST(record), *_CURRENT(record), t, t)
+            for record in diff.created
+        ]
+        if self.dry_run:
+            for record, kind, fields in diff.in_order(records):
+                self.note("lock", record.id, kind, owner_id, fields, title=record.title)
+        wrote = bool(diff.created or diff.changes or diff.refresh or (self.health and records))
         if not wrote or self.dry_run:
             return counts, False
         write_diff(

@@ -14,7 +14,6 @@ exporter.sync.entity_sync). The same rules serve locks and the access entities.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -39,43 +38,58 @@ R = TypeVar("R", bound=Identified)
 
 
 class RowChange(NamedTuple, Generic[R]):
-    """One fetched record that makes a version: created, updated or restored.
+    """A fetched record whose stored row is updated or restored: a new version.
 
-    `values` and `current` (tracked and current-only columns) and `fields` (the tracked ones that
-    changed) are filled for updated and restored rows; a created row is written from its record.
-    A tuple, not a dataclass: a first load makes one per lock.
+    `values` and `current` are its tracked and current-only columns, `fields` the tracked ones
+    that changed.
     """
 
     record: R
-    kind: ChangeType
-    fields: tuple[str, ...] = ()
-    values: Mapping[str, Any] = _NONE
-    current: Mapping[str, Any] = _NONE
+    kind: ChangeType  # UPDATED or RESTORED
+    fields: tuple[str, ...]
+    values: Mapping[str, Any]
+    current: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
 class OwnerDiff(Generic[R]):
-    """What one owner's fetched records change, in the order they were fetched."""
+    """What one owner's fetched records change, each list in the order they were fetched."""
 
-    changes: tuple[RowChange[R], ...] = ()
+    # New rows: written from their records (a first load makes 100,000 of them, so they are
+    # kept as they are, not wrapped).
+    created: tuple[R, ...] = ()
+    changes: tuple[RowChange[R], ...] = ()  # updated and restored rows
     # Present rows whose tracked fields are unchanged but a current-only column is not: the
     # row is rewritten, no version is made (they count as unchanged).
     refresh: tuple[tuple[R, Mapping[str, Any]], ...] = ()
     unchanged: int = 0
 
     def of(self, kind: ChangeType) -> list[RowChange[R]]:
-        """The changes of one kind."""
+        """The updated (or restored) rows."""
         return [change for change in self.changes if change.kind == kind]
 
     def counts(self) -> Counts:
         """Its rows by kind (created, updated, restored, unchanged)."""
-        kinds = Counter(change.kind for change in self.changes)
+        restored = sum(1 for change in self.changes if change.kind == ChangeType.RESTORED)
         return Counts(
-            created=kinds[ChangeType.CREATED],
-            updated=kinds[ChangeType.UPDATED],
-            restored=kinds[ChangeType.RESTORED],
+            created=len(self.created),
+            updated=len(self.changes) - restored,
+            restored=restored,
             unchanged=self.unchanged,
         )
+
+    def in_order(self, records: Sequence[R]) -> list[tuple[R, ChangeType, tuple[str, ...]]]:
+        """Every change of `records` (the diffed ones) as (record, kind, changed fields), in
+        fetched order: what a dry run lists."""
+        created = {record.id for record in self.created}
+        changed = {change.record.id: change for change in self.changes}
+        listed: list[tuple[R, ChangeType, tuple[str, ...]]] = []
+        for record in records:
+            if record.id in created:
+                listed.append((record, ChangeType.CREATED, ()))
+            elif (change := changed.get(record.id)) is not None:
+                listed.append((record, change.kind, change.fields))
+        return listed
 
 
 def diff_owner(
@@ -93,13 +107,14 @@ def diff_owner(
     whose tracked fields differ is updated; otherwise it is unchanged (refreshed if a current-only
     column differs). Only rows whose stored text differs are handed in (the caller's fast path).
     """
+    created: list[R] = []
     changes: list[RowChange[R]] = []
     refresh: list[tuple[R, Mapping[str, Any]]] = []
     unchanged = 0
     for record in records:
         old = stored.get(record.id)
         if old is None:
-            changes.append(RowChange(record, ChangeType.CREATED))
+            created.append(record)
             continue
         new = values(record)
         now = current(record)
@@ -111,7 +126,7 @@ def diff_owner(
             continue
         kind = ChangeType.RESTORED if old["removed_at"] is not None else ChangeType.UPDATED
         changes.append(RowChange(record, kind, fields, new, now))
-    return OwnerDiff(tuple(changes), tuple(refresh), unchanged)
+    return OwnerDiff(tuple(created), tuple(changes), tuple(refresh), unchanged)
 
 
 def owners_to_read(

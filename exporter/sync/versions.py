@@ -302,8 +302,7 @@ def write_diff(
     """Write one owner's diff (exporter.sync.plan.diff_owner) at `t`: `new_rows` (its created
     rows, in `new_columns` order) with their `created` versions, updated and restored rows with
     new versions, refreshed rows without."""
-    reopened = [change for change in diff.changes if change.kind != ChangeType.CREATED]
-    close_versions(conn, versions, [change.record.id for change in reopened], t)
+    close_versions(conn, versions, [change.record.id for change in diff.changes], t)
     insert_many(conn, current, new_columns, new_rows)
     by_id = update(current).where(current.c.id == bindparam("b_id"))
     for kind in (ChangeType.UPDATED, ChangeType.RESTORED):
@@ -319,6 +318,8 @@ def write_diff(
         open_created_versions(
             conn, owner_id, t, run_id, current=current, versions=versions, tracked=tracked
         )
-    if reopened:
-        rows = [version_row(c.record.id, c.values, t, c.kind, c.fields, run_id) for c in reopened]
+    if diff.changes:
+        rows = [
+            version_row(c.record.id, c.values, t, c.kind, c.fields, run_id) for c in diff.changes
+        ]
         conn.execute(insert(versions), rows)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from exporter.kinds import ChangeType, RemovalReason
+from exporter.results import Counts
 from exporter.sync.guard import RemovalGuard
 from exporter.sync.plan import diff_owner, owners_to_read, plan_removals
 
@@ -99,9 +100,8 @@ def test_one_record_against_its_stored_row(
     unchanged: int,
 ) -> None:
     diff = _diff([record], stored)
-    assert [(c.record, c.kind, c.fields) for c in diff.changes] == (
-        [(record, kind, fields)] if kind else []
-    )
+    assert diff.in_order([record]) == ([(record, kind, fields)] if kind else [])
+    assert diff.created == ((record,) if kind == ChangeType.CREATED else ())
     assert [r for r, _ in diff.refresh] == ([record] if refresh else [])
     assert diff.unchanged == unchanged
 
@@ -112,12 +112,13 @@ def test_a_diff_keeps_the_fetched_order_and_the_new_values() -> None:
 
     diff = _diff(records, stored)
 
-    assert [(c.record.id, c.kind) for c in diff.changes] == [
+    assert [(record.id, kind) for record, kind, _ in diff.in_order(records)] == [
         ("c", ChangeType.CREATED),
         ("b", ChangeType.UPDATED),
         ("d", ChangeType.RESTORED),
     ]
-    updated = diff.of(ChangeType.UPDATED)[0]
+    assert diff.counts() == Counts(created=1, updated=1, restored=1, unchanged=1)
+    (updated,) = diff.of(ChangeType.UPDATED)
     assert updated.values == {"owner_account_id": "o1", "title": "Gate"}
     assert updated.current == {"raw": "{}"}
     assert diff.refresh == ((records[2], {"raw": "new"}),)
