@@ -44,7 +44,7 @@ from exporter.tapkey.records import LockRecord, OwnerLocks
 # The run's lines keep the engine's logger name (log filters and docs/operations.md use it).
 log = logging.getLogger("exporter.sync.engine")
 
-# Bulk-insert column orders for new locks (see store.insert_many); the owner comes from the URL.
+# Bulk-insert column orders for new locks (see db.bulk.insert_many); the owner comes from the URL.
 assert LOCK_TRACKED[0] == "owner_account_id"
 _TRACKED_REST = attrgetter(*LOCK_TRACKED[1:])
 _CURRENT = attrgetter(*LOCK_CURRENT_ONLY)
