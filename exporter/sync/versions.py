@@ -17,7 +17,6 @@ from exporter.db.bulk import insert_many
 from exporter.db.inlists import chunks
 from exporter.db.schema import (
     LOCK_TRACKED,
-    UTCDateTime,
     bound_card_versions,
     bound_lock_versions,
     bound_locks,
@@ -26,6 +25,7 @@ from exporter.db.schema import (
     owner_account_versions,
     sync_runs,
 )
+from exporter.db.types import UTCDateTime
 from exporter.kinds import ChangeType
 from exporter.sync.plan import OwnerDiff
 
