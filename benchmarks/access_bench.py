@@ -19,6 +19,7 @@ import json
 import multiprocessing as mp
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
@@ -41,26 +42,26 @@ def _floor(params: dict[str, Any]) -> dict[str, Any]:
     adapter = requests.adapters.HTTPAdapter(pool_maxsize=params["workers"], max_retries=0)
     session.mount("http://", adapter)
     sent = [0]
+    lock = threading.Lock()
 
     def read_list(path: str, token: str) -> list[Any]:
+        # The plain crawler of sync_bench (--shapes): `$skip` advanced by the rows received, a
+        # short page ends a list; as many requests as an unchanged rerun sends.
         rows: list[Any] = []
-        largest = 0
         while True:
-            skip = 0 if not rows else 1 if len(rows) == 1 else len(rows) - 1
-            sent[0] += 1
+            with lock:
+                sent[0] += 1
             response = session.get(
                 params["base_url"] + path,
-                params={"$top": str(top), "$skip": str(skip)},
+                params={"$top": str(top), "$skip": str(len(rows))},
                 headers={"Authorization": f"Bearer {token}"},
                 timeout=(10, 60),
             )
             response.raise_for_status()
             page = json.loads(response.content)
-            new = page if not rows else page[1:]
-            rows += new
-            if not new or len(page) < largest:
+            rows += page
+            if len(page) < top:
                 return rows
-            largest = max(largest, len(page))
 
     with session:
         answer = session.post(
@@ -82,7 +83,7 @@ def _floor(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run(params: dict[str, Any]) -> dict[str, Any]:
-    from exporter.config import load_settings
+    from exporter.config.loader import load_settings
     from exporter.service.job import run_once
 
     settings = load_settings(
