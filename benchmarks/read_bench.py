@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/read_bench.py --db postgresql
 
 The database is built directly, not by syncing: two runs written with the exporter's own bulk
-helpers (`store.insert_many` for the locks, `history.open_created_versions` for their `created`
+helpers (`insert_many` for the locks, `history.open_created_versions` for their `created`
 versions): run 1 loads every lock, run 2 renames `--renames` of them (an `updated` version each),
 so `--as-of 1` and the current inventory differ. Each command then runs as a subprocess of its
 own, the way a user runs it, with stdout read (and counted) through a pipe; the figures are its
@@ -73,7 +73,8 @@ def build(url: str, *, locks: int, owners: int, renames: int, seed: int) -> dict
     """Fill the empty, migrated database at `url`: run 1 loads `locks`, run 2 renames some."""
     from sqlalchemy import insert, literal, select, update
 
-    from exporter.db import store
+    from exporter.db.bulk import insert_many
+    from exporter.db.engine import connect, make_engine
     from exporter.db.schema import (
         LOCK_TRACKED,
         UTCDateTime,
@@ -91,9 +92,9 @@ def build(url: str, *, locks: int, owners: int, renames: int, seed: int) -> dict
     second = start + timedelta(days=1)
     owner_ids = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(owners)]
     columns = ("id", *LOCK_TRACKED, "lock_id_hex", "first_seen_at", "updated_at")
-    engine = store.make_engine(url)
+    engine = make_engine(url)
     try:
-        with store.connect(engine) as conn:
+        with connect(engine) as conn:
             with conn.begin():
                 conn.execute(
                     insert(sync_runs),
@@ -129,7 +130,7 @@ def build(url: str, *, locks: int, owners: int, renames: int, seed: int) -> dict
                         t = start + timedelta(microseconds=n + 1)
                         rows = [_lock_row(rng, owner_id, t) for _ in range(count)]
                         renamed.extend(row[0] for row in rows[: renames * count // max(locks, 1)])
-                        store.insert_many(conn, bound_locks, columns, rows)
+                        insert_many(conn, bound_locks, columns, rows)
                         open_created_versions(conn, owner_id, t, 1)
             with conn.begin():
                 renamed_at = second + timedelta(microseconds=1)
@@ -189,11 +190,11 @@ def sql_floor(url: str, when: str) -> int:
     sqlite3, psycopg (streamed in chunks, as the exporter reads) or PyMySQL (unbuffered), every
     row decoded by the driver and dropped: what any reader of these rows has to spend.
     """
-    from exporter.db import store
+    from exporter.db.engine import make_engine
     from exporter.read import asof
     from exporter.read import inventory as report
 
-    engine = store.make_engine(url, create=False)
+    engine = make_engine(url, create=False)
     rows = 0
     try:
         at = asof.resolve_as_of(engine, "1", now=datetime.now(UTC)).at if when == "as-of" else None

@@ -20,7 +20,7 @@ Scenarios, in this order, in each of `--repeat` rounds (a fresh sandbox and data
 - ``store``: only the first load's database writes: the same lock rows, prebuilt before the clock
   starts (fetched by the exporter's client), written as a first load writes them (secondary
   indexes dropped first and built at the end, `exporter.db.indexes`; whole owners per transaction
-  up to `Batching().locks` locks: `store.insert_many`, then the `created` versions copied by
+  up to `Batching().locks` locks: `insert_many`, then the `created` versions copied by
   `history.open_created_versions`). No HTTP, no diffing: a first load cannot take less;
 - ``first``: `exporter.service.job.run_once` into an empty (migrated) database;
 - ``unchanged``: the same again, nothing changed;
@@ -311,15 +311,16 @@ def _store_only(params: dict[str, Any]) -> dict[str, Any]:
     after the load, whole owners grouped into transactions of up to Batching().locks locks."""
     from sqlalchemy import insert
 
-    from exporter.db import indexes, store
+    from exporter.db import indexes
+    from exporter.db.engine import connect, make_engine
     from exporter.db.schema import owner_accounts, sync_runs
 
     prepared = params["prepared"]
     owners, start = prepared["owners"], prepared["start"]
-    engine = store.make_engine(params["db_url"])
+    engine = make_engine(params["db_url"])
     try:
         # What the run has written before its first owner.
-        with store.connect(engine) as conn, conn.begin():
+        with connect(engine) as conn, conn.begin():
             conn.execute(
                 insert(sync_runs).values(id=1, started_at=start, status="running", trigger="manual")
             )
@@ -328,7 +329,7 @@ def _store_only(params: dict[str, Any]) -> dict[str, Any]:
                 [{"id": o, "first_seen_at": start, "updated_at": start} for o, _, _ in owners],
             )
         indexes.drop_for_first_load(engine)
-        with store.connect(engine) as conn:
+        with connect(engine) as conn:
             _store_groups(conn, prepared["columns"], owners)
         indexes.restore(engine)
     finally:
@@ -341,7 +342,7 @@ def _store_groups(
     conn: Any, columns: tuple[str, ...], owners: list[tuple[str, datetime, list[Any]]]
 ) -> None:
     """Owners' new locks and `created` versions, whole owners per transaction (sync.Batching)."""
-    from exporter.db import store
+    from exporter.db.bulk import insert_many
     from exporter.db.schema import bound_locks
     from exporter.sync.batches import Batching
     from exporter.sync.versions import open_created_versions
@@ -349,7 +350,7 @@ def _store_groups(
     limit, written = Batching().locks, 0
     transaction = conn.begin()
     for owner_id, t, rows in owners:
-        store.insert_many(conn, bound_locks, columns, rows)
+        insert_many(conn, bound_locks, columns, rows)
         open_created_versions(conn, owner_id, t, 1)
         written += len(rows)
         if written >= limit:
@@ -459,12 +460,13 @@ def bench_database(db: str, workdir: Path, url: str | None) -> Iterator[Callable
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
-    from exporter.db import store
+    from exporter.db.engine import make_engine
+    from exporter.db.migrate import upgrade
 
-    def migrate(db_url: str) -> str:
-        engine = store.make_engine(db_url)
+    def migrated(db_url: str) -> str:
+        engine = make_engine(db_url)
         try:
-            store.upgrade(engine)
+            upgrade(engine)
         finally:
             engine.dispose()
         return db_url
@@ -475,7 +477,7 @@ def bench_database(db: str, workdir: Path, url: str | None) -> Iterator[Callable
         def fresh_sqlite() -> str:
             for suffix in ("", "-wal", "-shm", "-journal", ".lock"):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
-            return migrate(f"sqlite:///{path}")
+            return migrated(f"sqlite:///{path}")
 
         yield fresh_sqlite
         return
@@ -501,7 +503,7 @@ def bench_database(db: str, workdir: Path, url: str | None) -> Iterator[Callable
         drop()
         with admin.connect() as conn:
             conn.execute(text(f"CREATE DATABASE {name}"))
-        return migrate(db_url)
+        return migrated(db_url)
 
     try:
         yield fresh_server

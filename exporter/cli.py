@@ -387,16 +387,16 @@ def db_upgrade(config: ConfigOption = None, database_url: DatabaseOption = None)
 
     Example: exporter db upgrade --database-url postgresql://exporter@db/inventory
     """
-    from exporter.db import store
+    from exporter.db import migrate
     from exporter.service import job
 
     with _errors():
         settings = _settings(config, database_url=database_url)
         engine = job.make_engine(settings)
         try:
-            wait = max(settings.database.lock_timeout, store.UPGRADE_LOCK_WAIT)
-            store.upgrade(engine, lock_timeout=wait)
-            revision = store.current_revision(engine)
+            wait = max(settings.database.lock_timeout, migrate.UPGRADE_LOCK_WAIT)
+            migrate.upgrade(engine, lock_timeout=wait)
+            revision = migrate.current_revision(engine)
         finally:
             engine.dispose()
     out.print(f"{masked_url(settings.database.url)} is at revision {revision} (head)")
@@ -408,21 +408,21 @@ def db_current(config: ConfigOption = None, database_url: DatabaseOption = None)
 
     Example: exporter db current
     """
-    from exporter.db import store
+    from exporter.db import migrate
     from exporter.service import job
 
     with _errors():
         settings = _settings(config, database_url=database_url)
         engine = job.make_engine(settings, create=False)
         try:
-            revision = store.current_revision(engine)
+            revision = migrate.current_revision(engine)
         finally:
             engine.dispose()
-    head = store.head_revision()
+    head = migrate.head_revision()
     state = (
         "up to date" if revision == head else f"behind (head is {head}; run `exporter db upgrade`)"
     )
-    if revision is not None and not store.is_known_revision(revision):
+    if revision is not None and not migrate.is_known_revision(revision):
         state = f"unknown to this exporter version (head is {head}; a newer exporter upgraded it?)"
     out.print(f"{masked_url(settings.database.url)}: revision {revision or 'none'}, {state}")
     if revision != head:
@@ -567,7 +567,7 @@ def _reader(
     `usage` checks the command's arguments once the configuration is known to be good (a bad
     configuration is reported first, as by every command).
     """
-    from exporter.db import store
+    from exporter.db import migrate
     from exporter.service import job
 
     settings = _settings(config, database_url=database_url)
@@ -575,7 +575,7 @@ def _reader(
         usage()
     engine = job.make_engine(settings, create=False)
     try:
-        store.require_current(engine)
+        migrate.require_current(engine)
         yield engine
     finally:
         engine.dispose()

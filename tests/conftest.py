@@ -26,7 +26,8 @@ from support.helpers import (
 from support.http_servers import Tls, make_tls
 
 from exporter import cli
-from exporter.db import store
+from exporter.db import migrate
+from exporter.db.engine import make_engine
 from exporter.sandbox.server import Sandbox
 
 TABLES = (  # calendar_days is static data from migration 0002: never truncated
@@ -66,9 +67,9 @@ def mariadb_url(worker_id: str) -> Iterator[str]:
 
 
 def _upgrade(url: str) -> None:
-    engine = store.make_engine(url)
+    engine = make_engine(url)
     try:
-        store.upgrade(engine)
+        migrate.upgrade(engine)
     finally:
         engine.dispose()
 
@@ -103,7 +104,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 def engine(db_url: str) -> Iterator[Engine]:
     """An engine on `db_url`."""
-    engine = store.make_engine(db_url)
+    engine = make_engine(db_url)
     yield engine
     engine.dispose()
 

@@ -1,1 +1,1 @@
-"""The database: tables (schema.py), comments, engines, migrations, writer lock (store.py)."""
+"""The database: tables (schema.py), comments, engines, bulk inserts, migrations, writer lock."""

@@ -18,8 +18,8 @@ import logging
 
 from sqlalchemy import Connection, Engine, Index, bindparam, select, text
 
+from exporter.db.engine import backend, connect
 from exporter.db.schema import OPEN_VERSION_INDEXES, bound_lock_versions, bound_locks
-from exporter.db.store import backend, connect
 
 log = logging.getLogger(__name__)
 

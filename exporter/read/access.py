@@ -16,6 +16,7 @@ from typing import Any, Literal, NamedTuple
 
 from sqlalchemy import ColumnElement, Connection, Engine, Table, or_, select
 
+from exporter.db.engine import connect
 from exporter.db.inlists import chunks
 from exporter.db.schema import (
     bound_cards,
@@ -25,7 +26,6 @@ from exporter.db.schema import (
     grant_versions,
     grants,
 )
-from exporter.db.store import connect
 from exporter.errors import UsageError
 from exporter.read.asof import AsOf, valid_at
 from exporter.read.changelog import find_locks, ids_starting_with

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import ColumnElement, Engine, FromClause, select
 
 from exporter.config.settings import parse_duration
+from exporter.db.engine import connect
 from exporter.db.schema import sync_runs
-from exporter.db.store import connect
 from exporter.errors import UsageError
 
 __all__ = ["AsOf", "missing_run", "parse_instant", "resolve_as_of", "valid_at"]

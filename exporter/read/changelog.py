@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Engine, Table, func, select, true
 
+from exporter.db.engine import connect
 from exporter.db.inlists import chunks
 from exporter.db.schema import (
     LOCK_TRACKED,
@@ -28,7 +29,6 @@ from exporter.db.schema import (
     owner_account_versions,
     sync_runs,
 )
-from exporter.db.store import connect
 from exporter.errors import UsageError
 from exporter.kinds import ChangeType
 from exporter.read.asof import missing_run

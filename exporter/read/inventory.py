@@ -35,6 +35,7 @@ from sqlalchemy import (
     select,
 )
 
+from exporter.db.engine import connect
 from exporter.db.schema import (
     bound_card_versions,
     bound_lock_versions,
@@ -45,7 +46,6 @@ from exporter.db.schema import (
     owner_accounts,
     sync_runs,
 )
-from exporter.db.store import connect
 from exporter.errors import UsageError
 from exporter.kinds import ChangeType
 from exporter.read.asof import AsOf, valid_at

@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import Engine, Select, select
 
+from exporter.db.engine import connect
 from exporter.db.schema import bound_locks, log_entries, owner_accounts
-from exporter.db.store import connect
 from exporter.errors import UsageError
 from exporter.read import render
 from exporter.read.changelog import find_locks

@@ -8,8 +8,8 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
+from exporter.db.engine import connect
 from exporter.db.schema import RUN_STATUSES, sync_run_owners, sync_runs
-from exporter.db.store import connect
 from exporter.errors import UsageError
 from exporter.kinds import OwnerStatus
 from exporter.read.asof import missing_run

@@ -16,8 +16,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from exporter.config.proxies import Proxy, proxy_for
 from exporter.config.settings import Settings, masked_url, scopes_for
 from exporter.config.urls import display_url, sqlite_file
+from exporter.db import engine as db_engine
 from exporter.db import errors as db_errors
-from exporter.db import store
+from exporter.db import migrate
 from exporter.db.schema import (
     api_paging as api_paging_table,
 )
@@ -32,6 +33,7 @@ from exporter.db.schema import (
     sync_runs,
 )
 from exporter.db.schema import log_entries as log_entries_table
+from exporter.db.writer_lock import WriterLock
 from exporter.errors import ConfigError, ExporterError, Interrupted, LockHeldError
 from exporter.kinds import RunStatus
 from exporter.results import RunResult, SyncProgress
@@ -48,15 +50,15 @@ EXIT_CODES: dict[str, int] = {RunStatus.SUCCEEDED: 0, RunStatus.FAILED: 1, RunSt
 
 
 def make_engine(settings: Settings, *, create: bool = True) -> Engine:
-    """The configured database's engine (see store.make_engine for `create`)."""
-    return store.make_engine(
+    """The configured database's engine (see db.engine.make_engine for `create`)."""
+    return db_engine.make_engine(
         settings.database.url, schema=settings.database.schema_name, create=create
     )
 
 
 def refuse_in_memory(settings: Settings) -> None:
     """ConfigError if [database] url is an in-memory SQLite database (gone when the run ends)."""
-    if store.in_memory(settings.database.url):
+    if db_engine.in_memory(settings.database.url):
         raise ConfigError(
             f"[database] url {settings.database.url} is an in-memory database, "
             "which is gone when the run ends: name a file, e.g. sqlite:///exporter.db"
@@ -151,7 +153,7 @@ def run_once(
     # Once `stop` is set, no retry is waited for or sent: the back-off raises Interrupted.
     sleep = None if stop is None else lambda seconds: _wait(stop, seconds)
     try:
-        store.require_current(
+        migrate.require_current(
             engine, auto_upgrade_sqlite=not dry_run, lock_timeout=settings.database.lock_timeout
         )
         # Checked before anything is fetched or written: a mistyped id would confirm nothing.
@@ -219,7 +221,7 @@ def log_options(settings: Settings) -> log_entries.LogOptions | None:
 
 
 def _present_owner_ids(engine: Engine) -> set[str]:
-    with store.connect(engine) as conn:
+    with db_engine.connect(engine) as conn:
         query = select(owner_accounts.c.id).where(owner_accounts.c.removed_at.is_(None))
         return set(conn.execute(query).scalars())
 
@@ -237,7 +239,7 @@ def _apply_retention(engine: Engine, settings: Settings, now: datetime) -> None:
     ):
         return
     try:
-        with store.WriterLock(engine):
+        with WriterLock(engine):
             retention.prune(
                 engine,
                 now=now,
@@ -362,15 +364,15 @@ def _check_database(settings: Settings) -> CheckResult:
             return CheckResult("database", False, detail, 5)
         return CheckResult("database", True, f"{shown}: no file yet; run-once creates it")
     engine: Engine | None = None
-    head = store.head_revision()
+    head = migrate.head_revision()
     try:
         engine = make_engine(settings)
-        revision = store.current_revision(engine)
+        revision = migrate.current_revision(engine)
         previous = _last_client_id(engine) if revision is not None else None
         # Whether this user may write, found without writing (see db_errors.write_problem).
         denied = None
         if revision == head:
-            with store.connect(engine) as conn:
+            with db_engine.connect(engine) as conn:
                 denied = db_errors.write_problem(conn, _writes(settings))
     except ExporterError as exc:
         return _failed("database", exc)
@@ -396,7 +398,7 @@ def _check_database(settings: Settings) -> CheckResult:
     if revision == head:
         detail = f"{shown}: reachable, schema at {head} (current), this user may write it"
         return CheckResult("database", True, detail)
-    known = revision is None or store.is_known_revision(revision)
+    known = revision is None or migrate.is_known_revision(revision)
     if sqlite and known:
         detail = f"{shown}: schema at {revision or 'none'}; run-once upgrades it to {head}"
         return CheckResult("database", True, detail)
@@ -414,7 +416,7 @@ def _check_paging(settings: Settings, database: CheckResult) -> CheckResult:
     api_url = display_url(settings.tapkey.api_base_url.rstrip("/"))  # as the client keys it
     engine = make_engine(settings, create=False)
     try:
-        with store.connect(engine) as conn:
+        with db_engine.connect(engine) as conn:
             sizes = api_paging.load(conn, api_url)
     except SQLAlchemyError as exc:
         return _failed("paging", db_errors.store_error(exc, engine))
@@ -453,5 +455,5 @@ def _writes(settings: Settings) -> dict[Table, tuple[str, ...]]:
 
 
 def _last_client_id(engine: Engine) -> str | None:
-    with store.connect(engine) as conn:
+    with db_engine.connect(engine) as conn:
         return filled_by(conn)

@@ -32,6 +32,8 @@ from typing import Any, Protocol
 from sqlalchemy import Connection, Engine, Table, bindparam, func, insert, select, update
 
 from exporter.config.settings import ENTITY_SCOPES
+from exporter.db.bulk import insert_many
+from exporter.db.engine import connect
 from exporter.db.inlists import chunks
 from exporter.db.schema import (
     CARD_TRACKED,
@@ -45,7 +47,6 @@ from exporter.db.schema import (
     grants,
     owner_accounts,
 )
-from exporter.db.store import connect, insert_many
 from exporter.errors import AuthError, Interrupted, TapkeyError
 from exporter.results import Change, Counts
 from exporter.sync.crawl import STOP_POLL, _DaemonPool

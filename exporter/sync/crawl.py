@@ -22,7 +22,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine
 
-from exporter.db.store import SQLITE_READER_CACHE_KIB, backend, sqlite_cache
+from exporter.db.engine import SQLITE_READER_CACHE_KIB, backend, sqlite_cache
 from exporter.errors import AuthError, Interrupted, TapkeyError
 from exporter.sync.versions import load_live_raw
 from exporter.tapkey.paging import PagingCheck, PagingFacts

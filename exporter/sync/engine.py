@@ -54,6 +54,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from exporter.db import indexes
+from exporter.db.bulk import insert_many
+from exporter.db.engine import connect
 from exporter.db.errors import store_error
 from exporter.db.inlists import chunks
 from exporter.db.schema import (
@@ -66,11 +68,7 @@ from exporter.db.schema import (
     sync_run_owners,
     sync_runs,
 )
-from exporter.db.store import (
-    WriterLock,
-    connect,
-    insert_many,
-)
+from exporter.db.writer_lock import WriterLock
 from exporter.errors import (
     ClientMismatchError,
     Interrupted,
@@ -107,7 +105,7 @@ from exporter.tapkey.records import MAX_ID_LENGTH, LockRecord, OwnerLocks, Owner
 
 log = logging.getLogger(__name__)
 
-# Bulk-insert column orders for new locks (see store.insert_many); the owner comes from the URL.
+# Bulk-insert column orders for new locks (see db.bulk.insert_many); the owner comes from the URL.
 assert LOCK_TRACKED[0] == "owner_account_id"
 _TRACKED_REST = attrgetter(*LOCK_TRACKED[1:])
 _CURRENT = attrgetter(*LOCK_CURRENT_ONLY)

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine, Table, delete, func, select
 
+from exporter.db.engine import connect
 from exporter.db.inlists import chunks
 from exporter.db.schema import (
     lock_health_readings,
@@ -22,7 +23,6 @@ from exporter.db.schema import (
     sync_run_owners,
     sync_runs,
 )
-from exporter.db.store import connect
 from exporter.kinds import RunStatus
 from exporter.sync import log_entries
 

@@ -23,8 +23,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from exporter.db.engine import connect
 from exporter.db.schema import CHANGE_COUNTS, sync_run_owners, sync_runs
-from exporter.db.store import connect
 from exporter.errors import StoreError, first_line
 from exporter.kinds import RunStatus
 

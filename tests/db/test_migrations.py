@@ -14,7 +14,8 @@ from alembic import command
 from sqlalchemy import Engine, insert, inspect, select, text
 from support.helpers import make_settings
 
-from exporter.db import store
+from exporter.db import migrate
+from exporter.db.engine import make_engine
 from exporter.db.schema import (
     SQLITE_TIME_FORMAT,
     VIEWS,
@@ -28,6 +29,7 @@ from exporter.db.schema import (
     sync_run_owners,
     sync_runs,
 )
+from exporter.db.writer_lock import WriterLock
 from exporter.errors import SchemaVersionError
 from exporter.sandbox.server import Sandbox
 from exporter.service import job
@@ -38,20 +40,20 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_empty_database_upgrades_to_head_and_matches_the_models(empty_db_url: str) -> None:
-    engine = store.make_engine(empty_db_url)
+    engine = make_engine(empty_db_url)
     try:
-        assert store.current_revision(engine) is None
+        assert migrate.current_revision(engine) is None
         with pytest.raises(SchemaVersionError, match="exporter db upgrade"):
-            store.require_current(engine)
+            migrate.require_current(engine)
 
-        store.upgrade(engine)
-        store.upgrade(engine)  # idempotent
+        migrate.upgrade(engine)
+        migrate.upgrade(engine)  # idempotent
 
-        assert store.current_revision(engine) == store.head_revision()
-        store.check_models(engine)  # raises if migrations and schema.py disagree
+        assert migrate.current_revision(engine) == migrate.head_revision()
+        migrate.check_models(engine)  # raises if migrations and schema.py disagree
         views = set(inspect(engine).get_view_names())
         assert {"current_bound_locks", "bound_lock_changes"} <= views
-        store.require_current(engine)
+        migrate.require_current(engine)
     finally:
         engine.dispose()
 
@@ -75,10 +77,10 @@ def test_concurrent_upgrades_of_an_empty_database_all_succeed(empty_db_url: str)
 
     assert [code for code, _, _ in results] == [0, 0, 0, 0], results
     assert all(out.endswith("(head)\n") for _, out, _ in results)
-    engine = store.make_engine(empty_db_url)
+    engine = make_engine(empty_db_url)
     try:
-        assert store.current_revision(engine) == store.head_revision()
-        store.check_models(engine)
+        assert migrate.current_revision(engine) == migrate.head_revision()
+        migrate.check_models(engine)
     finally:
         engine.dispose()
 
@@ -89,24 +91,24 @@ def test_the_writer_lock_key_is_the_same_before_and_after_the_schema_exists(
 ) -> None:
     # Upgrades of a database whose configured schema does not exist yet, and the runs after
     # them, must take the same advisory lock.
-    engine = store.make_engine(empty_db_url, schema="tapkey")
+    engine = make_engine(empty_db_url, schema="tapkey")
     try:
         with engine.connect() as conn:
-            before = store.WriterLock._pg_key(conn)
+            before = WriterLock._pg_key(conn)
             assert conn.execute(text("SELECT current_schema()")).scalar() is None
-        store.upgrade(engine)
+        migrate.upgrade(engine)
         with engine.connect() as conn:
             assert conn.execute(text("SELECT current_schema()")).scalar() == "tapkey"
-            assert store.WriterLock._pg_key(conn) == before
+            assert WriterLock._pg_key(conn) == before
     finally:
         engine.dispose()
 
 
 def test_sqlite_is_upgraded_automatically_when_asked(tmp_path: Path) -> None:
-    engine = store.make_engine(f"sqlite:///{tmp_path / 'auto.db'}")
+    engine = make_engine(f"sqlite:///{tmp_path / 'auto.db'}")
     try:
-        store.require_current(engine, auto_upgrade_sqlite=True)
-        assert store.current_revision(engine) == store.head_revision()
+        migrate.require_current(engine, auto_upgrade_sqlite=True)
+        assert migrate.current_revision(engine) == migrate.head_revision()
     finally:
         engine.dispose()
 
@@ -146,8 +148,8 @@ def test_the_wheel_ships_the_migrations(tmp_path: Path) -> None:
     ],
 )
 def test_sqlite_stores_instants_as_fixed_width_utc_text(tmp_path: Path, moment: datetime) -> None:
-    engine = store.make_engine(f"sqlite:///{tmp_path / 'x.db'}")
-    store.upgrade(engine)
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    migrate.upgrade(engine)
     with engine.begin() as conn:
         conn.execute(
             insert(sync_runs).values(started_at=moment, status="running", trigger="manual")
@@ -160,18 +162,18 @@ def test_sqlite_stores_instants_as_fixed_width_utc_text(tmp_path: Path, moment: 
 
 def test_a_failing_upgrade_is_one_line_and_changes_nothing(db_url: str) -> None:
     # Stamped at 0002, the schema already has what 0003 creates: the first step fails.
-    engine = store.make_engine(db_url)
-    head = store.head_revision()
+    engine = make_engine(db_url)
+    head = migrate.head_revision()
     try:
         with engine.begin() as conn:
             conn.execute(text("UPDATE alembic_version SET version_num = '0002'"))
         with pytest.raises(SchemaVersionError) as failed:
-            store.upgrade(engine)
+            migrate.upgrade(engine)
         message = str(failed.value)
         assert message.startswith(f"upgrading the schema from revision 0002 to {head} failed: ")
         assert "run `exporter db upgrade` again" in message and "\n" not in message
         assert failed.value.__cause__ is None and failed.value.__context__ is None
-        assert store.current_revision(engine) == "0002"
+        assert migrate.current_revision(engine) == "0002"
     finally:
         with engine.begin() as conn:
             conn.execute(text(f"UPDATE alembic_version SET version_num = '{head}'"))
@@ -180,7 +182,7 @@ def test_a_failing_upgrade_is_one_line_and_changes_nothing(db_url: str) -> None:
 
 def _migrate(engine: Engine, revision: str, *, down: bool = False) -> None:
     with engine.connect() as conn:
-        config = store._alembic_config(conn)
+        config = migrate.alembic_config(conn)
         (command.downgrade if down else command.upgrade)(config, revision)
         conn.commit()
 
@@ -206,10 +208,10 @@ def test_upgrading_from_0003_keeps_the_data_and_then_takes_long_values(
     # a database filled at 0003 keeps every row, its views and its comments, and then stores a
     # 100,000-character title that MariaDB refused at 0003. (The data is written at head, whose
     # sync needs api_paging, then the database goes back to 0003 with it.)
-    engine = store.make_engine(empty_db_url)
+    engine = make_engine(empty_db_url)
     try:
         # Filled by today's engine (which reads every table of head), then taken back to 0003.
-        store.upgrade(engine)
+        migrate.upgrade(engine)
         with Sandbox(seed=7, owners=2, locks_per_owner=3) as fake:
             settings = make_settings(fake, empty_db_url, tmp_path, expand_health=True)
             for _ in range(2):
@@ -220,14 +222,14 @@ def test_upgrading_from_0003_keeps_the_data_and_then_takes_long_values(
             before = _contents(engine)
             assert all(before[t.name] for t in (bound_lock_versions, owner_account_versions))
 
-            store.upgrade(engine)
+            migrate.upgrade(engine)
             assert _contents(engine, before) == before
             _migrate(engine, "0003", down=True)  # the way back works too, with this data
             assert _contents(engine) == before
-            store.upgrade(engine)
+            migrate.upgrade(engine)
 
-            assert store.current_revision(engine) == store.head_revision()
-            store.check_models(engine)  # types and comments as schema.py says
+            assert migrate.current_revision(engine) == migrate.head_revision()
+            migrate.check_models(engine)  # types and comments as schema.py says
             assert _contents(engine, before) == before
             with engine.connect() as conn:
                 for view in VIEWS:
@@ -287,4 +289,4 @@ def test_every_column_filled_from_the_api_holds_what_the_exporter_stores() -> No
 
 
 def test_the_quick_head_revision_is_alembics() -> None:
-    assert store.head_revision() == store.alembic_head_revision()
+    assert migrate.head_revision() == migrate.alembic_head_revision()

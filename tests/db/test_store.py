@@ -16,9 +16,9 @@ from sqlalchemy import Dialect, Engine, Table, create_engine, insert, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 from support.helpers import make_settings
 
+from exporter.db.bulk import insert_many
 from exporter.db.errors import store_error
 from exporter.db.schema import bound_lock_versions, bound_locks, sync_runs
-from exporter.db.store import insert_many
 from exporter.sandbox.server import Request, Sandbox
 from exporter.service import job
 

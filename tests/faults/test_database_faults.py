@@ -29,7 +29,8 @@ from support.history import (
     run_statuses,
 )
 
-from exporter.db import store
+from exporter.db import migrate
+from exporter.db.engine import make_engine
 from exporter.db.schema import (
     bound_locks,
     sync_run_owners,
@@ -43,7 +44,7 @@ from exporter.sync.batches import Batching
 
 def _alembic(conn: Any) -> AlembicConfig:
     cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(store.migrations_dir()))
+    cfg.set_main_option("script_location", str(migrate.migrations_dir()))
     cfg.attributes["connection"] = conn
     return cfg
 
@@ -52,14 +53,14 @@ def _previous_revision() -> str | None:
     from alembic.script import ScriptDirectory
 
     cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(store.migrations_dir()))
-    head = ScriptDirectory.from_config(cfg).get_revision(store.head_revision())
+    cfg.set_main_option("script_location", str(migrate.migrations_dir()))
+    head = ScriptDirectory.from_config(cfg).get_revision(migrate.head_revision())
     down = head.down_revision if head is not None else None
     return down if isinstance(down, str) else None
 
 
 def _migrate(url: str, revision: str | None, *, stamp: str | None = None) -> None:
-    engine = store.make_engine(url)
+    engine = make_engine(url)
     try:
         with engine.connect() as conn:
             if revision is not None:
@@ -72,9 +73,9 @@ def _migrate(url: str, revision: str | None, *, stamp: str | None = None) -> Non
 
 
 def _revision(url: str) -> str | None:
-    engine = store.make_engine(url)
+    engine = make_engine(url)
     try:
-        return store.current_revision(engine)
+        return migrate.current_revision(engine)
     finally:
         engine.dispose()
 
@@ -111,7 +112,7 @@ def test_a_schema_behind_the_code_exits_5_and_writes_nothing(
     if empty_db_url.startswith("sqlite"):
         # SQLite is upgraded by run-once itself (documented); nothing to refuse.
         assert run_once(sandbox, empty_db_url, tmp_path).status == "succeeded"
-        assert _revision(empty_db_url) == store.head_revision()
+        assert _revision(empty_db_url) == migrate.head_revision()
         return
     with pytest.raises(SchemaVersionError, match="exporter db upgrade") as caught:
         run_once(sandbox, empty_db_url, tmp_path)
@@ -120,7 +121,7 @@ def test_a_schema_behind_the_code_exits_5_and_writes_nothing(
     assert sandbox.request_count == 0
     assert _revision(empty_db_url) == previous
     if previous is not None:
-        engine = store.make_engine(empty_db_url)
+        engine = make_engine(empty_db_url)
         try:
             assert count_rows(engine, sync_runs) == 0
         finally:
@@ -138,7 +139,7 @@ def test_a_schema_from_a_newer_exporter_exits_5_and_writes_nothing(
         assert sandbox.request_count == 0 and count_rows(engine, sync_runs) == 0
         assert _revision(db_url) == "9999_from_the_future"
     finally:
-        _migrate(db_url, None, stamp=store.head_revision())  # the fixture's database is shared
+        _migrate(db_url, None, stamp=migrate.head_revision())  # the fixture's database is shared
 
 
 @contextlib.contextmanager
@@ -359,7 +360,7 @@ def test_sqlite_disk_full_fails_clearly_without_corruption(
     tmp_path: Path,
 ) -> None:
     url = f"sqlite:///{tmp_path / 'small.db'}"
-    engine = store.make_engine(url)
+    engine = make_engine(url)
     with Sandbox(seed=34, owners=3, locks_per_owner=5) as fake:
         run_once(fake, url, tmp_path)
         with engine.connect() as conn:

@@ -37,8 +37,9 @@ from support.helpers import (
 from support.history import count_rows, locks_at
 from support.inventory_data import InventoryDb
 
-from exporter.db import store
+from exporter.db import migrate
 from exporter.db.descriptions import COLUMN_COMMENTS, TABLE_COMMENTS, VIEW_COMMENTS
+from exporter.db.engine import make_engine
 from exporter.db.schema import (
     LOCK_TRACKED,
     SQLITE_TIME_FORMAT,
@@ -64,7 +65,7 @@ NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 @pytest.fixture
 def db(inventory_db: InventoryDb) -> Iterator[Engine]:
     """An engine on the filled database."""
-    engine = store.make_engine(inventory_db.url)
+    engine = make_engine(inventory_db.url)
     yield engine
     engine.dispose()
 
@@ -543,16 +544,16 @@ def test_every_table_view_and_column_is_described(inventory_db: InventoryDb, db:
 
 
 def test_migration_0002_downgrades_and_upgrades_again(tmp_path: Path) -> None:
-    engine = store.make_engine(f"sqlite:///{tmp_path / 'down.db'}")
+    engine = make_engine(f"sqlite:///{tmp_path / 'down.db'}")
     try:
-        store.upgrade(engine)
+        migrate.upgrade(engine)
         with engine.connect() as conn:
-            command.downgrade(store._alembic_config(conn), "0001")
+            command.downgrade(migrate.alembic_config(conn), "0001")
             conn.commit()
-        assert store.current_revision(engine) == "0001"
+        assert migrate.current_revision(engine) == "0001"
         assert "bound_lock_change_feed" not in inspect(engine).get_view_names()
-        store.upgrade(engine)
-        store.check_models(engine)
+        migrate.upgrade(engine)
+        migrate.check_models(engine)
     finally:
         engine.dispose()
 
@@ -572,8 +573,8 @@ def test_a_configured_postgresql_schema_is_created_and_used(
     )
     engine = job.make_engine(settings)
     try:
-        store.upgrade(engine)  # creates the schema, then everything in it
-        store.check_models(engine)
+        migrate.upgrade(engine)  # creates the schema, then everything in it
+        migrate.check_models(engine)
         result = job.run_once(settings)
         assert result.status == "succeeded"
         assert len(report.inventory(engine).locks) == 15
@@ -599,8 +600,8 @@ def test_a_configured_postgresql_schema_is_created_and_used(
 def test_the_documented_postgresql_read_only_role_can_read_but_not_write(
     pg_database: str, sandbox: Sandbox, tmp_path: Path, worker_id: str
 ) -> None:
-    engine = store.make_engine(pg_database)
-    store.upgrade(engine)
+    engine = make_engine(pg_database)
+    migrate.upgrade(engine)
     engine.dispose()
     job.run_once(make_settings(sandbox, pg_database, tmp_path))
     role = f"tapkey_bi_{worker_id}".replace("-", "_")
@@ -659,8 +660,8 @@ def mariadb_database(worker_id: str) -> Iterator[str]:
 def test_the_documented_mariadb_read_only_user_can_read_but_not_write(
     mariadb_database: str, sandbox: Sandbox, tmp_path: Path, worker_id: str
 ) -> None:
-    engine = store.make_engine(mariadb_database)
-    store.upgrade(engine)
+    engine = make_engine(mariadb_database)
+    migrate.upgrade(engine)
     engine.dispose()
     job.run_once(make_settings(sandbox, mariadb_database, tmp_path))
     user = f"tapkey_bi_{worker_id}".replace("-", "_")
@@ -868,7 +869,7 @@ def test_the_migrations_created_the_views_schema_py_describes() -> None:
         "0006_access_entities.py",
         "0007_log_entries.py",
     ):
-        path = store.migrations_dir() / "versions" / name
+        path = migrate.migrations_dir() / "versions" / name
         spec = importlib.util.spec_from_file_location(f"revision_{path.stem}", path)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)

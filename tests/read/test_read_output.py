@@ -24,7 +24,7 @@ from support.helpers import make_settings, subprocess_env
 from typer.testing import CliRunner
 
 from exporter import cli
-from exporter.db import store
+from exporter.db.engine import make_engine
 from exporter.read import asof, changelog, render
 from exporter.read import inventory as report
 from exporter.sandbox.server import Sandbox
@@ -126,7 +126,7 @@ def _old_json(data: Any) -> str:
 def test_streamed_locks_csv_and_json_are_the_materialized_inventory(
     awkward: str, options: tuple[str, ...]
 ) -> None:
-    engine = store.make_engine(awkward)
+    engine = make_engine(awkward)
     try:
         as_of = asof.resolve_as_of(engine, "1", now=datetime.now(UTC)) if "1" in options else None
         inventory = report.inventory(
@@ -165,7 +165,7 @@ def test_streamed_locks_csv_and_json_are_the_materialized_inventory(
 
 
 def test_streamed_changes_csv_and_json_are_the_materialized_feed(awkward: str) -> None:
-    engine = store.make_engine(awkward)
+    engine = make_engine(awkward)
     try:
         rows = list(changelog.changes(engine).rows)
     finally:

@@ -23,7 +23,7 @@ from support.cli import CliResult
 from support.helpers import subprocess_env
 
 from exporter import cli, terminal
-from exporter.db import store
+from exporter.db.engine import make_engine
 from exporter.db.schema import bound_locks, owner_accounts
 from exporter.sandbox.server import Sandbox
 from exporter.service.observability import JsonFormatter, TextFormatter
@@ -160,7 +160,7 @@ def test_api_text_is_shown_escaped_by_every_command_and_stored_unchanged(
     assert _raw_controls(data.out) == []  # written as ASCII escapes
     (lock,) = [lock for lock in json.loads(data.out)["locks"] if lock["id"] == lock_id]
     assert (lock["title"], lock["description"], lock["owner_name"]) == (TITLE, DESCRIPTION, OWNER)
-    engine = store.make_engine(url)
+    engine = make_engine(url)
     try:
         with engine.connect() as conn:
             stored = conn.execute(select(bound_locks.c.title).where(bound_locks.c.id == lock_id))

@@ -14,7 +14,8 @@ from sqlalchemy import Engine, inspect, text
 from support.cli import CliResult
 from support.helpers import SANDBOX_SECRET, subprocess_env
 
-from exporter.db import store
+from exporter.db import migrate
+from exporter.db.engine import make_engine
 from exporter.db.schema import (
     bound_lock_versions,
     bound_locks,
@@ -79,7 +80,7 @@ def test_all_good_reports_scopes_owners_and_schema_and_writes_nothing(
     assert lines["owners"].startswith(f"ok {len(owners)} visible: ")
     assert all(f"{o['name']} ({o['id']})" in lines["owners"] for o in owners)
     assert lines["database"].endswith(
-        f"reachable, schema at {store.head_revision()} (current), this user may write it"
+        f"reachable, schema at {migrate.head_revision()} (current), this user may write it"
     )
     assert _counts(engine) == before
     assert set(sandbox.requests) == {"token", "owners"}  # no lock was read
@@ -237,7 +238,7 @@ def test_db_current_shows_a_url_with_its_query_password_masked(
 def test_a_schema_behind_exits_5_and_creates_nothing(
     sandbox: Sandbox, empty_db_url: str, exporter_cli: Cli
 ) -> None:
-    engine = store.make_engine(empty_db_url)
+    engine = make_engine(empty_db_url)
     try:
         with engine.connect():
             pass  # an existing database (for SQLite: an existing, empty file)
@@ -266,7 +267,7 @@ def test_a_schema_from_a_newer_exporter_exits_5(
     finally:
         with engine.begin() as conn:
             conn.execute(
-                text("UPDATE alembic_version SET version_num = :v"), {"v": store.head_revision()}
+                text("UPDATE alembic_version SET version_num = :v"), {"v": migrate.head_revision()}
             )
 
     assert result.code == 5

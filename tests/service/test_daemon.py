@@ -40,8 +40,10 @@ from typer.testing import CliRunner
 from exporter import cli
 from exporter.config.crontab import CrontabTrigger
 from exporter.config.loader import load_settings, secret_file_warning
-from exporter.db import store
+from exporter.db import migrate
+from exporter.db.engine import make_engine
 from exporter.db.schema import sync_runs
+from exporter.db.writer_lock import MYSQL_LOCK_WAIT_TIMEOUT, WriterLock
 from exporter.errors import LockHeldError
 from exporter.sandbox.server import Fault, Request, Sandbox
 from exporter.service import job, observability, scheduler
@@ -442,9 +444,9 @@ def test_a_database_unreachable_at_a_slot_is_retried_at_the_next(
         with admin.connect() as conn:
             conn.execute(text(f"CREATE DATABASE {make_url(late_postgresql_url).database}"))
         admin.dispose()
-        engine = store.make_engine(late_postgresql_url)
+        engine = make_engine(late_postgresql_url)
         try:
-            store.upgrade(engine)
+            migrate.upgrade(engine)
             wait_for(lambda: daemon.health()[0] == 200, 20, "healthz 200", daemon)
             assert daemon.stop() == 0
             assert {row["status"] for row in runs(engine)} <= {"succeeded", "failed"}
@@ -597,7 +599,7 @@ def test_healthz_is_503_when_the_database_is_unreachable() -> None:
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
-    engine = store.make_engine(f"postgresql://nobody@127.0.0.1:{port}/none")
+    engine = make_engine(f"postgresql://nobody@127.0.0.1:{port}/none")
     try:
         status, body = observability.health(engine, max_age=60, now=lambda: datetime.now(UTC))
     finally:
@@ -609,7 +611,7 @@ def test_livez_asks_only_whether_the_process_serves() -> None:
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
-    engine = store.make_engine(f"postgresql://nobody@127.0.0.1:{port}/none")  # unreachable
+    engine = make_engine(f"postgresql://nobody@127.0.0.1:{port}/none")  # unreachable
     stopping = threading.Event()
     app = observability.make_app(
         engine, observability.Metrics(), max_age=60, live=lambda: not stopping.is_set()
@@ -680,7 +682,7 @@ def test_the_fetch_threads_log_the_run_id_and_the_http_threads_do_not(
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
-    unreachable = store.make_engine(f"postgresql://nobody@127.0.0.1:{port}/none")
+    unreachable = make_engine(f"postgresql://nobody@127.0.0.1:{port}/none")
     app = observability.make_app(unreachable, observability.Metrics(), max_age=60)
     endpoint = observability.HttpEndpoint(app, "127.0.0.1", 0)
     endpoint.start()
@@ -728,12 +730,12 @@ def test_database_connections_use_tcp_keepalives(db_url: str, engine: Engine) ->
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 30
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 10
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
-    lock = store.WriterLock(engine)
+    lock = WriterLock(engine)
     with lock:
         if engine.dialect.name != "postgresql":
             assert lock._conn is not None
             timeout = lock._conn.execute(text("SELECT @@SESSION.wait_timeout")).scalar()
-            assert timeout == store.MYSQL_LOCK_WAIT_TIMEOUT
+            assert timeout == MYSQL_LOCK_WAIT_TIMEOUT
 
 
 # -- the shipped deployment examples -------------------------------------------------------------

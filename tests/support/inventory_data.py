@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from exporter.db import store
+from exporter.db import migrate
+from exporter.db.engine import make_engine
 from exporter.sandbox.server import Fault, Sandbox
 from exporter.service import job
 from exporter.tapkey.records import lock_id_hex
@@ -69,9 +70,9 @@ class InventoryDb:
 
 def build(url: str, backend: str, tmp_path: Path, *, now: datetime) -> InventoryDb:
     """Run the scenario into `url` (an empty database) and record what each run should hold."""
-    engine = store.make_engine(url)
+    engine = make_engine(url)
     try:
-        store.upgrade(engine)
+        migrate.upgrade(engine)
     finally:
         engine.dispose()
     db = InventoryDb(url, backend)

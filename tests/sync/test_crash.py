@@ -21,7 +21,7 @@ from support.cli import EXPORTER
 from support.helpers import subprocess_env
 from support.history import assert_history_consistent, expected_locks, locks_at
 
-from exporter.db import store
+from exporter.db import migrate
 from exporter.db.schema import sync_runs
 from exporter.sandbox.server import Fault, Sandbox
 from exporter.sync.run_records import ABANDONED
@@ -110,4 +110,4 @@ def test_sigkill_at_random_points_never_breaks_the_history(
         assert locks_at(engine, finished) == expected_locks(fake.snapshot())
         assert_history_consistent(engine)
         # Indexes a killed first load left out (exporter.db.indexes) are built again.
-        store.check_models(engine)
+        migrate.check_models(engine)

@@ -16,7 +16,8 @@ from sqlalchemy import Engine, create_engine, event, func, insert, select, text
 from support.helpers import make_settings
 from support.history import assert_history_consistent, expected_locks, locks_at
 
-from exporter.db import indexes, store
+from exporter.db import indexes, migrate
+from exporter.db.engine import backend, connect
 from exporter.db.schema import bound_locks, sync_run_owners, sync_runs
 from exporter.results import RunResult, SyncProgress
 from exporter.sandbox.server import Sandbox
@@ -29,8 +30,8 @@ def _run(fake: Sandbox, db_url: str, tmp_path: Path, **kwargs: Any) -> RunResult
 
 
 def _missing_indexes(engine: Engine) -> set[str]:
-    expected = {str(index.name) for index in indexes.deferred(store.backend(engine))}
-    with store.connect(engine) as conn:
+    expected = {str(index.name) for index in indexes.deferred(backend(engine))}
+    with connect(engine) as conn:
         return expected - indexes._present(conn)
 
 
@@ -211,7 +212,7 @@ def test_progress_reports_owners_locks_and_requests(
 def test_a_first_load_builds_the_lock_indexes_after_its_writes(
     db_url: str, engine: Engine, tmp_path: Path
 ) -> None:
-    deferred = {str(index.name) for index in indexes.deferred(store.backend(engine))}
+    deferred = {str(index.name) for index in indexes.deferred(backend(engine))}
     assert deferred  # the lock_id_hex index and the versions' id and time indexes at least
     with Sandbox(seed=5, owners=4, locks_per_owner=5) as fake:
         with _statements() as first:
@@ -231,7 +232,7 @@ def test_a_first_load_builds_the_lock_indexes_after_its_writes(
     # Into tables that hold rows, nothing is dropped or built.
     assert not [s for s in rerun if s.startswith(("DROP INDEX", "CREATE INDEX", "CREATE UNIQUE"))]
     assert _missing_indexes(engine) == set()
-    store.check_models(engine)  # the schema matches the migrations again
+    migrate.check_models(engine)  # the schema matches the migrations again
     assert_history_consistent(engine)
 
 
@@ -253,7 +254,7 @@ def test_indexes_a_first_load_did_not_build_are_built_by_the_next_run(
         stopped = _run(fake, db_url, tmp_path, stop=stop, progress=stop_after_two_owners)
         assert (stopped.status, stopped.error) == ("failed", "interrupted")
         missing = _missing_indexes(engine)
-        assert missing == {str(i.name) for i in indexes.deferred(store.backend(engine))}
+        assert missing == {str(i.name) for i in indexes.deferred(backend(engine))}
         assert_history_consistent(engine)  # what it committed is whole, indexes or not
         with engine.connect() as conn:
             assert conn.execute(select(func.count()).select_from(bound_locks)).scalar() >= 8
@@ -265,14 +266,14 @@ def test_indexes_a_first_load_did_not_build_are_built_by_the_next_run(
     assert _missing_indexes(engine) == set()
     [warning] = [r.getMessage() for r in caplog.records if "missing index" in r.getMessage()]
     assert "a first load that did not finish left them" in warning
-    store.check_models(engine)
+    migrate.check_models(engine)
     assert result.finished_at is not None
     assert locks_at(engine, result.finished_at) == expected_locks(fake.snapshot())
     assert_history_consistent(engine)
 
 
 def test_tables_with_rows_keep_their_indexes(engine: Engine) -> None:
-    with store.connect(engine) as conn, conn.begin():
+    with connect(engine) as conn, conn.begin():
         conn.execute(
             insert(sync_runs).values(id=1, started_at=_T, status="running", trigger="manual")
         )

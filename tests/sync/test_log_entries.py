@@ -32,7 +32,7 @@ from exporter import cli
 from exporter.cli import app
 from exporter.config.loader import load_settings
 from exporter.config.settings import Settings, SyncSettings
-from exporter.db import store
+from exporter.db.engine import make_engine
 from exporter.db.schema import log_entries, log_entry_watermarks
 from exporter.errors import ConfigError, PagingError
 from exporter.read.log_view import LogRow
@@ -502,7 +502,7 @@ def test_log_output_escapes_what_the_api_sent(
     log_db: tuple[str, dict[tuple[str, str], Any]], tmp_path: Path
 ) -> None:
     db_url = log_db[0]
-    engine = store.make_engine(db_url)
+    engine = make_engine(db_url)
     try:
         with engine.begin() as conn:
             conn.execute(
