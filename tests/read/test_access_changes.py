@@ -85,9 +85,7 @@ def test_the_feed_holds_every_entity_in_time_order(history: dict[str, Any], engi
     } <= first
 
 
-def test_the_feed_filters_by_entity_owner_and_kind(
-    history: dict[str, Any], engine: Engine
-) -> None:
+def test_the_feed_filters_by_entity_owner_and_kind(history: dict[str, Any], engine: Engine) -> None:
     everything = changelog.changes(engine).rows
     grants = changelog.changes(engine, entities=("grant",)).rows
     assert grants == [r for r in everything if r.entity == "grant"] and grants
