@@ -1,4 +1,4 @@
-"""The database contract: tables and views that BI users query by name.
+"""The database contract: the tables that BI users query by name (their views: exporter.db.views).
 
 Every timestamp is UTC with microseconds: `timestamptz` on PostgreSQL, `DATETIME(6)` holding UTC on
 MariaDB/MySQL, and ISO-8601 text in one fixed format (`2026-01-31T12:00:00.000000Z`) on SQLite, so
@@ -8,6 +8,7 @@ MariaDB/MySQL, which compare case-insensitively by default).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -33,7 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.types import TypeEngine
 
-from exporter.db.descriptions import COLUMN_COMMENTS, CURRENT_LOCK_COLUMNS, TABLE_COMMENTS
+from exporter.db.descriptions import COLUMN_COMMENTS, TABLE_COMMENTS
 from exporter.kinds import ChangeType, RemovalReason, RunStatus
 
 SQLITE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -185,6 +186,59 @@ def _count_columns() -> list[Column[int]]:
     ]
 
 
+def _current_columns() -> list[Column[Any]]:
+    return [
+        Column("raw", _long_text()),
+        Column("first_seen_at", UTCDateTime(), nullable=False),
+        Column("removed_at", UTCDateTime()),
+        Column("updated_at", UTCDateTime(), nullable=False),
+    ]
+
+
+def _versions_table(
+    name: str, attributes: Callable[[], list[Column[Any]]], *indexes: Sequence[str]
+) -> Table:
+    """A version table: one row per version of an entity, its attributes as they were then."""
+    return Table(
+        name,
+        metadata,
+        Column("version_id", Integer(), primary_key=True, autoincrement=True),
+        Column("id", _id(), nullable=False),
+        *attributes(),
+        *_version_columns("sync_runs"),
+        Index(None, "id", "valid_from"),
+        Index(None, "valid_from"),
+        Index(None, "run_id"),
+        *(Index(None, *columns) for columns in indexes),
+        **_MYSQL,
+    )
+
+
+def _entity_tables(
+    name: str,
+    versions_name: str,
+    attributes: Callable[[], list[Column[Any]]],
+    *,
+    indexes: Sequence[Sequence[str]] = (),
+    version_indexes: Sequence[Sequence[str]] = (),
+) -> tuple[Table, Table]:
+    """An access entity's current table (the payload, first seen, removed) and its versions.
+
+    `attributes` makes the tracked columns afresh for each table (a Column belongs to one table).
+    """
+    current = Table(
+        name,
+        metadata,
+        Column("id", _id(), primary_key=True),
+        *attributes(),
+        *_current_columns(),
+        Index(None, "owner_account_id", "removed_at"),
+        *(Index(None, *columns) for columns in indexes),
+        **_MYSQL,
+    )
+    return current, _versions_table(versions_name, attributes, *version_indexes)
+
+
 sync_runs = Table(
     "sync_runs",
     metadata,
@@ -229,18 +283,8 @@ owner_accounts = Table(
     **_MYSQL,
 )
 
-owner_account_versions = Table(
-    "owner_account_versions",
-    metadata,
-    Column("version_id", Integer(), primary_key=True, autoincrement=True),
-    Column("id", _id(), nullable=False),
-    Column("name", _long_text()),
-    Column("active", Boolean()),
-    *_version_columns("sync_runs"),
-    Index(None, "id", "valid_from"),
-    Index(None, "valid_from"),
-    Index(None, "run_id"),
-    **_MYSQL,
+owner_account_versions = _versions_table(
+    "owner_account_versions", lambda: [Column("name", _long_text()), Column("active", Boolean())]
 )
 
 bound_locks = Table(
@@ -261,18 +305,7 @@ bound_locks = Table(
     **_MYSQL,
 )
 
-bound_lock_versions = Table(
-    "bound_lock_versions",
-    metadata,
-    Column("version_id", Integer(), primary_key=True, autoincrement=True),
-    Column("id", _id(), nullable=False),
-    *_lock_attributes(),
-    *_version_columns("sync_runs"),
-    Index(None, "id", "valid_from"),
-    Index(None, "valid_from"),
-    Index(None, "run_id"),
-    **_MYSQL,
-)
+bound_lock_versions = _versions_table("bound_lock_versions", _lock_attributes)
 
 
 def _contact_attributes() -> list[Column[Any]]:
@@ -313,87 +346,16 @@ def _grant_attributes() -> list[Column[Any]]:
     ]
 
 
-def _current_columns() -> list[Column[Any]]:
-    return [
-        Column("raw", _long_text()),
-        Column("first_seen_at", UTCDateTime(), nullable=False),
-        Column("removed_at", UTCDateTime()),
-        Column("updated_at", UTCDateTime(), nullable=False),
-    ]
-
-
-contacts = Table(
-    "contacts",
-    metadata,
-    Column("id", _id(), primary_key=True),
-    *_contact_attributes(),
-    *_current_columns(),
-    Index(None, "owner_account_id", "removed_at"),
-    **_MYSQL,
+contacts, contact_versions = _entity_tables("contacts", "contact_versions", _contact_attributes)
+bound_cards, bound_card_versions = _entity_tables(
+    "bound_cards", "bound_card_versions", _card_attributes
 )
-
-contact_versions = Table(
-    "contact_versions",
-    metadata,
-    Column("version_id", Integer(), primary_key=True, autoincrement=True),
-    Column("id", _id(), nullable=False),
-    *_contact_attributes(),
-    *_version_columns("sync_runs"),
-    Index(None, "id", "valid_from"),
-    Index(None, "valid_from"),
-    Index(None, "run_id"),
-    **_MYSQL,
-)
-
-bound_cards = Table(
-    "bound_cards",
-    metadata,
-    Column("id", _id(), primary_key=True),
-    *_card_attributes(),
-    *_current_columns(),
-    Index(None, "owner_account_id", "removed_at"),
-    **_MYSQL,
-)
-
-bound_card_versions = Table(
-    "bound_card_versions",
-    metadata,
-    Column("version_id", Integer(), primary_key=True, autoincrement=True),
-    Column("id", _id(), nullable=False),
-    *_card_attributes(),
-    *_version_columns("sync_runs"),
-    Index(None, "id", "valid_from"),
-    Index(None, "valid_from"),
-    Index(None, "run_id"),
-    **_MYSQL,
-)
-
-grants = Table(
+grants, grant_versions = _entity_tables(
     "grants",
-    metadata,
-    Column("id", _id(), primary_key=True),
-    *_grant_attributes(),
-    *_current_columns(),
-    Index(None, "owner_account_id", "removed_at"),
-    Index(None, "bound_lock_id"),
-    Index(None, "contact_id"),
-    Index(None, "bound_card_id"),
-    **_MYSQL,
-)
-
-grant_versions = Table(
     "grant_versions",
-    metadata,
-    Column("version_id", Integer(), primary_key=True, autoincrement=True),
-    Column("id", _id(), nullable=False),
-    *_grant_attributes(),
-    *_version_columns("sync_runs"),
-    Index(None, "id", "valid_from"),
-    Index(None, "valid_from"),
-    Index(None, "run_id"),
-    Index(None, "bound_lock_id", "valid_from"),
-    Index(None, "contact_id", "valid_from"),
-    **_MYSQL,
+    _grant_attributes,
+    indexes=[("bound_lock_id",), ("contact_id",), ("bound_card_id",)],
+    version_indexes=[("bound_lock_id", "valid_from"), ("contact_id", "valid_from")],
 )
 
 # A date dimension, filled once by migration 0002: it lets the daily_inventory view walk days in
@@ -491,149 +453,6 @@ def _attach_comments() -> None:
 
 
 _attach_comments()
-
-_LOCK_VIEW_COLUMNS = ", ".join(f"l.{c}" for c in CURRENT_LOCK_COLUMNS)
-
-# Plain SQL that PostgreSQL, MariaDB/MySQL and SQLite all accept unchanged.
-VIEWS: dict[str, str] = {
-    "current_bound_locks": (
-        f"SELECT {_LOCK_VIEW_COLUMNS}, o.name AS owner_name "
-        "FROM bound_locks l LEFT JOIN owner_accounts o ON o.id = l.owner_account_id "
-        "WHERE l.removed_at IS NULL"
-    ),
-    "bound_lock_changes": (
-        "SELECT v.version_id, v.id AS bound_lock_id, v.change_type, v.changed_fields, "
-        "v.removal_reason, v.valid_from AS changed_at, v.valid_to, v.run_id, "
-        "r.trigger AS run_trigger, r.status AS run_status, "
-        "v.owner_account_id, o.name AS owner_name, v.title, v.description, "
-        "v.physical_lock_id, v.lock_type_id, v.lock_model_name, v.manufacturer_id, v.active, "
-        "v.bind_date, v.unbind_date, v.target_type "
-        "FROM bound_lock_versions v JOIN sync_runs r ON r.id = v.run_id "
-        "LEFT JOIN owner_accounts o ON o.id = v.owner_account_id"
-    ),
-}
-
-# The previous version of a lock version is the one of the same lock that ended when it began
-# (versions are contiguous). A self-join says that in plain SQL, and unlike LAG() it lets a filter
-# on changed_at reach the index instead of numbering every version first.
-_PREVIOUS = "p.id = v.id AND p.valid_to = v.valid_from"
-# The customer-facing hex id is kept on bound_locks for the lock's current physical id only.
-_HEX = "CASE WHEN l.physical_lock_id = {0}.physical_lock_id THEN l.lock_id_hex END"
-_SAME_HOLDING = (
-    "{0}.owner_account_id = s.owner_account_id "
-    "AND COALESCE({0}.physical_lock_id, '') = COALESCE(s.physical_lock_id, '')"
-)
-
-VIEWS.update(
-    {
-        "bound_lock_change_feed": (
-            "SELECT v.version_id, p.version_id AS previous_version_id, v.id AS bound_lock_id, "
-            f"{_HEX.format('v')} AS lock_id_hex, v.valid_from AS changed_at, v.run_id, "
-            "v.change_type, v.changed_fields, v.removal_reason, "
-            "po.name AS old_owner_name, o.name AS new_owner_name, "
-            + ", ".join(f"p.{f} AS old_{f}, v.{f} AS new_{f}" for f in LOCK_TRACKED)
-            + " FROM bound_lock_versions v "
-            f"LEFT JOIN bound_lock_versions p ON {_PREVIOUS} "
-            "LEFT JOIN bound_locks l ON l.id = v.id "
-            "LEFT JOIN owner_accounts o ON o.id = v.owner_account_id "
-            "LEFT JOIN owner_accounts po ON po.id = p.owner_account_id"
-        ),
-        "lock_binding_history": (
-            "SELECT h.physical_lock_id, h.lock_id_hex, h.bound_lock_id, h.owner_account_id, "
-            "o.name AS owner_name, h.held_from, h.held_to, "
-            "CASE WHEN e.change_type = 'removed' THEN e.removal_reason "
-            "WHEN e.owner_account_id <> h.owner_account_id THEN 'moved' "
-            "WHEN e.version_id IS NOT NULL THEN 'physical_lock_changed' END AS end_reason, "
-            "h.bind_date, h.title "
-            "FROM (SELECT s.physical_lock_id, "
-            f"{_HEX.format('s')} AS lock_id_hex, "
-            "s.id AS bound_lock_id, s.owner_account_id, s.valid_from AS held_from, s.bind_date, "
-            "s.title, (SELECT MIN(n.valid_from) FROM bound_lock_versions n "
-            "WHERE n.id = s.id AND n.valid_from > s.valid_from "
-            f"AND (n.change_type = 'removed' OR NOT ({_SAME_HOLDING.format('n')}))) AS held_to "
-            "FROM bound_lock_versions s "
-            "LEFT JOIN bound_lock_versions p ON p.id = s.id AND p.valid_to = s.valid_from "
-            "LEFT JOIN bound_locks l ON l.id = s.id "
-            "WHERE s.change_type <> 'removed' AND (p.version_id IS NULL "
-            f"OR p.change_type = 'removed' OR NOT ({_SAME_HOLDING.format('p')}))) h "
-            "LEFT JOIN bound_lock_versions e "
-            "ON e.id = h.bound_lock_id AND e.valid_from = h.held_to "
-            "LEFT JOIN owner_accounts o ON o.id = h.owner_account_id"
-        ),
-        # Present at the day's last instant T = day_end - 1us: valid_from <= T < valid_to.
-        "daily_inventory": (
-            "SELECT c.day, v.owner_account_id, o.name AS owner_name, v.lock_model_name, "
-            "COUNT(*) AS locks "
-            "FROM calendar_days c JOIN bound_lock_versions v ON v.valid_from < c.day_end "
-            "AND (v.valid_to IS NULL OR v.valid_to >= c.day_end) "
-            "LEFT JOIN owner_accounts o ON o.id = v.owner_account_id "
-            "WHERE v.change_type <> 'removed' "
-            "AND c.day_end > (SELECT MIN(r.started_at) FROM sync_runs r) "
-            "AND c.day_start <= (SELECT MAX(r.started_at) FROM sync_runs r) "
-            "GROUP BY c.day, v.owner_account_id, o.name, v.lock_model_name"
-        ),
-        # An opening is a TriggerLock command (Tapkey's own filter for openings), counted on the
-        # UTC day the lock recorded it (lockTimestamp), not the day Tapkey received it.
-        "lock_openings_daily": (
-            "SELECT c.day, e.owner_account_id, o.name AS owner_name, e.bound_lock_id, "
-            "l.lock_id_hex, l.title, COUNT(*) AS openings, "
-            "MIN(e.lock_timestamp) AS first_opening_at, MAX(e.lock_timestamp) AS last_opening_at "
-            "FROM log_entries e JOIN calendar_days c ON c.day_start <= e.lock_timestamp "
-            "AND e.lock_timestamp < c.day_end "
-            "LEFT JOIN bound_locks l ON l.id = e.bound_lock_id "
-            "LEFT JOIN owner_accounts o ON o.id = e.owner_account_id "
-            "WHERE e.log_type = 'Command' AND e.command = 'TriggerLock' "
-            "GROUP BY c.day, e.owner_account_id, o.name, e.bound_lock_id, l.lock_id_hex, l.title"
-        ),
-        "current_lock_health": (
-            "SELECT h.bound_lock_id, l.lock_id_hex, l.title, l.owner_account_id, "
-            "o.name AS owner_name, h.type, h.value, h.value_number, h.value_status, "
-            "h.reading_at, h.seen_at "
-            "FROM lock_health_readings h JOIN bound_locks l ON l.id = h.bound_lock_id "
-            "LEFT JOIN owner_accounts o ON o.id = l.owner_account_id "
-            "WHERE l.removed_at IS NULL AND h.reading_at = (SELECT MAX(x.reading_at) "
-            "FROM lock_health_readings x WHERE x.bound_lock_id = h.bound_lock_id "
-            "AND x.type = h.type)"
-        ),
-    }
-)
-
-# Access data (issue 15). A grant goes to a contact or to a card: both are joined, one is NULL.
-_GRANT_HOLDER_JOINS = (
-    "LEFT JOIN owner_accounts o ON o.id = g.owner_account_id "
-    "LEFT JOIN bound_locks l ON l.id = g.bound_lock_id "
-    "LEFT JOIN contacts c ON c.id = g.contact_id "
-    "LEFT JOIN bound_cards k ON k.id = g.bound_card_id"
-)
-VIEWS.update(
-    {
-        "current_grants": (
-            "SELECT g.id AS grant_id, g.owner_account_id, o.name AS owner_name, "
-            "g.bound_lock_id, l.title AS lock_title, l.lock_id_hex, "
-            "g.contact_id, c.title AS contact_title, c.identifier AS contact_identifier, "
-            "g.bound_card_id, k.title AS card_title, k.label AS card_label, "
-            "g.validity_from, g.validity_before, g.time_restriction_ical, g.state, g.active, "
-            "g.first_seen_at, g.updated_at "
-            f"FROM grants g {_GRANT_HOLDER_JOINS} WHERE g.removed_at IS NULL"
-        ),
-        "grant_changes": (
-            "SELECT g.version_id, g.id AS grant_id, g.change_type, g.changed_fields, "
-            "g.removal_reason, g.valid_from AS changed_at, g.valid_to, g.run_id, "
-            "g.owner_account_id, o.name AS owner_name, g.bound_lock_id, l.title AS lock_title, "
-            "g.contact_id, c.title AS contact_title, g.bound_card_id, k.title AS card_title, "
-            "g.validity_from, g.validity_before, g.time_restriction_ical, g.state, g.active "
-            f"FROM grant_versions g {_GRANT_HOLDER_JOINS}"
-        ),
-        # Which physical lock a grant's bound lock id stood for, and when (lock_binding_history).
-        "grant_lock_bindings": (
-            "SELECT g.id AS grant_id, g.state, g.removed_at AS grant_removed_at, g.contact_id, "
-            "g.bound_card_id, h.bound_lock_id, h.physical_lock_id, h.lock_id_hex, "
-            "h.owner_account_id, h.owner_name, h.held_from, h.held_to, h.end_reason, "
-            "h.title AS lock_title "
-            "FROM grants g JOIN lock_binding_history h ON h.bound_lock_id = g.bound_lock_id"
-        ),
-    }
-)
 
 # At most one open version per entity, enforced where the database has partial indexes (MariaDB and
 # MySQL do not; there the single-writer lock and the engine's transactions keep the invariant).

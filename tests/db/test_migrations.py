@@ -18,7 +18,6 @@ from exporter.db import migrate
 from exporter.db.engine import make_engine
 from exporter.db.schema import (
     SQLITE_TIME_FORMAT,
-    VIEWS,
     bound_lock_versions,
     bound_locks,
     calendar_days,
@@ -29,6 +28,7 @@ from exporter.db.schema import (
     sync_run_owners,
     sync_runs,
 )
+from exporter.db.views import VIEWS
 from exporter.db.writer_lock import WriterLock
 from exporter.errors import SchemaVersionError
 from exporter.sandbox.server import Sandbox

@@ -38,12 +38,11 @@ from support.history import count_rows, locks_at
 from support.inventory_data import InventoryDb
 
 from exporter.db import migrate
-from exporter.db.descriptions import COLUMN_COMMENTS, TABLE_COMMENTS, VIEW_COMMENTS
+from exporter.db.descriptions import COLUMN_COMMENTS, TABLE_COMMENTS
 from exporter.db.engine import make_engine
 from exporter.db.schema import (
     LOCK_TRACKED,
     SQLITE_TIME_FORMAT,
-    VIEWS,
     UTCDateTime,
     bound_lock_versions,
     bound_locks,
@@ -52,6 +51,7 @@ from exporter.db.schema import (
     sync_run_owners,
     sync_runs,
 )
+from exporter.db.views import VIEW_COMMENTS, VIEWS
 from exporter.errors import UsageError
 from exporter.read import asof, changelog
 from exporter.read import inventory as report
@@ -528,7 +528,7 @@ def test_every_table_view_and_column_is_described(inventory_db: InventoryDb, db:
     for name, sql in VIEWS.items():
         columns = [c["name"] for c in inspector.get_columns(name)]
         assert columns == _view_columns(name), name
-        assert sql  # every view of schema.VIEWS exists in the database
+        assert sql  # every view of views.VIEWS exists in the database
     assert set(inspector.get_view_names()) == set(VIEWS)
     if inventory_db.backend == "sqlite":
         return  # SQLite stores no comments
@@ -860,7 +860,7 @@ def test_retention_keeps_history_the_latest_run_and_the_latest_readings(
 
 
 def test_the_migrations_created_the_views_schema_py_describes() -> None:
-    # Views are not compared by `alembic check`: hold the frozen copies to schema.VIEWS here.
+    # Views are not compared by `alembic check`: hold the frozen copies to views.VIEWS here.
     # A later revision that changes a view must update this list of (revision, views).
     frozen: dict[str, str] = {}
     for name in (

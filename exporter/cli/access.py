@@ -1,0 +1,142 @@
+"""The read commands over access and log entries: `access`, `log`."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+import typer
+
+from exporter.cli.shared import (
+    ConfigOption,
+    CsvRawOption,
+    DatabaseOption,
+    ReadFormatOption,
+    check_format,
+    errors,
+    out,
+    reader,
+)
+from exporter.errors import UsageError
+
+
+def access(
+    lock: Annotated[
+        str | None,
+        typer.Argument(
+            help="A bound lock id, a lock id such as 12-34-BF-FB, a physical lock id, or the "
+            "start of a bound lock id (as for `exporter history`).",
+            show_default=False,
+        ),
+    ] = None,
+    contact: Annotated[
+        str | None,
+        typer.Option(
+            "--contact",
+            help="Instead of a lock: what this contact can open (its id, the start of its id, "
+            "or its identifier as stored).",
+            show_default=False,
+        ),
+    ] = None,
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            "--as-of",
+            help="As it was then: a run id (its end), an ISO-8601 time (UTC unless it has an "
+            "offset) or a duration back from now (7d).",
+            show_default=False,
+        ),
+    ] = None,
+    config: ConfigOption = None,
+    database_url: DatabaseOption = None,
+    fmt: ReadFormatOption = "table",
+    csv_raw: CsvRawOption = False,
+) -> None:
+    """Show who can open a lock, or with --contact what a person can open: the grants in force
+    (state Ok, within their validity), now or at --as-of. Needs grants in \\[tapkey] entities.
+
+    Example: exporter access 12-34-BF-FB --as-of 2026-03-01T00:00:00Z
+    """
+    from exporter.read import access as access_report
+    from exporter.read import access_render, asof, render
+
+    check_format(fmt, render.FORMATS)
+
+    def one_subject() -> None:
+        if (lock is None) == (contact is None):
+            raise UsageError("give either a LOCK or --contact ID (one of the two)")
+
+    with errors(), reader(config, database_url, usage=one_subject) as engine:
+        now = datetime.now(UTC)
+        when = asof.resolve_as_of(engine, as_of, now=now) if as_of else None
+        if lock is not None:
+            answer = access_report.who_can_open(engine, lock, now=now, as_of=when)
+        else:
+            assert contact is not None
+            answer = access_report.what_can_open(engine, contact, now=now, as_of=when)
+        if fmt == "json":
+            render.write_json(access_render.access_json(answer), out.file)
+        elif fmt == "csv":
+            access_render.access_csv(answer, out.file, raw=csv_raw)
+        else:
+            access_render.access_table(answer, out)
+
+
+def log_command(
+    config: ConfigOption = None,
+    database_url: DatabaseOption = None,
+    lock: Annotated[
+        str | None,
+        typer.Option(
+            help="Only this lock: a bound lock id or its start, a lock id such as 12-34-BF-FB, "
+            "or a physical lock id.",
+            show_default=False,
+        ),
+    ] = None,
+    owner: Annotated[
+        str | None, typer.Option(help="Only this owner account (id or name).", show_default=False)
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Events (lockTimestamp) from this ISO-8601 time (UTC unless it has an offset) "
+            "or this long ago (7d).",
+            show_default=False,
+        ),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(help="Events before this time (same forms as --since).", show_default=False),
+    ] = None,
+    limit: Annotated[
+        int, typer.Option(min=0, help="How many entries, newest first (0: all of them).")
+    ] = 100,
+    fmt: ReadFormatOption = "table",
+    csv_raw: CsvRawOption = False,
+) -> None:
+    """Show stored log entries (openings and other lock events), newest event first.
+
+    Needs \\[tapkey] entities with log_entries. Example: exporter log --lock 12-34-BF-FB --since 7d
+    """
+    from exporter.read import asof, log_view, render
+
+    check_format(fmt, render.FORMATS)
+    now = datetime.now(UTC)
+    with (
+        errors(),
+        reader(config, database_url) as engine,
+        log_view.open_log(
+            engine,
+            lock=lock,
+            owner=owner,
+            since=asof.parse_instant(since, now=now) if since else None,
+            until=asof.parse_instant(until, now=now) if until else None,
+            limit=limit or None,
+        ) as feed,
+    ):
+        if fmt == "json":
+            log_view.log_json(feed.rows, out.file)
+        elif fmt == "csv":
+            log_view.log_csv(feed.rows, out.file, raw=csv_raw)
+        else:
+            log_view.log_table(feed, out)

@@ -1,0 +1,269 @@
+"""The read commands over the inventory and the runs: `locks`, `history`, `changes`, `runs`,
+`runs show`."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from datetime import UTC, datetime
+from typing import Annotated
+
+import typer
+
+from exporter.cli.shared import (
+    ConfigOption,
+    CsvRawOption,
+    DatabaseOption,
+    ReadFormatOption,
+    check_format,
+    errors,
+    out,
+    reader,
+)
+from exporter.kinds import RunStatus
+
+
+def locks(
+    config: ConfigOption = None,
+    database_url: DatabaseOption = None,
+    owner: Annotated[
+        str | None, typer.Option(help="Only this owner account (id or name).", show_default=False)
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Only this lock model name or lock type id.", show_default=False),
+    ] = None,
+    search: Annotated[
+        str | None,
+        typer.Option(help="Text in the title, description, ids or model.", show_default=False),
+    ] = None,
+    include_removed: Annotated[
+        bool, typer.Option("--include-removed", help="Also show removed locks.")
+    ] = False,
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            "--as-of",
+            help="Show the inventory as it was then: a run id (its end), an ISO-8601 time "
+            "(UTC unless it has an offset) or a duration back from now (7d).",
+            show_default=False,
+        ),
+    ] = None,
+    fmt: ReadFormatOption = "table",
+    csv_raw: CsvRawOption = False,
+) -> None:
+    """Show the lock inventory grouped by owner account, now or as it was at --as-of.
+
+    Example: exporter locks --owner "Office Vienna" --as-of 2026-03-01T00:00:00Z
+    """
+    from exporter.read import asof, render
+    from exporter.read import inventory as report
+
+    check_format(fmt, render.FORMATS)
+    with errors(), reader(config, database_url) as engine:
+        when = asof.resolve_as_of(engine, as_of, now=datetime.now(UTC)) if as_of else None
+        with report.open_inventory(
+            engine,
+            as_of=when,
+            owner=owner,
+            model=model,
+            search=search,
+            include_removed=include_removed,
+            with_owners=fmt != "csv",
+        ) as inventory:
+            if fmt == "json":
+                render.write_json(render.inventory_json(inventory), out.file)
+            elif fmt == "csv":
+                render.inventory_csv(inventory, out.file, raw=csv_raw)
+            else:
+                filtered = model is not None or search is not None
+                render.inventory_table(
+                    inventory, out, include_removed=include_removed, filtered=filtered
+                )
+
+
+def history(
+    lock: Annotated[
+        str,
+        typer.Argument(
+            help="A bound lock id, a lock id such as 12-34-BF-FB (every binding of that "
+            "device), a physical lock id as the API gives it, or the start of a bound lock id.",
+            show_default=False,
+        ),
+    ],
+    config: ConfigOption = None,
+    database_url: DatabaseOption = None,
+    fmt: ReadFormatOption = "table",
+    csv_raw: CsvRawOption = False,
+) -> None:
+    """Show every version of a lock: what changed (old -> new), when, in which run, and why.
+
+    Example: exporter history 12-34-BF-FB
+    """
+    from exporter.read import changelog, render
+
+    check_format(fmt, render.FORMATS)
+    with errors(), reader(config, database_url) as engine:
+        result = changelog.lock_history(engine, lock)
+        if fmt == "json":
+            render.write_json(render.history_json(result), out.file)
+        elif fmt == "csv":
+            render.changes_csv(result.versions, out.file, raw=csv_raw)
+        else:
+            render.history_table(result, out)
+
+
+def changes(
+    config: ConfigOption = None,
+    database_url: DatabaseOption = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="From this ISO-8601 time (UTC unless it has an offset) or this long ago (7d).",
+            show_default=False,
+        ),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(help="Before this time (same forms as --since).", show_default=False),
+    ] = None,
+    run: Annotated[
+        int | None, typer.Option("--run", help="Only changes of this run.", show_default=False)
+    ] = None,
+    owner: Annotated[
+        str | None,
+        typer.Option(
+            help="Only changes that concern this owner account (id or name).", show_default=False
+        ),
+    ] = None,
+    kind: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Only these kinds: created, updated, removed, restored (repeat or separate "
+            "with commas).",
+            show_default=False,
+        ),
+    ] = None,
+    fmt: ReadFormatOption = "table",
+    quiet: Annotated[
+        bool,
+        typer.Option("--quiet", "-q", help="No title, and nothing at all when nothing changed."),
+    ] = False,
+    csv_raw: CsvRawOption = False,
+) -> None:
+    """Show the change feed: one line per change with the fields that changed.
+
+    Example: exporter changes --since 7d --kind removed,restored
+    """
+    from exporter.read import asof, changelog, render
+
+    check_format(fmt, render.FORMATS)
+    kinds = {k.strip() for value in kind or () for k in value.split(",") if k.strip()}
+    now = datetime.now(UTC)
+    with (
+        errors(),
+        reader(config, database_url) as engine,
+        changelog.open_changes(
+            engine,
+            since=asof.parse_instant(since, now=now) if since else None,
+            until=asof.parse_instant(until, now=now) if until else None,
+            run_id=run,
+            owner=owner,
+            kinds=kinds,
+        ) as feed,
+    ):
+        rows = iter(feed.rows)
+        first = next(rows, None)
+        if quiet and first is None:
+            return
+        rows = itertools.chain([first] if first is not None else [], rows)
+        if fmt == "json":
+            render.write_json(map(changelog.ChangeRow.as_dict, rows), out.file)
+        elif fmt == "csv":
+            render.changes_csv(rows, out.file, raw=csv_raw)
+        else:
+            feed = dataclasses.replace(feed, rows=rows)
+            render.changes_table(feed, out, titled=not quiet)
+
+
+runs_app = typer.Typer(
+    help="List recent runs with status, duration, counts and error summary; "
+    "`exporter runs show ID` shows one run per owner account. "
+    "Example: exporter runs --limit 5 --quiet"
+)
+
+
+@runs_app.callback(invoke_without_command=True)
+def runs(
+    ctx: typer.Context,
+    config: ConfigOption = None,
+    database_url: DatabaseOption = None,
+    limit: Annotated[int, typer.Option(min=1, help="How many runs, newest first.")] = 20,
+    status: Annotated[
+        str | None,
+        typer.Option(
+            help="Only runs with this status (succeeded, partial, failed, running).",
+            show_default=False,
+        ),
+    ] = None,
+    fmt: ReadFormatOption = "table",
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet", "-q", help="Only runs that did not succeed; nothing if none (for cron)."
+        ),
+    ] = False,
+    csv_raw: CsvRawOption = False,
+) -> None:
+    """List recent runs with status, duration, counts and error summary.
+
+    Example: exporter runs --limit 5; exporter runs show 42 --format json
+    """
+    from exporter.read import render
+    from exporter.read import runs as read_runs
+
+    if ctx.invoked_subcommand is not None:
+        return
+    check_format(fmt, render.FORMATS)
+    with errors(), reader(config, database_url) as engine:
+        rows = read_runs.runs(engine, limit=limit, status=status)
+    if quiet:
+        rows = [row for row in rows if row.status != RunStatus.SUCCEEDED]
+        if not rows:
+            return
+    with errors():
+        if fmt == "json":
+            render.write_json([row.as_dict() for row in rows], out.file)
+        elif fmt == "csv":
+            rendered = (row.as_dict() for row in rows)
+            render.write_csv(rendered, render.RUN_COLUMNS, out.file, raw=csv_raw)
+        else:
+            render.runs_table(rows, out)
+
+
+@runs_app.command("show")
+def runs_show(
+    run_id: Annotated[int, typer.Argument(help="The run id (see `exporter runs`).")],
+    config: ConfigOption = None,
+    database_url: DatabaseOption = None,
+    fmt: ReadFormatOption = "table",
+    csv_raw: CsvRawOption = False,
+) -> None:
+    """Show one run with the outcome of every owner account (CSV: one row per owner).
+
+    Example: exporter runs show 42
+    """
+    from exporter.read import render
+    from exporter.read import runs as read_runs
+
+    check_format(fmt, render.FORMATS)
+    with errors(), reader(config, database_url) as engine:
+        detail = read_runs.run_detail(engine, run_id)
+    with errors():
+        if fmt == "json":
+            render.write_json(render.run_detail_json(detail), out.file)
+        elif fmt == "csv":
+            rows = (o.as_dict() for o in detail.owners)
+            render.write_csv(rows, render.RUN_OWNER_COLUMNS, out.file, raw=csv_raw)
+        else:
+            render.run_detail_table(detail, out)

@@ -1,0 +1,163 @@
+"""What every command shares: the consoles, the common options, settings, and the mapping of
+errors to one line on stderr and an exit code."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+
+from exporter.config.loader import file_permissions_warning, load_settings, resolve_config_path
+from exporter.config.settings import Settings
+from exporter.errors import ExporterError
+from exporter.service import observability
+from exporter.terminal import SafeConsole
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+
+def output_closed() -> NoReturn:
+    """The reader of our output went away (`exporter locks | head -1`): end as SIGPIPE ends
+    other tools, quietly (Python would print a traceback, typer and rich exit 1)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):  # what is still buffered goes nowhere instead of failing again at exit
+        os.dup2(devnull, fd)
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGPIPE)
+    raise SystemExit(1)  # no SIGPIPE (Windows)
+
+
+class _Console(SafeConsole):
+    def on_broken_pipe(self) -> None:
+        """Rich's own handling exits 1."""
+        output_closed()
+
+
+# Piped output has no terminal width; rich would assume 80 columns and wrap every table cell.
+_PIPE_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160
+# No console markup or emoji codes: titles, names, descriptions and errors are data and may hold
+# [brackets] or :colons:. SafeConsole shows their control characters escaped.
+out = _Console(highlight=False, markup=False, emoji=False, soft_wrap=True, width=_PIPE_WIDTH)
+err = _Console(stderr=True, highlight=False, markup=False, emoji=False, soft_wrap=True)
+log = logging.getLogger("exporter")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="Config file (default: $EXPORTER_CONFIG, then ./config.toml; env-only works too).",
+        show_default=False,
+    ),
+]
+DatabaseOption = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        help="Use this database URL instead of the configured one.",
+        show_default=False,
+    ),
+]
+FormatOption = Annotated[str, typer.Option("--format", "-f", help="Output format: table or json.")]
+QuietOption = Annotated[
+    bool,
+    typer.Option("--quiet", "-q", help="Print nothing unless something went wrong (for cron)."),
+]
+ReadFormatOption = Annotated[
+    str, typer.Option("--format", "-f", help="Output format: table, csv or json.")
+]
+CsvRawOption = Annotated[
+    bool,
+    typer.Option(
+        "--csv-raw",
+        help="CSV: write text exactly as stored; without it a cell starting with =, +, -, @, "
+        "tab or CR gets a leading ' (a spreadsheet would run it as a formula).",
+    ),
+]
+
+
+@contextlib.contextmanager
+def errors() -> Iterator[None]:
+    """Turn an ExporterError into one line on stderr and its exit code."""
+    try:
+        yield
+    except ExporterError as exc:
+        err.print(f"error: {exc}")
+        raise typer.Exit(exc.exit_code) from None
+    except BrokenPipeError:
+        output_closed()
+    except Exception as exc:
+        # A database error no core function turned into one line (SQLAlchemy is loaded if it
+        # raised one).
+        sqlalchemy_errors = sys.modules.get("sqlalchemy.exc")
+        if sqlalchemy_errors is None or not isinstance(exc, sqlalchemy_errors.SQLAlchemyError):
+            raise
+        from exporter.db import errors as db_errors
+
+        failure = db_errors.store_error(exc)
+        err.print(f"error: {failure}")
+        raise typer.Exit(failure.exit_code) from None
+
+
+def settings(
+    config: Path | None, *, database_url: str | None = None, quiet: bool = False
+) -> Settings:
+    """The settings from the config file, EXPORTER_* and the flags; logging set up from them."""
+    overrides: dict[str, Any] = {}
+    if database_url:
+        overrides["database.url"] = database_url
+    cwd = Path.cwd()
+    path = resolve_config_path(config, os.environ, cwd)
+    loaded = load_settings(path, env=os.environ, cwd=cwd, overrides=overrides)
+    observability.setup_logging(loaded.logging)
+    if quiet and logging.getLogger().level < logging.WARNING:
+        # Cron mails whatever a job prints: --quiet keeps INFO progress lines out of stderr too.
+        logging.getLogger().setLevel(logging.WARNING)
+    warning = file_permissions_warning(loaded)
+    if warning:
+        log.warning("%s", warning)
+    return loaded
+
+
+def logging_only(config: Path | None) -> None:
+    """Load and check the configuration like every command, but use only [logging]."""
+    with errors():
+        settings(config)
+
+
+def check_format(fmt: str, allowed: tuple[str, ...] = ("table", "json")) -> None:
+    """A usage error (exit 2) unless --format is one of `allowed`."""
+    if fmt not in allowed:
+        raise typer.BadParameter(f"must be one of {', '.join(allowed)} (got {fmt!r})")
+
+
+@contextlib.contextmanager
+def reader(
+    config: Path | None, database_url: str | None, *, usage: Callable[[], None] | None = None
+) -> Iterator[Engine]:
+    """An engine on the configured database, whose schema must be current.
+
+    `usage` checks the command's arguments once the configuration is known to be good (a bad
+    configuration is reported first, as by every command).
+    """
+    from exporter.db import migrate
+    from exporter.service import job
+
+    loaded = settings(config, database_url=database_url)
+    if usage is not None:
+        usage()
+    engine = job.make_engine(loaded, create=False)
+    try:
+        migrate.require_current(engine)
+        yield engine
+    finally:
+        engine.dispose()

@@ -1,0 +1,87 @@
+"""`exporter run-once` output: a run's result as a table for people or as JSON for scripts.
+
+Loaded by run-once, which must not load the reports' modules (inventory, changelog, render).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterable
+from typing import IO, TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.table import Table
+
+from exporter.kinds import OwnerStatus
+
+if TYPE_CHECKING:
+    from exporter.results import Change, RunResult
+
+
+def run_result_json(result: RunResult, out: IO[str], changes: Iterable[Change] | None) -> None:
+    """The result as JSON; `changes` (read back as they were written) replace the result's own
+    list, which a run that wrote them does not keep."""
+    from exporter.read.render import write_json
+
+    data: dict[str, Any] = dataclasses.asdict(result)
+    data["duration_seconds"] = (
+        (result.finished_at - result.started_at).total_seconds() if result.finished_at else None
+    )
+    if changes is not None:
+        data["changes"] = map(dataclasses.asdict, changes)
+    write_json(data, out)
+
+
+def print_run_result(result: RunResult, out: Console, err: Console) -> None:
+    """The run's figures (a dry run: also the changes it would write); failed owners on `err`
+    unless the sync has logged them already."""
+    title = "Dry run (nothing written)" if result.dry_run else f"Run {result.run_id}"
+    table = Table(title=f"{title}: {result.status}", show_header=False)
+    duration = (
+        f"{(result.finished_at - result.started_at).total_seconds():.2f} s"
+        if result.finished_at
+        else "-"
+    )
+    rows: list[tuple[str, object]] = [
+        ("duration", duration),
+        ("owners seen", result.owners_seen),
+        ("locks seen", result.locks_seen),
+        *result.counts.as_dict().items(),
+        ("API requests", result.api_requests),
+    ]
+    for entity, counts in result.access.items():  # [tapkey] entities beyond locks
+        changed = ", ".join(f"{k} {v}" for k, v in counts.as_dict().items() if v)
+        rows.append((entity, changed or "none"))
+    failed = [o for o in result.owners if o.status == OwnerStatus.FAILED]
+    if failed:
+        rows.append(("failed owners", len(failed)))
+    if result.log_entries or result.log_failures:
+        rows.append(("new log entries", result.log_entries))
+    if result.log_failures:
+        rows.append(("owners whose log failed", len(result.log_failures)))
+    for name, value in rows:
+        table.add_row(name, str(value))
+    out.print(table)
+    if result.dry_run and result.changes:
+        changes = Table(title="Changes that would be written")
+        for column in ("entity", "id", "change", "owner", "fields / reason", "title"):
+            changes.add_column(column)
+        for change in result.changes:
+            detail = ", ".join(change.changed_fields or ()) or (change.removal_reason or "")
+            changes.add_row(
+                change.entity,
+                change.id,
+                change.change_type,
+                change.owner_account_id or "",
+                detail,
+                change.title or "",
+            )
+        out.print(changes)
+    if not logging.getLogger("exporter.sync.engine").isEnabledFor(logging.WARNING):
+        # Otherwise the sync has logged each of them already (cron would mail them twice).
+        for owner in failed:
+            err.print(f"owner {owner.owner_account_id} failed: {owner.error}")
+    if not logging.getLogger("exporter.sync.log_entries").isEnabledFor(logging.WARNING):
+        for owner_id, error in result.log_failures.items():
+            err.print(f"owner {owner_id}: log entries failed: {error}")
