@@ -9,10 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+#: The entities with history whose changes a run counts ([tapkey] entities' names, in order).
+COUNTED_ENTITIES = ("locks", "contacts", "cards", "grants")
+
 
 @dataclass
 class Counts:
-    """Lock changes by kind."""
+    """Changes of one entity (locks, contacts, ...) by kind."""
 
     created: int = 0
     updated: int = 0
@@ -80,6 +83,10 @@ class RunResult:
     # New log entries stored, and the owners whose log failed (id -> error); see log_entries.
     log_entries: int = 0
     log_failures: dict[str, str] = field(default_factory=dict)
+
+    def entity_counts(self) -> dict[str, Counts]:
+        """Changes by kind per entity synced: locks (`counts`) first, then `access`'s."""
+        return {"locks": self.counts, **self.access}
 
 
 @dataclass(frozen=True)
