@@ -253,18 +253,18 @@ def _client(params: dict[str, Any]) -> Any:
     """The exporter's Tapkey client for the sandbox, with `params`' page size and workers."""
     from exporter.tapkey.auth import TokenProvider
     from exporter.tapkey.client import TapkeyClient
+    from exporter.tapkey.options import PageLimits
 
     tokens = TokenProvider(
         client_id=CLIENT_ID,
         client_secret=CLIENT_SECRET,
         token_url=params["token_url"],
         scopes=["read:owneraccounts", "read:core:entities"],
-        timeout=(10, 60),
     )
     return TapkeyClient(
         base_url=params["base_url"],
         tokens=tokens,
-        page_size=params["page_size"],
+        pages=PageLimits(page_size=params["page_size"]),
         workers=params["workers"],
     )
 

@@ -22,7 +22,8 @@ from exporter.cli.shared import (
     out,
 )
 from exporter.cli.shared import settings as load
-from exporter.config.settings import Settings, masked_url
+from exporter.config.settings import Settings
+from exporter.config.urls import masked_url
 from exporter.kinds import RunStatus
 from exporter.service import observability
 

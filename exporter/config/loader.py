@@ -23,7 +23,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from exporter.config.proxies import PROXY_VARIABLES
-from exporter.config.settings import SECTIONS, Settings, env_var_name, masked_url
+from exporter.config.settings import SECTIONS, Settings, env_var_name
+from exporter.config.urls import masked_url
 from exporter.errors import ConfigError
 
 DEFAULT_CONFIG_NAME = "config.toml"

@@ -1,4 +1,5 @@
 """URLs in messages, loopback hosts and SQLite files: `display_url` shows a URL without secrets,
+`masked_url`/`without_secrets` hide a database URL's credentials in logs and driver messages,
 `is_loopback_host`/`is_loopback_url` tell the sandbox (plain http allowed, never proxied) from the
 real API, `sqlite_file` tells an on-disk SQLite database from an in-memory one or a server.
 
@@ -8,11 +9,20 @@ Shared by the settings checks, the proxy choice and the Tapkey client, so it sit
 from __future__ import annotations
 
 import ipaddress
-from urllib.parse import urlsplit
+import re
+from urllib.parse import quote, unquote_plus, urlsplit
 
 from sqlalchemy.engine import URL, make_url
 
-__all__ = ["display_url", "is_loopback_host", "is_loopback_url", "sqlite_file"]
+__all__ = [
+    "display_url",
+    "is_loopback_host",
+    "is_loopback_url",
+    "masked_url",
+    "sqlite_file",
+    "url_secrets",
+    "without_secrets",
+]
 
 
 def is_loopback_url(url: str) -> bool:
@@ -69,3 +79,58 @@ def sqlite_file(url: str | URL) -> str | None:
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
     return database
+
+
+# A query parameter of a database URL whose name says it holds a secret (libpq's password and
+# sslpassword, PyMySQL's passwd, an ODBC PWD, a token or key of a driver or proxy, ...).
+_SECRET_QUERY_KEY = re.compile(r"pass|pwd|secret|token|key|auth|credential", re.IGNORECASE)
+_QUERY_VALUE = re.compile(r"(?<=[?&;])([^=&;#]+)=([^&;#]*)")
+
+
+def masked_url(url: str | URL) -> str:
+    """Return `url` with every credential it carries replaced by ***, for logs and messages.
+
+    That is the password of its user info and any query parameter named like a secret
+    (`?password=`, `sslpassword`, `api_key`, `token`, ...).
+    """
+    parsed: URL | None = url if isinstance(url, URL) else None
+    if parsed is None:
+        try:
+            parsed = make_url(url)
+        except Exception:
+            parsed = None
+    if parsed is not None and "@" not in (parsed.host or ""):
+        text = parsed.render_as_string(hide_password=True)
+    else:
+        # Junk or an unescaped "@" in the password: mask everything up to the last "@".
+        raw = url if isinstance(url, str) else url.render_as_string(hide_password=False)
+        text = re.sub(r"(://[^:/@?#]*):.*@", r"\1:***@", raw)
+    return _QUERY_VALUE.sub(_mask_query_value, text)
+
+
+def _mask_query_value(match: re.Match[str]) -> str:
+    key = match.group(1)
+    return f"{key}=***" if _SECRET_QUERY_KEY.search(unquote_plus(key)) else match.group()
+
+
+def url_secrets(url: str | URL) -> list[str]:
+    """The credentials `url` carries (its password, secret query values), as they may be quoted."""
+    try:
+        parsed = url if isinstance(url, URL) else make_url(url)
+    except Exception:
+        return []
+    found = [parsed.password] if parsed.password else []
+    for key, value in parsed.query.items():
+        if _SECRET_QUERY_KEY.search(key):
+            found += [value] if isinstance(value, str) else list(value)
+    # The raw URL may carry them percent-encoded; a driver message quotes them decoded. Shorter
+    # ones would be replaced inside every word that happens to contain them.
+    found += [quote(secret, safe="") for secret in found]
+    return sorted({secret for secret in found if len(secret) >= 4}, key=len, reverse=True)
+
+
+def without_secrets(text: str, url: str | URL) -> str:
+    """`text` (a driver's error message, say) with any credential of `url` in it replaced by ***."""
+    for secret in url_secrets(url):
+        text = text.replace(secret, "***")
+    return text

@@ -14,8 +14,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
-from exporter.config.settings import masked_url, without_secrets
-from exporter.config.urls import sqlite_file
+from exporter.config.urls import masked_url, sqlite_file, without_secrets
 from exporter.errors import ConfigError, DatabaseUnavailableError, first_line
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from exporter.config.settings import without_secrets
+from exporter.config.urls import without_secrets
 from exporter.errors import (
     DatabasePermissionError,
     DatabaseUnavailableError,

@@ -14,7 +14,7 @@ import filelock
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
-from exporter.config.settings import masked_url
+from exporter.config.urls import masked_url
 from exporter.db.engine import backend, create_private, sqlite_path, unreachable
 from exporter.db.errors import store_error
 from exporter.errors import DatabaseUnavailableError, LockHeldError, first_line

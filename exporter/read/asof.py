@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import ColumnElement, Engine, FromClause, select
 
-from exporter.config.settings import parse_duration
+from exporter.config.values import parse_duration
 from exporter.db.engine import connect
 from exporter.db.schema import sync_runs
 from exporter.errors import UsageError

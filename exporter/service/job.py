@@ -14,8 +14,8 @@ from sqlalchemy import Engine, Table, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from exporter.config.proxies import Proxy, proxy_for
-from exporter.config.settings import Settings, masked_url, scopes_for
-from exporter.config.urls import display_url, sqlite_file
+from exporter.config.settings import Settings, scopes_for
+from exporter.config.urls import display_url, masked_url, sqlite_file
 from exporter.db import engine as db_engine
 from exporter.db import errors as db_errors
 from exporter.db import migrate
@@ -45,6 +45,8 @@ from exporter.sync.guard import RemovalGuard, resolve_owner_ids
 from exporter.tapkey.access import Privacy
 from exporter.tapkey.auth import TokenProvider
 from exporter.tapkey.client import TapkeyClient
+from exporter.tapkey.options import Connection, PageLimits, Timeouts
+from exporter.tapkey.retry import RetryPolicy
 
 EXIT_CODES: dict[str, int] = {RunStatus.SUCCEEDED: 0, RunStatus.FAILED: 1, RunStatus.PARTIAL: 3}
 
@@ -70,10 +72,36 @@ def proxy_to(settings: Settings, url: str) -> Proxy | None:
     return proxy_for(url, configured=settings.tapkey.proxy, env=settings.proxy_env)
 
 
+def retry_policy(settings: Settings) -> RetryPolicy:
+    """`[tapkey]`'s retry limits: one policy for the token requests and the API requests."""
+    tapkey = settings.tapkey
+    return RetryPolicy(
+        max_retries=tapkey.max_retries,
+        backoff_factor=tapkey.backoff_factor,
+        # max_retry_after is the longest wait of all, our own backoff's too.
+        max_backoff=tapkey.max_retry_after,
+        max_retry_after=tapkey.max_retry_after,
+        max_retry_time=tapkey.max_retry_time,
+    )
+
+
+def connection_to(settings: Settings, url: str) -> Connection:
+    """How requests to `url` go out: `[tapkey]` timeouts and ca_bundle, the proxy for `url`."""
+    tapkey = settings.tapkey
+    return Connection(
+        timeouts=Timeouts(connect=tapkey.connect_timeout, read=tapkey.read_timeout),
+        verify=str(tapkey.ca_bundle) if tapkey.ca_bundle else True,
+        proxy=proxy_to(settings, url),
+    )
+
+
 def make_tokens(
-    settings: Settings, *, sleep: Callable[[float], None] | None = None
+    settings: Settings,
+    *,
+    sleep: Callable[[float], None] | None = None,
+    retry: RetryPolicy | None = None,
 ) -> TokenProvider:
-    """The client-credentials token provider from `[tapkey]`."""
+    """The client-credentials token provider from `[tapkey]` (`retry`: the client's policy)."""
     tapkey = settings.tapkey
     client_id, secret = tapkey.credentials()
     return TokenProvider(
@@ -81,12 +109,9 @@ def make_tokens(
         client_secret=secret,
         token_url=tapkey.token_url,
         scopes=tapkey.scope_list,
-        timeout=(tapkey.connect_timeout, tapkey.read_timeout),
-        verify=str(tapkey.ca_bundle) if tapkey.ca_bundle else True,
+        connection=connection_to(settings, tapkey.token_url),
+        retry=retry if retry is not None else retry_policy(settings),
         sleep=sleep if sleep is not None else time.sleep,
-        backoff_factor=tapkey.backoff_factor,
-        max_retry_after=tapkey.max_retry_after,
-        proxy=proxy_to(settings, tapkey.token_url),
     )
 
 
@@ -102,23 +127,17 @@ def make_client(
     Once `stop` is set the client sends no further request (raises Interrupted).
     """
     tapkey = settings.tapkey
-    timeout = (tapkey.connect_timeout, tapkey.read_timeout)
-    verify: bool | str = str(tapkey.ca_bundle) if tapkey.ca_bundle else True
     sleep = sleep if sleep is not None else time.sleep
+    retry = retry_policy(settings)
     return TapkeyClient(
         base_url=tapkey.api_base_url,
-        tokens=tokens if tokens is not None else make_tokens(settings, sleep=sleep),
-        page_size=tapkey.page_size,
+        tokens=tokens if tokens is not None else make_tokens(settings, sleep=sleep, retry=retry),
+        connection=connection_to(settings, tapkey.api_base_url),
+        retry=retry,
+        pages=PageLimits(page_size=tapkey.page_size),
         workers=tapkey.workers,
-        timeout=timeout,
-        max_retries=tapkey.max_retries,
-        backoff_factor=tapkey.backoff_factor,
-        max_retry_after=tapkey.max_retry_after,
-        max_retry_time=tapkey.max_retry_time,
-        verify=verify,
         sleep=sleep,
         stop=stop,
-        proxy=proxy_to(settings, tapkey.api_base_url),
     )
 
 

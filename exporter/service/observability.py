@@ -30,7 +30,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from exporter.config.settings import LoggingSettings
+from exporter.config.sections import LoggingSettings
 from exporter.db.schema import bound_locks, owner_accounts, sync_runs
 from exporter.errors import ConfigError, first_line
 from exporter.kinds import ChangeType, RunStatus

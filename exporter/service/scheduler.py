@@ -28,7 +28,8 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from exporter.config.settings import ScheduleSettings, Settings
+from exporter.config.sections import ScheduleSettings
+from exporter.config.settings import Settings
 from exporter.errors import ExporterError, LockHeldError
 from exporter.kinds import RunStatus
 from exporter.results import RunResult

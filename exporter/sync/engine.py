@@ -100,8 +100,9 @@ from exporter.sync.versions import (
     remove_rows,
     version_row,
 )
+from exporter.tapkey.fields import MAX_ID_LENGTH
 from exporter.tapkey.paging import PagingCheck
-from exporter.tapkey.records import MAX_ID_LENGTH, LockRecord, OwnerLocks, OwnerRecord
+from exporter.tapkey.records import LockRecord, OwnerLocks, OwnerRecord
 
 log = logging.getLogger(__name__)
 

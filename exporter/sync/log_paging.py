@@ -32,17 +32,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from exporter.errors import PagingError
-from exporter.tapkey.paging import smaller_top
-from exporter.tapkey.records import (
+from exporter.tapkey.fields import (
     MAX_ID_LENGTH,
     BadValue,
-    _date,
-    _element_too_long,
-    _int,
-    _str,
+    date_field,
     element_id,
-    split_array,
+    element_too_long,
+    int_field,
+    str_field,
 )
+from exporter.tapkey.page_text import split_array
+from exporter.tapkey.paging import smaller_top
 
 log = logging.getLogger(__name__)
 
@@ -84,29 +84,29 @@ def parse_entry(value: Any, raw: str) -> LogEntry:
     entry_id = element_id(value)
     if entry_id is None:
         raise BadValue(f"no id of 1 to {MAX_ID_LENGTH} characters")
-    too_long = _element_too_long("the element", raw)
+    too_long = element_too_long("the element", raw)
     if too_long is not None:
         raise BadValue(too_long)
-    received = _date(value, "receivedAt")
+    received = date_field(value, "receivedAt")
     if received is None:
         raise BadValue("receivedAt is missing")
     ids = {}
     for key in ("boundLockId", "boundCardId", "contactId"):
-        ids[key] = _str(value, key)
+        ids[key] = str_field(value, key)
         if ids[key] is not None and len(ids[key] or "") > MAX_ID_LENGTH:
             raise BadValue(f"{key} is longer than {MAX_ID_LENGTH} characters")
     texts = {}
     for key in ("logType", "command"):
-        texts[key] = _str(value, key)
+        texts[key] = str_field(value, key)
         if texts[key] is not None and len(texts[key] or "") > _MAX_TEXT:
             raise BadValue(f"{key} is longer than {_MAX_TEXT} characters")
-    entry_no = _int(value, "entryNo")
+    entry_no = int_field(value, "entryNo")
     if entry_no is not None and not -_BIGINT <= entry_no < _BIGINT:
         raise BadValue("entryNo is out of range")
     return LogEntry(
         id=entry_id,
         entry_no=entry_no,
-        lock_timestamp=_date(value, "lockTimestamp"),
+        lock_timestamp=date_field(value, "lockTimestamp"),
         received_at=received,
         bound_lock_id=ids["boundLockId"],
         bound_card_id=ids["boundCardId"],

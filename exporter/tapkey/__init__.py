@@ -1,1 +1,3 @@
-"""The Tapkey API: OAuth tokens (auth.py), HTTP client (client.py), payloads (records.py)."""
+"""The Tapkey API: tokens (auth.py), one GET (transport.py, statuses.py, retry.py, options.py),
+lists (client.py, paging.py, settle.py), payloads (records.py, access.py, fields.py,
+page_text.py)."""

@@ -19,14 +19,14 @@ import hmac
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from exporter.tapkey.records import (
+from exporter.tapkey.fields import (
     MAX_ID_LENGTH,
     BadValue,
-    _bool,
-    _date,
-    _element_too_long,
-    _int,
-    _str,
+    bool_field,
+    date_field,
+    element_too_long,
+    int_field,
+    str_field,
 )
 
 __all__ = [
@@ -41,7 +41,13 @@ __all__ = [
 ]
 
 Kind = Literal["str", "bool", "int", "date", "id"]
-_READERS: Final = {"str": _str, "bool": _bool, "int": _int, "date": _date, "id": _str}
+_READERS: Final = {
+    "str": str_field,
+    "bool": bool_field,
+    "int": int_field,
+    "date": date_field,
+    "id": str_field,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +180,7 @@ def parse_element(
     """
     if not isinstance(obj, dict):
         raise BadValue("the element is not an object")
-    too_long = _element_too_long("the element", raw)
+    too_long = element_too_long("the element", raw)
     if too_long is not None:
         raise BadValue(too_long)
     values: dict[str, Any] = {"owner_account_id": owner_id}

@@ -16,6 +16,7 @@ Location, so the secret is only ever posted to `token_url` (and through the conf
 from __future__ import annotations
 
 import logging
+import random
 import re
 import threading
 import time
@@ -30,6 +31,8 @@ from requests_oauthlib import oauth2_session as _oauth2_session
 
 from exporter.config.urls import display_url, is_loopback_url
 from exporter.errors import AuthError, ConfigError
+from exporter.tapkey.options import Connection
+from exporter.tapkey.retry import Retries, RetryPolicy, retry_after_seconds, retry_log_level
 
 if TYPE_CHECKING:  # proxies imports this module
     from exporter.config.proxies import Proxy
@@ -40,11 +43,6 @@ log = logging.getLogger(__name__)
 
 #: A renewal margin never exceeds this fraction of the token's lifetime (short-lived tokens).
 MAX_MARGIN_FRACTION = 0.25
-#: Cap on a token endpoint's Retry-After, in seconds.
-MAX_TOKEN_RETRY_AFTER = 30.0
-#: Retries are logged at INFO; the retry after this many failed attempts of one request is a
-#: WARNING (the service is struggling, not just blinking). A request that finally fails raises.
-RETRY_WARNING_AFTER = 3
 
 # requests-oauthlib logs the token request body (holding the client secret), the response body and
 # the token dict at DEBUG. Raising the level keeps those records from ever being created; the filter
@@ -76,11 +74,6 @@ def shown_location(response: requests.Response) -> str:
     """A redirect's target for a message (untrusted: shown without query, printable only)."""
     location = redirect_location(response)
     return display_url(location) if location else "an unreadable Location"
-
-
-def retry_log_level(failed_attempts: int) -> int:
-    """The level of the line announcing a retry after `failed_attempts` failures of one request."""
-    return logging.WARNING if failed_attempts == RETRY_WARNING_AFTER else logging.INFO
 
 
 def network_hint(exc: Exception, proxy: Proxy | None) -> str:
@@ -176,15 +169,6 @@ def _error_code(response: requests.Response) -> str | None:
     return None
 
 
-def _retry_after_seconds(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After", "").strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return seconds if seconds >= 0 else None
-
-
 def _no_redirects(
     url: str, headers: dict[str, str], request_kwargs: dict[str, Any]
 ) -> tuple[str, dict[str, str], dict[str, Any]]:
@@ -205,16 +189,15 @@ class TokenProvider:
         client_secret: str,
         token_url: str,
         scopes: Sequence[str],
-        timeout: tuple[float, float],
-        verify: bool | str = True,
-        clock: Callable[[], float] = time.monotonic,
+        connection: Connection | None = None,
+        retry: RetryPolicy | None = None,
         refresh_margin: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
-        max_retries: int = 2,
-        backoff_factor: float = 0.5,
-        max_retry_after: float = MAX_TOKEN_RETRY_AFTER,
-        proxy: Proxy | None = None,
     ) -> None:
+        """`connection`: timeouts, TLS verification and the proxy for `token_url`; `retry`: the
+        same policy as the API's requests ([tapkey] max_retries and the other retry limits)."""
+        connection = connection or Connection()
         require_secure_url(token_url, "[tapkey] token_url")
         if not client_id:
             raise ConfigError("[tapkey] client_id is empty; set it to the OAuth client's id")
@@ -224,15 +207,14 @@ class TokenProvider:
         self._client_secret = client_secret
         self._token_url = token_url
         self._scopes = list(scopes)
-        self._timeout = timeout
-        self._verify = verify
+        self._timeout = connection.timeouts.for_requests
+        self._verify = connection.verify
+        self._proxy = connection.proxy
+        self._retry = retry or RetryPolicy()
         self._clock = clock
         self._refresh_margin = max(0.0, refresh_margin)
         self._sleep = sleep
-        self._max_retries = max(0, max_retries)
-        self._backoff_factor = max(0.0, backoff_factor)
-        self._max_retry_after = max(0.0, max_retry_after)
-        self._proxy = proxy
+        self._random = random.Random()
         self._lock = threading.Lock()
         self._token: str | None = None
         self._renew_at = 0.0
@@ -258,24 +240,24 @@ class TokenProvider:
                 self._token = None
 
     def _fetch(self) -> None:
-        """Fetch a new token (caller holds the lock), retrying transient failures a few times."""
+        """Fetch a new token (caller holds the lock), retrying transient failures (RetryPolicy)."""
         safe_url = display_url(self._token_url)
-        attempts = self._max_retries + 1
-        for attempt in range(1, attempts + 1):
+        retries = Retries(
+            self._retry, clock=self._clock, sleep=self._sleep, jitter=self._random.random
+        )
+        while True:
             sent_at = self._clock()
             try:
                 token = self._request_token()
             except _Retryable as exc:
-                if attempt == attempts:
+                attempt = retries.count + 1
+                wait = retries.next_wait(exc.retry_after)
+                if wait is None:
                     raise AuthError(
-                        f"token endpoint {safe_url} failed after {attempts} attempts "
+                        f"token endpoint {safe_url} failed after {attempt} attempts "
                         f"({exc.reason}); check [tapkey] token_url and {exc.hint}, or try again "
                         "later"
                     ) from None
-                wait = self._backoff_factor * 2 ** (attempt - 1)
-                if exc.retry_after is not None:
-                    wait = max(wait, exc.retry_after)
-                wait = min(wait, self._max_retry_after)
                 log.log(
                     retry_log_level(attempt),
                     "token endpoint %s: %s; retrying in %.2f s (attempt %d of %d)",
@@ -283,9 +265,9 @@ class TokenProvider:
                     exc.reason,
                     wait,
                     attempt,
-                    attempts,
+                    self._retry.max_retries + 1,
                 )
-                self._sleep(wait)
+                retries.wait(wait)
                 continue
             self._store(token, sent_at)
             return
@@ -401,7 +383,7 @@ class TokenProvider:
                 "secret and follows no redirect: set [tapkey] token_url to the endpoint itself"
             )
         if status == 429 or status >= 500:
-            raise _Retryable(f"HTTP {status}", _retry_after_seconds(response))
+            raise _Retryable(f"HTTP {status}", retry_after_seconds(response.headers))
         if 200 <= status < 300:
             return response
         raise AuthError(self._rejection_message(_error_code(response), status))

@@ -14,18 +14,17 @@ from exporter.config.loader import (
     resolve_config_path,
     secret_file_warning,
 )
+from exporter.config.sections import ScheduleSettings
 from exporter.config.settings import (
     SECTIONS,
     DatabaseSettings,
-    ScheduleSettings,
     Settings,
     TapkeySettings,
     env_var_name,
-    masked_url,
-    parse_duration,
     scopes_for,
-    without_secrets,
 )
+from exporter.config.urls import masked_url, without_secrets
+from exporter.config.values import parse_duration
 from exporter.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.toml"

@@ -34,7 +34,8 @@ from exporter.errors import SchemaVersionError
 from exporter.sandbox.server import Sandbox
 from exporter.service import job
 from exporter.sync.engine import sync
-from exporter.tapkey.records import MAX_ELEMENT_BYTES, MAX_FIELD_LENGTHS
+from exporter.tapkey.fields import MAX_ELEMENT_BYTES
+from exporter.tapkey.records import MAX_FIELD_LENGTHS
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from support.helpers import subprocess_env
 
-from exporter.config.settings import LoggingSettings
+from exporter.config.sections import LoggingSettings
 from exporter.results import SyncProgress
 from exporter.sandbox.server import Fault, Sandbox
 from exporter.service import observability

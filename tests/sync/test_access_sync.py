@@ -16,7 +16,7 @@ from sqlalchemy import Engine, func, select
 from support.helpers import make_settings
 from support.history import assert_history_consistent, expected_access, rows_at
 
-from exporter.config.settings import PrivacySettings
+from exporter.config.sections import PrivacySettings
 from exporter.db.schema import contacts, grant_versions, grants, sync_runs
 from exporter.results import RunResult
 from exporter.sandbox.server import Fault, Sandbox

@@ -31,7 +31,8 @@ from typer.testing import CliRunner
 from exporter import cli
 from exporter.cli import app
 from exporter.config.loader import load_settings
-from exporter.config.settings import Settings, SyncSettings
+from exporter.config.sections import SyncSettings
+from exporter.config.settings import Settings
 from exporter.db.engine import make_engine
 from exporter.db.schema import log_entries, log_entry_watermarks
 from exporter.errors import ConfigError, PagingError

@@ -8,15 +8,21 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
 from support.helpers import FakeClock
 
+from exporter.config.loader import load_settings
+from exporter.config.settings import Settings
 from exporter.errors import AuthError, ConfigError
 from exporter.sandbox.server import Fault, Request, Sandbox
+from exporter.service import job
 from exporter.tapkey.auth import TokenProvider, require_secure_url
 from exporter.tapkey.client import TapkeyClient
+from exporter.tapkey.options import Connection, Timeouts
+from exporter.tapkey.retry import RetryPolicy
 
 SECRET = "sandbox-secret-Zq81"
 SCOPES = ("read:owneraccounts", "read:core:entities")
@@ -43,10 +49,14 @@ def make_provider(
             "client_secret": SECRET,
             "token_url": fake.token_url,
             "scopes": SCOPES,
-            "timeout": (2.0, 2.0),
+            "connection": Connection(Timeouts(*overrides.pop("timeout", (2.0, 2.0)))),
+            "retry": RetryPolicy(
+                max_retries=overrides.pop("max_retries", 2),
+                backoff_factor=0.01,
+                max_retry_after=30.0,
+            ),
             "clock": clock,
             "sleep": sleeps.append,
-            "backoff_factor": 0.01,
         }
         options.update(overrides)
         return TokenProvider(**options)
@@ -106,7 +116,7 @@ def test_short_lived_tokens_cap_the_margin(clock: FakeClock, sleeps: list[float]
             client_secret=SECRET,
             token_url=fake.token_url,
             scopes=SCOPES,
-            timeout=(2.0, 2.0),
+            connection=Connection(Timeouts(2.0, 2.0)),
             clock=clock,
             refresh_margin=60.0,  # longer than the lifetime: capped to a quarter of it (10 s)
         )
@@ -135,7 +145,9 @@ def test_revoked_token_is_replaced_after_a_401(
     fake: Sandbox, make_provider: Callable[..., Any]
 ) -> None:
     tokens = make_provider()
-    with TapkeyClient(base_url=fake.base_url, tokens=tokens, backoff_factor=0.0) as client:
+    with TapkeyClient(
+        base_url=fake.base_url, tokens=tokens, retry=RetryPolicy(backoff_factor=0.0)
+    ) as client:
         owners = client.list_owners()
         fake.revoke_tokens()
         assert client.list_owners() == owners
@@ -276,7 +288,9 @@ def test_no_secret_or_token_in_logs_of_a_full_crawl(
     fake.add_fault(Fault(route="locks", status=503))
     tokens = make_provider()
     seen_tokens = []
-    with TapkeyClient(base_url=fake.base_url, tokens=tokens, backoff_factor=0.0) as client:
+    with TapkeyClient(
+        base_url=fake.base_url, tokens=tokens, retry=RetryPolicy(backoff_factor=0.0)
+    ) as client:
         for owner in client.list_owners():
             seen_tokens.append(tokens.token())
             client.list_bound_locks(owner.id)
@@ -361,3 +375,34 @@ def test_an_expires_in_that_is_not_a_number_is_one_clear_error(
     fake.add_fault(Fault(route="token", kind="body", body=body))
     with pytest.raises(AuthError, match="expires_in is not a number; check"):
         make_provider().token()
+
+
+def _settings(fake: Sandbox, tmp_path: Path, **tapkey: Any) -> Settings:
+    overrides = {
+        "tapkey.client_id": "sandbox-client",
+        "tapkey.client_secret": SECRET,
+        "tapkey.token_url": fake.token_url,
+        "tapkey.api_base_url": fake.base_url,
+        **{f"tapkey.{key}": value for key, value in tapkey.items()},
+    }
+    return load_settings(None, env={}, cwd=tmp_path, overrides=overrides)
+
+
+def test_token_requests_follow_tapkey_max_retries(
+    fake: Sandbox, tmp_path: Path, sleeps: list[float]
+) -> None:
+    fake.add_fault(Fault(route="token", status=503, times=None))
+    settings = _settings(fake, tmp_path, max_retries=4, backoff_factor=0.01)
+    with pytest.raises(AuthError, match=r"failed after 5 attempts \(HTTP 503\)"):
+        job.make_tokens(settings, sleep=sleeps.append).token()
+    assert fake.requests["token"] == 5 and len(sleeps) == 4
+
+
+def test_token_requests_keep_to_the_retry_time_budget(
+    fake: Sandbox, tmp_path: Path, sleeps: list[float]
+) -> None:
+    fake.add_fault(Fault(route="token", status=429, headers={"Retry-After": "3"}, times=None))
+    settings = _settings(fake, tmp_path, max_retries=20, max_retry_after=3, max_retry_time=10)
+    with pytest.raises(AuthError, match=r"failed after 4 attempts \(HTTP 429\)"):
+        job.make_tokens(settings, sleep=sleeps.append).token()
+    assert sleeps == [3.0, 3.0, 3.0]  # a fourth wait would end past 10 s

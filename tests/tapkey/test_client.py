@@ -24,8 +24,12 @@ from exporter.errors import (
 from exporter.sandbox.server import Fault, Request, Sandbox
 from exporter.tapkey.auth import TokenProvider
 from exporter.tapkey.client import TapkeyClient
+from exporter.tapkey.fields import element_id
+from exporter.tapkey.options import MAX_BODY_BYTES, Connection, PageLimits, Timeouts
+from exporter.tapkey.page_text import KnownTexts, split_array
 from exporter.tapkey.paging import PageSizes, PagingCheck
-from exporter.tapkey.records import KnownTexts, OwnerLocks, element_id, lock_id_hex, split_array
+from exporter.tapkey.records import OwnerLocks, lock_id_hex
+from exporter.tapkey.retry import RetryPolicy
 
 SCOPES = ("read:owneraccounts", "read:core:entities")
 PAGE = 4
@@ -71,9 +75,9 @@ def make_tokens(sleeps: list[float]) -> Factory:
             client_secret="sandbox-secret",
             token_url=server.token_url,
             scopes=scopes,
-            timeout=(2.0, 5.0),
+            connection=Connection(Timeouts(2.0, 5.0)),
+            retry=RetryPolicy(backoff_factor=0.001),
             sleep=sleeps.append,
-            backoff_factor=0.001,
         )
 
     return make
@@ -89,12 +93,17 @@ def make_client(sleeps: list[float], make_tokens: Factory) -> Iterator[Factory]:
         scopes: tuple[str, ...] = SCOPES,
         tokens: TokenProvider | None = None,
         base_url: str | None = None,
+        page_size: int = PAGE,
+        max_restarts: int = 3,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        timeout: tuple[float, float] = (2.0, 5.0),
         **options: Any,
     ) -> TapkeyClient:
+        """A client for `server`; `options` are TapkeyClient's (e.g. `retry`, `workers`)."""
         settings: dict[str, Any] = {
-            "page_size": PAGE,
-            "timeout": (2.0, 5.0),
-            "backoff_factor": 0.001,
+            "connection": Connection(Timeouts(*timeout)),
+            "pages": PageLimits(page_size, max_restarts, max_body_bytes),
+            "retry": RetryPolicy(backoff_factor=0.001),
             "sleep": sleeps.append,
         }
         settings.update(options)
@@ -336,7 +345,7 @@ def test_429_honours_retry_after(
 ) -> None:
     headers = {"Retry-After": retry_after, "Date": "Fri, 01 Jan 2021 00:00:00 GMT"}
     fake.add_fault(Fault(route="locks", status=429, headers=headers))
-    client = make_client(fake, backoff_factor=0.05, max_retry_after=7.0)
+    client = make_client(fake, retry=RetryPolicy(backoff_factor=0.05, max_retry_after=7.0))
     assert_exact(client.list_bound_locks(only_owner(fake)), fake)
     assert len(sleeps) == 1 and client.retry_count == 1
     if expected is None:  # Retry-After: 0 still waits a jittered minimum backoff: no hot loop
@@ -349,7 +358,7 @@ def test_429_without_retry_after_backs_off(
     fake: Sandbox, make_client: Factory, sleeps: list[float]
 ) -> None:
     fake.add_fault(Fault(route="owners", status=429, times=3))
-    client = make_client(fake, backoff_factor=1.0)
+    client = make_client(fake, retry=RetryPolicy(backoff_factor=1.0))
     client.list_owners()
     assert len(sleeps) == 3
     for retry, wait in enumerate(sleeps):  # exponential, with jitter in [50%, 100%]
@@ -368,7 +377,7 @@ def test_5xx_burst_then_success(fake: Sandbox, make_client: Factory) -> None:
 
 def test_retries_exhausted(fake: Sandbox, make_client: Factory) -> None:
     fake.add_fault(Fault(route="locks", status=503, times=None))
-    client = make_client(fake, max_retries=3)
+    client = make_client(fake, retry=RetryPolicy(max_retries=3, backoff_factor=0.001))
     owner = only_owner(fake)
     with pytest.raises(ApiError) as caught:
         client.list_bound_locks(owner)
@@ -380,7 +389,9 @@ def test_retries_exhausted(fake: Sandbox, make_client: Factory) -> None:
 
 def test_retry_time_budget(fake: Sandbox, make_client: Factory, sleeps: list[float]) -> None:
     fake.add_fault(Fault(route="owners", status=500, times=None))
-    client = make_client(fake, max_retries=50, backoff_factor=1.0, max_retry_time=10.0)
+    client = make_client(
+        fake, retry=RetryPolicy(max_retries=50, backoff_factor=1.0, max_retry_time=10.0)
+    )
     with pytest.raises(ApiError):
         client.list_owners()
     assert sum(sleeps) <= 10.0 and len(sleeps) < 5
@@ -394,7 +405,9 @@ def test_connection_reset_is_retried(fake: Sandbox, make_client: Factory) -> Non
 def test_persistent_reset_is_an_api_error(fake: Sandbox, make_client: Factory) -> None:
     fake.add_fault(Fault(route="locks", kind="reset", times=None))
     with pytest.raises(ApiError, match="connection failed after 3 attempts") as caught:
-        make_client(fake, max_retries=2).list_bound_locks(only_owner(fake))
+        make_client(fake, retry=RetryPolicy(max_retries=2, backoff_factor=0.001)).list_bound_locks(
+            only_owner(fake)
+        )
     assert caught.value.status is None
 
 
@@ -406,7 +419,9 @@ def test_truncated_body_is_retried(fake: Sandbox, make_client: Factory) -> None:
 def test_persistent_truncation_is_a_payload_error(fake: Sandbox, make_client: Factory) -> None:
     fake.add_fault(Fault(route="locks", kind="truncate", times=None))
     with pytest.raises(PayloadError, match="cut off"):
-        make_client(fake, max_retries=1).list_bound_locks(only_owner(fake))
+        make_client(fake, retry=RetryPolicy(max_retries=1, backoff_factor=0.001)).list_bound_locks(
+            only_owner(fake)
+        )
 
 
 def test_read_timeout_is_retried(fake: Sandbox, make_client: Factory) -> None:
@@ -421,7 +436,11 @@ def test_connection_refused(fake: Sandbox, make_client: Factory) -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     # Tokens come from the sandbox; the API's port has nobody listening.
-    client = make_client(fake, max_retries=1, base_url=f"http://127.0.0.1:{port}")
+    client = make_client(
+        fake,
+        retry=RetryPolicy(max_retries=1, backoff_factor=0.001),
+        base_url=f"http://127.0.0.1:{port}",
+    )
     with pytest.raises(ApiError, match="connection failed after 2 attempts"):
         client.list_owners()
 
@@ -930,7 +949,7 @@ def retry_lines(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name == "exporter.tapkey.client"
+        if r.name == "exporter.tapkey.transport"
         and r.levelno == level
         and "retrying" in r.getMessage()
     ]

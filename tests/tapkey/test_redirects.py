@@ -15,7 +15,9 @@ from support.http_servers import Tls
 from exporter.errors import ApiError, AuthError
 from exporter.sandbox.server import Fault, Sandbox
 from exporter.tapkey.auth import TokenProvider
-from exporter.tapkey.client import MAX_REDIRECTS, TapkeyClient
+from exporter.tapkey.client import TapkeyClient
+from exporter.tapkey.options import Connection, Timeouts
+from exporter.tapkey.transport import MAX_REDIRECTS
 
 SECRET = "redirect-test-secret-7Hq"
 SCOPES = ("read:owneraccounts", "read:core:entities")
@@ -43,6 +45,11 @@ def other_host(tls: Tls) -> Iterator[Sandbox]:
         yield server
 
 
+def connection(tls: Tls | None) -> Connection:
+    """Short timeouts; https verified against the test CA when `tls` is given."""
+    return Connection(Timeouts(2.0, 5.0), verify=str(tls.ca_file) if tls else True)
+
+
 def tokens(server: Sandbox, tls: Tls | None) -> TokenProvider:
     """A token provider for `server` (over https when `tls` is given)."""
     return TokenProvider(
@@ -50,8 +57,7 @@ def tokens(server: Sandbox, tls: Tls | None) -> TokenProvider:
         client_secret=SECRET,
         token_url=server.token_url,
         scopes=SCOPES,
-        timeout=(2.0, 5.0),
-        verify=str(tls.ca_file) if tls else True,
+        connection=connection(tls),
         sleep=lambda _: None,
     )
 
@@ -61,8 +67,7 @@ def client(server: Sandbox, tls: Tls | None) -> TapkeyClient:
     return TapkeyClient(
         base_url=server.base_url,
         tokens=tokens(server, tls),
-        timeout=(2.0, 5.0),
-        verify=str(tls.ca_file) if tls else True,
+        connection=connection(tls),
         sleep=lambda _: None,
     )
 

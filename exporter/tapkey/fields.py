@@ -1,0 +1,104 @@
+"""Reading one field of a Tapkey element: typed readers, ids, and the lengths the exporter stores.
+
+Shared by every payload parser (locks and owners in exporter.tapkey.records, the access lists in
+exporter.tapkey.access, log entries in exporter.sync.log_paging): a value of the wrong type is a
+`BadValue` naming the field, never a guess.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Final
+
+__all__ = [
+    "MAX_ELEMENT_BYTES",
+    "MAX_ID_LENGTH",
+    "SURELY_SHORT",
+    "BadValue",
+    "bool_field",
+    "date_field",
+    "element_id",
+    "element_too_long",
+    "int_field",
+    "str_field",
+    "too_long",
+]
+
+#: Ids longer than this cannot be stored (VARCHAR(64)); such an element counts as unidentified.
+MAX_ID_LENGTH: Final = 64
+#: The longest element (its JSON text, in UTF-8 bytes) the exporter stores: a longer lock is
+#: skipped, a longer owner fails. The text holds every free text of the element (title,
+#: description, owner name) at least once, so this bounds them too: a row stays well within what
+#: MariaDB takes in one statement (max_allowed_packet, 16 MiB by default) and every value within
+#: its MEDIUMTEXT columns (16 MiB), the same on every database.
+MAX_ELEMENT_BYTES: Final = 4 * 1024 * 1024
+
+
+class BadValue(ValueError):
+    """A field of an element has the wrong type; the message names the field."""
+
+
+#: A text this short needs no byte count: no UTF-8 character takes more than 4 bytes.
+SURELY_SHORT: Final = MAX_ELEMENT_BYTES // 4
+
+
+def too_long(what: str, length: int, limit: int, unit: str = "characters") -> str:
+    """The message for a value longer than the exporter stores."""
+    return f"{what} is {length:,} {unit} long, more than the {limit:,} the exporter stores"
+
+
+def element_too_long(what: str, raw: str) -> str | None:
+    """Why the element text `raw` is too long to store, or None."""
+    if len(raw) <= SURELY_SHORT:
+        return None
+    size = len(raw.encode())
+    return too_long(what, size, MAX_ELEMENT_BYTES, "bytes") if size > MAX_ELEMENT_BYTES else None
+
+
+def element_id(value: Any) -> str | None:
+    """An element's `id` if it is a string the database can hold, else None."""
+    if isinstance(value, dict):
+        ident = value.get("id")
+        if isinstance(ident, str) and 0 < len(ident) <= MAX_ID_LENGTH:
+            return ident
+    return None
+
+
+def str_field(obj: dict[str, Any], key: str) -> str | None:
+    """A string field of `obj` (None when absent or null); BadValue for another type."""
+    value = obj.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise BadValue(f"{key} is not a string")
+
+
+def int_field(obj: dict[str, Any], key: str) -> int | None:
+    """An integer field of `obj` (None when absent or null); BadValue for another type."""
+    value = obj.get(key)
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise BadValue(f"{key} is not an integer")
+
+
+def bool_field(obj: dict[str, Any], key: str) -> bool | None:
+    """A true/false field of `obj` (None when absent or null); BadValue for another type."""
+    value = obj.get(key)
+    if value is None or isinstance(value, bool):
+        return value
+    raise BadValue(f"{key} is not true/false")
+
+
+def date_field(obj: dict[str, Any], key: str) -> datetime | None:
+    """ISO-8601 with `Z` or an offset -> aware UTC (a value without an offset is taken as UTC)."""
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BadValue(f"{key} is not a date string")
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise BadValue(f"{key} is not an ISO-8601 date") from None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
