@@ -40,8 +40,9 @@ from exporter.results import RunResult, SyncProgress
 from exporter.sync import api_paging, log_entries, retention
 from exporter.sync.access import AccessOptions
 from exporter.sync.batches import Batching
-from exporter.sync.engine import filled_by, sync, utcnow
+from exporter.sync.engine import sync, utcnow
 from exporter.sync.guard import RemovalGuard, resolve_owner_ids
+from exporter.sync.run_records import filled_by
 from exporter.tapkey.access import Privacy
 from exporter.tapkey.auth import TokenProvider
 from exporter.tapkey.client import TapkeyClient

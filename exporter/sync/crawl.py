@@ -90,7 +90,7 @@ def crawl(
 
     with (
         _StoredTexts(engine, owner_ids, stored_locks) as stored,
-        _DaemonPool(workers, "fetch") as pool,
+        DaemonPool(workers, "fetch") as pool,
     ):
 
         def submit() -> None:
@@ -127,7 +127,7 @@ def crawl(
 
 def call_until_stopped(stop: threading.Event, call: Callable[[], T]) -> T:
     """`call()` on a thread of its own; Interrupted once `stop` is set, leaving it behind."""
-    with _DaemonPool(1, "call") as pool:
+    with DaemonPool(1, "call") as pool:
         future = pool.submit(call)
         while not wait([future], timeout=STOP_POLL).done:
             if stop.is_set():
@@ -159,7 +159,7 @@ class Completions(Generic[T]):
             return None
 
 
-class _DaemonPool:
+class DaemonPool:
     """`workers` daemon threads running submitted calls, each in the context it was submitted in.
 
     Unlike a ThreadPoolExecutor, it can be left with calls in flight: its threads never keep the
@@ -191,7 +191,7 @@ class _DaemonPool:
                 item.future.set_result(result)
             del item  # not kept alive while waiting for the next call
 
-    def __enter__(self) -> _DaemonPool:
+    def __enter__(self) -> DaemonPool:
         return self
 
     def __exit__(self, *_exc: object) -> None:

@@ -1,4 +1,4 @@
-"""A run's `sync_runs` row when the database was away at its end, and runs found abandoned.
+"""A run's `sync_runs` row: opened, its end, the end when the database was away, abandoned runs.
 
 A run records its own end: time, status, reason and counts. If the database is away just then,
 the write is retried on a new connection a few times; if it stays away, this process keeps the
@@ -20,13 +20,14 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, select, update
+from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from exporter.db.engine import connect
 from exporter.db.schema import CHANGE_COUNTS, sync_run_owners, sync_runs
-from exporter.errors import StoreError, first_line
+from exporter.errors import ClientMismatchError, StoreError, first_line
 from exporter.kinds import RunStatus
+from exporter.results import RunResult
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,55 @@ _unrecorded_lock = threading.Lock()
 
 def _database(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=False)
+
+
+def filled_by(conn: Connection) -> str | None:
+    """The OAuth client id of the last run that wrote to this database, if any."""
+    value = conn.execute(
+        select(sync_runs.c.client_id)
+        .where(sync_runs.c.status.in_((RunStatus.SUCCEEDED, RunStatus.PARTIAL)))
+        .where(sync_runs.c.client_id.is_not(None))
+        .order_by(sync_runs.c.id.desc())
+        .limit(1)
+    ).scalar()
+    return None if value is None else str(value)
+
+
+def check_client(conn: Connection, client_id: str, *, allow_change: bool) -> None:
+    """Raise ClientMismatchError if another OAuth client filled this database (unless allowed)."""
+    previous = filled_by(conn)
+    if previous is not None and previous != client_id and not allow_change:
+        raise ClientMismatchError(
+            f"this database was filled by OAuth client {previous!r}, but the configuration "
+            f"uses {client_id!r}; two clients would remove each other's owners. Use a "
+            "separate database, or pass --allow-client-change ([sync] "
+            "allow_client_id_change = true) if the client was replaced on purpose"
+        )
+
+
+def open_run(conn: Connection, *, started_at: datetime, trigger: str, client_id: str) -> int:
+    """Insert a `running` run's row; return its id."""
+    return conn.execute(  # type: ignore[no-any-return]
+        insert(sync_runs).values(
+            started_at=started_at,
+            status=RunStatus.RUNNING,
+            trigger=trigger,
+            client_id=client_id,
+        )
+    ).inserted_primary_key[0]  # type: ignore[index]
+
+
+def end_values(result: RunResult) -> dict[str, Any]:
+    """The `sync_runs` values of a finished run: status, end, counts and reason."""
+    return {
+        "status": result.status,
+        "finished_at": result.finished_at,
+        "owners_seen": result.owners_seen,
+        "locks_seen": result.locks_seen,
+        "api_requests": result.api_requests,
+        "error": result.error,
+        **result.counts.as_dict(),
+    }
 
 
 def record_end(

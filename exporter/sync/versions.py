@@ -7,7 +7,7 @@ always move together.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -43,6 +43,10 @@ class Clock:
             t = self._last + timedelta(microseconds=1)
         self._last = t
         return t
+
+    def start_after(self, floor: datetime | None) -> None:
+        """From now on give instants past `floor` (the latest one stored), as Clock(now, floor)."""
+        self._last = floor
 
 
 def latest_instant(conn: Connection) -> datetime | None:
@@ -87,6 +91,22 @@ def version_row(
 def load_locks(conn: Connection, ids: Sequence[str]) -> dict[str, Mapping[Any, Any]]:
     """The stored tracked and current-only columns of the locks `ids`, by id."""
     return load_rows(conn, bound_locks, (*LOCK_TRACKED, *LOCK_CURRENT_ONLY), ids)
+
+
+def present_by_owner(conn: Connection, table: Table) -> dict[str, int]:
+    """Present (not removed) rows of a current table per owner id."""
+    column = table.c.owner_account_id
+    rows = conn.execute(
+        select(column, func.count()).where(table.c.removed_at.is_(None)).group_by(column)
+    )
+    return {owner_id: count for owner_id, count in rows}
+
+
+def changed_fields(
+    old: Mapping[Any, Any], new: Mapping[str, Any], fields: Iterable[str]
+) -> list[str]:
+    """The `fields` whose stored value `old` differs from the new one."""
+    return [name for name in fields if old[name] != new[name]]
 
 
 def load_rows(
