@@ -289,6 +289,7 @@ def plan_text_batches(
             continue
         if count >= small:
             batches.append([owner_id])
+            open_batch, open_locks = [], 0  # batches keep the crawl's order
             continue
         if open_batch and (len(open_batch) >= owners or open_locks + count > locks):
             open_batch, open_locks = [], 0
