@@ -77,13 +77,13 @@ def build(url: str, *, locks: int, owners: int, renames: int, seed: int) -> dict
     from exporter.db.engine import connect, make_engine
     from exporter.db.schema import (
         LOCK_TRACKED,
-        UTCDateTime,
         bound_lock_versions,
         bound_locks,
         owner_account_versions,
         owner_accounts,
         sync_runs,
     )
+    from exporter.db.types import UTCDateTime
     from exporter.sync.versions import close_versions, open_created_versions
 
     rng = random.Random(seed)

@@ -15,6 +15,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from exporter.config.urls import masked_url, sqlite_file, without_secrets
+from exporter.db.tls import is_tls_option, mysql_tls
 from exporter.errors import ConfigError, DatabaseUnavailableError, first_line
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,9 @@ def make_engine(url: str, *, schema: str | None = None, create: bool = True) -> 
     else:
         connect_args.update(init_command="SET time_zone = '+00:00'", connect_timeout=10)
         kwargs["pool_recycle"] = 3600
+        if parsed.get_driver_name() == "pymysql":
+            connect_args.update(mysql_tls(parsed.query))
+            parsed = parsed.difference_update_query(filter(is_tls_option, parsed.query))
     try:
         engine = create_engine(parsed, connect_args=connect_args, **kwargs)
     except (ImportError, ArgumentError) as exc:

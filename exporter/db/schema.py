@@ -1,25 +1,19 @@
 """The database contract: the tables that BI users query by name (their views: exporter.db.views).
 
-Every timestamp is UTC with microseconds: `timestamptz` on PostgreSQL, `DATETIME(6)` holding UTC on
-MariaDB/MySQL, and ISO-8601 text in one fixed format (`2026-01-31T12:00:00.000000Z`) on SQLite, so
-that text comparison orders correctly. Ids compare case-sensitively everywhere (binary collation on
-MariaDB/MySQL, which compare case-insensitively by default).
+Their column types (UTC timestamps, case-sensitive ids) are in exporter.db.types.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import UTC, date, datetime
+from datetime import date
 from typing import Any
 
 from sqlalchemy import (
-    JSON,
     BigInteger,
     Boolean,
     Column,
     Date,
-    DateTime,
-    Dialect,
     Double,
     ForeignKey,
     Index,
@@ -27,17 +21,12 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-    Text,
-    TypeDecorator,
     UniqueConstraint,
 )
-from sqlalchemy.dialects import mysql, postgresql
-from sqlalchemy.types import TypeEngine
 
 from exporter.db.descriptions import COLUMN_COMMENTS, TABLE_COMMENTS
+from exporter.db.types import UTCDateTime, id_type, json_type, long_text
 from exporter.kinds import ChangeType, RemovalReason, RunStatus
-
-SQLITE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 LOCK_TRACKED = (
     "owner_account_id",
@@ -83,60 +72,6 @@ RUN_STATUSES = tuple(RunStatus)
 RUN_TRIGGERS = ("manual", "schedule", "demo")
 
 
-class UTCDateTime(TypeDecorator[datetime]):
-    """An aware UTC datetime, stored natively where the database can and as fixed text on SQLite."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
-        if dialect.name == "sqlite":
-            return dialect.type_descriptor(String(27))
-        if dialect.name in ("mysql", "mariadb"):
-            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
-        return dialect.type_descriptor(postgresql.TIMESTAMP(timezone=True))
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to a UTC column")
-        value = value.astimezone(UTC)
-        if dialect.name == "sqlite":
-            # SQLITE_TIME_FORMAT, built from isoformat (~4x faster than strftime; every lock
-            # row has several): an aware UTC value's isoformat ends in "+00:00".
-            return value.isoformat(timespec="microseconds")[:-6] + "Z"
-        if dialect.name in ("mysql", "mariadb"):
-            return value.replace(tzinfo=None)
-        return value
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if isinstance(value, str):
-            value = datetime.fromisoformat(value)
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
-        return value.astimezone(UTC)  # type: ignore[no-any-return]
-
-
-def _id(length: int = 64) -> TypeEngine[str]:
-    """VARCHAR with case-sensitive comparison on every database (ids, Base64 lock ids)."""
-    return String(length).with_variant(
-        mysql.VARCHAR(length, collation="utf8mb4_bin"), "mysql", "mariadb"
-    )
-
-
-def _long_text() -> TypeEngine[str]:
-    """Text for values from the API: MySQL's TEXT stops at 64 KiB, MEDIUMTEXT at 16 MiB, which
-    holds the longest element the exporter stores (records.MAX_ELEMENT_BYTES)."""
-    return Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
-
-
-def _json() -> TypeEngine[Any]:
-    return JSON().with_variant(postgresql.JSONB(), "postgresql")
-
-
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -151,10 +86,10 @@ _MYSQL: dict[str, Any] = {"mysql_charset": "utf8mb4", "mariadb_charset": "utf8mb
 
 def _lock_attributes() -> list[Column[Any]]:
     return [
-        Column("owner_account_id", _id(), nullable=False),
-        Column("title", _long_text()),
-        Column("description", _long_text()),
-        Column("physical_lock_id", _id(255)),
+        Column("owner_account_id", id_type(), nullable=False),
+        Column("title", long_text()),
+        Column("description", long_text()),
+        Column("physical_lock_id", id_type(255)),
         Column("lock_type_id", String(255)),
         Column("lock_model_name", String(255)),
         Column("manufacturer_id", Integer()),
@@ -170,7 +105,7 @@ def _version_columns(run_table: str) -> list[Column[Any]]:
         Column("valid_from", UTCDateTime(), nullable=False),
         Column("valid_to", UTCDateTime()),
         Column("change_type", String(16), nullable=False),
-        Column("changed_fields", _json()),
+        Column("changed_fields", json_type()),
         Column("removal_reason", String(16)),
         Column("run_id", Integer(), ForeignKey(f"{run_table}.id"), nullable=False),
     ]
@@ -188,7 +123,7 @@ def _count_columns() -> list[Column[int]]:
 
 def _current_columns() -> list[Column[Any]]:
     return [
-        Column("raw", _long_text()),
+        Column("raw", long_text()),
         Column("first_seen_at", UTCDateTime(), nullable=False),
         Column("removed_at", UTCDateTime()),
         Column("updated_at", UTCDateTime(), nullable=False),
@@ -203,7 +138,7 @@ def _versions_table(
         name,
         metadata,
         Column("version_id", Integer(), primary_key=True, autoincrement=True),
-        Column("id", _id(), nullable=False),
+        Column("id", id_type(), nullable=False),
         *attributes(),
         *_version_columns("sync_runs"),
         Index(None, "id", "valid_from"),
@@ -229,7 +164,7 @@ def _entity_tables(
     current = Table(
         name,
         metadata,
-        Column("id", _id(), primary_key=True),
+        Column("id", id_type(), primary_key=True),
         *attributes(),
         *_current_columns(),
         Index(None, "owner_account_id", "removed_at"),
@@ -250,7 +185,7 @@ sync_runs = Table(
     Column("owners_seen", Integer(), nullable=False, default=0),
     *_count_columns(),
     Column("api_requests", Integer(), nullable=False, default=0),
-    Column("error", _long_text()),
+    Column("error", long_text()),
     Column("client_id", String(255)),
     Index(None, "status"),
     Index(None, "started_at"),
@@ -261,11 +196,11 @@ sync_run_owners = Table(
     "sync_run_owners",
     metadata,
     Column("run_id", Integer(), ForeignKey("sync_runs.id"), primary_key=True),
-    Column("owner_account_id", _id(), primary_key=True),
+    Column("owner_account_id", id_type(), primary_key=True),
     Column("status", String(16), nullable=False),
     *_count_columns(),
     Column("fetched_at", UTCDateTime()),
-    Column("error", _long_text()),
+    Column("error", long_text()),
     Index(None, "owner_account_id", "status"),
     **_MYSQL,
 )
@@ -273,8 +208,8 @@ sync_run_owners = Table(
 owner_accounts = Table(
     "owner_accounts",
     metadata,
-    Column("id", _id(), primary_key=True),
-    Column("name", _long_text()),
+    Column("id", id_type(), primary_key=True),
+    Column("name", long_text()),
     Column("active", Boolean()),
     Column("first_seen_at", UTCDateTime(), nullable=False),
     Column("last_seen_at", UTCDateTime()),
@@ -284,18 +219,18 @@ owner_accounts = Table(
 )
 
 owner_account_versions = _versions_table(
-    "owner_account_versions", lambda: [Column("name", _long_text()), Column("active", Boolean())]
+    "owner_account_versions", lambda: [Column("name", long_text()), Column("active", Boolean())]
 )
 
 bound_locks = Table(
     "bound_locks",
     metadata,
-    Column("id", _id(), primary_key=True),
+    Column("id", id_type(), primary_key=True),
     *_lock_attributes(),
     Column("lock_id_hex", String(255)),
     Column("rcl_serial_no", Integer()),
     Column("rcl_date", UTCDateTime()),
-    Column("raw", _long_text()),
+    Column("raw", long_text()),
     Column("first_seen_at", UTCDateTime(), nullable=False),
     Column("removed_at", UTCDateTime()),
     Column("updated_at", UTCDateTime(), nullable=False),
@@ -310,21 +245,21 @@ bound_lock_versions = _versions_table("bound_lock_versions", _lock_attributes)
 
 def _contact_attributes() -> list[Column[Any]]:
     return [
-        Column("owner_account_id", _id(), nullable=False),
+        Column("owner_account_id", id_type(), nullable=False),
         Column("ip_id", String(255)),
-        Column("identifier", _id(255)),
-        Column("title", _long_text()),
-        Column("comment", _long_text()),
+        Column("identifier", id_type(255)),
+        Column("title", long_text()),
+        Column("comment", long_text()),
     ]
 
 
 def _card_attributes() -> list[Column[Any]]:
     return [
-        Column("owner_account_id", _id(), nullable=False),
-        Column("title", _long_text()),
+        Column("owner_account_id", id_type(), nullable=False),
+        Column("title", long_text()),
         Column("label", String(255)),
-        Column("uid", _id(255)),
-        Column("physical_card_id", _id(255)),
+        Column("uid", id_type(255)),
+        Column("physical_card_id", id_type(255)),
         Column("is_active", Boolean()),
         Column("bind_date", UTCDateTime()),
         Column("unbind_date", UTCDateTime()),
@@ -334,13 +269,13 @@ def _card_attributes() -> list[Column[Any]]:
 
 def _grant_attributes() -> list[Column[Any]]:
     return [
-        Column("owner_account_id", _id(), nullable=False),
-        Column("bound_lock_id", _id()),
-        Column("contact_id", _id()),
-        Column("bound_card_id", _id()),
+        Column("owner_account_id", id_type(), nullable=False),
+        Column("bound_lock_id", id_type()),
+        Column("contact_id", id_type()),
+        Column("bound_card_id", id_type()),
         Column("validity_from", UTCDateTime()),
         Column("validity_before", UTCDateTime()),
-        Column("time_restriction_ical", _long_text()),
+        Column("time_restriction_ical", long_text()),
         Column("state", String(32)),
         Column("active", Boolean()),
     ]
@@ -377,8 +312,8 @@ lock_health_readings = Table(
     "lock_health_readings",
     metadata,
     Column("reading_id", Integer(), primary_key=True, autoincrement=True),
-    Column("bound_lock_id", _id(), nullable=False),
-    Column("physical_lock_id", _id(255)),
+    Column("bound_lock_id", id_type(), nullable=False),
+    Column("physical_lock_id", id_type(255)),
     Column("type", String(64), nullable=False),
     Column("reading_at", UTCDateTime(), nullable=False),
     Column("value", String(255)),
@@ -409,17 +344,17 @@ api_paging = Table(
 log_entries = Table(
     "log_entries",
     metadata,
-    Column("owner_account_id", _id(), primary_key=True),
-    Column("id", _id(), primary_key=True),
+    Column("owner_account_id", id_type(), primary_key=True),
+    Column("id", id_type(), primary_key=True),
     Column("entry_no", BigInteger()),
     Column("lock_timestamp", UTCDateTime()),
     Column("received_at", UTCDateTime(), nullable=False),
-    Column("bound_lock_id", _id()),
-    Column("bound_card_id", _id()),
-    Column("contact_id", _id()),
+    Column("bound_lock_id", id_type()),
+    Column("bound_card_id", id_type()),
+    Column("contact_id", id_type()),
     Column("log_type", String(255)),
     Column("command", String(255)),
-    Column("raw", _long_text()),
+    Column("raw", long_text()),
     Column("run_id", Integer(), ForeignKey("sync_runs.id"), nullable=False),
     # Per lock over time: the openings view, `exporter log --lock`.
     Index(None, "bound_lock_id", "lock_timestamp"),
@@ -433,9 +368,9 @@ log_entries = Table(
 log_entry_watermarks = Table(
     "log_entry_watermarks",
     metadata,
-    Column("owner_account_id", _id(), primary_key=True),
+    Column("owner_account_id", id_type(), primary_key=True),
     Column("received_at", UTCDateTime()),
-    Column("last_id", _id()),
+    Column("last_id", id_type()),
     Column("list_position", Integer()),
     Column("filter_refused_at", UTCDateTime()),
     Column("updated_at", UTCDateTime(), nullable=False),

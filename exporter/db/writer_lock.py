@@ -77,6 +77,12 @@ class WriterLock:
         except DBAPIError as exc:
             self._close()
             raise store_error(exc, self._engine) from None
+        except BaseException:
+            # Interrupted while waiting (Ctrl-C in `exporter db upgrade`), or the connection's
+            # state refused a statement: no __exit__ will close it, and left to the garbage
+            # collector a killed connection lingers open.
+            self._close()
+            raise
         if not got:
             self._close()
             where = masked_url(self._engine.url)

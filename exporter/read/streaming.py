@@ -12,7 +12,7 @@ from sqlalchemy import ColumnElement, Connection, Select, type_coerce
 from sqlalchemy.engine import Dialect, processors
 from sqlalchemy.types import TypeEngine
 
-from exporter.db.schema import UTCDateTime
+from exporter.db.types import UTCDateTime
 
 __all__ = ["stream", "streamed"]
 

@@ -16,7 +16,6 @@ from sqlalchemy import Connection, Table, func, insert, literal, select, update
 from exporter.db.inlists import chunks
 from exporter.db.schema import (
     LOCK_TRACKED,
-    UTCDateTime,
     bound_card_versions,
     bound_lock_versions,
     bound_locks,
@@ -25,6 +24,7 @@ from exporter.db.schema import (
     owner_account_versions,
     sync_runs,
 )
+from exporter.db.types import UTCDateTime
 
 # Lock columns kept current only: a change to them rewrites the row but makes no version.
 LOCK_CURRENT_ONLY = ("lock_id_hex", "rcl_serial_no", "rcl_date", "raw")

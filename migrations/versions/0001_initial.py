@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import mysql, postgresql
 
-import exporter.db.schema
+import exporter.db.types
 
 # The views as they are at this revision (frozen here: a later revision that changes a view
 # drops and recreates it).
@@ -78,12 +78,12 @@ def upgrade() -> None:
         sa.Column("lock_model_name", sa.String(length=255), nullable=True),
         sa.Column("manufacturer_id", sa.Integer(), nullable=True),
         sa.Column("active", sa.Boolean(), nullable=True),
-        sa.Column("bind_date", exporter.db.schema.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("unbind_date", exporter.db.schema.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("bind_date", exporter.db.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("unbind_date", exporter.db.types.UTCDateTime(timezone=True), nullable=True),
         sa.Column("target_type", sa.String(length=64), nullable=True),
         sa.Column("lock_id_hex", sa.String(length=255), nullable=True),
         sa.Column("rcl_serial_no", sa.Integer(), nullable=True),
-        sa.Column("rcl_date", exporter.db.schema.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("rcl_date", exporter.db.types.UTCDateTime(timezone=True), nullable=True),
         sa.Column(
             "raw",
             sa.Text()
@@ -91,9 +91,9 @@ def upgrade() -> None:
             .with_variant(mysql.MEDIUMTEXT(), "mysql"),
             nullable=True,
         ),
-        sa.Column("first_seen_at", exporter.db.schema.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("removed_at", exporter.db.schema.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("updated_at", exporter.db.schema.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("first_seen_at", exporter.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("removed_at", exporter.db.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("updated_at", exporter.db.types.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_bound_locks")),
         mariadb_charset="utf8mb4",
         mysql_charset="utf8mb4",
@@ -117,10 +117,10 @@ def upgrade() -> None:
         ),
         sa.Column("name", sa.Text(), nullable=True),
         sa.Column("active", sa.Boolean(), nullable=True),
-        sa.Column("first_seen_at", exporter.db.schema.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("last_seen_at", exporter.db.schema.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("removed_at", exporter.db.schema.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("updated_at", exporter.db.schema.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("first_seen_at", exporter.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("last_seen_at", exporter.db.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("removed_at", exporter.db.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("updated_at", exporter.db.types.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_owner_accounts")),
         mariadb_charset="utf8mb4",
         mysql_charset="utf8mb4",
@@ -128,8 +128,8 @@ def upgrade() -> None:
     op.create_table(
         "sync_runs",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
-        sa.Column("started_at", exporter.db.schema.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("finished_at", exporter.db.schema.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("started_at", exporter.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", exporter.db.types.UTCDateTime(timezone=True), nullable=True),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("trigger", sa.String(length=16), nullable=False),
         sa.Column("owners_seen", sa.Integer(), nullable=False),
@@ -181,11 +181,11 @@ def upgrade() -> None:
         sa.Column("lock_model_name", sa.String(length=255), nullable=True),
         sa.Column("manufacturer_id", sa.Integer(), nullable=True),
         sa.Column("active", sa.Boolean(), nullable=True),
-        sa.Column("bind_date", exporter.db.schema.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("unbind_date", exporter.db.schema.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("bind_date", exporter.db.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("unbind_date", exporter.db.types.UTCDateTime(timezone=True), nullable=True),
         sa.Column("target_type", sa.String(length=64), nullable=True),
-        sa.Column("valid_from", exporter.db.schema.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("valid_to", exporter.db.schema.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("valid_from", exporter.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("valid_to", exporter.db.types.UTCDateTime(timezone=True), nullable=True),
         sa.Column("change_type", sa.String(length=16), nullable=False),
         sa.Column(
             "changed_fields",
@@ -222,8 +222,8 @@ def upgrade() -> None:
         ),
         sa.Column("name", sa.Text(), nullable=True),
         sa.Column("active", sa.Boolean(), nullable=True),
-        sa.Column("valid_from", exporter.db.schema.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("valid_to", exporter.db.schema.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("valid_from", exporter.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("valid_to", exporter.db.types.UTCDateTime(timezone=True), nullable=True),
         sa.Column("change_type", sa.String(length=16), nullable=False),
         sa.Column(
             "changed_fields",
@@ -270,7 +270,7 @@ def upgrade() -> None:
         sa.Column("restored", sa.Integer(), nullable=False),
         sa.Column("unchanged", sa.Integer(), nullable=False),
         sa.Column("skipped", sa.Integer(), nullable=False),
-        sa.Column("fetched_at", exporter.db.schema.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("fetched_at", exporter.db.types.UTCDateTime(timezone=True), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
         sa.ForeignKeyConstraint(
             ["run_id"], ["sync_runs.id"], name=op.f("fk_sync_run_owners_run_id_sync_runs")

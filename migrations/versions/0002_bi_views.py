@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import mysql
 
-import exporter.db.schema
+import exporter.db.types
 
 revision: str = "0002"
 down_revision: str | Sequence[str] | None = "0001"
@@ -393,13 +393,13 @@ def upgrade() -> None:
         sa.Column("day", sa.Date(), nullable=False, comment="The day (UTC)."),
         sa.Column(
             "day_start",
-            exporter.db.schema.UTCDateTime(timezone=True),
+            exporter.db.types.UTCDateTime(timezone=True),
             nullable=False,
             comment="Midnight at the start of the day (UTC).",
         ),
         sa.Column(
             "day_end",
-            exporter.db.schema.UTCDateTime(timezone=True),
+            exporter.db.types.UTCDateTime(timezone=True),
             nullable=False,
             comment="Midnight at the end of the day (UTC), the next day_start.",
         ),
@@ -451,7 +451,7 @@ def upgrade() -> None:
         ),
         sa.Column(
             "reading_at",
-            exporter.db.schema.UTCDateTime(timezone=True),
+            exporter.db.types.UTCDateTime(timezone=True),
             nullable=False,
             comment="When the lock measured the value (UTC), the timestamp of the reading itself.",
         ),
@@ -481,7 +481,7 @@ def upgrade() -> None:
         ),
         sa.Column(
             "seen_at",
-            exporter.db.schema.UTCDateTime(timezone=True),
+            exporter.db.types.UTCDateTime(timezone=True),
             nullable=False,
             comment="When a run first stored the reading (UTC).",
         ),

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import exporter.db.schema
+import exporter.db.types
 
 revision: str = "0005"
 down_revision: str | Sequence[str] | None = "0004"
@@ -54,7 +54,7 @@ def upgrade() -> None:
         ),
         sa.Column(
             "updated_at",
-            exporter.db.schema.UTCDateTime(timezone=True),
+            exporter.db.types.UTCDateTime(timezone=True),
             nullable=False,
             comment="When this was last learned (UTC).",
         ),

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import mysql, postgresql
 
-import exporter.db.schema
+import exporter.db.types
 
 revision: str = "0006"
 down_revision: str | Sequence[str] | None = "0005"
@@ -34,7 +34,7 @@ def _has_partial_indexes() -> bool:
     return op.get_bind().dialect.name in ("postgresql", "sqlite")
 
 
-# Frozen copies of exporter.db.schema.VIEWS and descriptions.VIEW_COMMENTS at this revision.
+# Frozen copies of exporter.db.views.VIEWS and VIEW_COMMENTS at this revision.
 VIEWS = {
     "current_grants": (
         "SELECT g.id AS grant_id, g.owner_account_id, o.name AS owner_name, g.bound_lock_id, "
@@ -245,13 +245,13 @@ def upgrade() -> None:
         ),
         sa.Column(
             "bind_date",
-            exporter.db.schema.UTCDateTime(timezone=True),
+            exporter.db.types.UTCDateTime(timezone=True),
             nullable=True,
             comment="When the card was bound, per Tapkey (UTC).",
         ),
         sa.Column(
             "unbind_date",
-            exporter.db.schema.UTCDateTime(timezone=True),
+            exporter.db.types.UTCDateTime(timezone=True),
             nullable=True,
             comment="Unbind date reported by Tapkey (UTC), usually NULL.",
         ),
@@ -275,19 +275,19 @@ def upgrade() -> None:
         ),
         sa.Column(
             "first_seen_at",
-            exporter.db.schema.UTCDateTime(timezone=True),
+            exporter.db.types.UTCDateTime(timezone=True),
             nullable=False,
             comment="When a run first saw the card (UTC).",
         ),
         sa.Column(
             "removed_at",
-            exporter.db.schema.UTCDateTime(timezone=True),
+            exporter.db.types.UTCDateTime(timezone=True),
             nullable=True,
             comment="When the card was removed (UTC); NULL while present.",
         ),
         sa.Column(
             "updated_at",
-            exporter.db.schema.UTCDateTime(timezone=True),
+            exporter.db.types.UTCDateTime(timezone=True),
             nullable=False,
             comment="When a tracked attribute last changed (UTC).",
         ),
@@ -371,19 +371,19 @@ def upgrade() -> None:
         ),
         sa.Column(
             "first_seen_at",
-            exporter.db.schema.UTCDateTime(timezone=True),
+            exporter.db.types.UTCDateTime(timezone=True),
             nullable=False,
             comment="When a run first saw the contact (UTC).",
         ),
         sa.Column(
             "removed_at",
-            exporter.db.schema.UTCDateTime(timezone=True),
+            exporter.db.types.UTCDateTime(timezone=True),
             nullable=True,
             comment="When the contact was removed (UTC); NULL while present.",
         ),
         sa.Column(
             "updated_at",
-            exporter.db.schema.UTCDateTime(timezone=True),
+            exporter.db.types.UTCDateTime(timezone=True),
             nullable=False,
             comment="When a tracked attribute last changed (UTC).",
         ),
@@ -446,13 +446,13 @@ def upgrade() -> None:
         ),
         sa.Column(
             "validity_from",
-            exporter.db.schema.UTCDateTime(timezone=True),
+            exporter.db.types.UTCDateTime(timezone=True),
             nullable=True,
             comment="Start of the grant validity (validFrom, UTC); NULL without a start.",
         ),
         sa.Column(
             "validity_before",
-            exporter.db.schema.UTCDateTime(timezone=True),
+            exporter.db.types.UTCDateTime(timezone=True),
             nullable=True,
             comment="End of the grant validity, exclusive (validBefore, UTC); NULL without an end.",
         ),
@@ -487,19 +487,19 @@ def upgrade() -> None:
         ),
         sa.Column(
             "first_seen_at",
-            exporter.db.schema.UTCDateTime(timezone=True),
+            exporter.db.types.UTCDateTime(timezone=True),
             nullable=False,
             comment="When a run first saw the grant (UTC).",
         ),
         sa.Column(
             "removed_at",
-            exporter.db.schema.UTCDateTime(timezone=True),
+            exporter.db.types.UTCDateTime(timezone=True),
             nullable=True,
             comment="When the grant was removed (UTC); NULL while present.",
         ),
         sa.Column(
             "updated_at",
-            exporter.db.schema.UTCDateTime(timezone=True),
+            exporter.db.types.UTCDateTime(timezone=True),
             nullable=False,
             comment="When a tracked attribute last changed (UTC).",
         ),
@@ -582,13 +582,13 @@ def upgrade() -> None:
         ),
         sa.Column(
             "bind_date",
-            exporter.db.schema.UTCDateTime(timezone=True),
+            exporter.db.types.UTCDateTime(timezone=True),
             nullable=True,
             comment="When the card was bound, per Tapkey (UTC).",
         ),
         sa.Column(
             "unbind_date",
-            exporter.db.schema.UTCDateTime(timezone=True),
+            exporter.db.types.UTCDateTime(timezone=True),
             nullable=True,
             comment="Unbind date reported by Tapkey (UTC), usually NULL.",
         ),
@@ -600,13 +600,13 @@ def upgrade() -> None:
         ),
         sa.Column(
             "valid_from",
-            exporter.db.schema.UTCDateTime(timezone=True),
+            exporter.db.types.UTCDateTime(timezone=True),
             nullable=False,
             comment="Start of this version, inclusive (UTC) - when a run observed the change.",
         ),
         sa.Column(
             "valid_to",
-            exporter.db.schema.UTCDateTime(timezone=True),
+            exporter.db.types.UTCDateTime(timezone=True),
             nullable=True,
             comment="End of this version, exclusive (UTC); NULL for the current version.",
         ),
@@ -714,13 +714,13 @@ def upgrade() -> None:
         ),
         sa.Column(
             "valid_from",
-            exporter.db.schema.UTCDateTime(timezone=True),
+            exporter.db.types.UTCDateTime(timezone=True),
             nullable=False,
             comment="Start of this version, inclusive (UTC) - when a run observed the change.",
         ),
         sa.Column(
             "valid_to",
-            exporter.db.schema.UTCDateTime(timezone=True),
+            exporter.db.types.UTCDateTime(timezone=True),
             nullable=True,
             comment="End of this version, exclusive (UTC); NULL for the current version.",
         ),
@@ -819,13 +819,13 @@ def upgrade() -> None:
         ),
         sa.Column(
             "validity_from",
-            exporter.db.schema.UTCDateTime(timezone=True),
+            exporter.db.types.UTCDateTime(timezone=True),
             nullable=True,
             comment="Start of the grant validity (validFrom, UTC); NULL without a start.",
         ),
         sa.Column(
             "validity_before",
-            exporter.db.schema.UTCDateTime(timezone=True),
+            exporter.db.types.UTCDateTime(timezone=True),
             nullable=True,
             comment="End of the grant validity, exclusive (validBefore, UTC); NULL without an end.",
         ),
@@ -848,13 +848,13 @@ def upgrade() -> None:
         ),
         sa.Column(
             "valid_from",
-            exporter.db.schema.UTCDateTime(timezone=True),
+            exporter.db.types.UTCDateTime(timezone=True),
             nullable=False,
             comment="Start of this version, inclusive (UTC) - when a run observed the change.",
         ),
         sa.Column(
             "valid_to",
-            exporter.db.schema.UTCDateTime(timezone=True),
+            exporter.db.types.UTCDateTime(timezone=True),
             nullable=True,
             comment="End of this version, exclusive (UTC); NULL for the current version.",
         ),

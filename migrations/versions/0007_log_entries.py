@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import mysql
 
-import exporter.db.schema
+import exporter.db.types
 
 revision: str = "0007"
 down_revision: str | Sequence[str] | None = "0006"
@@ -63,8 +63,8 @@ def _id(length: int = 64) -> sa.types.TypeEngine[str]:
     )
 
 
-def _time() -> exporter.db.schema.UTCDateTime:
-    return exporter.db.schema.UTCDateTime(timezone=True)
+def _time() -> exporter.db.types.UTCDateTime:
+    return exporter.db.types.UTCDateTime(timezone=True)
 
 
 def _quote(text: str) -> str:

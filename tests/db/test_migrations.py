@@ -17,7 +17,6 @@ from support.helpers import make_settings
 from exporter.db import migrate
 from exporter.db.engine import make_engine
 from exporter.db.schema import (
-    SQLITE_TIME_FORMAT,
     bound_lock_versions,
     bound_locks,
     calendar_days,
@@ -28,6 +27,7 @@ from exporter.db.schema import (
     sync_run_owners,
     sync_runs,
 )
+from exporter.db.types import SQLITE_TIME_FORMAT
 from exporter.db.views import VIEWS
 from exporter.db.writer_lock import WriterLock
 from exporter.errors import SchemaVersionError

@@ -14,7 +14,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, create_engine, event, func, select, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.pool import Pool
+from sqlalchemy.pool import NullPool, Pool
 from support.cli import one_line
 from support.helpers import (
     closed_port,
@@ -40,6 +40,9 @@ from exporter.errors import DatabaseUnavailableError, SchemaVersionError
 from exporter.sandbox.server import Request, Sandbox
 from exporter.sync import run_records
 from exporter.sync.batches import Batching
+
+# These tests kill connections: one that is dropped open instead of closed fails its test.
+pytestmark = pytest.mark.usefixtures("collect_garbage")
 
 
 def _alembic(conn: Any) -> AlembicConfig:
@@ -311,7 +314,10 @@ def test_every_connection_killed_mid_crawl_aborts_the_run_and_the_next_converges
 ) -> None:
     url = db_url
     name = make_url(url).database
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    # The hook runs on the sandbox's request thread and may still be in pg_terminate_backend's
+    # wait when the aborted run returns and `admin` is disposed: without a pool its connection
+    # is closed as the hook leaves it, instead of going back to a disposed pool still open.
+    admin = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     with Sandbox(seed=33, owners=4, locks_per_owner=5) as fake:
         run_once(fake, url, tmp_path)
         mutate_every_owner(fake)

@@ -42,8 +42,6 @@ from exporter.db.descriptions import COLUMN_COMMENTS, TABLE_COMMENTS
 from exporter.db.engine import make_engine
 from exporter.db.schema import (
     LOCK_TRACKED,
-    SQLITE_TIME_FORMAT,
-    UTCDateTime,
     bound_lock_versions,
     bound_locks,
     lock_health_readings,
@@ -51,6 +49,7 @@ from exporter.db.schema import (
     sync_run_owners,
     sync_runs,
 )
+from exporter.db.types import SQLITE_TIME_FORMAT, UTCDateTime
 from exporter.db.views import VIEW_COMMENTS, VIEWS
 from exporter.errors import UsageError
 from exporter.read import asof, changelog
