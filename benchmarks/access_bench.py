@@ -3,26 +3,23 @@
     .venv/bin/python benchmarks/access_bench.py --db sqlite
     .venv/bin/python benchmarks/access_bench.py --db postgresql --owners 200
 
-The sandbox (its own process, see sync_bench.Server) serves owners with locks, contacts, bound
+The sandbox (its own process, see common.Server) serves owners with locks, contacts, bound
 cards and grants. Each scenario runs in a fresh process: `floor` is the plain crawler of
-sync_bench's --shapes (every page of the owner list and of the four routes of every owner,
-`workers` at a time, `$skip` advanced by the rows received, a short page ends a list, the JSON
-parsed, nothing else), which sends as many requests as an unchanged rerun; `first` is `run_once`
-with entities contacts, cards and grants into an empty database; `unchanged` is the same run
-again. Target (issue 15): the unchanged rerun costs at most 1.2x the floor. The cost compared is
-the client process's CPU time (the exit status says whether the best rerun met it against the
-best floor): on a machine shared with other work, wall times are indicative only. Requests are
-compared exactly.
+sync_bench's --shapes (`Crawler.read_plain`: every page of the owner list and of the four routes
+of every owner, `workers` at a time, `$skip` advanced by the rows received, a short page ends a
+list, the JSON parsed, nothing else), which sends as many requests as an unchanged rerun;
+`first` is `run_once` with entities contacts, cards and grants into an empty database;
+`unchanged` is the same run again. Target (issue 15): the unchanged rerun costs at most 1.2x the
+floor. The cost compared is the client process's CPU time (the exit status says whether the
+best rerun met it against the best floor): on a machine shared with other work, wall times are
+indicative only. Requests are compared exactly.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import multiprocessing as mp
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
@@ -30,81 +27,32 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sync_bench import CLIENT_ID, CLIENT_SECRET, Server, bench_database
+from common import Crawler, Server, bench_database, in_fresh_process, run_settings
 
 TARGET = 1.2
 ROUTES = {"contacts": "Contacts", "cards": "BoundCards", "grants": "Grants"}
 
 
 def _floor(params: dict[str, Any]) -> dict[str, Any]:
-    import requests
-
+    """Every page of the owner list and of each owner's routes (the plain crawler, `workers` at
+    a time), parsed, nothing else."""
     top = params["page_size"]
-    session = requests.Session()
-    session.trust_env = False
-    adapter = requests.adapters.HTTPAdapter(pool_maxsize=params["workers"], max_retries=0)
-    session.mount("http://", adapter)
-    sent = [0]
-    lock = threading.Lock()
-
-    def read_list(path: str, token: str) -> list[Any]:
-        # The plain crawler of sync_bench (--shapes): `$skip` advanced by the rows received, a
-        # short page ends a list; as many requests as an unchanged rerun sends.
-        rows: list[Any] = []
-        while True:
-            with lock:
-                sent[0] += 1
-            response = session.get(
-                params["base_url"] + path,
-                params={"$top": str(top), "$skip": str(len(rows))},
-                headers={"Authorization": f"Bearer {token}"},
-                timeout=(10, 60),
-            )
-            response.raise_for_status()
-            page = json.loads(response.content)
-            rows += page
-            if len(page) < top:
-                return rows
-
-    with session:
-        answer = session.post(
-            params["token_url"],
-            data={"grant_type": "client_credentials"},
-            auth=(CLIENT_ID, CLIENT_SECRET),
-            timeout=(10, 60),
-        )
-        answer.raise_for_status()
-        sent[0] += 1
-        token = answer.json()["access_token"]
-        owners = [o["id"] for o in read_list("/api/v1/Owners", token)]
+    with Crawler(params, scope=None) as crawler:
+        owners = [o["id"] for o in crawler.read_plain("/api/v1/Owners", top)]
         elements = 0
         with ThreadPoolExecutor(max_workers=params["workers"]) as pool:
             for route in ("BoundLocks", *(ROUTES[e] for e in params["entities"])):
                 paths = [f"/api/v1/Owners/{o}/{route}" for o in owners]
-                elements += sum(len(r) for r in pool.map(lambda p: read_list(p, token), paths))
-    return {"status": "succeeded", "elements": elements, "api_requests": sent[0]}
+                pages = pool.map(lambda p: crawler.read_plain(p, top), paths)
+                elements += sum(map(len, pages))
+    return {"status": "succeeded", "elements": elements, "api_requests": crawler.sent}
 
 
 def _run(params: dict[str, Any]) -> dict[str, Any]:
-    from exporter.config.loader import load_settings
+    """`run_once` with the access entities."""
     from exporter.service.job import run_once
 
-    settings = load_settings(
-        None,
-        env={},
-        cwd=Path(params["workdir"]),
-        overrides={
-            "tapkey.client_id": CLIENT_ID,
-            "tapkey.client_secret": CLIENT_SECRET,
-            "tapkey.token_url": params["token_url"],
-            "tapkey.api_base_url": params["base_url"],
-            "tapkey.workers": params["workers"],
-            "tapkey.page_size": params["page_size"],
-            "tapkey.entities": params["entities"],
-            "database.url": params["db_url"],
-        },
-    )
-    result = run_once(settings)
+    result = run_once(run_settings(params, **{"tapkey.entities": params["entities"]}))
     access = {name: counts.as_dict() for name, counts in result.access.items()}
     return {"status": result.status, "api_requests": result.api_requests, "access": access}
 
@@ -125,14 +73,7 @@ def _child(conn: Connection, kind: str, params: dict[str, Any]) -> None:
 
 def measure(kind: str, params: dict[str, Any]) -> dict[str, Any]:
     """One scenario in a fresh process."""
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    process = ctx.Process(target=_child, args=(child, kind, params))
-    process.start()
-    child.close()
-    figures: dict[str, Any] = parent.recv()
-    process.join()
-    return figures
+    return in_fresh_process(_child, kind, params)
 
 
 def main() -> int:
@@ -156,15 +97,8 @@ def main() -> int:
             bench_database(args.db, Path(workdir), None) as fresh,
         ):
             url = fresh()
-            params = {
-                "base_url": server.base_url,
-                "token_url": server.token_url,
-                "workers": args.workers,
-                "page_size": args.page_size,
-                "db_url": url,
-                "workdir": workdir,
-                "entities": [e for e in args.entities.split(",") if e],
-            }
+            entities = [e for e in args.entities.split(",") if e]
+            params = server.params(args, workdir, url, entities=entities)
             first = measure("first", params)
             print(f"first load: {first}")
             floors, reruns = [], []

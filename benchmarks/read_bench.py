@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import os
 import random
 import shutil
@@ -32,8 +31,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-# The sync benchmark's database handling, results folder and environment record (same folder).
-from sync_bench import MIB, RESULTS, _environment, bench_database
+# The benchmarks' shared set-up: database, results folder, environment record (same folder).
+from common import MIB, bench_database, bench_parser, environment, save_report
 
 TARGET_SECONDS = 5.0
 TARGET_RSS_MIB = 150.0
@@ -310,7 +309,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "db": args.db,
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "parameters": vars(args) | {"results": str(args.results), "db_url": None},
-        "environment": _environment(),
+        "environment": environment(),
         "build": built,
         "summary": summary,
         "runs": results,
@@ -357,24 +356,10 @@ def print_table(report: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse options, build the database, time the commands, print and save the results."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--db", choices=("sqlite", "postgresql", "mariadb"), default="sqlite")
-    parser.add_argument(
-        "--db-url",
-        help="sqlite: a file URL to use; postgresql/mariadb: an admin URL (a bench database is "
-        "created and dropped on that server)",
-    )
+    parser = bench_parser(__doc__.split("\n")[0])
     parser.add_argument("--locks", type=int, default=1_000_000)
     parser.add_argument("--owners", type=int, default=2_000)
     parser.add_argument("--renames", type=int, default=10_000, help="locks renamed in run 2")
-    parser.add_argument("--repeat", type=int, default=3, help="rounds; the table shows medians")
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument(
-        "--results", type=Path, default=RESULTS, help=f"folder for the JSON results ({RESULTS})"
-    )
-    parser.add_argument(
-        "--check", action="store_true", help="exit 1 when a target is missed (for CI)"
-    )
     parser.add_argument("--sql-floor", choices=("now", "as-of"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.sql_floor:  # one floor measurement, in a process of its own
@@ -383,10 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     args.results.mkdir(parents=True, exist_ok=True)
     report = run(args)
     print_table(report)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    for name in (f"read_{args.db}_{stamp}.json", f"read_{args.db}_latest.json"):
-        (args.results / name).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"results: {args.results / f'read_{args.db}_{stamp}.json'}")
+    save_report(report, args.results, f"read_{args.db}")
     missed = [name for name, row in report["summary"].items() if row.get("met") is False]
     return 1 if args.check and missed else 0
 

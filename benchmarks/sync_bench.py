@@ -36,130 +36,59 @@ writes cProfile stats of the client's main thread there too.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import multiprocessing as mp
 import os
-import platform
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
-ADMIN_URLS = {
-    "postgresql": os.environ.get(
-        "EXPORTER_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
-    ),
-    "mariadb": os.environ.get("EXPORTER_BENCH_MARIADB", "mysql+pymysql://root@127.0.0.1:3306/"),
-}
-BENCH_DB = "exporter_bench"
-CLIENT_ID = "bench-client"
-CLIENT_SECRET = "bench-secret"  # the sandbox's own fake credentials, not a real secret
+# The benchmarks' shared set-up (same folder).
+from common import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    LOCK_SCOPES,
+    MIB,
+    Crawler,
+    Server,
+    bench_database,
+    bench_parser,
+    environment,
+    in_fresh_process,
+    run_settings,
+    save_report,
+)
+
 TARGETS = {"first": 1.6, "unchanged": 1.25}
 SCENARIOS = ("floor", "fetch", "store", "first", "unchanged", "changes")
-MIB = 1024 * 1024
-
-# -- server process ------------------------------------------------------------------------------
-
-
-def _serve(
-    conn: Connection, seed: int, owners: int, locks_per_owner: int, latency: float = 0.0
-) -> None:
-    """Run the sandbox and obey commands from the control pipe until `stop`."""
-    from exporter.sandbox.server import Sandbox
-
-    sandbox = Sandbox(
-        seed=seed,
-        owners=owners,
-        locks_per_owner=locks_per_owner,
-        client_id=CLIENT_ID,
-        client_secret=CLIENT_SECRET,
-        token_lifetime=24 * 3600,
-        latency=latency,
-    )
-    sandbox.start()
-    conn.send({"base_url": sandbox.base_url, "token_url": sandbox.token_url})
-    try:
-        while True:
-            command, arg = conn.recv()
-            if command == "advance":
-                conn.send(len(sandbox.advance(arg)))
-            elif command == "reset":
-                sandbox.reset_counters()
-                conn.send(None)
-            elif command == "counts":
-                conn.send({"total": sandbox.request_count, **sandbox.requests})
-            elif command == "cpu":
-                conn.send(time.process_time())
-            elif command == "stop":
-                break
-            else:
-                conn.send(ValueError(f"unknown command {command!r}"))
-    finally:
-        sandbox.stop()
-        conn.send(None)
-
-
-class Server:
-    """The sandbox in its own process, driven through a pipe."""
-
-    def __init__(
-        self, *, seed: int, owners: int, locks_per_owner: int, latency: float = 0.0
-    ) -> None:
-        ctx = mp.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._process = ctx.Process(
-            target=_serve,
-            args=(child, seed, owners, locks_per_owner, latency),
-            name="bench-sandbox",
-        )
-        self._process.start()
-        child.close()
-        urls = self._conn.recv()
-        self.base_url: str = urls["base_url"]
-        self.token_url: str = urls["token_url"]
-
-    def call(self, command: str, arg: Any = None) -> Any:
-        """Send one command and return its answer."""
-        self._conn.send((command, arg))
-        answer = self._conn.recv()
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-    def close(self) -> None:
-        """Stop the sandbox and wait for its process."""
-        if self._process.is_alive():
-            self._conn.send(("stop", None))
-            self._conn.recv()
-        self._process.join(timeout=30)
-        self._conn.close()
-
 
 # -- client processes ----------------------------------------------------------------------------
 
 
-def _peak_rss() -> int:
-    """This process's peak resident set size in bytes (VmHWM: per process, reset by exec)."""
+def _status_bytes(key: str) -> int | None:
+    """A size from /proc/self/status (`VmHWM`, `VmRSS`) in bytes; None where there is none."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
+    return None
+
+
+def _peak_rss() -> int:
+    """This process's peak resident set size in bytes (VmHWM: per process, reset by exec)."""
+    peak = _status_bytes("VmHWM")
+    if peak is not None:
+        return peak
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB elsewhere
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
@@ -177,76 +106,15 @@ def _machine_cpu() -> tuple[float, float]:
 
 
 def _current_rss() -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return _peak_rss()
+    """This process's resident set size in bytes now."""
+    current = _status_bytes("VmRSS")
+    return _peak_rss() if current is None else current
 
 
 def _crawl_floor(params: dict[str, Any]) -> dict[str, Any]:
     """A plain concurrent crawl of the exporter's pages: HTTP + JSON parsing, nothing else."""
-    import requests
-    from requests.adapters import HTTPAdapter
-
-    workers, top = params["workers"], max(2, params["page_size"])
-    base = params["base_url"]
-    session = requests.Session()
-    session.trust_env = False
-    adapter = HTTPAdapter(pool_connections=2, pool_maxsize=workers, max_retries=0)
-    session.mount("http://", adapter)
-    sent = 0
-    lock = threading.Lock()
-
-    def get(path: str, query: dict[str, str], token: str) -> list[Any]:
-        nonlocal sent
-        with lock:
-            sent += 1
-        response = session.get(
-            base + path,
-            params=query,
-            headers={"Accept": "application/json", "Authorization": f"Bearer {token}"},
-            timeout=(10, 60),
-        )
-        response.raise_for_status()
-        page: list[Any] = json.loads(response.content)
-        return page
-
-    def read_list(path: str, token: str) -> list[Any]:
-        # The exporter's overlapping pages: the next page starts at the last row received.
-        rows: list[Any] = []
-        largest = 0
-        while True:
-            skip = 0 if not rows else 1 if len(rows) == 1 else len(rows) - 1
-            page = get(path, {"$top": str(top), "$skip": str(skip)}, token)
-            new = page if not rows else page[1:]
-            rows += new
-            if not new or len(page) < largest:
-                return rows
-            largest = max(largest, len(page))
-
-    def count_locks(owner: str, token: str) -> int:
-        return len(read_list(f"/api/v1/Owners/{owner}/BoundLocks", token))
-
-    with session:
-        token_response = session.post(
-            params["token_url"],
-            data={
-                "grant_type": "client_credentials",
-                "scope": "read:owneraccounts read:core:entities",
-            },
-            auth=(CLIENT_ID, CLIENT_SECRET),
-            timeout=(10, 60),
-        )
-        token_response.raise_for_status()
-        sent += 1
-        token = token_response.json()["access_token"]
-        owners = [owner["id"] for owner in read_list("/api/v1/Owners", token)]
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            locks = sum(pool.map(lambda owner: count_locks(owner, token), owners))
-    return {"status": "succeeded", "owners": len(owners), "locks": locks, "api_requests": sent}
+    with Crawler(params) as crawler:
+        return crawler.owners_and_locks(crawler.read_overlapping, max(2, params["page_size"]))
 
 
 def _client(params: dict[str, Any]) -> Any:
@@ -259,7 +127,7 @@ def _client(params: dict[str, Any]) -> Any:
         client_id=CLIENT_ID,
         client_secret=CLIENT_SECRET,
         token_url=params["token_url"],
-        scopes=["read:owneraccounts", "read:core:entities"],
+        scopes=LOCK_SCOPES.split(),
     )
     return TapkeyClient(
         base_url=params["base_url"],
@@ -361,24 +229,9 @@ def _store_groups(
 
 def _sync_once(params: dict[str, Any]) -> dict[str, Any]:
     """`exporter.service.job.run_once`, settings pointing at the sandbox and the bench database."""
-    from exporter.config.loader import load_settings
     from exporter.service.job import run_once
 
-    settings = load_settings(
-        None,
-        env={},
-        cwd=Path(params["workdir"]),
-        overrides={
-            "tapkey.client_id": CLIENT_ID,
-            "tapkey.client_secret": CLIENT_SECRET,
-            "tapkey.token_url": params["token_url"],
-            "tapkey.api_base_url": params["base_url"],
-            "tapkey.workers": params["workers"],
-            "tapkey.page_size": params["page_size"],
-            "database.url": params["db_url"],
-        },
-    )
-    result = run_once(settings, trigger="manual")
+    result = run_once(run_settings(params), trigger="manual")
     return {
         "status": result.status,
         "error": result.error,
@@ -437,79 +290,7 @@ def _measure_child(conn: Connection, kind: str, params: dict[str, Any]) -> None:
 
 def measure(kind: str, params: dict[str, Any]) -> dict[str, Any]:
     """Run one scenario in a fresh process and return its figures."""
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    process = ctx.Process(target=_measure_child, args=(child, kind, params), name=f"bench-{kind}")
-    process.start()
-    child.close()
-    try:
-        figures: dict[str, Any] = parent.recv()
-    except EOFError:
-        process.join()
-        raise RuntimeError(f"the {kind} process died (exit code {process.exitcode})") from None
-    process.join()
-    return figures
-
-
-# -- databases -----------------------------------------------------------------------------------
-
-
-@contextmanager
-def bench_database(db: str, workdir: Path, url: str | None) -> Iterator[Callable[[], str]]:
-    """Yield `fresh()`, which empties and migrates the bench database and returns its URL."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    from exporter.db.engine import make_engine
-    from exporter.db.migrate import upgrade
-
-    def migrated(db_url: str) -> str:
-        engine = make_engine(db_url)
-        try:
-            upgrade(engine)
-        finally:
-            engine.dispose()
-        return db_url
-
-    if db == "sqlite":
-        path = Path(url.removeprefix("sqlite:///")) if url else workdir / "bench.db"
-
-        def fresh_sqlite() -> str:
-            for suffix in ("", "-wal", "-shm", "-journal", ".lock"):
-                Path(f"{path}{suffix}").unlink(missing_ok=True)
-            return migrated(f"sqlite:///{path}")
-
-        yield fresh_sqlite
-        return
-
-    admin_url = url or ADMIN_URLS[db]
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    name = f"{BENCH_DB}_{os.getpid()}"
-    db_url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            if db == "postgresql":
-                conn.execute(
-                    text(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE datname = :name AND pid <> pg_backend_pid()"
-                    ),
-                    {"name": name},
-                )
-            conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
-
-    def fresh_server() -> str:
-        drop()
-        with admin.connect() as conn:
-            conn.execute(text(f"CREATE DATABASE {name}"))
-        return migrated(db_url)
-
-    try:
-        yield fresh_server
-    finally:
-        drop()
-        admin.dispose()
+    return in_fresh_process(_measure_child, kind, params)
 
 
 # -- orchestration -------------------------------------------------------------------------------
@@ -540,14 +321,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     seed=args.seed, owners=args.owners, locks_per_owner=args.locks_per_owner
                 )
                 try:
-                    params = {
-                        "base_url": server.base_url,
-                        "token_url": server.token_url,
-                        "workers": args.workers,
-                        "page_size": args.page_size,
-                        "workdir": str(workdir),
-                        "db_url": fresh(),
-                    }
+                    params = server.params(args, workdir, fresh())
                     # A floor before and after every scenario: this VM's speed drifts within
                     # minutes, so each scenario is compared with the floors measured next to it.
                     floors = [_scenario(server, "floor", round_no, params, args)]
@@ -579,7 +353,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "repeat": args.repeat,
             "seed": args.seed,
         },
-        "environment": _environment(),
+        "environment": environment(),
         "summary": summary,
         "runs": runs,
         "total_s": time.perf_counter() - started,
@@ -672,36 +446,6 @@ def _summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return summary
 
 
-def _environment() -> dict[str, Any]:
-    import sqlalchemy
-
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.strip()
-        dirty = bool(
-            subprocess.run(
-                ["git", "-C", str(HERE.parent), "status", "--porcelain", "--", "exporter"],
-                capture_output=True,
-                text=True,
-                check=False,
-            ).stdout.strip()
-        )
-    except OSError:
-        commit, dirty = "", False
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "sqlalchemy": sqlalchemy.__version__,
-        "commit": commit,
-        "exporter_modified": dirty,
-    }
-
-
 def _names(parameters: dict[str, Any]) -> dict[str, str]:
     return {
         "floor": "fetch floor (no DB)",
@@ -790,54 +534,8 @@ SHAPE_SCENARIOS = ("first", "unchanged", "changes")
 def _plain_crawler(params: dict[str, Any]) -> dict[str, Any]:
     """The plain crawler: pages of 1000, `$skip` advanced by the rows received, a short page ends
     a list, the same workers, one pooled `requests.Session`, `json.loads` of every page."""
-    import requests
-    from requests.adapters import HTTPAdapter
-
-    workers, top, base = params["workers"], 1000, params["base_url"]
-    session = requests.Session()
-    session.trust_env = False
-    adapter = HTTPAdapter(pool_connections=2, pool_maxsize=workers, max_retries=0)
-    session.mount("http://", adapter)
-    sent = 0
-    lock = threading.Lock()
-
-    def read_list(path: str, token: str) -> list[Any]:
-        nonlocal sent
-        rows: list[Any] = []
-        while True:
-            with lock:
-                sent += 1
-            response = session.get(
-                base + path,
-                params={"$top": str(top), "$skip": str(len(rows))},
-                headers={"Accept": "application/json", "Authorization": f"Bearer {token}"},
-                timeout=(10, 60),
-            )
-            response.raise_for_status()
-            page: list[Any] = json.loads(response.content)
-            rows += page
-            if len(page) < top:
-                return rows
-
-    with session:
-        answer = session.post(
-            params["token_url"],
-            data={
-                "grant_type": "client_credentials",
-                "scope": "read:owneraccounts read:core:entities",
-            },
-            auth=(CLIENT_ID, CLIENT_SECRET),
-            timeout=(10, 60),
-        )
-        answer.raise_for_status()
-        sent += 1
-        token = answer.json()["access_token"]
-        owners = [owner["id"] for owner in read_list("/api/v1/Owners", token)]
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            locks = sum(
-                pool.map(lambda o: len(read_list(f"/api/v1/Owners/{o}/BoundLocks", token)), owners)
-            )
-    return {"status": "succeeded", "owners": len(owners), "locks": locks, "api_requests": sent}
+    with Crawler(params) as crawler:
+        return crawler.owners_and_locks(crawler.read_plain, 1000)
 
 
 def parse_shape(text: str) -> tuple[int, int, float]:
@@ -859,14 +557,7 @@ def _shape_round(
     server = Server(seed=args.seed, owners=owners, locks_per_owner=locks, latency=latency)
     figures: dict[str, dict[str, Any]] = {}
     try:
-        params = {
-            "base_url": server.base_url,
-            "token_url": server.token_url,
-            "workers": args.workers,
-            "page_size": args.page_size,
-            "workdir": str(workdir),
-            "db_url": fresh(),
-        }
+        params = server.params(args, workdir, fresh())
         crawls = [_scenario(server, "crawler", round_no, params, args)]
         for kind in SHAPE_SCENARIOS:
             figures[kind] = _scenario(server, kind, round_no, params, args)
@@ -934,7 +625,7 @@ def run_shapes(args: argparse.Namespace) -> dict[str, Any]:
             "repeat": args.repeat,
             "seed": args.seed,
         },
-        "environment": _environment(),
+        "environment": environment(),
         "summary": summary,
         "rounds": rounds,
     }
@@ -975,13 +666,7 @@ def print_shapes(report: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse options, run the benchmark, print the table and write the JSON results."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--db", choices=("sqlite", "postgresql", "mariadb"), default="sqlite")
-    parser.add_argument(
-        "--db-url",
-        help="sqlite: a file URL to use; postgresql/mariadb: an admin URL (a bench database is "
-        "created and dropped on that server)",
-    )
+    parser = bench_parser(__doc__.split("\n")[0])
     parser.add_argument("--owners", type=int, default=200)
     parser.add_argument("--locks-per-owner", type=int, default=500)
     parser.add_argument("--changes", type=int, default=1000)
@@ -989,19 +674,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--page-size", type=int, default=1000, help="[tapkey] page_size (default 1000)"
     )
-    parser.add_argument("--repeat", type=int, default=3, help="rounds; the table shows medians")
-    parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
         "--profile",
         nargs="*",
         choices=SCENARIOS,
         help="write cProfile stats of these scenarios to the results folder",
-    )
-    parser.add_argument(
-        "--results", type=Path, default=RESULTS, help=f"folder for the JSON results ({RESULTS})"
-    )
-    parser.add_argument(
-        "--check", action="store_true", help="exit 1 when a target is missed (for CI)"
     )
     parser.add_argument(
         "--shapes",
@@ -1016,10 +693,7 @@ def main(argv: list[str] | None = None) -> int:
         return _main_shapes(args)
     report = run(args)
     print_table(report)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    for name in (f"sync_{args.db}_{stamp}.json", f"sync_{args.db}_latest.json"):
-        (args.results / name).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"results: {args.results / f'sync_{args.db}_{stamp}.json'}")
+    save_report(report, args.results, f"sync_{args.db}")
     missed = [k for k, v in report["summary"].items() if v.get("met") is False]
     return 1 if args.check and missed else 0
 
@@ -1034,10 +708,7 @@ def _main_shapes(args: argparse.Namespace) -> int:
     args.shapes = args.shapes or list(SHAPES)
     report = run_shapes(args)
     print_shapes(report)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    for name in (f"shapes_{args.db}_{stamp}.json", f"shapes_{args.db}_latest.json"):
-        (args.results / name).write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print(f"results: {args.results / f'shapes_{args.db}_{stamp}.json'}")
+    save_report(report, args.results, f"shapes_{args.db}", default=str)
     missed = [
         name
         for name, row in report["summary"].items()

@@ -6,7 +6,7 @@ bidi override could make a line read differently from what it holds; a newline i
 could forge a log line. Every console of the CLI is a `SafeConsole` and the text log format uses
 `visible()`, so that whatever reaches a person shows such characters as `\\x1b`, `\\u202e`, ...
 The database keeps the text unchanged; CSV and JSON output stay exact (JSON is written as ASCII,
-with every other character escaped, see `render.write_json`).
+with every other character escaped, see `read.formats.write_json`).
 """
 
 from __future__ import annotations

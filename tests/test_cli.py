@@ -30,7 +30,7 @@ from exporter import cli
 from exporter.db.schema import sync_run_owners, sync_runs
 from exporter.demo import run_demo
 from exporter.errors import UsageError
-from exporter.sandbox.server import Fault, Request, Sandbox
+from exporter.sandbox.server import Fault, Sandbox, SandboxRequest
 from exporter.sync.run_records import ABANDONED
 
 
@@ -227,7 +227,7 @@ def test_two_concurrent_runs_one_exits_4(sandbox: Sandbox, db_url: str, engine: 
     # busy machine starts the second process: the two always overlap.
     second_done = threading.Event()
 
-    def hold_locks(request: Request) -> None:
+    def hold_locks(request: SandboxRequest) -> None:
         if request.route == "locks":
             second_done.wait(60)
 

@@ -58,9 +58,9 @@ def access(
     Example: exporter access 12-34-BF-FB --as-of 2026-03-01T00:00:00Z
     """
     from exporter.read import access as access_report
-    from exporter.read import access_render, asof, render
+    from exporter.read import access_render, asof, formats
 
-    check_format(fmt, render.FORMATS)
+    check_format(fmt, formats.FORMATS)
 
     def one_subject() -> None:
         if (lock is None) == (contact is None):
@@ -75,7 +75,7 @@ def access(
             assert contact is not None
             answer = access_report.what_can_open(engine, contact, now=now, as_of=when)
         if fmt == "json":
-            render.write_json(access_render.access_json(answer), out.file)
+            formats.write_json(access_render.access_json(answer), out.file)
         elif fmt == "csv":
             access_render.access_csv(answer, out.file, raw=csv_raw)
         else:
@@ -118,9 +118,9 @@ def log_command(
 
     Needs \\[tapkey] entities with log_entries. Example: exporter log --lock 12-34-BF-FB --since 7d
     """
-    from exporter.read import asof, log_view, render
+    from exporter.read import asof, formats, log_view
 
-    check_format(fmt, render.FORMATS)
+    check_format(fmt, formats.FORMATS)
     now = datetime.now(UTC)
     with (
         errors(),

@@ -56,10 +56,10 @@ def locks(
 
     Example: exporter locks --owner "Office Vienna" --as-of 2026-03-01T00:00:00Z
     """
-    from exporter.read import asof, render
+    from exporter.read import asof, formats, render
     from exporter.read import inventory as report
 
-    check_format(fmt, render.FORMATS)
+    check_format(fmt, formats.FORMATS)
     with errors(), reader(config, database_url) as engine:
         when = asof.resolve_as_of(engine, as_of, now=datetime.now(UTC)) if as_of else None
         with report.open_inventory(
@@ -72,7 +72,7 @@ def locks(
             with_owners=fmt != "csv",
         ) as inventory:
             if fmt == "json":
-                render.write_json(render.inventory_json(inventory), out.file)
+                formats.write_json(render.inventory_json(inventory), out.file)
             elif fmt == "csv":
                 render.inventory_csv(inventory, out.file, raw=csv_raw)
             else:
@@ -100,13 +100,13 @@ def history(
 
     Example: exporter history 12-34-BF-FB
     """
-    from exporter.read import changelog, render
+    from exporter.read import changelog, formats, render
 
-    check_format(fmt, render.FORMATS)
+    check_format(fmt, formats.FORMATS)
     with errors(), reader(config, database_url) as engine:
         result = changelog.lock_history(engine, lock)
         if fmt == "json":
-            render.write_json(render.history_json(result), out.file)
+            formats.write_json(render.history_json(result), out.file)
         elif fmt == "csv":
             render.changes_csv(result.versions, out.file, raw=csv_raw)
         else:
@@ -163,9 +163,9 @@ def changes(
 
     Example: exporter changes --since 7d --kind removed,restored --entity lock,grant
     """
-    from exporter.read import asof, changelog, render
+    from exporter.read import asof, changelog, formats, render
 
-    check_format(fmt, render.FORMATS)
+    check_format(fmt, formats.FORMATS)
     kinds = {k.strip() for value in kind or () for k in value.split(",") if k.strip()}
     entities = {e.strip() for value in entity or () for e in value.split(",") if e.strip()}
     now = datetime.now(UTC)
@@ -188,7 +188,7 @@ def changes(
             return
         rows = itertools.chain([first] if first is not None else [], rows)
         if fmt == "json":
-            render.write_json(map(changelog.ChangeRow.as_dict, rows), out.file)
+            formats.write_json(map(changelog.ChangeRow.as_dict, rows), out.file)
         elif fmt == "csv":
             render.changes_csv(rows, out.file, raw=csv_raw)
         else:
@@ -229,12 +229,12 @@ def runs(
 
     Example: exporter runs --limit 5; exporter runs show 42 --format json
     """
-    from exporter.read import render
+    from exporter.read import formats, run_render
     from exporter.read import runs as read_runs
 
     if ctx.invoked_subcommand is not None:
         return
-    check_format(fmt, render.FORMATS)
+    check_format(fmt, formats.FORMATS)
     with errors(), reader(config, database_url) as engine:
         rows = read_runs.runs(engine, limit=limit, status=status)
     if quiet:
@@ -243,12 +243,12 @@ def runs(
             return
     with errors():
         if fmt == "json":
-            render.write_json([row.as_dict() for row in rows], out.file)
+            formats.write_json([row.as_dict() for row in rows], out.file)
         elif fmt == "csv":
             rendered = (row.as_dict() for row in rows)
-            render.write_csv(rendered, render.RUN_COLUMNS, out.file, raw=csv_raw)
+            formats.write_csv(rendered, read_runs.RUN_COLUMNS, out.file, raw=csv_raw)
         else:
-            render.runs_table(rows, out)
+            run_render.runs_table(rows, out)
 
 
 @runs_app.command("show")
@@ -263,17 +263,17 @@ def runs_show(
 
     Example: exporter runs show 42
     """
-    from exporter.read import render
+    from exporter.read import formats, run_render
     from exporter.read import runs as read_runs
 
-    check_format(fmt, render.FORMATS)
+    check_format(fmt, formats.FORMATS)
     with errors(), reader(config, database_url) as engine:
         detail = read_runs.run_detail(engine, run_id)
     with errors():
         if fmt == "json":
-            render.write_json(render.run_detail_json(detail), out.file)
+            formats.write_json(run_render.run_detail_json(detail), out.file)
         elif fmt == "csv":
             rows = (o.as_dict() for o in detail.owners)
-            render.write_csv(rows, render.RUN_OWNER_COLUMNS, out.file, raw=csv_raw)
+            formats.write_csv(rows, read_runs.RUN_OWNER_COLUMNS, out.file, raw=csv_raw)
         else:
-            render.run_detail_table(detail, out)
+            run_render.run_detail_table(detail, out)

@@ -183,11 +183,11 @@ def check(config: ConfigOption = None, database_url: DatabaseOption = None) -> N
 
     Example: exporter check --config /etc/tapkey-exporter/config.toml
     """
-    from exporter.service import job
+    from exporter.service.check import run_checks
 
     with errors():
         settings = load(config, database_url=database_url)
-        results = job.check(settings)
+        results = run_checks(settings)
     for result in results:
         label = "skip" if result.skipped else "ok" if result.ok else "FAILED"
         line = f"{label:<7}{result.name:<10}{result.detail}"

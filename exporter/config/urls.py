@@ -15,7 +15,9 @@ from urllib.parse import quote, unquote_plus, urlsplit
 from sqlalchemy.engine import URL, make_url
 
 __all__ = [
+    "LOOPBACK_HOSTS",
     "display_url",
+    "http_url_problem",
     "is_loopback_host",
     "is_loopback_url",
     "masked_url",
@@ -51,6 +53,33 @@ def is_loopback_host(host: str) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped.is_loopback
     return address.is_loopback
+
+
+#: The loopback hosts plain http may go to, as messages name them (see `is_loopback_host`).
+LOOPBACK_HOSTS = "127.0.0.0/8, ::1, ::ffff:127.x.y.z, localhost, *.localhost"
+
+
+def http_url_problem(url: str) -> str | None:
+    """Why `url` may not be used to reach Tapkey, or None: it must be https, or plain http to a
+    loopback host (the sandbox), so nothing travels unencrypted beyond this machine.
+
+    The one check behind `[tapkey] token_url`/`api_base_url` and the token provider and API
+    client; the message shows the URL without user info (it may hold a password).
+    """
+    try:
+        parts = urlsplit(url.strip())
+        _ = parts.port  # raises ValueError for a port that is not a number
+    except ValueError:
+        return "is not a valid URL (a port must be a number); use https://host/path"
+    shown = display_url(url.strip())
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return f"must be an http(s) URL such as https://my.tapkey.com (got {shown!r})"
+    if parts.scheme.lower() == "http" and not is_loopback_host(parts.hostname):
+        return (
+            f"plain http is only allowed to a loopback host ({LOOPBACK_HOSTS}); use https:// "
+            f"(got {shown!r})"
+        )
+    return None
 
 
 def display_url(url: str) -> str:

@@ -8,11 +8,10 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo
 
-from exporter.config.urls import is_loopback_host
+from exporter.config.urls import http_url_problem
 
 __all__ = [
     "Conflict",
@@ -68,20 +67,11 @@ def resolve_path(value: Path | None, info: ValidationInfo, key: str) -> Path | N
 
 
 def check_http_url(value: str) -> str:
-    value = value.strip()
-    parts = urlsplit(value)
-    try:
-        _ = parts.port  # raises ValueError for a port that is not a number
-    except ValueError:
-        raise ValueError(f"has an invalid port (got {value!r})") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"must be an http(s) URL such as https://my.tapkey.com (got {value!r})")
-    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
-        raise ValueError(
-            "plain http is only allowed to a loopback host (127.0.0.1, ::1, localhost); "
-            f"use https:// (got {value!r})"
-        )
-    return value
+    """`value` stripped, if it is https or plain http to a loopback host (`http_url_problem`)."""
+    problem = http_url_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value.strip()
 
 
 def check_duration(value: object) -> str:

@@ -1,4 +1,4 @@
-"""`exporter access` output: a table for people, CSV and JSON for programs (see read.render)."""
+"""`exporter access` output: a table for people, CSV and JSON for programs (see read.formats)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from exporter.read.access import AccessAnswer, AccessRow
-from exporter.read.render import _cell, write_csv_tuples
+from exporter.read.formats import cell, write_csv_tuples
 
 
 def access_json(answer: AccessAnswer) -> dict[str, Any]:
@@ -37,7 +37,7 @@ def access_table(answer: AccessAnswer, console: Console) -> None:
         if answer.as_of is None
         else f"at the end of run {answer.as_of.run_id}"
         if answer.as_of.run_id is not None
-        else f"at {_cell(answer.at)} UTC"
+        else f"at {cell(answer.at)} UTC"
     )
     what = "lock" if answer.subject == "lock" else "contact"
     name = f"{answer.title!r} " if answer.title else ""
@@ -59,8 +59,8 @@ def access_table(answer: AccessAnswer, console: Console) -> None:
         table.add_row(
             who or "",
             detail or "",
-            _cell(row.validity_from) or "-",
-            _cell(row.validity_before) or "-",
+            cell(row.validity_from) or "-",
+            cell(row.validity_before) or "-",
             "restricted" if row.time_restriction_ical else "any time",
             row.grant_id,
         )

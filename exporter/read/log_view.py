@@ -15,7 +15,7 @@ from sqlalchemy import Engine, Select, select
 from exporter.db.engine import connect
 from exporter.db.schema import bound_locks, log_entries, owner_accounts
 from exporter.errors import UsageError
-from exporter.read import render
+from exporter.read import formats, render
 from exporter.read.changelog import find_locks
 from exporter.read.inventory import id_order, resolve_owner
 from exporter.read.streaming import stream, streamed
@@ -117,12 +117,12 @@ def _query(
 
 def log_csv(rows: Iterable[LogRow], out: IO[str], *, raw: bool = False) -> None:
     """The entries as CSV, one line each (columns as LogRow)."""
-    render.write_csv_tuples(rows, LogRow._fields, out, raw=raw)
+    formats.write_csv_tuples(rows, LogRow._fields, out, raw=raw)
 
 
 def log_json(rows: Iterable[LogRow], out: IO[str]) -> None:
     """The entries as a JSON array of objects, written while they are read."""
-    render.write_json(map(LogRow.as_dict, rows), out)
+    formats.write_json(map(LogRow.as_dict, rows), out)
 
 
 def log_table(feed: LogFeed, console: Console) -> None:
@@ -141,8 +141,8 @@ def log_table(feed: LogFeed, console: Console) -> None:
         if row.bound_card_id:
             by = f"{by}, card {row.bound_card_id}" if by else f"card {row.bound_card_id}"
         table.add_row(
-            render._cell(row.lock_timestamp),
-            render._cell(row.received_at),
+            formats.cell(row.lock_timestamp),
+            formats.cell(row.received_at),
             lock,
             row.owner_name or row.owner_account_id,
             event,

@@ -1,4 +1,5 @@
-"""`exporter run-once` output: a run's result as a table for people or as JSON for scripts.
+"""Run output: `exporter run-once`'s result, and the recorded runs of `exporter runs` and
+`exporter runs show`, as tables for people (and their JSON and CSV shapes).
 
 Loaded by run-once, which must not load the reports' modules (inventory, changelog, render).
 """
@@ -7,23 +8,23 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
 from exporter.kinds import OwnerStatus
+from exporter.read.formats import cell, write_json
 
 if TYPE_CHECKING:
+    from exporter.read.runs import RunDetail, RunRow
     from exporter.results import Change, RunResult
 
 
 def run_result_json(result: RunResult, out: IO[str], changes: Iterable[Change] | None) -> None:
     """The result as JSON; `changes` (read back as they were written) replace the result's own
     list, which a run that wrote them does not keep."""
-    from exporter.read.render import write_json
-
     data: dict[str, Any] = dataclasses.asdict(result)
     data["duration_seconds"] = (
         (result.finished_at - result.started_at).total_seconds() if result.finished_at else None
@@ -94,3 +95,66 @@ def print_run_result(result: RunResult, out: Console, err: Console) -> None:
     if not logging.getLogger("exporter.sync.log_entries").isEnabledFor(logging.WARNING):
         for owner_id, error in result.log_failures.items():
             err.print(f"owner {owner_id}: log entries failed: {error}")
+
+
+def _summary(error: str | None, width: int = 80) -> str:
+    line = (error or "").strip().splitlines()[0] if error and error.strip() else ""
+    return line if len(line) <= width else line[: width - 3] + "..."
+
+
+def runs_table(rows: Sequence[RunRow], console: Console) -> None:
+    """Recent runs, newest first (the trigger and full error are in csv/json and `runs show`)."""
+    table = Table(title="Runs (newest first)", title_justify="left")
+    for column in ("Run", "Started (UTC)", "Took", "Status", "Owners", "Locks", "+", "~", "-", "r"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("Error", overflow="fold", min_width=24, ratio=1)
+    for run in rows:
+        table.add_row(
+            str(run.id),
+            run.started_at.strftime("%Y-%m-%d %H:%M"),
+            f"{run.duration_seconds:.1f} s" if run.duration_seconds is not None else "",
+            run.status,
+            str(run.owners_seen),
+            str(run.locks_seen),
+            str(run.created),
+            str(run.updated),
+            str(run.removed),
+            str(run.restored),
+            _summary(run.error),
+        )
+    console.print(table)
+    console.print("Locks: + created, ~ updated, - removed, r restored.")
+
+
+def run_detail_json(detail: RunDetail) -> dict[str, Any]:
+    """`exporter runs show --format json`."""
+    return {"run": detail.run.as_dict(), "owners": [o.as_dict() for o in detail.owners]}
+
+
+def run_detail_table(detail: RunDetail, console: Console) -> None:
+    """A run's figures, then one line per owner account."""
+    run = detail.run
+    facts = Table(title=f"Run {run.id}: {run.status}", show_header=False, title_justify="left")
+    for field in dataclasses.fields(run)[1:]:
+        name, value = field.name, getattr(run, field.name)
+        facts.add_row(name, f"{value:.2f}" if isinstance(value, float) else cell(value))
+    console.print(facts)
+    owners = Table(title="Owner accounts", title_justify="left")
+    owners.add_column("Owner account", overflow="fold")
+    for column in ("Status", "Locks", "+", "~", "-", "r", "Fetched (UTC)"):
+        owners.add_column(column, no_wrap=True)
+    owners.add_column("Error", overflow="fold", min_width=24, ratio=1)
+    for o in detail.owners:
+        owners.add_row(
+            f"{o.owner_name or '?'} ({o.owner_account_id})",
+            o.status,
+            str(o.locks_seen),
+            str(o.created),
+            str(o.updated),
+            str(o.removed),
+            str(o.restored),
+            cell(o.fetched_at),
+            o.error or "",
+        )
+    console.print(owners)
+    console.print("Locks: + created, ~ updated, - removed, r restored.")

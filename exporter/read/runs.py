@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 
 from exporter.db.engine import connect
 from exporter.db.schema import RUN_STATUSES, sync_run_owners, sync_runs
@@ -15,7 +15,15 @@ from exporter.kinds import OwnerStatus
 from exporter.read.asof import missing_run
 from exporter.read.inventory import Row, fold, owner_names
 
-__all__ = ["RunDetail", "RunOwnerRow", "RunRow", "run_detail", "runs"]
+__all__ = [
+    "RUN_COLUMNS",
+    "RUN_OWNER_COLUMNS",
+    "RunDetail",
+    "RunOwnerRow",
+    "RunRow",
+    "run_detail",
+    "runs",
+]
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,11 @@ class RunOwnerRow:
         return asdict(self)
 
 
+# The CSV columns of `exporter runs` and `exporter runs show`: the fields, in order.
+RUN_COLUMNS: Final = tuple(RunRow.__dataclass_fields__)
+RUN_OWNER_COLUMNS: Final = tuple(RunOwnerRow.__dataclass_fields__)
+
+
 @dataclass(frozen=True)
 class RunDetail:
     """A run and its per-owner outcomes (failed owners first)."""
@@ -86,18 +99,15 @@ def runs(engine: Engine, *, limit: int | None = 20, status: str | None = None) -
     """The most recent runs first, optionally only those with `status`."""
     if status is not None and status not in RUN_STATUSES:
         raise UsageError(f"unknown run status {status!r}; use {', '.join(RUN_STATUSES)}")
-    query = select(sync_runs).order_by(sync_runs.c.id.desc()).limit(limit)
-    if status is not None:
-        query = query.where(sync_runs.c.status == status)
     with connect(engine) as conn:
-        return [_run_row(r) for r in conn.execute(query).mappings()]
+        return _select_runs(conn, limit=limit, status=status)
 
 
 def run_detail(engine: Engine, run_id: int) -> RunDetail:
     """One run with the outcome of every owner account it fetched."""
     with connect(engine) as conn:
-        row = conn.execute(select(sync_runs).where(sync_runs.c.id == run_id)).mappings().first()
-        if row is None:
+        found = _select_runs(conn, run_id=run_id)
+        if not found:
             raise missing_run(run_id)
         names = owner_names(conn)
         outcomes = conn.execute(
@@ -113,4 +123,20 @@ def run_detail(engine: Engine, run_id: int) -> RunDetail:
     owners.sort(
         key=lambda o: (o.status != OwnerStatus.FAILED, fold(o.owner_name), o.owner_account_id)
     )
-    return RunDetail(_run_row(row), owners)
+    return RunDetail(found[0], owners)
+
+
+def _select_runs(
+    conn: Connection,
+    *,
+    limit: int | None = None,
+    status: str | None = None,
+    run_id: int | None = None,
+) -> list[RunRow]:
+    """Runs newest first, narrowed to one status or one run."""
+    query = select(sync_runs).order_by(sync_runs.c.id.desc()).limit(limit)
+    if status is not None:
+        query = query.where(sync_runs.c.status == status)
+    if run_id is not None:
+        query = query.where(sync_runs.c.id == run_id)
+    return [_run_row(row) for row in conn.execute(query).mappings()]

@@ -23,15 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from operator import attrgetter
 from typing import Any, Final, Literal, TypeVar
 
-from exporter.sandbox.data import (
-    _HOUR_MS,
-    _MS_2025,
-    SandboxChange,
-    SandboxInventory,
-    _different,
-    _guid,
-    _iso,
-)
+from exporter.sandbox.data import SandboxChange, SandboxInventory
 from exporter.sandbox.entities import (
     CardRecord,
     ContactRecord,
@@ -47,6 +39,7 @@ from exporter.sandbox.entities import (
 )
 from exporter.sandbox.logs import LogBook
 from exporter.sandbox.odata import Filter, FilterError, PropertyKind, matches, parse_filter
+from exporter.sandbox.values import DAY_MS, HOUR_MS, MS_2025, different, guid, iso, json_page
 
 __all__ = ["ACCESS_CHANGE_KINDS", "ACCESS_ROUTES", "AccessData", "AccessRoute", "OwnerAccess"]
 
@@ -92,7 +85,6 @@ _FILTERABLE: Final[dict[AccessRoute, dict[str, tuple[PropertyKind, str]]]] = {
 # ASP.NET OData's words for a property that cannot be filtered on.
 _NOT_FILTERABLE = "The property 'receivedAt' cannot be used in the $filter query option."
 _DOMAINS = ("example.com", "example.org", "example.net")
-_DAY_MS: Final = 24 * _HOUR_MS
 _MS_2019: Final = 1_546_300_800_000  # cards were bound in 2019-2024
 _MS_2023: Final = 1_672_531_200_000  # initial grants were made in 2023-2024
 _R = TypeVar("_R")
@@ -128,9 +120,9 @@ class AccessData:
             for _ in range(contacts_per_owner):
                 self._add_contact(owner_id, rng)
             for _ in range(cards_per_owner):
-                self._add_card(owner_id, rng, rng.randrange(_MS_2019, _MS_2025))
+                self._add_card(owner_id, rng, rng.randrange(_MS_2019, MS_2025))
             for _ in range(grants_per_owner):
-                self._add_grant(owner_id, rng, rng.randrange(_MS_2023, _MS_2025))
+                self._add_grant(owner_id, rng, rng.randrange(_MS_2023, MS_2025))
             self._logs.seed(owner_id, log_entries_per_owner, rng)
         for grant in self.grants.values():
             if rng.random() < 0.15:
@@ -159,8 +151,7 @@ class AccessData:
         if parsed is not None:
             getters = {name: attrgetter(attr) for name, (_, attr) in _FILTERABLE[route].items()}
             records = [r for r in records if matches(parsed, _values(getters, r))]
-        page = records[skip : None if top is None else skip + top]
-        return b"[" + b",".join(encode(record) for record in page) + b"]"
+        return json_page(records, skip, top, encode)
 
     def records(self, route: AccessRoute, owner_id: str) -> Sequence[Record]:
         """One owner's list on `route`, in list order (KeyError if the owner is unknown)."""
@@ -266,7 +257,7 @@ class AccessData:
             contact_id, card_id = holder
         else:
             raise ValueError(f"owner {owner_id!r} has no contact or card to grant to")
-        grant = GrantRecord(_guid(rng), owner_id, lock_id, contact_id, card_id,
+        grant = GrantRecord(guid(rng), owner_id, lock_id, contact_id, card_id,
                             valid_from, valid_before, time_restriction_ical)  # fmt: skip
         self.grants[grant.id] = self.owners[owner_id].grants[grant.id] = grant
         return grant
@@ -345,7 +336,7 @@ class AccessData:
             contact = rng.choice(list(lists.contacts.values()))
             if kind == "contact_rename":
                 old = contact.title
-                self.update_contact(contact.id, title=_different(old, lambda: person_name(rng)))
+                self.update_contact(contact.id, title=different(old, lambda: person_name(rng)))
                 detail = f"title {old!r} -> {contact.title!r}"
             elif kind == "contact_identifier":
                 old = contact.identifier
@@ -365,7 +356,7 @@ class AccessData:
 
     def _now_ms(self, rng: random.Random) -> int:
         """A deterministic instant in the current generation's hour (as for locks)."""
-        return _MS_2025 + self._inventory.generation * _HOUR_MS + rng.randrange(_HOUR_MS)
+        return MS_2025 + self._inventory.generation * HOUR_MS + rng.randrange(HOUR_MS)
 
     def _add_contact(self, owner_id: str, rng: random.Random) -> ContactRecord:
         contact = new_contact(rng, owner_id)
@@ -396,12 +387,12 @@ class AccessData:
         holder = self._draw_holder(owner_id, rng) if locks else None
         if holder is None:
             return None
-        grant = GrantRecord(_guid(rng), owner_id, rng.choice(locks), *holder)
+        grant = GrantRecord(guid(rng), owner_id, rng.choice(locks), *holder)
         shape = rng.random()
         if shape >= 0.4:  # else unrestricted
-            grant.valid_from = _iso(created_ms)
+            grant.valid_from = iso(created_ms)
         if 0.4 <= shape < 0.75:
-            grant.valid_before = _iso(created_ms + rng.randrange(7, 365) * _DAY_MS)
+            grant.valid_before = iso(created_ms + rng.randrange(7, 365) * DAY_MS)
         elif shape >= 0.75:
             grant.ical = time_restriction(rng, created_ms)
         self.grants[grant.id] = self.owners[owner_id].grants[grant.id] = grant

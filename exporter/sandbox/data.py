@@ -1,4 +1,5 @@
-"""The sandbox's inventory: deterministic owners and bound locks, their changes, their JSON.
+"""The sandbox's inventory: deterministic owners and bound locks (see `locks`), their changes and
+their pages of JSON.
 
 Everything here is derived from a seed with private `random.Random` instances (never the global
 generator), so the same seed and the same sequence of calls give byte-identical payloads. Nothing
@@ -9,36 +10,32 @@ sandbox itself, this module imports nothing from the exporter.
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import hashlib
-import json
 import random
-import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Final, TypeVar
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
 
-__all__ = [
-    "CHANGE_KINDS",
-    "LOCK_TYPES",
-    "SandboxChange",
-    "SandboxInventory",
-    "SandboxLock",
-    "SandboxOwner",
-]
-
-# TK.Td30 is the lock type of Tapkey's documented example; the other entries are sandbox
-# inventions with plausible names, so that lock types and model names vary.
-LOCK_TYPES: Final[tuple[dict[str, Any], ...]] = tuple(
-    {"id": type_id, "manufacturerId": maker, "modelName": model, "supportedTechnologies": tech}
-    for type_id, maker, model, tech in (
-        ("TK.Td30", 1, "Td30", ["nfc", "ble"]),
-        ("TK.Cyl3", 1, "Smart Cylinder 3", ["nfc", "ble"]),
-        ("TK.Pad2", 1, "Padlock P2", ["ble"]),
-        ("SB.Wr1", 7, "Wall Reader WR1", ["nfc"]),
-        ("SB.Lk5", 7, "Locker L5", ["nfc", "ble"]),
-    )
+from exporter.sandbox.locks import (
+    LOCK_FIELDS,
+    LOCK_TYPES,
+    SandboxLock,
+    SandboxOwner,
+    lock_dict,
+    lock_type_index,
 )
+from exporter.sandbox.values import (
+    ENCODER,
+    HOUR_MS,
+    MS_2025,
+    IdBag,
+    different,
+    guid,
+    iso,
+    json_page,
+)
+
+__all__ = ["CHANGE_KINDS", "SandboxChange", "SandboxInventory"]
 
 # How often each change kind is drawn by SandboxInventory.advance (inapplicable draws are redrawn).
 _CHANGE_WEIGHTS: Final[dict[str, int]] = {
@@ -73,27 +70,7 @@ _DESCRIPTIONS = (
     "Shared with the neighbouring tenant.",
     None,  # Tapkey allows locks without a description
 )
-# update_lock: API field name -> SandboxLock attribute.
-_LOCK_FIELDS: Final[dict[str, str]] = {
-    "title": "title",
-    "description": "description",
-    "active": "active",
-    "bindDate": "bind_date",
-    "physicalLockId": "physical_lock_id",
-    "rclSerialNo": "rcl_serial_no",
-    "rclDate": "rcl_date",
-    "lastSeenRclSerialNo": "last_seen_rcl_serial_no",
-    "lastSeenRclUpdateDate": "last_seen_rcl_update_date",
-}
-_HEALTH_TYPES = ("BatteryVoltage", "Temperature", "BatteryWarningLevel")
-_VALUE_STATUSES = ("Ok", "Ok", "Ok", "Outdated", "Invalid")
-
-_EPOCH = dt.datetime(1970, 1, 1)  # naive UTC: isoformat() then has no offset
 _MS_2018 = 1_514_764_800_000  # 2018-01-01T00:00:00Z: initial bindings fall in 2018-2024
-_MS_2025 = 1_735_689_600_000  # 2025-01-01T00:00:00Z: generation g happens in hour g after this
-_HOUR_MS = 3_600_000
-_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
-_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -110,74 +87,6 @@ class SandboxChange:
     entity_id: str | None = None
 
 
-@dataclass(slots=True)
-class SandboxLock:
-    """A bound lock; the cached JSON encodings are dropped by `SandboxInventory` on every change."""
-
-    id: str
-    owner_id: str
-    title: str
-    description: str | None
-    physical_lock_id: str
-    lock_type: int  # index into LOCK_TYPES
-    active: bool
-    bind_date: str
-    rcl_serial_no: int | None
-    rcl_date: str | None
-    last_seen_rcl_serial_no: int | None
-    last_seen_rcl_update_date: str | None
-    health_key: int  # with health_rev, seeds the lock's health readings
-    health_rev: int = 0
-    json_plain: bytes | None = None
-    json_health: bytes | None = None
-
-
-@dataclass(slots=True)
-class SandboxOwner:
-    """An owner account; `locks` holds its bound lock ids in binding order."""
-
-    id: str
-    name: str
-    active: bool
-    visible: bool = True
-    locks: list[str] = field(default_factory=list)
-    json: bytes | None = None
-
-
-def _iso(ms: int) -> str:
-    """Milliseconds since the epoch as ISO-8601 UTC with milliseconds and a `Z`."""
-    return (_EPOCH + dt.timedelta(milliseconds=ms)).isoformat(timespec="milliseconds") + "Z"
-
-
-def _guid(rng: random.Random) -> str:
-    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
-
-
-class _IdBag:
-    """Ids with O(1) add, remove and seeded random choice (insertion order is not kept)."""
-
-    def __init__(self) -> None:
-        self._items: list[str] = []
-        self._index: dict[str, int] = {}
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def add(self, item: str) -> None:
-        self._index[item] = len(self._items)
-        self._items.append(item)
-
-    def remove(self, item: str) -> None:
-        position = self._index.pop(item)
-        last = self._items.pop()
-        if last != item:
-            self._items[position] = last
-            self._index[last] = position
-
-    def choice(self, rng: random.Random) -> str:
-        return self._items[rng.randrange(len(self._items))]
-
-
 class SandboxInventory:
     """Owners and their bound locks, generated from a seed and changed in seeded generations."""
 
@@ -190,7 +99,7 @@ class SandboxInventory:
         self.generation = 0
         self.owners: dict[str, SandboxOwner] = {}  # in creation order: the /Owners order
         self.locks: dict[str, SandboxLock] = {}  # bound locks only
-        self._lock_bag = _IdBag()
+        self._lock_bag = IdBag()
         self._physical_ids: set[str] = set()  # every physicalLockId ever issued
         self._owner_names: set[str] = set()
         self._visible: list[SandboxOwner] | None = None
@@ -200,10 +109,10 @@ class SandboxInventory:
         self._direct_rng = random.Random(f"tapkey-sandbox-direct:{seed}")
         rng = random.Random(seed)
         for _ in range(owners):
-            owner = SandboxOwner(_guid(rng), self._new_owner_name(rng), rng.random() < 0.95)
+            owner = SandboxOwner(guid(rng), self._new_owner_name(rng), rng.random() < 0.95)
             self.owners[owner.id] = owner
             for _ in range(locks_per_owner):
-                bind_ms = rng.randrange(_MS_2018, _MS_2025)
+                bind_ms = rng.randrange(_MS_2018, MS_2025)
                 self._bind(self._new_lock(rng, owner.id, bind_ms))
 
     # -- reading -------------------------------------------------------------------------------
@@ -216,30 +125,34 @@ class SandboxInventory:
 
     def owners_json(self, skip: int = 0, top: int | None = None) -> bytes:
         """A page of the owner list, encoded as the API sends it."""
-        page = self.visible_owners()[skip : None if top is None else skip + top]
-        return b"[" + b",".join(self._owner_json(owner) for owner in page) + b"]"
+        return json_page(self.visible_owners(), skip, top, self._owner_json)
 
     def locks_json(
         self, owner_id: str, skip: int = 0, top: int | None = None, *, health: bool = False
     ) -> bytes:
         """A page of one owner's bound locks (KeyError if the owner is unknown)."""
-        ids = self.owners[owner_id].locks[skip : None if top is None else skip + top]
-        return b"[" + b",".join(self.lock_json(self.locks[i], health=health) for i in ids) + b"]"
+        locks = self.locks
+        return json_page(
+            self.owners[owner_id].locks,
+            skip,
+            top,
+            lambda i: self.lock_json(locks[i], health=health),
+        )
 
     def lock_json(self, lock: SandboxLock, *, health: bool = False) -> bytes:
         """One lock encoded (and cached) with or without its health readings."""
         if health:
             if lock.json_health is None:
-                lock.json_health = _ENCODER.encode(_lock_dict(lock, True)).encode()
+                lock.json_health = ENCODER.encode(lock_dict(lock, True)).encode()
             return lock.json_health
         if lock.json_plain is None:
-            lock.json_plain = _ENCODER.encode(_lock_dict(lock, False)).encode()
+            lock.json_plain = ENCODER.encode(lock_dict(lock, False)).encode()
         return lock.json_plain
 
     def _owner_json(self, owner: SandboxOwner) -> bytes:
         if owner.json is None:
             value = {"active": owner.active, "id": owner.id, "name": owner.name}
-            owner.json = _ENCODER.encode(value).encode()
+            owner.json = ENCODER.encode(value).encode()
         return owner.json
 
     # -- direct mutations ------------------------------------------------------------------------
@@ -318,17 +231,17 @@ class SandboxInventory:
     def update_lock(self, lock_id: str, fields: Mapping[str, Any]) -> None:
         """Set lock fields by their API names (title, description, active, rclSerialNo, ...)."""
         lock = self.lock(lock_id)
-        unknown = sorted(set(fields) - set(_LOCK_FIELDS) - {"lockTypeId"})
+        unknown = sorted(set(fields) - set(LOCK_FIELDS) - {"lockTypeId"})
         if unknown:
-            allowed = ", ".join([*_LOCK_FIELDS, "lockTypeId"])
+            allowed = ", ".join([*LOCK_FIELDS, "lockTypeId"])
             raise ValueError(f"cannot set {', '.join(unknown)}; settable: {allowed}")
         for name, value in fields.items():
             if name == "lockTypeId":
-                lock.lock_type = _lock_type_index(value)
+                lock.lock_type = lock_type_index(value)
             else:
                 if name == "physicalLockId":
                     self._physical_ids.add(value)
-                setattr(lock, _LOCK_FIELDS[name], value)
+                setattr(lock, LOCK_FIELDS[name], value)
         self._touch(lock)
 
     def update_owner(self, owner_id: str, *, name: str | None, active: bool | None) -> None:
@@ -366,7 +279,7 @@ class SandboxInventory:
             title=payload["title"],
             description=payload.get("description"),
             physical_lock_id=payload["physicalLockId"],
-            lock_type=_lock_type_index(payload["lockTypeId"]),
+            lock_type=lock_type_index(payload["lockTypeId"]),
             active=payload.get("active", True),
             bind_date=payload["bindDate"],
             rcl_serial_no=payload.get("rclSerialNo"),
@@ -409,11 +322,11 @@ class SandboxInventory:
         old_owner = lock.owner_id
         if kind == "rename":
             old = lock.title
-            lock.title = _different(old, lambda: _title(rng))
+            lock.title = different(old, lambda: _title(rng))
             detail = f"title {old!r} -> {lock.title!r}"
         elif kind == "description":
             old_text = lock.description
-            lock.description = _different(old_text, lambda: rng.choice(_DESCRIPTIONS))
+            lock.description = different(old_text, lambda: rng.choice(_DESCRIPTIONS))
             detail = f"description {old_text!r} -> {lock.description!r}"
         elif kind == "active":
             lock.active = not lock.active
@@ -435,7 +348,7 @@ class SandboxInventory:
             )
         elif kind == "rcl":
             lock.rcl_serial_no = (lock.rcl_serial_no or 0) + 1
-            lock.rcl_date = _iso(self._now_ms(rng))
+            lock.rcl_date = iso(self._now_ms(rng))
             if rng.random() < 0.5:
                 lock.last_seen_rcl_serial_no = lock.rcl_serial_no
                 lock.last_seen_rcl_update_date = lock.rcl_date
@@ -482,7 +395,7 @@ class SandboxInventory:
     def _now_ms(self, rng: random.Random | None = None) -> int:
         """A deterministic instant inside the current generation's hour."""
         rng = rng or self._direct_rng
-        return _MS_2025 + self.generation * _HOUR_MS + rng.randrange(_HOUR_MS)
+        return MS_2025 + self.generation * HOUR_MS + rng.randrange(HOUR_MS)
 
     def _bind(self, lock: SandboxLock) -> None:
         self.locks[lock.id] = lock
@@ -515,90 +428,24 @@ class SandboxInventory:
     ) -> SandboxLock:
         has_rcl = rng.random() < 0.7
         rcl_serial = rng.randint(1, 40) if has_rcl else None
-        rcl_ms = bind_ms + rng.randrange(1, 90 * 24 * _HOUR_MS)
+        rcl_ms = bind_ms + rng.randrange(1, 90 * 24 * HOUR_MS)
         seen = has_rcl and rng.random() < 0.6
         return SandboxLock(
-            id=_guid(rng),
+            id=guid(rng),
             owner_id=owner_id,
             title=_title(rng),
             description=rng.choice(_DESCRIPTIONS),
             physical_lock_id=physical or self._new_physical_id(rng),
             lock_type=rng.randrange(len(LOCK_TYPES)),
             active=rng.random() < 0.93,
-            bind_date=_iso(bind_ms),
+            bind_date=iso(bind_ms),
             rcl_serial_no=rcl_serial,
-            rcl_date=_iso(rcl_ms) if has_rcl else None,
+            rcl_date=iso(rcl_ms) if has_rcl else None,
             last_seen_rcl_serial_no=rcl_serial if seen else None,
-            last_seen_rcl_update_date=_iso(rcl_ms + rng.randrange(_HOUR_MS)) if seen else None,
+            last_seen_rcl_update_date=iso(rcl_ms + rng.randrange(HOUR_MS)) if seen else None,
             health_key=rng.getrandbits(64),
         )
 
 
-def _lock_type_index(type_id: str) -> int:
-    for index, lock_type in enumerate(LOCK_TYPES):
-        if lock_type["id"] == type_id:
-            return index
-    raise ValueError(f"unknown lockTypeId {type_id!r}; known: {[t['id'] for t in LOCK_TYPES]}")
-
-
 def _title(rng: random.Random) -> str:
     return f"{rng.choice(_PLACES)} {rng.choice(_THINGS)} {rng.randint(1, 99)}"
-
-
-def _different(old: _T, draw: Callable[[], _T]) -> _T:
-    """Draw until the value differs from `old` (every draw has several possible values)."""
-    while True:
-        value = draw()
-        if value != old:
-            return value
-
-
-def _health_readings(lock: SandboxLock) -> list[dict[str, Any]]:
-    """The lock's health readings: deterministic per (health_key, health_rev)."""
-    rng = random.Random(f"tapkey-sandbox-health:{lock.health_key}:{lock.health_rev}")
-    readings = []
-    for kind in _HEALTH_TYPES:
-        if kind == "Temperature" and rng.random() < 0.4:
-            continue  # not every lock model reports a temperature
-        if kind == "BatteryVoltage":
-            value = f"{rng.uniform(2.4, 3.3):.2f}"
-        elif kind == "Temperature":
-            value = f"{rng.uniform(-5.0, 35.0):.1f}"
-        else:
-            value = rng.choice(("None", "None", "None", "Low", "Critical"))
-        readings.append(
-            {
-                "id": _guid(rng),
-                "physicalLockId": lock.physical_lock_id,
-                "timestamp": _iso(_MS_2025 - rng.randrange(60 * 24 * _HOUR_MS)),
-                "type": kind,
-                "value": value,
-                "valueStatus": rng.choice(_VALUE_STATUSES),
-            }
-        )
-    return readings
-
-
-def _lock_dict(lock: SandboxLock, health: bool) -> dict[str, Any]:
-    """A bound lock shaped like the documented example of the BoundLocks route."""
-    lock_type = LOCK_TYPES[lock.lock_type]
-    return {
-        "active": lock.active,
-        "bindDate": lock.bind_date,
-        "description": lock.description,
-        "healthStatuses": _health_readings(lock) if health else None,
-        "id": lock.id,
-        "lastSeenRclSerialNo": lock.last_seen_rcl_serial_no,
-        "lastSeenRclUpdateDate": lock.last_seen_rcl_update_date,
-        "lockType": lock_type,
-        "lockTypeId": lock_type["id"],
-        "membershipStatistics": None,
-        "ownerAccountId": lock.owner_id,
-        "physicalLockId": lock.physical_lock_id,
-        "rclDate": lock.rcl_date,
-        "rclSerialNo": lock.rcl_serial_no,
-        "supportedFeatures": None,
-        "targetType": "Lock",
-        "title": lock.title,
-        "unbindDate": None,
-    }

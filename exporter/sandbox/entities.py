@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from exporter.sandbox.data import _ENCODER, _guid, _iso
+from exporter.sandbox.values import ENCODER, guid, iso
 
 __all__ = [
     "CardRecord",
@@ -119,7 +119,7 @@ class OwnerAccess:
 def encode(record: Record) -> bytes:
     """The record as the API sends it (cached in `record.json` until it is dropped)."""
     if record.json is None:
-        record.json = _ENCODER.encode(_DICTS[type(record)](record)).encode()
+        record.json = ENCODER.encode(_DICTS[type(record)](record)).encode()
     return record.json
 
 
@@ -138,7 +138,7 @@ def new_contact(rng: random.Random, owner_id: str) -> ContactRecord:
     """A contact, mostly a Tapkey user, some as older payloads; its identifier is left empty."""
     tapkey_user = rng.random() < 0.8
     return ContactRecord(
-        id=_guid(rng),
+        id=guid(rng),
         owner_id=owner_id,
         ip_id="tapkey" if tapkey_user else "sandbox.partner-idp",
         identifier="",
@@ -153,14 +153,14 @@ def new_card(rng: random.Random, owner_id: str, bind_ms: int) -> CardRecord:
     size = 7 if rng.random() < 0.8 else 4
     uid = (b"\x04" + rng.randbytes(6)) if size == 7 else rng.randbytes(4)
     return CardRecord(
-        id=_guid(rng),
+        id=guid(rng),
         owner_id=owner_id,
         label=f"{rng.randrange(10000):04d}",  # the number printed on the card
         uid=uid.hex().upper(),
         is_active=rng.random() < 0.95,
         # Like a physicalLockId: Base64 of a 2-byte little-endian length and the bytes.
         physical_card_id=base64.b64encode(size.to_bytes(2, "little") + uid).decode("ascii"),
-        bind_date=_iso(bind_ms),
+        bind_date=iso(bind_ms),
         title=f"{rng.choice(_CARD_USES)} {rng.randint(1, 30)}",
         capacity=rng.choice((8, 16, 32)) if size == 7 else 4,
     )
@@ -228,9 +228,9 @@ def _log_entry_dict(entry: LogEntryRecord) -> dict[str, Any]:
         "contactId": entry.contact_id,
         "entryNo": entry.entry_no,
         "id": entry.id,
-        "lockTimestamp": _iso(entry.lock_ms),
+        "lockTimestamp": iso(entry.lock_ms),
         "logType": entry.log_type,
-        "receivedAt": _iso(entry.received_ms),
+        "receivedAt": iso(entry.received_ms),
     }
 
 

@@ -81,15 +81,13 @@ class Handler(BaseHTTPRequestHandler):
         super().setup()
         # Responses go out in one write; without this Nagle delays keep-alive replies.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with self.sandbox._lock:
-            self.sandbox._connections.add(self.connection)
+        self.sandbox.track_connection(self.connection)
 
     def finish(self) -> None:
         try:
             super().finish()
         finally:
-            with self.sandbox._lock:
-                self.sandbox._connections.discard(self.connection)
+            self.sandbox.forget_connection(self.connection)
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("sandbox: " + format, *args)
@@ -101,7 +99,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         sandbox = self.sandbox
-        sandbox._count()
+        sandbox.count_request()
         body = self._read_body()
         if body is None:
             return
@@ -138,7 +136,7 @@ class Handler(BaseHTTPRequestHandler):
             params = {k: v for k, v in form.items() if k in ("grant_type", "scope", "client_id")}
         else:
             params = dict(parse_qsl(url.query, keep_blank_values=True))
-        request = sandbox._begin(route, owner_id, params)
+        request = sandbox.begin_request(route, owner_id, params)
         try:
             for hook in list(sandbox.hooks):
                 hook(request)
@@ -147,7 +145,7 @@ class Handler(BaseHTTPRequestHandler):
             self._send(error_response(500, "hook_failed", "a sandbox hook raised an exception"))
             return
 
-        fault = sandbox._take_fault(request)
+        fault = sandbox.take_fault(request)
         if fault is not None and fault.kind == "delay":
             time.sleep(fault.delay)
         elif fault is not None and fault.kind == "reset":
@@ -169,9 +167,9 @@ class Handler(BaseHTTPRequestHandler):
 
         authorization = self.headers.get("Authorization")
         if route == "token":
-            response = sandbox._token_response(form, authorization)
+            response = sandbox.tokens.token_response(form, authorization)
         else:
-            response = sandbox._list_response(request, authorization)
+            response = sandbox.list_response(request, authorization)
         self._send(response, truncate=fault is not None and fault.kind == "truncate")
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _dispatch

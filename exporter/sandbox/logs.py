@@ -15,15 +15,14 @@ import bisect
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
 
-from exporter.sandbox.data import _HOUR_MS, _MS_2025, SandboxInventory, _guid
+from exporter.sandbox.data import SandboxInventory
 from exporter.sandbox.entities import LogEntryRecord, OwnerAccess, epoch_ms
+from exporter.sandbox.values import DAY_MS, HOUR_MS, MS_2025, guid
 
 __all__ = ["LogBook"]
 
 _OTHER_LOG_TYPES = ("BatteryWarning", "ClockSync", "DoorAjar")
-_DAY_MS: Final = 24 * _HOUR_MS
 
 
 @dataclass(slots=True)
@@ -44,7 +43,7 @@ class LogBook:
     def seed(self, owner_id: str, count: int, rng: random.Random) -> None:
         """The owner's history: events of the 30 days before 2025, uploaded per lock in order."""
         locks = self._inventory.owners[owner_id].locks
-        start, end = _MS_2025 - 30 * _DAY_MS, _MS_2025 - 6 * _DAY_MS  # late ones: up to 5 days
+        start, end = MS_2025 - 30 * DAY_MS, MS_2025 - 6 * DAY_MS  # late ones: up to 5 days
         events: dict[str, list[int]] = {}
         for _ in range(count if locks else 0):
             lock_id = rng.choice(locks)
@@ -56,7 +55,7 @@ class LogBook:
             received = 0
             for lock_ms in sorted(times):
                 if rng.random() < 0.12:  # the lock was offline: uploaded hours or days later
-                    delay = rng.randrange(2 * _HOUR_MS, 5 * _DAY_MS)
+                    delay = rng.randrange(2 * HOUR_MS, 5 * DAY_MS)
                 else:
                     delay = rng.randrange(500, 300_000)
                 # A lock uploads in entryNo order: later events come with or after its backlog.
@@ -84,14 +83,14 @@ class LogBook:
         locks = self._inventory.owners[owner_id].locks
         if not locks:
             return None
-        generation_start = _MS_2025 + self._inventory.generation * _HOUR_MS
+        generation_start = MS_2025 + self._inventory.generation * HOUR_MS
         self._received_ms = max(self._received_ms, generation_start)
         plan: list[tuple[str, int | None]]
         if late:
             lock_id = min(rng.sample(locks, min(3, len(locks))), key=self._last_lock_ms)
             now = self._received_ms if received_at is None else received_at
-            low = max(self._last_lock_ms(lock_id) + 1000, now - 5 * _DAY_MS)
-            high = max(low + count + 1, now - 2 * _HOUR_MS)
+            low = max(self._last_lock_ms(lock_id) + 1000, now - 5 * DAY_MS)
+            high = max(low + count + 1, now - 2 * HOUR_MS)
             plan = [(lock_id, t) for t in sorted(rng.randrange(low, high) for _ in range(count))]
         else:
             plan = [(rng.choice(locks), None) for _ in range(count)]
@@ -124,7 +123,7 @@ class LogBook:
         log.entry_no += 1
         log.lock_ms = max(log.lock_ms, lock_ms)
         entry = LogEntryRecord(
-            id=_guid(rng),
+            id=guid(rng),
             owner_id=owner_id,
             entry_no=log.entry_no,
             lock_ms=lock_ms,

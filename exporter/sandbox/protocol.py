@@ -16,9 +16,9 @@ __all__ = [
     "JSON_TYPE",
     "ActiveFault",
     "Fault",
-    "Request",
     "Response",
     "Route",
+    "SandboxRequest",
     "error_response",
     "odata_error",
     "status_phrase",
@@ -53,7 +53,7 @@ class Fault:
 
 
 @dataclass(frozen=True)
-class Request:
+class SandboxRequest:
     """What hooks see of one API request (secrets and tokens are never included)."""
 
     route: str

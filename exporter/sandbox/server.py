@@ -20,44 +20,41 @@ connection resets, truncated or invalid bodies), run hooks before a response is 
 round trip). The sandbox imports
 nothing from the exporter: it is a stand-in for Tapkey, not part of the exporter.
 
-This module holds the state and builds the replies; `handler` puts them on the wire and
-`protocol` holds what both use (routes, `Fault`, `Request`, replies).
+This module serves (lifecycle, faults, counters, the list routes' replies); `controls` holds the
+data and the calls that change it, `tokens` the token endpoint, `handler` puts replies on the
+wire and `protocol` holds what they share (routes, `Fault`, `SandboxRequest`, replies).
 """
 
 from __future__ import annotations
 
-import base64
 import collections
 import contextlib
 import dataclasses
-import json
 import logging
-import secrets
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, cast
-from urllib.parse import unquote_plus
+from typing import cast
 
-from exporter.sandbox.access import ACCESS_CHANGE_KINDS, ACCESS_ROUTES, AccessData, AccessRoute
-from exporter.sandbox.data import CHANGE_KINDS, LOCK_TYPES, SandboxChange, SandboxInventory
-from exporter.sandbox.entities import epoch_ms
+from exporter.sandbox.access import ACCESS_CHANGE_KINDS, ACCESS_ROUTES, AccessRoute
+from exporter.sandbox.controls import SandboxControls
+from exporter.sandbox.data import CHANGE_KINDS, SandboxChange
 from exporter.sandbox.handler import Handler, Server, Server6
+from exporter.sandbox.locks import LOCK_TYPES
 from exporter.sandbox.odata import FilterError
 from exporter.sandbox.protocol import (
     FAULT_KINDS,
     ActiveFault,
     Fault,
-    Request,
     Response,
     Route,
+    SandboxRequest,
     error_response,
     odata_error,
-    unauthorized,
 )
+from exporter.sandbox.tokens import TokenIssuer
 
 __all__ = [
     "ACCESS_CHANGE_KINDS",
@@ -65,9 +62,9 @@ __all__ = [
     "CHANGE_KINDS",
     "LOCK_TYPES",
     "Fault",
-    "Request",
     "Sandbox",
     "SandboxChange",
+    "SandboxRequest",
     "serve_forever",
 ]
 
@@ -91,12 +88,6 @@ _EXPANDABLE = {"healthstatuses", "supportedfeatures", "membershipstatistics"}
 _ACCESS_OPTIONS = frozenset({"$top", "$skip", "$filter", "$select"})
 
 
-@dataclass(frozen=True)
-class _Token:
-    expires_at: float
-    scopes: frozenset[str]
-
-
 def _non_negative(params: Mapping[str, str], name: str) -> int | None:
     """An OData integer option; ValueError unless it is a non-negative decimal integer."""
     value = params.get(name)
@@ -107,7 +98,7 @@ def _non_negative(params: Mapping[str, str], name: str) -> int | None:
     return int(value)
 
 
-class Sandbox:
+class Sandbox(SandboxControls):
     """A fake Tapkey (token endpoint, owners, bound locks, access data) on a loopback port.
 
     Each owner gets `contacts_per_owner` contacts, `cards_per_owner` bound cards,
@@ -156,27 +147,26 @@ class Sandbox:
             raise ValueError("refuse_top must be at least 1")
         if latency < 0:
             raise ValueError("latency must not be negative")
-        self._lock = threading.RLock()
-        self._data = SandboxInventory(seed=seed, owners=owners, locks_per_owner=locks_per_owner)
-        self._access = AccessData(
-            self._data,
+        super().__init__(
+            seed=seed,
+            owners=owners,
+            locks_per_owner=locks_per_owner,
             contacts_per_owner=contacts_per_owner,
             cards_per_owner=cards_per_owner,
             grants_per_owner=grants_per_owner,
             log_entries_per_owner=log_entries_per_owner,
+            received_at_filter=received_at_filter,
         )
-        self._denied: set[tuple[str, str]] = set()  # (owner id, route) answered 403
-        self.received_at_filter = received_at_filter  # False: 400 to $filter on receivedAt
-        self._client_id = client_id
-        self._client_secret = client_secret
-        self._token_lifetime = token_lifetime
-        self._granted = tuple(dict.fromkeys(granted_scopes.split()))
+        self.tokens = TokenIssuer(
+            client_id=client_id,
+            client_secret=client_secret,
+            lifetime=token_lifetime,
+            granted=tuple(dict.fromkeys(granted_scopes.split())),
+            clock=clock,
+        )
         self._host = host
         self._port = port
-        self._clock = clock
         self._tls = tls  # a server context: serve https instead of http
-        self._tokens: dict[str, _Token] = {}
-        self._issued: list[str] = []  # every token ever issued, for leak checks in tests
         self._faults: list[ActiveFault] = []
         self._request_count = 0
         self._requests: collections.Counter[str] = collections.Counter()
@@ -189,7 +179,7 @@ class Sandbox:
         self.refuse_top_routes: frozenset[str] | None = None  # refuse_top's routes (None: all)
         self.latency = latency  # seconds before every answer
         self.ignore_skip = False  # when True, both list routes ignore $skip
-        self.hooks: list[Callable[[Request], None]] = []
+        self.hooks: list[Callable[[SandboxRequest], None]] = []
 
     def __repr__(self) -> str:  # no secrets
         state = self.base_url if self._server is not None else "stopped"
@@ -258,229 +248,6 @@ class Sandbox:
         """The token endpoint's URL."""
         return f"{self.base_url}/connect/token"
 
-    # -- data ------------------------------------------------------------------------------------
-
-    @property
-    def generation(self) -> int:
-        """How many times advance() has run."""
-        return self._data.generation
-
-    def advance(self, changes: int = 5, *, access: int = 0) -> list[SandboxChange]:
-        """Start the next generation: `changes` random lock and owner changes, then `access`
-        changes of access data (kinds in ACCESS_CHANGE_KINDS), all seed-deterministic.
-
-        The two kinds draw from separate random streams: `access` changes nothing about which
-        lock and owner changes a seed gives.
-        """
-        with self._lock:
-            applied = self._data.advance(changes)
-            return applied + self._access.advance(access)
-
-    def owners_payload(self) -> list[dict[str, Any]]:
-        """The owner list the API returns now (a fresh copy)."""
-        with self._lock:
-            data = self._data.owners_json()
-        return cast(list[dict[str, Any]], json.loads(data))
-
-    def locks_payload(self, owner_id: str) -> list[dict[str, Any]]:
-        """An owner's bound locks as the API returns them (also for a hidden owner; a copy)."""
-        with self._lock:
-            data = self._data.locks_json(self._data.owner(owner_id).id)
-        return cast(list[dict[str, Any]], json.loads(data))
-
-    def snapshot(self) -> dict[str, list[dict[str, Any]]]:
-        """``{owner_id: locks_payload(owner_id)}`` for every visible owner, in /Owners order."""
-        with self._lock:
-            pages = {o.id: self._data.locks_json(o.id) for o in self._data.visible_owners()}
-        return {owner_id: json.loads(page) for owner_id, page in pages.items()}
-
-    def unbind(self, lock_id: str) -> None:
-        """Unbind a lock: it leaves its owner's list and later locks move up."""
-        with self._lock:
-            self._data.unbind(lock_id)
-
-    def bind_new(self, owner_id: str) -> str:
-        """Bind a new lock at the end of the owner's list; returns its bound lock id."""
-        with self._lock:
-            return self._data.bind_new(owner_id).id
-
-    def rename(self, lock_id: str, title: str) -> None:
-        """Change a lock's title."""
-        with self._lock:
-            self._data.rename(lock_id, title)
-
-    def move(self, lock_id: str, owner_id: str) -> None:
-        """Move a bound lock (same id) to the end of another owner's list."""
-        with self._lock:
-            self._data.move(lock_id, owner_id)
-
-    def list_also(self, lock_id: str, owner_id: str) -> None:
-        """Also list a bound lock under `owner_id`, a move caught half-way; `move` completes it."""
-        with self._lock:
-            self._data.list_also(lock_id, owner_id)
-
-    def update_lock(self, lock_id: str, **fields: Any) -> None:
-        """Set lock fields by API name, e.g. ``update_lock(id, description="x", rclSerialNo=4)``."""
-        with self._lock:
-            self._data.update_lock(lock_id, fields)
-
-    def rebind(self, lock: str | Mapping[str, Any], owner_id: str) -> str:
-        """Bind a lock to `owner_id`; returns the bound lock id now listed there.
-
-        With a bound lock id: Tapkey's rebind, the old binding ends and a NEW bound lock id with
-        the same physicalLockId is appended to the owner's list. With a lock payload (a dict from
-        locks_payload, say of a lock unbound since): that very lock, same id, is bound again.
-        """
-        with self._lock:
-            if isinstance(lock, str):
-                return self._data.rebind(lock, owner_id).id
-            return self._data.bind_payload(lock, owner_id).id
-
-    def update_owner(
-        self, owner_id: str, *, name: str | None = None, active: bool | None = None
-    ) -> None:
-        """Rename an owner and/or set its active flag."""
-        with self._lock:
-            self._data.update_owner(owner_id, name=name, active=active)
-
-    def hide_owner(self, owner_id: str) -> None:
-        """Hide an owner: gone from /Owners, 403 on its locks (co-admin rights lost)."""
-        with self._lock:
-            self._data.set_owner_visible(owner_id, False)
-
-    def show_owner(self, owner_id: str) -> None:
-        """Make a hidden owner visible again, with its current locks."""
-        with self._lock:
-            self._data.set_owner_visible(owner_id, True)
-
-    def deny(self, owner_id: str, route: Route) -> None:
-        """Answer 403 ``forbidden`` on one route of one owner (a limited admin role, say)."""
-        if route not in _SCOPES or route == "owners":
-            raise ValueError(f"route must be one of locks, {', '.join(ACCESS_ROUTES)}")
-        with self._lock:
-            self._data.owner(owner_id)
-            self._denied.add((owner_id, route))
-
-    def allow(self, owner_id: str, route: Route) -> None:
-        """Undo `deny`."""
-        with self._lock:
-            self._denied.discard((owner_id, route))
-
-    # -- access data (see exporter.sandbox.access) -------------------------------------------------
-
-    def contacts_payload(self, owner_id: str) -> list[dict[str, Any]]:
-        """An owner's contacts as the API lists them (also for a hidden owner; a copy)."""
-        return self._access_payload("contacts", owner_id)
-
-    def cards_payload(self, owner_id: str) -> list[dict[str, Any]]:
-        """An owner's bound cards as the API lists them (a copy)."""
-        return self._access_payload("cards", owner_id)
-
-    def grants_payload(self, owner_id: str) -> list[dict[str, Any]]:
-        """An owner's grants, revoked ones included, as the API lists them (a copy)."""
-        return self._access_payload("grants", owner_id)
-
-    def log_entries_payload(self, owner_id: str) -> list[dict[str, Any]]:
-        """An owner's log entries as the API lists them: by receivedAt, then id (a copy)."""
-        return self._access_payload("logs", owner_id)
-
-    def _access_payload(self, route: AccessRoute, owner_id: str) -> list[dict[str, Any]]:
-        with self._lock:
-            data = self._access.page_json(route, self._data.owner(owner_id).id)
-        return cast(list[dict[str, Any]], json.loads(data))
-
-    def add_contact(
-        self,
-        owner_id: str,
-        *,
-        title: str | None = None,
-        identifier: str | None = None,
-        ip_id: str = "tapkey",
-        legacy_email: bool = False,
-    ) -> str:
-        """Append a contact (seeded name and email unless given); returns its id.
-
-        `legacy_email` sends it as an older payload: ``email`` instead of ``identifier``.
-        """
-        with self._lock:
-            return self._access.add_contact(
-                owner_id, title=title, identifier=identifier, ip_id=ip_id, legacy_email=legacy_email
-            ).id
-
-    def update_contact(
-        self, contact_id: str, *, title: str | None = None, identifier: str | None = None
-    ) -> None:
-        """Rename a contact and/or change its identifier (``email`` in an older payload)."""
-        with self._lock:
-            self._access.update_contact(contact_id, title=title, identifier=identifier)
-
-    def remove_contact(self, contact_id: str) -> None:
-        """Remove a contact; later ones move up (grants and log entries naming it stay)."""
-        with self._lock:
-            self._access.remove_contact(contact_id)
-
-    def bind_card(self, owner_id: str, *, title: str | None = None) -> str:
-        """Bind a new card at the end of the owner's BoundCards; returns its id."""
-        with self._lock:
-            return self._access.bind_card(owner_id, title=title).id
-
-    def unbind_card(self, card_id: str) -> None:
-        """Unbind a card: it leaves BoundCards, as on Tapkey (grants naming it stay)."""
-        with self._lock:
-            self._access.unbind_card(card_id)
-
-    def add_grant(
-        self,
-        owner_id: str,
-        *,
-        lock_id: str | None = None,
-        contact_id: str | None = None,
-        card_id: str | None = None,
-        valid_from: str | None = None,
-        valid_before: str | None = None,
-        time_restriction_ical: str | None = None,
-    ) -> str:
-        """Append an Ok grant; returns its id.
-
-        Without `lock_id` one of the owner's locks is drawn (seeded), without `contact_id` and
-        `card_id` one of its contacts or cards; the validity fields are as given (ISO texts).
-        """
-        with self._lock:
-            return self._access.add_grant(
-                owner_id,
-                lock_id=lock_id,
-                contact_id=contact_id,
-                card_id=card_id,
-                valid_from=valid_from,
-                valid_before=valid_before,
-                time_restriction_ical=time_restriction_ical,
-            ).id
-
-    def revoke_grant(self, grant_id: str) -> None:
-        """Revoke a grant: state Revoked, active false; it stays listed."""
-        with self._lock:
-            self._access.revoke_grant(grant_id)
-
-    def remove_grant(self, grant_id: str) -> None:
-        """Remove a grant from the list; later ones move up."""
-        with self._lock:
-            self._access.remove_grant(grant_id)
-
-    def append_log_entries(
-        self, owner_id: str, count: int = 1, *, late: bool = False, received_at: str | None = None
-    ) -> list[str]:
-        """Receive `count` log entries of the owner's locks now; returns their ids.
-
-        Tapkey's receive clock moves forward, so they are listed last. `late`: one lock's
-        backlog, lockTimestamp hours or days before receivedAt. `received_at` (ISO-8601, e.g.
-        ``2025-01-01T05:00:00.000Z``) receives them all at that instant instead: ties with
-        entries already listed, or entries slotted in before them.
-        """
-        at = None if received_at is None else epoch_ms(received_at)
-        with self._lock:
-            entries = self._access.append_log_entries(owner_id, count, late=late, received_at=at)
-        return [entry.id for entry in entries]
-
     # -- faults, tokens, counters ----------------------------------------------------------------
 
     def add_fault(self, fault: Fault) -> None:
@@ -505,13 +272,11 @@ class Sandbox:
     @property
     def issued_tokens(self) -> tuple[str, ...]:
         """Every access token issued so far, revoked and expired ones included (for leak tests)."""
-        with self._lock:
-            return tuple(self._issued)
+        return self.tokens.issued
 
     def revoke_tokens(self) -> None:
         """Invalidate every issued token (the next API request with one gets 401)."""
-        with self._lock:
-            self._tokens.clear()
+        self.tokens.revoke_all()
 
     @property
     def request_count(self) -> int:
@@ -526,18 +291,31 @@ class Sandbox:
             return collections.Counter(self._requests)
 
     def reset_counters(self) -> None:
-        """Set request_count, requests and Request.number back to zero."""
+        """Set request_count, requests and SandboxRequest.number back to zero."""
         with self._lock:
             self._request_count = 0
             self._requests.clear()
 
     # -- request handling (called from the handler threads) ----------------------------------------
 
-    def _count(self) -> None:
+    def track_connection(self, connection: socket.socket) -> None:
+        """Remember an open connection (`stop` shuts the idle keep-alive ones down)."""
+        with self._lock:
+            self._connections.add(connection)
+
+    def forget_connection(self, connection: socket.socket) -> None:
+        """A connection closed."""
+        with self._lock:
+            self._connections.discard(connection)
+
+    def count_request(self) -> None:
+        """Count one request (routed or not)."""
         with self._lock:
             self._request_count += 1
 
-    def _begin(self, route: Route, owner_id: str | None, params: dict[str, str]) -> Request:
+    def begin_request(
+        self, route: Route, owner_id: str | None, params: dict[str, str]
+    ) -> SandboxRequest:
         """Count a routed request and describe it for hooks (bad $top/$skip show as None)."""
         with self._lock:
             self._requests[route] += 1
@@ -547,9 +325,9 @@ class Sandbox:
             top = _non_negative(params, "$top")
         with contextlib.suppress(ValueError):
             skip = _non_negative(params, "$skip")
-        return Request(route, owner_id, top, skip, params, number)
+        return SandboxRequest(route, owner_id, top, skip, params, number)
 
-    def _take_fault(self, request: Request) -> Fault | None:
+    def take_fault(self, request: SandboxRequest) -> Fault | None:
         """The fault to apply: the first matching one past its `after`; each match counts."""
         chosen: ActiveFault | None = None
         with self._lock:
@@ -571,72 +349,10 @@ class Sandbox:
                     self._faults.remove(chosen)
             return chosen.fault
 
-    def _token_response(self, form: dict[str, str], authorization: str | None) -> Response:
-        """RFC 6749 client-credentials grant with client_secret_basic or client_secret_post."""
-        client_id, secret = form.get("client_id"), form.get("client_secret")
-        challenge: dict[str, str] = {}
-        if authorization and authorization[:6].lower() == "basic ":
-            challenge = {"WWW-Authenticate": 'Basic realm="tapkey-sandbox"'}
-            try:
-                decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode()
-                basic_id, _, basic_secret = decoded.partition(":")
-            except ValueError:
-                return error_response(
-                    401, "invalid_client", "malformed Basic credentials", challenge
-                )
-            if client_id is not None and unquote_plus(basic_id) != client_id:
-                return error_response(401, "invalid_client", "two different client ids", challenge)
-            # RFC 6749 form-encodes both before Base64; many clients do not: accept both.
-            if (basic_id, basic_secret) != (self._client_id, self._client_secret):
-                basic_id, basic_secret = unquote_plus(basic_id), unquote_plus(basic_secret)
-            client_id, secret = basic_id, basic_secret
-        if client_id != self._client_id or secret != self._client_secret:
-            return error_response(
-                401, "invalid_client", "unknown client or wrong secret", challenge
-            )
-        if form.get("grant_type") != "client_credentials":
-            return error_response(
-                400, "unsupported_grant_type", "only client_credentials is supported"
-            )
-        requested = tuple(dict.fromkeys(form.get("scope", "").split())) or self._granted
-        refused = [scope for scope in requested if scope not in self._granted]
-        if refused:
-            return error_response(400, "invalid_scope", f"scope not allowed: {' '.join(refused)}")
-        token = secrets.token_urlsafe(32)
-        with self._lock:
-            now = self._clock()
-            self._tokens = {t: v for t, v in self._tokens.items() if v.expires_at > now}
-            self._tokens[token] = _Token(now + self._token_lifetime, frozenset(requested))
-            self._issued.append(token)
-        payload = {
-            "access_token": token,
-            "token_type": "Bearer",
-            "expires_in": int(self._token_lifetime),
-            "scope": " ".join(requested),
-        }
-        no_store = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-        return Response(200, json.dumps(payload, separators=(",", ":")).encode(), no_store)
-
-    def _check_bearer(self, authorization: str | None, scope: str) -> Response | None:
-        """None if the bearer token is valid and has `scope`, else the 401/403 to send."""
-        if not authorization or authorization[:7].lower() != "bearer ":
-            return unauthorized("a bearer token is required")
-        with self._lock:
-            token = self._tokens.get(authorization[7:].strip())
-            now = self._clock()
-        if token is None:
-            return unauthorized("unknown or revoked token")
-        if now >= token.expires_at:
-            return unauthorized("the token has expired")
-        if scope not in token.scopes:
-            challenge = {"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'}
-            return error_response(403, "insufficient_scope", f"the token lacks {scope}", challenge)
-        return None
-
-    def _list_response(self, request: Request, authorization: str | None) -> Response:
+    def list_response(self, request: SandboxRequest, authorization: str | None) -> Response:
         """A list route after authentication, with OData paging."""
         locks = request.route == "locks"
-        denied = self._check_bearer(authorization, _SCOPES[request.route])
+        denied = self.tokens.check_bearer(authorization, _SCOPES[request.route])
         if denied is not None:
             return denied
         params = request.params

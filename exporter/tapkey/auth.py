@@ -29,7 +29,7 @@ from oauthlib.oauth2 import BackendApplicationClient, OAuth2Error
 from requests_oauthlib import OAuth2Session
 from requests_oauthlib import oauth2_session as _oauth2_session
 
-from exporter.config.urls import display_url, is_loopback_url
+from exporter.config.urls import display_url, http_url_problem, is_loopback_url
 from exporter.errors import AuthError, ConfigError
 from exporter.tapkey.options import Connection
 from exporter.tapkey.retry import Retries, RetryPolicy, retry_after_seconds, retry_log_level
@@ -103,18 +103,9 @@ def proxy_refusal(exc: Exception, proxy: Proxy | None) -> str | None:
 
 def require_secure_url(url: str, key: str) -> None:
     """Raise ConfigError unless `url` is https, or plain http to a loopback host."""
-    try:
-        parts = urlsplit(url)
-        scheme, host = parts.scheme.lower(), parts.hostname
-    except ValueError:
-        raise ConfigError(f"{key} is not a valid URL; use https://host/path") from None
-    if not host or scheme not in ("https", "http"):
-        raise ConfigError(f"{key} must be an https:// URL, got {display_url(url)!r}")
-    if scheme == "http" and not is_loopback_url(url):
-        raise ConfigError(
-            f"{key} uses plain http to a non-loopback host ({display_url(url)}); use https "
-            "(plain http is accepted only for 127.0.0.1, ::1 or localhost, e.g. the sandbox)"
-        )
+    problem = http_url_problem(url)
+    if problem is not None:
+        raise ConfigError(f"{key}: {problem}")
 
 
 # oauthlib can only relax its https requirement process-wide (OAUTHLIB_INSECURE_TRANSPORT, which

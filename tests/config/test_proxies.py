@@ -20,6 +20,7 @@ from exporter.config.settings import Settings
 from exporter.errors import ApiError, AuthError, ConfigError, TapkeyError
 from exporter.sandbox.server import Sandbox
 from exporter.service import job
+from exporter.service.check import run_checks
 
 SECRET = "proxy-test-client-secret"
 PROXY_PASSWORD = "pr0xy-pa55"
@@ -220,7 +221,7 @@ def test_the_proxy_key_with_credentials(
     config = settings(tapkey, tls, tmp_path, env, proxy=url)
     assert read_everything(config) == 6
     assert len(locked_proxy.tunnels) >= 2 and not locked_proxy.refused
-    results = job.check(config)
+    results = run_checks(config)
     assert results[0].ok
     assert f"through proxy http://***@127.0.0.1:{locked_proxy.port} (from [tapkey] proxy)" in (
         results[0].detail

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+
 import pytest
+from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 
-from exporter.config.urls import is_loopback_host, is_loopback_url, sqlite_file
+from exporter.config.settings import TapkeySettings
+from exporter.config.urls import http_url_problem, is_loopback_host, is_loopback_url, sqlite_file
+from exporter.errors import ConfigError
+from exporter.tapkey.auth import require_secure_url
 
 
 @pytest.mark.parametrize(
@@ -64,3 +71,66 @@ def test_loopback_host(host: str, loopback: bool) -> None:
 def test_sqlite_file(url: str, file: str | None) -> None:
     assert sqlite_file(url) == file
     assert sqlite_file(make_url(url)) == file
+
+
+def _settings_check(url: str) -> None:
+    TapkeySettings(api_base_url=url)
+
+
+def _client_check(url: str) -> None:
+    require_secure_url(url, "[tapkey] api_base_url")
+
+
+CALLERS = [
+    pytest.param(_settings_check, ValidationError, id="settings"),
+    pytest.param(_client_check, ConfigError, id="token-provider-and-client"),
+]
+
+
+@pytest.mark.parametrize(("check", "error"), CALLERS)
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        pytest.param("https://my.tapkey.com", None, id="https"),
+        pytest.param("http://127.0.0.1:8000", None, id="ipv4-loopback"),
+        pytest.param("http://[::1]:8000", None, id="ipv6-loopback"),
+        pytest.param("http://sandbox.localhost:8000", None, id="dot-localhost (RFC 6761)"),
+        pytest.param("http://[::ffff:127.0.0.1]:8000", None, id="ipv4-mapped-loopback"),
+        pytest.param("http://my.tapkey.com", "plain http is only allowed", id="remote"),
+        pytest.param("http://[::ffff:10.0.0.1]", "plain http is only allowed", id="mapped-private"),
+        pytest.param("http://localhost.example.com", "plain http", id="localhost-lookalike"),
+        pytest.param("ftp://my.tapkey.com", "must be an http(s) URL", id="scheme"),
+        pytest.param("https://my.tapkey.com:port", "a port must be a number", id="port"),
+    ],
+)
+def test_both_url_checks_apply_one_rule(
+    check: Callable[[str], None], error: type[Exception], url: str, problem: str | None
+) -> None:
+    assert (http_url_problem(url) is None) is (problem is None)
+    if problem is None:
+        check(url)
+    else:
+        with pytest.raises(error, match=re.escape(problem)):
+            check(url)
+
+
+@pytest.mark.parametrize(("check", "error"), CALLERS)
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param("http://user:hunter2-pw@example.com/x", id="plain-http"),
+        pytest.param("ftp://user:hunter2-pw@example.com/x", id="scheme"),
+        pytest.param("https://user:hunter2-pw@example.com:x/", id="port"),
+    ],
+)
+def test_a_refused_url_is_shown_without_its_password(
+    check: Callable[[str], None], error: type[Exception], url: str
+) -> None:
+    with pytest.raises(error) as caught:
+        check(url)
+    assert "hunter2" not in (http_url_problem(url) or "")
+    if isinstance(caught.value, ValidationError):  # pydantic's own text quotes the input
+        messages = [e["msg"] for e in caught.value.errors()]
+    else:
+        messages = [str(caught.value)]
+    assert messages and not any("hunter2" in m for m in messages)

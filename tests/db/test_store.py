@@ -19,7 +19,7 @@ from support.helpers import make_settings
 from exporter.db.bulk import insert_many
 from exporter.db.errors import store_error
 from exporter.db.schema import bound_lock_versions, bound_locks, sync_runs
-from exporter.sandbox.server import Request, Sandbox
+from exporter.sandbox.server import Sandbox, SandboxRequest
 from exporter.service import job
 
 T = datetime(2026, 11, 28, 6, 30, 1, 123456, tzinfo=UTC)
@@ -161,7 +161,7 @@ def _modes_during_a_run(sandbox: Sandbox, path: Path, tmp_path: Path) -> dict[st
     """The modes of the database, its -wal/-shm and the lock file while a run is writing."""
     modes: dict[str, int] = {}
 
-    def look(request: Request) -> None:
+    def look(request: SandboxRequest) -> None:
         if request.route == "locks" and not modes:
             for suffix in ("", "-wal", "-shm", ".lock"):
                 modes[suffix] = stat.S_IMODE(os.stat(f"{path}{suffix}").st_mode)

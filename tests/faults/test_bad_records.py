@@ -31,7 +31,7 @@ from exporter.db.schema import (
     owner_accounts,
     sync_run_owners,
 )
-from exporter.sandbox.server import Fault, Request, Sandbox
+from exporter.sandbox.server import Fault, Sandbox, SandboxRequest
 
 
 def _serve_list(
@@ -42,7 +42,7 @@ def _serve_list(
     Pages starting at `$skip >= broken_from` are invalid JSON.
     """
 
-    def page(request: Request) -> None:
+    def page(request: SandboxRequest) -> None:
         if request.route != "locks" or request.owner_id != owner_id:
             return
         skip = request.skip or 0
@@ -217,7 +217,7 @@ def _owner_rows(engine: Engine) -> dict[str, dict[str, Any]]:
 def _list_also_owner(fake: Sandbox, extra: dict[str, Any]) -> None:
     """Serve the owner list with `extra` appended, paged like the real API."""
 
-    def page(request: Request) -> None:
+    def page(request: SandboxRequest) -> None:
         if request.route != "owners":
             return
         owners = [*fake.owners_payload(), extra]

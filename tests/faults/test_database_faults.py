@@ -37,7 +37,7 @@ from exporter.db.schema import (
     sync_runs,
 )
 from exporter.errors import DatabaseUnavailableError, SchemaVersionError
-from exporter.sandbox.server import Request, Sandbox
+from exporter.sandbox.server import Sandbox, SandboxRequest
 from exporter.sync import run_records
 from exporter.sync.batches import Batching
 
@@ -322,7 +322,7 @@ def test_every_connection_killed_mid_crawl_aborts_the_run_and_the_next_converges
         run_once(fake, url, tmp_path)
         mutate_every_owner(fake)
 
-        def kill_all(request: Request) -> None:
+        def kill_all(request: SandboxRequest) -> None:
             if request.route != "locks" or request.number != 3:
                 return
             with admin.connect() as conn:
@@ -346,7 +346,7 @@ def test_every_connection_killed_mid_crawl_aborts_the_run_and_the_next_converges
                         with contextlib.suppress(Exception):
                             conn.execute(text(f"KILL CONNECTION {int(thread)}"))
 
-        fake.reset_counters()  # Request.number counts from here
+        fake.reset_counters()  # SandboxRequest.number counts from here
         fake.hooks.append(kill_all)
         try:
             with pytest.raises(DatabaseUnavailableError) as caught:

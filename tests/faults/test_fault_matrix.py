@@ -43,7 +43,7 @@ from support.history import (
 from exporter.db.schema import (
     bound_lock_versions,
 )
-from exporter.sandbox.server import Fault, Request, Sandbox
+from exporter.sandbox.server import Fault, Sandbox, SandboxRequest
 from exporter.service import job
 
 
@@ -435,7 +435,7 @@ def test_a_token_expiring_mid_run_is_renewed_once(
     now = [1000.0]
     with Sandbox(seed=13, owners=4, locks_per_owner=3, clock=lambda: now[0]) as fake:
 
-        def two_hours_pass(request: Request) -> None:
+        def two_hours_pass(request: SandboxRequest) -> None:
             if request.route == "locks" and request.number == 3:
                 now[0] += 7200  # every token issued so far is now expired server-side
 

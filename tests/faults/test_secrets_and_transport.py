@@ -29,7 +29,7 @@ from exporter.db.schema import (
     sync_run_owners,
     sync_runs,
 )
-from exporter.sandbox.server import Fault, Request, Sandbox
+from exporter.sandbox.server import Fault, Sandbox, SandboxRequest
 from exporter.sync import run_records
 
 DB_PASSWORD = "pw-Sup3rSecret"
@@ -57,7 +57,7 @@ def test_no_secret_token_or_database_password_in_any_output(
         assert result.returncode == code, (name, result.stderr[-2000:])
         outputs[name] = result
 
-    def revoke_on_second_page(request: Request) -> None:
+    def revoke_on_second_page(request: SandboxRequest) -> None:
         if request.route == "locks" and request.skip:
             sandbox.hooks.remove(revoke_on_second_page)
             sandbox.revoke_tokens()
@@ -146,7 +146,7 @@ def _database_away_until_after_the_run(
     name = make_url(db_url).database
     admin = create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
 
-    def database_goes_away(request: Request) -> None:
+    def database_goes_away(request: SandboxRequest) -> None:
         if request.route != "locks" or not request.skip:
             return
         fake.hooks.remove(database_goes_away)

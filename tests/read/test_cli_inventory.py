@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 from exporter import cli
 from exporter.cli import app
 from exporter.db.schema import LOCK_TRACKED
-from exporter.read import render
+from exporter.read import formats, render
+from exporter.read import runs as read_runs
 
 
 @pytest.fixture
@@ -72,7 +73,7 @@ def _tracked_json(lock: dict[str, Any]) -> dict[str, Any]:
 
 def _as_csv(row: dict[str, Any], columns: tuple[str, ...]) -> dict[str, str]:
     return {
-        c: render.csv_value(_when(row[c]) if c.endswith(("_at", "_date")) else row[c])
+        c: formats.csv_value(_when(row[c]) if c.endswith(("_at", "_date")) else row[c])
         for c in columns
     }
 
@@ -295,7 +296,7 @@ def test_changes_json_and_csv_round_trip(inventory_db: InventoryDb, exporter: An
         for side in ("old", "new"):
             if row["field"] in ("bind_date", "unbind_date"):
                 values[side] = _when(row[side])
-        expected.append({c: render.csv_value(values[c]) for c in render.CHANGE_COLUMNS})
+        expected.append({c: formats.csv_value(values[c]) for c in render.CHANGE_COLUMNS})
     assert rows == expected
     assert {c["run_id"] for c in data} == {g.run_id for g in inventory_db.generations} - {
         inventory_db.generations[6].run_id  # the partial run changed nothing
@@ -354,7 +355,7 @@ def test_runs_lists_recent_runs_in_every_format(inventory_db: InventoryDb, expor
     assert [r["status"] for r in data] == [g.status for g in reversed(generations)]
     assert data[-1]["created"] == len(generations[0].locks)
     rows = _csv(_ok(exporter("runs", "--format", "csv")))
-    assert rows == [_as_csv(r, render.RUN_COLUMNS) for r in data]
+    assert rows == [_as_csv(r, read_runs.RUN_COLUMNS) for r in data]
     assert len(json.loads(_ok(exporter("runs", "--limit", "2", "-f", "json")))) == 2
 
     table = _ok(exporter("runs"))
@@ -379,7 +380,7 @@ def test_runs_show_lists_the_owner_outcomes(inventory_db: InventoryDb, exporter:
     assert {o["owner_account_id"] for o in data["owners"]} == set(partial.owners)
     assert {o["owner_name"] for o in data["owners"]} == set(partial.owners.values())
     rows = _csv(_ok(exporter("runs", "show", str(partial.run_id), "-f", "csv")))
-    assert rows == [_as_csv(o, render.RUN_OWNER_COLUMNS) for o in data["owners"]]
+    assert rows == [_as_csv(o, read_runs.RUN_OWNER_COLUMNS) for o in data["owners"]]
 
     table = _ok(exporter("runs", "show", str(partial.run_id)))
     assert f"Run {partial.run_id}: partial" in table and "failed" in table and "503" in table

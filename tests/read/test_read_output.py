@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from exporter import cli
 from exporter.db.engine import make_engine
-from exporter.read import asof, changelog, render
+from exporter.read import asof, changelog, formats, render
 from exporter.read import inventory as report
 from exporter.sandbox.server import Sandbox
 from exporter.service import job
@@ -99,7 +99,7 @@ def _old_csv(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
     writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\r\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({c: render.csv_value(row.get(c)) for c in columns})
+        writer.writerow({c: formats.csv_value(row.get(c)) for c in columns})
     return buffer.getvalue().replace("\r\n", "\n")  # no field here holds "\r\n" itself
 
 
@@ -195,10 +195,10 @@ def test_writers_write_rows_while_they_are_read() -> None:
                 assert f'"row {n - 1000}"' in out.getvalue() or f"row {n - 1000}," in out.getvalue()
             yield {"title": f"row {n}", "n": n, "at": datetime(2026, 1, 1, tzinfo=UTC)}
 
-    render.write_csv_tuples(([r["title"], r["n"]] for r in rows()), ("title", "n"), out)
+    formats.write_csv_tuples(([r["title"], r["n"]] for r in rows()), ("title", "n"), out)
     out.seek(0)
     out.truncate()
-    render.write_json({"head": 1, "rows": rows()}, out)
+    formats.write_json({"head": 1, "rows": rows()}, out)
     assert json.loads(out.getvalue())["rows"][-1] == {
         "title": "row 2499",
         "n": 2499,
@@ -249,9 +249,9 @@ def test_csv_cells_a_spreadsheet_would_run_get_a_leading_quote(awkward: str) -> 
     ],
 )
 def test_csv_value_quotes_only_text_that_starts_like_a_formula(value: Any, written: str) -> None:
-    assert render.csv_value(value) == written
+    assert formats.csv_value(value) == written
     out = io.StringIO()
-    render.write_csv_tuples([[value, 1]], ("v", "n"), out)
+    formats.write_csv_tuples([[value, 1]], ("v", "n"), out)
     assert next(csv.DictReader(io.StringIO(out.getvalue())))["v"] == written
 
 
@@ -259,7 +259,7 @@ def test_csv_fields_read_back_whatever_they_hold() -> None:
     values = ['a "quoted" word', "comma, inside", "line\nbreak", "cr\rinside", "crlf\r\n", " lead"]
     rows = [[value, n, None, value.upper()] for n, value in enumerate(values)]
     out = io.StringIO()
-    render.write_csv_tuples(rows, ("text", "n", "none", "upper"), out)
+    formats.write_csv_tuples(rows, ("text", "n", "none", "upper"), out)
 
     assert out.getvalue().count("\n") >= len(rows) + 1
     read = list(csv.reader(io.StringIO(out.getvalue(), newline="")))

@@ -18,7 +18,7 @@ import requests
 from support.helpers import SANDBOX_SECRET, FakeClock, sandbox_owner_ids
 from support.sandbox_http import GUID, ISO_MS, api, get_token
 
-from exporter.sandbox.server import CHANGE_KINDS, Fault, Request, Sandbox, serve_forever
+from exporter.sandbox.server import CHANGE_KINDS, Fault, Sandbox, SandboxRequest, serve_forever
 
 LOCK_KEYS = {
     "active", "bindDate", "description", "healthStatuses", "id", "lastSeenRclSerialNo",
@@ -598,9 +598,9 @@ def test_hooks_see_requests_and_can_shift_a_list_mid_crawl(
     token = get_token(sandbox, session)
     owner = sandbox_owner_ids(sandbox)[0]
     ids = [lock["id"] for lock in sandbox.locks_payload(owner)]
-    seen: list[Request] = []
+    seen: list[SandboxRequest] = []
 
-    def unbind_first_on_second_page(request: Request) -> None:
+    def unbind_first_on_second_page(request: SandboxRequest) -> None:
         seen.append(request)
         if request.route == "locks" and request.skip == 2:
             sandbox.unbind(ids[0])
@@ -623,7 +623,7 @@ def test_hooks_see_requests_and_can_shift_a_list_mid_crawl(
 def test_token_requests_reach_hooks_without_the_secret(
     sandbox: Sandbox, session: requests.Session
 ) -> None:
-    seen: list[Request] = []
+    seen: list[SandboxRequest] = []
     sandbox.hooks.append(seen.append)
     data = {
         "grant_type": "client_credentials",
@@ -635,7 +635,7 @@ def test_token_requests_reach_hooks_without_the_secret(
 
 
 def test_a_failing_hook_is_a_500(sandbox: Sandbox, session: requests.Session) -> None:
-    def broken(request: Request) -> None:
+    def broken(request: SandboxRequest) -> None:
         raise RuntimeError("boom")
 
     sandbox.hooks.append(broken)

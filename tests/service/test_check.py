@@ -139,11 +139,12 @@ def test_check_fails_for_a_sqlite_file_that_cannot_be_created(
             id="owner-list-403",
         ),
         pytest.param(
-            {},
+            # The token request follows [tapkey] max_retries like the API requests.
+            {"EXPORTER_TAPKEY__MAX_RETRIES": "3"},
             [Fault("token", status=503, times=None)],
             1,
             "token",
-            "failed after 3 attempts (HTTP 503)",
+            "failed after 4 attempts (HTTP 503)",
             id="token-endpoint-down",
         ),
         pytest.param(

@@ -46,7 +46,7 @@ from exporter.db.schema import sync_runs
 from exporter.db.writer_lock import MYSQL_LOCK_WAIT_TIMEOUT, WriterLock
 from exporter.errors import LockHeldError
 from exporter.results import Counts, RunResult
-from exporter.sandbox.server import Fault, Request, Sandbox
+from exporter.sandbox.server import Fault, Sandbox, SandboxRequest
 from exporter.service import job, observability, scheduler
 from exporter.sync.run_records import ABANDONED
 
@@ -185,7 +185,7 @@ def on_route(fake: Sandbox, route: str) -> threading.Event:
     """An event set when the sandbox gets a request on `route`."""
     seen = threading.Event()
 
-    def hook(request: Request) -> None:
+    def hook(request: SandboxRequest) -> None:
         if request.route == route:
             seen.set()
 
@@ -237,7 +237,7 @@ def test_two_daemons_on_one_database_never_overlap_and_keep_history_exact(
         # must store. Later pages and lock lists of the run all come from that generation.
         generations: list[dict[str, dict[str, Any]]] = []
 
-        def advance(request: Request) -> None:
+        def advance(request: SandboxRequest) -> None:
             if request.route == "owners" and request.skip == 0:
                 fake.advance(changes=2)
                 generations.append(expected_locks(fake.snapshot()))
@@ -712,7 +712,7 @@ def test_the_fetch_threads_log_the_run_id_and_the_http_threads_do_not(
     endpoint.start()
     host, http_port = endpoint.address
 
-    def probe(request: Request) -> None:
+    def probe(request: SandboxRequest) -> None:
         if request.route == "locks" and request.number == 1:
             requests.get(f"http://{host}:{http_port}/healthz", timeout=10)
 

@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 from exporter.config.loader import load_settings
 from exporter.config.settings import Settings
 from exporter.results import RunResult
-from exporter.sandbox.server import Request, Sandbox
+from exporter.sandbox.server import Sandbox, SandboxRequest
 from exporter.service import job
 
 POSTGRES_ADMIN = os.environ.get(
@@ -147,7 +147,7 @@ def count_requests(fake: Sandbox) -> Counter[str]:
     """Requests per owner ("owners"/"token" for those routes), counted from now on."""
     seen: Counter[str] = Counter()
 
-    def hook(request: Request) -> None:
+    def hook(request: SandboxRequest) -> None:
         seen[request.owner_id or request.route] += 1
 
     fake.hooks.append(hook)

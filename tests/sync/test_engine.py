@@ -25,7 +25,7 @@ from exporter.db.schema import (
 )
 from exporter.errors import ClientMismatchError
 from exporter.results import RunResult
-from exporter.sandbox.server import Fault, Request, Sandbox
+from exporter.sandbox.server import Fault, Sandbox, SandboxRequest
 from exporter.service import job
 from exporter.sync import crawl
 from exporter.sync.versions import load_live_raw
@@ -451,7 +451,7 @@ def test_a_list_shifting_mid_crawl_causes_no_false_removal(
         first = sandbox_lock_ids(fake, owner)[0]
         fired: list[bool] = []
 
-        def unbind_after_first_page(request: Request) -> None:
+        def unbind_after_first_page(request: SandboxRequest) -> None:
             if request.owner_id == owner and (request.skip or 0) > 0 and not fired:
                 fired.append(True)
                 fake.unbind(first)
@@ -471,7 +471,7 @@ def test_token_expiry_mid_run_fetches_a_new_token(
 ) -> None:
     with Sandbox(seed=4, owners=4, locks_per_owner=3) as fake:
 
-        def revoke_once(request: Request) -> None:
+        def revoke_once(request: SandboxRequest) -> None:
             if request.route == "locks" and request.number == 2:
                 fake.revoke_tokens()
 
@@ -588,7 +588,7 @@ def test_a_refused_page_size_is_stepped_down_and_remembered(
         assert first.status == "succeeded" and first.counts.created == 18
         assert _paging_row(engine) == (4, 4)
         fake.reset_counters()
-        refused: list[Request] = []
+        refused: list[SandboxRequest] = []
         fake.hooks.append(lambda r: refused.append(r) if (r.top or 0) > 4 else None)
 
         again = run_once(fake, db_url, tmp_path, tapkey={"page_size": 1000})

@@ -40,6 +40,7 @@ from exporter.read.log_view import LogRow
 from exporter.results import RunResult
 from exporter.sandbox.server import Fault, Sandbox
 from exporter.service import job
+from exporter.service.check import run_checks
 from exporter.sync.log_paging import (
     MAX_RESTARTS,
     LogEntry,
@@ -735,7 +736,7 @@ def test_entities_and_log_settings_from_the_environment(tmp_path: Path) -> None:
 def test_check_names_read_logs_when_log_entries_are_read(db_url: str, tmp_path: Path) -> None:
     with Sandbox(seed=1, owners=1, locks_per_owner=1) as fake:
         scopes = "read:owneraccounts read:core:entities"
-        token = {c.name: c for c in job.check(settings_for(fake, db_url, tmp_path, scopes=scopes))}
+        token = {c.name: c for c in run_checks(settings_for(fake, db_url, tmp_path, scopes=scopes))}
         assert not token["token"].ok and "missing read:logs" in token["token"].detail
-        token = {c.name: c for c in job.check(settings_for(fake, db_url, tmp_path))}
+        token = {c.name: c for c in run_checks(settings_for(fake, db_url, tmp_path))}
         assert token["token"].ok

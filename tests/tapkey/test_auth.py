@@ -17,7 +17,7 @@ from support.helpers import FakeClock
 from exporter.config.loader import load_settings
 from exporter.config.settings import Settings
 from exporter.errors import AuthError, ConfigError
-from exporter.sandbox.server import Fault, Request, Sandbox
+from exporter.sandbox.server import Fault, Sandbox, SandboxRequest
 from exporter.service import job
 from exporter.tapkey.auth import TokenProvider, require_secure_url
 from exporter.tapkey.client import TapkeyClient
@@ -93,7 +93,7 @@ def test_renewal_near_expiry_uses_the_send_time(
     fake: Sandbox, make_provider: Callable[..., Any], clock: FakeClock
 ) -> None:
     # The token request "takes" 30 s: expiry must count from when it was sent, not received.
-    def slow_token_endpoint(request: Request) -> None:
+    def slow_token_endpoint(request: SandboxRequest) -> None:
         if request.route == "token":
             clock.now += 30
 

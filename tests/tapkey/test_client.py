@@ -21,7 +21,7 @@ from exporter.errors import (
     PayloadError,
     PermissionDeniedError,
 )
-from exporter.sandbox.server import Fault, Request, Sandbox
+from exporter.sandbox.server import Fault, Sandbox, SandboxRequest
 from exporter.tapkey.auth import TokenProvider
 from exporter.tapkey.client import TapkeyClient
 from exporter.tapkey.fields import element_id
@@ -142,7 +142,7 @@ def serve_elements(
 ) -> None:
     """Serve `elements` (raw JSON texts; mutable mid-crawl) as a list route, honouring paging."""
 
-    def hook(request: Request) -> None:
+    def hook(request: SandboxRequest) -> None:
         if request.route != route:
             return
         skip = 0 if ignore_skip else request.skip or 0
@@ -245,7 +245,7 @@ def test_single_row_pages_are_not_mistaken_for_the_end(
 def on_request(server: Sandbox, number: int, action: Callable[[], object]) -> None:
     """Run `action` just before the locks route answers its `number`-th request."""
 
-    def hook(request: Request) -> None:
+    def hook(request: SandboxRequest) -> None:
         if request.route == "locks" and request.number == number:
             action()
 
@@ -314,7 +314,7 @@ def test_list_that_keeps_shifting_fails(make_fake: Factory, make_client: Factory
     fake = make_fake(locks_per_owner=40)
     owner = only_owner(fake)
 
-    def unbind_first(request: Request) -> None:
+    def unbind_first(request: SandboxRequest) -> None:
         if request.route == "locks" and request.skip:
             fake.unbind(fake.locks_payload(owner)[0]["id"])
 
