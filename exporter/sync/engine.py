@@ -327,10 +327,13 @@ class _Run:
         learned about the API's paging."""
         check = call_until_stopped(self.stop, self.source.confirm_paging)
         if self.source.paging.changed and not self.dry_run:
-            self._check_lock()
-            with connect(self.engine) as conn, conn.begin():
-                api_paging.save(conn, self.source.api_url, self.source.paging.sizes, self.clock())
+            self._save_paging()
         return check
+
+    def _save_paging(self) -> None:
+        self._check_lock()
+        with connect(self.engine) as conn, conn.begin():
+            api_paging.save(conn, self.source.api_url, self.source.paging.sizes, self.clock())
 
     def _sync_access(self, owner_ids: list[str]) -> list[AccessOutcome]:
         """Contacts, cards and grants of the listed owners (exporter.sync.access)."""
@@ -360,6 +363,7 @@ class _Run:
             return None
         self._check_lock()
         source = cast(log_entries.LogSource, self.source)
+        learned = self.source.paging.sizes
         with connect(self.engine) as conn, DaemonPool(self.workers, "logs") as pool:
             result = log_entries.read_logs(
                 conn,
@@ -373,6 +377,8 @@ class _Run:
                 pool=pool,
                 workers=self.workers,
             )
+        if self.source.paging.sizes != learned:  # the log reader stepped $top down: keep it
+            self._save_paging()
         self.result.log_entries = result.stored
         self.result.log_failures = {o.owner_account_id: o.error or "" for o in result.failed}
         return result.summary()

@@ -151,7 +151,12 @@ class EntitySync:
         entity, context = self.entity, self.context
         table = entity.current
         with connect(context.engine) as conn, conn.begin():
-            present = present_by_owner(conn, table)
+            counts = self.outcome.counts
+            # Only this entity's writes change the present rows per owner (creates, restores,
+            # updates moving a row to another owner): without any, they are the rows counted
+            # before the run (an unchanged rerun saves the GROUP BY).
+            wrote = counts.created or counts.restored or counts.updated
+            present = present_by_owner(conn, table) if wrote else self.before
             # Rows of owner accounts this or an earlier run removed go with them.
             gone_owners = select(owner_accounts.c.id).where(
                 owner_accounts.c.removed_at.is_not(None)

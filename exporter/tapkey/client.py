@@ -36,7 +36,6 @@ from exporter.tapkey.paging import (
     ListRead,
     PagingCheck,
     PagingFacts,
-    TopRejected,
     confirms_end,
     read_list,
 )
@@ -266,16 +265,17 @@ class TapkeyClient:
     def log_entries_page(self, owner_id: str, params: Mapping[str, str]) -> str:
         """One page of an owner's log entries, the body as sent (see exporter.sync.log_entries).
 
-        `params` are the OData options (`$top`, `$skip`, `$filter`). A 400 is an ApiError with
-        status 400; a 403 is a PermissionDeniedError naming scope read:logs.
+        `params` are the OData options (`$top`, `$skip`, `$filter`). A 400 is TopRejected (with
+        the maximum `$top` its message states, if any): the log reader tells a refused `$top`
+        from a refused `$filter`. A 403 is a PermissionDeniedError naming scope read:logs.
         """
         path = f"/api/v1/Owners/{quote(owner_id, safe='')}/LogEntries"
-        try:
-            return self._transport.get_text(Target(path, owner_id, LOGS_SCOPE), dict(params), [0])
-        except TopRejected as exc:
-            # The log reader decides what a 400 means (a refused $filter); its $top is the one
-            # the lock lists settled on (page_size).
-            raise exc.error from None
+        return self._transport.get_text(Target(path, owner_id, LOGS_SCOPE), dict(params), [0])
+
+    def page_size_refused(self, refused: int, top: int) -> None:
+        """`$top=refused` got a 400 and `$top=top` an answer (the log reader stepped down):
+        every later list asks for at most `top`, and the database keeps it."""
+        self.paging.stepped_down(refused, top)
 
     # -- paging ----------------------------------------------------------------------------------
 
