@@ -9,10 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+#: The entities with history whose changes a run counts ([tapkey] entities' names, in order).
+COUNTED_ENTITIES = ("locks", "contacts", "cards", "grants")
+
 
 @dataclass
 class Counts:
-    """Lock changes by kind."""
+    """Changes of one entity (locks, contacts, ...) by kind."""
 
     created: int = 0
     updated: int = 0
@@ -23,8 +26,14 @@ class Counts:
 
     def add(self, other: Counts) -> None:
         """Add another set of counts to this one."""
-        for name in self.__dataclass_fields__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+        # Spelled out: called once per owner and entity, where a loop over the fields with
+        # getattr/setattr cost a run of 1,000 owners with every entity 0.05 s of CPU.
+        self.created += other.created
+        self.updated += other.updated
+        self.removed += other.removed
+        self.restored += other.restored
+        self.unchanged += other.unchanged
+        self.skipped += other.skipped
 
     def as_dict(self) -> dict[str, int]:
         """The counts by column name."""
@@ -80,6 +89,10 @@ class RunResult:
     # New log entries stored, and the owners whose log failed (id -> error); see log_entries.
     log_entries: int = 0
     log_failures: dict[str, str] = field(default_factory=dict)
+
+    def entity_counts(self) -> dict[str, Counts]:
+        """Changes by kind per entity synced: locks (`counts`) first, then `access`'s."""
+        return {"locks": self.counts, **self.access}
 
 
 @dataclass(frozen=True)

@@ -83,3 +83,25 @@ def test_read_benchmark_runs_every_command(tmp_path: Path) -> None:
     assert summary["locks csv"]["x_floor"] > 0
     assert all(row["rss_peak_mib"] > 0 and row["wall_s"] > 0 for row in summary.values())
     assert {"met"} <= set(summary["locks csv"])
+
+
+def test_access_benchmark_compares_an_unchanged_rerun_with_the_plain_crawler() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "access_bench.py"),
+            *("--db", "sqlite", "--owners", "4", "--locks-per-owner", "3", "--rounds", "1"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert result.returncode in (0, 1), result.stderr[-3000:]  # 1: the target was missed
+    floor, unchanged = (
+        line.split()[1]
+        for line in result.stdout.splitlines()
+        if line.startswith(("floor:", "unchanged:"))
+    )
+    assert floor == unchanged  # the same requests: only what they cost differs
+    assert "CPU (target <= 1.2)" in result.stdout

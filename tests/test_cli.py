@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -71,6 +72,34 @@ def test_run_once_prints_a_summary_and_json(sandbox: Sandbox, tmp_path: Path) ->
     assert datetime.fromisoformat(data["started_at"]).isoformat() == data["started_at"]
     assert datetime.fromisoformat(data["owners"][0]["fetched_at"]).tzinfo is not None
     assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
+
+
+def test_run_once_reports_changes_per_entity(sandbox: Sandbox, tmp_path: Path) -> None:
+    env = subprocess_env(sandbox, f"sqlite:///{tmp_path / 'inv.db'}")
+    env["EXPORTER_TAPKEY__ENTITIES"] = "contacts,cards,grants"
+
+    as_json = run_exporter(env, "run-once", "--format", "json")
+    sandbox.revoke_grant(sandbox.grants_payload(sandbox.owners_payload()[0]["id"])[0]["id"])
+    table = run_exporter(env, "run-once")
+
+    assert as_json.returncode == 0, as_json.stderr
+    data = json.loads(as_json.stdout)
+    entities = data["entities"]
+    assert list(entities) == ["locks", "contacts", "cards", "grants"]
+    assert entities["locks"] == data["counts"] and entities["grants"] == data["access"]["grants"]
+    created = Counter(c["entity"] for c in data["changes"] if c["change_type"] == "created")
+    assert created == {
+        "owner": 3,
+        "lock": 15,
+        **{e[:-1]: entities[e]["created"] for e in ("contacts", "cards", "grants")},
+    }
+    assert all(entities[e]["created"] > 0 for e in entities)
+    assert table.returncode == 0, table.stderr
+    cells = [[c.strip() for c in line.strip("│").split("│")] for line in table.stdout.splitlines()]
+    header = ["created", "updated", "removed", "restored", "unchanged", "skipped"]
+    rows = {row[0]: dict(zip(header, row[1:], strict=True)) for row in cells if len(row) == 7}
+    assert list(rows) == ["locks", "contacts", "cards", "grants"]
+    assert (rows["grants"]["updated"], rows["grants"]["created"]) == ("1", "0")
 
 
 def test_run_once_with_an_entity_whose_scope_is_missing_is_partial(

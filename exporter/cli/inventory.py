@@ -144,6 +144,14 @@ def changes(
             show_default=False,
         ),
     ] = None,
+    entity: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Only these entities: owner, lock, contact, card, grant (repeat or separate "
+            "with commas; default: all).",
+            show_default=False,
+        ),
+    ] = None,
     fmt: ReadFormatOption = "table",
     quiet: Annotated[
         bool,
@@ -153,12 +161,13 @@ def changes(
 ) -> None:
     """Show the change feed: one line per change with the fields that changed.
 
-    Example: exporter changes --since 7d --kind removed,restored
+    Example: exporter changes --since 7d --kind removed,restored --entity lock,grant
     """
     from exporter.read import asof, changelog, formats, render
 
     check_format(fmt, formats.FORMATS)
     kinds = {k.strip() for value in kind or () for k in value.split(",") if k.strip()}
+    entities = {e.strip() for value in entity or () for e in value.split(",") if e.strip()}
     now = datetime.now(UTC)
     with (
         errors(),
@@ -170,6 +179,7 @@ def changes(
             run_id=run,
             owner=owner,
             kinds=kinds,
+            entities=entities or changelog.ENTITIES,
         ) as feed,
     ):
         rows = iter(feed.rows)

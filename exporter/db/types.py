@@ -8,6 +8,7 @@ MariaDB/MySQL, which compare case-insensitively by default).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,18 +33,16 @@ class UTCDateTime(TypeDecorator[datetime]):
         return dialect.type_descriptor(postgresql.TIMESTAMP(timezone=True))
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to a UTC column")
-        value = value.astimezone(UTC)
-        if dialect.name == "sqlite":
-            # SQLITE_TIME_FORMAT, built from isoformat (~4x faster than strftime; every lock
-            # row has several): an aware UTC value's isoformat ends in "+00:00".
-            return value.isoformat(timespec="microseconds")[:-6] + "Z"
-        if dialect.name in ("mysql", "mariadb"):
-            return value.replace(tzinfo=None)
-        return value
+        return _TO_DATABASE.get(dialect.name, _utc_or_none)(value)
+
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        """The conversion itself, without TypeDecorator's wrapper around process_bind_param: a
+        first load converts three or four instants per lock (a tenth of its writer's CPU)."""
+        convert = _TO_DATABASE.get(dialect.name, _utc_or_none)
+        impl = self.impl_instance.bind_processor(dialect)
+        if impl is None:
+            return convert
+        return lambda value: impl(convert(value))
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
@@ -53,6 +52,48 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
         return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+
+def _utc(value: datetime) -> datetime:
+    tz = value.tzinfo
+    if tz is UTC:
+        return value
+    if tz is None:
+        raise ValueError("naive datetime given to a UTC column")
+    return value.astimezone(UTC)
+
+
+def _utc_or_none(value: datetime | None) -> datetime | None:
+    return None if value is None else _utc(value)
+
+
+def _sqlite_text(value: datetime | None) -> str | None:
+    """SQLITE_TIME_FORMAT, by %-formatting (isoformat took twice as long, strftime three times;
+    and %Y does not pad years before 1000 to four digits)."""
+    if value is None:
+        return None
+    v = _utc(value)
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ" % (  # noqa: UP031 (faster than an f-string)
+        v.year,
+        v.month,
+        v.day,
+        v.hour,
+        v.minute,
+        v.second,
+        v.microsecond,
+    )
+
+
+def _naive_utc(value: datetime | None) -> datetime | None:
+    return None if value is None else _utc(value).replace(tzinfo=None)
+
+
+# What a UTCDateTime value becomes for each database (others: an aware UTC datetime).
+_TO_DATABASE: dict[str, Callable[[datetime | None], Any]] = {
+    "sqlite": _sqlite_text,
+    "mysql": _naive_utc,
+    "mariadb": _naive_utc,
+}
 
 
 def id_type(length: int = 64) -> TypeEngine[str]:

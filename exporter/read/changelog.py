@@ -1,8 +1,9 @@
 """Read-side queries over the version tables: the change feed, lock histories, bindings.
 
 The previous version of a version is the one of the same entity just before it; a change's
-fields are the tracked attributes that differ from it. The BI views `bound_lock_change_feed` and
-`lock_binding_history` say the same in SQL (the tests hold both to the same answers).
+fields are the tracked attributes that differ from it (exporter.read.change_rows). The BI views
+`bound_lock_change_feed` and `lock_binding_history` say the same in SQL (the tests hold both to
+the same answers).
 """
 
 from __future__ import annotations
@@ -10,13 +11,13 @@ from __future__ import annotations
 import contextlib
 import re
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from heapq import merge
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, Select, Table, func, select, true
+from sqlalchemy import ColumnElement, Connection, Engine, Table, func, select, true
 
 from exporter.db.engine import connect
 from exporter.db.inlists import chunks
@@ -31,6 +32,14 @@ from exporter.db.schema import (
 from exporter.errors import UsageError
 from exporter.kinds import ChangeType
 from exporter.read.asof import missing_run
+from exporter.read.change_rows import (
+    ACCESS_HISTORIES,
+    ChangeRow,
+    FieldChange,
+    access_changes,
+    change_row,
+    with_previous,
+)
 from exporter.read.inventory import (
     LockRow,
     Row,
@@ -42,50 +51,24 @@ from exporter.read.inventory import (
 )
 from exporter.read.streaming import stream
 
+__all__ = [
+    "CHANGE_KINDS",
+    "ENTITIES",
+    "ChangeFeed",
+    "ChangeRow",
+    "FieldChange",
+    "changes",
+    "open_changes",
+]
+
 # Compared per row: a module constant, not an Enum attribute lookup (four times slower).
-_CREATED = ChangeType.CREATED
 _REMOVED = ChangeType.REMOVED
 
 CHANGE_KINDS = tuple(ChangeType)
-ENTITIES = ("lock", "owner")
+# Every entity with history, in the order changes of the same instant are listed.
+ENTITIES = ("owner", "lock", *ACCESS_HISTORIES)
+_RANK = {entity: rank for rank, entity in enumerate(ENTITIES)}
 _HEX_RE = re.compile(r"[0-9A-F]{2}(?:-?[0-9A-F]{2})*")
-
-
-@dataclass(frozen=True)
-class FieldChange:
-    """One tracked attribute that differs from the previous version."""
-
-    field: str
-    old: Any
-    new: Any
-
-
-@dataclass(frozen=True)
-class ChangeRow:
-    """One version of a lock or an owner account, with what changed against the previous one."""
-
-    entity: str  # "lock" or "owner"
-    version_id: int
-    id: str
-    changed_at: datetime
-    valid_to: datetime | None
-    run_id: int
-    change_type: str
-    removal_reason: str | None
-    owner_account_id: str | None
-    owner_name: str | None
-    title: str | None
-    lock_id_hex: str | None = None
-    lock_model_name: str | None = None
-    previous_version_id: int | None = None
-    changes: tuple[FieldChange, ...] = ()
-
-    def as_dict(self) -> dict[str, Any]:
-        """The fields by name, `changes` as a list of {field, old, new}."""
-        # Not dataclasses.asdict: it deep-copies every value, a cost a feed of a million pays.
-        data = {name: getattr(self, name) for name in self.__dataclass_fields__}
-        data["changes"] = [{"field": c.field, "old": c.old, "new": c.new} for c in self.changes]
-        return data
 
 
 @dataclass(frozen=True)
@@ -109,9 +92,10 @@ def changes(
     kinds: Collection[str] = (),
     entities: Collection[str] = ENTITIES,
 ) -> ChangeFeed:
-    """Lock and owner changes observed in [since, until), optionally of one run, owner or kind.
+    """Changes observed in [since, until), optionally of one run, owner, kind or entity.
 
-    A lock change matches `owner` when the lock belongs to that owner before or after it.
+    `entities` are ENTITIES' names (owner, lock, contact, card, grant). A change matches `owner`
+    when the element belongs to that owner before or after it.
     """
     with open_changes(
         engine,
@@ -136,22 +120,26 @@ def open_changes(
     kinds: Collection[str] = (),
     entities: Collection[str] = ENTITIES,
 ) -> Iterator[ChangeFeed]:
-    """`changes()` with the lock changes read from the database as they are iterated, in order.
+    """`changes()` with the changes read from the database as they are iterated, in order.
 
-    Owner changes are few and read first; lock changes come sorted from the database and are
-    merged in, so a feed of a million changes passes through in constant memory. Iterate the
-    rows inside the block, once.
+    Owner changes are few and read first; the changes of locks and of each access entity come
+    sorted from the database, each on a connection of its own (a streamed read holds its
+    connection), and are merged in, so a feed of a million changes passes through in constant
+    memory. Iterate the rows inside the block, once.
     """
     unknown = set(kinds) - set(CHANGE_KINDS)
     if unknown:
         raise UsageError(
             f"unknown change kind {sorted(unknown)[0]!r}; use {', '.join(CHANGE_KINDS)}"
         )
+    strange = set(entities) - set(ENTITIES)
+    if strange:
+        raise UsageError(f"unknown entity {sorted(strange)[0]!r}; use {', '.join(ENTITIES)}")
     if since is not None and until is not None and since >= until:
         raise UsageError(
             f"--since ({since.isoformat()}) is not before --until ({until.isoformat()}); swap them"
         )
-    with connect(engine) as conn:
+    with connect(engine) as conn, contextlib.ExitStack() as more:
         if (
             run_id is not None
             and conn.execute(select(sync_runs.c.id).where(sync_runs.c.id == run_id)).first() is None
@@ -176,11 +164,16 @@ def open_changes(
         if "owner" in entities:
             owner_rows = list(_owner_changes(conn, matching(owner_account_versions), names))
             owner_rows.sort(key=lambda r: (r.changed_at, r.id))
-        lock_rows: Iterable[ChangeRow] = ()
+        streams: list[Iterable[ChangeRow]] = [owner_rows]
         if "lock" in entities:
-            lock_rows = _lock_changes(conn, matching(bound_lock_versions), names)
+            streams.append(_lock_changes(conn, matching(bound_lock_versions), names))
+        for entity, history in ACCESS_HISTORIES.items():
+            if entity in entities:
+                reader = more.enter_context(connect(engine)) if len(streams) > 1 else conn
+                condition = matching(history.versions)
+                streams.append(access_changes(reader, entity, condition, names))
         rows: Iterator[ChangeRow] = merge(
-            owner_rows, lock_rows, key=lambda r: (r.changed_at, r.entity != "owner", r.id)
+            *streams, key=lambda r: (r.changed_at, _RANK[r.entity], r.id)
         )
         if owner_ids is not None:
             rows = (r for r in rows if _concerns(r, owner_ids))
@@ -193,32 +186,13 @@ def _concerns(row: ChangeRow, owner_ids: set[str]) -> bool:
     return any(c.field == "owner_account_id" and c.old in owner_ids for c in row.changes)
 
 
-def _with_previous(table: Table, tracked: Sequence[str]) -> Select[Any]:
-    """Versions of `table`, each with the tracked values of the version before it.
-
-    Versions of one entity are contiguous: the previous one ended when this one began (the
-    `bound_lock_change_feed` view joins them the same way).
-    """
-    previous = table.alias("previous")
-    return select(
-        *table.c,
-        previous.c.version_id.label("previous_version_id"),
-        *(previous.c[name].label(f"previous_{name}") for name in tracked),
-    ).select_from(
-        table.outerjoin(
-            previous,
-            (previous.c.id == table.c.id) & (previous.c.valid_to == table.c.valid_from),
-        )
-    )
-
-
 def _lock_changes(
     conn: Connection, condition: ColumnElement[bool], names: Mapping[str, str | None]
 ) -> Iterator[ChangeRow]:
     """The lock versions matching `condition` as changes, by time and lock id, streamed."""
     v = bound_lock_versions
     query = (
-        _with_previous(v, LOCK_TRACKED)
+        with_previous(v, LOCK_TRACKED)
         .add_columns(
             bound_locks.c.physical_lock_id.label("current_physical_lock_id"),
             bound_locks.c.lock_id_hex,
@@ -230,7 +204,7 @@ def _lock_changes(
     names_of = query.selected_columns.keys()
     for values in stream(conn, query):
         row = dict(zip(names_of, values, strict=True))
-        yield _change_row(
+        yield change_row(
             "lock",
             row,
             LOCK_TRACKED,
@@ -246,9 +220,9 @@ def _owner_changes(
     conn: Connection, condition: ColumnElement[bool], names: Mapping[str, str | None]
 ) -> Iterator[ChangeRow]:
     """The owner versions matching `condition` as changes."""
-    query = _with_previous(owner_account_versions, OWNER_TRACKED).where(condition)
+    query = with_previous(owner_account_versions, OWNER_TRACKED).where(condition)
     for row in conn.execute(query).mappings():
-        yield _change_row(
+        yield change_row(
             "owner",
             row,
             OWNER_TRACKED,
@@ -256,31 +230,6 @@ def _owner_changes(
             owner_name=names.get(row["id"]),
             title=row["name"],
         )
-
-
-def _change_row(entity: str, row: Row, tracked: Sequence[str], **described: Any) -> ChangeRow:
-    """A version row (with its previous version's values) as a change; `described` names it."""
-    previous = row["previous_version_id"] if row["change_type"] != _CREATED else None
-    changes: tuple[FieldChange, ...] = ()
-    if previous is not None:
-        changes = tuple(
-            FieldChange(name, row[f"previous_{name}"], row[name])
-            for name in tracked
-            if row[f"previous_{name}"] != row[name]
-        )
-    return ChangeRow(
-        entity=entity,
-        version_id=row["version_id"],
-        id=row["id"],
-        changed_at=row["valid_from"],
-        valid_to=row["valid_to"],
-        run_id=row["run_id"],
-        change_type=row["change_type"],
-        removal_reason=row["removal_reason"],
-        previous_version_id=previous,
-        changes=changes,
-        **described,
-    )
 
 
 @dataclass(frozen=True)

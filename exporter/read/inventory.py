@@ -30,13 +30,17 @@ from sqlalchemy import (
     cast,
     func,
     literal_column,
+    null,
     select,
 )
 
 from exporter.db.engine import connect
 from exporter.db.schema import (
+    bound_card_versions,
     bound_lock_versions,
     bound_locks,
+    contact_versions,
+    grant_versions,
     owner_account_versions,
     owner_accounts,
 )
@@ -378,8 +382,9 @@ def current_locks(engine: Engine) -> Sequence[RowMapping]:
 
 @contextlib.contextmanager
 def open_run_changes(engine: Engine, run_id: int) -> Iterator[Iterator[Change]]:
-    """Every version a run wrote, as the run reports changes: owners first, then the locks by
-    time and id, read from the database as they are iterated (inside the block, once)."""
+    """Every version a run wrote, as the run reports changes: owners first, then the locks,
+    contacts, cards and grants, each by time and id, read from the database as they are
+    iterated (inside the block, once)."""
 
     def changes(table: Table, title: ColumnElement[Any], owner: ColumnElement[Any]) -> Select[Any]:
         return (
@@ -396,14 +401,27 @@ def open_run_changes(engine: Engine, run_id: int) -> Iterator[Iterator[Change]]:
         )
 
     owners = owner_account_versions
-    locks = bound_lock_versions
+    streamed_tables = [
+        ("lock", bound_lock_versions, bound_lock_versions.c.title),
+        ("contact", contact_versions, contact_versions.c.title),
+        ("card", bound_card_versions, bound_card_versions.c.title),
+        ("grant", grant_versions, null()),
+    ]
     with connect(engine) as conn:
         owner_rows = conn.execute(changes(owners, owners.c.name, owners.c.id)).all()
-        lock_rows = stream(conn, changes(locks, locks.c.title, locks.c.owner_account_id))
+        # One stream after the other on the connection: each starts once the one before ended.
         yield itertools.chain(
             (_change("owner", row) for row in owner_rows),
-            (_change("lock", row) for row in lock_rows),
+            *(
+                _changes_of(conn, entity, changes(table, title, table.c.owner_account_id))
+                for entity, table, title in streamed_tables
+            ),
         )
+
+
+def _changes_of(conn: Connection, entity: str, query: Select[Any]) -> Iterator[Change]:
+    for row in stream(conn, query):
+        yield _change(entity, row)
 
 
 def _change(entity: str, row: Sequence[Any]) -> Change:

@@ -234,8 +234,8 @@ def changes_table(feed: ChangeFeed, console: Console, *, titled: bool = True) ->
     if total > TABLE_LIMIT:
         console.print(
             f"{total - TABLE_LIMIT:,} more changes not shown (a table stops at {TABLE_LIMIT:,}): "
-            "use --format csv or json for all, or narrow with --since, --until, --run, --kind "
-            "or --owner."
+            "use --format csv or json for all, or narrow with --since, --until, --run, --kind, "
+            "--entity or --owner."
         )
 
 

@@ -29,9 +29,21 @@ def run_result_json(result: RunResult, out: IO[str], changes: Iterable[Change] |
     data["duration_seconds"] = (
         (result.finished_at - result.started_at).total_seconds() if result.finished_at else None
     )
+    # Every entity's counts under one key (`counts` holds the locks', `access` the others').
+    data["entities"] = {name: c.as_dict() for name, c in result.entity_counts().items()}
     if changes is not None:
         data["changes"] = map(dataclasses.asdict, changes)
     write_json(data, out)
+
+
+def _counts_table(result: RunResult) -> Table:
+    """Changes by kind, one row per entity synced (locks, then [tapkey] entities' others)."""
+    entities = result.entity_counts()
+    kinds = list(result.counts.as_dict())
+    table = Table("changes", *kinds)
+    for name, counts in entities.items():
+        table.add_row(name, *(str(n) for n in counts.as_dict().values()))
+    return table
 
 
 def print_run_result(result: RunResult, out: Console, err: Console) -> None:
@@ -48,12 +60,8 @@ def print_run_result(result: RunResult, out: Console, err: Console) -> None:
         ("duration", duration),
         ("owners seen", result.owners_seen),
         ("locks seen", result.locks_seen),
-        *result.counts.as_dict().items(),
         ("API requests", result.api_requests),
     ]
-    for entity, counts in result.access.items():  # [tapkey] entities beyond locks
-        changed = ", ".join(f"{k} {v}" for k, v in counts.as_dict().items() if v)
-        rows.append((entity, changed or "none"))
     failed = [o for o in result.owners if o.status == OwnerStatus.FAILED]
     if failed:
         rows.append(("failed owners", len(failed)))
@@ -64,6 +72,7 @@ def print_run_result(result: RunResult, out: Console, err: Console) -> None:
     for name, value in rows:
         table.add_row(name, str(value))
     out.print(table)
+    out.print(_counts_table(result))
     if result.dry_run and result.changes:
         changes = Table(title="Changes that would be written")
         for column in ("entity", "id", "change", "owner", "fields / reason", "title"):

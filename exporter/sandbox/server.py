@@ -107,7 +107,8 @@ class Sandbox(SandboxControls):
     `received_at_filter=False` answers 400 to a LogEntries ``$filter`` on receivedAt, like a
     server that cannot filter on it (also settable later as an attribute).
     `refuse_top` answers a list request whose ``$top`` exceeds it with OData's MaxTop 400 (the
-    limit stated in the message unless `refuse_top_states_limit` is False). `latency` (seconds)
+    limit stated in the message unless `refuse_top_states_limit` is False), on the routes in
+    `refuse_top_routes` only if that is set (e.g. ``{"logs"}``). `latency` (seconds)
     delays every answer, as a server across the internet does; requests still run concurrently.
 
     All state sits behind one lock; requests are served concurrently, one daemon thread per
@@ -175,6 +176,7 @@ class Sandbox(SandboxControls):
         self.max_top = max_top  # server-side page cap, applied silently
         self.refuse_top = refuse_top  # a larger $top gets OData's 400
         self.refuse_top_states_limit = True  # the 400 names the limit, as ASP.NET OData does
+        self.refuse_top_routes: frozenset[str] | None = None  # refuse_top's routes (None: all)
         self.latency = latency  # seconds before every answer
         self.ignore_skip = False  # when True, both list routes ignore $skip
         self.hooks: list[Callable[[SandboxRequest], None]] = []
@@ -367,7 +369,13 @@ class Sandbox(SandboxControls):
         if (expand and not locks) or not expand <= _EXPANDABLE:
             return error_response(400, "invalid_request", "unsupported expand")
         refuse = self.refuse_top
-        if refuse is not None and top is not None and top > refuse:
+        routes = self.refuse_top_routes
+        if (
+            refuse is not None
+            and top is not None
+            and top > refuse
+            and (routes is None or request.route in routes)
+        ):
             limit = f"The limit of '{refuse}' for Top query has been exceeded. "
             message = (
                 "The query specified in the URI is not valid. "

@@ -27,6 +27,7 @@ from exporter.sync.access import AccessOptions
 from exporter.sync.batches import Batching
 from exporter.sync.engine import sync, utcnow
 from exporter.sync.guard import RemovalGuard, resolve_owner_ids
+from exporter.sync.options import SyncOptions
 from exporter.tapkey.access import Privacy
 from exporter.tapkey.auth import TokenProvider
 from exporter.tapkey.client import TapkeyClient
@@ -166,6 +167,22 @@ def run_once(
             if allow_mass_removal_owners
             else frozenset()
         )
+        options = SyncOptions(
+            workers=settings.tapkey.workers,
+            dry_run=dry_run,
+            allow_client_change=allow_client_change or settings.sync.allow_client_id_change,
+            lock_timeout=settings.database.lock_timeout,
+            guard=RemovalGuard(
+                max_fraction=settings.sync.mass_removal_max_fraction,
+                min_count=settings.sync.mass_removal_min_count,
+                allow_all=allow_mass_removal or settings.sync.allow_mass_removal,
+                allow_owners=confirmed,
+            ),
+            health=settings.tapkey.expand_health,
+            batching=batching or Batching(),
+            access=access,
+            logs=log_options(settings),
+        )
         with make_client(settings, sleep=sleep, stop=stop) as client:
             if on_client is not None:
                 on_client(client)
@@ -173,25 +190,12 @@ def run_once(
                 engine=engine,
                 source=client,
                 client_id=client_id,
+                options=options,
                 trigger=trigger,
                 now=now,
-                workers=settings.tapkey.workers,
-                dry_run=dry_run,
-                allow_client_change=allow_client_change or settings.sync.allow_client_id_change,
-                lock_timeout=settings.database.lock_timeout,
                 stop=stop,
                 on_started=on_started,
-                guard=RemovalGuard(
-                    max_fraction=settings.sync.mass_removal_max_fraction,
-                    min_count=settings.sync.mass_removal_min_count,
-                    allow_all=allow_mass_removal or settings.sync.allow_mass_removal,
-                    allow_owners=confirmed,
-                ),
-                health=settings.tapkey.expand_health,
-                batching=batching,
                 progress=progress,
-                access=access,
-                logs=log_options(settings),
             )
         if not dry_run and not (stop is not None and stop.is_set()):
             _apply_retention(engine, settings, now())

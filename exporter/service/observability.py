@@ -34,6 +34,7 @@ from exporter.config.sections import LoggingSettings
 from exporter.db.schema import bound_locks, owner_accounts, sync_runs
 from exporter.errors import ConfigError, first_line
 from exporter.kinds import ChangeType, RunStatus
+from exporter.results import COUNTED_ENTITIES
 from exporter.terminal import json_visible, visible
 
 if TYPE_CHECKING:
@@ -171,8 +172,9 @@ class Metrics:
         )
         self.changes = Counter(
             f"{_PREFIX}_changes",
-            "Lock changes written by this process's runs, by kind.",
-            ["kind"],
+            "Changes written by this process's runs, by entity (locks, contacts, cards, grants) "
+            "and kind.",
+            ["entity", "kind"],
             registry=r,
         )
         self.skipped_locks = Counter(
@@ -208,8 +210,9 @@ class Metrics:
         )
         for status in RUN_STATUSES:
             self.runs.labels(status)
-        for kind in CHANGE_KINDS:
-            self.changes.labels(kind)
+        for entity in COUNTED_ENTITIES:
+            for kind in CHANGE_KINDS:
+                self.changes.labels(entity, kind)
 
     def record_run(self, result: RunResult | None, *, status: str, duration: float) -> None:
         """Count one run that got a sync_runs row (`result` is None if it raised)."""
@@ -217,10 +220,11 @@ class Metrics:
         self.run_duration.observe(duration)
         if result is None:
             return
-        counts = result.counts.as_dict()
-        for kind in CHANGE_KINDS:
-            self.changes.labels(kind).inc(counts[kind])
-        self.skipped_locks.inc(counts["skipped"])
+        for entity, entity_counts in result.entity_counts().items():
+            counts = entity_counts.as_dict()
+            for kind in CHANGE_KINDS:
+                self.changes.labels(entity, kind).inc(counts[kind])
+        self.skipped_locks.inc(result.counts.skipped)
         if status == RunStatus.SUCCEEDED:
             finished = result.finished_at or datetime.now(UTC)
             self.last_success.set(finished.timestamp())

@@ -42,6 +42,7 @@ from exporter.db.schema import (
     grant_versions,
     grants,
 )
+from exporter.kinds import RemovalReason
 from exporter.results import Change, Counts
 from exporter.sync.guard import RemovalGuard
 from exporter.tapkey.access import (
@@ -65,7 +66,7 @@ class AccessEntity:
     versions: Table
     tracked: tuple[str, ...]
     fields: tuple[FieldSpec, ...]
-    removal_reason: str
+    removal_reason: RemovalReason
     personal: bool  # its payload may carry a contact identifier ([privacy])
 
     @property
@@ -79,15 +80,15 @@ ACCESS_ENTITIES: dict[str, AccessEntity] = {
     for entity in (
         AccessEntity(
             "contacts", "contact", "Contacts", contacts, contact_versions, CONTACT_TRACKED,
-            CONTACT_FIELDS, "deleted", personal=True,
+            CONTACT_FIELDS, RemovalReason.DELETED, personal=True,
         ),
         AccessEntity(
             "cards", "card", "BoundCards", bound_cards, bound_card_versions, CARD_TRACKED,
-            CARD_FIELDS, "unbound", personal=False,
+            CARD_FIELDS, RemovalReason.UNBOUND, personal=False,
         ),
         AccessEntity(
             "grants", "grant", "Grants", grants, grant_versions, GRANT_TRACKED, GRANT_FIELDS,
-            "deleted", personal=True,  # a grant may embed its contact
+            RemovalReason.DELETED, personal=True,  # a grant may embed its contact
         ),
     )
 }  # fmt: skip

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table
@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Engine, Table
 from exporter.db.engine import connect
 from exporter.errors import AuthError, Interrupted, TapkeyError
 from exporter.sync.access import ACCESS_ENTITIES, AccessContext, AccessOptions, AccessOutcome
-from exporter.sync.crawl import STOP_POLL, DaemonPool
+from exporter.sync.crawl import STOP_POLL, Completions, DaemonPool
 from exporter.sync.entity_sync import EntitySync
 from exporter.sync.versions import load_live_raw_of
 from exporter.tapkey.access import OwnerEntities
@@ -78,6 +78,7 @@ def _fetch(
     """
     pending = deque(wanted)
     running: dict[Future[OwnerEntities], tuple[EntitySync, str]] = {}
+    completed: Completions[OwnerEntities] = Completions()
 
     def fetch(
         item: EntitySync, owner_id: str, known: Future[dict[str, dict[str, str]]] | None
@@ -103,25 +104,28 @@ def _fetch(
         def submit() -> None:
             item, owner_id = pending.popleft()
             known = texts.read(item, owner_id) if item.before.get(owner_id) else None
-            running[pool.submit(fetch, item, owner_id, known)] = (item, owner_id)
+            future = pool.submit(fetch, item, owner_id, known)
+            running[future] = (item, owner_id)
+            completed.watch(future)
 
         for _ in range(min(2 * context.workers, len(pending))):
             submit()
         try:
             while running:
-                done, _ = wait(running, timeout=STOP_POLL, return_when=FIRST_COMPLETED)
+                future = completed.next(STOP_POLL)
                 if context.stop.is_set():
                     return
-                for future in done:
-                    item, owner_id = running.pop(future)
-                    if pending:
-                        submit()
-                    try:
-                        yield item, owner_id, future.result()
-                    except AuthError:
-                        raise
-                    except TapkeyError as exc:
-                        yield item, owner_id, exc
+                if future is None:
+                    continue
+                item, owner_id = running.pop(future)
+                if pending:
+                    submit()
+                try:
+                    yield item, owner_id, future.result()
+                except AuthError:
+                    raise
+                except TapkeyError as exc:
+                    yield item, owner_id, exc
         finally:
             for future in running:
                 future.cancel()

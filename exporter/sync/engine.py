@@ -52,12 +52,11 @@ from exporter.errors import Interrupted, StoreError, TapkeyError, first_line
 from exporter.kinds import OwnerStatus, RunStatus
 from exporter.results import Change, OwnerOutcome, RunResult, SyncProgress
 from exporter.sync import api_paging, log_entries, run_records
-from exporter.sync.access import AccessContext, AccessOptions, AccessOutcome, AccessSource
+from exporter.sync.access import AccessContext, AccessOutcome, AccessSource
 from exporter.sync.access_sync import sync_access
-from exporter.sync.batches import Batching
 from exporter.sync.crawl import DaemonPool, InventorySource, call_until_stopped
-from exporter.sync.guard import RemovalGuard
 from exporter.sync.locks import LockSync
+from exporter.sync.options import SyncOptions
 from exporter.sync.owners import OwnerLedger, failed_summary, write_owners
 from exporter.sync.removals import remove_locks
 from exporter.sync.versions import (
@@ -70,6 +69,8 @@ from exporter.tapkey.records import OwnerRecord
 
 log = logging.getLogger(__name__)
 
+_DEFAULT_OPTIONS = SyncOptions()  # frozen: one shared default is safe
+
 
 def utcnow() -> datetime:
     """The current time, aware UTC."""
@@ -81,91 +82,79 @@ def sync(
     engine: Engine,
     source: InventorySource,
     client_id: str,
+    options: SyncOptions = _DEFAULT_OPTIONS,
     trigger: str = "manual",
     now: Callable[[], datetime] = utcnow,
-    workers: int = 4,
-    dry_run: bool = False,
-    allow_client_change: bool = False,
-    lock_timeout: float = 0.0,
     stop: threading.Event | None = None,
     on_started: Callable[[int], None] | None = None,
-    guard: RemovalGuard | None = None,
-    health: bool = False,
-    batching: Batching | None = None,
     progress: Callable[[SyncProgress], None] | None = None,
-    access: AccessOptions | None = None,
-    logs: log_entries.LogOptions | None = None,
 ) -> RunResult:
     """Run one sync and return its outcome; see the module docstring for the rules.
 
-    `on_started(run_id)` is called once the run's `sync_runs` row exists (the daemon tags its
-    log lines and metrics with it). `guard` holds back mass removals (default: RemovalGuard()).
-    `health` asks for `expand=healthStatuses` and stores new readings (see exporter.sync.health).
-    `batching` bounds the transactions that group owners (exporter.sync.batches; default
-    Batching()). `progress` is called from the calling thread once the owner list is known and
-    after every owner (owners done and total, locks seen, API requests so far).
-    `access` names the access entities synced after the locks (see exporter.sync.access); the
-    source must then also be an AccessSource.
-    `logs` also reads every listed owner's new log entries once the locks are done (see
-    exporter.sync.log_entries; not in a dry run); an owner whose log fails makes the run
-    `partial`.
+    `options` say how (SyncOptions). `on_started(run_id)` is called once the run's `sync_runs`
+    row exists (the daemon tags its log lines and metrics with it).
+    `progress` is called from the calling thread once the owner list is known and after every
+    owner (owners done and total, locks seen, API requests so far). Setting `stop` ends the run
+    as `failed` ("interrupted") at the next owner.
 
     Raises LockHeldError when another run holds the lock (nothing written), ClientMismatchError
     when the database belongs to another OAuth client, and DatabaseUnavailableError when the
     database goes away. Tapkey failures do not raise: they end in a `failed` or `partial` result.
     """
-    run = _Run(
-        engine=engine,
-        source=source,
-        client_id=client_id,
-        trigger=trigger,
-        now=now,
-        workers=workers,
-        dry_run=dry_run,
-        stop=stop or threading.Event(),
-        guard=guard or RemovalGuard(),
-        health=health,
-    )
-    run.batching = batching or Batching()
-    run.progress = progress
-    run.access = access or AccessOptions()
-    run.logs = logs
-    if dry_run:
-        return run.execute()
-    with WriterLock(engine, timeout=lock_timeout) as lock:
-        run.lock = lock
-        run.on_started = on_started
+
+    def make_run(lock: WriterLock | None, started: Callable[[int], None] | None) -> _Run:
+        return _Run(
+            engine=engine,
+            source=source,
+            client_id=client_id,
+            options=options,
+            trigger=trigger,
+            now=now,
+            stop=stop or threading.Event(),
+            lock=lock,
+            on_started=started,
+            progress=progress,
+        )
+
+    if options.dry_run:
+        return make_run(None, None).execute()
+    with WriterLock(engine, timeout=options.lock_timeout) as lock:
+        run = make_run(lock, on_started)
         try:
-            run.prepare(allow_client_change=allow_client_change)
+            run.prepare(allow_client_change=options.allow_client_change)
         except (OperationalError, DBAPIError) as exc:
             raise store_error(exc, engine) from None
         return run.execute()
 
 
 class _Run:
+    """One run: its collaborators come in whole; the phases run in `execute`."""
+
     def __init__(
         self,
         *,
         engine: Engine,
         source: InventorySource,
         client_id: str,
+        options: SyncOptions,
         trigger: str,
         now: Callable[[], datetime],
-        workers: int,
-        dry_run: bool,
         stop: threading.Event,
-        guard: RemovalGuard,
-        health: bool,
+        lock: WriterLock | None,
+        on_started: Callable[[int], None] | None,
+        progress: Callable[[SyncProgress], None] | None,
     ) -> None:
         self.engine = engine
         self.source = source
         self.client_id = client_id
         self.trigger = trigger
-        self.workers = workers
-        self.dry_run = dry_run
+        self.options = options
+        self.workers = options.workers
+        self.dry_run = options.dry_run
         self.stop = stop
-        self.lock: WriterLock | None = None
-        self.on_started: Callable[[int], None] | None = None
+        self.lock = lock  # None in a dry run, which writes nothing
+        self.on_started = on_started
+        self.progress = progress
         self.clock = Clock(now, None)
         self.requests_at_start = source.request_count
         self.result = RunResult(
@@ -173,31 +162,23 @@ class _Run:
             status=RunStatus.RUNNING,
             trigger=trigger,
             started_at=self.clock(),
-            dry_run=dry_run,
+            dry_run=options.dry_run,
         )
-        self.guard = guard
-        # Ask for health readings and store new ones (lock_health), never as versions.
-        self.health = health
         self.ledger = OwnerLedger(
-            engine=engine, result=self.result, dry_run=dry_run, check_lock=self._check_lock
+            engine=engine, result=self.result, dry_run=self.dry_run, check_lock=self._check_lock
         )
         self.locks = LockSync(
             engine=engine,
             result=self.result,
             clock=self.clock,
-            dry_run=dry_run,
-            health=health,
-            guard=guard,
+            dry_run=self.dry_run,
+            health=options.health,
+            guard=options.guard,
             note=self._note,
             ledger=self.ledger,
         )
-        self.access = AccessOptions()
-        # Read log entries after the locks (log_entries), when enabled.
-        self.logs: log_entries.LogOptions | None = None
         # Ids of the owners present before this run (read with what is known of the paging).
         self.present_owners: frozenset[str] | None = None
-        self.batching = Batching()
-        self.progress: Callable[[SyncProgress], None] | None = None
 
     # -- run record ---------------------------------------------------------------------------
 
@@ -312,7 +293,7 @@ class _Run:
             source=self.source,
             workers=self.workers,
             stop=self.stop,
-            batching=self.batching,
+            batching=self.options.batching,
             report=self._report,
         )
         if self.stop.is_set():
@@ -346,14 +327,17 @@ class _Run:
         learned about the API's paging."""
         check = call_until_stopped(self.stop, self.source.confirm_paging)
         if self.source.paging.changed and not self.dry_run:
-            self._check_lock()
-            with connect(self.engine) as conn, conn.begin():
-                api_paging.save(conn, self.source.api_url, self.source.paging.sizes, self.clock())
+            self._save_paging()
         return check
+
+    def _save_paging(self) -> None:
+        self._check_lock()
+        with connect(self.engine) as conn, conn.begin():
+            api_paging.save(conn, self.source.api_url, self.source.paging.sizes, self.clock())
 
     def _sync_access(self, owner_ids: list[str]) -> list[AccessOutcome]:
         """Contacts, cards and grants of the listed owners (exporter.sync.access)."""
-        if not self.access.entities:
+        if not self.options.access.entities:
             return []
         context = AccessContext(
             engine=self.engine,
@@ -362,22 +346,24 @@ class _Run:
             run_id=self._run_id,
             dry_run=self.dry_run,
             stop=self.stop,
-            guard=self.guard,
+            guard=self.options.guard,
             workers=self.workers,
             check_lock=self._check_lock,
             changes=self.result.changes,
         )
-        outcomes = sync_access(context, owner_ids, self.access)
+        outcomes = sync_access(context, owner_ids, self.options.access)
         for outcome in outcomes:
             self.result.access[outcome.entity] = outcome.counts
         return outcomes
 
     def _read_logs(self, owner_ids: list[str]) -> str | None:
         """Store the owners' new log entries; the summary of the owners whose log failed."""
-        if self.logs is None or self.dry_run or not owner_ids:
+        logs = self.options.logs
+        if logs is None or self.dry_run or not owner_ids:
             return None
         self._check_lock()
         source = cast(log_entries.LogSource, self.source)
+        learned = self.source.paging.sizes
         with connect(self.engine) as conn, DaemonPool(self.workers, "logs") as pool:
             result = log_entries.read_logs(
                 conn,
@@ -385,12 +371,14 @@ class _Run:
                 owner_ids,
                 run_id=self._run_id,
                 clock=self.clock,
-                options=self.logs,
+                options=logs,
                 stop=self.stop,
                 before_write=self._check_lock,
                 pool=pool,
                 workers=self.workers,
             )
+        if self.source.paging.sizes != learned:  # the log reader stepped $top down: keep it
+            self._save_paging()
         self.result.log_entries = result.stored
         self.result.log_failures = {o.owner_account_id: o.error or "" for o in result.failed}
         return result.summary()

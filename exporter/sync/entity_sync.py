@@ -4,28 +4,26 @@ its removals; the rules are the lock contract (exporter.sync.access)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, select
 
-from exporter.db.bulk import insert_many
 from exporter.db.engine import connect
 from exporter.db.inlists import chunks
 from exporter.db.schema import owner_accounts
 from exporter.errors import TapkeyError
+from exporter.kinds import ChangeType, RemovalReason
 from exporter.results import Change, Counts
 from exporter.sync.access import AccessContext, AccessEntity, AccessOutcome
-from exporter.sync.guard import locks_held_message
+from exporter.sync.plan import diff_owner, owners_to_read, plan_removals
 from exporter.sync.versions import (
-    close_versions,
     load_rows,
-    open_created_versions,
     present_by_owner,
     remove_rows,
-    version_row,
+    write_diff,
 )
 from exporter.tapkey.access import OwnerEntities, Privacy
 
@@ -118,109 +116,80 @@ class EntitySync:
         entity, context = self.entity, self.context
         tracked = entity.tracked
         stored = load_rows(conn, entity.current, (*tracked, "raw"), [r.id for r in records])
-        new_rows: list[tuple[Any, ...]] = []
-        versions: list[dict[str, Any]] = []
-        changed: dict[str, list[dict[str, Any]]] = {"updated": [], "restored": [], "refresh": []}
+        diff = diff_owner(
+            records,
+            stored,
+            tracked=tracked,
+            values=attrgetter("values"),
+            current=lambda record: {"raw": record.raw},
+        )
+        counts.add(diff.counts())
         values_of = itemgetter(*tracked)
-        for record in records:
-            old = stored.get(record.id)
-            values = record.values
-            if old is None:
-                counts.created += 1
-                new_rows.append((record.id, *values_of(values), record.raw, t, t))
-                self._note(record.id, "created", owner_id, None, None, values)
-                continue
-            fields = [name for name in tracked if old[name] != values[name]]
-            if old["removed_at"] is None and not fields:
-                if old["raw"] != record.raw:
-                    changed["refresh"].append({"b_id": record.id, "raw": record.raw})
-                counts.unchanged += 1
-                continue
-            kind = "restored" if old["removed_at"] is not None else "updated"
-            setattr(counts, kind, getattr(counts, kind) + 1)
-            changed[kind].append(
-                {
-                    "b_id": record.id,
-                    **values,
-                    "raw": record.raw,
-                    "removed_at": None,
-                    "updated_at": t,
-                }
-            )
-            versions.append(version_row(record.id, values, t, kind, fields, context.run_id))
-            self._note(record.id, kind, owner_id, fields, None, values)
+        new_rows = [
+            (record.id, *values_of(record.values), record.raw, t, t) for record in diff.created
+        ]
+        for record, kind, fields in diff.in_order(records) if context.dry_run else ():
+            self._note(record.id, kind, owner_id, fields, None, record.values)
         if context.dry_run:
             return
         context.check_lock()
-        table = entity.current
-        close_versions(conn, entity.versions, [r["b_id"] for r in changed["updated"]], t)
-        close_versions(conn, entity.versions, [r["b_id"] for r in changed["restored"]], t)
-        insert_many(conn, table, ("id", *tracked, "raw", "first_seen_at", "updated_at"), new_rows)
-        for rows in changed.values():
-            if rows:
-                conn.execute(update(table).where(table.c.id == bindparam("b_id")), rows)
-        if new_rows:
-            open_created_versions(
-                conn,
-                owner_id,
-                t,
-                context.run_id,
-                current=table,
-                versions=entity.versions,
-                tracked=tracked,
-            )
-        if versions:
-            conn.execute(insert(entity.versions), versions)
+        write_diff(
+            conn,
+            diff,
+            new_rows,
+            owner_id=owner_id,
+            t=t,
+            run_id=context.run_id,
+            current=entity.current,
+            versions=entity.versions,
+            tracked=tracked,
+            new_columns=("id", *tracked, "raw", "first_seen_at", "updated_at"),
+        )
 
     def remove(self) -> None:
         """Remove what complete fetches no longer list, and the rows of removed owners."""
-        entity, context, guard = self.entity, self.context, self.context.guard
-        removable = self.removable
+        entity, context = self.entity, self.context
         table = entity.current
         with connect(context.engine) as conn, conn.begin():
-            present = present_by_owner(conn, table)
-            doomed: dict[str, list[str]] = {entity.removal_reason: [], "owner_removed": []}
+            counts = self.outcome.counts
+            # Only this entity's writes change the present rows per owner (creates, restores,
+            # updates moving a row to another owner): without any, they are the rows counted
+            # before the run (an unchanged rerun saves the GROUP BY).
+            wrote = counts.created or counts.restored or counts.updated
+            present = present_by_owner(conn, table) if wrote else self.before
             # Rows of owner accounts this or an earlier run removed go with them.
             gone_owners = select(owner_accounts.c.id).where(
                 owner_accounts.c.removed_at.is_not(None)
             )
-            orphans = conn.execute(
-                select(table.c.id)
-                .where(table.c.removed_at.is_(None))
-                .where(table.c.owner_account_id.in_(gone_owners))
-            ).scalars()
-            doomed["owner_removed"].extend(orphans)
-            # Every row a complete owner confirmed is present now: an owner with exactly that
-            # many present rows has none to remove (unless this is a dry run, which wrote none).
-            candidates = sorted(
-                o
-                for o in removable
-                if context.dry_run or present.get(o, 0) != self.confirmed.get(o, 0)
-            )
-            for chunk in chunks(candidates):
-                rows = conn.execute(
-                    select(table.c.id, table.c.owner_account_id)
+            orphans = list(
+                conn.execute(
+                    select(table.c.id)
                     .where(table.c.removed_at.is_(None))
-                    .where(table.c.owner_account_id.in_(chunk))
-                ).all()
-                gone: dict[str, list[str]] = {}
-                for row_id, owner_id in rows:
-                    if row_id not in self.seen:
-                        gone.setdefault(owner_id, []).append(row_id)
-                for owner_id, ids in sorted(gone.items()):
-                    stored = self.before.get(owner_id, 0)
-                    if guard.too_many_locks(len(ids), stored) and not guard.confirmed(owner_id):
-                        message = locks_held_message(
-                            guard, owner_id, len(ids), stored, what=entity.name
-                        )
-                        self.outcome.held.append(message)
-                        self.outcome.held_back[owner_id] = len(ids)
-                        log.warning("%s", message)
-                        continue
-                    doomed[entity.removal_reason].extend(ids)
+                    .where(table.c.owner_account_id.in_(gone_owners))
+                ).scalars()
+            )
+            to_read = owners_to_read(
+                self.removable, present, self.confirmed, dry_run=context.dry_run
+            )
+            plan = plan_removals(
+                self._present_rows(conn, to_read),
+                self.seen,
+                guard=context.guard,
+                before=self.before,
+                reason=entity.removal_reason,
+                what=entity.name,
+            )
+            for message in plan.messages:
+                self.outcome.held.append(message)
+                log.warning("%s", message)
+            self.outcome.held_back.update(plan.held_back)
+            doomed = {
+                entity.removal_reason: plan.ids(entity.removal_reason),
+                RemovalReason.OWNER_REMOVED: orphans,
+            }
             for reason, ids in doomed.items():
                 for row_id in ids:
-                    self._note(row_id, "removed", None, None, reason, None)
+                    self._note(row_id, ChangeType.REMOVED, None, None, reason, None)
             removed = sum(len(ids) for ids in doomed.values())
             if context.dry_run or not removed:
                 self.outcome.counts.removed += removed
@@ -239,6 +208,20 @@ class EntitySync:
                     context.run_id,
                 )
         self.outcome.counts.removed += removed
+
+    def _present_rows(
+        self, conn: Connection, owner_ids: list[str]
+    ) -> Iterator[tuple[str, str, str | None]]:
+        """The present rows (owner id, id, no title) of `owner_ids`, as read."""
+        table = self.entity.current
+        for chunk in chunks(owner_ids):
+            rows = conn.execute(
+                select(table.c.owner_account_id, table.c.id)
+                .where(table.c.removed_at.is_(None))
+                .where(table.c.owner_account_id.in_(chunk))
+            )
+            for owner_id, row_id in rows:
+                yield owner_id, row_id, None
 
     def _note(
         self,

@@ -15,9 +15,8 @@ from datetime import datetime
 from operator import attrgetter
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Engine, func, select
 
-from exporter.db.bulk import insert_many
 from exporter.db.engine import connect
 from exporter.db.schema import (
     LOCK_TRACKED,
@@ -26,21 +25,19 @@ from exporter.db.schema import (
     owner_accounts,
 )
 from exporter.errors import TapkeyError
-from exporter.kinds import ChangeType, OwnerStatus
+from exporter.kinds import OwnerStatus
 from exporter.results import Counts, OwnerOutcome, RunResult
 from exporter.sync import health as lock_health
 from exporter.sync.batches import Batching, WriteGroup
 from exporter.sync.crawl import InventorySource, crawl
 from exporter.sync.guard import RemovalGuard
 from exporter.sync.owners import OwnerLedger
+from exporter.sync.plan import diff_owner
 from exporter.sync.versions import (
     LOCK_CURRENT_ONLY,
-    changed_fields,
-    close_versions,
     load_locks,
-    open_created_versions,
     present_by_owner,
-    version_row,
+    write_diff,
 )
 from exporter.tapkey.records import LockRecord, OwnerLocks
 
@@ -217,50 +214,38 @@ class LockSync:
         # changed, moved in, restored). Into a table that was empty when the run began nothing
         # needs loading: a lock this run already wrote is in `seen`, and was skipped above.
         stored = load_locks(conn, [r.id for r in records]) if self.had_locks and records else {}
-        new_rows: list[tuple[Any, ...]] = []
-        versions: list[dict[str, Any]] = []
-        changed: dict[str, list[dict[str, Any]]] = {"updated": [], "restored": [], "refresh": []}
-        run_id = self.run_id
-        for record in records:
-            old = stored.get(record.id)
-            if old is None:
-                counts.created += 1
-                new_rows.append(
-                    (record.id, owner_id, *_TRACKED_REST(record), *_CURRENT(record), t, t)
-                )
-                if self.dry_run:
-                    self.note("lock", record.id, ChangeType.CREATED, owner_id, title=record.title)
-                continue
-            values = _lock_values(record, owner_id)
-            current = {name: getattr(record, name) for name in LOCK_CURRENT_ONLY}
-            fields = changed_fields(old, values, LOCK_TRACKED)
-            if old["removed_at"] is None and not fields:
-                if any(old[name] != value for name, value in current.items()):
-                    changed["refresh"].append({"b_id": record.id, **current})
-                counts.unchanged += 1
-                continue
-            kind = ChangeType.RESTORED if old["removed_at"] is not None else ChangeType.UPDATED
-            setattr(counts, kind, getattr(counts, kind) + 1)
-            changed[kind].append(
-                {"b_id": record.id, **values, **current, "removed_at": None, "updated_at": t}
-            )
-            versions.append(version_row(record.id, values, t, kind, fields, self.run_id))
-            self.note("lock", record.id, kind, owner_id, fields, title=record.title)
-        wrote = bool(new_rows or versions or any(changed.values()) or (self.health and records))
+        diff = diff_owner(
+            records,
+            stored,
+            tracked=LOCK_TRACKED,
+            values=lambda record: _lock_values(record, owner_id),
+            current=_current_values,
+        )
+        counts.add(diff.counts())
+        new_rows = [
+            (record.id, owner_id, *_TRACKED_REST(record), *_CURRENT(record), t, t)
+            for record in diff.created
+        ]
+        if self.dry_run:
+            for record, kind, fields in diff.in_order(records):
+                self.note("lock", record.id, kind, owner_id, fields, title=record.title)
+        wrote = bool(diff.created or diff.changes or diff.refresh or (self.health and records))
         if not wrote or self.dry_run:
             return counts, False
-        reopened = [row["b_id"] for row in changed["updated"] + changed["restored"]]
-        close_versions(conn, bound_lock_versions, reopened, t)
-        insert_many(conn, bound_locks, _NEW_LOCK_COLUMNS, new_rows)
-        for rows in changed.values():
-            if rows:
-                conn.execute(update(bound_locks).where(bound_locks.c.id == bindparam("b_id")), rows)
-        if new_rows:
-            open_created_versions(conn, owner_id, t, run_id)
+        write_diff(
+            conn,
+            diff,
+            new_rows,
+            owner_id=owner_id,
+            t=t,
+            run_id=self.run_id,
+            current=bound_locks,
+            versions=bound_lock_versions,
+            tracked=LOCK_TRACKED,
+            new_columns=_NEW_LOCK_COLUMNS,
+        )
         if self.health:
-            lock_health.store_readings(conn, records, seen_at=t, run_id=run_id)
-        if versions:
-            conn.execute(insert(bound_lock_versions), versions)
+            lock_health.store_readings(conn, records, seen_at=t, run_id=self.run_id)
         return counts, True
 
     def _mark_seen(self, ids: Sequence[str]) -> set[str]:
@@ -281,6 +266,10 @@ class LockSync:
         )
         self.also_listed[owner_id] = note
         log.warning("owner %s: %s", owner_id, note)
+
+
+def _current_values(record: LockRecord) -> dict[str, Any]:
+    return {name: getattr(record, name) for name in LOCK_CURRENT_ONLY}
 
 
 def _lock_values(record: LockRecord, owner_id: str) -> dict[str, Any]:

@@ -12,7 +12,8 @@ How a run reads one owner's log:
    Tapkey stamped shortly before W but listed only after the last run read (an upload being
    committed, equal timestamps); entries already stored are dropped by id. An entry arriving
    late for an old `lockTimestamp` has a new `receivedAt`, so it is read like any other.
-2. **Unfiltered** when the server answers 400 to that filter: the refusal is remembered in the
+2. **Unfiltered** when the server answers 400 to that filter (a 400 to a too large `$top` is
+   told apart: see exporter.sync.log_paging): the refusal is remembered in the
    watermark row and the filter is tried again after `FILTER_RETRY` (a day). The list is paged
    from the stored position of the watermark entry (`list_position`): the first row there must be
    that entry, and what follows is new. Without a position, or when that row is another one (the
@@ -42,7 +43,7 @@ from typing import Any, Protocol
 from sqlalchemy import Connection, delete, insert, or_, select, update
 
 from exporter.db.schema import log_entries, log_entry_watermarks
-from exporter.errors import ApiError, AuthError, Interrupted, TapkeyError
+from exporter.errors import AuthError, Interrupted, TapkeyError
 from exporter.sync.log_paging import (
     FILTER_RETRY,
     LogEntry,
@@ -52,6 +53,7 @@ from exporter.sync.log_paging import (
     next_watermark,
     read_rows,
 )
+from exporter.tapkey.paging import TopRejected
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,8 @@ class LogSource(Protocol):
     def page_size(self) -> int: ...
 
     def log_entries_page(self, owner_id: str, params: Mapping[str, str]) -> str: ...
+
+    def page_size_refused(self, refused: int, top: int) -> None: ...
 
 
 # -- reading and writing one run's logs ----------------------------------------------------------
@@ -217,20 +221,46 @@ def read_logs(
 
 
 def _fetch_first(source: LogSource, owner_id: str, pager: LogPager) -> _First:
-    request = pager.first()
-    try:
-        return _First(pager, request, source.log_entries_page(owner_id, request.params), 1)
-    except ApiError as exc:
-        if exc.status != 400 or not request.filtered or "$filter" not in request.params:
-            raise
-    log.info(
-        "owner %s: the API refused the receivedAt filter (HTTP 400); paging the log without "
-        "it (tried again after %s)",
-        owner_id,
-        FILTER_RETRY,
-    )
-    request = pager.filter_refused()
-    return _First(pager, request, source.log_entries_page(owner_id, request.params), 2)
+    request, text, sent = _get_page(source, owner_id, pager, pager.first())
+    return _First(pager, request, text, sent)
+
+
+def _get_page(
+    source: LogSource, owner_id: str, pager: LogPager, request: Request
+) -> tuple[Request, str, int]:
+    """`request`'s page, asked again as the pager decides after a 400 (LogPager.refused): the
+    request answered, its body and the requests sent. A smaller `$top` that was answered is
+    kept for every later list (the client's paging facts, stored with the run)."""
+    asked, sent = int(request.params["$top"]), 0
+    while True:
+        sent += 1
+        try:
+            text = source.log_entries_page(owner_id, request.params)
+        except TopRejected as exc:
+            following = pager.refused(request, exc.limit)
+            if following is None:
+                raise exc.error from None
+            if request.filtered and not following.filtered:
+                log.info(
+                    "owner %s: the API refused the receivedAt filter (HTTP 400); paging the "
+                    "log without it (tried again after %s)",
+                    owner_id,
+                    FILTER_RETRY,
+                )
+            else:
+                log.info(
+                    "owner %s: the API refused $top=%s (HTTP 400); asking for %s",
+                    owner_id,
+                    request.params["$top"],
+                    following.params["$top"],
+                )
+            request = following
+            continue
+        pager.answered(request)
+        top = int(request.params["$top"])
+        if top < asked:
+            source.page_size_refused(asked, top)
+        return request, text, sent
 
 
 def _read_owner(
@@ -277,9 +307,8 @@ def _read_owner(
             return
         if stop.is_set():
             raise Interrupted
-        request = decision.next
-        text = source.log_entries_page(owner_id, request.params)
-        outcome.requests += 1
+        request, text, sent = _get_page(source, owner_id, pager, decision.next)
+        outcome.requests += sent
 
 
 def _event_time(entry: LogEntry) -> datetime:

@@ -12,6 +12,15 @@ previous page's last row, or at a page shorter than `$top` whose last entry is t
 entry (nothing new). A server that caps `$top` silently can make that last rule end a read early,
 but never past an entry it did not return: the next run starts before it. A rerun with nothing
 new costs one request per owner; one with new entries a request more than their pages.
+
+A 400 means one of two things (`LogPager.refused`): a `$top` above the server's maximum (OData's
+MaxTop; its message states the limit), or a `receivedAt` filter the server cannot apply. A 400
+that states a maximum `$top` is about the `$top`: the same page is asked again at that size
+(without a stated limit, at half the size, down to 2), as the lock lists do
+(exporter.tapkey.paging, rule 8); pages already read stay read, so nothing is lost. A 400 to the
+first, filtered request that states no limit is taken for a refused filter: the log is paged
+without it. Should that page be refused too, the `$top` was at fault: it is halved, and once a
+smaller page is answered the filter's refusal is not kept (the next run asks with it again).
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from exporter.tapkey.fields import (
     str_field,
 )
 from exporter.tapkey.page_text import split_array
+from exporter.tapkey.paging import smaller_top
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +206,8 @@ class LogPager:
         # When the server last refused the filter, as the watermark should keep it.
         self.refused_at = None if self.use_filter else refused
         self.restarts = 0
+        # The $top at which this read took a 400 that stated no limit for a refused filter.
+        self._doubted_at: int | None = None
         self.ordered = True  # rows so far came in (receivedAt) order
         self.newest: tuple[datetime, str] | None = None  # newest entry key seen in this read
         self.position: int | None = None  # rows of the unfiltered list up to `newest`
@@ -217,6 +229,32 @@ class LogPager:
         self.use_filter = False
         self.refused_at = self.now
         return self._unfiltered_start()
+
+    def refused(self, request: Request, limit: int | None) -> Request | None:
+        """What to ask after a 400 to `request` (`limit`: the maximum `$top` its message stated,
+        if any), or None when nothing helps (the 400 fails the owner's log).
+
+        See the module docstring: a stated limit means the `$top`; an unstated one on the first
+        filtered request means the filter; otherwise the `$top` is halved.
+        """
+        first_filtered = request.filtered and request.skip == 0 and request.anchor is None
+        if limit is None and first_filtered and self.use_filter:
+            self._doubted_at = self.top
+            return self.filter_refused()
+        smaller = smaller_top(self.top, limit)
+        if smaller is None:
+            return None
+        self.top = smaller
+        params = {k: v for k, v in request.params.items() if k not in ("$top", "$skip")}
+        return self._request(request.skip, params, filtered=request.filtered, anchor=request.anchor)
+
+    def answered(self, request: Request) -> None:
+        """`request` was answered: if it came after the filter was taken for refused and the
+        `$top` was then lowered, that 400 may have been the `$top`'s, so the refusal is not kept
+        (the next run asks with the filter again, at the smaller `$top`)."""
+        doubted = self._doubted_at
+        if doubted is not None and int(request.params["$top"]) < doubted:
+            self.refused_at, self._doubted_at = None, None
 
     def _unfiltered_start(self) -> Request:
         position, last_id = self.watermark.list_position, self.watermark.last_id

@@ -11,8 +11,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Table, func, insert, literal, select, update
+from sqlalchemy import Connection, String, Table, bindparam, func, insert, literal, select, update
 
+from exporter.db.bulk import insert_many
 from exporter.db.inlists import chunks
 from exporter.db.schema import (
     LOCK_TRACKED,
@@ -25,6 +26,10 @@ from exporter.db.schema import (
     sync_runs,
 )
 from exporter.db.types import UTCDateTime
+from exporter.kinds import ChangeType
+from exporter.sync.plan import OwnerDiff
+
+_REOPENED = (ChangeType.UPDATED, ChangeType.RESTORED)  # versions that carry changed_fields
 
 # Lock columns kept current only: a change to them rewrites the row but makes no version.
 LOCK_CURRENT_ONLY = ("lock_id_hex", "rcl_serial_no", "rcl_date", "raw")
@@ -82,7 +87,7 @@ def version_row(
         "valid_from": t,
         "valid_to": None,
         "change_type": change_type,
-        "changed_fields": list(fields or ()) if change_type in ("updated", "restored") else None,
+        "changed_fields": list(fields or ()) if change_type in _REOPENED else None,
         "removal_reason": None,
         "run_id": run_id,
     }
@@ -245,7 +250,7 @@ def open_created_versions(
         current.c.id,
         *(current.c[name] for name in tracked),
         literal(t, UTCDateTime()).label("valid_from"),
-        literal("created").label("change_type"),
+        literal(ChangeType.CREATED, String()).label("change_type"),
         literal(run_id).label("run_id"),
     ).where(current.c.owner_account_id == owner_id, current.c.first_seen_at == t)
     columns = ["id", *tracked, "valid_from", "change_type", "run_id"]
@@ -269,7 +274,7 @@ def remove_rows(
             current.c.id,
             *(current.c[name] for name in tracked),
             literal(t, UTCDateTime()).label("valid_from"),
-            literal("removed").label("change_type"),
+            literal(ChangeType.REMOVED, String()).label("change_type"),
             literal(reason).label("removal_reason"),
             literal(run_id).label("run_id"),
         ).where(current.c.id.in_(chunk))
@@ -279,3 +284,42 @@ def remove_rows(
             )
         )
         conn.execute(update(current).where(current.c.id.in_(chunk)).values(removed_at=t))
+
+
+def write_diff(
+    conn: Connection,
+    diff: OwnerDiff[Any],
+    new_rows: Sequence[tuple[Any, ...]],
+    *,
+    owner_id: str,
+    t: datetime,
+    run_id: int,
+    current: Table,
+    versions: Table,
+    tracked: Sequence[str],
+    new_columns: tuple[str, ...],
+) -> None:
+    """Write one owner's diff (exporter.sync.plan.diff_owner) at `t`: `new_rows` (its created
+    rows, in `new_columns` order) with their `created` versions, updated and restored rows with
+    new versions, refreshed rows without."""
+    close_versions(conn, versions, [change.record.id for change in diff.changes], t)
+    insert_many(conn, current, new_columns, new_rows)
+    by_id = update(current).where(current.c.id == bindparam("b_id"))
+    for kind in (ChangeType.UPDATED, ChangeType.RESTORED):
+        rows = [
+            {"b_id": c.record.id, **c.values, **c.current, "removed_at": None, "updated_at": t}
+            for c in diff.of(kind)
+        ]
+        if rows:
+            conn.execute(by_id, rows)
+    if diff.refresh:
+        conn.execute(by_id, [{"b_id": record.id, **now} for record, now in diff.refresh])
+    if new_rows:
+        open_created_versions(
+            conn, owner_id, t, run_id, current=current, versions=versions, tracked=tracked
+        )
+    if diff.changes:
+        rows = [
+            version_row(c.record.id, c.values, t, c.kind, c.fields, run_id) for c in diff.changes
+        ]
+        conn.execute(insert(versions), rows)

@@ -36,7 +36,6 @@ from exporter.tapkey.paging import (
     ListRead,
     PagingCheck,
     PagingFacts,
-    TopRejected,
     confirms_end,
     read_list,
 )
@@ -70,7 +69,8 @@ class TapkeyClient:
         clock: Callable[[], float] = time.monotonic,
         stop: threading.Event | None = None,
     ) -> None:
-        """`workers`: threads sharing the client (the connection pool's size); `session`,
+        """`workers`: page requests in flight at once (threads sharing the client may be twice
+        as many: see `_page_getter`; the connection pool holds that many); `session`,
         `sleep` and `clock` are for tests; once `stop` is set no request is sent. Options left
         out take their defaults (those of `[tapkey]`)."""
         pages = pages or PageLimits()
@@ -92,6 +92,11 @@ class TapkeyClient:
         self.paging = PagingFacts(pages.page_size)
         self._sleep = sleep
         self._max_restarts = max(0, pages.max_restarts)
+        # Page requests in flight, at most `workers`. A list's confirming request (the one after
+        # its short page, which holds the overlap row only, unless the server caps pages) takes
+        # no slot, so a crawl on 2 x workers threads sends it while `workers` pages are in
+        # flight: a first load's confirmations cost no time of their own (exporter.sync.crawl).
+        self._slots = threading.BoundedSemaphore(max(1, workers))
 
     # -- public API ------------------------------------------------------------------------------
 
@@ -260,16 +265,17 @@ class TapkeyClient:
     def log_entries_page(self, owner_id: str, params: Mapping[str, str]) -> str:
         """One page of an owner's log entries, the body as sent (see exporter.sync.log_entries).
 
-        `params` are the OData options (`$top`, `$skip`, `$filter`). A 400 is an ApiError with
-        status 400; a 403 is a PermissionDeniedError naming scope read:logs.
+        `params` are the OData options (`$top`, `$skip`, `$filter`). A 400 is TopRejected (with
+        the maximum `$top` its message states, if any): the log reader tells a refused `$top`
+        from a refused `$filter`. A 403 is a PermissionDeniedError naming scope read:logs.
         """
         path = f"/api/v1/Owners/{quote(owner_id, safe='')}/LogEntries"
-        try:
-            return self._transport.get_text(Target(path, owner_id, LOGS_SCOPE), dict(params), [0])
-        except TopRejected as exc:
-            # The log reader decides what a 400 means (a refused $filter); its $top is the one
-            # the lock lists settled on (page_size).
-            raise exc.error from None
+        return self._transport.get_text(Target(path, owner_id, LOGS_SCOPE), dict(params), [0])
+
+    def page_size_refused(self, refused: int, top: int) -> None:
+        """`$top=refused` got a 400 and `$top=top` an answer (the log reader stepped down):
+        every later list asks for at most `top`, and the database keeps it."""
+        self.paging.stepped_down(refused, top)
 
     # -- paging ----------------------------------------------------------------------------------
 
@@ -316,14 +322,24 @@ class TapkeyClient:
         counter: list[int],
         known: KnownTexts,
     ) -> Callable[[int, int], tuple[list[str | None], list[tuple[Any, str]]]]:
+        # Whether the next request confirms a short page, and whether this list had one already:
+        # only the first takes no slot, so a server that caps pages gets `workers` at a time.
+        confirming = [False, False]
+
         def get_page(skip: int, top: int) -> tuple[list[str | None], list[tuple[Any, str]]]:
             query = {**params, "$top": str(top), "$skip": str(skip)}
-            text = self._transport.get_text(target, query, counter)
+            if confirming[0]:
+                confirming[1] = True
+                text = self._transport.get_text(target, query, counter)
+            else:
+                with self._slots:
+                    text = self._transport.get_text(target, query, counter)
             page = known.page(text, skip, top) if known else None
-            if page is not None:
-                return page
-            elements = split_array(text, f"GET {target.path}")
-            return [element_id(value) for value, _ in elements], elements
+            if page is None:
+                elements = split_array(text, f"GET {target.path}")
+                page = [element_id(value) for value, _ in elements], elements
+            confirming[0] = len(page[1]) < top and not confirming[1]
+            return page
 
         return get_page
 

@@ -126,7 +126,9 @@ class Transport:
             session = requests.Session()
             # No netrc or CA bundle from the environment; the proxy comes in as a setting.
             session.trust_env = False
-            adapter = HTTPAdapter(pool_connections=2, pool_maxsize=max(1, workers), max_retries=0)
+            # Pages, and as many requests confirming lists' ends (TapkeyClient's page slots).
+            connections = 2 * max(1, workers)
+            adapter = HTTPAdapter(pool_connections=2, pool_maxsize=connections, max_retries=0)
             session.mount("https://", adapter)
             session.mount("http://", adapter)
         self._session = session

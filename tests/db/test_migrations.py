@@ -34,6 +34,7 @@ from exporter.errors import SchemaVersionError
 from exporter.sandbox.server import Sandbox
 from exporter.service import job
 from exporter.sync.engine import sync
+from exporter.sync.options import SyncOptions
 from exporter.tapkey.fields import MAX_ELEMENT_BYTES
 from exporter.tapkey.records import MAX_FIELD_LENGTHS
 
@@ -217,7 +218,8 @@ def test_upgrading_from_0003_keeps_the_data_and_then_takes_long_values(
             settings = make_settings(fake, empty_db_url, tmp_path, expand_health=True)
             for _ in range(2):
                 with job.make_client(settings) as client:
-                    sync(engine=engine, source=client, client_id="sandbox-client", health=True)
+                    options = SyncOptions(health=True)
+                    sync(engine=engine, source=client, client_id="sandbox-client", options=options)
                 fake.advance(changes=3)
             _migrate(engine, "0003", down=True)
             before = _contents(engine)

@@ -45,6 +45,7 @@ from exporter.db.engine import make_engine
 from exporter.db.schema import sync_runs
 from exporter.db.writer_lock import MYSQL_LOCK_WAIT_TIMEOUT, WriterLock
 from exporter.errors import LockHeldError
+from exporter.results import Counts, RunResult
 from exporter.sandbox.server import Fault, Sandbox, SandboxRequest
 from exporter.service import job, observability, scheduler
 from exporter.sync.run_records import ABANDONED
@@ -204,7 +205,8 @@ def assert_metrics_match(daemon: Daemon, engine: Engine) -> None:
     assert metrics[("tapkey_exporter_run_duration_seconds_count", ())] == len(rows)
     for kind in ("created", "updated", "removed", "restored"):
         written = sum(row[kind] or 0 for row in rows)
-        assert metrics[("tapkey_exporter_changes_total", (("kind", kind),))] == written, kind
+        labels = (("entity", "locks"), ("kind", kind))
+        assert metrics[("tapkey_exporter_changes_total", labels)] == written, kind
     requests_sent = sum(row["api_requests"] or 0 for row in rows)
     assert metrics[("tapkey_exporter_api_requests_total", ())] == requests_sent
 
@@ -569,6 +571,28 @@ def test_the_trigger_follows_the_schedule_settings(tmp_path: Path) -> None:
     after = datetime(2025, 1, 10, 12, 0, tzinfo=UTC)
     # 02:30 in Vienna in winter is 01:30 UTC.
     assert cron.get_next_fire_time(None, after) == datetime(2025, 1, 11, 1, 30, tzinfo=UTC)
+
+
+def test_the_changes_metric_counts_every_entity_by_kind() -> None:
+    metrics = observability.Metrics()
+    result = RunResult(
+        1,
+        "succeeded",
+        "schedule",
+        datetime.now(UTC),
+        counts=Counts(created=2, removed=1),
+        access={"contacts": Counts(created=4), "grants": Counts(updated=3)},
+    )
+    metrics.record_run(result, status="succeeded", duration=1.0)
+    metrics.record_run(result, status="succeeded", duration=1.0)
+
+    def changes(entity: str, kind: str) -> float | None:
+        labels = {"entity": entity, "kind": kind}
+        return metrics.registry.get_sample_value("tapkey_exporter_changes_total", labels)
+
+    assert (changes("locks", "created"), changes("locks", "removed")) == (4, 2)
+    assert (changes("contacts", "created"), changes("grants", "updated")) == (8, 6)
+    assert (changes("cards", "created"), changes("grants", "restored")) == (0, 0)
 
 
 def test_healthz_reads_the_database(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,6 +27,7 @@ from exporter.errors import ClientMismatchError
 from exporter.results import RunResult
 from exporter.sandbox.server import Fault, Sandbox, SandboxRequest
 from exporter.service import job
+from exporter.sync import crawl
 from exporter.sync.versions import load_live_raw
 
 
@@ -125,6 +127,20 @@ def test_unchanged_rerun_writes_no_versions_and_rewrites_no_lock_rows(
     }
     assert last_seen == {o: at for o, (_, _, at) in fetched.items()}
     assert all(second.started_at < at < (second.finished_at or at) for at in last_seen.values())
+    # The stored texts of these small owners came in one statement, not one per owner.
+    parts = [re.split(r"\sfrom\s", s, maxsplit=1) for s in statements if s.startswith("select")]
+    texts = [p for p in parts if "raw" in p[0] and p[1].startswith("bound_locks")]
+    assert len(texts) == 1, texts
+
+
+def test_stored_texts_are_read_in_batches_of_small_owners_and_alone_for_large_ones() -> None:
+    stored = {"a": 3, "b": 0, "c": 150, "d": 40, "e": 40, "f": 40, "g": 1}
+    plan = crawl.plan_text_batches(list("abcdefgh"), stored, small=100, owners=2, locks=90)
+    # b and h have nothing stored: no read; c is large; d+e reach 80 locks, f would pass 90.
+    assert plan == [["a"], ["c"], ["d", "e"], ["f", "g"]]
+    assert crawl.plan_text_batches(list("ag"), stored, small=100, owners=5, locks=90) == [
+        ["a", "g"]
+    ]
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from exporter.db import indexes, migrate
 from exporter.db.engine import backend, connect
 from exporter.db.schema import bound_locks, sync_run_owners, sync_runs
 from exporter.results import RunResult, SyncProgress
-from exporter.sandbox.server import Sandbox
+from exporter.sandbox.server import Sandbox, SandboxRequest
 from exporter.service import job
 from exporter.sync.batches import Batching, WriteGroup
 
@@ -287,3 +287,32 @@ def test_tables_with_rows_keep_their_indexes(engine: Engine) -> None:
 
 
 _T = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def test_a_first_loads_confirming_request_does_not_hold_up_the_next_owner(
+    db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    # Two workers: the confirming request of an owner's short list (nothing is stored, so the
+    # end is confirmed at once) goes out while the next owners' first pages are in flight.
+    # Lists longer than the owner list: no page seen yet proves where they end.
+    first_pages = threading.Event()
+    overlapped: list[bool] = []
+
+    def hook(request: SandboxRequest) -> None:
+        if request.route != "locks":
+            return
+        if not request.skip:
+            if request.number > 2:  # a first page after the first two owners'
+                first_pages.set()
+        else:  # a confirming request
+            overlapped.append(first_pages.wait(timeout=5))
+
+    with Sandbox(seed=4, owners=4, locks_per_owner=5) as fake:
+        fake.hooks.append(hook)
+        result = job.run_once(make_settings(fake, db_url, tmp_path, workers=2))
+        requests = fake.requests["locks"]
+
+    assert result.status == "succeeded" and result.counts.created == 20
+    assert overlapped and all(overlapped)
+    assert requests == 8  # each list's page and the request confirming its end
+    assert_history_consistent(engine)

@@ -254,6 +254,52 @@ def test_a_server_capping_top_silently_loses_nothing(
         assert_exact(engine, fake)
 
 
+@pytest.mark.parametrize(
+    ("states_limit", "filter_works"),
+    [
+        pytest.param(True, True, id="limit-stated"),
+        pytest.param(False, True, id="no-limit"),
+        pytest.param(True, False, id="limit-stated-filter-refused"),
+        pytest.param(False, False, id="no-limit-filter-refused"),
+    ],
+)
+def test_a_log_refusing_a_large_top_steps_down_and_loses_nothing(
+    db_url: str, engine: Engine, tmp_path: Path, states_limit: bool, filter_works: bool
+) -> None:
+    # The lock lists take $top 10; LogEntries answers OData's MaxTop 400 above 4. The log reader
+    # asks again with a smaller $top instead of failing the owner's log, and keeps the filter
+    # unless the server refuses the filter too.
+    with Sandbox(
+        seed=6,
+        owners=3,
+        locks_per_owner=3,
+        log_entries_per_owner=25,
+        received_at_filter=filter_works,
+    ) as fake:
+        fake.refuse_top, fake.refuse_top_routes = 4, frozenset({"logs"})
+        fake.refuse_top_states_limit = states_limit
+        tops: list[int | None] = []
+        fake.hooks.append(
+            lambda request: tops.append(request.top) if request.route == "logs" else None
+        )
+        settings = settings_for(fake, db_url, tmp_path, page_size=10)
+        result = run(settings)
+        assert (result.status, result.log_failures) == ("succeeded", {})
+        assert_exact(engine, fake)
+        owner = fake.owners_payload()[2]["id"]
+        fake.append_log_entries(owner, 7)
+        tops.clear()
+        result = run(settings, NOW + timedelta(hours=1))
+        assert result.log_entries == 7
+        assert_exact(engine, fake)
+        assert tops and max(t or 0 for t in tops) <= 4  # the smaller $top was kept: no 400
+        # A refused filter is remembered (without a stated limit, from the second run on: in
+        # the first, a smaller $top cured the 400s, so the filter's refusal was unproven).
+        with engine.connect() as conn:
+            refused = set(conn.execute(select(log_entry_watermarks.c.filter_refused_at)).scalars())
+        assert (refused == {None}) == filter_works
+
+
 # -- failures -------------------------------------------------------------------------------------
 
 
@@ -622,6 +668,48 @@ def test_the_watermark_waits_for_the_end_of_an_unordered_read() -> None:
     assert next_watermark(pager, written, done=False) == Watermark(filter_refused_at=None)
     done = next_watermark(pager, written, done=True)
     assert (done.received_at, done.last_id) == (T0 + timedelta(minutes=7), "e007")
+
+
+def test_a_400_stating_a_limit_asks_for_the_same_page_at_that_size() -> None:
+    pager = _pager(Watermark(T0 + timedelta(minutes=30), "e030"))
+    decision = pager.page(pager.first(), [_row(n) for n in (27, 28, 29, 30)])
+    assert decision.next is not None
+    again = pager.refused(decision.next, 3)
+    assert again is not None and pager.use_filter
+    assert (again.skip, again.anchor, again.filtered) == (3, "e030", True)
+    assert again.params == {**decision.next.params, "$top": "3"}
+    assert pager.refused(again, None) is None  # half of 3 is below 2: the owner's log fails
+
+
+def test_a_400_without_a_limit_past_the_first_request_halves_the_top() -> None:
+    pager = _pager()
+    decision = pager.page(pager.first(), [_row(n) for n in range(4)])
+    assert decision.next is not None
+    smaller = pager.refused(decision.next, None)
+    assert smaller is not None and smaller.filtered and pager.refused_at is None
+    assert smaller.params == {**decision.next.params, "$top": "2"}
+    follow = pager.page(smaller, [_row(3), _row(4)])  # a page of the new $top is full
+    assert follow.next is not None and follow.next.params["$top"] == "2"
+
+
+def test_a_400_without_a_limit_to_the_first_request_is_a_refused_filter() -> None:
+    pager = _pager()
+    unfiltered = pager.refused(pager.first(), None)
+    assert unfiltered is not None and not unfiltered.filtered
+    assert unfiltered.params == {"$top": "4", "$skip": "0"} and pager.refused_at == T0
+    pager.answered(unfiltered)
+    assert pager.refused_at == T0  # answered at the same $top: the filter it was
+
+
+def test_a_filter_refusal_that_a_smaller_top_cures_is_not_kept() -> None:
+    pager = _pager()
+    unfiltered = pager.refused(pager.first(), None)
+    assert unfiltered is not None
+    smaller = pager.refused(unfiltered, None)  # refused again without the filter: the $top
+    assert smaller is not None and smaller.params == {"$top": "2", "$skip": "0"}
+    pager.answered(smaller)
+    assert pager.refused_at is None
+    assert next_watermark(pager, Watermark(), done=True).filter_refused_at is None
 
 
 # -- settings and check --------------------------------------------------------------------------
