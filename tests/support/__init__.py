@@ -6,5 +6,6 @@ cli.py           the `exporter` command as a subprocess or in-process; one-line 
 http_servers.py  TLS material and a forward proxy for the transport tests
 inventory_data.py  a database filled by a scripted series of runs, for the read side
 sandbox_http.py  tokens and API calls made by hand, for the sandbox's own tests
+tapkey_client.py  lists served by hand and exact-list checks, for the Tapkey client's tests
 doc_sql.py       the SQL of docs/schema.md, read from the page so tests run the documented text
 """
