@@ -7,8 +7,6 @@ drops, and the watermark never runs ahead of what is stored.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import random
@@ -16,58 +14,22 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select, text, update
-from support import doc_sql
-from support.helpers import make_settings, subprocess_env
-from typer.testing import CliRunner
+from sqlalchemy import Engine, select
+from support.helpers import subprocess_env
+from support.log_entries import NOW, SCOPES, _instant, listed_entries, run, settings_for
 
-from exporter import cli
-from exporter.cli import app
 from exporter.config.loader import load_settings
 from exporter.config.sections import SyncSettings
-from exporter.config.settings import Settings
-from exporter.db.engine import make_engine
 from exporter.db.schema import log_entries, log_entry_watermarks
-from exporter.errors import ConfigError, PagingError
-from exporter.read.log_view import LogRow
-from exporter.results import RunResult
+from exporter.errors import ConfigError
 from exporter.sandbox.server import Fault, Sandbox
 from exporter.service import job
 from exporter.service.check import run_checks
-from exporter.sync.log_paging import (
-    MAX_RESTARTS,
-    LogEntry,
-    LogPager,
-    Row,
-    Watermark,
-    next_watermark,
-)
-
-SCOPES = "read:owneraccounts read:core:entities read:logs"
-# A clock for the runs: the sandbox's entries are from around 2025-01-01.
-NOW = datetime(2025, 1, 2, tzinfo=UTC)
-
-
-def settings_for(fake: Sandbox, db_url: str, tmp_path: Path, **tapkey: Any) -> Settings:
-    """Settings that read log entries from `fake` (with scope read:logs)."""
-    options: dict[str, Any] = {"entities": ("locks", "log_entries"), "scopes": SCOPES}
-    return make_settings(fake, db_url, tmp_path, **{**options, **tapkey})
-
-
-def run(settings: Settings, now: datetime = NOW) -> RunResult:
-    """One run-once at `now` (later runs get later instants from the run's clock anyway)."""
-    return job.run_once(settings, now=lambda: now)
-
-
-def _instant(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def stored_entries(engine: Engine) -> dict[tuple[str, str], dict[str, Any]]:
@@ -75,18 +37,6 @@ def stored_entries(engine: Engine) -> dict[tuple[str, str], dict[str, Any]]:
     with engine.connect() as conn:
         rows = conn.execute(select(log_entries)).mappings().all()
     return {(row["owner_account_id"], row["id"]): dict(row) for row in rows}
-
-
-def listed_entries(
-    fake: Sandbox, keep: Callable[[dict[str, Any]], bool] = lambda e: True
-) -> dict[tuple[str, str], dict[str, Any]]:
-    """Every entry the sandbox lists now, by (owner, id)."""
-    return {
-        (owner["id"], entry["id"]): entry
-        for owner in fake.owners_payload()
-        for entry in fake.log_entries_payload(owner["id"])
-        if keep(entry)
-    }
 
 
 def assert_exact(engine: Engine, fake: Sandbox, **kwargs: Any) -> None:
@@ -424,292 +374,6 @@ def test_log_retention_keeps_the_entries_that_happened_within_it(
         again = run(settings, NOW + timedelta(days=5, hours=1))
         assert again.log_entries == 0
         assert set(stored_entries(engine)) == set(kept)
-
-
-# -- the view and the documented query -------------------------------------------------------------
-
-
-def test_lock_openings_daily_counts_trigger_lock_commands_per_lock_and_day(
-    db_url: str, engine: Engine, tmp_path: Path
-) -> None:
-    with Sandbox(seed=9, owners=2, locks_per_owner=4, log_entries_per_owner=80) as fake:
-        run(settings_for(fake, db_url, tmp_path))
-        listed = listed_entries(fake)
-    expected = Counter(
-        (_instant(e["lockTimestamp"]).date().isoformat(), e["boundLockId"])
-        for e in listed.values()
-        if e["logType"] == "Command" and e["command"] == "TriggerLock"
-    )
-    assert any(e["command"] != "TriggerLock" for e in listed.values())  # some are not openings
-    with engine.connect() as conn:
-        viewed = conn.execute(
-            text("SELECT day, bound_lock_id, openings, title FROM lock_openings_daily")
-        ).all()
-        # The example of docs/schema.md, verbatim.
-        queries = doc_sql.queries("`lock_openings_daily`")
-        documented = [conn.execute(text(query)).all() for query in queries]
-    assert {(str(day), lock): n for day, lock, n, _ in viewed} == dict(expected)
-    assert all(title for *_, title in viewed)  # joined to the lock
-    assert documented[0] and all(row for row in documented)
-    total = sum(row.openings for row in documented[0])
-    assert total == sum(n for (day, _), n in expected.items() if day >= "2024-12-01")
-
-
-# -- exporter log ---------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def log_db(db_url: str, engine: Engine, tmp_path: Path) -> tuple[str, dict[tuple[str, str], Any]]:
-    """A database holding one run's log entries; the sandbox's entries by (owner, id)."""
-    with Sandbox(seed=12, owners=2, locks_per_owner=3, log_entries_per_owner=15) as fake:
-        run(settings_for(fake, db_url, tmp_path))
-        return db_url, listed_entries(fake)
-
-
-def _log(db_url: str, tmp_path: Path, *args: str) -> Any:
-    config = tmp_path / "config.toml"
-    config.write_text("")
-    env = {"EXPORTER_CONFIG": str(config), "EXPORTER_DATABASE__URL": db_url}
-    # Tables 250 columns wide: rich fixes the console width when it is created (import time).
-    saved, cli.out.width = cli.out._width, 250
-    try:
-        return CliRunner().invoke(app, ["log", *args], env=env)
-    finally:
-        cli.out._width = saved
-
-
-def _newest_first(entries: Iterable[dict[str, Any]]) -> list[str]:
-    keyed = sorted(
-        entries,
-        key=lambda e: (_instant(e["lockTimestamp"]), _instant(e["receivedAt"]), e["id"]),
-    )
-    # Ties in both times are ordered by id ascending, within the descending order.
-    ordered = sorted(
-        keyed, key=lambda e: (_instant(e["lockTimestamp"]), _instant(e["receivedAt"])), reverse=True
-    )
-    return [e["id"] for e in ordered]
-
-
-def test_log_json_and_csv_list_every_entry_newest_first(
-    log_db: tuple[str, dict[tuple[str, str], Any]], tmp_path: Path
-) -> None:
-    db_url, listed = log_db
-    result = _log(db_url, tmp_path, "--format", "json", "--limit", "0")
-    assert result.exit_code == 0, result.output
-    rows = json.loads(result.stdout)
-    assert [r["id"] for r in rows] == _newest_first(listed.values())
-    for row in rows:
-        entry = listed[(row["owner_account_id"], row["id"])]
-        assert row["command"] == entry["command"] and row["entry_no"] == entry["entryNo"]
-        assert _instant(row["lock_timestamp"]) == _instant(entry["lockTimestamp"])
-        assert row["title"]  # the lock's title, joined
-    csv_result = _log(db_url, tmp_path, "--format", "csv", "--limit", "0")
-    assert csv_result.exit_code == 0
-    csv_rows = list(csv.DictReader(io.StringIO(csv_result.stdout)))
-    assert [r["id"] for r in csv_rows] == [r["id"] for r in rows]
-    assert list(csv_rows[0]) == list(LogRow._fields)
-    three = json.loads(_log(db_url, tmp_path, "--format", "json", "--limit", "3").stdout)
-    assert [r["id"] for r in three] == [r["id"] for r in rows[:3]]
-
-
-def test_log_by_lock_prefix_and_since(
-    log_db: tuple[str, dict[tuple[str, str], Any]], tmp_path: Path
-) -> None:
-    db_url, listed = log_db
-    lock_id = next(iter(listed.values()))["boundLockId"]
-    result = _log(db_url, tmp_path, "--lock", lock_id[:8], "--format", "json", "--limit", "0")
-    assert result.exit_code == 0, result.output
-    of_lock = [e for e in listed.values() if e["boundLockId"] == lock_id]
-    assert [r["id"] for r in json.loads(result.stdout)] == _newest_first(of_lock)
-    since = sorted(_instant(e["lockTimestamp"]) for e in listed.values())[-4]
-    recent = _log(db_url, tmp_path, "--since", since.isoformat(), "--format", "json")
-    assert len(json.loads(recent.stdout)) == 4
-    table = _log(db_url, tmp_path, "--lock", lock_id[:8])
-    assert table.exit_code == 0
-    assert f"{len(of_lock)} log entries" in table.stdout
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--lock", "no-such-lock"], "no bound lock has the id"),
-        (["--since", "yesterday"], "cannot read 'yesterday' as a time"),
-        (["--since", "1d", "--until", "2d"], "swap them"),
-        (["--format", "xml"], "must be one of table, csv, json"),
-    ],
-)
-def test_log_bad_input_is_one_line_and_exit_2(
-    log_db: tuple[str, dict[tuple[str, str], Any]], tmp_path: Path, args: list[str], message: str
-) -> None:
-    result = _log(log_db[0], tmp_path, *args)
-    assert result.exit_code == 2
-    assert message in result.output
-
-
-def test_log_output_escapes_what_the_api_sent(
-    log_db: tuple[str, dict[tuple[str, str], Any]], tmp_path: Path
-) -> None:
-    db_url = log_db[0]
-    engine = make_engine(db_url)
-    try:
-        with engine.begin() as conn:
-            conn.execute(
-                update(log_entries).values(log_type="\x1b[31mRed", command="=HYPERLINK(1)")
-            )
-    finally:
-        engine.dispose()
-    table = _log(db_url, tmp_path, "--limit", "1")
-    assert "\\x1b[31mRed" in table.stdout and "\x1b" not in table.stdout
-    cells = list(csv.DictReader(io.StringIO(_log(db_url, tmp_path, "--format", "csv").stdout)))
-    assert cells[0]["command"] == "'=HYPERLINK(1)"
-    raw = _log(db_url, tmp_path, "--format", "csv", "--csv-raw").stdout
-    assert next(csv.DictReader(io.StringIO(raw)))["command"] == "=HYPERLINK(1)"
-
-
-# -- the pager's decisions, without a server ------------------------------------------------
-
-T0 = datetime(2025, 1, 1, tzinfo=UTC)
-
-
-def _row(n: int, *, at: int | None = None) -> Row:
-    """Entry e<n>, received `at` (default n) minutes after T0."""
-    received = T0 + timedelta(minutes=n if at is None else at)
-    entry = LogEntry(f"e{n:03d}", n, received, received, "L", None, None, "Command", None, "{}")
-    return Row(entry.id, entry)
-
-
-def _pager(watermark: Watermark | None = None, *, now: datetime = T0) -> LogPager:
-    return LogPager(watermark or Watermark(), top=4, now=now, overlap=timedelta(minutes=10))
-
-
-def test_the_first_request_filters_on_the_watermark_minus_the_overlap() -> None:
-    assert _pager().first().params == {
-        "$filter": "receivedAt gt 1970-01-01T00:00:00.000000Z",
-        "$top": "4",
-        "$skip": "0",
-    }
-    mark = Watermark(T0 + timedelta(minutes=30), "e030")
-    assert _pager(mark).first().params["$filter"] == "receivedAt gt 2025-01-01T00:20:00.000000Z"
-
-
-def test_a_refused_filter_is_not_asked_for_again_within_a_day() -> None:
-    mark = Watermark(T0, "e000", list_position=17, filter_refused_at=T0)
-    soon = _pager(mark, now=T0 + timedelta(hours=23)).first()
-    assert (soon.params, soon.anchor) == ({"$top": "4", "$skip": "16"}, "e000")
-    later = _pager(mark, now=T0 + timedelta(days=1)).first()
-    assert "$filter" in later.params
-
-
-@pytest.mark.parametrize(
-    ("rows", "ends", "why"),
-    [
-        pytest.param([], True, "an empty page", id="empty"),
-        pytest.param([_row(28), _row(30)], True, "short, ends at the watermark", id="at-mark"),
-        pytest.param([_row(30), _row(31)], False, "short, with a new entry", id="new"),
-        pytest.param([_row(25), _row(26)], False, "short of the watermark (a cap)", id="capped"),
-        pytest.param([_row(n) for n in (27, 28, 29, 30)], False, "a full page", id="full"),
-    ],
-)
-def test_when_a_filtered_read_ends(rows: list[Row], ends: bool, why: str) -> None:
-    pager = _pager(Watermark(T0 + timedelta(minutes=30), "e030"))
-    decision = pager.page(pager.first(), rows)
-    assert (decision.next is None) == ends, why
-    if decision.next is not None:  # the next page starts at the last row, which must be first
-        assert decision.next.anchor == rows[-1].ident
-        assert decision.next.params["$skip"] == str(len(rows) - 1)
-
-
-def test_pages_overlap_and_a_page_of_only_the_overlap_row_ends_the_read() -> None:
-    pager = _pager()
-    first = pager.page(pager.first(), [_row(n) for n in range(4)])
-    assert first.next is not None
-    last = pager.page(first.next, [_row(3)])
-    assert (last.rows, last.next) == ([], None)
-    assert pager.newest == (T0 + timedelta(minutes=3), "e003")
-
-
-def test_a_list_that_shifted_is_read_again_then_fails() -> None:
-    pager = _pager()
-    request = pager.first()
-    for _ in range(MAX_RESTARTS):
-        decision = pager.page(request, [_row(n) for n in range(4)])
-        assert decision.next is not None
-        decision = pager.page(decision.next, [_row(9), _row(10)])  # not the overlap row
-        assert decision.next is not None and decision.next.skip == 0 and decision.rows == []
-        request = decision.next
-    decision = pager.page(request, [_row(n) for n in range(4)])
-    assert decision.next is not None
-    with pytest.raises(PagingError, match="kept changing"):
-        pager.page(decision.next, [_row(9)])
-
-
-def test_a_server_ignoring_skip_fails_at_once() -> None:
-    pager = _pager()
-    rows = [_row(n) for n in range(4)]
-    decision = pager.page(pager.first(), rows)
-    assert decision.next is not None
-    with pytest.raises(PagingError, match="ignored \\$skip"):
-        pager.page(decision.next, rows)
-
-
-def test_a_stale_position_reads_the_whole_log() -> None:
-    mark = Watermark(T0, "e005", list_position=6, filter_refused_at=T0)
-    pager = _pager(mark, now=T0 + timedelta(hours=1))
-    decision = pager.page(pager.first(), [_row(7), _row(8)])  # e005 is no longer at 6
-    assert decision.next is not None
-    assert (decision.next.skip, decision.next.anchor, pager.restarts) == (0, None, 0)
-
-
-def test_the_watermark_waits_for_the_end_of_an_unordered_read() -> None:
-    written = Watermark()
-    pager = _pager()
-    decision = pager.page(pager.first(), [_row(5), _row(2, at=2), _row(6), _row(7)])
-    assert not pager.ordered and decision.next is not None
-    assert next_watermark(pager, written, done=False) == Watermark(filter_refused_at=None)
-    done = next_watermark(pager, written, done=True)
-    assert (done.received_at, done.last_id) == (T0 + timedelta(minutes=7), "e007")
-
-
-def test_a_400_stating_a_limit_asks_for_the_same_page_at_that_size() -> None:
-    pager = _pager(Watermark(T0 + timedelta(minutes=30), "e030"))
-    decision = pager.page(pager.first(), [_row(n) for n in (27, 28, 29, 30)])
-    assert decision.next is not None
-    again = pager.refused(decision.next, 3)
-    assert again is not None and pager.use_filter
-    assert (again.skip, again.anchor, again.filtered) == (3, "e030", True)
-    assert again.params == {**decision.next.params, "$top": "3"}
-    assert pager.refused(again, None) is None  # half of 3 is below 2: the owner's log fails
-
-
-def test_a_400_without_a_limit_past_the_first_request_halves_the_top() -> None:
-    pager = _pager()
-    decision = pager.page(pager.first(), [_row(n) for n in range(4)])
-    assert decision.next is not None
-    smaller = pager.refused(decision.next, None)
-    assert smaller is not None and smaller.filtered and pager.refused_at is None
-    assert smaller.params == {**decision.next.params, "$top": "2"}
-    follow = pager.page(smaller, [_row(3), _row(4)])  # a page of the new $top is full
-    assert follow.next is not None and follow.next.params["$top"] == "2"
-
-
-def test_a_400_without_a_limit_to_the_first_request_is_a_refused_filter() -> None:
-    pager = _pager()
-    unfiltered = pager.refused(pager.first(), None)
-    assert unfiltered is not None and not unfiltered.filtered
-    assert unfiltered.params == {"$top": "4", "$skip": "0"} and pager.refused_at == T0
-    pager.answered(unfiltered)
-    assert pager.refused_at == T0  # answered at the same $top: the filter it was
-
-
-def test_a_filter_refusal_that_a_smaller_top_cures_is_not_kept() -> None:
-    pager = _pager()
-    unfiltered = pager.refused(pager.first(), None)
-    assert unfiltered is not None
-    smaller = pager.refused(unfiltered, None)  # refused again without the filter: the $top
-    assert smaller is not None and smaller.params == {"$top": "2", "$skip": "0"}
-    pager.answered(smaller)
-    assert pager.refused_at is None
-    assert next_watermark(pager, Watermark(), done=True).filter_refused_at is None
 
 
 # -- settings and check --------------------------------------------------------------------------
