@@ -25,7 +25,7 @@ from exporter.cli.shared import settings as load
 from exporter.config.settings import Settings
 from exporter.config.urls import masked_url
 from exporter.kinds import RunStatus
-from exporter.service import observability
+from exporter.service.logging import run_scope
 
 if TYPE_CHECKING:
     from exporter.results import RunResult, SyncProgress
@@ -131,7 +131,7 @@ def run_once(
     with errors():
         settings = load(config, database_url=database_url, quiet=quiet)
         with (
-            observability.run_scope() as scope,
+            run_scope() as scope,
             _stop_on_signals() as stop,
             _progress_bar(settings, quiet=quiet) as progress,
         ):

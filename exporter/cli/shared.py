@@ -17,7 +17,7 @@ import typer
 from exporter.config.loader import file_permissions_warning, load_settings, resolve_config_path
 from exporter.config.settings import Settings
 from exporter.errors import ExporterError
-from exporter.service import observability
+from exporter.service.logging import setup_logging
 from exporter.terminal import SafeConsole
 
 if TYPE_CHECKING:
@@ -118,7 +118,7 @@ def settings(
     cwd = Path.cwd()
     path = resolve_config_path(config, os.environ, cwd)
     loaded = load_settings(path, env=os.environ, cwd=cwd, overrides=overrides)
-    observability.setup_logging(loaded.logging)
+    setup_logging(loaded.logging)
     if quiet and logging.getLogger().level < logging.WARNING:
         # Cron mails whatever a job prints: --quiet keeps INFO progress lines out of stderr too.
         logging.getLogger().setLevel(logging.WARNING)

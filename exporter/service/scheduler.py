@@ -33,7 +33,9 @@ from exporter.config.settings import Settings
 from exporter.errors import ExporterError, LockHeldError
 from exporter.kinds import RunStatus
 from exporter.results import RunResult
-from exporter.service import job, observability
+from exporter.service import http, job
+from exporter.service.logging import run_scope
+from exporter.service.metrics import Metrics
 from exporter.tapkey.client import TapkeyClient
 
 log = logging.getLogger(__name__)
@@ -73,7 +75,7 @@ class Daemon:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.metrics = observability.Metrics()
+        self.metrics = Metrics()
         self.stop = threading.Event()
         self._idle = threading.Event()
         self._idle.set()
@@ -118,7 +120,7 @@ class Daemon:
         clients: list[TapkeyClient] = []
         result: RunResult | None = None
         started = time.monotonic()
-        with observability.run_scope() as scope:
+        with run_scope() as scope:
             try:
                 result = job.run_once(
                     self.settings,
@@ -236,13 +238,13 @@ def serve(settings: Settings) -> int:
     if settings.http.enabled:
         engine = job.make_engine(settings)
         daemon.metrics.watch_database(engine)
-        app = observability.make_app(
+        app = http.make_app(
             engine,
             daemon.metrics,
             max_age=settings.http.healthz_max_age_seconds,
             live=lambda: not daemon.stop.is_set(),
         )
-        endpoint = observability.HttpEndpoint(app, settings.http.host, settings.http.port)
+        endpoint = http.HttpEndpoint(app, settings.http.host, settings.http.port)
         endpoint.start()
         host, port = endpoint.address
         shown = f"[{host}]" if ":" in host else host

@@ -167,7 +167,7 @@ class DaemonPool:
     """`workers` daemon threads running submitted calls, each in the context it was submitted in.
 
     Unlike a ThreadPoolExecutor, it can be left with calls in flight: its threads never keep the
-    process from exiting. The context carries the run id of the log lines (observability).
+    process from exiting. The context carries the run id of the log lines (service.logging).
     """
 
     def __init__(self, workers: int, name: str) -> None:

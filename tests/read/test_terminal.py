@@ -26,7 +26,7 @@ from exporter import cli, terminal
 from exporter.db.engine import make_engine
 from exporter.db.schema import bound_locks, owner_accounts
 from exporter.sandbox.server import Sandbox
-from exporter.service.observability import JsonFormatter, TextFormatter
+from exporter.service.logging import JsonFormatter, TextFormatter
 
 Cli = Callable[..., CliResult]
 TITLE = "Door \x1b[31mred\x1b[0m \x1b]8;;https://evil.example/\x07link\x1b]8;;\x07 \u202egnp.exe"

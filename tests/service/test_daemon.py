@@ -47,7 +47,9 @@ from exporter.db.writer_lock import MYSQL_LOCK_WAIT_TIMEOUT, WriterLock
 from exporter.errors import LockHeldError
 from exporter.results import Counts, RunResult
 from exporter.sandbox.server import Fault, Sandbox, SandboxRequest
-from exporter.service import job, observability, scheduler
+from exporter.service import http, job, scheduler
+from exporter.service import logging as service_logging
+from exporter.service.metrics import Metrics
 from exporter.sync.run_records import ABANDONED
 
 SERVING = re.compile(r"serving /healthz, /livez and /metrics on http://127\.0\.0\.1:(\d+)")
@@ -574,7 +576,7 @@ def test_the_trigger_follows_the_schedule_settings(tmp_path: Path) -> None:
 
 
 def test_the_changes_metric_counts_every_entity_by_kind() -> None:
-    metrics = observability.Metrics()
+    metrics = Metrics()
     result = RunResult(
         1,
         "succeeded",
@@ -599,7 +601,7 @@ def test_healthz_reads_the_database(
     db_url: str, engine: Engine, tmp_path: Path, sandbox: Sandbox
 ) -> None:
     def health(now: datetime) -> tuple[int, dict[str, Any]]:
-        return observability.health(engine, max_age=3600, now=lambda: now)
+        return http.health(engine, max_age=3600, now=lambda: now)
 
     status, body = health(datetime.now(UTC))
     assert (status, body["reason"]) == (503, "no succeeded run yet")
@@ -625,7 +627,7 @@ def test_healthz_is_503_when_the_database_is_unreachable() -> None:
         port = closed.getsockname()[1]
     engine = make_engine(f"postgresql://nobody@127.0.0.1:{port}/none")
     try:
-        status, body = observability.health(engine, max_age=60, now=lambda: datetime.now(UTC))
+        status, body = http.health(engine, max_age=60, now=lambda: datetime.now(UTC))
     finally:
         engine.dispose()
     assert (status, body) == (503, {"status": "unavailable", "reason": "cannot read the database"})
@@ -637,9 +639,7 @@ def test_livez_asks_only_whether_the_process_serves() -> None:
         port = closed.getsockname()[1]
     engine = make_engine(f"postgresql://nobody@127.0.0.1:{port}/none")  # unreachable
     stopping = threading.Event()
-    app = observability.make_app(
-        engine, observability.Metrics(), max_age=60, live=lambda: not stopping.is_set()
-    )
+    app = http.make_app(engine, Metrics(), max_age=60, live=lambda: not stopping.is_set())
 
     def get(path: str) -> tuple[str, dict[str, Any]]:
         answer: list[str] = []
@@ -662,16 +662,16 @@ def test_every_log_line_of_a_run_carries_its_run_id(fmt: str) -> None:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(
-        observability.JsonFormatter() if fmt == "json" else observability.TextFormatter()
+        service_logging.JsonFormatter() if fmt == "json" else service_logging.TextFormatter()
     )
-    handler.addFilter(observability.RunIdFilter())
+    handler.addFilter(service_logging.RunIdFilter())
     logger = logging.getLogger("exporter.test")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
     try:
         logger.info("before")
-        with observability.run_scope() as scope:
+        with service_logging.run_scope() as scope:
             logger.info("no row yet")
             scope.bind(42)
             logger.info("in the run")
@@ -707,8 +707,8 @@ def test_the_fetch_threads_log_the_run_id_and_the_http_threads_do_not(
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
     unreachable = make_engine(f"postgresql://nobody@127.0.0.1:{port}/none")
-    app = observability.make_app(unreachable, observability.Metrics(), max_age=60)
-    endpoint = observability.HttpEndpoint(app, "127.0.0.1", 0)
+    app = http.make_app(unreachable, Metrics(), max_age=60)
+    endpoint = http.HttpEndpoint(app, "127.0.0.1", 0)
     endpoint.start()
     host, http_port = endpoint.address
 
@@ -720,14 +720,14 @@ def test_the_fetch_threads_log_the_run_id_and_the_http_threads_do_not(
     sandbox.add_fault(Fault(route="locks", status=503))
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(observability.JsonFormatter())
-    handler.addFilter(observability.RunIdFilter())
+    handler.setFormatter(service_logging.JsonFormatter())
+    handler.addFilter(service_logging.RunIdFilter())
     root = logging.getLogger()
     root.addHandler(handler)
     level = root.level
     root.setLevel(logging.INFO)  # a first retry is logged at INFO
     try:
-        with observability.run_scope() as scope:
+        with service_logging.run_scope() as scope:
             result = job.run_once(make_settings(sandbox, db_url, tmp_path), on_started=scope.bind)
     finally:
         root.setLevel(level)

@@ -21,7 +21,7 @@ from support.helpers import subprocess_env
 from exporter.config.sections import LoggingSettings
 from exporter.results import SyncProgress
 from exporter.sandbox.server import Fault, Sandbox
-from exporter.service import observability
+from exporter.service.logging import setup_logging
 from exporter.service.progress import ProgressBar, wanted
 from exporter.terminal import SafeConsole
 
@@ -55,7 +55,7 @@ def restore_logging() -> Iterator[None]:
 def test_log_lines_print_whole_above_the_bar(restore_logging: None) -> None:
     terminal = io.StringIO()
     console = SafeConsole(file=terminal, force_terminal=True, width=100, soft_wrap=True)
-    observability.setup_logging(LoggingSettings(), stream=terminal)
+    setup_logging(LoggingSettings(), stream=terminal)
     [handler] = logging.getLogger().handlers
 
     with ProgressBar(console) as update:

@@ -1,0 +1,146 @@
+"""The daemon's HTTP endpoint: `/healthz`, `/livez` (JSON) and `/metrics` (Prometheus text).
+
+`/healthz` reads the database rather than this process's memory, so a replica that keeps losing
+the writer lock to its peers is still healthy while the database is kept fresh.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import make_wsgi_app
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from exporter.errors import ConfigError, first_line
+from exporter.service.metrics import Metrics, last_success
+
+log = logging.getLogger(__name__)
+
+
+def health(
+    engine: Engine, *, max_age: float, now: Callable[[], datetime]
+) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, JSON body): 200 while the newest succeeded run is younger than `max_age`."""
+    try:
+        with engine.connect() as conn:
+            last = last_success(conn)
+    except SQLAlchemyError as exc:
+        log.warning("healthz: cannot read the database: %s", first_line(exc))
+        return 503, {"status": "unavailable", "reason": "cannot read the database"}
+    body: dict[str, Any] = {"max_age_seconds": max_age}
+    if last is None:
+        return 503, {"status": "stale", "reason": "no succeeded run yet", **body}
+    age = (now() - last).total_seconds()
+    body.update(last_success=last.isoformat().replace("+00:00", "Z"), age_seconds=round(age, 3))
+    if age > max_age:
+        reason = f"the last succeeded run finished {age:.0f} s ago (limit {max_age:g} s)"
+        return 503, {"status": "stale", "reason": reason, **body}
+    return 200, {"status": "ok", **body}
+
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def make_app(
+    engine: Engine,
+    metrics: Metrics,
+    *,
+    max_age: float,
+    live: Callable[[], bool] = lambda: True,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> WsgiApp:
+    """The WSGI app: `/healthz` and `/livez` (JSON), `/metrics` (Prometheus text), else 404.
+
+    `/livez` asks only whether the process serves (`live()`: false once it is shutting down), never
+    Tapkey or the database: a liveness probe on it does not restart pods during an outage.
+    """
+    metrics_app = make_wsgi_app(metrics.registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+        if path == "/healthz":
+            status, body = health(engine, max_age=max_age, now=now)
+        elif path == "/livez":
+            status, body = (200, {"status": "ok"}) if live() else (503, {"status": "stopping"})
+        else:
+            error = {"error": "try /healthz, /livez or /metrics"}
+            return _json(start_response, "404 Not Found", error)
+        phrase = "OK" if status == 200 else "Service Unavailable"
+        return _json(start_response, f"{status} {phrase}", body)
+
+    return app
+
+
+def _json(start_response: Callable[..., Any], status: str, body: dict[str, Any]) -> list[bytes]:
+    data = json.dumps(body).encode() + b"\n"
+    headers = [
+        ("Content-Type", "application/json"),
+        ("Content-Length", str(len(data))),
+        ("Cache-Control", "no-store"),
+    ]
+    start_response(status, headers)
+    return [data]
+
+
+class _Handler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        # Probes arrive every few seconds: keep access lines out of the log unless debugging.
+        log.debug("http %s " + format, self.address_string(), *args)
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class HttpEndpoint:
+    """Serves a WSGI app on `host:port` from a daemon thread."""
+
+    def __init__(self, app: WsgiApp, host: str, port: int) -> None:
+        try:
+            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+            server_class = _Server6 if family == socket.AF_INET6 else _Server
+            self._server = make_server(host, port, app, server_class, _Handler)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on [http] listen {host}:{port}: {exc.strerror or exc}; "
+                "pick a free port or an address of this host"
+            ) from None
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.5},
+            name="http-endpoint",
+            daemon=True,
+        )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound (host, port); the port is the real one when 0 was asked for."""
+        host, port = self._server.server_address[:2]
+        return (host if isinstance(host, str) else host.decode()), int(port)
+
+    def start(self) -> None:
+        """Start serving in the background."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join(timeout=5)
+        self._server.server_close()
