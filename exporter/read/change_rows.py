@@ -23,7 +23,7 @@ from exporter.db.schema import (
     contact_versions,
     grant_versions,
 )
-from exporter.kinds import ChangeType
+from exporter.kinds import ChangeEntity, ChangeType
 from exporter.read.inventory import Row, id_order
 from exporter.read.streaming import stream
 
@@ -45,7 +45,8 @@ class ChangeRow:
     """One version of an entity (a lock, an owner account, a contact, a card or a grant), with
     what changed against the previous one."""
 
-    entity: str  # "owner", "lock", "contact", "card" or "grant"
+    # A ChangeEntity as plain str: the CSV writer takes columns of exact str on its fast path.
+    entity: str
     version_id: int
     id: str
     changed_at: datetime
@@ -80,9 +81,9 @@ class AccessHistory:
 
 # By the entity's name in the change feed (the singular of `[tapkey] entities`).
 ACCESS_HISTORIES: dict[str, AccessHistory] = {
-    "contact": AccessHistory(contact_versions, CONTACT_TRACKED, "title"),
-    "card": AccessHistory(bound_card_versions, CARD_TRACKED, "title"),
-    "grant": AccessHistory(grant_versions, GRANT_TRACKED, None),
+    ChangeEntity.CONTACT: AccessHistory(contact_versions, CONTACT_TRACKED, "title"),
+    ChangeEntity.CARD: AccessHistory(bound_card_versions, CARD_TRACKED, "title"),
+    ChangeEntity.GRANT: AccessHistory(grant_versions, GRANT_TRACKED, None),
 }
 
 
@@ -146,11 +147,12 @@ def access_changes(
         .order_by(v.c.valid_from, id_order(v.c.id, conn.dialect.name))
     )
     columns = query.selected_columns.keys()
+    name = str(entity)
     for values in stream(conn, query):
         row = dict(zip(columns, values, strict=True))
         owner_id = row["owner_account_id"]
         yield change_row(
-            entity,
+            name,
             row,
             history.tracked,
             owner_account_id=owner_id,

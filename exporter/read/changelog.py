@@ -30,7 +30,7 @@ from exporter.db.schema import (
     sync_runs,
 )
 from exporter.errors import UsageError
-from exporter.kinds import ChangeType
+from exporter.kinds import ChangeEntity, ChangeType
 from exporter.read.asof import missing_run
 from exporter.read.change_rows import (
     ACCESS_HISTORIES,
@@ -66,7 +66,7 @@ _REMOVED = ChangeType.REMOVED
 
 CHANGE_KINDS = tuple(ChangeType)
 # Every entity with history, in the order changes of the same instant are listed.
-ENTITIES = ("owner", "lock", *ACCESS_HISTORIES)
+ENTITIES = (ChangeEntity.OWNER, ChangeEntity.LOCK, *ACCESS_HISTORIES)
 _RANK = {entity: rank for rank, entity in enumerate(ENTITIES)}
 _HEX_RE = re.compile(r"[0-9A-F]{2}(?:-?[0-9A-F]{2})*")
 
@@ -161,11 +161,11 @@ def open_changes(
             return condition
 
         owner_rows: list[ChangeRow] = []
-        if "owner" in entities:
+        if ChangeEntity.OWNER in entities:
             owner_rows = list(_owner_changes(conn, matching(owner_account_versions), names))
             owner_rows.sort(key=lambda r: (r.changed_at, r.id))
         streams: list[Iterable[ChangeRow]] = [owner_rows]
-        if "lock" in entities:
+        if ChangeEntity.LOCK in entities:
             streams.append(_lock_changes(conn, matching(bound_lock_versions), names))
         for entity, history in ACCESS_HISTORIES.items():
             if entity in entities:
@@ -202,10 +202,11 @@ def _lock_changes(
         .order_by(v.c.valid_from, id_order(v.c.id, conn.dialect.name))
     )
     names_of = query.selected_columns.keys()
+    entity = str(ChangeEntity.LOCK)  # plain str, see ChangeRow.entity
     for values in stream(conn, query):
         row = dict(zip(names_of, values, strict=True))
         yield change_row(
-            "lock",
+            entity,
             row,
             LOCK_TRACKED,
             owner_account_id=row["owner_account_id"],
@@ -221,9 +222,10 @@ def _owner_changes(
 ) -> Iterator[ChangeRow]:
     """The owner versions matching `condition` as changes."""
     query = with_previous(owner_account_versions, OWNER_TRACKED).where(condition)
+    entity = str(ChangeEntity.OWNER)  # plain str, see ChangeRow.entity
     for row in conn.execute(query).mappings():
         yield change_row(
-            "owner",
+            entity,
             row,
             OWNER_TRACKED,
             owner_account_id=row["id"],

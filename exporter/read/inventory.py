@@ -45,7 +45,7 @@ from exporter.db.schema import (
     owner_accounts,
 )
 from exporter.errors import UsageError
-from exporter.kinds import ChangeType
+from exporter.kinds import ChangeEntity, ChangeType
 from exporter.read.asof import AsOf, valid_at
 from exporter.read.streaming import stream, streamed
 from exporter.results import Change
@@ -402,16 +402,17 @@ def open_run_changes(engine: Engine, run_id: int) -> Iterator[Iterator[Change]]:
 
     owners = owner_account_versions
     streamed_tables = [
-        ("lock", bound_lock_versions, bound_lock_versions.c.title),
-        ("contact", contact_versions, contact_versions.c.title),
-        ("card", bound_card_versions, bound_card_versions.c.title),
-        ("grant", grant_versions, null()),
+        (ChangeEntity.LOCK, bound_lock_versions, bound_lock_versions.c.title),
+        (ChangeEntity.CONTACT, contact_versions, contact_versions.c.title),
+        (ChangeEntity.CARD, bound_card_versions, bound_card_versions.c.title),
+        (ChangeEntity.GRANT, grant_versions, null()),
     ]
+    owner_entity = str(ChangeEntity.OWNER)  # plain str, as ChangeRow.entity
     with connect(engine) as conn:
         owner_rows = conn.execute(changes(owners, owners.c.name, owners.c.id)).all()
         # One stream after the other on the connection: each starts once the one before ended.
         yield itertools.chain(
-            (_change("owner", row) for row in owner_rows),
+            (_change(owner_entity, row) for row in owner_rows),
             *(
                 _changes_of(conn, entity, changes(table, title, table.c.owner_account_id))
                 for entity, table, title in streamed_tables
@@ -420,8 +421,9 @@ def open_run_changes(engine: Engine, run_id: int) -> Iterator[Iterator[Change]]:
 
 
 def _changes_of(conn: Connection, entity: str, query: Select[Any]) -> Iterator[Change]:
+    name = str(entity)  # plain str, as ChangeRow.entity
     for row in stream(conn, query):
-        yield _change(entity, row)
+        yield _change(name, row)
 
 
 def _change(entity: str, row: Sequence[Any]) -> Change:
