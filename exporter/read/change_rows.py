@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from operator import itemgetter
+from typing import Any, cast
 
 from sqlalchemy import ColumnElement, Connection, Select, Table, select
 
@@ -70,6 +71,13 @@ class ChangeRow:
         return data
 
 
+# A version row's values of ChangeRow's fields from version_id to removal_reason, in order.
+_VERSION_VALUES = itemgetter(
+    "version_id", "id", "valid_from", "valid_to", "run_id", "change_type", "removal_reason"
+)
+_Version = tuple[int, str, datetime, datetime | None, int, str, str | None]
+
+
 @dataclass(frozen=True)
 class AccessHistory:
     """An access entity's version table as the change feed reads it."""
@@ -116,19 +124,8 @@ def change_row(entity: str, row: Row, tracked: Sequence[str], **described: Any) 
             for name in tracked
             if row[f"previous_{name}"] != row[name]
         )
-    return ChangeRow(
-        entity=entity,
-        version_id=row["version_id"],
-        id=row["id"],
-        changed_at=row["valid_from"],
-        valid_to=row["valid_to"],
-        run_id=row["run_id"],
-        change_type=row["change_type"],
-        removal_reason=row["removal_reason"],
-        previous_version_id=previous,
-        changes=changes,
-        **described,
-    )
+    version = cast(_Version, _VERSION_VALUES(row))
+    return ChangeRow(entity, *version, previous_version_id=previous, changes=changes, **described)
 
 
 def access_changes(

@@ -15,7 +15,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from heapq import merge
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from sqlalchemy import ColumnElement, Connection, Engine, Table, func, select, true
 
@@ -55,6 +55,7 @@ __all__ = [
     "CHANGE_KINDS",
     "ENTITIES",
     "ChangeFeed",
+    "ChangeFilters",
     "ChangeRow",
     "FieldChange",
     "changes",
@@ -82,30 +83,24 @@ class ChangeFeed:
     owner_names: dict[str, str | None] = field(default_factory=dict)
 
 
-def changes(
-    engine: Engine,
-    *,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    run_id: int | None = None,
-    owner: str | None = None,
-    kinds: Collection[str] = (),
-    entities: Collection[str] = ENTITIES,
-) -> ChangeFeed:
+class ChangeFilters(TypedDict, total=False):
+    """The filters `changes()` passes on to `open_changes()` unchanged (defaults there)."""
+
+    since: datetime | None
+    until: datetime | None
+    run_id: int | None
+    owner: str | None
+    kinds: Collection[str]
+    entities: Collection[str]
+
+
+def changes(engine: Engine, **filters: Unpack[ChangeFilters]) -> ChangeFeed:
     """Changes observed in [since, until), optionally of one run, owner, kind or entity.
 
     `entities` are ENTITIES' names (owner, lock, contact, card, grant). A change matches `owner`
     when the element belongs to that owner before or after it.
     """
-    with open_changes(
-        engine,
-        since=since,
-        until=until,
-        run_id=run_id,
-        owner=owner,
-        kinds=kinds,
-        entities=entities,
-    ) as feed:
+    with open_changes(engine, **filters) as feed:
         return ChangeFeed(list(feed.rows), feed.owner_names)
 
 

@@ -254,25 +254,14 @@ def _matches(lock: LockRow, model: str | None, search: str | None) -> bool:
     return True
 
 
+def fields_of(row: Row, names: Iterable[str], **given: Any) -> dict[str, Any]:
+    """A record's fields from `row`: each of `names` from the column of that name, but `given`."""
+    return {**{name: row[name] for name in names if name not in given}, **given}
+
+
 def lock_row(row: Row, owner_name: str | None, hex_id: str | None) -> LockRow:
     """A LockRow from a bound_locks or bound_lock_versions row."""
-    return LockRow(
-        owner_account_id=row["owner_account_id"],
-        owner_name=owner_name,
-        id=row["id"],
-        title=row["title"],
-        description=row["description"],
-        lock_model_name=row["lock_model_name"],
-        bind_date=row["bind_date"],
-        lock_id_hex=hex_id,
-        physical_lock_id=row["physical_lock_id"],
-        lock_type_id=row["lock_type_id"],
-        manufacturer_id=row["manufacturer_id"],
-        active=row["active"],
-        unbind_date=row["unbind_date"],
-        target_type=row["target_type"],
-        removed_at=row["removed_at"],
-    )
+    return LockRow(**fields_of(row, LockRow._fields, owner_name=owner_name, lock_id_hex=hex_id))
 
 
 def _owners(
