@@ -125,7 +125,9 @@ def change_row(entity: str, row: Row, tracked: Sequence[str], **described: Any) 
             if row[f"previous_{name}"] != row[name]
         )
     version = cast(_Version, _VERSION_VALUES(row))
-    return ChangeRow(entity, *version, previous_version_id=previous, changes=changes, **described)
+    return ChangeRow(
+        str(entity), *version, previous_version_id=previous, changes=changes, **described
+    )
 
 
 def access_changes(
@@ -144,12 +146,11 @@ def access_changes(
         .order_by(v.c.valid_from, id_order(v.c.id, conn.dialect.name))
     )
     columns = query.selected_columns.keys()
-    name = str(entity)
     for values in stream(conn, query):
         row = dict(zip(columns, values, strict=True))
         owner_id = row["owner_account_id"]
         yield change_row(
-            name,
+            entity,
             row,
             history.tracked,
             owner_account_id=owner_id,

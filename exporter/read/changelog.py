@@ -197,11 +197,10 @@ def _lock_changes(
         .order_by(v.c.valid_from, id_order(v.c.id, conn.dialect.name))
     )
     names_of = query.selected_columns.keys()
-    entity = str(ChangeEntity.LOCK)  # plain str, see ChangeRow.entity
     for values in stream(conn, query):
         row = dict(zip(names_of, values, strict=True))
         yield change_row(
-            entity,
+            ChangeEntity.LOCK,
             row,
             LOCK_TRACKED,
             owner_account_id=row["owner_account_id"],
@@ -217,10 +216,9 @@ def _owner_changes(
 ) -> Iterator[ChangeRow]:
     """The owner versions matching `condition` as changes."""
     query = with_previous(owner_account_versions, OWNER_TRACKED).where(condition)
-    entity = str(ChangeEntity.OWNER)  # plain str, see ChangeRow.entity
     for row in conn.execute(query).mappings():
         yield change_row(
-            entity,
+            ChangeEntity.OWNER,
             row,
             OWNER_TRACKED,
             owner_account_id=row["id"],

@@ -396,12 +396,11 @@ def open_run_changes(engine: Engine, run_id: int) -> Iterator[Iterator[Change]]:
         (ChangeEntity.CARD, bound_card_versions, bound_card_versions.c.title),
         (ChangeEntity.GRANT, grant_versions, null()),
     ]
-    owner_entity = str(ChangeEntity.OWNER)  # plain str, as ChangeRow.entity
     with connect(engine) as conn:
         owner_rows = conn.execute(changes(owners, owners.c.name, owners.c.id)).all()
         # One stream after the other on the connection: each starts once the one before ended.
         yield itertools.chain(
-            (_change(owner_entity, row) for row in owner_rows),
+            (_change(ChangeEntity.OWNER, row) for row in owner_rows),
             *(
                 _changes_of(conn, entity, changes(table, title, table.c.owner_account_id))
                 for entity, table, title in streamed_tables
@@ -410,13 +409,12 @@ def open_run_changes(engine: Engine, run_id: int) -> Iterator[Iterator[Change]]:
 
 
 def _changes_of(conn: Connection, entity: str, query: Select[Any]) -> Iterator[Change]:
-    name = str(entity)  # plain str, as ChangeRow.entity
     for row in stream(conn, query):
-        yield _change(name, row)
+        yield _change(entity, row)
 
 
 def _change(entity: str, row: Sequence[Any]) -> Change:
     entity_id, change_type, owner_id, fields, reason, title = row
-    return Change(
-        entity, entity_id, change_type, owner_id, tuple(fields or ()) or None, reason, title
+    return Change(  # entity as plain str, see ChangeRow.entity
+        str(entity), entity_id, change_type, owner_id, tuple(fields or ()) or None, reason, title
     )
