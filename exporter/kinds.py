@@ -1,4 +1,5 @@
-"""The fixed words the database stores: run and owner statuses, change types, removal reasons.
+"""The fixed words the database stores: run and owner statuses, change types, removal reasons,
+and the names the change feed gives what changed.
 
 StrEnums, so a member is the very string that is written and compared (`RunStatus.FAILED ==
 "failed"`); the values are part of the schema (CHECK-free VARCHAR columns read by BI users) and
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["ChangeType", "OwnerStatus", "RemovalReason", "RunStatus"]
+__all__ = ["ChangeEntity", "ChangeType", "OwnerStatus", "RemovalReason", "RunStatus"]
 
 
 class RunStatus(StrEnum):
@@ -43,3 +44,13 @@ class RemovalReason(StrEnum):
     UNBOUND = "unbound"  # the lock (or card) is no longer bound to the owner account
     OWNER_REMOVED = "owner_removed"  # the owner account itself is gone
     DELETED = "deleted"  # a contact or grant its owner account no longer lists
+
+
+class ChangeEntity(StrEnum):
+    """What a change is of, as the change feed names it (`changes --entity`, its `entity`)."""
+
+    OWNER = "owner"
+    LOCK = "lock"
+    CONTACT = "contact"
+    CARD = "card"
+    GRANT = "grant"

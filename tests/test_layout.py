@@ -25,3 +25,16 @@ def test_no_two_classes_share_a_name() -> None:
     # traceback or an import, and one is easily taken for the other.
     twice = {name: where for name, where in class_names(PACKAGE).items() if len(where) > 1}
     assert not twice, f"classes defined more than once: {twice}"
+
+
+MAX_LINES = 450
+
+
+def test_no_module_is_over_450_lines() -> None:
+    # A module past ~450 lines is doing two jobs (docs/architecture.md): split it by job.
+    long = {
+        str(path.relative_to(PACKAGE.parent)): lines
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if (lines := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES
+    }
+    assert not long, f"modules over {MAX_LINES} lines: {long}"

@@ -8,10 +8,14 @@ from typing import Annotated
 import typer
 
 from exporter.cli.shared import (
+    AsOfOption,
     ConfigOption,
     CsvRawOption,
     DatabaseOption,
+    OwnerOption,
     ReadFormatOption,
+    SinceOption,
+    UntilOption,
     check_format,
     errors,
     out,
@@ -38,15 +42,7 @@ def access(
             show_default=False,
         ),
     ] = None,
-    as_of: Annotated[
-        str | None,
-        typer.Option(
-            "--as-of",
-            help="As it was then: a run id (its end), an ISO-8601 time (UTC unless it has an "
-            "offset) or a duration back from now (7d).",
-            show_default=False,
-        ),
-    ] = None,
+    as_of: AsOfOption = None,
     config: ConfigOption = None,
     database_url: DatabaseOption = None,
     fmt: ReadFormatOption = "table",
@@ -93,28 +89,17 @@ def log_command(
             show_default=False,
         ),
     ] = None,
-    owner: Annotated[
-        str | None, typer.Option(help="Only this owner account (id or name).", show_default=False)
-    ] = None,
-    since: Annotated[
-        str | None,
-        typer.Option(
-            help="Events (lockTimestamp) from this ISO-8601 time (UTC unless it has an offset) "
-            "or this long ago (7d).",
-            show_default=False,
-        ),
-    ] = None,
-    until: Annotated[
-        str | None,
-        typer.Option(help="Events before this time (same forms as --since).", show_default=False),
-    ] = None,
+    owner: OwnerOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
     limit: Annotated[
         int, typer.Option(min=0, help="How many entries, newest first (0: all of them).")
     ] = 100,
     fmt: ReadFormatOption = "table",
     csv_raw: CsvRawOption = False,
 ) -> None:
-    """Show stored log entries (openings and other lock events), newest event first.
+    """Show stored log entries (openings and other lock events), newest event first;
+    --since and --until compare the time of the event (lockTimestamp).
 
     Needs \\[tapkey] entities with log_entries. Example: exporter log --lock 12-34-BF-FB --since 7d
     """

@@ -11,10 +11,14 @@ from typing import Annotated
 import typer
 
 from exporter.cli.shared import (
+    AsOfOption,
     ConfigOption,
     CsvRawOption,
     DatabaseOption,
+    OwnerOption,
     ReadFormatOption,
+    SinceOption,
+    UntilOption,
     check_format,
     errors,
     out,
@@ -26,9 +30,7 @@ from exporter.kinds import RunStatus
 def locks(
     config: ConfigOption = None,
     database_url: DatabaseOption = None,
-    owner: Annotated[
-        str | None, typer.Option(help="Only this owner account (id or name).", show_default=False)
-    ] = None,
+    owner: OwnerOption = None,
     model: Annotated[
         str | None,
         typer.Option(help="Only this lock model name or lock type id.", show_default=False),
@@ -40,15 +42,7 @@ def locks(
     include_removed: Annotated[
         bool, typer.Option("--include-removed", help="Also show removed locks.")
     ] = False,
-    as_of: Annotated[
-        str | None,
-        typer.Option(
-            "--as-of",
-            help="Show the inventory as it was then: a run id (its end), an ISO-8601 time "
-            "(UTC unless it has an offset) or a duration back from now (7d).",
-            show_default=False,
-        ),
-    ] = None,
+    as_of: AsOfOption = None,
     fmt: ReadFormatOption = "table",
     csv_raw: CsvRawOption = False,
 ) -> None:
@@ -116,17 +110,8 @@ def history(
 def changes(
     config: ConfigOption = None,
     database_url: DatabaseOption = None,
-    since: Annotated[
-        str | None,
-        typer.Option(
-            help="From this ISO-8601 time (UTC unless it has an offset) or this long ago (7d).",
-            show_default=False,
-        ),
-    ] = None,
-    until: Annotated[
-        str | None,
-        typer.Option(help="Before this time (same forms as --since).", show_default=False),
-    ] = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
     run: Annotated[
         int | None, typer.Option("--run", help="Only changes of this run.", show_default=False)
     ] = None,

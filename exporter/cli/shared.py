@@ -75,6 +75,29 @@ QuietOption = Annotated[
 ReadFormatOption = Annotated[
     str, typer.Option("--format", "-f", help="Output format: table, csv or json.")
 ]
+OwnerOption = Annotated[
+    str | None, typer.Option(help="Only this owner account (id or name).", show_default=False)
+]
+AsOfOption = Annotated[
+    str | None,
+    typer.Option(
+        "--as-of",
+        help="As it was then: a run id (its end), an ISO-8601 time (UTC unless it has an "
+        "offset) or a duration back from now (7d).",
+        show_default=False,
+    ),
+]
+SinceOption = Annotated[
+    str | None,
+    typer.Option(
+        help="From this ISO-8601 time (UTC unless it has an offset) or this long ago (7d).",
+        show_default=False,
+    ),
+]
+UntilOption = Annotated[
+    str | None,
+    typer.Option(help="Before this time (same forms as --since).", show_default=False),
+]
 CsvRawOption = Annotated[
     bool,
     typer.Option(

@@ -111,7 +111,8 @@ def _version_columns(run_table: str) -> list[Column[Any]]:
     ]
 
 
-CHANGE_COUNTS = ("created", "updated", "removed", "restored", "unchanged", "skipped")
+# Per change type, then the locks left as they were and those that could not be read.
+CHANGE_COUNTS = (*(kind.value for kind in ChangeType), "unchanged", "skipped")
 
 
 def _count_columns() -> list[Column[int]]:

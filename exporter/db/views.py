@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from exporter.db.descriptions import COLUMN_COMMENTS, CURRENT_LOCK_COLUMNS
 from exporter.db.schema import LOCK_TRACKED
+from exporter.kinds import ChangeType
 
 _LOCK_VIEW_COLUMNS = ", ".join(f"l.{c}" for c in CURRENT_LOCK_COLUMNS)
 
@@ -37,6 +38,7 @@ VIEWS: dict[str, str] = {
 _PREVIOUS = "p.id = v.id AND p.valid_to = v.valid_from"
 # The customer-facing hex id is kept on bound_locks for the lock's current physical id only.
 _HEX = "CASE WHEN l.physical_lock_id = {0}.physical_lock_id THEN l.lock_id_hex END"
+_REMOVED = ChangeType.REMOVED
 _SAME_HOLDING = (
     "{0}.owner_account_id = s.owner_account_id "
     "AND COALESCE({0}.physical_lock_id, '') = COALESCE(s.physical_lock_id, '')"
@@ -59,7 +61,7 @@ VIEWS.update(
         "lock_binding_history": (
             "SELECT h.physical_lock_id, h.lock_id_hex, h.bound_lock_id, h.owner_account_id, "
             "o.name AS owner_name, h.held_from, h.held_to, "
-            "CASE WHEN e.change_type = 'removed' THEN e.removal_reason "
+            f"CASE WHEN e.change_type = '{_REMOVED}' THEN e.removal_reason "
             "WHEN e.owner_account_id <> h.owner_account_id THEN 'moved' "
             "WHEN e.version_id IS NOT NULL THEN 'physical_lock_changed' END AS end_reason, "
             "h.bind_date, h.title "
@@ -68,12 +70,12 @@ VIEWS.update(
             "s.id AS bound_lock_id, s.owner_account_id, s.valid_from AS held_from, s.bind_date, "
             "s.title, (SELECT MIN(n.valid_from) FROM bound_lock_versions n "
             "WHERE n.id = s.id AND n.valid_from > s.valid_from "
-            f"AND (n.change_type = 'removed' OR NOT ({_SAME_HOLDING.format('n')}))) AS held_to "
+            f"AND (n.change_type = '{_REMOVED}' OR NOT ({_SAME_HOLDING.format('n')}))) AS held_to "
             "FROM bound_lock_versions s "
             "LEFT JOIN bound_lock_versions p ON p.id = s.id AND p.valid_to = s.valid_from "
             "LEFT JOIN bound_locks l ON l.id = s.id "
-            "WHERE s.change_type <> 'removed' AND (p.version_id IS NULL "
-            f"OR p.change_type = 'removed' OR NOT ({_SAME_HOLDING.format('p')}))) h "
+            f"WHERE s.change_type <> '{_REMOVED}' AND (p.version_id IS NULL "
+            f"OR p.change_type = '{_REMOVED}' OR NOT ({_SAME_HOLDING.format('p')}))) h "
             "LEFT JOIN bound_lock_versions e "
             "ON e.id = h.bound_lock_id AND e.valid_from = h.held_to "
             "LEFT JOIN owner_accounts o ON o.id = h.owner_account_id"
@@ -85,7 +87,7 @@ VIEWS.update(
             "FROM calendar_days c JOIN bound_lock_versions v ON v.valid_from < c.day_end "
             "AND (v.valid_to IS NULL OR v.valid_to >= c.day_end) "
             "LEFT JOIN owner_accounts o ON o.id = v.owner_account_id "
-            "WHERE v.change_type <> 'removed' "
+            f"WHERE v.change_type <> '{_REMOVED}' "
             "AND c.day_end > (SELECT MIN(r.started_at) FROM sync_runs r) "
             "AND c.day_start <= (SELECT MAX(r.started_at) FROM sync_runs r) "
             "GROUP BY c.day, v.owner_account_id, o.name, v.lock_model_name"

@@ -27,6 +27,7 @@ from exporter.db.schema import (
     grants,
 )
 from exporter.errors import UsageError
+from exporter.kinds import ChangeType
 from exporter.read.asof import AsOf, valid_at
 from exporter.read.changelog import find_locks, ids_starting_with
 from exporter.read.inventory import owner_names
@@ -120,7 +121,7 @@ def _grants(
         listed = grants.c.removed_at.is_(None)
     else:
         table = grant_versions
-        listed = valid_at(grant_versions, at) & (grant_versions.c.change_type != "removed")
+        listed = valid_at(grant_versions, at) & (grant_versions.c.change_type != ChangeType.REMOVED)
     names = owner_names(conn)
     found: list[dict[str, Any]] = []
     for chunk in chunks(ids):
@@ -170,7 +171,7 @@ def _present_locks(conn: Connection, ids: set[str | None], as_of: AsOf | None) -
         else:
             v = bound_lock_versions
             query = select(v.c.id).where(
-                v.c.id.in_(chunk), valid_at(v, as_of.at), v.c.change_type != "removed"
+                v.c.id.in_(chunk), valid_at(v, as_of.at), v.c.change_type != ChangeType.REMOVED
             )
         present.update(conn.execute(query).scalars())
     return present

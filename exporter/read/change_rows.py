@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from operator import itemgetter
+from typing import Any, cast
 
 from sqlalchemy import ColumnElement, Connection, Select, Table, select
 
@@ -23,7 +24,7 @@ from exporter.db.schema import (
     contact_versions,
     grant_versions,
 )
-from exporter.kinds import ChangeType
+from exporter.kinds import ChangeEntity, ChangeType
 from exporter.read.inventory import Row, id_order
 from exporter.read.streaming import stream
 
@@ -45,7 +46,8 @@ class ChangeRow:
     """One version of an entity (a lock, an owner account, a contact, a card or a grant), with
     what changed against the previous one."""
 
-    entity: str  # "owner", "lock", "contact", "card" or "grant"
+    # A ChangeEntity as plain str: the CSV writer takes columns of exact str on its fast path.
+    entity: str
     version_id: int
     id: str
     changed_at: datetime
@@ -69,6 +71,13 @@ class ChangeRow:
         return data
 
 
+# A version row's values of ChangeRow's fields from version_id to removal_reason, in order.
+_VERSION_VALUES = itemgetter(
+    "version_id", "id", "valid_from", "valid_to", "run_id", "change_type", "removal_reason"
+)
+_Version = tuple[int, str, datetime, datetime | None, int, str, str | None]
+
+
 @dataclass(frozen=True)
 class AccessHistory:
     """An access entity's version table as the change feed reads it."""
@@ -80,9 +89,9 @@ class AccessHistory:
 
 # By the entity's name in the change feed (the singular of `[tapkey] entities`).
 ACCESS_HISTORIES: dict[str, AccessHistory] = {
-    "contact": AccessHistory(contact_versions, CONTACT_TRACKED, "title"),
-    "card": AccessHistory(bound_card_versions, CARD_TRACKED, "title"),
-    "grant": AccessHistory(grant_versions, GRANT_TRACKED, None),
+    ChangeEntity.CONTACT: AccessHistory(contact_versions, CONTACT_TRACKED, "title"),
+    ChangeEntity.CARD: AccessHistory(bound_card_versions, CARD_TRACKED, "title"),
+    ChangeEntity.GRANT: AccessHistory(grant_versions, GRANT_TRACKED, None),
 }
 
 
@@ -115,18 +124,9 @@ def change_row(entity: str, row: Row, tracked: Sequence[str], **described: Any) 
             for name in tracked
             if row[f"previous_{name}"] != row[name]
         )
+    version = cast(_Version, _VERSION_VALUES(row))
     return ChangeRow(
-        entity=entity,
-        version_id=row["version_id"],
-        id=row["id"],
-        changed_at=row["valid_from"],
-        valid_to=row["valid_to"],
-        run_id=row["run_id"],
-        change_type=row["change_type"],
-        removal_reason=row["removal_reason"],
-        previous_version_id=previous,
-        changes=changes,
-        **described,
+        str(entity), *version, previous_version_id=previous, changes=changes, **described
     )
 
 

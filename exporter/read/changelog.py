@@ -15,7 +15,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from heapq import merge
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from sqlalchemy import ColumnElement, Connection, Engine, Table, func, select, true
 
@@ -30,7 +30,7 @@ from exporter.db.schema import (
     sync_runs,
 )
 from exporter.errors import UsageError
-from exporter.kinds import ChangeType
+from exporter.kinds import ChangeEntity, ChangeType
 from exporter.read.asof import missing_run
 from exporter.read.change_rows import (
     ACCESS_HISTORIES,
@@ -55,6 +55,7 @@ __all__ = [
     "CHANGE_KINDS",
     "ENTITIES",
     "ChangeFeed",
+    "ChangeFilters",
     "ChangeRow",
     "FieldChange",
     "changes",
@@ -66,7 +67,7 @@ _REMOVED = ChangeType.REMOVED
 
 CHANGE_KINDS = tuple(ChangeType)
 # Every entity with history, in the order changes of the same instant are listed.
-ENTITIES = ("owner", "lock", *ACCESS_HISTORIES)
+ENTITIES = (ChangeEntity.OWNER, ChangeEntity.LOCK, *ACCESS_HISTORIES)
 _RANK = {entity: rank for rank, entity in enumerate(ENTITIES)}
 _HEX_RE = re.compile(r"[0-9A-F]{2}(?:-?[0-9A-F]{2})*")
 
@@ -82,30 +83,24 @@ class ChangeFeed:
     owner_names: dict[str, str | None] = field(default_factory=dict)
 
 
-def changes(
-    engine: Engine,
-    *,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    run_id: int | None = None,
-    owner: str | None = None,
-    kinds: Collection[str] = (),
-    entities: Collection[str] = ENTITIES,
-) -> ChangeFeed:
+class ChangeFilters(TypedDict, total=False):
+    """The filters `changes()` passes on to `open_changes()` unchanged (defaults there)."""
+
+    since: datetime | None
+    until: datetime | None
+    run_id: int | None
+    owner: str | None
+    kinds: Collection[str]
+    entities: Collection[str]
+
+
+def changes(engine: Engine, **filters: Unpack[ChangeFilters]) -> ChangeFeed:
     """Changes observed in [since, until), optionally of one run, owner, kind or entity.
 
     `entities` are ENTITIES' names (owner, lock, contact, card, grant). A change matches `owner`
     when the element belongs to that owner before or after it.
     """
-    with open_changes(
-        engine,
-        since=since,
-        until=until,
-        run_id=run_id,
-        owner=owner,
-        kinds=kinds,
-        entities=entities,
-    ) as feed:
+    with open_changes(engine, **filters) as feed:
         return ChangeFeed(list(feed.rows), feed.owner_names)
 
 
@@ -161,11 +156,11 @@ def open_changes(
             return condition
 
         owner_rows: list[ChangeRow] = []
-        if "owner" in entities:
+        if ChangeEntity.OWNER in entities:
             owner_rows = list(_owner_changes(conn, matching(owner_account_versions), names))
             owner_rows.sort(key=lambda r: (r.changed_at, r.id))
         streams: list[Iterable[ChangeRow]] = [owner_rows]
-        if "lock" in entities:
+        if ChangeEntity.LOCK in entities:
             streams.append(_lock_changes(conn, matching(bound_lock_versions), names))
         for entity, history in ACCESS_HISTORIES.items():
             if entity in entities:
@@ -205,7 +200,7 @@ def _lock_changes(
     for values in stream(conn, query):
         row = dict(zip(names_of, values, strict=True))
         yield change_row(
-            "lock",
+            ChangeEntity.LOCK,
             row,
             LOCK_TRACKED,
             owner_account_id=row["owner_account_id"],
@@ -223,7 +218,7 @@ def _owner_changes(
     query = with_previous(owner_account_versions, OWNER_TRACKED).where(condition)
     for row in conn.execute(query).mappings():
         yield change_row(
-            "owner",
+            ChangeEntity.OWNER,
             row,
             OWNER_TRACKED,
             owner_account_id=row["id"],

@@ -45,7 +45,7 @@ from exporter.db.schema import (
     owner_accounts,
 )
 from exporter.errors import UsageError
-from exporter.kinds import ChangeType
+from exporter.kinds import ChangeEntity, ChangeType
 from exporter.read.asof import AsOf, valid_at
 from exporter.read.streaming import stream, streamed
 from exporter.results import Change
@@ -254,25 +254,14 @@ def _matches(lock: LockRow, model: str | None, search: str | None) -> bool:
     return True
 
 
+def fields_of(row: Row, names: Iterable[str], **given: Any) -> dict[str, Any]:
+    """A record's fields from `row`: each of `names` from the column of that name, but `given`."""
+    return {**{name: row[name] for name in names if name not in given}, **given}
+
+
 def lock_row(row: Row, owner_name: str | None, hex_id: str | None) -> LockRow:
     """A LockRow from a bound_locks or bound_lock_versions row."""
-    return LockRow(
-        owner_account_id=row["owner_account_id"],
-        owner_name=owner_name,
-        id=row["id"],
-        title=row["title"],
-        description=row["description"],
-        lock_model_name=row["lock_model_name"],
-        bind_date=row["bind_date"],
-        lock_id_hex=hex_id,
-        physical_lock_id=row["physical_lock_id"],
-        lock_type_id=row["lock_type_id"],
-        manufacturer_id=row["manufacturer_id"],
-        active=row["active"],
-        unbind_date=row["unbind_date"],
-        target_type=row["target_type"],
-        removed_at=row["removed_at"],
-    )
+    return LockRow(**fields_of(row, LockRow._fields, owner_name=owner_name, lock_id_hex=hex_id))
 
 
 def _owners(
@@ -402,16 +391,16 @@ def open_run_changes(engine: Engine, run_id: int) -> Iterator[Iterator[Change]]:
 
     owners = owner_account_versions
     streamed_tables = [
-        ("lock", bound_lock_versions, bound_lock_versions.c.title),
-        ("contact", contact_versions, contact_versions.c.title),
-        ("card", bound_card_versions, bound_card_versions.c.title),
-        ("grant", grant_versions, null()),
+        (ChangeEntity.LOCK, bound_lock_versions, bound_lock_versions.c.title),
+        (ChangeEntity.CONTACT, contact_versions, contact_versions.c.title),
+        (ChangeEntity.CARD, bound_card_versions, bound_card_versions.c.title),
+        (ChangeEntity.GRANT, grant_versions, null()),
     ]
     with connect(engine) as conn:
         owner_rows = conn.execute(changes(owners, owners.c.name, owners.c.id)).all()
         # One stream after the other on the connection: each starts once the one before ended.
         yield itertools.chain(
-            (_change("owner", row) for row in owner_rows),
+            (_change(ChangeEntity.OWNER, row) for row in owner_rows),
             *(
                 _changes_of(conn, entity, changes(table, title, table.c.owner_account_id))
                 for entity, table, title in streamed_tables
@@ -426,6 +415,6 @@ def _changes_of(conn: Connection, entity: str, query: Select[Any]) -> Iterator[C
 
 def _change(entity: str, row: Sequence[Any]) -> Change:
     entity_id, change_type, owner_id, fields, reason, title = row
-    return Change(
-        entity, entity_id, change_type, owner_id, tuple(fields or ()) or None, reason, title
+    return Change(  # entity as plain str, see ChangeRow.entity
+        str(entity), entity_id, change_type, owner_id, tuple(fields or ()) or None, reason, title
     )

@@ -11,6 +11,7 @@ from typing import IO, Any
 from rich.console import Console
 from rich.table import Table
 
+from exporter.kinds import ChangeEntity, ChangeType
 from exporter.read.changelog import ChangeFeed, ChangeRow, FieldChange, LockHistory
 from exporter.read.formats import cell, shown, write_csv_tuples
 from exporter.read.inventory import Inventory, LockRow, OwnerRow, fold
@@ -175,6 +176,8 @@ def _count(n: int, noun: str) -> str:
 # CHANGE_COLUMNS up to `title` are attributes of the change, then field, old, new, version_id.
 _CHANGE_ATTRIBUTES = attrgetter(*CHANGE_COLUMNS[:-4])
 _NO_FIELD = (FieldChange("", None, None),)
+# Compared per row: module constants, not Enum attribute lookups.
+_CREATED, _REMOVED, _RESTORED = ChangeType.CREATED, ChangeType.REMOVED, ChangeType.RESTORED
 
 
 def _change_tuples(rows: Iterable[ChangeRow]) -> Iterator[tuple[Any, ...]]:
@@ -191,10 +194,10 @@ def changes_csv(rows: Iterable[ChangeRow], out: IO[str], *, raw: bool = False) -
 
 def describe(row: ChangeRow, names: Mapping[str, str | None]) -> str:
     """What a change did, in words: `title: 'A' -> 'B'`, or the removal reason."""
-    if row.change_type == "removed":
-        return f"removed: {row.removal_reason}" if row.removal_reason else "removed"
-    if row.change_type == "created":
-        return f"created ({row.lock_model_name})" if row.lock_model_name else "created"
+    if row.change_type == _REMOVED:
+        return f"{_REMOVED}: {row.removal_reason}" if row.removal_reason else _REMOVED.value
+    if row.change_type == _CREATED:
+        return f"{_CREATED} ({row.lock_model_name})" if row.lock_model_name else _CREATED.value
     parts = []
     for change in row.changes:
         if change.field == "owner_account_id":  # names here; the ids are in csv/json
@@ -203,9 +206,9 @@ def describe(row: ChangeRow, names: Mapping[str, str | None]) -> str:
         else:
             parts.append(f"{change.field}: {shown(change.old)} -> {shown(change.new)}")
     text = "; ".join(parts)
-    if row.change_type == "restored":
-        return f"restored; {text}" if text else "restored"
-    return text or "updated"
+    if row.change_type == _RESTORED:
+        return f"{_RESTORED}; {text}" if text else _RESTORED.value
+    return text or ChangeType.UPDATED.value
 
 
 def changes_table(feed: ChangeFeed, console: Console, *, titled: bool = True) -> None:
@@ -224,7 +227,7 @@ def changes_table(feed: ChangeFeed, console: Console, *, titled: bool = True) ->
             str(row.run_id),
             row.change_type,
             what,
-            row.lock_id_hex or row.id if row.entity == "lock" else row.id,
+            row.lock_id_hex or row.id if row.entity == ChangeEntity.LOCK else row.id,
             row.owner_name or row.owner_account_id or "",
             describe(row, feed.owner_names),
         )

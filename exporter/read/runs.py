@@ -13,7 +13,7 @@ from exporter.db.schema import RUN_STATUSES, sync_run_owners, sync_runs
 from exporter.errors import UsageError
 from exporter.kinds import OwnerStatus
 from exporter.read.asof import missing_run
-from exporter.read.inventory import Row, fold, owner_names
+from exporter.read.inventory import Row, fields_of, fold, owner_names
 
 __all__ = [
     "RUN_COLUMNS",
@@ -91,8 +91,7 @@ class RunDetail:
 def _run_row(row: Row) -> RunRow:
     started, finished = row["started_at"], row["finished_at"]
     duration = (finished - started).total_seconds() if finished is not None else None
-    values = {name: row[name] for name in RunRow.__dataclass_fields__ if name in row}
-    return RunRow(**{**values, "duration_seconds": duration})
+    return RunRow(**fields_of(row, RunRow.__dataclass_fields__, duration_seconds=duration))
 
 
 def runs(engine: Engine, *, limit: int | None = 20, status: str | None = None) -> list[RunRow]:
@@ -115,8 +114,9 @@ def run_detail(engine: Engine, run_id: int) -> RunDetail:
         ).mappings()
         owners = [
             RunOwnerRow(
-                owner_name=names.get(o["owner_account_id"]),
-                **{k: o[k] for k in RunOwnerRow.__dataclass_fields__ if k != "owner_name"},
+                **fields_of(
+                    o, RunOwnerRow.__dataclass_fields__, owner_name=names.get(o["owner_account_id"])
+                )
             )
             for o in outcomes
         ]

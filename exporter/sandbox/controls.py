@@ -12,13 +12,8 @@ import threading
 from collections.abc import Mapping
 from typing import Any, Final, Unpack, cast
 
-from exporter.sandbox.access import (
-    ACCESS_ROUTES,
-    AccessData,
-    AccessRoute,
-    ContactChoice,
-    GrantChoice,
-)
+from exporter.sandbox.access import AccessData, ContactChoice, GrantChoice
+from exporter.sandbox.access_routes import ACCESS_ROUTES, AccessRoute
 from exporter.sandbox.data import SandboxChange, SandboxInventory
 from exporter.sandbox.entities import epoch_ms
 from exporter.sandbox.protocol import Route

@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from exporter.sandbox.access import AccessRoute
+from exporter.sandbox.access_routes import AccessRoute
 from exporter.sandbox.protocol import Response, Route, error_response, status_phrase
 
 if TYPE_CHECKING:

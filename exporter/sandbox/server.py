@@ -38,7 +38,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import cast
 
-from exporter.sandbox.access import ACCESS_CHANGE_KINDS, ACCESS_ROUTES, AccessRoute
+from exporter.sandbox.access_changes import ACCESS_CHANGE_KINDS
+from exporter.sandbox.access_routes import ACCESS_ROUTES, AccessRoute
 from exporter.sandbox.controls import SandboxControls
 from exporter.sandbox.data import CHANGE_KINDS, SandboxChange
 from exporter.sandbox.handler import Handler, Server, Server6

@@ -50,6 +50,7 @@ __all__ = ["TapkeyClient"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+_R = TypeVar("_R", LockRecord, AccessRecord)
 
 
 class TapkeyClient:
@@ -192,17 +193,7 @@ class TapkeyClient:
             tuple[list[tuple[str | None, LockRecord | str | None]], int],
             self._read_list(target, params, parse, KnownTexts(known), tuple(known)),
         )
-        settled = settle(rows, problems)
-        log_skips(owner_id, settled, problems, "lock")
-        return OwnerLocks(
-            owner_id=owner_id,
-            records=settled.records,
-            skipped=settled.skipped,
-            skipped_ids=settled.skipped_ids,
-            unidentified_skips=settled.unidentified > 0,
-            requests=requests_sent,
-            unchanged_ids=settled.unchanged,
-        )
+        return _owner_list(OwnerLocks, owner_id, rows, requests_sent, problems, "lock")
 
     def list_owner_entities(
         self,
@@ -245,17 +236,7 @@ class TapkeyClient:
             tuple[list[tuple[str | None, AccessRecord | str | None]], int],
             self._read_list(target, {}, parse, pages, tuple(known)),
         )
-        settled = settle(rows, problems)
-        log_skips(owner_id, settled, problems, what)
-        return OwnerEntities(
-            owner_id=owner_id,
-            records=settled.records,
-            skipped=settled.skipped,
-            skipped_ids=settled.skipped_ids,
-            unidentified_skips=settled.unidentified > 0,
-            requests=requests_sent,
-            unchanged_ids=settled.unchanged,
-        )
+        return _owner_list(OwnerEntities, owner_id, rows, requests_sent, problems, what)
 
     @property
     def page_size(self) -> int:
@@ -420,3 +401,26 @@ class TapkeyClient:
         )
         log.warning("%s", message)
         return PagingCheck(unproven, message)
+
+
+def _owner_list(
+    make: Callable[..., T],
+    owner_id: str,
+    rows: Sequence[tuple[str | None, _R | str | None]],
+    requests: int,
+    problems: dict[str, str],
+    what: str,
+) -> T:
+    """One owner's whole list settled (see `settle`), its skips logged, as `make` (OwnerLocks,
+    OwnerEntities) holds it."""
+    settled = settle(rows, problems)
+    log_skips(owner_id, settled, problems, what)
+    return make(
+        owner_id=owner_id,
+        records=settled.records,
+        skipped=settled.skipped,
+        skipped_ids=settled.skipped_ids,
+        unidentified_skips=settled.unidentified > 0,
+        requests=requests,
+        unchanged_ids=settled.unchanged,
+    )
