@@ -12,10 +12,8 @@ They write nothing, send no further request (the client checks `stop`) and end o
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import queue
-import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Collection, Generator, Mapping, Sequence
@@ -35,9 +33,6 @@ T = TypeVar("T")
 
 #: Seconds between two looks at the stop event while waiting for fetches.
 STOP_POLL = 0.1
-
-#: The interpreter's switch interval while a crawl runs (sys.setswitchinterval; default 5 ms).
-SWITCH_INTERVAL = 0.0005
 
 
 class InventorySource(Protocol):
@@ -98,7 +93,6 @@ def crawl(
     # One worker stays one thread, so that owners complete (and are applied) in list order.
     threads = 2 * workers if workers > 1 else 1
     with (
-        short_switches(),
         _StoredTexts(engine, owner_ids, stored_locks) as stored,
         DaemonPool(threads, "fetch") as pool,
     ):
@@ -133,26 +127,6 @@ def crawl(
         finally:
             for future in running:
                 future.cancel()
-
-
-@contextlib.contextmanager
-def short_switches(interval: float = SWITCH_INTERVAL) -> Generator[None, None, None]:
-    """Let threads take the GIL from one another every `interval` seconds meanwhile.
-
-    The consumer (the writer) is a crawl's critical path, and fetch threads parse pages in pure
-    Python. Each time the writer gets its result from the database driver (which lets go of the
-    GIL for every statement, and sqlite3 for every row) while a fetch thread is parsing, it waits
-    for the GIL until the parser is asked to let go: after the switch interval, 5 ms by default.
-    In a first load that waiting took about as long as the writer's own work; at 0.5 ms it
-    halved (the parsing costs the same, as switches are cheap next to it). The old interval is
-    restored afterwards: it is the whole process's.
-    """
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(min(previous, interval))
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(previous)
 
 
 def call_until_stopped(stop: threading.Event, call: Callable[[], T]) -> T:
