@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 from sqlalchemy import Connection, Dialect, Table, bindparam, insert, text
@@ -18,6 +19,17 @@ class _InsertPlan:
     names: tuple[str, ...]
     convert: tuple[tuple[int, Callable[[Any], Any]], ...]  # column index, bind processor
     copy_types: tuple[int, ...] | None = None  # binary COPY: the columns' type oids
+    # SQLite: rows per multi-row INSERT (a power of two), and the placeholders of one row.
+    chunk: int = 0
+    row_sql: str = ""
+
+    def multi_row_sql(self, rows: int) -> str:
+        """The INSERT of `rows` rows (SQLite): the one-row statement with more VALUES groups."""
+        return self.sql + f", {self.row_sql}" * (rows - 1)
+
+
+# SQLite: the most rows one INSERT statement takes (its parameters are bounded too, see below).
+_SQLITE_CHUNK = 1024
 
 
 # Column types whose psycopg binary dumpers take the values the bind processors give (str, bool,
@@ -75,8 +87,42 @@ def _insert_plan(conn: Connection, table: Table, columns: tuple[str, ...]) -> _I
             assert compiled.positiontup is not None
             order = tuple(columns.index(name) for name in compiled.positiontup)
         plan = _InsertPlan(compiled.string, False, order, columns, convert)
+        if dialect.name == "sqlite" and order is not None:
+            plan = _sqlite_plan(conn, plan)
     plans[(table.name, columns)] = plan
     return plan
+
+
+def _sqlite_plan(conn: Connection, plan: _InsertPlan) -> _InsertPlan:
+    """The plan with multi-row INSERTs, if the statement ends in its one row of placeholders."""
+    row_sql = "(" + ", ".join("?" * len(plan.names)) + ")"
+    if not plan.sql.endswith(f"VALUES {row_sql}"):
+        return plan
+    dbapi_connection: Any = conn.connection.dbapi_connection
+    limit = dbapi_connection.getlimit(conn.dialect.loaded_dbapi.SQLITE_LIMIT_VARIABLE_NUMBER)
+    chunk = 1
+    while chunk * 2 <= min(_SQLITE_CHUNK, limit // len(plan.names)):
+        chunk *= 2
+    return _InsertPlan(plan.sql, False, plan.order, plan.names, plan.convert, None, chunk, row_sql)
+
+
+def _insert_sqlite_chunks(conn: Connection, plan: _InsertPlan, rows: Sequence[Any]) -> None:
+    """Insert `rows` (in placeholder order) with as few multi-row INSERTs as possible.
+
+    sqlite3's executemany lets go of the GIL for every row's step and must win it back: while
+    fetch threads parse pages, each row of a first load waited for them (up to the interpreter's
+    switch interval). One statement per chunk lets go once per chunk, with the same binding of
+    every value. Chunk sizes are powers of two (the remainder too), so the statements are few
+    and stay in the driver's statement cache.
+    """
+    start, left = 0, len(rows)
+    size = plan.chunk
+    while left:
+        while size > left:
+            size //= 2
+        sql = plan.multi_row_sql(size)
+        conn.exec_driver_sql(sql, tuple(chain.from_iterable(rows[start : start + size])))
+        start, left = start + size, left - size
 
 
 def insert_many(
@@ -87,9 +133,9 @@ def insert_many(
     Core's executemany builds and processes a parameter dict per row, which costs more than the
     database spends storing the row (~20 us a row). This applies the same bind processors, once
     per distinct value (timestamps and flags repeat on every row; values that compare equal must
-    convert equally), and hands all rows to the driver at once: executemany on SQLite and MariaDB,
-    COPY on PostgreSQL (psycopg; binary where the column types allow). COPY bypasses Core's
-    execute events.
+    convert equally), and hands all rows to the driver at once: multi-row INSERTs on SQLite,
+    executemany on MariaDB (PyMySQL makes it multi-row), COPY on PostgreSQL (psycopg; binary
+    where the column types allow). COPY bypasses Core's execute events.
     """
     if not rows:
         return
@@ -128,4 +174,7 @@ def insert_many(
     else:
         order = plan.order
         params = [tuple(row[i] for i in order) for row in values]
-    conn.exec_driver_sql(plan.sql, params)
+    if plan.chunk:
+        _insert_sqlite_chunks(conn, plan, params)
+    else:
+        conn.exec_driver_sql(plan.sql, params)

@@ -19,6 +19,7 @@ __all__ = [
     "FieldReader",
     "bool_field",
     "date_field",
+    "date_value",
     "element_id",
     "element_too_long",
     "int_field",
@@ -92,14 +93,23 @@ bool_field: Final = _typed_field(bool, "true/false")
 def date_field(obj: dict[str, Any], key: str) -> datetime | None:
     """ISO-8601 with `Z` or an offset -> aware UTC (a value without an offset is taken as UTC)."""
     value = obj.get(key)
-    if value is None:
-        return None
+    return None if value is None else date_value(value, key)
+
+
+def date_value(value: Any, key: str) -> datetime:
+    """A field `key`'s value that is not null, as date_field reads it."""
     if not isinstance(value, str):
         raise BadValue(f"{key} is not a date string")
     try:
-        moment = datetime.fromisoformat(value)
+        moment = _fromisoformat(value)
     except ValueError:
         raise BadValue(f"{key} is not an ISO-8601 date") from None
-    if moment.tzinfo is None:
+    zone = moment.tzinfo
+    if zone is UTC:  # `Z` and `+00:00` (what astimezone(UTC) would return as it is)
+        return moment
+    if zone is None:
         return moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC)
+
+
+_fromisoformat = datetime.fromisoformat

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Dialect, Engine, Table, create_engine, insert, select
+from sqlalchemy import Dialect, Engine, Table, create_engine, event, insert, select, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from support.helpers import make_settings
 
@@ -207,3 +207,29 @@ def test_database_errors_never_carry_the_urls_secrets(url: str) -> None:
         assert "s3cret-pw" not in message and "k3y-pass" not in message, message
         assert "password=*** sslpassword=***" in message
     engine.dispose()
+
+
+def test_sqlite_inserts_many_rows_per_statement_in_order(tmp_path: Path) -> None:
+    # executemany steps (and lets go of the GIL) once per row; a first load's writer then waited
+    # for the fetch threads on every row. 1,300 rows: chunks of 1,024 + 256 + 16 + 4.
+    engine = create_engine(f"sqlite:///{tmp_path / 'chunks.db'}")
+    bound_locks.create(engine)
+    statements: list[tuple[str, bool]] = []
+    event.listen(
+        engine,
+        "before_cursor_execute",
+        lambda conn, cursor, sql, params, context, many: statements.append((sql, many)),
+    )
+    columns = ("id", "owner_account_id", "title", "first_seen_at", "updated_at")
+    rows = [(f"lock-{i}", "owner-1", f"Tür {i}", T, T + timedelta(seconds=i)) for i in range(1300)]
+    with engine.begin() as conn:
+        insert_many(conn, bound_locks, columns, rows)
+    try:
+        assert [many for _, many in statements] == [False] * 4
+        with engine.connect() as conn:
+            stored = conn.execute(
+                select(*(bound_locks.c[name] for name in columns)).order_by(text("rowid"))
+            ).all()
+    finally:
+        engine.dispose()
+    assert [tuple(row) for row in stored] == rows
