@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Annotated
@@ -19,6 +20,7 @@ from exporter.cli.shared import (
     err,
     errors,
     log,
+    may_be_terminal,
     out,
 )
 from exporter.cli.shared import settings as load
@@ -69,7 +71,11 @@ def _progress_bar(
     settings: Settings, *, quiet: bool
 ) -> Iterator[Callable[[SyncProgress], None] | None]:
     """The sync's progress callback drawing a bar on stderr, or None where none is wanted."""
-    from exporter.service import progress  # rich's display: imported only for run-once
+    if quiet or settings.logging.format == "json" or not may_be_terminal(sys.stderr):
+        # No bar (progress.wanted would say so too): rich stays unimported until output.
+        yield None
+        return
+    from exporter.service import progress  # rich's display: imported only for a bar
 
     if not progress.wanted(
         is_terminal=err.is_terminal, quiet=quiet, log_format=settings.logging.format
@@ -124,7 +130,6 @@ def run_once(
 
     Example: exporter run-once --config /etc/tapkey-exporter/config.toml
     """
-    from exporter.read import run_render
     from exporter.service import job
 
     check_format(fmt)
@@ -150,6 +155,8 @@ def run_once(
         with errors():
             _print_json(result, settings)
     elif not quiet or result.status != RunStatus.SUCCEEDED:
+        from exporter.read import run_render  # after the run: no start-up cost
+
         run_render.print_run_result(result, out, err)
     if result.status == RunStatus.FAILED and result.error:
         err.print(f"error: {result.error}")

@@ -1,5 +1,5 @@
-"""What every command shares: the consoles, the common options, settings, and the mapping of
-errors to one line on stderr and an exit code."""
+"""What every command shares: the consoles (built at first use, see `exporter.cli.console`), the
+common options, settings, and the mapping of errors to one line on stderr and an exit code."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Annotated, Any, NoReturn, cast
 
 import typer
 
@@ -18,10 +20,11 @@ from exporter.config.loader import file_permissions_warning, load_settings, reso
 from exporter.config.settings import Settings
 from exporter.errors import ExporterError
 from exporter.service.logging import setup_logging
-from exporter.terminal import SafeConsole
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
+
+    from exporter.cli.console import CliConsole
 
 
 def output_closed() -> NoReturn:
@@ -36,18 +39,73 @@ def output_closed() -> NoReturn:
     raise SystemExit(1)  # no SIGPIPE (Windows)
 
 
-class _Console(SafeConsole):
-    def on_broken_pipe(self) -> None:
-        """Rich's own handling exits 1."""
-        output_closed()
+class _LazyConsole:
+    """A `CliConsole` built at its first use (attribute read or set, `with`).
+
+    Importing rich and building a console costs more than a run's first request may wait for:
+    run-once with --quiet, `serve` and `check` mostly print nothing with it.
+    """
+
+    def __init__(self, **options: Any) -> None:
+        object.__setattr__(self, "_options", options)
+        object.__setattr__(self, "_console", None)
+        object.__setattr__(self, "_building", threading.Lock())
+
+    def _get(self) -> CliConsole:
+        console: CliConsole | None = self._console
+        if console is None:
+            with self._building:  # two threads printing first get one console
+                console = self._console
+                if console is None:
+                    from exporter.cli.console import CliConsole
+
+                    console = CliConsole(**self._options)
+                    object.__setattr__(self, "_console", console)
+        return console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._get(), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._get(), name, value)
+
+    def __enter__(self) -> CliConsole:
+        console = self._get()
+        console.__enter__()
+        return console
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._get().__exit__(exc_type, exc_value, traceback)
+
+
+def may_be_terminal(stream: IO[str]) -> bool:
+    """False where a rich console on `stream` is surely not a terminal (then rich is not needed
+    to tell): not a TTY, and neither TTY_COMPATIBLE nor FORCE_COLOR says otherwise."""
+    if "TTY_COMPATIBLE" in os.environ or "FORCE_COLOR" in os.environ:
+        return True
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 # Piped output has no terminal width; rich would assume 80 columns and wrap every table cell.
 _PIPE_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160
 # No console markup or emoji codes: titles, names, descriptions and errors are data and may hold
 # [brackets] or :colons:. SafeConsole shows their control characters escaped.
-out = _Console(highlight=False, markup=False, emoji=False, soft_wrap=True, width=_PIPE_WIDTH)
-err = _Console(stderr=True, highlight=False, markup=False, emoji=False, soft_wrap=True)
+out = cast(
+    "CliConsole",
+    _LazyConsole(highlight=False, markup=False, emoji=False, soft_wrap=True, width=_PIPE_WIDTH),
+)
+err = cast(
+    "CliConsole",
+    _LazyConsole(stderr=True, highlight=False, markup=False, emoji=False, soft_wrap=True),
+)
 log = logging.getLogger("exporter")
 
 ConfigOption = Annotated[
