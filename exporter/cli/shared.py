@@ -11,8 +11,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import TracebackType
-from typing import IO, TYPE_CHECKING, Annotated, Any, NoReturn, cast
+from typing import IO, TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -39,50 +38,6 @@ def output_closed() -> NoReturn:
     raise SystemExit(1)  # no SIGPIPE (Windows)
 
 
-class _LazyConsole:
-    """A `CliConsole` built at its first use (attribute read or set, `with`).
-
-    Importing rich and building a console costs more than a run's first request may wait for:
-    run-once with --quiet, `serve` and `check` mostly print nothing with it.
-    """
-
-    def __init__(self, **options: Any) -> None:
-        object.__setattr__(self, "_options", options)
-        object.__setattr__(self, "_console", None)
-        object.__setattr__(self, "_building", threading.Lock())
-
-    def _get(self) -> CliConsole:
-        console: CliConsole | None = self._console
-        if console is None:
-            with self._building:  # two threads printing first get one console
-                console = self._console
-                if console is None:
-                    from exporter.cli.console import CliConsole
-
-                    console = CliConsole(**self._options)
-                    object.__setattr__(self, "_console", console)
-        return console
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._get(), name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self._get(), name, value)
-
-    def __enter__(self) -> CliConsole:
-        console = self._get()
-        console.__enter__()
-        return console
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._get().__exit__(exc_type, exc_value, traceback)
-
-
 def may_be_terminal(stream: IO[str]) -> bool:
     """False where a rich console on `stream` is surely not a terminal (then rich is not needed
     to tell): not a TTY, and neither TTY_COMPATIBLE nor FORCE_COLOR says otherwise."""
@@ -98,14 +53,39 @@ def may_be_terminal(stream: IO[str]) -> bool:
 _PIPE_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160
 # No console markup or emoji codes: titles, names, descriptions and errors are data and may hold
 # [brackets] or :colons:. SafeConsole shows their control characters escaped.
-out = cast(
-    "CliConsole",
-    _LazyConsole(highlight=False, markup=False, emoji=False, soft_wrap=True, width=_PIPE_WIDTH),
-)
-err = cast(
-    "CliConsole",
-    _LazyConsole(stderr=True, highlight=False, markup=False, emoji=False, soft_wrap=True),
-)
+_CONSOLES: dict[str, dict[str, Any]] = {
+    "out": {"highlight": False, "markup": False, "emoji": False, "soft_wrap": True},
+    "err": {"stderr": True, "highlight": False, "markup": False, "emoji": False, "soft_wrap": True},
+}
+_CONSOLES["out"]["width"] = _PIPE_WIDTH
+_building = threading.Lock()
+
+if TYPE_CHECKING:
+    out: CliConsole  # stdout
+    err: CliConsole  # stderr: errors, warnings, the progress bar
+
+
+def __getattr__(name: str) -> Any:
+    """`out` and `err`, each built at its first use: write `shared.out`, not `from ... import out`.
+
+    rich and a console cost more than a run's first request may wait for, and run-once --quiet,
+    `serve` and `check` mostly print nothing with them.
+    """
+    if name not in _CONSOLES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _console(name)
+
+
+def _console(name: str) -> CliConsole:
+    with _building:  # two threads printing first get one console
+        console: CliConsole | None = globals().get(name)
+        if console is None:
+            from exporter.cli.console import CliConsole
+
+            console = globals()[name] = CliConsole(**_CONSOLES[name])
+    return console
+
+
 log = logging.getLogger("exporter")
 
 ConfigOption = Annotated[
@@ -149,7 +129,7 @@ def errors() -> Iterator[None]:
     try:
         yield
     except ExporterError as exc:
-        err.print(f"error: {exc}")
+        _console("err").print(f"error: {exc}")
         raise typer.Exit(exc.exit_code) from None
     except BrokenPipeError:
         output_closed()
@@ -162,7 +142,7 @@ def errors() -> Iterator[None]:
         from exporter.db import errors as db_errors
 
         failure = db_errors.store_error(exc)
-        err.print(f"error: {failure}")
+        _console("err").print(f"error: {failure}")
         raise typer.Exit(failure.exit_code) from None
 
 
