@@ -3,8 +3,9 @@
 Titles, names, descriptions and error texts come from Tapkey and are untrusted. Printed raw, an
 ESC sequence could recolour or clear the screen, retitle the window or plant an OSC 8 link; a
 bidi override could make a line read differently from what it holds; a newline in a log message
-could forge a log line. Every console of the CLI is a `SafeConsole` and the text log format uses
-`visible()`, so that whatever reaches a person shows such characters as `\\x1b`, `\\u202e`, ...
+could forge a log line. Every console of the CLI is a `SafeConsole` (`exporter.cli.console`)
+and the text log format uses `visible()`, so that whatever reaches a person shows such characters
+as `\\x1b`, `\\u202e`, ... This module imports no rich, so logging can use it without loading it.
 The database keeps the text unchanged; CSV and JSON output stay exact (JSON is written as ASCII,
 with every other character escaped, see `read.formats.write_json`).
 """
@@ -12,10 +13,6 @@ with every other character escaped, see `read.formats.write_json`).
 from __future__ import annotations
 
 import re
-from typing import Any
-
-from rich.console import Console
-from rich.text import Text
 
 # Every character of the Unicode categories Cc (C0, DEL, C1 controls), Cf (format: bidi
 # embeddings, overrides and isolates, zero-width space, BOM, tags, ...), Cs (lone surrogates), Zl
@@ -77,16 +74,3 @@ def json_visible(text: str) -> str:
     JSON log line is read on terminals (`tail -f`, `journalctl`) as often as by machines.
     """
     return text if text.isascii() else _JSON_UNSAFE.sub(_json_escape, text)
-
-
-class SafeConsole(Console):
-    """A rich Console that shows control and format characters in strings as escapes.
-
-    Rich turns every string it prints into Text through `render_str`: console.print, table
-    cells, titles and rules alike; measuring a column does too, so widths count the escapes.
-    Text objects built by the caller bypass it: build them from `visible()` text.
-    """
-
-    def render_str(self, text: str, **kwargs: Any) -> Text:
-        """The string as Text, its control characters escaped."""
-        return super().render_str(visible(text), **kwargs)

@@ -222,6 +222,27 @@ def test_run_once_loads_neither_the_read_side_nor_alembic(
     assert loaded.stdout.strip() == "0 []", loaded.stderr
 
 
+# Imports the command line as the `exporter` script does and prints which of these it loaded.
+_IMPORTED = """
+import sys
+import exporter.cli
+unneeded = ("apscheduler", "prometheus_client", "wsgiref", "rich", "alembic", "exporter.read")
+print(sorted(m for m in unneeded if m in sys.modules))
+"""
+
+
+def test_importing_the_cli_loads_no_scheduler_metrics_display_alembic_or_read_side(
+    tmp_path: Path,
+) -> None:
+    # Every command pays for what `import exporter.cli` loads before it starts: the daemon's
+    # scheduler, metrics and HTTP server, rich (output, a progress bar), Alembic and the read side
+    # are loaded by the commands that use them, when they use them.
+    loaded = subprocess.run(
+        [EXPORTER[0], "-c", _IMPORTED], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert loaded.stdout.strip() == "[]", loaded.stderr
+
+
 def test_two_concurrent_runs_one_exits_4(sandbox: Sandbox, db_url: str, engine: Engine) -> None:
     # The first run's lock lists are held until the second run has exited, however slowly a
     # busy machine starts the second process: the two always overlap.

@@ -11,11 +11,15 @@ Exit codes (the same for every command):
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from exporter.cli import access, inventory, run, sandbox
-from exporter.cli.shared import err, out, output_closed
+from exporter.cli import access, inventory, run, sandbox, shared
+from exporter.cli.shared import output_closed
+
+if TYPE_CHECKING:
+    from exporter.cli.shared import err, out
 
 __all__ = ["app", "err", "main", "out"]
 
@@ -39,6 +43,13 @@ app.command("log")(access.log_command)
 app.add_typer(inventory.runs_app, name="runs")
 
 
+def __getattr__(name: str) -> Any:
+    """`out` and `err`: the consoles of `shared`, built at their first use."""
+    if name in ("out", "err"):
+        return getattr(shared, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def main() -> None:
     """Console-script entry point; a usage error (unknown option, bad value) is one line, exit 2."""
     try:
@@ -51,9 +62,9 @@ def main() -> None:
         if type(exc).__name__ != "NoArgsIsHelpError":
             ctx = getattr(exc, "ctx", None)
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-            err.print(f"error: {exc.format_message()}{hint}")
+            shared.err.print(f"error: {exc.format_message()}{hint}")
         raise SystemExit(getattr(exc, "exit_code", 2)) from None
     except typer.Abort:
-        err.print("aborted")
+        shared.err.print("aborted")
         raise SystemExit(1) from None
     raise SystemExit(code if isinstance(code, int) else 0)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from exporter.cli import shared
 from exporter.cli.shared import (
     AsOfOption,
     ConfigOption,
@@ -18,7 +19,6 @@ from exporter.cli.shared import (
     UntilOption,
     check_format,
     errors,
-    out,
     reader,
 )
 from exporter.errors import UsageError
@@ -71,11 +71,11 @@ def access(
             assert contact is not None
             answer = access_report.what_can_open(engine, contact, now=now, as_of=when)
         if fmt == "json":
-            formats.write_json(access_render.access_json(answer), out.file)
+            formats.write_json(access_render.access_json(answer), shared.out.file)
         elif fmt == "csv":
-            access_render.access_csv(answer, out.file, raw=csv_raw)
+            access_render.access_csv(answer, shared.out.file, raw=csv_raw)
         else:
-            access_render.access_table(answer, out)
+            access_render.access_table(answer, shared.out)
 
 
 def log_command(
@@ -120,8 +120,8 @@ def log_command(
         ) as feed,
     ):
         if fmt == "json":
-            log_view.log_json(feed.rows, out.file)
+            log_view.log_json(feed.rows, shared.out.file)
         elif fmt == "csv":
-            log_view.log_csv(feed.rows, out.file, raw=csv_raw)
+            log_view.log_csv(feed.rows, shared.out.file, raw=csv_raw)
         else:
-            log_view.log_table(feed, out)
+            log_view.log_table(feed, shared.out)

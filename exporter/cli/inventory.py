@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from exporter.cli import shared
 from exporter.cli.shared import (
     AsOfOption,
     ConfigOption,
@@ -21,7 +22,6 @@ from exporter.cli.shared import (
     UntilOption,
     check_format,
     errors,
-    out,
     reader,
 )
 from exporter.kinds import RunStatus
@@ -66,13 +66,13 @@ def locks(
             with_owners=fmt != "csv",
         ) as inventory:
             if fmt == "json":
-                formats.write_json(render.inventory_json(inventory), out.file)
+                formats.write_json(render.inventory_json(inventory), shared.out.file)
             elif fmt == "csv":
-                render.inventory_csv(inventory, out.file, raw=csv_raw)
+                render.inventory_csv(inventory, shared.out.file, raw=csv_raw)
             else:
                 filtered = model is not None or search is not None
                 render.inventory_table(
-                    inventory, out, include_removed=include_removed, filtered=filtered
+                    inventory, shared.out, include_removed=include_removed, filtered=filtered
                 )
 
 
@@ -100,11 +100,11 @@ def history(
     with errors(), reader(config, database_url) as engine:
         result = changelog.lock_history(engine, lock)
         if fmt == "json":
-            formats.write_json(render.history_json(result), out.file)
+            formats.write_json(render.history_json(result), shared.out.file)
         elif fmt == "csv":
-            render.changes_csv(result.versions, out.file, raw=csv_raw)
+            render.changes_csv(result.versions, shared.out.file, raw=csv_raw)
         else:
-            render.history_table(result, out)
+            render.history_table(result, shared.out)
 
 
 def changes(
@@ -173,12 +173,12 @@ def changes(
             return
         rows = itertools.chain([first] if first is not None else [], rows)
         if fmt == "json":
-            formats.write_json(map(changelog.ChangeRow.as_dict, rows), out.file)
+            formats.write_json(map(changelog.ChangeRow.as_dict, rows), shared.out.file)
         elif fmt == "csv":
-            render.changes_csv(rows, out.file, raw=csv_raw)
+            render.changes_csv(rows, shared.out.file, raw=csv_raw)
         else:
             feed = dataclasses.replace(feed, rows=rows)
-            render.changes_table(feed, out, titled=not quiet)
+            render.changes_table(feed, shared.out, titled=not quiet)
 
 
 runs_app = typer.Typer(
@@ -228,12 +228,12 @@ def runs(
             return
     with errors():
         if fmt == "json":
-            formats.write_json([row.as_dict() for row in rows], out.file)
+            formats.write_json([row.as_dict() for row in rows], shared.out.file)
         elif fmt == "csv":
             rendered = (row.as_dict() for row in rows)
-            formats.write_csv(rendered, read_runs.RUN_COLUMNS, out.file, raw=csv_raw)
+            formats.write_csv(rendered, read_runs.RUN_COLUMNS, shared.out.file, raw=csv_raw)
         else:
-            run_render.runs_table(rows, out)
+            run_render.runs_table(rows, shared.out)
 
 
 @runs_app.command("show")
@@ -256,9 +256,9 @@ def runs_show(
         detail = read_runs.run_detail(engine, run_id)
     with errors():
         if fmt == "json":
-            formats.write_json(run_render.run_detail_json(detail), out.file)
+            formats.write_json(run_render.run_detail_json(detail), shared.out.file)
         elif fmt == "csv":
             rows = (o.as_dict() for o in detail.owners)
-            formats.write_csv(rows, read_runs.RUN_OWNER_COLUMNS, out.file, raw=csv_raw)
+            formats.write_csv(rows, read_runs.RUN_OWNER_COLUMNS, shared.out.file, raw=csv_raw)
         else:
-            run_render.run_detail_table(detail, out)
+            run_render.run_detail_table(detail, shared.out)

@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from exporter.cli import shared
 from exporter.cli.shared import (
     ConfigOption,
     DatabaseOption,
     FormatOption,
     QuietOption,
     check_format,
-    err,
     errors,
     log,
-    out,
+    may_be_terminal,
 )
 from exporter.cli.shared import settings as load
 from exporter.config.settings import Settings
@@ -69,14 +70,18 @@ def _progress_bar(
     settings: Settings, *, quiet: bool
 ) -> Iterator[Callable[[SyncProgress], None] | None]:
     """The sync's progress callback drawing a bar on stderr, or None where none is wanted."""
-    from exporter.service import progress  # rich's display: imported only for run-once
+    if quiet or settings.logging.format == "json" or not may_be_terminal(sys.stderr):
+        # No bar (progress.wanted would say so too): rich stays unimported until output.
+        yield None
+        return
+    from exporter.service import progress  # rich's display: imported only for a bar
 
     if not progress.wanted(
-        is_terminal=err.is_terminal, quiet=quiet, log_format=settings.logging.format
+        is_terminal=shared.err.is_terminal, quiet=quiet, log_format=settings.logging.format
     ):
         yield None
         return
-    with progress.ProgressBar(err) as update:
+    with progress.ProgressBar(shared.err) as update:
         yield update
 
 
@@ -124,7 +129,6 @@ def run_once(
 
     Example: exporter run-once --config /etc/tapkey-exporter/config.toml
     """
-    from exporter.read import run_render
     from exporter.service import job
 
     check_format(fmt)
@@ -150,11 +154,13 @@ def run_once(
         with errors():
             _print_json(result, settings)
     elif not quiet or result.status != RunStatus.SUCCEEDED:
-        run_render.print_run_result(result, out, err)
+        from exporter.read import run_render  # after the run: no start-up cost
+
+        run_render.print_run_result(result, shared.out, shared.err)
     if result.status == RunStatus.FAILED and result.error:
-        err.print(f"error: {result.error}")
+        shared.err.print(f"error: {result.error}")
     elif result.held_back and result.error:
-        err.print(f"warning: {result.error}")
+        shared.err.print(f"warning: {result.error}")
     raise typer.Exit(job.EXIT_CODES[result.status])
 
 
@@ -165,12 +171,12 @@ def _print_json(result: RunResult, settings: Settings) -> None:
     from exporter.service import job
 
     if result.dry_run or result.run_id is None:  # a dry run's changes exist only in memory
-        run_render.run_result_json(result, out.file, None)
+        run_render.run_result_json(result, shared.out.file, None)
         return
     engine = job.make_engine(settings, create=False)
     try:
         with report.open_run_changes(engine, result.run_id) as changes:
-            run_render.run_result_json(result, out.file, changes)
+            run_render.run_result_json(result, shared.out.file, changes)
     finally:
         engine.dispose()
 
@@ -191,7 +197,7 @@ def check(config: ConfigOption = None, database_url: DatabaseOption = None) -> N
     for result in results:
         label = "skip" if result.skipped else "ok" if result.ok else "FAILED"
         line = f"{label:<7}{result.name:<10}{result.detail}"
-        (out if result.ok else err).print(line)
+        (shared.out if result.ok else shared.err).print(line)
     failures = [r.exit_code for r in results if not r.ok]
     # Configuration first (nothing else can be trusted), then Tapkey, then the database.
     code = next((c for c in (2, 1, 5) if c in failures), 1 if failures else 0)
@@ -216,7 +222,7 @@ def db_upgrade(config: ConfigOption = None, database_url: DatabaseOption = None)
             revision = migrate.current_revision(engine)
         finally:
             engine.dispose()
-    out.print(f"{masked_url(settings.database.url)} is at revision {revision} (head)")
+    shared.out.print(f"{masked_url(settings.database.url)} is at revision {revision} (head)")
 
 
 @db_app.command("current")
@@ -241,7 +247,7 @@ def db_current(config: ConfigOption = None, database_url: DatabaseOption = None)
     )
     if revision is not None and not migrate.is_known_revision(revision):
         state = f"unknown to this exporter version (head is {head}; a newer exporter upgraded it?)"
-    out.print(f"{masked_url(settings.database.url)}: revision {revision or 'none'}, {state}")
+    shared.out.print(f"{masked_url(settings.database.url)}: revision {revision or 'none'}, {state}")
     if revision != head:
         raise typer.Exit(5)
 

@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from exporter.cli.shared import ConfigOption, errors, logging_only, out
+from exporter.cli import shared
+from exporter.cli.shared import ConfigOption, errors, logging_only
 from exporter.errors import UsageError
 
 # The sandbox's default client secret: published here and in the README, not a real one.
@@ -72,18 +73,20 @@ def sandbox(
                 f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}; choose another "
                 "--port (0 picks a free one)"
             ) from None
-    out.print(
+    shared.out.print(
         f"Sandbox serving {owners} owners x {locks_per_owner} locks (and contacts, cards, grants,"
         f" log entries) at {fake.base_url}"
     )
-    out.print("Point the exporter at it with:")
-    out.print(f"  export EXPORTER_TAPKEY__TOKEN_URL={fake.token_url}")
-    out.print(f"  export EXPORTER_TAPKEY__API_BASE_URL={fake.base_url}")
-    out.print(f"  export EXPORTER_TAPKEY__CLIENT_ID={client_id}")
+    shared.out.print("Point the exporter at it with:")
+    shared.out.print(f"  export EXPORTER_TAPKEY__TOKEN_URL={fake.token_url}")
+    shared.out.print(f"  export EXPORTER_TAPKEY__API_BASE_URL={fake.base_url}")
+    shared.out.print(f"  export EXPORTER_TAPKEY__CLIENT_ID={client_id}")
     if client_secret == SANDBOX_SECRET:  # public, so it can be shown; a chosen one is not
-        out.print(f"  export EXPORTER_TAPKEY__CLIENT_SECRET={client_secret}")
+        shared.out.print(f"  export EXPORTER_TAPKEY__CLIENT_SECRET={client_secret}")
     else:
-        out.print("  # export EXPORTER_TAPKEY__CLIENT_SECRET=<the secret given to --client-secret>")
+        shared.out.print(
+            "  # export EXPORTER_TAPKEY__CLIENT_SECRET=<the secret given to --client-secret>"
+        )
     serve_forever(fake)
 
 
@@ -106,4 +109,4 @@ def demo(
     logging_only(config)
     with errors():
         prog = sys.argv[0] if Path(sys.argv[0]).name == "exporter" else "exporter"
-        run_demo(database.resolve(), generations=generations, console=out, prog=prog)
+        run_demo(database.resolve(), generations=generations, console=shared.out, prog=prog)

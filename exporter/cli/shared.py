@@ -1,5 +1,5 @@
-"""What every command shares: the consoles, the common options, settings, and the mapping of
-errors to one line on stderr and an exit code."""
+"""What every command shares: the consoles (built at first use, see `exporter.cli.console`), the
+common options, settings, and the mapping of errors to one line on stderr and an exit code."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import IO, TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -18,10 +19,11 @@ from exporter.config.loader import file_permissions_warning, load_settings, reso
 from exporter.config.settings import Settings
 from exporter.errors import ExporterError
 from exporter.service.logging import setup_logging
-from exporter.terminal import SafeConsole
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
+
+    from exporter.cli.console import CliConsole
 
 
 def output_closed() -> NoReturn:
@@ -36,18 +38,54 @@ def output_closed() -> NoReturn:
     raise SystemExit(1)  # no SIGPIPE (Windows)
 
 
-class _Console(SafeConsole):
-    def on_broken_pipe(self) -> None:
-        """Rich's own handling exits 1."""
-        output_closed()
+def may_be_terminal(stream: IO[str]) -> bool:
+    """False where a rich console on `stream` is surely not a terminal (then rich is not needed
+    to tell): not a TTY, and neither TTY_COMPATIBLE nor FORCE_COLOR says otherwise."""
+    if "TTY_COMPATIBLE" in os.environ or "FORCE_COLOR" in os.environ:
+        return True
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 # Piped output has no terminal width; rich would assume 80 columns and wrap every table cell.
 _PIPE_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160
 # No console markup or emoji codes: titles, names, descriptions and errors are data and may hold
 # [brackets] or :colons:. SafeConsole shows their control characters escaped.
-out = _Console(highlight=False, markup=False, emoji=False, soft_wrap=True, width=_PIPE_WIDTH)
-err = _Console(stderr=True, highlight=False, markup=False, emoji=False, soft_wrap=True)
+_CONSOLES: dict[str, dict[str, Any]] = {
+    "out": {"highlight": False, "markup": False, "emoji": False, "soft_wrap": True},
+    "err": {"stderr": True, "highlight": False, "markup": False, "emoji": False, "soft_wrap": True},
+}
+_CONSOLES["out"]["width"] = _PIPE_WIDTH
+_building = threading.Lock()
+
+if TYPE_CHECKING:
+    out: CliConsole  # stdout
+    err: CliConsole  # stderr: errors, warnings, the progress bar
+
+
+def __getattr__(name: str) -> Any:
+    """`out` and `err`, each built at its first use: write `shared.out`, not `from ... import out`.
+
+    rich and a console cost more than a run's first request may wait for, and run-once --quiet,
+    `serve` and `check` mostly print nothing with them.
+    """
+    if name not in _CONSOLES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _console(name)
+
+
+def _console(name: str) -> CliConsole:
+    with _building:  # two threads printing first get one console
+        console: CliConsole | None = globals().get(name)
+        if console is None:
+            from exporter.cli.console import CliConsole
+
+            console = globals()[name] = CliConsole(**_CONSOLES[name])
+    return console
+
+
 log = logging.getLogger("exporter")
 
 ConfigOption = Annotated[
@@ -114,7 +152,7 @@ def errors() -> Iterator[None]:
     try:
         yield
     except ExporterError as exc:
-        err.print(f"error: {exc}")
+        _console("err").print(f"error: {exc}")
         raise typer.Exit(exc.exit_code) from None
     except BrokenPipeError:
         output_closed()
@@ -127,7 +165,7 @@ def errors() -> Iterator[None]:
         from exporter.db import errors as db_errors
 
         failure = db_errors.store_error(exc)
-        err.print(f"error: {failure}")
+        _console("err").print(f"error: {failure}")
         raise typer.Exit(failure.exit_code) from None
 
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
-from exporter.config import crontab
 from exporter.config.values import (
     Conflict,
     Section,
@@ -22,6 +21,9 @@ from exporter.config.values import (
     split_listen,
 )
 from exporter.errors import ConfigError
+
+if TYPE_CHECKING:
+    from exporter.config.crontab import CrontabTrigger
 
 __all__ = [
     "HttpSettings",
@@ -64,6 +66,8 @@ class ScheduleSettings(Section):
     def _check_cron(cls, value: str | None) -> str | None:
         if value is None:
             return None
+        from exporter.config import crontab  # APScheduler's: loaded only when cron is used
+
         value = " ".join(value.split())
         try:
             crontab.parse(value)
@@ -103,11 +107,13 @@ class ScheduleSettings(Section):
         """The zone `cron` is read in."""
         return ZoneInfo(self.timezone)
 
-    def cron_trigger(self) -> crontab.CrontabTrigger | None:
+    def cron_trigger(self) -> CrontabTrigger | None:
         """An APScheduler trigger for `cron` in `timezone`, or None when `every` is used."""
         if self.cron is None:
             return None
-        return crontab.CrontabTrigger(self.cron, self.tzinfo)
+        from exporter.config.crontab import CrontabTrigger
+
+        return CrontabTrigger(self.cron, self.tzinfo)
 
 
 class SyncSettings(Section):

@@ -9,8 +9,8 @@ import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import filelock
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
@@ -18,6 +18,9 @@ from exporter.config.urls import masked_url
 from exporter.db.engine import backend, create_private, sqlite_path, unreachable
 from exporter.db.errors import store_error
 from exporter.errors import DatabaseUnavailableError, LockHeldError, first_line
+
+if TYPE_CHECKING:
+    import filelock
 
 LOCK_NAME = "tapkey-inventory-exporter"
 log = logging.getLogger(__name__)
@@ -100,6 +103,8 @@ class WriterLock:
         return attempt(self._timeout)
 
     def _file_acquire(self, timeout: float) -> bool:
+        import filelock  # SQLite only
+
         assert self._file is not None
         try:
             self._file.acquire(timeout=timeout)
@@ -192,6 +197,8 @@ class WriterLock:
 
 def _file_lock(path: Path) -> filelock.BaseFileLock:
     """A file lock on `path`, created private; an existing lock file keeps its mode."""
+    import filelock  # SQLite only: PostgreSQL and MariaDB runs never load it
+
     try:
         create_private(path)
         mode = stat.S_IMODE(path.stat().st_mode)

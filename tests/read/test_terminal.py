@@ -23,6 +23,7 @@ from support.cli import CliResult
 from support.helpers import subprocess_env
 
 from exporter import cli, terminal
+from exporter.cli.console import SafeConsole
 from exporter.db.engine import make_engine
 from exporter.db.schema import bound_locks, owner_accounts
 from exporter.sandbox.server import Sandbox
@@ -76,7 +77,7 @@ def test_the_escaped_characters_are_those_of_unicodes_control_and_format_categor
 
 def test_a_safe_console_escapes_strings_in_text_tables_titles_and_rules() -> None:
     buffer = io.StringIO()
-    console = terminal.SafeConsole(file=buffer, width=200, force_terminal=True, markup=False)
+    console = SafeConsole(file=buffer, width=200, force_terminal=True, markup=False)
     table = Table(title=f"title {TITLE}")
     table.add_column(f"column {DESCRIPTION}")
     table.add_row(OWNER)

@@ -253,6 +253,10 @@ def test_two_daemons_on_one_database_never_overlap_and_keep_history_exact(
             serve(fake, db_url, tmp_path, "a", **options) as a,
             serve(fake, db_url, tmp_path, "b", **options) as b,
         ):
+            # Runs are counted once both daemons serve: on a busy machine one process can start
+            # seconds after the other, and the counts below would be reached without it.
+            for daemon in (a, b):
+                wait_for(lambda d=daemon: SERVING.search(d.text()), 60, "start-up", daemon)
             wait_for(lambda: len(runs(engine)) >= 5, 30, "five runs", a)
             # A manual run-once beside the daemons either runs or is turned away by the lock.
             manual: list[str] = []
@@ -263,6 +267,9 @@ def test_two_daemons_on_one_database_never_overlap_and_keep_history_exact(
                     manual.append("skipped")
                 assert len(manual) < 50, manual
             wait_for(lambda: len(runs(engine)) >= 12, 30, "twelve runs", a)
+            # Which daemon wins a slot is chance (jitter, run times, the manual runs taking the
+            # lock back to back): one can lose many in a row. Both must win one eventually.
+            wait_for(lambda: a.run_ids() and b.run_ids(), 60, "a run of each daemon", a)
             for daemon in (a, b):
                 eventually(lambda daemon=daemon: assert_metrics_match(daemon, engine))
             skips = sum(d.metrics()[("tapkey_exporter_lock_skips_total", ())] for d in (a, b))

@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 from support.helpers import subprocess_env
 
+from exporter.cli.console import SafeConsole
 from exporter.config.sections import LoggingSettings
 from exporter.results import SyncProgress
 from exporter.sandbox.server import Fault, Sandbox
 from exporter.service.logging import setup_logging
 from exporter.service.progress import ProgressBar, wanted
-from exporter.terminal import SafeConsole
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -106,7 +106,9 @@ def _run_at_a_terminal(env: dict[str, str], *args: str) -> tuple[int, str]:
 
 
 @pytest.mark.slow
-def test_run_once_draws_the_bar_on_a_terminal_and_not_with_quiet(tmp_path: Path) -> None:
+def test_run_once_draws_the_bar_on_a_terminal_only_and_not_with_quiet_or_json_logs(
+    tmp_path: Path,
+) -> None:
     with Sandbox(seed=8, owners=4, locks_per_owner=3) as fake:
         fake.add_fault(Fault("locks", kind="delay", delay=0.3, times=None))
         env = subprocess_env(fake, f"sqlite:///{tmp_path / 'bar.db'}")
@@ -114,8 +116,18 @@ def test_run_once_draws_the_bar_on_a_terminal_and_not_with_quiet(tmp_path: Path)
         code, shown = _run_at_a_terminal(env)
         quiet_code, quiet = _run_at_a_terminal(env, "--quiet")
         json_code, json_logs = _run_at_a_terminal({**env, "EXPORTER_LOGGING__FORMAT": "json"})
+        piped = subprocess.run(
+            [sys.executable, "-m", "exporter.cli", "run-once"],
+            env={**env, "COLUMNS": "120"},
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
-    assert (code, quiet_code, json_code) == (0, 0, 0)
+    assert (code, quiet_code, json_code, piped.returncode) == (0, 0, 0, 0)
     assert "owners" in shown and "locks/s" in shown and "/4" in shown
     assert "locks/s" not in quiet and quiet.strip() == ""
     assert "locks/s" not in json_logs
+    # Not a terminal: the log lines and the summary, no bar.
+    assert "locks/s" not in piped.stderr and "run " in piped.stderr
