@@ -10,10 +10,10 @@ that a CSV text cell a spreadsheet would run as a formula gets a leading `'` (un
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import date, datetime
 from itertools import islice
-from operator import itemgetter
 from typing import IO, Any
 
 FORMATS = ("table", "csv", "json")
@@ -141,19 +141,33 @@ def write_csv(
 def write_csv_tuples(
     rows: Iterable[Sequence[Any]], columns: Sequence[str], out: IO[str], *, raw: bool = False
 ) -> None:
-    """Rows (values in `columns` order) as CSV with a header line; see `csv_value`.
+    """Rows (values in `columns` order) as CSV with a header line; see `write_csv_columns`."""
+    batches = (list(zip(*batch, strict=True)) for batch in _batches(rows))
+    write_csv_columns(batches, columns, out, raw=raw)
+
+
+def write_csv_columns(
+    batches: Iterable[Sequence[Sequence[Any]]],
+    columns: Sequence[str],
+    out: IO[str],
+    *,
+    raw: bool = False,
+) -> None:
+    """Batches of rows, each given as its columns (in `columns` order), as CSV with a header
+    line; see `csv_value`.
 
     Fields are quoted as the csv module quotes them (a comma, a quote or a newline in them),
     and also for a carriage return, which a reader would take for the end of the row.
     """
     out.write(",".join(_quoted(list(columns))) + "\n")
-    for batch in _batches(rows):
-        fields = [_quoted(_csv_column(column, raw)) for column in zip(*batch, strict=True)]
+    for batch in batches:
+        if len(batch) != len(columns):
+            raise ValueError(f"{len(batch)} columns in a batch, not {len(columns)}")
+        fields = [_quoted(_csv_column(column, raw)) for column in batch]
         out.write("\n".join(map(",".join, zip(*fields, strict=True))) + "\n")
 
 
 _BOOL_TEXT = {True: "true", False: "false"}
-_first = itemgetter(0)
 
 
 def _csv_column(column: Sequence[Any], raw: bool) -> list[str]:
@@ -166,9 +180,10 @@ def _csv_column(column: Sequence[Any], raw: bool) -> list[str]:
     empty = type(None) in kinds
     kinds.discard(type(None))
     if kinds == {str}:
-        if not raw and not FORMULA_STARTS.isdisjoint(map(_first, filter(None, column))):
-            return [(v and ("'" + v if v[0] in FORMULA_STARTS else v)) or "" for v in column]
-        return [v or "" for v in column] if empty else list(column)
+        texts: list[str] = [v or "" for v in column] if empty else list(column)
+        if not raw and _may_start_formula(texts):
+            return [("'" + v if v[:1] in FORMULA_STARTS else v) for v in texts]
+        return texts
     if not kinds:
         return [""] * len(column)
     if empty:
@@ -182,7 +197,21 @@ def _csv_column(column: Sequence[Any], raw: bool) -> list[str]:
     return [csv_value(v, raw=raw) for v in column]
 
 
+# The cells joined with a character no formula start is: a formula character after one of
+# them (or at the very start) may begin a cell. A cell holding the separator itself only gives
+# a false alarm, which the exact check per cell then clears.
+_SEPARATOR = "\x00"
+_FORMULA_AFTER_SEPARATOR = tuple(_SEPARATOR + char for char in sorted(FORMULA_STARTS))
+
+
+def _may_start_formula(texts: list[str]) -> bool:
+    """False if no text of `texts` starts with a formula character (True: some may)."""
+    joined = _SEPARATOR + _SEPARATOR.join(texts)
+    return any(start in joined for start in _FORMULA_AFTER_SEPARATOR)
+
+
 _NEEDS_QUOTES = (",", '"', "\n", "\r")
+_needs_quotes = re.compile('[,"\n\r]').search
 
 
 def _quoted(column: list[str]) -> list[str]:
@@ -190,7 +219,4 @@ def _quoted(column: list[str]) -> list[str]:
     text = "".join(column)
     if not any(char in text for char in _NEEDS_QUOTES):
         return column
-    return [
-        '"' + v.replace('"', '""') + '"' if any(char in v for char in _NEEDS_QUOTES) else v
-        for v in column
-    ]
+    return ['"' + v.replace('"', '""') + '"' if _needs_quotes(v) else v for v in column]
