@@ -29,6 +29,13 @@ def stream(conn: Connection, query: Select[Any]) -> Iterator[Sequence[Any]]:
 
     Inside, no other statement may run on `conn` until the rows are all read.
     """
+    dialect = conn.dialect
+    batches = _DRIVER_BATCHES.get((dialect.name, dialect.driver))
+    if batches is not None and not _converters(dialect, query):
+        # The driver's rows are already typed (PostgreSQL): no detour through columns.
+        for batch in batches(conn, query, _STREAM_BATCH):
+            yield from batch
+        return
     for columns in stream_columns(conn, query):
         yield from zip(*columns, strict=True)
 
@@ -52,16 +59,21 @@ def stream_columns(
             for rows in result.partitions():
                 yield list(zip(*rows, strict=True))
         return
-    convert = [
-        (i, process)
-        for i, column in enumerate(query.selected_columns)
-        if (process := column.type.dialect_impl(dialect).result_processor(dialect, None))
-    ]
+    convert = _converters(dialect, query)
     for batch in batches(conn, query, size):
         columns: Columns = list(zip(*batch, strict=True))
         for i, process in convert:
             columns[i] = list(map(process, columns[i]))  # as Core does: None too
         yield columns
+
+
+def _converters(dialect: Dialect, query: Select[Any]) -> list[tuple[int, Callable[[Any], Any]]]:
+    """The columns of `query` Core converts from what the driver returns, with the conversion."""
+    return [
+        (i, process)
+        for i, column in enumerate(query.selected_columns)
+        if (process := column.type.dialect_impl(dialect).result_processor(dialect, None))
+    ]
 
 
 def _sqlite_batches(conn: Connection, query: Select[Any], size: int) -> Iterator[Sequence[Any]]:
