@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import os
 import random
 import shutil
@@ -27,12 +28,13 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 # The benchmarks' shared set-up: database, results folder, environment record (same folder).
-from common import MIB, bench_database, bench_parser, environment, save_report
+from common import ADMIN_URLS, MIB, bench_database, bench_parser, environment, save_report
 
 TARGET_SECONDS = 5.0
 TARGET_RSS_MIB = 150.0
@@ -151,6 +153,11 @@ def build(url: str, *, locks: int, owners: int, renames: int, seed: int) -> dict
                     names = ["id", *LOCK_TRACKED, "valid_from", "change_type", "run_id"]
                     conn.execute(insert(bound_lock_versions).from_select(names, source))
                 conn.execute(update(sync_runs).values(status="succeeded"))
+        if engine.dialect.name == "postgresql":
+            # What autovacuum does soon after a load (statistics, visibility map, hint bits):
+            # without it the first reads plan for an empty table and write every page back.
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.exec_driver_sql("VACUUM ANALYZE")
     finally:
         engine.dispose()
     return {"locks": locks, "renamed": len(renamed), "build_s": time.perf_counter() - started}
@@ -177,6 +184,108 @@ def _lock_row(rng: random.Random, owner_id: str, t: datetime) -> tuple[Any, ...]
         t,
         t,
     )
+
+
+@contextlib.contextmanager
+def _database(
+    args: argparse.Namespace, workdir: Path
+) -> Iterator[tuple[str, dict[str, Any] | None]]:
+    """The built database's URL and build figures (None when a kept one was reused).
+
+    With --keep the database has a name made of the build parameters and is not dropped: a
+    later run with the same parameters (and --keep) reuses it if both runs were written.
+    """
+    if not args.keep:
+        with bench_database(args.db, workdir, args.db_url) as fresh:
+            url = fresh()
+            yield url, _build(args, url)
+        return
+    name = f"read_{args.locks}_{args.owners}_{args.renames}_{args.seed}"
+    if args.db == "sqlite":
+        path = Path(args.db_url.removeprefix("sqlite:///")) if args.db_url else None
+        url = f"sqlite:///{path or (args.results / (name + '.db')).resolve()}"
+    else:
+        url = _server_database(args.db_url or ADMIN_URLS[args.db], f"exporter_bench_{name}")
+    if _complete(url, args.locks):
+        print(f"reusing {url}", flush=True)
+        yield url, None
+        return
+    if args.db == "sqlite":
+        with bench_database(args.db, workdir, url) as fresh:
+            fresh()  # the file removed, created and migrated
+    else:
+        from exporter.db.engine import make_engine
+        from exporter.db.migrate import upgrade
+
+        _server_database(url, None, drop=True)
+        engine = make_engine(url)
+        try:
+            upgrade(engine)
+        finally:
+            engine.dispose()
+    yield url, _build(args, url)
+
+
+def _build(args: argparse.Namespace, url: str) -> dict[str, Any]:
+    print(f"building {args.locks:,} locks in {args.owners:,} owner accounts...", flush=True)
+    built = build(url, locks=args.locks, owners=args.owners, renames=args.renames, seed=args.seed)
+    print(f"built in {built['build_s']:.0f} s", flush=True)
+    return built
+
+
+def _server_database(url: str, name: str | None, *, drop: bool = False) -> str:
+    """The URL of database `name` on the server of `url` (None: url's own); dropped and created
+    again with `drop`, else created if missing."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    target = make_url(url)
+    if name is not None:
+        target = target.set(database=name)
+    name = target.database
+    admin = create_engine(
+        target.set(database="postgres" if target.get_backend_name() == "postgresql" else ""),
+        isolation_level="AUTOCOMMIT",
+    )
+    try:
+        with admin.connect() as conn:
+            if drop:
+                conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
+            if target.get_backend_name() == "postgresql":
+                found = conn.execute(
+                    text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
+                ).first()
+                if found is None:
+                    conn.execute(text(f"CREATE DATABASE {name}"))
+            else:
+                conn.execute(text(f"CREATE DATABASE IF NOT EXISTS {name}"))
+    finally:
+        admin.dispose()
+    return target.render_as_string(hide_password=False)
+
+
+def _complete(url: str, locks: int) -> bool:
+    """Whether the database at `url` holds a finished build of `locks` locks."""
+    from sqlalchemy import func, select
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from exporter.db.engine import make_engine
+    from exporter.db.schema import bound_locks, sync_runs
+
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return False
+    engine = make_engine(url, create=False)
+    try:
+        with engine.connect() as conn:
+            succeeded = conn.execute(
+                select(func.count()).where(sync_runs.c.status == "succeeded")
+            ).scalar_one()
+            stored = conn.execute(select(func.count()).select_from(bound_locks)).scalar_one()
+        return bool(succeeded == 2 and stored == locks)
+    except SQLAlchemyError:
+        return False
+    finally:
+        engine.dispose()
 
 
 # -- measuring ------------------------------------------------------------------------------------
@@ -265,14 +374,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     steps = [(name, ("--sql-floor", when)) for name, when in FLOORS.items()]
     steps += [(name, command) for name, command, _, _ in COMMANDS]
     results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in steps}
+    steps = [step for step in steps if not args.only or step[0] in args.only]
     try:
-        with bench_database(args.db, workdir, args.db_url) as fresh:
-            url = fresh()
-            print(f"building {args.locks:,} locks in {args.owners:,} owner accounts...", flush=True)
-            built = build(
-                url, locks=args.locks, owners=args.owners, renames=args.renames, seed=args.seed
-            )
-            print(f"built in {built['build_s']:.0f} s", flush=True)
+        with _database(args, workdir) as (url, built):
             for round_no in range(1, args.repeat + 1):
                 for name, command in steps:
                     figures = measure(command, url, workdir)
@@ -286,6 +390,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     summary: dict[str, dict[str, Any]] = {}
+    if not args.repeat:
+        return {"benchmark": "read", "db": args.db, "build": built, "summary": summary}
     for name, command in steps:
         runs = results[name]
         summary[name] = {
@@ -296,8 +402,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "lines": runs[0]["lines"],
         }
     for name, _, judged, floor in COMMANDS:
+        if name not in summary:
+            continue
         row = summary[name]
-        if floor is not None:
+        if floor is not None and floor in summary:
             # Per round, against the floor measured in the same round (the VM's speed drifts).
             rounds = zip(results[name], results[floor], strict=True)
             row["x_floor"] = statistics.median(r["wall_s"] / f["wall_s"] for r, f in rounds)
@@ -319,7 +427,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _check_lines(summary: dict[str, Any], locks: int) -> None:
     """The CSV outputs hold every lock (plus the header line): the figures are of whole runs."""
     for name in ("locks csv", "locks --as-of 1 csv"):
-        if summary[name]["lines"] != locks + 1:
+        if name in summary and summary[name]["lines"] != locks + 1:
             raise RuntimeError(f"{name} wrote {summary[name]['lines'] - 1} locks, not {locks}")
 
 
@@ -360,6 +468,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--locks", type=int, default=1_000_000)
     parser.add_argument("--owners", type=int, default=2_000)
     parser.add_argument("--renames", type=int, default=10_000, help="locks renamed in run 2")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the built database (named by --locks/--owners/--renames/--seed: "
+        "benchmarks/results/read_*.db, or database exporter_bench_read_* on the server) and "
+        "reuse it when it is complete; --repeat 0 only builds it",
+    )
+    parser.add_argument(
+        "--only", action="append", metavar="NAME", help="measure only this step (repeatable)"
+    )
     parser.add_argument("--sql-floor", choices=("now", "as-of"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.sql_floor:  # one floor measurement, in a process of its own
@@ -367,6 +485,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args.results.mkdir(parents=True, exist_ok=True)
     report = run(args)
+    if not report["summary"]:
+        return 0
     print_table(report)
     save_report(report, args.results, f"read_{args.db}")
     missed = [name for name, row in report["summary"].items() if row.get("met") is False]

@@ -10,10 +10,10 @@ that a CSV text cell a spreadsheet would run as a formula gets a leading `'` (un
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import date, datetime
 from itertools import islice
-from operator import itemgetter
 from typing import IO, Any
 
 FORMATS = ("table", "csv", "json")
@@ -141,48 +141,82 @@ def write_csv(
 def write_csv_tuples(
     rows: Iterable[Sequence[Any]], columns: Sequence[str], out: IO[str], *, raw: bool = False
 ) -> None:
-    """Rows (values in `columns` order) as CSV with a header line; see `csv_value`.
+    """Rows (values in `columns` order) as CSV with a header line; see `write_csv_columns`."""
+    batches = (list(zip(*batch, strict=True)) for batch in _batches(rows))
+    write_csv_columns(batches, columns, out, raw=raw)
+
+
+def write_csv_columns(
+    batches: Iterable[Sequence[Sequence[Any]]],
+    columns: Sequence[str],
+    out: IO[str],
+    *,
+    raw: bool = False,
+) -> None:
+    """Batches of rows, each given as its columns (in `columns` order), as CSV with a header
+    line; see `csv_value`.
 
     Fields are quoted as the csv module quotes them (a comma, a quote or a newline in them),
     and also for a carriage return, which a reader would take for the end of the row.
     """
     out.write(",".join(_quoted(list(columns))) + "\n")
-    for batch in _batches(rows):
-        fields = [_quoted(_csv_column(column, raw)) for column in zip(*batch, strict=True)]
+    for batch in batches:
+        if len(batch) != len(columns):
+            raise ValueError(f"{len(batch)} columns in a batch, not {len(columns)}")
+        fields = [_csv_fields(column, raw) for column in batch]
         out.write("\n".join(map(",".join, zip(*fields, strict=True))) + "\n")
 
 
 _BOOL_TEXT = {True: "true", False: "false"}
-_first = itemgetter(0)
 
 
-def _csv_column(column: Sequence[Any], raw: bool) -> list[str]:
-    """One column of a batch of rows as `csv_value` writes each of its cells.
+def _csv_fields(column: Sequence[Any], raw: bool) -> Sequence[str]:
+    """One column of a batch of rows as CSV fields: each cell as `csv_value` writes it, quoted
+    as `_quoted` quotes it.
 
     Column by column, so that most columns cost no Python call per cell; the lines are then
-    joined with str.join (csv.writer took 3.4 us a lock, the joins 0.2 us).
+    joined with str.join (csv.writer took 3.4 us a lock, the joins 0.2 us). Times, numbers and
+    booleans never hold a character that needs quoting.
     """
     kinds = set(map(type, column))
     empty = type(None) in kinds
     kinds.discard(type(None))
     if kinds == {str}:
-        if not raw and not FORMULA_STARTS.isdisjoint(map(_first, filter(None, column))):
-            return [(v and ("'" + v if v[0] in FORMULA_STARTS else v)) or "" for v in column]
-        return [v or "" for v in column] if empty else list(column)
+        return _text_fields([v or "" for v in column] if empty else column, raw)
     if not kinds:
         return [""] * len(column)
     if empty:
-        return [csv_value(v, raw=raw) for v in column]
+        return _quoted([csv_value(v, raw=raw) for v in column])
     if kinds == {bool}:
         return list(map(_BOOL_TEXT.__getitem__, column))
     if kinds == {datetime}:
         return list(map(datetime.isoformat, column))
     if kinds <= {int, float}:
         return list(map(str, column))
-    return [csv_value(v, raw=raw) for v in column]
+    return _quoted([csv_value(v, raw=raw) for v in column])
+
+
+# A column's texts are checked joined, with a separator no formula start or quoting character
+# is: a formula character after it (or at the very start) may begin a cell. A cell holding the
+# separator itself only gives a false alarm, which the exact check per cell then clears.
+_SEPARATOR = "\x00"
+_FORMULA_AFTER_SEPARATOR = tuple(_SEPARATOR + char for char in sorted(FORMULA_STARTS))
+
+
+def _text_fields(texts: Sequence[str], raw: bool) -> Sequence[str]:
+    """Text cells as CSV fields: the formula guard (unless `raw`), then quoting."""
+    joined = _SEPARATOR + _SEPARATOR.join(texts)
+    if not raw and any(start in joined for start in _FORMULA_AFTER_SEPARATOR):
+        texts = [("'" + v if v[:1] in FORMULA_STARTS else v) for v in texts]
+    # The guard's leading ' needs no quotes: the joined texts still tell which cells do.
+    if not any(char in joined for char in _NEEDS_QUOTES):
+        return texts
+    return [_QUOTED.format(v.replace('"', '""')) if _needs_quotes(v) else v for v in texts]
 
 
 _NEEDS_QUOTES = (",", '"', "\n", "\r")
+_needs_quotes = re.compile('[,"\n\r]').search
+_QUOTED = '"{}"'
 
 
 def _quoted(column: list[str]) -> list[str]:
@@ -190,7 +224,4 @@ def _quoted(column: list[str]) -> list[str]:
     text = "".join(column)
     if not any(char in text for char in _NEEDS_QUOTES):
         return column
-    return [
-        '"' + v.replace('"', '""') + '"' if any(char in v for char in _NEEDS_QUOTES) else v
-        for v in column
-    ]
+    return [_QUOTED.format(v.replace('"', '""')) if _needs_quotes(v) else v for v in column]

@@ -47,7 +47,7 @@ from exporter.db.schema import (
 from exporter.errors import UsageError
 from exporter.kinds import ChangeEntity, ChangeType
 from exporter.read.asof import AsOf, valid_at
-from exporter.read.streaming import stream, streamed
+from exporter.read.streaming import Columns, stream, stream_columns, streamed
 from exporter.results import Change
 
 # Compared per row: a module constant, not an Enum attribute lookup (four times slower).
@@ -101,11 +101,14 @@ class Inventory:
     """An inventory: the owners shown (also those without locks) and the locks, both in order.
 
     `locks` is a list, or (inside `open_inventory`) read from the database while it is iterated.
+    `columns`, set by `open_inventory` when no filter applies, reads the same locks in batches,
+    each batch as its columns in LockRow order (the CSV writer's input): iterate one or the other.
     """
 
     as_of: AsOf | None
     owners: list[OwnerRow]
     locks: Iterable[LockRow]
+    columns: Iterable[Columns] | None = None
 
 
 class InventoryFilters(TypedDict, total=False):
@@ -165,7 +168,9 @@ def open_inventory(
             owners = _owners(conn, at, owner_ids, include_removed)
             if filtered or include_removed:
                 owners = listed_owners(owners, locks(), only_those_with_locks=filtered)
-        yield Inventory(as_of, owners, locks())
+        # Both are read lazily: the query runs for the one that is iterated.
+        columns = None if filtered else stream_columns(conn, query)
+        yield Inventory(as_of, owners, locks(), columns)
 
 
 def listed_owners(

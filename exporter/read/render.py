@@ -13,7 +13,7 @@ from rich.table import Table
 
 from exporter.kinds import ChangeEntity, ChangeType
 from exporter.read.changelog import ChangeFeed, ChangeRow, FieldChange, LockHistory
-from exporter.read.formats import cell, shown, write_csv_tuples
+from exporter.read.formats import cell, shown, write_csv_columns, write_csv_tuples
 from exporter.read.inventory import Inventory, LockRow, OwnerRow, fold
 
 # Tables are for people: past this many rows they say how many more there are instead.
@@ -73,7 +73,10 @@ def inventory_json(inv: Inventory) -> dict[str, Any]:
 
 def inventory_csv(inv: Inventory, out: IO[str], *, raw: bool = False) -> None:
     """`exporter locks --format csv`: one row per lock."""
-    write_csv_tuples(inv.locks, LOCK_COLUMNS, out, raw=raw)
+    if inv.columns is not None:
+        write_csv_columns(inv.columns, LOCK_COLUMNS, out, raw=raw)
+    else:
+        write_csv_tuples(inv.locks, LOCK_COLUMNS, out, raw=raw)
 
 
 def inventory_table(

@@ -4,6 +4,7 @@ time columns converted by the driver or in C."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -14,10 +15,13 @@ from sqlalchemy.types import TypeEngine
 
 from exporter.db.types import UTCDateTime
 
-__all__ = ["stream", "streamed"]
+__all__ = ["stream", "stream_columns", "streamed"]
 
 # Rows fetched at a time by a streamed read: memory stays flat, round trips stay few.
 _STREAM_BATCH = 2000
+
+# One batch of rows, as its columns (each a sequence of the batch's values, in row order).
+Columns = list[Sequence[Any]]
 
 
 def stream(conn: Connection, query: Select[Any]) -> Iterator[Sequence[Any]]:
@@ -25,49 +29,94 @@ def stream(conn: Connection, query: Select[Any]) -> Iterator[Sequence[Any]]:
 
     Inside, no other statement may run on `conn` until the rows are all read.
     """
-    if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
-        yield from _psycopg_stream(conn, query)
-        return
-    # SQLite steps through the rows as they are fetched; PyMySQL reads them unbuffered.
-    result = conn.execution_options(stream_results=True, yield_per=_STREAM_BATCH).execute(query)
-    with result:
-        for batch in result.partitions():
+    dialect = conn.dialect
+    batches = _DRIVER_BATCHES.get((dialect.name, dialect.driver))
+    if batches is not None and not _converters(dialect, query):
+        # The driver's rows are already typed (PostgreSQL): no detour through columns.
+        for batch in batches(conn, query, _STREAM_BATCH):
             yield from batch
+        return
+    for columns in stream_columns(conn, query):
+        yield from zip(*columns, strict=True)
 
 
-def _psycopg_stream(conn: Connection, query: Select[Any]) -> Iterator[Sequence[Any]]:
-    """PostgreSQL rows as the server sends them (psycopg's chunked stream), typed as by Core.
+def stream_columns(
+    conn: Connection, query: Select[Any], size: int = _STREAM_BATCH
+) -> Iterator[Columns]:
+    """The rows of `query` in batches of up to `size`, each batch as its columns, the values
+    typed as Core types them.
+
+    The driver's rows are taken as they are (no Row per row) and converted a column at a time:
+    a million locks pass through without a Python call per row. Inside, no other statement may
+    run on `conn` until the batches are all read.
+    """
+    dialect = conn.dialect
+    batches = _DRIVER_BATCHES.get((dialect.name, dialect.driver))
+    if batches is None:
+        # MySQL/MariaDB: Core's rows, read unbuffered (PyMySQL's SSCursor) and typed by Core.
+        result = conn.execution_options(stream_results=True, yield_per=size).execute(query)
+        with result:
+            for rows in result.partitions():
+                yield list(zip(*rows, strict=True))
+        return
+    convert = _converters(dialect, query)
+    for batch in batches(conn, query, size):
+        columns: Columns = list(zip(*batch, strict=True))
+        for i, process in convert:
+            columns[i] = list(map(process, columns[i]))  # as Core does: None too
+        yield columns
+
+
+def _converters(dialect: Dialect, query: Select[Any]) -> list[tuple[int, Callable[[Any], Any]]]:
+    """The columns of `query` Core converts from what the driver returns, with the conversion."""
+    return [
+        (i, process)
+        for i, column in enumerate(query.selected_columns)
+        if (process := column.type.dialect_impl(dialect).result_processor(dialect, None))
+    ]
+
+
+def _sqlite_batches(conn: Connection, query: Select[Any], size: int) -> Iterator[Sequence[Any]]:
+    """sqlite3's rows of `query`, `size` at a time, as SQLite steps through them.
+
+    Core compiles, binds and executes; the rows are taken from its DBAPI cursor (no
+    stream_results: that would have Core buffer a row ahead of us).
+    """
+    result = conn.execute(query)
+    with result:
+        cursor = result.cursor
+        while batch := cursor.fetchmany(size):
+            yield batch
+
+
+def _psycopg_batches(conn: Connection, query: Select[Any], size: int) -> Iterator[Sequence[Any]]:
+    """PostgreSQL rows as the server sends them (psycopg's chunked stream), `size` at a time.
 
     SQLAlchemy streams through a server-side cursor (DECLARE CURSOR), which PostgreSQL plans
     without parallel workers and for the first rows: sorting a million locks took 2-3x as long
     as the same plain query, whose rows psycopg can read chunk by chunk as they arrive.
     """
-    dialect = conn.dialect
-    compiled = query.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
-    convert = [
-        (i, process)
-        for i, column in enumerate(query.selected_columns)
-        if (process := column.type.dialect_impl(dialect).result_processor(dialect, None))
-    ]
+    compiled = query.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
     # Core's bind processors are not applied: the parameters of these queries (text, numbers,
     # aware datetimes) need none on psycopg.
     dbapi: Any = conn.connection.dbapi_connection
-    chunks = {"size": _STREAM_BATCH} if _psycopg_pq_version() >= 170000 else {}
+    chunks = {"size": size} if _psycopg_pq_version() >= 170000 else {}
     with dbapi.cursor() as cursor:
         # Times in UTC from the server: converting each from the server's zone (a ZoneInfo)
         # took more CPU than reading it. Only for this transaction.
         cursor.execute("SET LOCAL TIME ZONE 'UTC'")
         rows = cursor.stream(compiled.string, compiled.construct_params(), **chunks)
         with contextlib.closing(rows):
-            if not convert:
-                yield from rows
-                return
-            for row in rows:
-                values = list(row)
-                for i, process in convert:
-                    if values[i] is not None:
-                        values[i] = process(values[i])
-                yield values
+            while batch := list(itertools.islice(rows, size)):
+                yield batch
+
+
+_DRIVER_BATCHES: dict[
+    tuple[str, str], Callable[[Connection, Select[Any], int], Iterator[Sequence[Any]]]
+] = {
+    ("sqlite", "pysqlite"): _sqlite_batches,
+    ("postgresql", "psycopg"): _psycopg_batches,
+}
 
 
 def _psycopg_pq_version() -> int:

@@ -1,0 +1,124 @@
+"""Reading large results in column batches: the values Core would give, the CSV the rows give.
+
+`exporter locks --format csv` writes a million locks from batches of columns taken straight from
+the driver (no Row, no LockRow per lock). Those batches must hold exactly the values, and types,
+that Core's own rows hold, and the CSV written from them must be byte for byte the CSV written
+row by row, formula guard and quoting included.
+"""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from support.inventory_data import InventoryDb
+
+from exporter.db.engine import connect, make_engine
+from exporter.read import asof, formats, render
+from exporter.read import inventory as report
+from exporter.read.streaming import stream, stream_columns
+
+
+@pytest.mark.parametrize("when", ["now", "as-of"])
+def test_column_batches_hold_what_cores_rows_hold(inventory_db: InventoryDb, when: str) -> None:
+    engine = make_engine(inventory_db.url)
+    try:
+        at = asof.resolve_as_of(engine, "2", now=datetime.now(UTC)).at if when == "as-of" else None
+        with connect(engine) as conn:
+            query = report._locks_query(conn.dialect.name, at, None, True)
+            expected = [tuple(row) for row in conn.execute(query)]
+            batches = list(stream_columns(conn, query, size=4))
+            rows = list(stream(conn, query))
+    finally:
+        engine.dispose()
+
+    assert len(expected) > 8
+    assert all(len(batch) == len(report.LockRow._fields) for batch in batches)
+    sizes = [len(batch[0]) for batch in batches]
+    assert sizes[:-1] == [4] * (len(sizes) - 1) and 0 < sizes[-1] <= 4
+    streamed = [row for batch in batches for row in zip(*batch, strict=True)]
+    assert streamed == expected
+    assert [tuple(row) for row in rows] == expected
+    # Equal is not enough (1 == True, naive and aware times compare unequal but both exist):
+    # each value is of the type Core gives it.
+    for got, want in zip(streamed, expected, strict=True):
+        assert list(map(type, got)) == list(map(type, want))
+        for value, core in zip(got, want, strict=True):
+            if isinstance(core, datetime):
+                assert value.tzinfo is not None and value.utcoffset() == core.utcoffset()
+
+
+def test_inventory_csv_from_columns_is_the_csv_from_rows(inventory_db: InventoryDb) -> None:
+    engine = make_engine(inventory_db.url)
+    try:
+        with report.open_inventory(engine, include_removed=True, with_owners=False) as found:
+            assert found.columns is not None
+            by_columns = io.StringIO()
+            render.inventory_csv(found, by_columns)
+        with report.open_inventory(engine, include_removed=True, with_owners=False) as found:
+            by_rows = io.StringIO()
+            formats.write_csv_tuples(found.locks, render.LOCK_COLUMNS, by_rows)
+    finally:
+        engine.dispose()
+    assert by_columns.getvalue().count("\n") > 8
+    assert by_columns.getvalue() == by_rows.getvalue()
+
+
+# Cells that start like a formula, or only seem to once a column's cells are joined.
+TRICKY = [
+    "=1+1",
+    "plain",
+    "a\x00=b",  # the join separator, then a formula character: not a formula start
+    "\x00",
+    "x\x00",
+    "\x00+",
+    "",
+    None,
+    "-",
+    "tab\tinside",
+    "\ttab first",
+    'say "hi", then\r\nleave',
+    "\rcr first",
+]
+
+
+@pytest.mark.parametrize("raw", [False, True], ids=["guarded", "raw"])
+@pytest.mark.parametrize("column", range(len(TRICKY)), ids=lambda n: f"with-{n}")
+def test_column_csv_is_the_cell_by_cell_csv(column: int, raw: bool) -> None:
+    # Each tricky cell alone among harmless ones, first, inside and last (the column-wide
+    # shortcuts must not hide it), then all of them together; every cell must come out as
+    # csv_value writes it, quoted by the csv rules.
+    tricky, harmless = TRICKY[column], ["ok"] * 4
+    alone = [[tricky, *harmless], [*harmless[:2], tricky, *harmless[2:]], [*harmless, tricky]]
+    for values in (*alone, TRICKY):
+        out = io.StringIO()
+        formats.write_csv_columns([[values, list(range(len(values)))]], ("v", "n"), out, raw=raw)
+        assert out.getvalue() == "v,n\n" + "".join(
+            f"{_field(formats.csv_value(v, raw=raw))},{n}\n" for n, v in enumerate(values)
+        )
+
+
+def _field(text: str) -> str:
+    if any(char in text for char in ',"\n\r'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def test_column_csv_refuses_a_batch_of_the_wrong_width() -> None:
+    with pytest.raises(ValueError, match="2 columns in a batch, not 3"):
+        formats.write_csv_columns([[["a"], [1]]], ("v", "n", "x"), io.StringIO())
+
+
+def test_column_csv_is_written_batch_by_batch() -> None:
+    out = io.StringIO()
+
+    def batches() -> Any:
+        for n in range(3):
+            # Everything before this batch is already written when it is read.
+            assert out.getvalue().count("\n") == 1 + 2 * n
+            yield [[f"row {2 * n}", f"row {2 * n + 1}"]]
+
+    formats.write_csv_columns(batches(), ("title",), out)
+    assert out.getvalue().splitlines() == ["title"] + [f"row {n}" for n in range(6)]
