@@ -216,9 +216,11 @@ def _store_groups(
     from exporter.sync.versions import open_created_versions
 
     limit, written = Batching().locks, 0
+    # As the sync does (LockSync.insert_in_id_order): InnoDB keeps the table in (owner, id) order.
+    in_id_order = conn.dialect.name in ("mysql", "mariadb")
     transaction = conn.begin()
     for owner_id, t, rows in owners:
-        insert_many(conn, bound_locks, columns, rows)
+        insert_many(conn, bound_locks, columns, sorted(rows) if in_id_order else rows)
         open_created_versions(conn, owner_id, t, 1)
         written += len(rows)
         if written >= limit:

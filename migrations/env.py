@@ -8,19 +8,22 @@ from typing import Any
 from alembic import context
 from sqlalchemy import engine_from_config, pool, text
 
-from exporter.db.schema import OPEN_VERSION_INDEXES, metadata
+from exporter.db.schema import MYSQL_LOCK_ID_INDEX, OPEN_VERSION_INDEXES, metadata
 
 # No logging.config.fileConfig() here: it would disable the application's loggers (alembic#714).
 config = context.config
-_OPEN_VERSION_NAMES = {index.name for index in OPEN_VERSION_INDEXES}
+# Indexes that exist on some databases only: their names and where.
+_ONLY_ON = {index.name: ("postgresql", "sqlite") for index in OPEN_VERSION_INDEXES}
+_ONLY_ON[MYSQL_LOCK_ID_INDEX.name] = ("mysql", "mariadb")
 
 
 def _include_object(
     obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
 ) -> bool:
-    # Partial unique indexes exist only where the database supports them (not MariaDB/MySQL).
-    if type_ == "index" and name in _OPEN_VERSION_NAMES:
-        return context.get_bind().dialect.name in ("postgresql", "sqlite")
+    # Partial unique indexes exist only where the database supports them (not MariaDB/MySQL);
+    # bound_locks' unique index on id only where id is not its primary key (MariaDB/MySQL).
+    if type_ in ("index", "unique_constraint") and name in _ONLY_ON:
+        return context.get_bind().dialect.name in _ONLY_ON[name]
     return True
 
 

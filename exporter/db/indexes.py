@@ -8,8 +8,10 @@ again when its writes are done (`restore`). A run that dies in between leaves th
 run restores missing ones before it writes anything, so the next run builds them.
 
 Kept while loading: the primary keys, the owner index of `bound_locks` (the load copies each
-owner's new rows into versions through it) and the versions' `run_id` index (MariaDB/MySQL refuse
-to drop the index of a foreign key; it grows in order anyway).
+owner's new rows into versions through it), the versions' `run_id` index (MariaDB/MySQL refuse
+to drop the index of a foreign key; it grows in order anyway) and, on MariaDB/MySQL, the unique
+index on `bound_locks.id` (there the primary key is (owner, id): this index is what keeps a lock
+id unique, so it is never missing, not even while a first load runs).
 """
 
 from __future__ import annotations
@@ -19,7 +21,12 @@ import logging
 from sqlalchemy import Connection, Engine, Index, bindparam, select, text
 
 from exporter.db.engine import backend, connect
-from exporter.db.schema import OPEN_VERSION_INDEXES, bound_lock_versions, bound_locks
+from exporter.db.schema import (
+    MYSQL_LOCK_ID_INDEX,
+    OPEN_VERSION_INDEXES,
+    bound_lock_versions,
+    bound_locks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +41,8 @@ def deferred(dialect_name: str) -> list[Index]:
     chosen = []
     for table in _TABLES:
         for index in sorted(table.indexes, key=lambda i: str(i.name)):
+            if index is MYSQL_LOCK_ID_INDEX:
+                continue
             if index in OPEN_VERSION_INDEXES:
                 if dialect_name not in _PARTIAL:
                     continue

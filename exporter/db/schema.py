@@ -408,3 +408,12 @@ OPEN_VERSION_INDEXES = tuple(
         grant_versions,
     )
 )
+
+# InnoDB (MariaDB/MySQL) stores a table's rows in primary key order. There the primary key of
+# bound_locks is (owner_account_id, id) (migration 0008), so an owner's locks lie together: with
+# `id` alone they lay in random id order, each on a page of its own, and every rerun read each
+# owner's stored texts from about as many pages as it had locks. This index keeps `id` unique
+# there; on PostgreSQL and SQLite `id` is the primary key, as declared above.
+MYSQL_LOCK_ID_INDEX = Index("uq_bound_locks_id", bound_locks.c.id, unique=True).ddl_if(
+    dialect=("mysql", "mariadb")  # type: ignore[arg-type]  # tuples are documented
+)

@@ -216,9 +216,10 @@ class _StoredTexts:
 
     One thread on one connection, whatever `workers` is: the reads are short, and several threads
     reading at once cost more CPU (in SQLite and for the GIL) than they save in wall time. Except
-    on MySQL/MariaDB: InnoDB keeps rows in primary key order, so an owner's rows lie on as many
-    pages as it has locks, and a read mostly waits for the server to bring them in; two readers
-    overlap those waits (an unchanged rerun of 100,000 locks took a quarter less time).
+    on MySQL/MariaDB, where a read mostly waits for the server to bring pages in from the file
+    when the table outgrows the buffer pool; two readers overlap those waits (an unchanged rerun
+    of 100,000 locks took a quarter less time, measured while an owner's rows still lay one per
+    page: before migration 0008 keyed bound_locks by owner there).
 
     Owners with few stored locks are read together, up to SMALL_BATCH_OWNERS owners and
     SMALL_BATCH_LOCKS locks per statement: for owners of a few dozen locks the statement, not

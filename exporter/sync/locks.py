@@ -12,12 +12,12 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select
 
-from exporter.db.engine import connect
+from exporter.db.engine import backend, connect
 from exporter.db.schema import (
     LOCK_TRACKED,
     bound_lock_versions,
@@ -48,6 +48,7 @@ log = logging.getLogger("exporter.sync.engine")
 assert LOCK_TRACKED[0] == "owner_account_id"
 _TRACKED_REST = attrgetter(*LOCK_TRACKED[1:])
 _CURRENT = attrgetter(*LOCK_CURRENT_ONLY)
+_first = itemgetter(0)
 _NEW_LOCK_COLUMNS = ("id", *LOCK_TRACKED, *LOCK_CURRENT_ONLY, "first_seen_at", "updated_at")
 
 # The run's dry-run note of one change: entity, id, change type, owner, fields, reason, title.
@@ -87,6 +88,11 @@ class LockSync:
         # Present locks per owner and present owners before this run (for the deletion guard).
         self.locks_before: dict[str, int] = {}
         self.owners_before = 0
+        # InnoDB keeps bound_locks in (owner, id) order (schema.MYSQL_LOCK_ID_INDEX): an owner's
+        # new locks inserted in id order fill its pages (in API order, which is random by id,
+        # each page split half-way and the first load's table grew by a third). Elsewhere the
+        # insert order is the order texts are read back in, which must stay the API's.
+        self.insert_in_id_order = backend(engine) == "mysql"
 
     @property
     def run_id(self) -> int:
@@ -226,6 +232,8 @@ class LockSync:
             (record.id, owner_id, *_TRACKED_REST(record), *_CURRENT(record), t, t)
             for record in diff.created
         ]
+        if self.insert_in_id_order:
+            new_rows.sort(key=_first)
         if self.dry_run:
             for record, kind, fields in diff.in_order(records):
                 self.note("lock", record.id, kind, owner_id, fields, title=record.title)

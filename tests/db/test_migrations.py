@@ -193,11 +193,17 @@ def _contents(
     engine: Engine, like: dict[str, list[dict[str, object]]] | None = None
 ) -> dict[str, list[dict[str, object]]]:
     """Every row of every table the database has (tables of later revisions may not exist),
-    or of the tables of `like`."""
+    or of the tables of `like`, in key order (MariaDB reads rows in its primary key's order,
+    which 0008 changes for bound_locks)."""
     with engine.connect() as conn:
         present = set(inspect(conn).get_table_names()) if like is None else set(like)
         return {
-            table.name: [dict(row) for row in conn.execute(select(table)).mappings()]
+            table.name: [
+                dict(row)
+                for row in conn.execute(
+                    select(table).order_by(*table.primary_key.columns)
+                ).mappings()
+            ]
             for table in metadata.sorted_tables
             if table is not calendar_days and table.name in present
         }

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Dialect, Engine, Table, create_engine, event, insert, select, text
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy import Dialect, Engine, Table, create_engine, event, insert, inspect, select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from support.helpers import make_settings
 
 from exporter.db.bulk import insert_many
@@ -233,3 +233,17 @@ def test_sqlite_inserts_many_rows_per_statement_in_order(tmp_path: Path) -> None
     finally:
         engine.dispose()
     assert [tuple(row) for row in stored] == rows
+
+
+def test_a_lock_id_is_unique_and_mariadb_stores_an_owners_locks_together(engine: Engine) -> None:
+    # InnoDB stores rows in primary key order: on MariaDB/MySQL the key is (owner, id), so that
+    # reading one owner's locks (every rerun does) touches a few pages, not one per lock. An id
+    # stays unique on every database, also under another owner.
+    innodb = engine.dialect.name in ("mysql", "mariadb")
+    key = inspect(engine).get_pk_constraint("bound_locks")["constrained_columns"]
+    assert key == (["owner_account_id", "id"] if innodb else ["id"])
+    lock = {"id": "lock-1", "owner_account_id": "owner-1", "first_seen_at": T, "updated_at": T}
+    with engine.begin() as conn:
+        conn.execute(insert(bound_locks), lock)
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(insert(bound_locks), {**lock, "owner_account_id": "owner-2"})
