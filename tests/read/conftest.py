@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from sqlalchemy import Engine
 from support.helpers import BACKENDS
 from support.inventory_data import Cache, InventoryDb
+
+from exporter.db.engine import make_engine
 
 
 @pytest.fixture(scope="session")
@@ -21,3 +24,11 @@ def inventory_cache(tmp_path_factory: pytest.TempPathFactory, worker_id: str) ->
 def inventory_db(request: pytest.FixtureRequest, inventory_cache: Cache) -> InventoryDb:
     """Eight runs of history on each backend (built once per test process)."""
     return inventory_cache.get(str(request.param))
+
+
+@pytest.fixture
+def db(inventory_db: InventoryDb) -> Iterator[Engine]:
+    """An engine on the filled database."""
+    engine = make_engine(inventory_db.url)
+    yield engine
+    engine.dispose()

@@ -9,5 +9,6 @@ sandbox_http.py  tokens and API calls made by hand, for the sandbox's own tests
 tapkey_client.py  lists served by hand and exact-list checks, for the Tapkey client's tests
 config_files.py  config files written, loaded and their one-line errors, for the config tests
 log_entries.py   runs reading log entries from a sandbox and the entries it lists, for the log tests
+bi_views.py      selects over the BI views with result types, for the read-side tests
 doc_sql.py       the SQL of docs/schema.md, read from the page so tests run the documented text
 """
