@@ -10,5 +10,6 @@ tapkey_client.py  lists served by hand and exact-list checks, for the Tapkey cli
 config_files.py  config files written, loaded and their one-line errors, for the config tests
 log_entries.py   runs reading log entries from a sandbox and the entries it lists, for the log tests
 bi_views.py      selects over the BI views with result types, for the read-side tests
+daemon.py        `exporter serve` as a subprocess, its JSON log, waits and checks on it
 doc_sql.py       the SQL of docs/schema.md, read from the page so tests run the documented text
 """
