@@ -11,5 +11,6 @@ config_files.py  config files written, loaded and their one-line errors, for the
 log_entries.py   runs reading log entries from a sandbox and the entries it lists, for the log tests
 bi_views.py      selects over the BI views with result types, for the read-side tests
 daemon.py        `exporter serve` as a subprocess, its JSON log, waits and checks on it
+sync_checks.py   the versions a run wrote; that a run stored what the sandbox served
 doc_sql.py       the SQL of docs/schema.md, read from the page so tests run the documented text
 """

@@ -1,0 +1,111 @@
+"""The sync engine reading what it stored: texts in batches and exactly, shared connections."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, func, select
+from support.helpers import make_settings, run_once
+from support.sync_checks import _assert_matches_api
+
+from exporter.db.schema import bound_locks, sync_runs
+from exporter.errors import ClientMismatchError
+from exporter.sandbox.server import Sandbox
+from exporter.service import job
+from exporter.sync import crawl
+from exporter.sync.versions import load_live_raw
+
+
+def test_stored_texts_are_read_in_batches_of_small_owners_and_alone_for_large_ones() -> None:
+    stored = {"a": 3, "b": 0, "c": 150, "d": 40, "e": 40, "f": 40, "g": 1}
+    plan = crawl.plan_text_batches(list("abcdefgh"), stored, small=100, owners=2, locks=90)
+    # b and h have nothing stored: no read; c is large; d+e reach 80 locks, f would pass 90.
+    assert plan == [["a"], ["c"], ["d", "e"], ["f", "g"]]
+    assert crawl.plan_text_batches(list("ag"), stored, small=100, owners=5, locks=90) == [
+        ["a", "g"]
+    ]
+
+
+@pytest.mark.parametrize(
+    "odd_id", ["with\x1eseparator", "\x1e", "ends-with\x1e"], ids=["inside", "only", "end"]
+)
+def test_stored_texts_are_read_exactly_whatever_the_ids_contain(
+    engine: Engine, odd_id: str
+) -> None:
+    # SQLite and PostgreSQL read an owner's texts as one joined value: ids holding the separator
+    # must not shift one lock's text onto another (that could pass a changed lock as unchanged).
+    t = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = [
+        ("plain", "owner-1", '{"id":"plain"}', None),
+        (odd_id, "owner-1", '{"id":"odd"}', None),
+        ("no-text", "owner-1", None, None),
+        ("removed", "owner-1", '{"id":"removed"}', t),
+        ("elsewhere", "owner-2", '{"id":"elsewhere"}', None),
+    ]
+    with engine.begin() as conn:
+        conn.execute(
+            bound_locks.insert(),
+            [
+                {"id": i, "owner_account_id": o, "raw": raw, "removed_at": gone}
+                | {"first_seen_at": t, "updated_at": t}
+                for i, o, raw, gone in rows
+            ],
+        )
+        assert load_live_raw(conn, "owner-1") == {
+            "plain": '{"id":"plain"}',
+            odd_id: '{"id":"odd"}',
+            "no-text": "",
+        }
+        assert load_live_raw(conn, "nobody") == {}
+
+
+@pytest.mark.parametrize("db_url", ["mariadb"], indirect=True)
+@pytest.mark.parametrize("limit", [10, 50, 108], ids=["in the ids", "in a text", "near the end"])
+def test_texts_cut_by_group_concat_are_read_again_row_by_row(engine: Engine, limit: int) -> None:
+    # MariaDB reads an owner's texts joined by GROUP_CONCAT, which cuts its result silently at
+    # group_concat_max_len: a cut text must never pass for the stored one.
+    t = datetime(2026, 1, 1, tzinfo=UTC)
+    # Three texts of 36 characters: joined, 110.
+    texts = {f"lock-{n}": f'{{"id":"lock-{n}","title":"{"x" * 10}"}}' for n in range(3)}
+    with engine.begin() as conn:
+        conn.execute(
+            bound_locks.insert(),
+            [
+                {"id": i, "owner_account_id": "owner-1", "raw": raw, "first_seen_at": t}
+                | {"updated_at": t}
+                for i, raw in texts.items()
+            ],
+        )
+        assert load_live_raw(conn, "owner-1") == texts  # joined, whole
+        # The session limit the reader raises, lowered again: 10 cuts the joined ids, 50 the
+        # second text, 108 the last text two characters before its end.
+        conn.exec_driver_sql(f"SET SESSION group_concat_max_len = {limit}")
+        assert load_live_raw(conn, "owner-1") == texts
+
+
+def test_twenty_fetch_threads_share_the_database_connections(
+    db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    # More fetch threads than the engine's pool (5 + 10 overflow) has connections: the crawl
+    # must not need a connection per thread.
+    with Sandbox(seed=5, owners=24, locks_per_owner=2) as fake:
+        run_once(fake, db_url, tmp_path, tapkey={"workers": 20})
+        fake.advance(3)
+        result = run_once(fake, db_url, tmp_path, tapkey={"workers": 20})
+        assert result.status == "succeeded"
+        _assert_matches_api(engine, fake, result)
+
+
+def test_a_database_filled_by_another_client_is_refused(
+    sandbox: Sandbox, db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    run_once(sandbox, db_url, tmp_path)
+    other = make_settings(sandbox, db_url, tmp_path, client_id="other-client")
+
+    with pytest.raises(ClientMismatchError, match="other-client"):
+        job.run_once(other)
+
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(sync_runs)).scalar() == 1
