@@ -12,5 +12,6 @@ log_entries.py   runs reading log entries from a sandbox and the entries it list
 bi_views.py      selects over the BI views with result types, for the read-side tests
 daemon.py        `exporter serve` as a subprocess, its JSON log, waits and checks on it
 sync_checks.py   the versions a run wrote; that a run stored what the sandbox served
+sandbox_access.py  the access routes, their payloads and paths, for the sandbox's own tests
 doc_sql.py       the SQL of docs/schema.md, read from the page so tests run the documented text
 """
