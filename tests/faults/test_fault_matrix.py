@@ -9,8 +9,8 @@ message that tells the operator what to do; the next clean run converges to the 
 
 Most faults run in-process (`job.run_once`, the same wiring as `exporter run-once`) on SQLite,
 PostgreSQL and MariaDB through the `db_url` fixture; exit codes and output of the real command
-are covered in tests/test_cli.py, tests/service/test_check.py, test_secrets_and_transport.py and
-test_bad_input.py.
+are covered in tests/test_cli_run_once.py, tests/service/test_check.py,
+test_secrets_and_transport.py and test_bad_input.py.
 """
 
 from __future__ import annotations

@@ -13,5 +13,6 @@ bi_views.py      selects over the BI views with result types, for the read-side 
 daemon.py        `exporter serve` as a subprocess, its JSON log, waits and checks on it
 sync_checks.py   the versions a run wrote; that a run stored what the sandbox served
 sandbox_access.py  the access routes, their payloads and paths, for the sandbox's own tests
+cli_runs.py      the real `exporter` started in the background; waits on the runs it records
 doc_sql.py       the SQL of docs/schema.md, read from the page so tests run the documented text
 """
