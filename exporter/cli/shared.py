@@ -53,11 +53,11 @@ def may_be_terminal(stream: IO[str]) -> bool:
 _PIPE_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160
 # No console markup or emoji codes: titles, names, descriptions and errors are data and may hold
 # [brackets] or :colons:. SafeConsole shows their control characters escaped.
+_PLAIN: dict[str, Any] = {"highlight": False, "markup": False, "emoji": False, "soft_wrap": True}
 _CONSOLES: dict[str, dict[str, Any]] = {
-    "out": {"highlight": False, "markup": False, "emoji": False, "soft_wrap": True},
-    "err": {"stderr": True, "highlight": False, "markup": False, "emoji": False, "soft_wrap": True},
+    "out": {**_PLAIN, "width": _PIPE_WIDTH},
+    "err": {**_PLAIN, "stderr": True},
 }
-_CONSOLES["out"]["width"] = _PIPE_WIDTH
 _building = threading.Lock()
 
 if TYPE_CHECKING:

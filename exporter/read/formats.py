@@ -209,9 +209,7 @@ def _text_fields(texts: Sequence[str], raw: bool) -> Sequence[str]:
     if not raw and any(start in joined for start in _FORMULA_AFTER_SEPARATOR):
         texts = [("'" + v if v[:1] in FORMULA_STARTS else v) for v in texts]
     # The guard's leading ' needs no quotes: the joined texts still tell which cells do.
-    if not any(char in joined for char in _NEEDS_QUOTES):
-        return texts
-    return [_QUOTED.format(v.replace('"', '""')) if _needs_quotes(v) else v for v in texts]
+    return _quoted(texts, joined)
 
 
 _NEEDS_QUOTES = (",", '"', "\n", "\r")
@@ -219,9 +217,11 @@ _needs_quotes = re.compile('[,"\n\r]').search
 _QUOTED = '"{}"'
 
 
-def _quoted(column: list[str]) -> list[str]:
-    """The fields of `column`, those with a comma, quote, newline or CR quoted (RFC 4180)."""
-    text = "".join(column)
+def _quoted(column: Sequence[str], text: str | None = None) -> Sequence[str]:
+    """The fields of `column`, those with a comma, quote, newline or CR quoted (RFC 4180);
+    `text`, if given, holds all of them (joined), for the check whether any needs quotes."""
+    if text is None:
+        text = "".join(column)
     if not any(char in text for char in _NEEDS_QUOTES):
         return column
     return [_QUOTED.format(v.replace('"', '""')) if _needs_quotes(v) else v for v in column]
