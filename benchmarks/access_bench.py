@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Crawler, Server, bench_database, in_fresh_process, run_settings
+from procstats import measured
 
 TARGET = 1.2
 ROUTES = {"contacts": "Contacts", "cards": "BoundCards", "grants": "Grants"}
@@ -62,12 +62,7 @@ def _child(conn: Connection, kind: str, params: dict[str, Any]) -> None:
 
     import exporter.service.job  # noqa: F401
 
-    started = time.perf_counter()
-    cpu = time.process_time()
-    outcome = (_floor if kind == "floor" else _run)(params)
-    conn.send(
-        {**outcome, "wall_s": time.perf_counter() - started, "cpu_s": time.process_time() - cpu}
-    )
+    conn.send(measured(_floor if kind == "floor" else _run, params))
     conn.close()
 
 

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,6 @@ ADMIN_URLS = {
 BENCH_DB = "exporter_bench"
 CLIENT_ID = "bench-client"
 CLIENT_SECRET = "bench-secret"  # the sandbox's own fake credentials, not a real secret
-MIB = 1024 * 1024
 LOCK_SCOPES = "read:owneraccounts read:core:entities"
 
 # -- server process ------------------------------------------------------------------------------
@@ -118,6 +118,12 @@ class Server:
         if isinstance(answer, Exception):
             raise answer
         return answer
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def close(self) -> None:
         """Stop the sandbox and wait for its process."""
@@ -363,6 +369,66 @@ def save_report(report: dict[str, Any], folder: Path, prefix: str, *, default: A
     for name in (f"{prefix}_{stamp}.json", f"{prefix}_latest.json"):
         (folder / name).write_text(text)
     print(f"results: {folder / f'{prefix}_{stamp}.json'}")
+
+
+def print_heading(
+    report: dict[str, Any], name: str, details: str, columns: str, tail: str = ""
+) -> None:
+    """After an empty line, the title of `report`'s table ("NAME: DB, DETAILS, median of N"), its
+    column header and a rule under that (`print_columns`)."""
+    print()
+    print(f"{name}: {report['db']}, {details}, median of {report['parameters']['repeat']}")
+    print_columns(columns, tail)
+
+
+def print_columns(columns: str, tail: str = "") -> None:
+    """A table's column header and a rule under it.
+
+    `columns` is "NAME:WIDTH|NAME:WIDTH|...": the first column left-aligned, the others
+    right-aligned; `tail` follows them as it is.
+    """
+    cells = [column.rpartition(":") for column in columns.split("|")]
+    header = (
+        "".join(
+            f"{name:{'<' if n == 0 else '>'}{width}}" for n, (name, _, width) in enumerate(cells)
+        )
+        + tail
+    )
+    print(header)
+    print("-" * len(header))
+
+
+def new_report(benchmark: str, db: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    """The head of a benchmark's JSON results: what, on which database, when, with which
+    parameters, on which machine."""
+    return {
+        "benchmark": benchmark,
+        "db": db,
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "parameters": parameters,
+        "environment": environment(),
+    }
+
+
+def _missed_target(row: dict[str, Any]) -> bool:
+    return row.get("met") is False
+
+
+def finish(
+    report: dict[str, Any],
+    args: argparse.Namespace,
+    prefix: str,
+    show: Callable[[dict[str, Any]], None],
+    *,
+    missed: Callable[[dict[str, Any]], bool] = _missed_target,
+    default: Any = None,
+) -> int:
+    """Print `report` with `show` and save it (`save_report`); the exit status: 1 when --check
+    was given and a row of the summary `missed` its target."""
+    show(report)
+    save_report(report, args.results, prefix, default=default)
+    misses = [name for name, row in report["summary"].items() if missed(row)]
+    return 1 if args.check and misses else 0
 
 
 def bench_parser(description: str) -> argparse.ArgumentParser:

@@ -29,11 +29,14 @@ from pathlib import Path
 from typing import Any
 
 # The benchmarks' shared set-up: database, results folder, environment record (same folder).
-from common import MIB, bench_parser, environment, save_report
-from read_build import _database
+from common import bench_parser, finish, new_report, print_heading
+from procstats import MIB, maxrss_bytes
+from read_build import database
 
 TARGET_SECONDS = 5.0
 TARGET_RSS_MIB = 150.0
+# The table's columns, "NAME:WIDTH|..." (common.print_columns).
+COLUMNS = "command:26|wall s:8|cpu s:8|peak RSS:10|lines:12|x floor:9"
 # The SQL floors: the query behind `locks` (now / --as-of 1) read with the bare driver.
 FLOORS = {"SQL floor": "now", "SQL floor --as-of 1": "as-of"}
 # (name, arguments, judged against the targets, the floor it compares with)
@@ -126,11 +129,10 @@ def measure(args: tuple[str, ...], url: str, workdir: Path) -> dict[str, Any]:
         raise RuntimeError(
             f"{' '.join(args)} exited {process.returncode}: {stderr.decode()[-2000:]}"
         )
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB elsewhere
     return {
         "wall_s": wall,
         "cpu_s": usage.ru_utime + usage.ru_stime,
-        "rss_peak_mib": usage.ru_maxrss * scale / MIB,
+        "rss_peak_mib": maxrss_bytes(usage) / MIB,
         "lines": lines,
         "bytes": size,
     }
@@ -147,7 +149,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in steps}
     steps = [step for step in steps if not args.only or step[0] in args.only]
     try:
-        with _database(args, workdir) as (url, built):
+        with database(args, workdir) as (url, built):
             for round_no in range(1, args.repeat + 1):
                 for name, command in steps:
                     figures = measure(command, url, workdir)
@@ -183,12 +185,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if judged:
             row["met"] = row["wall_s"] <= TARGET_SECONDS and row["rss_peak_mib"] < TARGET_RSS_MIB
     _check_lines(summary, args.locks)
+    parameters = vars(args) | {"results": str(args.results), "db_url": None}
     return {
-        "benchmark": "read",
-        "db": args.db,
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "parameters": vars(args) | {"results": str(args.results), "db_url": None},
-        "environment": environment(),
+        **new_report("read", args.db, parameters),
         "build": built,
         "summary": summary,
         "runs": results,
@@ -205,17 +204,8 @@ def _check_lines(summary: dict[str, Any], locks: int) -> None:
 def print_table(report: dict[str, Any]) -> None:
     """The summary as a plain text table."""
     p = report["parameters"]
-    print()
-    print(
-        f"read benchmark: {report['db']}, {p['locks']:,} locks in {p['owners']:,} owner "
-        f"accounts, median of {p['repeat']}"
-    )
-    header = (
-        f"{'command':<26}{'wall s':>8}{'cpu s':>8}{'peak RSS':>10}{'lines':>12}{'x floor':>9}"
-        "  target"
-    )
-    print(header)
-    print("-" * len(header))
+    details = f"{p['locks']:,} locks in {p['owners']:,} owner accounts"
+    print_heading(report, "read benchmark", details, COLUMNS, "  target")
     for name, row in report["summary"].items():
         target = ""
         if "met" in row:
@@ -258,10 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     report = run(args)
     if not report["summary"]:
         return 0
-    print_table(report)
-    save_report(report, args.results, f"read_{args.db}")
-    missed = [name for name, row in report["summary"].items() if row.get("met") is False]
-    return 1 if args.check and missed else 0
+    return finish(report, args, f"read_{args.db}", print_table)
 
 
 if __name__ == "__main__":

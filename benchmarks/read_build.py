@@ -143,7 +143,7 @@ def _lock_row(rng: random.Random, owner_id: str, t: datetime) -> tuple[Any, ...]
 
 
 @contextlib.contextmanager
-def _database(
+def database(
     args: argparse.Namespace, workdir: Path
 ) -> Iterator[tuple[str, dict[str, Any] | None]]:
     """The built database's URL and build figures (None when a kept one was reused).

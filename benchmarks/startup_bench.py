@@ -30,11 +30,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+# The benchmarks' shared set-up (same folder).
+from common import CLIENT_ID, CLIENT_SECRET  # noqa: E402
+from procstats import process_cpu  # noqa: E402
+
 from exporter.sandbox.server import Sandbox, SandboxRequest  # noqa: E402
 
 TARGET = 0.5
-CLIENT_ID = "bench-client"
-CLIENT_SECRET = "bench-secret"  # the sandbox's own fake credentials, not a real secret
 
 
 def _env(sandbox: Sandbox, db_url: str, pythonpath: str | None) -> dict[str, str]:
@@ -49,15 +51,6 @@ def _env(sandbox: Sandbox, db_url: str, pythonpath: str | None) -> dict[str, str
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
     return env
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process has used so far (Linux /proc), else NaN."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def first_request_after_start(
@@ -75,7 +68,7 @@ def first_request_after_start(
         now = time.time()
         with seen:
             if not first:
-                first.append((now, _cpu_seconds(pid[0]) if pid else float("nan")))
+                first.append((now, process_cpu(pid[0]) if pid else float("nan")))
 
     sandbox.hooks.append(hook)
     try:

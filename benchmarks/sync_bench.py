@@ -42,15 +42,15 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 # The benchmarks' shared set-up (same folder).
-from common import Server, bench_database, bench_parser, environment, save_report
+from common import Server, bench_database, bench_parser, finish, new_report
 from sync_report import print_table
-from sync_scenarios import SCENARIOS, _scenario
-from sync_shapes import SHAPES, _main_shapes, parse_shape_text
+from sync_scenarios import SCENARIOS, bracketed, scenario
+from sync_shapes import SHAPES, main_shapes, parse_shape_text
 
 TARGETS = {"first": 1.6, "unchanged": 1.25}
 
@@ -77,48 +77,47 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         with bench_database(args.db, workdir, args.db_url) as fresh:
             for round_no in range(1, args.repeat + 1):
-                # A fresh sandbox each round, so every round starts from the same inventory.
-                server = Server(
-                    seed=args.seed, owners=args.owners, locks_per_owner=args.locks_per_owner
-                )
-                try:
-                    params = server.params(args, workdir, fresh())
-                    # A floor before and after every scenario: this VM's speed drifts within
-                    # minutes, so each scenario is compared with the floors measured next to it.
-                    floors = [_scenario(server, "floor", round_no, params, args)]
-                    for kind in SCENARIOS[1:]:
-                        figures = _scenario(server, kind, round_no, params, args)
-                        floors.append(_scenario(server, "floor", round_no, params, args))
-                        figures["floor_s"] = (floors[-2]["wall_s"] + floors[-1]["wall_s"]) / 2
-                        runs[kind].append(figures)
-                        if kind == "store":  # the first load needs the database empty again
-                            params["db_url"] = fresh()
-                    runs["floor"].extend(floors)
-                finally:
-                    server.close()
+                floors, figures = _round(args, round_no, fresh, workdir)
+                runs["floor"].extend(floors)
+                for kind, measured in figures.items():
+                    runs[kind].append(measured)
                 _check_counts(runs, floors[0], args)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     summary = _summarise(runs)
+    parameters = {
+        "owners": args.owners,
+        "locks_per_owner": args.locks_per_owner,
+        "locks": args.owners * args.locks_per_owner,
+        "changes": args.changes,
+        "workers": args.workers,
+        "page_size": args.page_size,
+        "repeat": args.repeat,
+        "seed": args.seed,
+    }
     return {
-        "benchmark": "sync",
-        "db": args.db,
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "parameters": {
-            "owners": args.owners,
-            "locks_per_owner": args.locks_per_owner,
-            "locks": args.owners * args.locks_per_owner,
-            "changes": args.changes,
-            "workers": args.workers,
-            "page_size": args.page_size,
-            "repeat": args.repeat,
-            "seed": args.seed,
-        },
-        "environment": environment(),
+        **new_report("sync", args.db, parameters),
         "summary": summary,
         "runs": runs,
         "total_s": time.perf_counter() - started,
     }
+
+
+def _round(
+    args: argparse.Namespace, round_no: int, fresh: Callable[[], str], workdir: Path
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """One round, in a fresh sandbox (every round starts from the same inventory): the floors,
+    and every other scenario's figures."""
+    with Server(seed=args.seed, owners=args.owners, locks_per_owner=args.locks_per_owner) as server:
+        params = server.params(args, workdir, fresh())
+
+        def measure_one(kind: str) -> dict[str, Any]:
+            figures = scenario(server, kind, round_no, params, args)
+            if kind == "store":  # the first load needs the database empty again
+                params["db_url"] = fresh()
+            return figures
+
+        return bracketed(measure_one, "floor", SCENARIOS[1:], "floor_s")
 
 
 def _check_counts(
@@ -193,12 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.results.mkdir(parents=True, exist_ok=True)
     if args.shapes is not None:
-        return _main_shapes(args)
-    report = run(args)
-    print_table(report)
-    save_report(report, args.results, f"sync_{args.db}")
-    missed = [k for k, v in report["summary"].items() if v.get("met") is False]
-    return 1 if args.check and missed else 0
+        return main_shapes(args)
+    return finish(run(args), args, f"sync_{args.db}", print_table)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from common import print_columns, print_heading
 from sync_scenarios import SCENARIOS
+
+# The tables' columns, "NAME:WIDTH|..." (common.print_columns).
+COLUMNS = "scenario:22|wall s:8|(min-max):15|cpu s:8|peak RSS:10|requests:10|x floor:9|target:9"
+CPU_COLUMNS = "CPU seconds:22|client:8|sandbox:9|db+other:10|machine:9|steal:7|bound s:9|x floor:9"
+SHAPE_COLUMNS = (
+    "shape and scenario:24|exporter s:11|crawler s:10|x time:8|target:8|requests:10|crawler:9"
+    "|x req:7|target:8"
+)
 
 
 def _names(parameters: dict[str, Any]) -> dict[str, str]:
@@ -21,18 +30,11 @@ def _names(parameters: dict[str, Any]) -> dict[str, str]:
 def print_table(report: dict[str, Any]) -> None:
     """The summary as a plain text table."""
     p, s = report["parameters"], report["summary"]
-    print()
-    print(
-        f"sync benchmark: {report['db']}, {p['locks']:,} locks ({p['owners']} owners x "
-        f"{p['locks_per_owner']}), workers={p['workers']}, page_size={p['page_size']}, "
-        f"median of {p['repeat']}"
+    details = (
+        f"{p['locks']:,} locks ({p['owners']} owners x {p['locks_per_owner']}), "
+        f"workers={p['workers']}, page_size={p['page_size']}"
     )
-    header = (
-        f"{'scenario':<22}{'wall s':>8}{'(min-max)':>15}{'cpu s':>8}{'peak RSS':>10}"
-        f"{'requests':>10}{'x floor':>9}{'target':>9}"
-    )
-    print(header)
-    print("-" * len(header))
+    print_heading(report, "sync benchmark", details, COLUMNS)
     names = _names(p)
     for kind in SCENARIOS:
         row = s[kind]
@@ -61,12 +63,7 @@ def print_cpu_table(report: dict[str, Any]) -> None:
     s, cpus = report["summary"], report["environment"]["cpus"] or 1
     names = _names(report["parameters"])
     print()
-    header = (
-        f"{'CPU seconds':<22}{'client':>8}{'sandbox':>9}{'db+other':>10}{'machine':>9}"
-        f"{'steal':>7}{'bound s':>9}{'x floor':>9}"
-    )
-    print(header)
-    print("-" * len(header))
+    print_columns(CPU_COLUMNS)
     floor = s["floor"]["wall_s"]
     for kind in SCENARIOS:
         row = s[kind]
@@ -82,17 +79,8 @@ def print_cpu_table(report: dict[str, Any]) -> None:
 def print_shapes(report: dict[str, Any]) -> None:
     """The shapes' summary as a plain text table."""
     p = report["parameters"]
-    print()
-    print(
-        f"sync against a remote API: {report['db']}, workers={p['workers']}, "
-        f"page_size={p['page_size']}, {p['changes']:,} changes, median of {p['repeat']}"
-    )
-    header = (
-        f"{'shape and scenario':<24}{'exporter s':>11}{'crawler s':>10}{'x time':>8}"
-        f"{'target':>8}{'requests':>10}{'crawler':>9}{'x req':>7}{'target':>8}"
-    )
-    print(header)
-    print("-" * len(header))
+    details = f"workers={p['workers']}, page_size={p['page_size']}, {p['changes']:,} changes"
+    print_heading(report, "sync against a remote API", details, SHAPE_COLUMNS)
     for name, row in report["summary"].items():
         time_target = (
             f"{row['time_target']:.2f}{'' if row['time_met'] else '!'}"

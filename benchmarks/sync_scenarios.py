@@ -1,12 +1,12 @@
 """The sync benchmark's scenarios: what each one runs in a fresh client process, and measuring
-one of them (`_scenario`) against the sandbox of `common.Server`."""
+one of them (`scenario`) against the sandbox of `common.Server`."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
-import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
@@ -17,13 +17,12 @@ from common import (
     CLIENT_ID,
     CLIENT_SECRET,
     LOCK_SCOPES,
-    MIB,
     Crawler,
     Server,
     in_fresh_process,
     run_settings,
 )
-from procstats import _current_rss, _machine_cpu, _peak_rss
+from procstats import measured
 
 SCENARIOS = ("floor", "fetch", "store", "first", "unchanged", "changes")
 
@@ -174,38 +173,13 @@ def _measure_child(conn: Connection, kind: str, params: dict[str, Any]) -> None:
     profile = params.get("profile")
     if kind == "store":  # its rows are built before the clock starts
         params = {**params, "prepared": _fetch_rows(params)}
-    base_rss = _current_rss()
     work = {
         "floor": _crawl_floor,
         "fetch": _exporter_fetch,
         "store": _store_only,
         "crawler": _plain_crawler,
     }.get(kind, _sync_once)
-    machine_started, steal_started = _machine_cpu()
-    started = time.perf_counter()
-    cpu_started = time.process_time()
-    if profile:
-        import cProfile
-
-        profiler = cProfile.Profile()
-        outcome = profiler.runcall(work, params)
-        profiler.dump_stats(profile)
-    else:
-        outcome = work(params)
-    wall = time.perf_counter() - started
-    cpu = time.process_time() - cpu_started
-    machine, steal = _machine_cpu()
-    conn.send(
-        {
-            **outcome,
-            "wall_s": wall,
-            "cpu_s": cpu,
-            "machine_cpu_s": machine - machine_started,
-            "steal_s": steal - steal_started,
-            "rss_peak_mib": _peak_rss() / MIB,
-            "rss_base_mib": base_rss / MIB,
-        }
-    )
+    conn.send(measured(work, params, profile=profile))
     conn.close()
 
 
@@ -214,7 +188,7 @@ def measure(kind: str, params: dict[str, Any]) -> dict[str, Any]:
     return in_fresh_process(_measure_child, kind, params)
 
 
-def _scenario(
+def scenario(
     server: Server, kind: str, round_no: int, params: dict[str, Any], args: argparse.Namespace
 ) -> dict[str, Any]:
     """Measure one scenario of one round (advancing the sandbox first for `changes`)."""
@@ -245,6 +219,24 @@ def _scenario(
     if figures["status"] != "succeeded":
         raise RuntimeError(f"{kind}: run {figures['status']}: {figures.get('error')}")
     return figures
+
+
+def bracketed(
+    measure_one: Callable[[str], dict[str, Any]], floor: str, kinds: Iterable[str], key: str
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Measure each of `kinds` between two runs of `floor` (`measure_one(kind)` measures one);
+    the floors' figures, and each kind's with `key` set to the mean wall time of its two floors.
+
+    This VM's speed drifts within minutes, so each scenario is compared with the floors measured
+    next to it.
+    """
+    floors = [measure_one(floor)]
+    figures: dict[str, dict[str, Any]] = {}
+    for kind in kinds:
+        figures[kind] = measure_one(kind)
+        floors.append(measure_one(floor))
+        figures[kind][key] = (floors[-2]["wall_s"] + floors[-1]["wall_s"]) / 2
+    return floors, figures
 
 
 def _counts_text(figures: dict[str, Any]) -> str:

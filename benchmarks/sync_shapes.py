@@ -8,14 +8,13 @@ import shutil
 import statistics
 import tempfile
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 # The benchmarks' shared set-up (same folder).
-from common import Server, bench_database, environment, save_report
+from common import Server, bench_database, finish, new_report
 from sync_report import print_shapes
-from sync_scenarios import _scenario
+from sync_scenarios import bracketed, scenario
 
 #: OWNERSxLOCKS@MS: owners, locks per owner, milliseconds the sandbox waits before each answer.
 SHAPES = ("60x777@30", "1000x5@50", "200x500@0")
@@ -44,19 +43,16 @@ def _shape_round(
 ) -> dict[str, dict[str, Any]]:
     """One round of one shape: the crawler before and after each exporter scenario."""
     owners, locks, latency = parse_shape(shape)
-    server = Server(seed=args.seed, owners=owners, locks_per_owner=locks, latency=latency)
-    figures: dict[str, dict[str, Any]] = {}
-    try:
+    with Server(seed=args.seed, owners=owners, locks_per_owner=locks, latency=latency) as server:
         params = server.params(args, workdir, fresh())
-        crawls = [_scenario(server, "crawler", round_no, params, args)]
-        for kind in SHAPE_SCENARIOS:
-            figures[kind] = _scenario(server, kind, round_no, params, args)
-            crawls.append(_scenario(server, "crawler", round_no, params, args))
-            figures[kind]["crawler_s"] = (crawls[-2]["wall_s"] + crawls[-1]["wall_s"]) / 2
-            figures[kind]["crawler_requests"] = crawls[-1]["server_requests"]
-        figures["crawler"] = crawls[0]
-    finally:
-        server.close()
+
+        def measure_one(kind: str) -> dict[str, Any]:
+            return scenario(server, kind, round_no, params, args)
+
+        crawls, figures = bracketed(measure_one, "crawler", SHAPE_SCENARIOS, "crawler_s")
+    for kind, after in zip(SHAPE_SCENARIOS, crawls[1:], strict=True):
+        figures[kind]["crawler_requests"] = after["server_requests"]
+    figures["crawler"] = crawls[0]
     first = figures["first"]
     if first["created"] != owners * locks or figures["unchanged"]["unchanged"] != owners * locks:
         raise RuntimeError(f"{shape}: the exporter did not load {owners * locks} locks")
@@ -103,19 +99,16 @@ def run_shapes(args: argparse.Namespace) -> dict[str, Any]:
                 row["request_target"] = REQUEST_TARGET
                 row["request_met"] = row["request_ratio"] <= REQUEST_TARGET
             summary[f"{shape} {kind}"] = row
+    parameters = {
+        "shapes": args.shapes,
+        "workers": args.workers,
+        "page_size": args.page_size,
+        "changes": args.changes,
+        "repeat": args.repeat,
+        "seed": args.seed,
+    }
     return {
-        "benchmark": "sync-shapes",
-        "db": args.db,
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "parameters": {
-            "shapes": args.shapes,
-            "workers": args.workers,
-            "page_size": args.page_size,
-            "changes": args.changes,
-            "repeat": args.repeat,
-            "seed": args.seed,
-        },
-        "environment": environment(),
+        **new_report("sync-shapes", args.db, parameters),
         "summary": summary,
         "rounds": rounds,
     }
@@ -127,14 +120,14 @@ def parse_shape_text(text: str) -> str:
     return text
 
 
-def _main_shapes(args: argparse.Namespace) -> int:
+def main_shapes(args: argparse.Namespace) -> int:
+    """`sync_bench.py --shapes`: run the shapes (the three of SHAPES if none was given), print
+    and save the results; the exit status as for the main table."""
     args.shapes = args.shapes or list(SHAPES)
-    report = run_shapes(args)
-    print_shapes(report)
-    save_report(report, args.results, f"shapes_{args.db}", default=str)
-    missed = [
-        name
-        for name, row in report["summary"].items()
-        if row["time_met"] is False or row.get("request_met") is False
-    ]
-    return 1 if args.check and missed else 0
+    return finish(
+        run_shapes(args), args, f"shapes_{args.db}", print_shapes, missed=_missed, default=str
+    )
+
+
+def _missed(row: dict[str, Any]) -> bool:
+    return row["time_met"] is False or row.get("request_met") is False
