@@ -28,14 +28,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-# The benchmarks' shared set-up: database, results folder, environment record (same folder).
-from common import bench_parser, finish, new_report, print_heading
 from procstats import MIB, maxrss_bytes
 from read_build import database
 
+# The benchmarks' shared set-up: database, results folder, environment record (same folder).
+from reports import bench_parser, finish, new_report, print_heading
+
 TARGET_SECONDS = 5.0
 TARGET_RSS_MIB = 150.0
-# The table's columns, "NAME:WIDTH|..." (common.print_columns).
+# The table's columns, "NAME:WIDTH|..." (reports.print_columns).
 COLUMNS = "command:26|wall s:8|cpu s:8|peak RSS:10|lines:12|x floor:9"
 # The SQL floors: the query behind `locks` (now / --as-of 1) read with the bare driver.
 FLOORS = {"SQL floor": "now", "SQL floor --as-of 1": "as-of"}

@@ -47,7 +47,8 @@ from pathlib import Path
 from typing import Any
 
 # The benchmarks' shared set-up (same folder).
-from common import Server, bench_database, bench_parser, finish, new_report
+from common import Server, bench_database
+from reports import bench_parser, finish, new_report
 from sync_report import print_table
 from sync_scenarios import SCENARIOS, bracketed, scenario
 from sync_shapes import SHAPES, main_shapes, parse_shape_text

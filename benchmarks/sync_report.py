@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from common import print_columns, print_heading
+from reports import print_columns, print_heading
 from sync_scenarios import SCENARIOS
 
-# The tables' columns, "NAME:WIDTH|..." (common.print_columns).
+# The tables' columns, "NAME:WIDTH|..." (reports.print_columns).
 COLUMNS = "scenario:22|wall s:8|(min-max):15|cpu s:8|peak RSS:10|requests:10|x floor:9|target:9"
 CPU_COLUMNS = "CPU seconds:22|client:8|sandbox:9|db+other:10|machine:9|steal:7|bound s:9|x floor:9"
 SHAPE_COLUMNS = (

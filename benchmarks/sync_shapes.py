@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 # The benchmarks' shared set-up (same folder).
-from common import Server, bench_database, finish, new_report
+from common import Server, bench_database
+from reports import finish, new_report
 from sync_report import print_shapes
 from sync_scenarios import bracketed, scenario
 
