@@ -266,22 +266,24 @@ class Crawler:
 # -- databases -----------------------------------------------------------------------------------
 
 
+def migrated(db_url: str) -> str:
+    """Bring the database at `db_url` to the schema head (the exporter's migrations); its URL."""
+    from exporter.db.engine import make_engine
+    from exporter.db.migrate import upgrade
+
+    engine = make_engine(db_url)
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+    return db_url
+
+
 @contextmanager
 def bench_database(db: str, workdir: Path, url: str | None) -> Iterator[Callable[[], str]]:
     """Yield `fresh()`, which empties and migrates the bench database and returns its URL."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
-
-    from exporter.db.engine import make_engine
-    from exporter.db.migrate import upgrade
-
-    def migrated(db_url: str) -> str:
-        engine = make_engine(db_url)
-        try:
-            upgrade(engine)
-        finally:
-            engine.dispose()
-        return db_url
 
     if db == "sqlite":
         path = Path(url.removeprefix("sqlite:///")) if url else workdir / "bench.db"

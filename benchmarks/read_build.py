@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 # The benchmarks' shared set-up (same folder).
-from common import ADMIN_URLS, bench_database
+from common import ADMIN_URLS, bench_database, migrated
 
 _PLACES = ("Entrance", "Main", "Back", "Side", "Server", "Storage", "Bike", "Staff", "Archive")
 _THINGS = ("Door", "Gate", "Room", "Cabinet", "Locker", "Cellar")
@@ -149,7 +149,8 @@ def database(
     """The built database's URL and build figures (None when a kept one was reused).
 
     With --keep the database has a name made of the build parameters and is not dropped: a
-    later run with the same parameters (and --keep) reuses it if both runs were written.
+    later run with the same parameters (and --keep) reuses it if both runs were written,
+    upgraded first when the code has a newer schema revision (`_at_head`).
     """
     if not args.keep:
         with bench_database(args.db, workdir, args.db_url) as fresh:
@@ -162,24 +163,41 @@ def database(
         url = f"sqlite:///{path or (args.results / (name + '.db')).resolve()}"
     else:
         url = _server_database(args.db_url or ADMIN_URLS[args.db], f"exporter_bench_{name}")
-    if _complete(url, args.locks):
-        print(f"reusing {url}", flush=True)
+    if _complete(url, args.locks) and _at_head(url):
         yield url, None
         return
     if args.db == "sqlite":
         with bench_database(args.db, workdir, url) as fresh:
             fresh()  # the file removed, created and migrated
     else:
-        from exporter.db.engine import make_engine
-        from exporter.db.migrate import upgrade
-
         _server_database(url, None, drop=True)
-        engine = make_engine(url)
-        try:
-            upgrade(engine)
-        finally:
-            engine.dispose()
+        migrated(url)
     yield url, _build(args, url)
+
+
+def _at_head(url: str) -> bool:
+    """Whether the kept database at `url` is, or could be brought, at the schema the code
+    expects: one behind is upgraded (the exporter's own migrations), one that cannot be is to
+    be built again. One line says which."""
+    from exporter.db.engine import make_engine
+    from exporter.db.migrate import current_revision, head_revision, upgrade
+    from exporter.errors import ExporterError
+
+    head = head_revision()
+    engine = make_engine(url, create=False)
+    try:
+        current = current_revision(engine)
+        if current == head:
+            print(f"reusing {url}", flush=True)
+            return True
+        upgrade(engine)
+    except ExporterError as exc:
+        print(f"building {url} again: its schema cannot be upgraded to {head}: {exc}", flush=True)
+        return False
+    finally:
+        engine.dispose()
+    print(f"reusing {url}, its schema upgraded from revision {current} to {head}", flush=True)
+    return True
 
 
 def _build(args: argparse.Namespace, url: str) -> dict[str, Any]:

@@ -7,6 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from alembic import command as alembic_command
+from sqlalchemy import text
+
+from exporter.db import migrate
+from exporter.db.engine import make_engine
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -83,6 +89,57 @@ def test_read_benchmark_runs_every_command(tmp_path: Path) -> None:
     assert summary["locks csv"]["x_floor"] > 0
     assert all(row["rss_peak_mib"] > 0 and row["wall_s"] > 0 for row in summary.values())
     assert {"met"} <= set(summary["locks csv"])
+
+
+def _kept_read_database(tmp_path: Path) -> tuple[str, list[str]]:
+    """A database `read_bench.py --keep` built, and the command that reuses it."""
+    url = f"sqlite:///{tmp_path / 'kept.db'}"
+    command = [
+        *(sys.executable, str(ROOT / "benchmarks" / "read_bench.py"), "--keep"),
+        *("--db", "sqlite", "--db-url", url, "--results", str(tmp_path / "results")),
+        *("--locks", "40", "--owners", "2", "--renames", "4"),
+    ]
+    built = subprocess.run(
+        [*command, "--repeat", "0"], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+    assert built.returncode == 0, built.stderr[-3000:]
+    return url, [*command, "--repeat", "1", "--only", "locks csv"]
+
+
+def test_read_benchmark_upgrades_a_kept_database_behind_the_code(tmp_path: Path) -> None:
+    url, command = _kept_read_database(tmp_path)
+    # As a checkout one migration older left it.
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            alembic_command.downgrade(migrate.alembic_config(conn), "-1")
+            conn.commit()
+        behind = migrate.current_revision(engine)
+    finally:
+        engine.dispose()
+    assert behind != migrate.head_revision()
+
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"upgraded from revision {behind} to {migrate.head_revision()}" in result.stdout
+    assert "building" not in result.stdout  # the kept rows were reused
+
+
+def test_read_benchmark_builds_again_a_kept_database_it_cannot_upgrade(tmp_path: Path) -> None:
+    url, command = _kept_read_database(tmp_path)
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:  # as a newer checkout left it
+            conn.execute(text("UPDATE alembic_version SET version_num = '9999_newer'"))
+    finally:
+        engine.dispose()
+
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"building {url} again: its schema cannot be upgraded" in result.stdout
+    assert "building 40 locks" in result.stdout
 
 
 def test_access_benchmark_compares_an_unchanged_rerun_with_the_plain_crawler() -> None:
