@@ -6,6 +6,8 @@ import ast
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parent.parent / "exporter"
 
 
@@ -28,13 +30,21 @@ def test_no_two_classes_share_a_name() -> None:
 
 
 MAX_LINES = 450
+# Where the limit holds: the package, its tests and the benchmarks. Not migrations/ (one script a
+# revision, never edited again) nor data tables, which are not code: they live in JSON, CSV or TOML
+# files (not counted), or, should one ever have to be Python, are named here.
+CHECKED = ("exporter", "tests", "benchmarks")
+DATA_TABLES: frozenset[str] = frozenset()
 
 
-def test_no_module_is_over_450_lines() -> None:
+@pytest.mark.parametrize("folder", CHECKED)
+def test_no_module_is_over_450_lines(folder: str) -> None:
     # A module past ~450 lines is doing two jobs (docs/architecture.md): split it by job.
+    root = PACKAGE.parent
     long = {
-        str(path.relative_to(PACKAGE.parent)): lines
-        for path in sorted(PACKAGE.rglob("*.py"))
-        if (lines := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES
+        name: lines
+        for path in sorted((root / folder).rglob("*.py"))
+        if (name := str(path.relative_to(root))) not in DATA_TABLES
+        and (lines := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES
     }
     assert not long, f"modules over {MAX_LINES} lines: {long}"
