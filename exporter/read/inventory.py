@@ -11,7 +11,6 @@ reads the clock: callers pass `now`.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import string
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,30 +24,24 @@ from sqlalchemy import (
     LargeBinary,
     RowMapping,
     Select,
-    Table,
     case,
     cast,
     func,
     literal_column,
-    null,
     select,
 )
 
 from exporter.db.engine import connect
 from exporter.db.schema import (
-    bound_card_versions,
     bound_lock_versions,
     bound_locks,
-    contact_versions,
-    grant_versions,
     owner_account_versions,
     owner_accounts,
 )
 from exporter.errors import UsageError
-from exporter.kinds import ChangeEntity, ChangeType
+from exporter.kinds import ChangeType
 from exporter.read.asof import AsOf, valid_at
 from exporter.read.streaming import Columns, stream, stream_columns, streamed
-from exporter.results import Change
 
 # Compared per row: a module constant, not an Enum attribute lookup (four times slower).
 _REMOVED = ChangeType.REMOVED
@@ -372,54 +365,3 @@ def current_locks(engine: Engine) -> Sequence[RowMapping]:
     )
     with connect(engine) as conn:
         return conn.execute(query).mappings().all()
-
-
-@contextlib.contextmanager
-def open_run_changes(engine: Engine, run_id: int) -> Iterator[Iterator[Change]]:
-    """Every version a run wrote, as the run reports changes: owners first, then the locks,
-    contacts, cards and grants, each by time and id, read from the database as they are
-    iterated (inside the block, once)."""
-
-    def changes(table: Table, title: ColumnElement[Any], owner: ColumnElement[Any]) -> Select[Any]:
-        return (
-            select(
-                table.c.id,
-                table.c.change_type,
-                owner,
-                table.c.changed_fields,
-                table.c.removal_reason,
-                title,
-            )
-            .where(table.c.run_id == run_id)
-            .order_by(table.c.valid_from, id_order(table.c.id, engine.dialect.name))
-        )
-
-    owners = owner_account_versions
-    streamed_tables = [
-        (ChangeEntity.LOCK, bound_lock_versions, bound_lock_versions.c.title),
-        (ChangeEntity.CONTACT, contact_versions, contact_versions.c.title),
-        (ChangeEntity.CARD, bound_card_versions, bound_card_versions.c.title),
-        (ChangeEntity.GRANT, grant_versions, null()),
-    ]
-    with connect(engine) as conn:
-        owner_rows = conn.execute(changes(owners, owners.c.name, owners.c.id)).all()
-        # One stream after the other on the connection: each starts once the one before ended.
-        yield itertools.chain(
-            (_change(ChangeEntity.OWNER, row) for row in owner_rows),
-            *(
-                _changes_of(conn, entity, changes(table, title, table.c.owner_account_id))
-                for entity, table, title in streamed_tables
-            ),
-        )
-
-
-def _changes_of(conn: Connection, entity: str, query: Select[Any]) -> Iterator[Change]:
-    for row in stream(conn, query):
-        yield _change(entity, row)
-
-
-def _change(entity: str, row: Sequence[Any]) -> Change:
-    entity_id, change_type, owner_id, fields, reason, title = row
-    return Change(  # entity as plain str, see ChangeRow.entity
-        str(entity), entity_id, change_type, owner_id, tuple(fields or ()) or None, reason, title
-    )
