@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,10 +22,15 @@ _STREAM_BATCH = 2000
 
 # One batch of rows, as its columns (each a sequence of the batch's values, in row order).
 Columns = list[Sequence[Any]]
+# The values of a query's parameters, by name.
+Params = Mapping[str, Any]
 
 
-def stream(conn: Connection, query: Select[Any]) -> Iterator[Sequence[Any]]:
-    """The rows of `query` (sequences of values), read from the database in batches.
+def stream(
+    conn: Connection, query: Select[Any], params: Iterable[Params] = ({},)
+) -> Iterator[Sequence[Any]]:
+    """The rows of `query` (sequences of values), read from the database in batches; the query
+    runs once for each of `params` (its parameter values), in turn.
 
     Inside, no other statement may run on `conn` until the rows are all read.
     """
@@ -33,18 +38,22 @@ def stream(conn: Connection, query: Select[Any]) -> Iterator[Sequence[Any]]:
     batches = _DRIVER_BATCHES.get((dialect.name, dialect.driver))
     if batches is not None and not _converters(dialect, query):
         # The driver's rows are already typed (PostgreSQL): no detour through columns.
-        for batch in batches(conn, query, _STREAM_BATCH):
+        for batch in batches(conn, query, params, _STREAM_BATCH):
             yield from batch
         return
-    for columns in stream_columns(conn, query):
+    for columns in stream_columns(conn, query, params=params):
         yield from zip(*columns, strict=True)
 
 
 def stream_columns(
-    conn: Connection, query: Select[Any], size: int = _STREAM_BATCH
+    conn: Connection,
+    query: Select[Any],
+    size: int = _STREAM_BATCH,
+    params: Iterable[Params] = ({},),
 ) -> Iterator[Columns]:
     """The rows of `query` in batches of up to `size`, each batch as its columns, the values
-    typed as Core types them.
+    typed as Core types them; the query runs once for each of `params`, in turn (a batch holds
+    the rows of one run).
 
     The driver's rows are taken as they are (no Row per row) and converted a column at a time:
     a million locks pass through without a Python call per row. Inside, no other statement may
@@ -54,13 +63,16 @@ def stream_columns(
     batches = _DRIVER_BATCHES.get((dialect.name, dialect.driver))
     if batches is None:
         # MySQL/MariaDB: Core's rows, read unbuffered (PyMySQL's SSCursor) and typed by Core.
-        result = conn.execution_options(stream_results=True, yield_per=size).execute(query)
-        with result:
-            for rows in result.partitions():
-                yield list(zip(*rows, strict=True))
+        for values in params:
+            result = conn.execution_options(stream_results=True, yield_per=size).execute(
+                query, values
+            )
+            with result:
+                for rows in result.partitions():
+                    yield list(zip(*rows, strict=True))
         return
     convert = _converters(dialect, query)
-    for batch in batches(conn, query, size):
+    for batch in batches(conn, query, params, size):
         columns: Columns = list(zip(*batch, strict=True))
         for i, process in convert:
             columns[i] = list(map(process, columns[i]))  # as Core does: None too
@@ -76,20 +88,25 @@ def _converters(dialect: Dialect, query: Select[Any]) -> list[tuple[int, Callabl
     ]
 
 
-def _sqlite_batches(conn: Connection, query: Select[Any], size: int) -> Iterator[Sequence[Any]]:
+def _sqlite_batches(
+    conn: Connection, query: Select[Any], params: Iterable[Params], size: int
+) -> Iterator[Sequence[Any]]:
     """sqlite3's rows of `query`, `size` at a time, as SQLite steps through them.
 
-    Core compiles, binds and executes; the rows are taken from its DBAPI cursor (no
-    stream_results: that would have Core buffer a row ahead of us).
+    Core compiles (once: it caches the statement), binds and executes; the rows are taken from
+    its DBAPI cursor (no stream_results: that would have Core buffer a row ahead of us).
     """
-    result = conn.execute(query)
-    with result:
-        cursor = result.cursor
-        while batch := cursor.fetchmany(size):
-            yield batch
+    for values in params:
+        result = conn.execute(query, values)
+        with result:
+            cursor = result.cursor
+            while batch := cursor.fetchmany(size):
+                yield batch
 
 
-def _psycopg_batches(conn: Connection, query: Select[Any], size: int) -> Iterator[Sequence[Any]]:
+def _psycopg_batches(
+    conn: Connection, query: Select[Any], params: Iterable[Params], size: int
+) -> Iterator[Sequence[Any]]:
     """PostgreSQL rows as the server sends them (psycopg's chunked stream), `size` at a time.
 
     SQLAlchemy streams through a server-side cursor (DECLARE CURSOR), which PostgreSQL plans
@@ -105,14 +122,16 @@ def _psycopg_batches(conn: Connection, query: Select[Any], size: int) -> Iterato
         # Times in UTC from the server: converting each from the server's zone (a ZoneInfo)
         # took more CPU than reading it. Only for this transaction.
         cursor.execute("SET LOCAL TIME ZONE 'UTC'")
-        rows = cursor.stream(compiled.string, compiled.construct_params(), **chunks)
-        with contextlib.closing(rows):
-            while batch := list(itertools.islice(rows, size)):
-                yield batch
+        for values in params:
+            rows = cursor.stream(compiled.string, compiled.construct_params(values), **chunks)
+            with contextlib.closing(rows):
+                while batch := list(itertools.islice(rows, size)):
+                    yield batch
 
 
 _DRIVER_BATCHES: dict[
-    tuple[str, str], Callable[[Connection, Select[Any], int], Iterator[Sequence[Any]]]
+    tuple[str, str],
+    Callable[[Connection, Select[Any], Iterable[Params], int], Iterator[Sequence[Any]]],
 ] = {
     ("sqlite", "pysqlite"): _sqlite_batches,
     ("postgresql", "psycopg"): _psycopg_batches,
