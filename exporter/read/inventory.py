@@ -101,7 +101,8 @@ class Inventory:
 
     `locks` is a list, or (inside `open_inventory`) read from the database while it is iterated.
     `columns`, set by `open_inventory` when no filter applies, reads the same locks in batches,
-    each batch as its columns in LockRow order (the CSV writer's input): iterate one or the other.
+    each batch as its columns in LockRow order (the CSV writer's input; times may come as their
+    ISO text, see `stream_columns`): iterate one or the other.
     """
 
     as_of: AsOf | None
@@ -169,7 +170,9 @@ def open_inventory(
             if filtered or include_removed:
                 owners = listed_owners(owners, locks(), only_those_with_locks=filtered)
         # Both are read lazily: the query runs for the one that is iterated.
-        columns = None if filtered else stream_columns(conn, query, params=holders)
+        columns = (
+            None if filtered else stream_columns(conn, query, params=holders, times_as_text=True)
+        )
         yield Inventory(as_of, owners, locks(), columns)
 
 
