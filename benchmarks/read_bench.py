@@ -67,11 +67,12 @@ COMMANDS: tuple[tuple[str, tuple[str, ...], bool, str | None], ...] = (
 
 
 def sql_floor(url: str, when: str) -> int:
-    """Read the rows of `exporter locks`'s query (now, or as of run 1) with the bare driver.
+    """Read the rows of `exporter locks`'s queries (now, or as of run 1) with the bare driver.
 
-    The same SQL (report._locks_query, its parameters written in), executed and fetched by
-    sqlite3, psycopg (streamed in chunks, as the exporter reads) or PyMySQL (unbuffered), every
-    row decoded by the driver and dropped: what any reader of these rows has to spend.
+    The same SQL (report._lock_reads: once per owner, or on PostgreSQL once for all owners),
+    executed and fetched by sqlite3, psycopg (streamed in chunks, as the exporter reads) or
+    PyMySQL (unbuffered), every row decoded by the driver and dropped: what any reader of these
+    rows has to spend.
     """
     from exporter.db.engine import make_engine
     from exporter.read import asof
@@ -82,23 +83,21 @@ def sql_floor(url: str, when: str) -> int:
     try:
         at = asof.resolve_as_of(engine, "1", now=datetime.now(UTC)).at if when == "as-of" else None
         with engine.connect() as conn:
-            query = report._locks_query(conn.dialect.name, at, None, False)
-            sql = str(query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
-            dbapi: Any = conn.connection.dbapi_connection
+            query, holders = report._lock_reads(conn, at, None, False)
             if conn.dialect.name == "postgresql":
+                compiled = query.compile(dialect=conn.dialect)
+                dbapi: Any = conn.connection.dbapi_connection
                 with dbapi.cursor() as cursor:
-                    rows = sum(1 for _ in cursor.stream(sql, size=2000))
-            else:
-                if conn.dialect.name == "sqlite":
-                    cursor = dbapi.cursor()
-                else:
-                    import pymysql.cursors
-
-                    cursor = dbapi.cursor(pymysql.cursors.SSCursor)
-                cursor.execute(sql)
-                while batch := cursor.fetchmany(2000):
-                    rows += len(batch)
-                cursor.close()
+                    for values in holders:
+                        params = compiled.construct_params(values)
+                        rows += sum(1 for _ in cursor.stream(compiled.string, params, size=2000))
+                return rows
+            streamed = conn.execution_options(stream_results=conn.dialect.name != "sqlite")
+            for values in holders:
+                # Core binds the parameters; the rows come from its DBAPI cursor, undecoded.
+                with streamed.execute(query, values) as result:
+                    while batch := result.cursor.fetchmany(2000):
+                        rows += len(batch)
     finally:
         engine.dispose()
     return rows

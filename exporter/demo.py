@@ -18,6 +18,7 @@ from exporter.errors import UsageError
 from exporter.read import access as access_report
 from exporter.read import access_render, asof, log_view
 from exporter.read import inventory as report
+from exporter.read import runs as runs_report
 from exporter.sandbox.server import Sandbox
 from exporter.service import job
 from exporter.terminal import visible
@@ -128,7 +129,7 @@ def _print_inventory(console: Console, engine: object) -> None:
 
 
 def _print_changes(console: Console, engine: Engine, run_id: int) -> None:
-    with report.open_run_changes(engine, run_id) as changes:
+    with runs_report.open_run_changes(engine, run_id) as changes:
         rows = list(changes)
     if not rows:
         console.print("  no changes")

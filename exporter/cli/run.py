@@ -166,8 +166,8 @@ def run_once(
 
 def _print_json(result: RunResult, settings: Settings) -> None:
     """The result as JSON; a run's changes are read back from the database as they are written."""
-    from exporter.read import inventory as report
     from exporter.read import run_render
+    from exporter.read import runs as runs_report
     from exporter.service import job
 
     if result.dry_run or result.run_id is None:  # a dry run's changes exist only in memory
@@ -175,7 +175,7 @@ def _print_json(result: RunResult, settings: Settings) -> None:
         return
     engine = job.make_engine(settings, create=False)
     try:
-        with report.open_run_changes(engine, result.run_id) as changes:
+        with runs_report.open_run_changes(engine, result.run_id) as changes:
             run_render.run_result_json(result, shared.out.file, changes)
     finally:
         engine.dispose()

@@ -241,7 +241,10 @@ bound_locks = Table(
     **_MYSQL,
 )
 
-bound_lock_versions = _versions_table("bound_lock_versions", _lock_attributes)
+# With valid_from: an owner's locks at an instant (`exporter locks --as-of`) through its index.
+bound_lock_versions = _versions_table(
+    "bound_lock_versions", _lock_attributes, ("owner_account_id", "valid_from")
+)
 
 
 def _contact_attributes() -> list[Column[Any]]:

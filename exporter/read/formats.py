@@ -200,13 +200,16 @@ def _csv_fields(column: Sequence[Any], raw: bool) -> Sequence[str]:
 # is: a formula character after it (or at the very start) may begin a cell. A cell holding the
 # separator itself only gives a false alarm, which the exact check per cell then clears.
 _SEPARATOR = "\x00"
-_FORMULA_AFTER_SEPARATOR = tuple(_SEPARATOR + char for char in sorted(FORMULA_STARTS))
+# One pass of a regex: six `in` tests (one per formula character) took five times as long.
+_formula_after_separator = re.compile(
+    re.escape(_SEPARATOR) + "[" + "".join(map(re.escape, sorted(FORMULA_STARTS))) + "]"
+).search
 
 
 def _text_fields(texts: Sequence[str], raw: bool) -> Sequence[str]:
     """Text cells as CSV fields: the formula guard (unless `raw`), then quoting."""
     joined = _SEPARATOR + _SEPARATOR.join(texts)
-    if not raw and any(start in joined for start in _FORMULA_AFTER_SEPARATOR):
+    if not raw and _formula_after_separator(joined):
         texts = [("'" + v if v[:1] in FORMULA_STARTS else v) for v in texts]
     # The guard's leading ' needs no quotes: the joined texts still tell which cells do.
     return _quoted(texts, joined)

@@ -11,7 +11,6 @@ reads the clock: callers pass `now`.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import string
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,36 +18,36 @@ from datetime import datetime
 from typing import Any, NamedTuple, TypedDict, Unpack
 
 from sqlalchemy import (
+    ARRAY,
     ColumnElement,
     Connection,
     Engine,
+    FromClause,
     LargeBinary,
     RowMapping,
     Select,
-    Table,
+    String,
+    Text,
+    bindparam,
     case,
     cast,
+    column,
     func,
     literal_column,
-    null,
     select,
 )
 
 from exporter.db.engine import connect
 from exporter.db.schema import (
-    bound_card_versions,
     bound_lock_versions,
     bound_locks,
-    contact_versions,
-    grant_versions,
     owner_account_versions,
     owner_accounts,
 )
 from exporter.errors import UsageError
-from exporter.kinds import ChangeEntity, ChangeType
+from exporter.kinds import ChangeType
 from exporter.read.asof import AsOf, valid_at
 from exporter.read.streaming import Columns, stream, stream_columns, streamed
-from exporter.results import Change
 
 # Compared per row: a module constant, not an Enum attribute lookup (four times slower).
 _REMOVED = ChangeType.REMOVED
@@ -102,7 +101,8 @@ class Inventory:
 
     `locks` is a list, or (inside `open_inventory`) read from the database while it is iterated.
     `columns`, set by `open_inventory` when no filter applies, reads the same locks in batches,
-    each batch as its columns in LockRow order (the CSV writer's input): iterate one or the other.
+    each batch as its columns in LockRow order (the CSV writer's input; times may come as their
+    ISO text, see `stream_columns`): iterate one or the other.
     """
 
     as_of: AsOf | None
@@ -145,8 +145,9 @@ def open_inventory(
 ) -> Iterator[Inventory]:
     """`inventory()` with the locks read from the database as they are iterated, in order.
 
-    Locks are sorted by owner name, owner id, title and lock id (`fold` order), by the
-    database, so that a million locks pass through in constant memory. Iterate them inside the
+    Locks are sorted by owner name, owner id, title and lock id (`fold` order): the owners
+    here, each owner's locks by the database, so that a million locks pass through in
+    constant memory. Iterate them inside the
     block, once. Without `with_owners` the owner list is left empty (CSV has no use for it);
     with model/search (or include_removed) finding the owners of the shown locks reads the locks
     once more first.
@@ -154,11 +155,11 @@ def open_inventory(
     with connect(engine) as conn:
         owner_ids = resolve_owner(conn, owner) if owner is not None else None
         at = as_of.at if as_of is not None else None
-        query = _locks_query(conn.dialect.name, at, owner_ids, include_removed)
+        query, holders = _lock_reads(conn, at, owner_ids, include_removed)
         filtered = model is not None or search is not None
 
         def locks() -> Iterator[LockRow]:
-            rows = map(LockRow._make, stream(conn, query))
+            rows = map(LockRow._make, stream(conn, query, holders))
             if not filtered:
                 return rows
             return (lock for lock in rows if _matches(lock, model, search))
@@ -169,7 +170,9 @@ def open_inventory(
             if filtered or include_removed:
                 owners = listed_owners(owners, locks(), only_those_with_locks=filtered)
         # Both are read lazily: the query runs for the one that is iterated.
-        columns = None if filtered else stream_columns(conn, query)
+        columns = (
+            None if filtered else stream_columns(conn, query, params=holders, times_as_text=True)
+        )
         yield Inventory(as_of, owners, locks(), columns)
 
 
@@ -299,53 +302,102 @@ def _owners(
     return found
 
 
-def _locks_query(
-    dialect: str, at: datetime | None, owner_ids: set[str] | None, include_removed: bool
-) -> Select[Any]:
-    """The locks present now or at `at` as LockRow columns, sorted as `open_inventory` says."""
+def _lock_reads(
+    conn: Connection, at: datetime | None, owner_ids: set[str] | None, include_removed: bool
+) -> tuple[Select[Any], list[dict[str, Any]]]:
+    """The query of an inventory's locks, and the parameters of each of its runs, in turn.
+
+    A million locks are read owner by owner: sorted all at once by owner name and title, the
+    sort was most of the query's time (it spilled to disk on PostgreSQL). The owners are put in
+    order here, and each owner's locks, found through its index, sort in memory: SQLite runs
+    the query once per owner; PostgreSQL once, given the owners in order (a query per owner
+    waited for a round trip each), and sorts only within an owner (an incremental sort).
+    """
+    holders = _holders(conn, at, owner_ids, include_removed)
+    query = _locks_query(conn.dialect.name, at, include_removed)
+    if conn.dialect.name == "postgresql":
+        ids, names = [owner_id for owner_id, _ in holders], [name for _, name in holders]
+        return query, [{"owners": ids, "owner_names": names}]
+    return query, [{"owner": owner_id, "owner_name": name} for owner_id, name in holders]
+
+
+def _holders(
+    conn: Connection, at: datetime | None, owner_ids: set[str] | None, include_removed: bool
+) -> list[tuple[str, str | None]]:
+    """Each owner account that may hold locks of the inventory and its name as shown (then, for
+    `at`), in inventory order (`fold` of the name, id)."""
     if at is None:
-        lock, owner = bound_locks, owner_accounts
-        owner_name: ColumnElement[Any] = owner.c.name
-        query = select(
-            lock.c.owner_account_id,
-            owner_name,
-            *(streamed(lock.c[name]) for name in LockRow._fields[2:]),
-        ).select_from(lock.outerjoin(owner, owner.c.id == lock.c.owner_account_id))
+        holding = select(bound_locks.c.owner_account_id).distinct()
         if not include_removed:
-            query = query.where(lock.c.removed_at.is_(None))
+            holding = holding.where(bound_locks.c.removed_at.is_(None))
+        names = owner_names(conn)
     else:
-        # The version valid at `at`, named as its owner was named then (or, for an owner with no
-        # version then, now); the hex id only while the physical lock is the current one.
+        # Every owner that ever held a lock, from the owner index alone: one without a lock at
+        # `at` finds no row, a filter here would read every version.
+        holding = select(bound_lock_versions.c.owner_account_id).distinct()
+        then = owner_account_versions
+        # Named as it was named then; an owner with no version then, as it is named now.
+        names = owner_names(conn) | dict(
+            conn.execute(select(then.c.id, then.c.name).where(valid_at(then, at))).all()
+        )
+    ids = set(conn.execute(holding).scalars())
+    if owner_ids is not None:
+        ids &= owner_ids
+    ordered = sorted(ids, key=lambda owner_id: (fold(names.get(owner_id)), owner_id))
+    return [(owner_id, names.get(owner_id)) for owner_id in ordered]
+
+
+def _locks_query(dialect: str, at: datetime | None, include_removed: bool) -> Select[Any]:
+    """The locks present now or at `at` as LockRow columns of the owners `_lock_reads` gives
+    (the name shown is given too), by owner in the order given, then by title and id."""
+    owner: ColumnElement[Any] = bindparam("owner", type_=owner_accounts.c.id.type)
+    owner_name: ColumnElement[Any] = bindparam("owner_name", type_=owner_accounts.c.name.type)
+    owner_order: list[ColumnElement[Any]] = []
+    if dialect == "postgresql":
+        given = (
+            func.unnest(
+                bindparam("owners", type_=ARRAY(owner_accounts.c.id.type)),
+                bindparam("owner_names", type_=ARRAY(owner_accounts.c.name.type)),
+            )
+            .table_valued(column("id", String), column("name", Text), with_ordinality="n")
+            .render_derived()
+        )
+        owner, owner_name, owner_order = given.c.id, given.c.name, [given.c.n]
+    if at is None:
+        lock = bound_locks
+        found: FromClause = lock
+        columns = {name: streamed(lock.c[name]) for name in LockRow._fields[2:]}
+    else:
+        # The version valid at `at`; the hex id only while the physical lock is the current one.
         lock, current = bound_lock_versions, bound_locks
-        then = owner_account_versions.alias("owner_then")
-        owner_name = case((then.c.id.is_not(None), then.c.name), else_=owner_accounts.c.name)
+        found = lock.join(current, current.c.id == lock.c.id)
         same_device = (lock.c.physical_lock_id == current.c.physical_lock_id) | (
             lock.c.physical_lock_id.is_(None) & current.c.physical_lock_id.is_(None)
         )
         columns = {
-            **{name: lock.c[name] for name in LockRow._fields if name in lock.c},
-            "owner_name": owner_name,
+            **{name: streamed(lock.c[name]) for name in LockRow._fields if name in lock.c},
             "lock_id_hex": case((same_device, current.c.lock_id_hex)),
-            "removed_at": case((lock.c.change_type == ChangeType.REMOVED, lock.c.valid_from)),
+            "removed_at": streamed(
+                case((lock.c.change_type == ChangeType.REMOVED, lock.c.valid_from))
+            ),
         }
-        query = (
-            select(*(streamed(columns[name]) for name in LockRow._fields))
-            .select_from(
-                lock.join(current, current.c.id == lock.c.id)
-                .outerjoin(then, (then.c.id == lock.c.owner_account_id) & valid_at(then, at))
-                .outerjoin(owner_accounts, owner_accounts.c.id == lock.c.owner_account_id)
-            )
-            .where(valid_at(lock, at))
-        )
+    query = select(
+        lock.c.owner_account_id,
+        owner_name.label("owner_name"),
+        *(columns[name] for name in LockRow._fields[2:]),
+    )
+    if owner_order:
+        query = query.select_from(given.join(found, lock.c.owner_account_id == owner))
+    else:
+        query = query.select_from(found).where(lock.c.owner_account_id == owner)
+    if at is not None:
+        query = query.where(valid_at(lock, at))
         if not include_removed:
             query = query.where(lock.c.change_type != ChangeType.REMOVED)
-    if owner_ids is not None:
-        query = query.where(lock.c.owner_account_id.in_(sorted(owner_ids)))
+    elif not include_removed:
+        query = query.where(lock.c.removed_at.is_(None))
     return query.order_by(
-        *text_order(owner_name, dialect),
-        id_order(lock.c.owner_account_id, dialect),
-        *text_order(lock.c.title, dialect),
-        id_order(lock.c.id, dialect),
+        *owner_order, *text_order(lock.c.title, dialect), id_order(lock.c.id, dialect)
     )
 
 
@@ -372,54 +424,3 @@ def current_locks(engine: Engine) -> Sequence[RowMapping]:
     )
     with connect(engine) as conn:
         return conn.execute(query).mappings().all()
-
-
-@contextlib.contextmanager
-def open_run_changes(engine: Engine, run_id: int) -> Iterator[Iterator[Change]]:
-    """Every version a run wrote, as the run reports changes: owners first, then the locks,
-    contacts, cards and grants, each by time and id, read from the database as they are
-    iterated (inside the block, once)."""
-
-    def changes(table: Table, title: ColumnElement[Any], owner: ColumnElement[Any]) -> Select[Any]:
-        return (
-            select(
-                table.c.id,
-                table.c.change_type,
-                owner,
-                table.c.changed_fields,
-                table.c.removal_reason,
-                title,
-            )
-            .where(table.c.run_id == run_id)
-            .order_by(table.c.valid_from, id_order(table.c.id, engine.dialect.name))
-        )
-
-    owners = owner_account_versions
-    streamed_tables = [
-        (ChangeEntity.LOCK, bound_lock_versions, bound_lock_versions.c.title),
-        (ChangeEntity.CONTACT, contact_versions, contact_versions.c.title),
-        (ChangeEntity.CARD, bound_card_versions, bound_card_versions.c.title),
-        (ChangeEntity.GRANT, grant_versions, null()),
-    ]
-    with connect(engine) as conn:
-        owner_rows = conn.execute(changes(owners, owners.c.name, owners.c.id)).all()
-        # One stream after the other on the connection: each starts once the one before ended.
-        yield itertools.chain(
-            (_change(ChangeEntity.OWNER, row) for row in owner_rows),
-            *(
-                _changes_of(conn, entity, changes(table, title, table.c.owner_account_id))
-                for entity, table, title in streamed_tables
-            ),
-        )
-
-
-def _changes_of(conn: Connection, entity: str, query: Select[Any]) -> Iterator[Change]:
-    for row in stream(conn, query):
-        yield _change(entity, row)
-
-
-def _change(entity: str, row: Sequence[Any]) -> Change:
-    entity_id, change_type, owner_id, fields, reason, title = row
-    return Change(  # entity as plain str, see ChangeRow.entity
-        str(entity), entity_id, change_type, owner_id, tuple(fields or ()) or None, reason, title
-    )

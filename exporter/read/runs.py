@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import ColumnElement, Connection, Engine, Select, Table, null, select
 
 from exporter.db.engine import connect
-from exporter.db.schema import RUN_STATUSES, sync_run_owners, sync_runs
+from exporter.db.schema import (
+    RUN_STATUSES,
+    bound_card_versions,
+    bound_lock_versions,
+    contact_versions,
+    grant_versions,
+    owner_account_versions,
+    sync_run_owners,
+    sync_runs,
+)
 from exporter.errors import UsageError
-from exporter.kinds import OwnerStatus
+from exporter.kinds import ChangeEntity, OwnerStatus
 from exporter.read.asof import missing_run
-from exporter.read.inventory import Row, fields_of, fold, owner_names
+from exporter.read.inventory import Row, fields_of, fold, id_order, owner_names
+from exporter.read.streaming import stream
+from exporter.results import Change
 
 __all__ = [
     "RUN_COLUMNS",
@@ -21,6 +35,7 @@ __all__ = [
     "RunDetail",
     "RunOwnerRow",
     "RunRow",
+    "open_run_changes",
     "run_detail",
     "runs",
 ]
@@ -140,3 +155,54 @@ def _select_runs(
     if run_id is not None:
         query = query.where(sync_runs.c.id == run_id)
     return [_run_row(row) for row in conn.execute(query).mappings()]
+
+
+@contextlib.contextmanager
+def open_run_changes(engine: Engine, run_id: int) -> Iterator[Iterator[Change]]:
+    """Every version a run wrote, as the run reports changes: owners first, then the locks,
+    contacts, cards and grants, each by time and id, read from the database as they are
+    iterated (inside the block, once)."""
+
+    def changes(table: Table, title: ColumnElement[Any], owner: ColumnElement[Any]) -> Select[Any]:
+        return (
+            select(
+                table.c.id,
+                table.c.change_type,
+                owner,
+                table.c.changed_fields,
+                table.c.removal_reason,
+                title,
+            )
+            .where(table.c.run_id == run_id)
+            .order_by(table.c.valid_from, id_order(table.c.id, engine.dialect.name))
+        )
+
+    owners = owner_account_versions
+    streamed_tables = [
+        (ChangeEntity.LOCK, bound_lock_versions, bound_lock_versions.c.title),
+        (ChangeEntity.CONTACT, contact_versions, contact_versions.c.title),
+        (ChangeEntity.CARD, bound_card_versions, bound_card_versions.c.title),
+        (ChangeEntity.GRANT, grant_versions, null()),
+    ]
+    with connect(engine) as conn:
+        owner_rows = conn.execute(changes(owners, owners.c.name, owners.c.id)).all()
+        # One stream after the other on the connection: each starts once the one before ended.
+        yield itertools.chain(
+            (_change(ChangeEntity.OWNER, row) for row in owner_rows),
+            *(
+                _changes_of(conn, entity, changes(table, title, table.c.owner_account_id))
+                for entity, table, title in streamed_tables
+            ),
+        )
+
+
+def _changes_of(conn: Connection, entity: str, query: Select[Any]) -> Iterator[Change]:
+    for row in stream(conn, query):
+        yield _change(entity, row)
+
+
+def _change(entity: str, row: Sequence[Any]) -> Change:
+    entity_id, change_type, owner_id, fields, reason, title = row
+    return Change(  # entity as plain str, see ChangeRow.entity
+        str(entity), entity_id, change_type, owner_id, tuple(fields or ()) or None, reason, title
+    )

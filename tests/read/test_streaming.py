@@ -13,10 +13,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from sqlalchemy.engine import processors
 from support.inventory_data import InventoryDb
 
 from exporter.db.engine import connect, make_engine
-from exporter.read import asof, formats, render
+from exporter.read import asof, formats, render, streaming
 from exporter.read import inventory as report
 from exporter.read.streaming import stream, stream_columns
 
@@ -27,17 +28,18 @@ def test_column_batches_hold_what_cores_rows_hold(inventory_db: InventoryDb, whe
     try:
         at = asof.resolve_as_of(engine, "2", now=datetime.now(UTC)).at if when == "as-of" else None
         with connect(engine) as conn:
-            query = report._locks_query(conn.dialect.name, at, None, True)
-            expected = [tuple(row) for row in conn.execute(query)]
-            batches = list(stream_columns(conn, query, size=4))
-            rows = list(stream(conn, query))
+            query, holders = report._lock_reads(conn, at, None, True)
+            expected = [tuple(row) for owner in holders for row in conn.execute(query, owner)]
+            batches = list(stream_columns(conn, query, size=4, params=holders))
+            rows = list(stream(conn, query, holders))
     finally:
         engine.dispose()
 
     assert len(expected) > 8
     assert all(len(batch) == len(report.LockRow._fields) for batch in batches)
-    sizes = [len(batch[0]) for batch in batches]
-    assert sizes[:-1] == [4] * (len(sizes) - 1) and 0 < sizes[-1] <= 4
+    # Up to 4 rows a batch (a query's last batch may hold fewer).
+    assert all(0 < len(batch[0]) <= 4 for batch in batches)
+    assert max(len(batch[0]) for batch in batches) == 4
     streamed = [row for batch in batches for row in zip(*batch, strict=True)]
     assert streamed == expected
     assert [tuple(row) for row in rows] == expected
@@ -122,3 +124,30 @@ def test_column_csv_is_written_batch_by_batch() -> None:
 
     formats.write_csv_columns(batches(), ("title",), out)
     assert out.getvalue().splitlines() == ["title"] + [f"row {n}" for n in range(6)]
+
+
+STORED = ["2026-01-31T12:00:00.000000Z", None, "2026-01-31T12:00:00.120000Z"]
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        [*STORED, "0999-01-01T00:00:00.000001Z"],
+        [None, None],
+        ["2026-01-31T12:00:00.000000Z", "2026-01-31 12:00:00"],  # not all in the stored format
+    ],
+    ids=["stored", "null", "other-format"],
+)
+def test_sqlite_times_as_text_give_the_csv_of_their_datetimes(stored: list[str | None]) -> None:
+    # `locks --format csv` on SQLite turns the stored times into ISO text a column at a time;
+    # the CSV must be what the datetimes Core reads give, else (other text) Core's values.
+    by_core, by_text = io.StringIO(), io.StringIO()
+    parsed = [None if v is None else processors.str_to_datetime(v) for v in stored]
+    formats.write_csv_columns([[parsed]], ("t",), by_core)
+    formats.write_csv_columns([[streaming._iso_texts(stored)]], ("t",), by_text)
+    assert by_text.getvalue() == by_core.getvalue()
+
+
+def test_sqlite_text_that_is_no_time_fails_as_core_fails() -> None:
+    with pytest.raises(ValueError, match="Invalid isoformat string"):
+        streaming._iso_texts([*STORED, "2026-01-31T12:00:00.00000Z1"])  # a Z out of place
