@@ -18,7 +18,7 @@ from exporter.config.loader import load_settings
 from exporter.config.settings import Settings
 from exporter.errors import AuthError, ConfigError
 from exporter.sandbox.server import Fault, Sandbox, SandboxRequest
-from exporter.service import job
+from exporter.service import preflight
 from exporter.tapkey.auth import TokenProvider, require_secure_url
 from exporter.tapkey.client import TapkeyClient
 from exporter.tapkey.options import Connection, Timeouts
@@ -394,7 +394,7 @@ def test_token_requests_follow_tapkey_max_retries(
     fake.add_fault(Fault(route="token", status=503, times=None))
     settings = _settings(fake, tmp_path, max_retries=4, backoff_factor=0.01)
     with pytest.raises(AuthError, match=r"failed after 5 attempts \(HTTP 503\)"):
-        job.make_tokens(settings, sleep=sleeps.append).token()
+        preflight.make_tokens(settings, sleep=sleeps.append).token()
     assert fake.requests["token"] == 5 and len(sleeps) == 4
 
 
@@ -404,5 +404,5 @@ def test_token_requests_keep_to_the_retry_time_budget(
     fake.add_fault(Fault(route="token", status=429, headers={"Retry-After": "3"}, times=None))
     settings = _settings(fake, tmp_path, max_retries=20, max_retry_after=3, max_retry_time=10)
     with pytest.raises(AuthError, match=r"failed after 4 attempts \(HTTP 429\)"):
-        job.make_tokens(settings, sleep=sleeps.append).token()
+        preflight.make_tokens(settings, sleep=sleeps.append).token()
     assert sleeps == [3.0, 3.0, 3.0]  # a fourth wait would end past 10 s
