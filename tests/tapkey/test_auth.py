@@ -73,6 +73,32 @@ def test_token_is_fetched_once_and_reused(fake: Sandbox, make_provider: Callable
     assert tokens.granted_scopes == frozenset(SCOPES)
 
 
+def test_a_background_fetch_gives_the_first_token(
+    fake: Sandbox, make_provider: Callable[..., Any]
+) -> None:
+    tokens = make_provider()
+    tokens.fetch_in_background().join(10)
+
+    assert fake.requests["token"] == 1
+    tokens.token()
+    assert fake.requests["token"] == 1 and tokens.fetch_count == 1
+
+
+def test_a_failed_background_fetch_is_raised_once_by_the_next_token_call(
+    fake: Sandbox, make_provider: Callable[..., Any], sleeps: list[float]
+) -> None:
+    # Its retries are spent: the caller gets their outcome, not a second round of them.
+    fake.add_fault(Fault(route="token", status=503, times=3))
+    tokens = make_provider(max_retries=2)
+    tokens.fetch_in_background().join(10)
+
+    with pytest.raises(AuthError, match=r"failed after 3 attempts \(HTTP 503\)"):
+        tokens.token()
+    assert fake.requests["token"] == 3 and len(sleeps) == 2
+    tokens.token()  # afterwards a call fetches as usual
+    assert fake.requests["token"] == 4
+
+
 def test_concurrent_callers_share_one_fetch(
     fake: Sandbox, make_provider: Callable[..., Any]
 ) -> None:
