@@ -20,7 +20,7 @@ from exporter.read import access_render, asof, log_view
 from exporter.read import inventory as report
 from exporter.read import runs as runs_report
 from exporter.sandbox.server import Sandbox
-from exporter.service import job
+from exporter.service import job, preflight
 from exporter.terminal import visible
 
 DEMO_CLIENT_ID = "demo-client"
@@ -63,7 +63,7 @@ def run_demo(
                 "tapkey.entities": ["contacts", "cards", "grants", "log_entries"],
             },
         )
-        engine = job.make_engine(settings)
+        engine = preflight.make_engine(settings)
         try:
             for generation in range(generations + 1):
                 if generation:

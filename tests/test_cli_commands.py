@@ -51,13 +51,14 @@ def test_run_once_loads_neither_the_read_side_nor_alembic(
     assert loaded.stdout.strip() == "0 []", loaded.stderr
 
 
-# Imports the command line as the `exporter` script does and prints which of these it loaded.
-_IMPORTED = """
-import sys
-import exporter.cli
-unneeded = ("apscheduler", "prometheus_client", "wsgiref", "rich", "alembic", "exporter.read")
-print(sorted(m for m in unneeded if m in sys.modules))
-"""
+def _loaded_by_importing(modules: str, candidates: tuple[str, ...], cwd: Path) -> str:
+    """Which of `candidates` a fresh interpreter has loaded after `import {modules}`, printed."""
+    listed = f"sorted(m for m in {candidates!r} if m in sys.modules)"
+    script = f"import sys\nimport {modules}\nprint({listed})"
+    loaded = subprocess.run(
+        [EXPORTER[0], "-c", script], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+    return loaded.stdout.strip() or loaded.stderr
 
 
 def test_importing_the_cli_loads_no_scheduler_metrics_display_alembic_or_read_side(
@@ -66,10 +67,17 @@ def test_importing_the_cli_loads_no_scheduler_metrics_display_alembic_or_read_si
     # Every command pays for what `import exporter.cli` loads before it starts: the daemon's
     # scheduler, metrics and HTTP server, rich (output, a progress bar), Alembic and the read side
     # are loaded by the commands that use them, when they use them.
-    loaded = subprocess.run(
-        [EXPORTER[0], "-c", _IMPORTED], cwd=tmp_path, capture_output=True, text=True, timeout=60
-    )
-    assert loaded.stdout.strip() == "[]", loaded.stderr
+    unneeded = ("apscheduler", "prometheus_client", "wsgiref", "rich", "alembic", "exporter.read")
+    assert _loaded_by_importing("exporter.cli", unneeded, tmp_path) == "[]"
+
+
+def test_run_once_sends_its_token_request_before_loading_the_tables_and_the_sync(
+    tmp_path: Path,
+) -> None:
+    # What run-once loads before its token request leaves (docs/operations.md, "Start-up").
+    later = ("exporter.db.schema", "exporter.sync", "exporter.tapkey.client", "alembic", "rich")
+    before = "exporter.cli, exporter.service.preflight"
+    assert _loaded_by_importing(before, later, tmp_path) == "[]"
 
 
 def test_demo_builds_a_history_in_a_fresh_sqlite_file(tmp_path: Path) -> None:

@@ -22,9 +22,11 @@ def test_two_concurrent_runs_one_exits_4(sandbox: Sandbox, db_url: str, engine: 
     # The first run's lock lists are held until the second run has exited, however slowly a
     # busy machine starts the second process: the two always overlap.
     second_done = threading.Event()
+    holding = threading.Event()
 
     def hold_locks(request: SandboxRequest) -> None:
         if request.route == "locks":
+            holding.set()
             second_done.wait(60)
 
     sandbox.hooks.append(hold_locks)
@@ -32,14 +34,19 @@ def test_two_concurrent_runs_one_exits_4(sandbox: Sandbox, db_url: str, engine: 
     env["EXPORTER_TAPKEY__WORKERS"] = "1"
     first = _start(env, "run-once")
     try:
-        _wait_for(lambda: _running(engine))
+        _wait_for(lambda: _running(engine) and holding.is_set())
+        seen = dict(sandbox.requests)  # the first run's: a token, the owners, a lock list
         second = run_exporter(env, "run-once")
+        added = {route: n - seen.get(route, 0) for route, n in sandbox.requests.items()}
     finally:
         second_done.set()
         _out, err_text = first.communicate(timeout=60)
 
     assert second.returncode == 4, second.stderr
     assert "writer lock" in second.stderr
+    # The skipped run's token request left before it met the lock (docs/operations.md,
+    # "Start-up"); it asked for nothing else.
+    assert {route: n for route, n in added.items() if n} in ({}, {"token": 1})
     assert first.returncode == 0, err_text
     assert _scalar(engine, select(func.count()).select_from(sync_runs)) == 1
 

@@ -8,10 +8,13 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine, func, select
 from support.cli import run_exporter
+from support.cli_runs import _scalar
 from support.helpers import subprocess_env
 
-from exporter.sandbox.server import Fault, Sandbox
+from exporter.db.schema import sync_runs
+from exporter.sandbox.server import Fault, Sandbox, SandboxRequest
 
 
 def test_run_once_prints_a_summary_and_json(sandbox: Sandbox, tmp_path: Path) -> None:
@@ -133,6 +136,25 @@ def test_a_partial_run_exits_3(sandbox: Sandbox, tmp_path: Path) -> None:
 
     assert result.returncode == 3, result.stderr
     assert owner in result.stderr
+
+
+def test_run_once_asks_for_its_token_before_it_opens_its_run(
+    sandbox: Sandbox, db_url: str, engine: Engine
+) -> None:
+    # Start-up (docs/operations.md): the token request leaves once the configuration and the
+    # schema are checked; the sync is loaded, takes the writer lock and opens its run meanwhile.
+    runs_at_token_request: list[int] = []
+
+    def count_runs(request: SandboxRequest) -> None:
+        if request.route == "token":
+            runs_at_token_request.append(_scalar(engine, select(func.count(sync_runs.c.id))))
+
+    sandbox.hooks.append(count_runs)
+    result = run_exporter(subprocess_env(sandbox, db_url), "run-once", "--quiet")
+
+    assert result.returncode == 0, result.stderr
+    assert runs_at_token_request == [0]
+    assert _scalar(engine, select(func.count(sync_runs.c.id))) == 1
 
 
 def test_a_schema_behind_the_code_exits_5_and_writes_nothing(

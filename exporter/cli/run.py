@@ -129,7 +129,7 @@ def run_once(
 
     Example: exporter run-once --config /etc/tapkey-exporter/config.toml
     """
-    from exporter.service import job
+    from exporter.service import preflight
 
     check_format(fmt)
     with errors():
@@ -139,6 +139,18 @@ def run_once(
             _stop_on_signals() as stop,
             _progress_bar(settings, quiet=quiet) as progress,
         ):
+            # Configuration and schema first, then the token request: the tables and the sync
+            # are loaded and prepared while it is in flight (docs/operations.md, "Start-up").
+            # Owner ids to confirm are looked up in the database before any request is sent.
+            preflight.check_run_config(settings)
+            engine = preflight.open_database(settings, dry_run=dry_run)
+            tokens = (
+                None
+                if allow_mass_removal_owner
+                else preflight.start_token_request(settings, stop=stop)
+            )
+            from exporter.service import job
+
             result = job.run_once(
                 settings,
                 trigger="manual",
@@ -149,6 +161,8 @@ def run_once(
                 allow_mass_removal=allow_mass_removal,
                 allow_mass_removal_owners=allow_mass_removal_owner or (),
                 progress=progress,
+                engine=engine,
+                tokens=tokens,
             )
     if fmt == "json":
         with errors():
@@ -168,12 +182,12 @@ def _print_json(result: RunResult, settings: Settings) -> None:
     """The result as JSON; a run's changes are read back from the database as they are written."""
     from exporter.read import run_render
     from exporter.read import runs as runs_report
-    from exporter.service import job
+    from exporter.service import preflight
 
     if result.dry_run or result.run_id is None:  # a dry run's changes exist only in memory
         run_render.run_result_json(result, shared.out.file, None)
         return
-    engine = job.make_engine(settings, create=False)
+    engine = preflight.make_engine(settings, create=False)
     try:
         with runs_report.open_run_changes(engine, result.run_id) as changes:
             run_render.run_result_json(result, shared.out.file, changes)
@@ -211,11 +225,11 @@ def db_upgrade(config: ConfigOption = None, database_url: DatabaseOption = None)
     Example: exporter db upgrade --database-url postgresql://exporter@db/inventory
     """
     from exporter.db import migrate
-    from exporter.service import job
+    from exporter.service import preflight
 
     with errors():
         settings = load(config, database_url=database_url)
-        engine = job.make_engine(settings)
+        engine = preflight.make_engine(settings)
         try:
             wait = max(settings.database.lock_timeout, migrate.UPGRADE_LOCK_WAIT)
             migrate.upgrade(engine, lock_timeout=wait)
@@ -232,11 +246,11 @@ def db_current(config: ConfigOption = None, database_url: DatabaseOption = None)
     Example: exporter db current
     """
     from exporter.db import migrate
-    from exporter.service import job
+    from exporter.service import preflight
 
     with errors():
         settings = load(config, database_url=database_url)
-        engine = job.make_engine(settings, create=False)
+        engine = preflight.make_engine(settings, create=False)
         try:
             revision = migrate.current_revision(engine)
         finally:

@@ -211,12 +211,12 @@ def reader(
     configuration is reported first, as by every command).
     """
     from exporter.db import migrate
-    from exporter.service import job
+    from exporter.service import preflight
 
     loaded = settings(config, database_url=database_url)
     if usage is not None:
         usage()
-    engine = job.make_engine(loaded, create=False)
+    engine = preflight.make_engine(loaded, create=False)
     try:
         migrate.require_current(engine)
         yield engine

@@ -30,7 +30,8 @@ from exporter.db.schema import (
 )
 from exporter.db.schema import log_entries as log_entries_table
 from exporter.errors import ConfigError, ExporterError
-from exporter.service.job import make_client, make_engine, make_tokens, proxy_to, refuse_in_memory
+from exporter.service.job import make_client
+from exporter.service.preflight import make_engine, make_tokens, proxy_to, refuse_in_memory
 from exporter.sync import api_paging
 from exporter.sync.run_records import filled_by
 

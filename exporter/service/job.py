@@ -10,18 +10,27 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from exporter.config.proxies import Proxy, proxy_for
 from exporter.config.settings import Settings
 from exporter.db import engine as db_engine
 from exporter.db import errors as db_errors
-from exporter.db import migrate
 from exporter.db.schema import (
     owner_accounts,
 )
 from exporter.db.writer_lock import WriterLock
-from exporter.errors import ConfigError, Interrupted, LockHeldError
+from exporter.errors import LockHeldError
 from exporter.kinds import RunStatus
 from exporter.results import RunResult, SyncProgress
+from exporter.service.preflight import (
+    check_run_config,
+    connection_to,
+    make_tokens,
+    open_database,
+    retry_policy,
+    stoppable_sleep,
+)
+from exporter.service.preflight import (
+    make_engine as make_engine,  # part of this module's wiring for its callers
+)
 from exporter.sync import log_entries, retention
 from exporter.sync.access import AccessOptions
 from exporter.sync.batches import Batching
@@ -31,74 +40,9 @@ from exporter.sync.options import SyncOptions
 from exporter.tapkey.access import Privacy
 from exporter.tapkey.auth import TokenProvider
 from exporter.tapkey.client import TapkeyClient
-from exporter.tapkey.options import Connection, PageLimits, Timeouts
-from exporter.tapkey.retry import RetryPolicy
+from exporter.tapkey.options import PageLimits
 
 EXIT_CODES: dict[str, int] = {RunStatus.SUCCEEDED: 0, RunStatus.FAILED: 1, RunStatus.PARTIAL: 3}
-
-
-def make_engine(settings: Settings, *, create: bool = True) -> Engine:
-    """The configured database's engine (see db.engine.make_engine for `create`)."""
-    return db_engine.make_engine(
-        settings.database.url, schema=settings.database.schema_name, create=create
-    )
-
-
-def refuse_in_memory(settings: Settings) -> None:
-    """ConfigError if [database] url is an in-memory SQLite database (gone when the run ends)."""
-    if db_engine.in_memory(settings.database.url):
-        raise ConfigError(
-            f"[database] url {settings.database.url} is an in-memory database, "
-            "which is gone when the run ends: name a file, e.g. sqlite:///exporter.db"
-        )
-
-
-def proxy_to(settings: Settings, url: str) -> Proxy | None:
-    """The proxy for requests to `url`: `[tapkey] proxy`, else the standard proxy variables."""
-    return proxy_for(url, configured=settings.tapkey.proxy, env=settings.proxy_env)
-
-
-def retry_policy(settings: Settings) -> RetryPolicy:
-    """`[tapkey]`'s retry limits: one policy for the token requests and the API requests."""
-    tapkey = settings.tapkey
-    return RetryPolicy(
-        max_retries=tapkey.max_retries,
-        backoff_factor=tapkey.backoff_factor,
-        # max_retry_after is the longest wait of all, our own backoff's too.
-        max_backoff=tapkey.max_retry_after,
-        max_retry_after=tapkey.max_retry_after,
-        max_retry_time=tapkey.max_retry_time,
-    )
-
-
-def connection_to(settings: Settings, url: str) -> Connection:
-    """How requests to `url` go out: `[tapkey]` timeouts and ca_bundle, the proxy for `url`."""
-    tapkey = settings.tapkey
-    return Connection(
-        timeouts=Timeouts(connect=tapkey.connect_timeout, read=tapkey.read_timeout),
-        verify=str(tapkey.ca_bundle) if tapkey.ca_bundle else True,
-        proxy=proxy_to(settings, url),
-    )
-
-
-def make_tokens(
-    settings: Settings,
-    *,
-    sleep: Callable[[float], None] | None = None,
-    retry: RetryPolicy | None = None,
-) -> TokenProvider:
-    """The client-credentials token provider from `[tapkey]` (`retry`: the client's policy)."""
-    tapkey = settings.tapkey
-    client_id, secret = tapkey.credentials()
-    return TokenProvider(
-        client_id=client_id,
-        client_secret=secret,
-        token_url=tapkey.token_url,
-        scopes=tapkey.scope_list,
-        connection=connection_to(settings, tapkey.token_url),
-        retry=retry if retry is not None else retry_policy(settings),
-        sleep=sleep if sleep is not None else time.sleep,
-    )
 
 
 def make_client(
@@ -141,6 +85,8 @@ def run_once(
     allow_mass_removal_owners: Collection[str] = (),
     batching: Batching | None = None,
     progress: Callable[[SyncProgress], None] | None = None,
+    engine: Engine | None = None,
+    tokens: TokenProvider | None = None,
 ) -> RunResult:
     """Check the schema (upgrading SQLite automatically), then run one sync.
 
@@ -149,18 +95,19 @@ def run_once(
     `allow_mass_removal` / `allow_mass_removal_owners` confirm removals the deletion guard
     would hold back (all of them / those of the given owner ids or unique starts of ids; an id
     that names no present owner, or several, is a UsageError before anything is fetched).
-    `batching` and `progress` go to the sync (exporter.sync.sync).
+    `batching` and `progress` go to the sync (exporter.sync.sync). `engine`: the database as
+    `preflight.open_database` opened it for this run (the run disposes of it); `tokens`: a
+    provider whose first request may be in flight (`preflight.start_token_request`), made from
+    these settings and `stop`.
     """
+    check_run_config(settings)
     client_id, _ = settings.tapkey.credentials()
     access = access_options(settings)
-    refuse_in_memory(settings)
-    engine = make_engine(settings, create=not dry_run)
+    if engine is None:
+        engine = open_database(settings, dry_run=dry_run)
     # Once `stop` is set, no retry is waited for or sent: the back-off raises Interrupted.
-    sleep = None if stop is None else lambda seconds: _wait(stop, seconds)
+    sleep = stoppable_sleep(stop)
     try:
-        migrate.require_current(
-            engine, auto_upgrade_sqlite=not dry_run, lock_timeout=settings.database.lock_timeout
-        )
         # Checked before anything is fetched or written: a mistyped id would confirm nothing.
         confirmed = (
             resolve_owner_ids(allow_mass_removal_owners, _present_owner_ids(engine))
@@ -183,7 +130,7 @@ def run_once(
             access=access,
             logs=log_options(settings),
         )
-        with make_client(settings, sleep=sleep, stop=stop) as client:
+        with make_client(settings, sleep=sleep, tokens=tokens, stop=stop) as client:
             if on_client is not None:
                 on_client(client)
             result = sync(
@@ -201,7 +148,7 @@ def run_once(
             _apply_retention(engine, settings, now())
         return result
     except SQLAlchemyError as exc:
-        # What the sync does not turn into a one-line error itself (the schema check, retention).
+        # What the sync does not turn into a one-line error itself (retention, say).
         raise db_errors.store_error(exc, engine) from None
     finally:
         engine.dispose()
@@ -257,8 +204,3 @@ def _apply_retention(engine: Engine, settings: Settings, now: datetime) -> None:
             )
     except LockHeldError:
         return
-
-
-def _wait(stop: threading.Event, seconds: float) -> None:
-    if stop.wait(seconds):
-        raise Interrupted

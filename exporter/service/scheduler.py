@@ -33,7 +33,7 @@ from exporter.config.settings import Settings
 from exporter.errors import ExporterError, LockHeldError
 from exporter.kinds import RunStatus
 from exporter.results import RunResult
-from exporter.service import http, job
+from exporter.service import http, job, preflight
 from exporter.service.logging import run_scope
 from exporter.service.metrics import Metrics
 from exporter.tapkey.client import TapkeyClient
@@ -231,12 +231,12 @@ def _log_result(result: RunResult) -> None:
 def serve(settings: Settings) -> int:
     """Run the daemon (with the HTTP endpoint when `[http] enabled`); return the exit code."""
     settings.tapkey.credentials()  # a missing client id or secret is a start-up error (exit 2)
-    job.refuse_in_memory(settings)
+    preflight.refuse_in_memory(settings)
     daemon = Daemon(settings)
     endpoint = None
     engine = None
     if settings.http.enabled:
-        engine = job.make_engine(settings)
+        engine = preflight.make_engine(settings)
         daemon.metrics.watch_database(engine)
         app = http.make_app(
             engine,

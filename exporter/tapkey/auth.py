@@ -15,6 +15,7 @@ Location, so the secret is only ever posted to `token_url` (and through the conf
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import random
 import re
@@ -209,6 +210,7 @@ class TokenProvider:
         self._lock = threading.Lock()
         self._token: str | None = None
         self._renew_at = 0.0
+        self._early_failure: Exception | None = None
         self.granted_scopes: frozenset[str] | None = None
         self.fetch_count = 0
 
@@ -219,10 +221,42 @@ class TokenProvider:
     def token(self) -> str:
         """A valid access token: fetched on first use and renewed shortly before it expires."""
         with self._lock:
-            if self._token is None or self._clock() >= self._renew_at:
+            failure, self._early_failure = self._early_failure, None
+            if failure is not None:
+                raise failure  # the background fetch's: its retries are spent, don't repeat them
+            if self._needs_fetch():
                 self._fetch()
             assert self._token is not None
             return self._token
+
+    def fetch_in_background(self) -> threading.Thread:
+        """Start fetching the first token in a daemon thread and return at once.
+
+        The request is on its way while the caller prepares (run-once opens the database); the
+        first `token()` waits for it. A failure is kept and raised by that `token()` call, once,
+        where a failed fetch of its own would have been raised. The thread logs in the caller's
+        context (its run id, once bound).
+        """
+        thread = threading.Thread(
+            target=contextvars.copy_context().run,
+            args=(self._fetch_early,),
+            name="token-request",
+            daemon=True,  # the caller may end (a database error, say) while it waits to retry
+        )
+        thread.start()
+        return thread
+
+    def _fetch_early(self) -> None:
+        with self._lock:
+            if not self._needs_fetch():
+                return
+            try:
+                self._fetch()
+            except Exception as exc:
+                self._early_failure = exc
+
+    def _needs_fetch(self) -> bool:
+        return self._token is None or self._clock() >= self._renew_at
 
     def invalidate(self, token: str) -> None:
         """Forget `token` after the API rejected it (401); no-op if it was already replaced."""

@@ -23,7 +23,7 @@ from exporter.db.schema import (
     sync_runs,
 )
 from exporter.sandbox.server import Sandbox
-from exporter.service import job
+from exporter.service import preflight
 
 
 def test_first_load_stores_every_lock_with_a_created_version(
@@ -62,7 +62,7 @@ def test_unchanged_rerun_writes_no_versions_and_rewrites_no_lock_rows(
         statements.append(statement.lower())
 
     run_engine_events: list[Engine] = []
-    original = job.make_engine
+    original = preflight.make_engine
 
     def spying_engine(settings: Any, **kwargs: Any) -> Engine:
         created = original(settings, **kwargs)
@@ -70,11 +70,11 @@ def test_unchanged_rerun_writes_no_versions_and_rewrites_no_lock_rows(
         run_engine_events.append(created)
         return created
 
-    job.make_engine = spying_engine  # type: ignore[assignment]
+    preflight.make_engine = spying_engine  # type: ignore[assignment]
     try:
         second = run_once(sandbox, db_url, tmp_path)
     finally:
-        job.make_engine = original  # type: ignore[assignment]
+        preflight.make_engine = original  # type: ignore[assignment]
 
     assert second.status == "succeeded"
     assert second.counts.as_dict() == {

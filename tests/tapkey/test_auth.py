@@ -18,7 +18,7 @@ from exporter.config.loader import load_settings
 from exporter.config.settings import Settings
 from exporter.errors import AuthError, ConfigError
 from exporter.sandbox.server import Fault, Sandbox, SandboxRequest
-from exporter.service import job
+from exporter.service import preflight
 from exporter.tapkey.auth import TokenProvider, require_secure_url
 from exporter.tapkey.client import TapkeyClient
 from exporter.tapkey.options import Connection, Timeouts
@@ -71,6 +71,32 @@ def test_token_is_fetched_once_and_reused(fake: Sandbox, make_provider: Callable
     assert tokens.fetch_count == 1
     assert fake.requests["token"] == 1
     assert tokens.granted_scopes == frozenset(SCOPES)
+
+
+def test_a_background_fetch_gives_the_first_token(
+    fake: Sandbox, make_provider: Callable[..., Any]
+) -> None:
+    tokens = make_provider()
+    tokens.fetch_in_background().join(10)
+
+    assert fake.requests["token"] == 1
+    tokens.token()
+    assert fake.requests["token"] == 1 and tokens.fetch_count == 1
+
+
+def test_a_failed_background_fetch_is_raised_once_by_the_next_token_call(
+    fake: Sandbox, make_provider: Callable[..., Any], sleeps: list[float]
+) -> None:
+    # Its retries are spent: the caller gets their outcome, not a second round of them.
+    fake.add_fault(Fault(route="token", status=503, times=3))
+    tokens = make_provider(max_retries=2)
+    tokens.fetch_in_background().join(10)
+
+    with pytest.raises(AuthError, match=r"failed after 3 attempts \(HTTP 503\)"):
+        tokens.token()
+    assert fake.requests["token"] == 3 and len(sleeps) == 2
+    tokens.token()  # afterwards a call fetches as usual
+    assert fake.requests["token"] == 4
 
 
 def test_concurrent_callers_share_one_fetch(
@@ -394,7 +420,7 @@ def test_token_requests_follow_tapkey_max_retries(
     fake.add_fault(Fault(route="token", status=503, times=None))
     settings = _settings(fake, tmp_path, max_retries=4, backoff_factor=0.01)
     with pytest.raises(AuthError, match=r"failed after 5 attempts \(HTTP 503\)"):
-        job.make_tokens(settings, sleep=sleeps.append).token()
+        preflight.make_tokens(settings, sleep=sleeps.append).token()
     assert fake.requests["token"] == 5 and len(sleeps) == 4
 
 
@@ -404,5 +430,5 @@ def test_token_requests_keep_to_the_retry_time_budget(
     fake.add_fault(Fault(route="token", status=429, headers={"Retry-After": "3"}, times=None))
     settings = _settings(fake, tmp_path, max_retries=20, max_retry_after=3, max_retry_time=10)
     with pytest.raises(AuthError, match=r"failed after 4 attempts \(HTTP 429\)"):
-        job.make_tokens(settings, sleep=sleeps.append).token()
+        preflight.make_tokens(settings, sleep=sleeps.append).token()
     assert sleeps == [3.0, 3.0, 3.0]  # a fourth wait would end past 10 s
