@@ -30,7 +30,7 @@ from exporter.db.schema import (
     sync_runs,
 )
 from exporter.errors import UsageError
-from exporter.kinds import ChangeEntity, ChangeType
+from exporter.kinds import BindingEnd, ChangeEntity, ChangeType
 from exporter.read.asof import missing_run
 from exporter.read.change_rows import (
     ACCESS_HISTORIES,
@@ -285,9 +285,9 @@ def _bindings(conn: Connection, bound_lock_ids: Collection[str] | None) -> list[
                     end_reason = (
                         row["removal_reason"]
                         if row["change_type"] == _REMOVED
-                        else "moved"
+                        else BindingEnd.MOVED
                         if row["owner_account_id"] != start["owner_account_id"]
-                        else "physical_lock_changed"
+                        else BindingEnd.PHYSICAL_LOCK_CHANGED
                     )
                 result.append(
                     Binding(

@@ -17,12 +17,9 @@ from exporter.db.bulk import insert_many
 from exporter.db.inlists import chunks
 from exporter.db.schema import (
     LOCK_TRACKED,
-    bound_card_versions,
+    VERSION_TABLES,
     bound_lock_versions,
     bound_locks,
-    contact_versions,
-    grant_versions,
-    owner_account_versions,
     sync_runs,
 )
 from exporter.db.types import UTCDateTime
@@ -56,15 +53,8 @@ class Clock:
 
 def latest_instant(conn: Connection) -> datetime | None:
     """The latest instant already written, so new versions always start after it."""
-    versions = (
-        bound_lock_versions,
-        owner_account_versions,
-        contact_versions,
-        bound_card_versions,
-        grant_versions,
-    )
     candidates = [
-        *(conn.execute(select(func.max(v.c.valid_from))).scalar() for v in versions),
+        *(conn.execute(select(func.max(v.c.valid_from))).scalar() for v in VERSION_TABLES),
         conn.execute(select(func.max(sync_runs.c.started_at))).scalar(),
         conn.execute(select(func.max(sync_runs.c.finished_at))).scalar(),
     ]
