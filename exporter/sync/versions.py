@@ -8,6 +8,7 @@ always move together.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -276,24 +277,33 @@ def remove_rows(
         conn.execute(update(current).where(current.c.id.in_(chunk)).values(removed_at=t))
 
 
+@dataclass(frozen=True)
+class History:
+    """A current table with its version table: the tracked columns (a change to one of them makes
+    a version) and the column order of new rows (`write_diff`'s `new_rows`)."""
+
+    current: Table
+    versions: Table
+    tracked: tuple[str, ...]
+    new_columns: tuple[str, ...]
+
+
 def write_diff(
     conn: Connection,
     diff: OwnerDiff[Any],
     new_rows: Sequence[tuple[Any, ...]],
+    history: History,
     *,
     owner_id: str,
     t: datetime,
     run_id: int,
-    current: Table,
-    versions: Table,
-    tracked: Sequence[str],
-    new_columns: tuple[str, ...],
 ) -> None:
     """Write one owner's diff (exporter.sync.plan.diff_owner) at `t`: `new_rows` (its created
-    rows, in `new_columns` order) with their `created` versions, updated and restored rows with
-    new versions, refreshed rows without."""
+    rows, in `history.new_columns` order) with their `created` versions, updated and restored
+    rows with new versions, refreshed rows without."""
+    current, versions, tracked = history.current, history.versions, history.tracked
     close_versions(conn, versions, [change.record.id for change in diff.changes], t)
-    insert_many(conn, current, new_columns, new_rows)
+    insert_many(conn, current, history.new_columns, new_rows)
     by_id = update(current).where(current.c.id == bindparam("b_id"))
     for kind in (ChangeType.UPDATED, ChangeType.RESTORED):
         rows = [
