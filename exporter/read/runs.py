@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from sqlalchemy import Connection, Engine, select
 
@@ -27,7 +27,29 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class RunRow:
+class _Tally:
+    """What a run, and each owner account's fetch in it, counted: locks seen, changes by kind."""
+
+    locks_seen: int
+    created: int
+    updated: int
+    removed: int
+    restored: int
+    unchanged: int
+    skipped: int
+
+    COLUMNS: ClassVar[tuple[str, ...]] = ()  # the fields in output order (CSV, JSON)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields by name, in output order."""
+        return {name: getattr(self, name) for name in self.COLUMNS}
+
+
+_TALLY = tuple(_Tally.__dataclass_fields__)
+
+
+@dataclass(frozen=True)
+class RunRow(_Tally):
     """One sync run."""
 
     id: int
@@ -37,47 +59,32 @@ class RunRow:
     status: str
     trigger: str
     owners_seen: int
-    locks_seen: int
-    created: int
-    updated: int
-    removed: int
-    restored: int
-    unchanged: int
-    skipped: int
     api_requests: int
     error: str | None
     client_id: str | None
 
-    def as_dict(self) -> dict[str, Any]:
-        """The fields by name."""
-        return asdict(self)
+    COLUMNS = (
+        "id", "started_at", "finished_at", "duration_seconds", "status", "trigger", "owners_seen",
+        *_TALLY, "api_requests", "error", "client_id",
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
-class RunOwnerRow:
+class RunOwnerRow(_Tally):
     """How one owner account's fetch went in a run."""
 
     owner_account_id: str
     owner_name: str | None
     status: str
-    locks_seen: int
-    created: int
-    updated: int
-    removed: int
-    restored: int
-    unchanged: int
-    skipped: int
     fetched_at: datetime | None
     error: str | None
 
-    def as_dict(self) -> dict[str, Any]:
-        """The fields by name."""
-        return asdict(self)
+    COLUMNS = ("owner_account_id", "owner_name", "status", *_TALLY, "fetched_at", "error")
 
 
-# The CSV columns of `exporter runs` and `exporter runs show`: the fields, in order.
-RUN_COLUMNS: Final = tuple(RunRow.__dataclass_fields__)
-RUN_OWNER_COLUMNS: Final = tuple(RunOwnerRow.__dataclass_fields__)
+# The CSV columns of `exporter runs` and `exporter runs show`.
+RUN_COLUMNS: Final = RunRow.COLUMNS
+RUN_OWNER_COLUMNS: Final = RunOwnerRow.COLUMNS
 
 
 @dataclass(frozen=True)
