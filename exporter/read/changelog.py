@@ -203,8 +203,8 @@ def _lock_changes(
             ChangeEntity.LOCK,
             row,
             LOCK_TRACKED,
-            owner_account_id=row["owner_account_id"],
-            owner_name=names.get(row["owner_account_id"]),
+            row["owner_account_id"],
+            names,
             title=row["title"],
             lock_id_hex=hex_of(row),
             lock_model_name=row["lock_model_name"],
@@ -218,12 +218,7 @@ def _owner_changes(
     query = with_previous(owner_account_versions, OWNER_TRACKED).where(condition)
     for row in conn.execute(query).mappings():
         yield change_row(
-            ChangeEntity.OWNER,
-            row,
-            OWNER_TRACKED,
-            owner_account_id=row["id"],
-            owner_name=names.get(row["id"]),
-            title=row["name"],
+            ChangeEntity.OWNER, row, OWNER_TRACKED, row["id"], names, title=row["name"]
         )
 
 
