@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, ClassVar, Final
 
@@ -45,7 +45,7 @@ class _Tally:
         return {name: getattr(self, name) for name in self.COLUMNS}
 
 
-_TALLY = tuple(_Tally.__dataclass_fields__)
+_TALLY = tuple(f.name for f in fields(_Tally))
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ class RunDetail:
 def _run_row(row: Row) -> RunRow:
     started, finished = row["started_at"], row["finished_at"]
     duration = (finished - started).total_seconds() if finished is not None else None
-    return RunRow(**fields_of(row, RunRow.__dataclass_fields__, duration_seconds=duration))
+    return RunRow(**fields_of(row, RunRow.COLUMNS, duration_seconds=duration))
 
 
 def runs(engine: Engine, *, limit: int | None = 20, status: str | None = None) -> list[RunRow]:
@@ -121,9 +121,7 @@ def run_detail(engine: Engine, run_id: int) -> RunDetail:
         ).mappings()
         owners = [
             RunOwnerRow(
-                **fields_of(
-                    o, RunOwnerRow.__dataclass_fields__, owner_name=names.get(o["owner_account_id"])
-                )
+                **fields_of(o, RunOwnerRow.COLUMNS, owner_name=names.get(o["owner_account_id"]))
             )
             for o in outcomes
         ]
