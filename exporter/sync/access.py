@@ -45,7 +45,7 @@ from exporter.db.schema import (
 from exporter.kinds import RemovalReason
 from exporter.results import Change, Counts
 from exporter.sync.guard import RemovalGuard
-from exporter.sync.versions import History
+from exporter.sync.versions import VersionedTable
 from exporter.tapkey.access import (
     CARD_FIELDS,
     CONTACT_FIELDS,
@@ -77,10 +77,10 @@ class AccessEntity:
         return ENTITY_SCOPES[self.name]
 
     @property
-    def history(self) -> History:
+    def tables(self) -> VersionedTable:
         """Its tables as `write_diff` writes them (new rows: id, tracked, raw, times)."""
         new_columns = ("id", *self.tracked, "raw", "first_seen_at", "updated_at")
-        return History(self.current, self.versions, self.tracked, new_columns)
+        return VersionedTable(self.current, self.versions, self.tracked, new_columns)
 
     @property
     def route(self) -> EntityRoute:

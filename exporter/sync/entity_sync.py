@@ -129,7 +129,7 @@ class EntitySync:
             return
         context.check_lock()
         write_diff(
-            conn, diff, new_rows, entity.history, owner_id=owner_id, t=t, run_id=context.run_id
+            conn, diff, new_rows, entity.tables, owner_id=owner_id, t=t, run_id=context.run_id
         )
 
     def remove(self) -> None:

@@ -35,7 +35,7 @@ from exporter.sync.owners import OwnerLedger
 from exporter.sync.plan import claim_listed, diff_owner
 from exporter.sync.versions import (
     LOCK_CURRENT_ONLY,
-    History,
+    VersionedTable,
     load_locks,
     present_by_owner,
     write_diff,
@@ -51,7 +51,7 @@ _TRACKED_REST = attrgetter(*LOCK_TRACKED[1:])
 _CURRENT = attrgetter(*LOCK_CURRENT_ONLY)
 _first = itemgetter(0)
 _NEW_LOCK_COLUMNS = ("id", *LOCK_TRACKED, *LOCK_CURRENT_ONLY, "first_seen_at", "updated_at")
-_LOCK_HISTORY = History(bound_locks, bound_lock_versions, LOCK_TRACKED, _NEW_LOCK_COLUMNS)
+_LOCK_TABLES = VersionedTable(bound_locks, bound_lock_versions, LOCK_TRACKED, _NEW_LOCK_COLUMNS)
 
 # The run's dry-run note of one change: entity, id, change type, owner, fields, reason, title.
 Note = Callable[..., None]
@@ -239,7 +239,7 @@ class LockSync:
         wrote = bool(diff.created or diff.changes or diff.refresh or (self.health and records))
         if not wrote or self.dry_run:
             return counts, False
-        write_diff(conn, diff, new_rows, _LOCK_HISTORY, owner_id=owner_id, t=t, run_id=self.run_id)
+        write_diff(conn, diff, new_rows, _LOCK_TABLES, owner_id=owner_id, t=t, run_id=self.run_id)
         if self.health:
             lock_health.store_readings(conn, records, seen_at=t, run_id=self.run_id)
         return counts, True

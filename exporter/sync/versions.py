@@ -278,7 +278,7 @@ def remove_rows(
 
 
 @dataclass(frozen=True)
-class History:
+class VersionedTable:
     """A current table with its version table: the tracked columns (a change to one of them makes
     a version) and the column order of new rows (`write_diff`'s `new_rows`)."""
 
@@ -292,18 +292,18 @@ def write_diff(
     conn: Connection,
     diff: OwnerDiff[Any],
     new_rows: Sequence[tuple[Any, ...]],
-    history: History,
+    tables: VersionedTable,
     *,
     owner_id: str,
     t: datetime,
     run_id: int,
 ) -> None:
     """Write one owner's diff (exporter.sync.plan.diff_owner) at `t`: `new_rows` (its created
-    rows, in `history.new_columns` order) with their `created` versions, updated and restored
+    rows, in `tables.new_columns` order) with their `created` versions, updated and restored
     rows with new versions, refreshed rows without."""
-    current, versions, tracked = history.current, history.versions, history.tracked
+    current, versions, tracked = tables.current, tables.versions, tables.tracked
     close_versions(conn, versions, [change.record.id for change in diff.changes], t)
-    insert_many(conn, current, history.new_columns, new_rows)
+    insert_many(conn, current, tables.new_columns, new_rows)
     by_id = update(current).where(current.c.id == bindparam("b_id"))
     for kind in (ChangeType.UPDATED, ChangeType.RESTORED):
         rows = [
