@@ -17,6 +17,8 @@ from typing import Any, Final
 from exporter.sandbox.values import ENCODER, guid, iso
 
 __all__ = [
+    "GRANT_OK",
+    "GRANT_REVOKED",
     "CardRecord",
     "ContactRecord",
     "GrantRecord",
@@ -37,6 +39,9 @@ _COMMENTS = ("Night shift.", "Contractor until summer.", "Facility management.",
 _CARD_USES = ("Visitor badge", "Cleaning crew", "Courier", "Spare card", "Maintenance")
 _DAY_SETS = ("MO,TU,WE,TH,FR", "SA,SU", "MO,WE,FR", "TU,TH")
 _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+# A grant's states as Tapkey names them (the exporter's kinds.GrantState; the sandbox imports none).
+GRANT_OK: Final = "Ok"
+GRANT_REVOKED: Final = "Revoked"
 
 
 @dataclass(slots=True)
@@ -102,7 +107,7 @@ class GrantRecord(_Cached):
     valid_from: str | None = None
     valid_before: str | None = None
     ical: str | None = None  # timeRestrictionIcal
-    state: str = "Ok"
+    state: str = GRANT_OK
     active: bool = True
 
 
