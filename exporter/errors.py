@@ -1,9 +1,10 @@
 """The exporter's exception tree, grouped by how the caller recovers.
 
     ExporterError                  exit 1 unless a subclass says otherwise
-    ├── ConfigError                exit 2  bad or missing setting; fix the config
-    ├── UsageError                 exit 2  bad command-line input
-    ├── ClientMismatchError        exit 2  database was filled by another OAuth client
+    ├── BadInputError              exit 2  what the user gave cannot be acted upon
+    │   ├── ConfigError                    bad or missing setting; fix the config
+    │   ├── UsageError                     bad command-line input
+    │   └── ClientMismatchError            database was filled by another OAuth client
     ├── TapkeyError                exit 1  talking to Tapkey failed
     │   ├── AuthError                      token endpoint refused or unreachable
     │   ├── ApiError                       an API call failed (status after retries)
@@ -11,11 +12,11 @@
     │   ├── PayloadError                   a response that cannot be read
     │   └── PagingError                    server ignored $skip / list kept shifting
     ├── Interrupted                exit 1  the run was asked to stop (SIGTERM/SIGINT)
-    ├── LockHeldError              exit 4  another run holds the database lock
-    └── StoreError                 exit 5  the database cannot be used
-        ├── DatabaseUnavailableError       cannot connect, the connection died, out of space
-        ├── DatabasePermissionError        the database user may not read or write a table
-        └── SchemaVersionError             schema not at the revision this code needs
+    ├── StoreError                 exit 5  the database cannot be used
+    │   ├── DatabaseUnavailableError       cannot connect, the connection died, out of space
+    │   ├── DatabasePermissionError        the database user may not read or write a table
+    │   └── SchemaVersionError             schema not at the revision this code needs
+    └── LockHeldError              exit 4  another run holds the database lock
 
 Every message is one line that names the problem and the fix, and never contains a secret.
 """
@@ -29,22 +30,22 @@ class ExporterError(Exception):
     exit_code = 1
 
 
-class ConfigError(ExporterError):
+class BadInputError(ExporterError):
+    """What the user gave (settings, arguments) cannot be acted upon; fixing it is the way on."""
+
+    exit_code = 2
+
+
+class ConfigError(BadInputError):
     """A setting is invalid or missing."""
 
-    exit_code = 2
 
-
-class UsageError(ExporterError):
+class UsageError(BadInputError):
     """Command-line input that cannot be acted upon."""
 
-    exit_code = 2
 
-
-class ClientMismatchError(ExporterError):
+class ClientMismatchError(BadInputError):
     """The configured OAuth client differs from the one that filled the database."""
-
-    exit_code = 2
 
 
 class TapkeyError(ExporterError):
@@ -82,12 +83,6 @@ class Interrupted(ExporterError):
         return "interrupted"
 
 
-class LockHeldError(ExporterError):
-    """Another run holds the database's writer lock."""
-
-    exit_code = 4
-
-
 class StoreError(ExporterError):
     """The database cannot be used."""
 
@@ -104,6 +99,12 @@ class DatabasePermissionError(StoreError):
 
 class SchemaVersionError(StoreError):
     """The database schema is not at the revision this code expects."""
+
+
+class LockHeldError(ExporterError):
+    """Another run holds the database's writer lock."""
+
+    exit_code = 4
 
 
 def first_line(exc: BaseException) -> str:

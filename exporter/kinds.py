@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["ChangeEntity", "ChangeType", "OwnerStatus", "RemovalReason", "RunStatus"]
+__all__ = [
+    "BindingEnd",
+    "ChangeEntity",
+    "ChangeType",
+    "GrantState",
+    "OwnerStatus",
+    "RemovalReason",
+    "RunStatus",
+]
 
 
 class RunStatus(StrEnum):
@@ -44,6 +52,20 @@ class RemovalReason(StrEnum):
     UNBOUND = "unbound"  # the lock (or card) is no longer bound to the owner account
     OWNER_REMOVED = "owner_removed"  # the owner account itself is gone
     DELETED = "deleted"  # a contact or grant its owner account no longer lists
+
+
+class BindingEnd(StrEnum):
+    """`lock_binding_history.end_reason` of a binding that ended without a removal (a removal
+    ends it with its `RemovalReason`)."""
+
+    MOVED = "moved"  # the bound lock id went to another owner account
+    PHYSICAL_LOCK_CHANGED = "physical_lock_changed"  # the bound lock id names another device
+
+
+class GrantState(StrEnum):
+    """`grants.state` as Tapkey sends it; only an `Ok` grant gives access."""
+
+    OK = "Ok"
 
 
 class ChangeEntity(StrEnum):

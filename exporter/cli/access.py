@@ -8,19 +8,7 @@ from typing import Annotated
 import typer
 
 from exporter.cli import shared
-from exporter.cli.shared import (
-    AsOfOption,
-    ConfigOption,
-    CsvRawOption,
-    DatabaseOption,
-    OwnerOption,
-    ReadFormatOption,
-    SinceOption,
-    UntilOption,
-    check_format,
-    errors,
-    reader,
-)
+from exporter.cli.shared import check_format, errors, reader
 from exporter.errors import UsageError
 
 
@@ -42,11 +30,11 @@ def access(
             show_default=False,
         ),
     ] = None,
-    as_of: AsOfOption = None,
-    config: ConfigOption = None,
-    database_url: DatabaseOption = None,
-    fmt: ReadFormatOption = "table",
-    csv_raw: CsvRawOption = False,
+    as_of: shared.AsOfOption = None,
+    config: shared.ConfigOption = None,
+    database_url: shared.DatabaseOption = None,
+    fmt: shared.ReadFormatOption = "table",
+    csv_raw: shared.CsvRawOption = False,
 ) -> None:
     """Show who can open a lock, or with --contact what a person can open: the grants in force
     (state Ok, within their validity), now or at --as-of. Needs grants in \\[tapkey] entities.
@@ -79,8 +67,8 @@ def access(
 
 
 def log_command(
-    config: ConfigOption = None,
-    database_url: DatabaseOption = None,
+    config: shared.ConfigOption = None,
+    database_url: shared.DatabaseOption = None,
     lock: Annotated[
         str | None,
         typer.Option(
@@ -89,14 +77,14 @@ def log_command(
             show_default=False,
         ),
     ] = None,
-    owner: OwnerOption = None,
-    since: SinceOption = None,
-    until: UntilOption = None,
+    owner: shared.OwnerOption = None,
+    since: shared.SinceOption = None,
+    until: shared.UntilOption = None,
     limit: Annotated[
         int, typer.Option(min=0, help="How many entries, newest first (0: all of them).")
     ] = 100,
-    fmt: ReadFormatOption = "table",
-    csv_raw: CsvRawOption = False,
+    fmt: shared.ReadFormatOption = "table",
+    csv_raw: shared.CsvRawOption = False,
 ) -> None:
     """Show stored log entries (openings and other lock events), newest event first;
     --since and --until compare the time of the event (lockTimestamp).
@@ -107,21 +95,14 @@ def log_command(
 
     check_format(fmt, formats.FORMATS)
     now = datetime.now(UTC)
-    with (
-        errors(),
-        reader(config, database_url) as engine,
-        log_view.open_log(
-            engine,
-            lock=lock,
-            owner=owner,
-            since=asof.parse_instant(since, now=now) if since else None,
-            until=asof.parse_instant(until, now=now) if until else None,
-            limit=limit or None,
-        ) as feed,
-    ):
-        if fmt == "json":
-            log_view.log_json(feed.rows, shared.out.file)
-        elif fmt == "csv":
-            log_view.log_csv(feed.rows, shared.out.file, raw=csv_raw)
-        else:
-            log_view.log_table(feed, shared.out)
+    with errors(), reader(config, database_url) as engine:
+        start, end = asof.parse_period(since, until, now=now)
+        with log_view.open_log(
+            engine, lock=lock, owner=owner, since=start, until=end, limit=limit or None
+        ) as feed:
+            if fmt == "json":
+                log_view.log_json(feed.rows, shared.out.file)
+            elif fmt == "csv":
+                log_view.log_csv(feed.rows, shared.out.file, raw=csv_raw)
+            else:
+                log_view.log_table(feed, shared.out)

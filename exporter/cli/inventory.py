@@ -11,26 +11,14 @@ from typing import Annotated
 import typer
 
 from exporter.cli import shared
-from exporter.cli.shared import (
-    AsOfOption,
-    ConfigOption,
-    CsvRawOption,
-    DatabaseOption,
-    OwnerOption,
-    ReadFormatOption,
-    SinceOption,
-    UntilOption,
-    check_format,
-    errors,
-    reader,
-)
+from exporter.cli.shared import check_format, errors, reader
 from exporter.kinds import RunStatus
 
 
 def locks(
-    config: ConfigOption = None,
-    database_url: DatabaseOption = None,
-    owner: OwnerOption = None,
+    config: shared.ConfigOption = None,
+    database_url: shared.DatabaseOption = None,
+    owner: shared.OwnerOption = None,
     model: Annotated[
         str | None,
         typer.Option(help="Only this lock model name or lock type id.", show_default=False),
@@ -42,9 +30,9 @@ def locks(
     include_removed: Annotated[
         bool, typer.Option("--include-removed", help="Also show removed locks.")
     ] = False,
-    as_of: AsOfOption = None,
-    fmt: ReadFormatOption = "table",
-    csv_raw: CsvRawOption = False,
+    as_of: shared.AsOfOption = None,
+    fmt: shared.ReadFormatOption = "table",
+    csv_raw: shared.CsvRawOption = False,
 ) -> None:
     """Show the lock inventory grouped by owner account, now or as it was at --as-of.
 
@@ -85,10 +73,10 @@ def history(
             show_default=False,
         ),
     ],
-    config: ConfigOption = None,
-    database_url: DatabaseOption = None,
-    fmt: ReadFormatOption = "table",
-    csv_raw: CsvRawOption = False,
+    config: shared.ConfigOption = None,
+    database_url: shared.DatabaseOption = None,
+    fmt: shared.ReadFormatOption = "table",
+    csv_raw: shared.CsvRawOption = False,
 ) -> None:
     """Show every version of a lock: what changed (old -> new), when, in which run, and why.
 
@@ -108,10 +96,10 @@ def history(
 
 
 def changes(
-    config: ConfigOption = None,
-    database_url: DatabaseOption = None,
-    since: SinceOption = None,
-    until: UntilOption = None,
+    config: shared.ConfigOption = None,
+    database_url: shared.DatabaseOption = None,
+    since: shared.SinceOption = None,
+    until: shared.UntilOption = None,
     run: Annotated[
         int | None, typer.Option("--run", help="Only changes of this run.", show_default=False)
     ] = None,
@@ -137,12 +125,12 @@ def changes(
             show_default=False,
         ),
     ] = None,
-    fmt: ReadFormatOption = "table",
+    fmt: shared.ReadFormatOption = "table",
     quiet: Annotated[
         bool,
         typer.Option("--quiet", "-q", help="No title, and nothing at all when nothing changed."),
     ] = False,
-    csv_raw: CsvRawOption = False,
+    csv_raw: shared.CsvRawOption = False,
 ) -> None:
     """Show the change feed: one line per change with the fields that changed.
 
@@ -154,31 +142,29 @@ def changes(
     kinds = {k.strip() for value in kind or () for k in value.split(",") if k.strip()}
     entities = {e.strip() for value in entity or () for e in value.split(",") if e.strip()}
     now = datetime.now(UTC)
-    with (
-        errors(),
-        reader(config, database_url) as engine,
-        changelog.open_changes(
+    with errors(), reader(config, database_url) as engine:
+        start, end = asof.parse_period(since, until, now=now)
+        with changelog.open_changes(
             engine,
-            since=asof.parse_instant(since, now=now) if since else None,
-            until=asof.parse_instant(until, now=now) if until else None,
+            since=start,
+            until=end,
             run_id=run,
             owner=owner,
             kinds=kinds,
             entities=entities or changelog.ENTITIES,
-        ) as feed,
-    ):
-        rows = iter(feed.rows)
-        first = next(rows, None)
-        if quiet and first is None:
-            return
-        rows = itertools.chain([first] if first is not None else [], rows)
-        if fmt == "json":
-            formats.write_json(map(changelog.ChangeRow.as_dict, rows), shared.out.file)
-        elif fmt == "csv":
-            render.changes_csv(rows, shared.out.file, raw=csv_raw)
-        else:
-            feed = dataclasses.replace(feed, rows=rows)
-            render.changes_table(feed, shared.out, titled=not quiet)
+        ) as feed:
+            rows = iter(feed.rows)
+            first = next(rows, None)
+            if quiet and first is None:
+                return
+            rows = itertools.chain([first] if first is not None else [], rows)
+            if fmt == "json":
+                formats.write_json(map(changelog.ChangeRow.as_dict, rows), shared.out.file)
+            elif fmt == "csv":
+                render.changes_csv(rows, shared.out.file, raw=csv_raw)
+            else:
+                feed = dataclasses.replace(feed, rows=rows)
+                render.changes_table(feed, shared.out, titled=not quiet)
 
 
 runs_app = typer.Typer(
@@ -191,8 +177,8 @@ runs_app = typer.Typer(
 @runs_app.callback(invoke_without_command=True)
 def runs(
     ctx: typer.Context,
-    config: ConfigOption = None,
-    database_url: DatabaseOption = None,
+    config: shared.ConfigOption = None,
+    database_url: shared.DatabaseOption = None,
     limit: Annotated[int, typer.Option(min=1, help="How many runs, newest first.")] = 20,
     status: Annotated[
         str | None,
@@ -201,14 +187,14 @@ def runs(
             show_default=False,
         ),
     ] = None,
-    fmt: ReadFormatOption = "table",
+    fmt: shared.ReadFormatOption = "table",
     quiet: Annotated[
         bool,
         typer.Option(
             "--quiet", "-q", help="Only runs that did not succeed; nothing if none (for cron)."
         ),
     ] = False,
-    csv_raw: CsvRawOption = False,
+    csv_raw: shared.CsvRawOption = False,
 ) -> None:
     """List recent runs with status, duration, counts and error summary.
 
@@ -239,10 +225,10 @@ def runs(
 @runs_app.command("show")
 def runs_show(
     run_id: Annotated[int, typer.Argument(help="The run id (see `exporter runs`).")],
-    config: ConfigOption = None,
-    database_url: DatabaseOption = None,
-    fmt: ReadFormatOption = "table",
-    csv_raw: CsvRawOption = False,
+    config: shared.ConfigOption = None,
+    database_url: shared.DatabaseOption = None,
+    fmt: shared.ReadFormatOption = "table",
+    csv_raw: shared.CsvRawOption = False,
 ) -> None:
     """Show one run with the outcome of every owner account (CSV: one row per owner).
 

@@ -10,24 +10,10 @@ from __future__ import annotations
 
 # The bound_locks columns the current_bound_locks view shows (views.py builds the view from it).
 CURRENT_LOCK_COLUMNS = (
-    "id",
-    "owner_account_id",
-    "title",
-    "description",
-    "physical_lock_id",
-    "lock_id_hex",
-    "lock_type_id",
-    "lock_model_name",
-    "manufacturer_id",
-    "active",
-    "bind_date",
-    "unbind_date",
-    "rcl_serial_no",
-    "rcl_date",
-    "target_type",
-    "first_seen_at",
-    "updated_at",
-)
+    "id", "owner_account_id", "title", "description", "physical_lock_id", "lock_id_hex",
+    "lock_type_id", "lock_model_name", "manufacturer_id", "active", "bind_date", "unbind_date",
+    "rcl_serial_no", "rcl_date", "target_type", "first_seen_at", "updated_at",
+)  # fmt: skip
 
 _COUNTS = {
     "created": "Locks created (first seen).",

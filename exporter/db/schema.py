@@ -395,6 +395,15 @@ _attach_comments()
 
 # At most one open version per entity, enforced where the database has partial indexes (MariaDB and
 # MySQL do not; there the single-writer lock and the engine's transactions keep the invariant).
+# Every version table, the owners' first (what a run writes in one place, it writes in all).
+VERSION_TABLES = (
+    owner_account_versions,
+    bound_lock_versions,
+    contact_versions,
+    bound_card_versions,
+    grant_versions,
+)
+
 OPEN_VERSION_INDEXES = tuple(
     Index(
         f"uq_{table.name}_open",
@@ -403,13 +412,7 @@ OPEN_VERSION_INDEXES = tuple(
         postgresql_where=table.c.valid_to.is_(None),
         sqlite_where=table.c.valid_to.is_(None),
     ).ddl_if(dialect=("postgresql", "sqlite"))  # type: ignore[arg-type]  # tuples are documented
-    for table in (
-        owner_account_versions,
-        bound_lock_versions,
-        contact_versions,
-        bound_card_versions,
-        grant_versions,
-    )
+    for table in VERSION_TABLES
 )
 
 # InnoDB (MariaDB/MySQL) stores a table's rows in primary key order. There the primary key of

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from exporter.db.descriptions import COLUMN_COMMENTS, CURRENT_LOCK_COLUMNS
 from exporter.db.schema import LOCK_TRACKED
-from exporter.kinds import ChangeType
+from exporter.kinds import BindingEnd, ChangeType
 
 _LOCK_VIEW_COLUMNS = ", ".join(f"l.{c}" for c in CURRENT_LOCK_COLUMNS)
 
@@ -62,8 +62,9 @@ VIEWS.update(
             "SELECT h.physical_lock_id, h.lock_id_hex, h.bound_lock_id, h.owner_account_id, "
             "o.name AS owner_name, h.held_from, h.held_to, "
             f"CASE WHEN e.change_type = '{_REMOVED}' THEN e.removal_reason "
-            "WHEN e.owner_account_id <> h.owner_account_id THEN 'moved' "
-            "WHEN e.version_id IS NOT NULL THEN 'physical_lock_changed' END AS end_reason, "
+            f"WHEN e.owner_account_id <> h.owner_account_id THEN '{BindingEnd.MOVED}' "
+            f"WHEN e.version_id IS NOT NULL THEN '{BindingEnd.PHYSICAL_LOCK_CHANGED}' "
+            "END AS end_reason, "
             "h.bind_date, h.title "
             "FROM (SELECT s.physical_lock_id, "
             f"{_HEX.format('s')} AS lock_id_hex, "

@@ -27,7 +27,7 @@ from exporter.db.schema import (
     grants,
 )
 from exporter.errors import UsageError
-from exporter.kinds import ChangeType
+from exporter.kinds import ChangeType, GrantState
 from exporter.read.asof import AsOf, valid_at
 from exporter.read.changelog import find_locks, ids_starting_with
 from exporter.read.inventory import owner_names
@@ -106,7 +106,7 @@ def _find_contact(conn: Connection, key: str) -> str:
 
 def _in_force(table: Table, at: datetime) -> ColumnElement[bool]:
     return (
-        (table.c.state == "Ok")
+        (table.c.state == GrantState.OK)
         & or_(table.c.validity_from.is_(None), table.c.validity_from <= at)
         & or_(table.c.validity_before.is_(None), table.c.validity_before > at)
     )

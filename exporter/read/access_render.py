@@ -13,13 +13,14 @@ from exporter.read.formats import cell, write_csv_tuples
 
 def access_json(answer: AccessAnswer) -> dict[str, Any]:
     """`exporter access --format json`."""
+    as_of_run = answer.as_of.run_id if answer.as_of is not None else None
     return {
         "subject": answer.subject,
         "query": answer.query,
         "ids": answer.ids,
         "title": answer.title,
         "at": answer.at,
-        "as_of_run": answer.as_of.run_id if answer.as_of is not None else None,
+        "as_of_run": as_of_run,
         "bound": answer.bound,
         "grants": [row._asdict() for row in answer.rows],
     }

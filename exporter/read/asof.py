@@ -13,7 +13,14 @@ from exporter.db.engine import connect
 from exporter.db.schema import sync_runs
 from exporter.errors import UsageError
 
-__all__ = ["AsOf", "missing_run", "parse_instant", "resolve_as_of", "valid_at"]
+__all__ = [
+    "AsOf",
+    "missing_run",
+    "parse_instant",
+    "parse_period",
+    "resolve_as_of",
+    "valid_at",
+]
 
 
 # -- instants -------------------------------------------------------------------------------------
@@ -36,6 +43,16 @@ def parse_instant(text: str, *, now: datetime) -> datetime:
     if moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC)
+
+
+def parse_period(
+    since: str | None, until: str | None, *, now: datetime
+) -> tuple[datetime | None, datetime | None]:
+    """`--since` and `--until` as instants (None where not given)."""
+    return (
+        parse_instant(since, now=now) if since else None,
+        parse_instant(until, now=now) if until else None,
+    )
 
 
 @dataclass(frozen=True)

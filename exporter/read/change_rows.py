@@ -114,8 +114,16 @@ def with_previous(table: Table, tracked: Sequence[str]) -> Select[Any]:
     )
 
 
-def change_row(entity: str, row: Row, tracked: Sequence[str], **described: Any) -> ChangeRow:
-    """A version row (with its previous version's values) as a change; `described` names it."""
+def change_row(
+    entity: str,
+    row: Row,
+    tracked: Sequence[str],
+    owner_id: str,
+    names: Mapping[str, str | None],
+    **described: Any,
+) -> ChangeRow:
+    """A version row (with its previous version's values) as a change of an element of
+    `owner_id` (named from `names`); `described` says more of it (its title, ...)."""
     previous = row["previous_version_id"] if row["change_type"] != _CREATED else None
     changes: tuple[FieldChange, ...] = ()
     if previous is not None:
@@ -126,7 +134,13 @@ def change_row(entity: str, row: Row, tracked: Sequence[str], **described: Any) 
         )
     version = cast(_Version, _VERSION_VALUES(row))
     return ChangeRow(
-        str(entity), *version, previous_version_id=previous, changes=changes, **described
+        str(entity),
+        *version,
+        previous_version_id=previous,
+        changes=changes,
+        owner_account_id=owner_id,
+        owner_name=names.get(owner_id),
+        **described,
     )
 
 
@@ -148,12 +162,5 @@ def access_changes(
     columns = query.selected_columns.keys()
     for values in stream(conn, query):
         row = dict(zip(columns, values, strict=True))
-        owner_id = row["owner_account_id"]
-        yield change_row(
-            entity,
-            row,
-            history.tracked,
-            owner_account_id=owner_id,
-            owner_name=names.get(owner_id),
-            title=row[history.title] if history.title is not None else None,
-        )
+        title = row[history.title] if history.title is not None else None
+        yield change_row(entity, row, history.tracked, row["owner_account_id"], names, title=title)

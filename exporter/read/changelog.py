@@ -30,7 +30,7 @@ from exporter.db.schema import (
     sync_runs,
 )
 from exporter.errors import UsageError
-from exporter.kinds import ChangeEntity, ChangeType
+from exporter.kinds import BindingEnd, ChangeEntity, ChangeType
 from exporter.read.asof import missing_run
 from exporter.read.change_rows import (
     ACCESS_HISTORIES,
@@ -203,8 +203,8 @@ def _lock_changes(
             ChangeEntity.LOCK,
             row,
             LOCK_TRACKED,
-            owner_account_id=row["owner_account_id"],
-            owner_name=names.get(row["owner_account_id"]),
+            row["owner_account_id"],
+            names,
             title=row["title"],
             lock_id_hex=hex_of(row),
             lock_model_name=row["lock_model_name"],
@@ -218,12 +218,7 @@ def _owner_changes(
     query = with_previous(owner_account_versions, OWNER_TRACKED).where(condition)
     for row in conn.execute(query).mappings():
         yield change_row(
-            ChangeEntity.OWNER,
-            row,
-            OWNER_TRACKED,
-            owner_account_id=row["id"],
-            owner_name=names.get(row["id"]),
-            title=row["name"],
+            ChangeEntity.OWNER, row, OWNER_TRACKED, row["id"], names, title=row["name"]
         )
 
 
@@ -285,9 +280,9 @@ def _bindings(conn: Connection, bound_lock_ids: Collection[str] | None) -> list[
                     end_reason = (
                         row["removal_reason"]
                         if row["change_type"] == _REMOVED
-                        else "moved"
+                        else BindingEnd.MOVED
                         if row["owner_account_id"] != start["owner_account_id"]
-                        else "physical_lock_changed"
+                        else BindingEnd.PHYSICAL_LOCK_CHANGED
                     )
                 result.append(
                     Binding(

@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from sqlalchemy import ColumnElement, Connection, Engine, Select, Table, null, select
 
@@ -42,7 +42,29 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class RunRow:
+class _Tally:
+    """What a run, and each owner account's fetch in it, counted: locks seen, changes by kind."""
+
+    locks_seen: int
+    created: int
+    updated: int
+    removed: int
+    restored: int
+    unchanged: int
+    skipped: int
+
+    COLUMNS: ClassVar[tuple[str, ...]] = ()  # the fields in output order (CSV, JSON)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields by name, in output order."""
+        return {name: getattr(self, name) for name in self.COLUMNS}
+
+
+_TALLY = tuple(f.name for f in fields(_Tally))
+
+
+@dataclass(frozen=True)
+class RunRow(_Tally):
     """One sync run."""
 
     id: int
@@ -52,47 +74,32 @@ class RunRow:
     status: str
     trigger: str
     owners_seen: int
-    locks_seen: int
-    created: int
-    updated: int
-    removed: int
-    restored: int
-    unchanged: int
-    skipped: int
     api_requests: int
     error: str | None
     client_id: str | None
 
-    def as_dict(self) -> dict[str, Any]:
-        """The fields by name."""
-        return asdict(self)
+    COLUMNS = (
+        "id", "started_at", "finished_at", "duration_seconds", "status", "trigger", "owners_seen",
+        *_TALLY, "api_requests", "error", "client_id",
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
-class RunOwnerRow:
+class RunOwnerRow(_Tally):
     """How one owner account's fetch went in a run."""
 
     owner_account_id: str
     owner_name: str | None
     status: str
-    locks_seen: int
-    created: int
-    updated: int
-    removed: int
-    restored: int
-    unchanged: int
-    skipped: int
     fetched_at: datetime | None
     error: str | None
 
-    def as_dict(self) -> dict[str, Any]:
-        """The fields by name."""
-        return asdict(self)
+    COLUMNS = ("owner_account_id", "owner_name", "status", *_TALLY, "fetched_at", "error")
 
 
-# The CSV columns of `exporter runs` and `exporter runs show`: the fields, in order.
-RUN_COLUMNS: Final = tuple(RunRow.__dataclass_fields__)
-RUN_OWNER_COLUMNS: Final = tuple(RunOwnerRow.__dataclass_fields__)
+# The CSV columns of `exporter runs` and `exporter runs show`.
+RUN_COLUMNS: Final = RunRow.COLUMNS
+RUN_OWNER_COLUMNS: Final = RunOwnerRow.COLUMNS
 
 
 @dataclass(frozen=True)
@@ -106,7 +113,7 @@ class RunDetail:
 def _run_row(row: Row) -> RunRow:
     started, finished = row["started_at"], row["finished_at"]
     duration = (finished - started).total_seconds() if finished is not None else None
-    return RunRow(**fields_of(row, RunRow.__dataclass_fields__, duration_seconds=duration))
+    return RunRow(**fields_of(row, RunRow.COLUMNS, duration_seconds=duration))
 
 
 def runs(engine: Engine, *, limit: int | None = 20, status: str | None = None) -> list[RunRow]:
@@ -129,9 +136,7 @@ def run_detail(engine: Engine, run_id: int) -> RunDetail:
         ).mappings()
         owners = [
             RunOwnerRow(
-                **fields_of(
-                    o, RunOwnerRow.__dataclass_fields__, owner_name=names.get(o["owner_account_id"])
-                )
+                **fields_of(o, RunOwnerRow.COLUMNS, owner_name=names.get(o["owner_account_id"]))
             )
             for o in outcomes
         ]

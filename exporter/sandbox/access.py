@@ -29,6 +29,7 @@ from exporter.sandbox import access_changes
 from exporter.sandbox.access_routes import AccessRoute, page_json, route_filter
 from exporter.sandbox.data import SandboxChange, SandboxInventory
 from exporter.sandbox.entities import (
+    GRANT_REVOKED,
     CardRecord,
     ContactRecord,
     GrantRecord,
@@ -112,7 +113,7 @@ class AccessData:
             self.log_book.seed(owner_id, log_entries_per_owner, rng)
         for grant in self.grants.values():
             if rng.random() < 0.15:
-                grant.state, grant.active = "Revoked", False
+                grant.state, grant.active = GRANT_REVOKED, False
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -238,7 +239,7 @@ class AccessData:
     def revoke_grant(self, grant_id: str) -> None:
         """Revoke a grant: state Revoked, active false, still listed."""
         grant = self.grant(grant_id)
-        grant.state, grant.active, grant.json = "Revoked", False, None
+        grant.state, grant.active, grant.json = GRANT_REVOKED, False, None
 
     def remove_grant(self, grant_id: str) -> None:
         """Remove a grant from its owner's list; later grants move up a place."""

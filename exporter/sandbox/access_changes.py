@@ -10,7 +10,7 @@ import random
 from typing import TYPE_CHECKING, Final
 
 from exporter.sandbox.data import SandboxChange
-from exporter.sandbox.entities import person_name
+from exporter.sandbox.entities import GRANT_OK, person_name
 from exporter.sandbox.values import different
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ def _apply(data: AccessData, kind: str, owner_id: str, rng: random.Random) -> Sa
         return SandboxChange(kind, owner_id, lock_id, f"{len(entries)} entries", entries[0].id)
     if kind in ("grant_revoke", "grant_remove"):
         revoke = kind == "grant_revoke"
-        grants = [g for g in lists.grants.values() if g.state == "Ok" or not revoke]
+        grants = [g for g in lists.grants.values() if g.state == GRANT_OK or not revoke]
         if not grants:
             return None
         grant = rng.choice(grants)

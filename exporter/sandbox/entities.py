@@ -17,6 +17,8 @@ from typing import Any, Final
 from exporter.sandbox.values import ENCODER, guid, iso
 
 __all__ = [
+    "GRANT_OK",
+    "GRANT_REVOKED",
     "CardRecord",
     "ContactRecord",
     "GrantRecord",
@@ -37,10 +39,20 @@ _COMMENTS = ("Night shift.", "Contractor until summer.", "Facility management.",
 _CARD_USES = ("Visitor badge", "Cleaning crew", "Courier", "Spare card", "Maintenance")
 _DAY_SETS = ("MO,TU,WE,TH,FR", "SA,SU", "MO,WE,FR", "TU,TH")
 _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+# A grant's states as Tapkey names them (the exporter's kinds.GrantState; the sandbox imports none).
+GRANT_OK: Final = "Ok"
+GRANT_REVOKED: Final = "Revoked"
 
 
 @dataclass(slots=True)
-class ContactRecord:
+class _Cached:
+    """A record that keeps its encoded JSON (`encode`) until it changes."""
+
+    json: bytes | None = field(default=None, kw_only=True)  # dropped by whoever changes it
+
+
+@dataclass(slots=True)
+class ContactRecord(_Cached):
     """A contact; a `legacy_email` one is sent as an older payload: `email` for `identifier`."""
 
     id: str
@@ -50,11 +62,10 @@ class ContactRecord:
     title: str
     comment: str | None
     legacy_email: bool = False
-    json: bytes | None = None
 
 
 @dataclass(slots=True)
-class CardRecord:
+class CardRecord(_Cached):
     """A bound card (an unbound card leaves the list, so `unbindDate` is always null)."""
 
     id: str
@@ -66,28 +77,10 @@ class CardRecord:
     bind_date: str
     title: str
     capacity: int  # nofGrantsCapacity
-    json: bytes | None = None
 
 
 @dataclass(slots=True)
-class GrantRecord:
-    """A grant of one bound lock to a contact or a bound card (one of the two ids is None)."""
-
-    id: str
-    owner_id: str
-    bound_lock_id: str
-    contact_id: str | None
-    bound_card_id: str | None
-    valid_from: str | None = None
-    valid_before: str | None = None
-    ical: str | None = None  # timeRestrictionIcal
-    state: str = "Ok"
-    active: bool = True
-    json: bytes | None = None
-
-
-@dataclass(slots=True)
-class LogEntryRecord:
+class LogEntryRecord(_Cached):
     """A log entry (times in epoch milliseconds); it never changes once received."""
 
     id: str
@@ -100,7 +93,22 @@ class LogEntryRecord:
     bound_card_id: str | None
     log_type: str
     command: str | None
-    json: bytes | None = None
+
+
+@dataclass(slots=True)
+class GrantRecord(_Cached):
+    """A grant of one bound lock to a contact or a bound card (one of the two ids is None)."""
+
+    id: str
+    owner_id: str
+    bound_lock_id: str
+    contact_id: str | None
+    bound_card_id: str | None
+    valid_from: str | None = None
+    valid_before: str | None = None
+    ical: str | None = None  # timeRestrictionIcal
+    state: str = GRANT_OK
+    active: bool = True
 
 
 Record = ContactRecord | CardRecord | GrantRecord | LogEntryRecord

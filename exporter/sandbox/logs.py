@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from exporter.sandbox.data import SandboxInventory
-from exporter.sandbox.entities import LogEntryRecord, OwnerAccess, epoch_ms
+from exporter.sandbox.entities import GrantRecord, LogEntryRecord, OwnerAccess, epoch_ms
 from exporter.sandbox.values import DAY_MS, HOUR_MS, MS_2025, guid
 
 __all__ = ["LogBook"]
@@ -122,28 +122,31 @@ class LogBook:
         """The lock's next entry, in the owner's sorted list: mostly a grant holder opening it."""
         log.entry_no += 1
         log.lock_ms = max(log.lock_ms, lock_ms)
+        entry_id = guid(rng)  # drawn first: the seed's data stays as it was
+        log_type = "Command"
+        command: str | None = "TriggerLock"
+        holder: GrantRecord | None = None
+        draw = rng.random()
+        if draw < 0.1:
+            log_type, command = rng.choice(_OTHER_LOG_TYPES), None
+        else:
+            if draw < 0.14:
+                command = "LockDoor"  # not every command opens
+            grants = self._owners[owner_id].grants.values()
+            if holders := [g for g in grants if g.bound_lock_id == lock_id]:
+                holder = rng.choice(holders)
         entry = LogEntryRecord(
-            id=guid(rng),
+            id=entry_id,
             owner_id=owner_id,
             entry_no=log.entry_no,
             lock_ms=lock_ms,
             received_ms=received_ms,
             bound_lock_id=lock_id,
-            contact_id=None,
-            bound_card_id=None,
-            log_type="Command",
-            command="TriggerLock",
+            contact_id=holder.contact_id if holder else None,
+            bound_card_id=holder.bound_card_id if holder else None,
+            log_type=log_type,
+            command=command,
         )
-        draw = rng.random()
-        if draw < 0.1:
-            entry.log_type, entry.command = rng.choice(_OTHER_LOG_TYPES), None
-        else:
-            if draw < 0.14:
-                entry.command = "LockDoor"  # not every command opens
-            grants = self._owners[owner_id].grants.values()
-            if holders := [g for g in grants if g.bound_lock_id == lock_id]:
-                holder = rng.choice(holders)
-                entry.contact_id, entry.bound_card_id = holder.contact_id, holder.bound_card_id
         bisect.insort(self._owners[owner_id].log_entries, entry, key=_log_key)
         return entry
 

@@ -38,62 +38,56 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        r = self.registry
-        self.runs = Counter(
-            f"{_PREFIX}_runs",
+        counter = self._counter
+        self.runs = counter(
+            "runs",
             "Sync runs this process started (one sync_runs row each), by final status.",
-            ["status"],
-            registry=r,
+            "status",
         )
         self.run_duration = Histogram(
             f"{_PREFIX}_run_duration_seconds",
             "Wall time of the runs this process started.",
             buckets=_DURATION_BUCKETS,
-            registry=r,
+            registry=self.registry,
         )
-        self.changes = Counter(
-            f"{_PREFIX}_changes",
+        self.changes = counter(
+            "changes",
             "Changes written by this process's runs, by entity (locks, contacts, cards, grants) "
             "and kind.",
-            ["entity", "kind"],
-            registry=r,
+            "entity",
+            "kind",
         )
-        self.skipped_locks = Counter(
-            f"{_PREFIX}_skipped_locks",
-            "Lock records this process's runs could not read and skipped.",
-            registry=r,
+        self.skipped_locks = counter(
+            "skipped_locks", "Lock records this process's runs could not read and skipped."
         )
-        self.api_requests = Counter(
-            f"{_PREFIX}_api_requests",
-            "Tapkey Management API requests sent by this process, retries included.",
-            registry=r,
+        self.api_requests = counter(
+            "api_requests", "Tapkey Management API requests sent by this process, retries included."
         )
-        self.api_retries = Counter(
-            f"{_PREFIX}_api_retries",
-            "Tapkey API requests repeated after a 429, a 5xx or a network error.",
-            registry=r,
+        self.api_retries = counter(
+            "api_retries", "Tapkey API requests repeated after a 429, a 5xx or a network error."
         )
-        self.lock_skips = Counter(
-            f"{_PREFIX}_lock_skips",
+        self.lock_skips = counter(
+            "lock_skips",
             "Scheduled slots skipped because another run held the database's writer lock.",
-            registry=r,
         )
-        self.slot_errors = Counter(
-            f"{_PREFIX}_slot_errors",
+        self.slot_errors = counter(
+            "slot_errors",
             "Scheduled slots that failed before a run could start (no sync_runs row), by error.",
-            ["error"],
-            registry=r,
+            "error",
         )
         self.last_success = Gauge(
             f"{_PREFIX}_last_success_timestamp_seconds",
             "Unix time at which a run of this process last finished as succeeded.",
-            registry=r,
+            registry=self.registry,
         )
         for status in RUN_STATUSES:
             self.runs.labels(status)
         for entity in COUNTED_ENTITIES:
             for kind in CHANGE_KINDS:
                 self.changes.labels(entity, kind)
+
+    def _counter(self, name: str, documentation: str, *labels: str) -> Counter:
+        return Counter(f"{_PREFIX}_{name}", documentation, labels, registry=self.registry)
 
     def record_run(self, result: RunResult | None, *, status: str, duration: float) -> None:
         """Count one run that got a sync_runs row (`result` is None if it raised)."""

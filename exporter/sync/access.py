@@ -45,10 +45,12 @@ from exporter.db.schema import (
 from exporter.kinds import RemovalReason
 from exporter.results import Change, Counts
 from exporter.sync.guard import RemovalGuard
+from exporter.sync.versions import VersionedTable
 from exporter.tapkey.access import (
     CARD_FIELDS,
     CONTACT_FIELDS,
     GRANT_FIELDS,
+    EntityRoute,
     FieldSpec,
     OwnerEntities,
     Privacy,
@@ -73,6 +75,17 @@ class AccessEntity:
     def scope(self) -> str:
         """The scope its route needs."""
         return ENTITY_SCOPES[self.name]
+
+    @property
+    def tables(self) -> VersionedTable:
+        """Its tables as `write_diff` writes them (new rows: id, tracked, raw, times)."""
+        new_columns = ("id", *self.tracked, "raw", "first_seen_at", "updated_at")
+        return VersionedTable(self.current, self.versions, self.tracked, new_columns)
+
+    @property
+    def route(self) -> EntityRoute:
+        """How the client lists it."""
+        return EntityRoute(self.path, self.scope, self.fields, self.personal, self.noun)
 
 
 ACCESS_ENTITIES: dict[str, AccessEntity] = {
@@ -114,16 +127,7 @@ class AccessSource(Protocol):
     def granted_scopes(self) -> frozenset[str] | None: ...
 
     def list_owner_entities(
-        self,
-        owner_id: str,
-        *,
-        path: str,
-        scope: str,
-        fields: tuple[FieldSpec, ...],
-        privacy: Privacy,
-        personal: bool,
-        known: Mapping[str, str] | None = None,
-        what: str = "element",
+        self, owner_id: str, route: EntityRoute, privacy: Privacy, known: Mapping[str, str]
     ) -> OwnerEntities: ...
 
 

@@ -83,17 +83,8 @@ def _fetch(
     def fetch(
         item: EntitySync, owner_id: str, known: Future[dict[str, dict[str, str]]] | None
     ) -> Any:
-        entity = item.entity
-        return context.source.list_owner_entities(
-            owner_id,
-            path=entity.path,
-            scope=entity.scope,
-            fields=entity.fields,
-            privacy=item.privacy,
-            personal=entity.personal,
-            known=known.result().get(owner_id) if known is not None else None,
-            what=entity.noun,
-        )
+        texts = known.result().get(owner_id, {}) if known is not None else {}
+        return context.source.list_owner_entities(owner_id, item.entity.route, item.privacy, texts)
 
     stored = [(item, owner_id) for item, owner_id in wanted if item.before.get(owner_id)]
     with (

@@ -18,7 +18,7 @@ from exporter.errors import TapkeyError
 from exporter.kinds import ChangeType, RemovalReason
 from exporter.results import Change, Counts
 from exporter.sync.access import AccessContext, AccessEntity, AccessOutcome
-from exporter.sync.plan import diff_owner, owners_to_read, plan_removals
+from exporter.sync.plan import claim_listed, diff_owner, owners_to_read, plan_removals
 from exporter.sync.versions import (
     load_rows,
     present_by_owner,
@@ -80,28 +80,23 @@ class EntitySync:
 
     def _apply(self, conn: Connection, owner_id: str, fetched: OwnerEntities) -> None:
         """Diff one owner's list against the stored rows and write the differences."""
-        entity, context, counts = self.entity, self.context, Counts(skipped=fetched.skipped)
-        self.seen.update(fetched.skipped_ids)
-        twice = self.seen.intersection(fetched.unchanged_ids)
-        self.seen.update(fetched.unchanged_ids)
-        counts.unchanged += len(fetched.unchanged_ids) - len(twice)
-        again = self.seen.intersection(r.id for r in fetched.records)
-        records = [r for r in fetched.records if r.id not in again]
-        self.seen.update(r.id for r in records)
-        if twice or again:
+        claimed = claim_listed(self.seen, fetched)
+        counts = Counts(skipped=fetched.skipped, unchanged=claimed.unchanged)
+        records = claimed.records
+        if claimed.twice:
             log.warning(
                 "owner %s: %d %s(s) also listed by another owner in this run; kept under that "
                 "owner until the next run",
                 owner_id,
-                len(twice | again),
-                entity.noun,
+                len(claimed.twice),
+                self.entity.noun,
             )
-        self.confirmed[owner_id] = len(fetched.unchanged_ids) - len(twice) + len(records)
+        self.confirmed[owner_id] = claimed.unchanged + len(records)
         if not records:
             self.outcome.counts.add(counts)
             return
         with conn.begin():
-            t = context.clock()
+            t = self.context.clock()
             self._write(conn, owner_id, records, counts, t)
         self.outcome.counts.add(counts)
 
@@ -134,16 +129,7 @@ class EntitySync:
             return
         context.check_lock()
         write_diff(
-            conn,
-            diff,
-            new_rows,
-            owner_id=owner_id,
-            t=t,
-            run_id=context.run_id,
-            current=entity.current,
-            versions=entity.versions,
-            tracked=tracked,
-            new_columns=("id", *tracked, "raw", "first_seen_at", "updated_at"),
+            conn, diff, new_rows, entity.tables, owner_id=owner_id, t=t, run_id=context.run_id
         )
 
     def remove(self) -> None:

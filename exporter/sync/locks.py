@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime
 from operator import attrgetter, itemgetter
 from typing import Any
@@ -32,9 +32,10 @@ from exporter.sync.batches import Batching, WriteGroup
 from exporter.sync.crawl import InventorySource, crawl
 from exporter.sync.guard import RemovalGuard
 from exporter.sync.owners import OwnerLedger
-from exporter.sync.plan import diff_owner
+from exporter.sync.plan import claim_listed, diff_owner
 from exporter.sync.versions import (
     LOCK_CURRENT_ONLY,
+    VersionedTable,
     load_locks,
     present_by_owner,
     write_diff,
@@ -50,6 +51,7 @@ _TRACKED_REST = attrgetter(*LOCK_TRACKED[1:])
 _CURRENT = attrgetter(*LOCK_CURRENT_ONLY)
 _first = itemgetter(0)
 _NEW_LOCK_COLUMNS = ("id", *LOCK_TRACKED, *LOCK_CURRENT_ONLY, "first_seen_at", "updated_at")
+_LOCK_TABLES = VersionedTable(bound_locks, bound_lock_versions, LOCK_TRACKED, _NEW_LOCK_COLUMNS)
 
 # The run's dry-run note of one change: entity, id, change type, owner, fields, reason, title.
 Note = Callable[..., None]
@@ -208,14 +210,11 @@ class LockSync:
 
         Returns the counts and whether anything was written.
         """
-        counts = Counts(skipped=fetched.skipped)
-        self.seen.update(fetched.skipped_ids)
-        twice = self._mark_seen(fetched.unchanged_ids)
-        counts.unchanged += len(fetched.unchanged_ids) - len(twice)
-        again = self._mark_seen([r.id for r in fetched.records])
-        records = [r for r in fetched.records if r.id not in again]
-        if twice or again:
-            self._listed_twice(owner_id, twice | again)
+        claimed = claim_listed(self.seen, fetched)
+        counts = Counts(skipped=fetched.skipped, unchanged=claimed.unchanged)
+        records = claimed.records
+        if claimed.twice:
+            self._listed_twice(owner_id, claimed.twice)
         # Only locks whose text differs from the stored one are loaded and diffed in full (new,
         # changed, moved in, restored). Into a table that was empty when the run began nothing
         # needs loading: a lock this run already wrote is in `seen`, and was skipped above.
@@ -240,27 +239,10 @@ class LockSync:
         wrote = bool(diff.created or diff.changes or diff.refresh or (self.health and records))
         if not wrote or self.dry_run:
             return counts, False
-        write_diff(
-            conn,
-            diff,
-            new_rows,
-            owner_id=owner_id,
-            t=t,
-            run_id=self.run_id,
-            current=bound_locks,
-            versions=bound_lock_versions,
-            tracked=LOCK_TRACKED,
-            new_columns=_NEW_LOCK_COLUMNS,
-        )
+        write_diff(conn, diff, new_rows, _LOCK_TABLES, owner_id=owner_id, t=t, run_id=self.run_id)
         if self.health:
             lock_health.store_readings(conn, records, seen_at=t, run_id=self.run_id)
         return counts, True
-
-    def _mark_seen(self, ids: Sequence[str]) -> set[str]:
-        """Mark `ids` seen; return those another owner of this run listed first."""
-        twice = self.seen.intersection(ids)
-        self.seen.update(ids)
-        return twice
 
     def _listed_twice(self, owner_id: str, lock_ids: set[str]) -> None:
         """Note locks that an owner applied earlier in this run listed too (a move caught

@@ -4,6 +4,8 @@ Nothing here reads or writes the database: the engine reads the stored rows, ask
 what to do, and writes the answer (exporter.sync.locks, exporter.sync.removals and
 exporter.sync.entity_sync). The same rules serve locks and the access entities.
 
+- `claim_listed`: which ids of a fetched list are its owner's this run (not listed first by
+  another owner).
 - `diff_owner`: a fetched list against the stored rows of its ids: which rows are created,
   updated or restored (with the tracked fields that changed), which only need their current-only
   columns rewritten (`refresh`: no version), and how many are unchanged.
@@ -35,6 +37,28 @@ class Identified(Protocol):
 
 
 R = TypeVar("R", bound=Identified)
+R_co = TypeVar("R_co", bound=Identified, covariant=True)
+
+
+class Fetched(Protocol[R_co]):
+    """One owner's fetched list (tapkey's OwnerLocks and OwnerEntities)."""
+
+    @property
+    def records(self) -> Sequence[R_co]: ...
+
+    @property
+    def unchanged_ids(self) -> Sequence[str]: ...
+
+    @property
+    def skipped_ids(self) -> AbstractSet[str]: ...
+
+
+class Claimed(NamedTuple, Generic[R]):
+    """What of one owner's fetched list is that owner's this run."""
+
+    records: list[R]  # its records no owner before it listed
+    unchanged: int  # its unchanged ids no owner before it listed
+    twice: set[str]  # ids an owner before it listed too: they stay with that owner this run
 
 
 class RowChange(NamedTuple, Generic[R]):
@@ -90,6 +114,20 @@ class OwnerDiff(Generic[R]):
             elif (change := changed.get(record.id)) is not None:
                 listed.append((record, change.kind, change.fields))
         return listed
+
+
+def claim_listed(seen: set[str], fetched: Fetched[R]) -> Claimed[R]:
+    """Add the ids of an owner's list to `seen` (every id a fetch of this run listed) and return
+    what is the owner's. An id an earlier owner listed too (a move caught half-way) stays with
+    that owner until the next run, which sees the settled state."""
+    seen.update(fetched.skipped_ids)
+    twice = seen.intersection(fetched.unchanged_ids)
+    seen.update(fetched.unchanged_ids)
+    ids = [record.id for record in fetched.records]
+    again = seen.intersection(ids)
+    seen.update(ids)
+    records = [record for record in fetched.records if record.id not in again]
+    return Claimed(records, len(fetched.unchanged_ids) - len(twice), twice | again)
 
 
 def diff_owner(

@@ -82,6 +82,7 @@ def open_run(conn: Connection, *, started_at: datetime, trigger: str, client_id:
 
 def end_values(result: RunResult) -> dict[str, Any]:
     """The `sync_runs` values of a finished run: status, end, counts and reason."""
+    counts = result.counts.as_dict()  # created, updated, ...: named as the columns
     return {
         "status": result.status,
         "finished_at": result.finished_at,
@@ -89,7 +90,7 @@ def end_values(result: RunResult) -> dict[str, Any]:
         "locks_seen": result.locks_seen,
         "api_requests": result.api_requests,
         "error": result.error,
-        **result.counts.as_dict(),
+        **counts,
     }
 
 

@@ -8,6 +8,7 @@ always move together.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,12 +18,9 @@ from exporter.db.bulk import insert_many
 from exporter.db.inlists import chunks
 from exporter.db.schema import (
     LOCK_TRACKED,
-    bound_card_versions,
+    VERSION_TABLES,
     bound_lock_versions,
     bound_locks,
-    contact_versions,
-    grant_versions,
-    owner_account_versions,
     sync_runs,
 )
 from exporter.db.types import UTCDateTime
@@ -56,15 +54,8 @@ class Clock:
 
 def latest_instant(conn: Connection) -> datetime | None:
     """The latest instant already written, so new versions always start after it."""
-    versions = (
-        bound_lock_versions,
-        owner_account_versions,
-        contact_versions,
-        bound_card_versions,
-        grant_versions,
-    )
     candidates = [
-        *(conn.execute(select(func.max(v.c.valid_from))).scalar() for v in versions),
+        *(conn.execute(select(func.max(v.c.valid_from))).scalar() for v in VERSION_TABLES),
         conn.execute(select(func.max(sync_runs.c.started_at))).scalar(),
         conn.execute(select(func.max(sync_runs.c.finished_at))).scalar(),
     ]
@@ -286,24 +277,33 @@ def remove_rows(
         conn.execute(update(current).where(current.c.id.in_(chunk)).values(removed_at=t))
 
 
+@dataclass(frozen=True)
+class VersionedTable:
+    """A current table with its version table: the tracked columns (a change to one of them makes
+    a version) and the column order of new rows (`write_diff`'s `new_rows`)."""
+
+    current: Table
+    versions: Table
+    tracked: tuple[str, ...]
+    new_columns: tuple[str, ...]
+
+
 def write_diff(
     conn: Connection,
     diff: OwnerDiff[Any],
     new_rows: Sequence[tuple[Any, ...]],
+    tables: VersionedTable,
     *,
     owner_id: str,
     t: datetime,
     run_id: int,
-    current: Table,
-    versions: Table,
-    tracked: Sequence[str],
-    new_columns: tuple[str, ...],
 ) -> None:
     """Write one owner's diff (exporter.sync.plan.diff_owner) at `t`: `new_rows` (its created
-    rows, in `new_columns` order) with their `created` versions, updated and restored rows with
-    new versions, refreshed rows without."""
+    rows, in `tables.new_columns` order) with their `created` versions, updated and restored
+    rows with new versions, refreshed rows without."""
+    current, versions, tracked = tables.current, tables.versions, tables.tracked
     close_versions(conn, versions, [change.record.id for change in diff.changes], t)
-    insert_many(conn, current, new_columns, new_rows)
+    insert_many(conn, current, tables.new_columns, new_rows)
     by_id = update(current).where(current.c.id == bindparam("b_id"))
     for kind in (ChangeType.UPDATED, ChangeType.RESTORED):
         rows = [

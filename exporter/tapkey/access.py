@@ -34,6 +34,7 @@ __all__ = [
     "CONTACT_FIELDS",
     "GRANT_FIELDS",
     "AccessRecord",
+    "EntityRoute",
     "FieldSpec",
     "OwnerEntities",
     "Privacy",
@@ -89,6 +90,19 @@ GRANT_FIELDS: Final = (
     FieldSpec("state", ("state",), length=32),
     FieldSpec("active", ("active",), "bool"),
 )
+
+
+@dataclass(frozen=True, slots=True)
+class EntityRoute:
+    """How an access entity is listed: the route under /api/v1/Owners/{id}/ (Contacts,
+    BoundCards, Grants), the scope it needs (named in a 403), the fields its elements are read
+    into, whether its payload may carry a contact identifier ([privacy]), and its noun."""
+
+    path: str
+    scope: str
+    fields: tuple[FieldSpec, ...]
+    personal: bool
+    noun: str = "element"
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from exporter.config.urls import display_url
 from exporter.errors import ApiError, PagingError, PayloadError
 from exporter.tapkey.access import (
     AccessRecord,
-    FieldSpec,
+    EntityRoute,
     OwnerEntities,
     Privacy,
     parse_element,
@@ -196,25 +196,17 @@ class TapkeyClient:
         return _owner_list(OwnerLocks, owner_id, rows, requests_sent, problems, "lock")
 
     def list_owner_entities(
-        self,
-        owner_id: str,
-        *,
-        path: str,
-        scope: str,
-        fields: tuple[FieldSpec, ...],
-        privacy: Privacy,
-        personal: bool,
-        known: Mapping[str, str] | None = None,
-        what: str = "element",
+        self, owner_id: str, route: EntityRoute, privacy: Privacy, known: Mapping[str, str]
     ) -> OwnerEntities:
-        """One owner's complete list on an access route (`path`: Contacts, BoundCards, Grants).
+        """One owner's complete list on an access route.
 
         The same contract as `list_bound_locks`: an element whose stored text (the text, or its
-        keyed digest for `personal` data under [privacy] hash/drop) equals `known`'s is listed
-        in `unchanged_ids` without becoming a record. `scope` names the route's scope in a 403.
+        keyed digest for `route.personal` data under [privacy] hash/drop) equals `known`'s is
+        listed in `unchanged_ids` without becoming a record.
         """
-        target = Target(f"/api/v1/Owners/{quote(owner_id, safe='')}/{path}", owner_id, scope)
-        known = known or {}
+        path = f"/api/v1/Owners/{quote(owner_id, safe='')}/{route.path}"
+        target = Target(path, owner_id, route.scope)
+        fields, personal = route.fields, route.personal
         problems: dict[str, str] = {}
         keeps_texts = not personal or privacy.keeps_texts
 
@@ -236,7 +228,7 @@ class TapkeyClient:
             tuple[list[tuple[str | None, AccessRecord | str | None]], int],
             self._read_list(target, {}, parse, pages, tuple(known)),
         )
-        return _owner_list(OwnerEntities, owner_id, rows, requests_sent, problems, what)
+        return _owner_list(OwnerEntities, owner_id, rows, requests_sent, problems, route.noun)
 
     @property
     def page_size(self) -> int:

@@ -8,6 +8,7 @@ what the materialized report renders, rows in the documented order.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -25,7 +26,7 @@ from typer.testing import CliRunner
 
 from exporter import cli
 from exporter.db.engine import make_engine
-from exporter.read import asof, changelog, formats, render
+from exporter.read import asof, changelog, formats, render, runs
 from exporter.read import inventory as report
 from exporter.sandbox.server import Sandbox
 from exporter.service import job
@@ -253,6 +254,11 @@ def test_csv_value_quotes_only_text_that_starts_like_a_formula(value: Any, writt
     out = io.StringIO()
     formats.write_csv_tuples([[value, 1]], ("v", "n"), out)
     assert next(csv.DictReader(io.StringIO(out.getvalue())))["v"] == written
+
+
+@pytest.mark.parametrize("row", [runs.RunRow, runs.RunOwnerRow], ids=["runs", "runs show"])
+def test_run_columns_name_every_field_once(row: type[runs.RunRow | runs.RunOwnerRow]) -> None:
+    assert sorted(row.COLUMNS) == sorted(f.name for f in dataclasses.fields(row))
 
 
 def test_csv_fields_read_back_whatever_they_hold() -> None:
