@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import threading
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 from support.helpers import make_settings
@@ -16,12 +17,23 @@ from exporter.service import scheduler
 _OURS = ("*/exporter/*", "*/sqlalchemy/*", "*/apscheduler/*", "*/prometheus_client/*")
 #: Slots before measuring: SQLAlchemy's per-statement caches grow over the first few dozen slots
 #: (about 2.4 KB a slot over slots 6-15, 0.2 KB over slots 46-55) and then level off.
-WARM_UP, MEASURED = 30, 10
+WARM_UP, MEASURED = 30, 15
 
 
 def _ours(snapshot: tracemalloc.Snapshot) -> tracemalloc.Snapshot:
     kept = snapshot.filter_traces([tracemalloc.Filter(True, pattern) for pattern in _OURS])
     return kept.filter_traces([tracemalloc.Filter(False, "*/exporter/sandbox*")])
+
+
+def _growth(slot: Callable[[], None]) -> float:
+    """Bytes a slot that the daemon's own allocations grew by over MEASURED slots."""
+    gc.collect()
+    before = _ours(tracemalloc.take_snapshot())
+    for _ in range(MEASURED):
+        slot()
+    gc.collect()
+    after = _ours(tracemalloc.take_snapshot())
+    return sum(stat.size_diff for stat in after.compare_to(before, "filename")) / MEASURED
 
 
 def test_slots_that_write_leave_memory_and_threads_flat(db_url: str, tmp_path: Path) -> None:
@@ -44,20 +56,16 @@ def test_slots_that_write_leave_memory_and_threads_flat(db_url: str, tmp_path: P
             for _ in range(WARM_UP):
                 writing_slot()
             threads = threading.active_count()
-            gc.collect()
-            before = _ours(tracemalloc.take_snapshot())
-            for _ in range(MEASURED):
-                writing_slot()
-            gc.collect()
-            after = _ours(tracemalloc.take_snapshot())
+            # Two windows: a leak grows in both; a one-off allocation (a cache of SQLAlchemy or
+            # of the interpreter filling up, other tests' leftovers in this worker) in one only.
+            growths = [_growth(writing_slot) for _ in range(2)]
         finally:
             tracemalloc.stop()
 
     runs = daemon.metrics.registry.get_sample_value(
         "tapkey_exporter_runs_total", {"status": "succeeded"}
     )
-    assert runs == WARM_UP + MEASURED  # every slot ran and wrote
-    growth = sum(stat.size_diff for stat in after.compare_to(before, "filename")) / MEASURED
+    assert runs == WARM_UP + 2 * MEASURED  # every slot ran and wrote
     # Keeping each slot's RunResult (3 owners) alone adds ~1.6 KB a slot.
-    assert growth < 1_000, f"{growth:.0f} bytes a slot"
+    assert min(growths) < 1_000, f"{growths} bytes a slot"
     assert threading.active_count() <= threads
