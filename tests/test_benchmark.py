@@ -16,19 +16,23 @@ from exporter.db.engine import make_engine
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_sync_benchmark_runs_every_scenario(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "sync_bench.py"),
-            *("--db", "sqlite", "--db-url", f"sqlite:///{tmp_path / 'bench.db'}"),
-            *("--owners", "3", "--locks-per-owner", "7", "--changes", "4", "--repeat", "1"),
-            *("--results", str(tmp_path / "results")),
-        ],
+def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    """Runs a benchmark script of benchmarks/ (its first argument) from the repository root."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / args[0]), *args[1:]],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
         cwd=ROOT,
+    )
+
+
+def test_sync_benchmark_runs_every_scenario(tmp_path: Path) -> None:
+    result = _run(
+        "sync_bench.py",
+        *("--db", "sqlite", "--db-url", f"sqlite:///{tmp_path / 'bench.db'}"),
+        *("--owners", "3", "--locks-per-owner", "7", "--changes", "4", "--repeat", "1"),
+        *("--results", str(tmp_path / "results")),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "store only (no HTTP)" in result.stdout and "first load" in result.stdout
@@ -42,18 +46,11 @@ def test_sync_benchmark_runs_every_scenario(tmp_path: Path) -> None:
 
 
 def test_sync_benchmark_shapes_compare_with_the_plain_crawler(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "sync_bench.py"),
-            *("--db", "sqlite", "--db-url", f"sqlite:///{tmp_path / 'bench.db'}"),
-            *("--shapes", "3x7@5", "--changes", "4", "--repeat", "1"),
-            *("--results", str(tmp_path / "results")),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
+    result = _run(
+        "sync_bench.py",
+        *("--db", "sqlite", "--db-url", f"sqlite:///{tmp_path / 'bench.db'}"),
+        *("--shapes", "3x7@5", "--changes", "4", "--repeat", "1"),
+        *("--results", str(tmp_path / "results")),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "3x7@5 unchanged" in result.stdout
@@ -67,18 +64,11 @@ def test_sync_benchmark_shapes_compare_with_the_plain_crawler(tmp_path: Path) ->
 
 
 def test_read_benchmark_runs_every_command(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "read_bench.py"),
-            *("--db", "sqlite", "--db-url", f"sqlite:///{tmp_path / 'read.db'}"),
-            *("--locks", "250", "--owners", "4", "--renames", "10", "--repeat", "1"),
-            *("--results", str(tmp_path / "results")),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
+    result = _run(
+        "read_bench.py",
+        *("--db", "sqlite", "--db-url", f"sqlite:///{tmp_path / 'read.db'}"),
+        *("--locks", "250", "--owners", "4", "--renames", "10", "--repeat", "1"),
+        *("--results", str(tmp_path / "results")),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "locks --as-of 1 csv" in result.stdout and "SQL floor --as-of 1" in result.stdout
@@ -143,16 +133,9 @@ def test_read_benchmark_builds_again_a_kept_database_it_cannot_upgrade(tmp_path:
 
 
 def test_access_benchmark_compares_an_unchanged_rerun_with_the_plain_crawler() -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "access_bench.py"),
-            *("--db", "sqlite", "--owners", "4", "--locks-per-owner", "3", "--rounds", "1"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
+    result = _run(
+        "access_bench.py",
+        *("--db", "sqlite", "--owners", "4", "--locks-per-owner", "3", "--rounds", "1"),
     )
     assert result.returncode in (0, 1), result.stderr[-3000:]  # 1: the target was missed
     floor, unchanged = (

@@ -34,16 +34,21 @@ from exporter.service.metrics import Metrics
 # -- pieces, in process --------------------------------------------------------------------------
 
 
-def test_serve_refuses_to_start_without_credentials(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORTER_")}
-    done = subprocess.run(
+def _serve(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`exporter serve` in a child process, for the failures that stop it before it serves."""
+    return subprocess.run(
         [sys.executable, "-m", "exporter.cli", "serve"],
         env=env,
-        cwd=tmp_path,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=30,
     )
+
+
+def test_serve_refuses_to_start_without_credentials(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORTER_")}
+    done = _serve(env, tmp_path)
     assert done.returncode == 2
     assert "client_id" in done.stderr
 
@@ -55,14 +60,7 @@ def test_serve_reports_a_busy_http_port(tmp_path: Path, sandbox: Sandbox) -> Non
         port = taken.getsockname()[1]
         env = subprocess_env(sandbox, f"sqlite:///{tmp_path / 'x.db'}")
         env.update(EXPORTER_HTTP__ENABLED="true", EXPORTER_HTTP__LISTEN=f"127.0.0.1:{port}")
-        done = subprocess.run(
-            [sys.executable, "-m", "exporter.cli", "serve"],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        done = _serve(env, tmp_path)
     assert done.returncode == 2
     assert f"cannot listen on [http] listen 127.0.0.1:{port}" in done.stderr
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -104,17 +105,7 @@ def assert_history_consistent(engine: Engine) -> None:
 def rows_at(engine: Engine, entity: str, at: datetime) -> dict[str, dict[str, Any]]:
     """The rows of `entity` (a HISTORIES key) present at `at`, from its version table alone."""
     _, v, tracked = HISTORIES[entity]
-    query = (
-        select(v)
-        .where(v.c.valid_from <= at)
-        .where((v.c.valid_to.is_(None)) | (v.c.valid_to > at))
-        .where(v.c.change_type != "removed")
-    )
-    with engine.connect() as conn:
-        return {
-            row["id"]: {name: row[name] for name in tracked}
-            for row in conn.execute(query).mappings()
-        }
+    return _versions_at(engine, v, tracked, at)
 
 
 def expected_access(
@@ -163,7 +154,12 @@ def expected_access(
 
 def locks_at(engine: Engine, at: datetime) -> dict[str, dict[str, Any]]:
     """The locks present at `at`, from the version table alone."""
-    v = bound_lock_versions
+    return _versions_at(engine, bound_lock_versions, LOCK_TRACKED, at)
+
+
+def _versions_at(
+    engine: Engine, v: Table, tracked: Sequence[str], at: datetime
+) -> dict[str, dict[str, Any]]:
     query = (
         select(v)
         .where(v.c.valid_from <= at)
@@ -172,7 +168,7 @@ def locks_at(engine: Engine, at: datetime) -> dict[str, dict[str, Any]]:
     )
     with engine.connect() as conn:
         return {
-            row["id"]: {name: row[name] for name in LOCK_TRACKED}
+            row["id"]: {name: row[name] for name in tracked}
             for row in conn.execute(query).mappings()
         }
 
