@@ -205,19 +205,20 @@ def _check_paging(settings: Settings, database: CheckResult) -> CheckResult:
     return CheckResult("paging", True, f"{api_url}: {api_paging.describe(sizes)}")
 
 
+#: The tables every run inserts into and updates.
+RUN_TABLES: tuple[Table, ...] = (
+    sync_runs,
+    sync_run_owners,
+    owner_accounts,
+    owner_account_versions,
+    bound_locks,
+    bound_lock_versions,
+)
+
+
 def _writes(settings: Settings) -> dict[Table, tuple[str, ...]]:
     """The tables a run writes, and how (retention deletes only where it is configured)."""
-    writes: dict[Table, tuple[str, ...]] = {
-        table: ("INSERT", "UPDATE")
-        for table in (
-            sync_runs,
-            sync_run_owners,
-            owner_accounts,
-            owner_account_versions,
-            bound_locks,
-            bound_lock_versions,
-        )
-    }
+    writes: dict[Table, tuple[str, ...]] = {table: ("INSERT", "UPDATE") for table in RUN_TABLES}
     writes[api_paging_table] = ("INSERT", "DELETE")
     if settings.tapkey.expand_health:
         writes[lock_health_readings] = ("INSERT",)

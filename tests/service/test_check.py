@@ -16,32 +16,17 @@ from support.helpers import SANDBOX_SECRET, subprocess_env
 
 from exporter.db import migrate
 from exporter.db.engine import make_engine
-from exporter.db.schema import (
-    bound_lock_versions,
-    bound_locks,
-    owner_account_versions,
-    owner_accounts,
-    sync_run_owners,
-    sync_runs,
-)
 from exporter.sandbox.server import Fault, Sandbox
+from exporter.service.check import RUN_TABLES
 
 Cli = Callable[..., CliResult]
-TABLES = (
-    sync_runs,
-    sync_run_owners,
-    owner_accounts,
-    owner_account_versions,
-    bound_locks,
-    bound_lock_versions,
-)
 
 
 def _counts(engine: Engine) -> dict[str, int]:
     with engine.connect() as conn:
         return {
             table.name: conn.execute(text(f"SELECT COUNT(*) FROM {table.name}")).scalar_one()
-            for table in TABLES
+            for table in RUN_TABLES
         }
 
 
