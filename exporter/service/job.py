@@ -28,9 +28,6 @@ from exporter.service.preflight import (
     retry_policy,
     stoppable_sleep,
 )
-from exporter.service.preflight import (
-    make_engine as make_engine,  # part of this module's wiring for its callers
-)
 from exporter.sync import log_entries, retention
 from exporter.sync.access import AccessOptions
 from exporter.sync.batches import Batching

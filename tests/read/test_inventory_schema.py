@@ -30,7 +30,7 @@ from exporter.db.schema import metadata
 from exporter.db.views import VIEW_COMMENTS, VIEWS
 from exporter.read import inventory as report
 from exporter.sandbox.server import Sandbox
-from exporter.service import job
+from exporter.service import job, preflight
 
 # -- schema: comments, migration, PostgreSQL schema and read-only role ---------------------------
 
@@ -83,7 +83,7 @@ def test_a_configured_postgresql_schema_is_created_and_used(
     settings = settings.model_copy(
         update={"database": settings.database.model_copy(update={"schema_name": "tapkey_bi"})}
     )
-    engine = job.make_engine(settings)
+    engine = preflight.make_engine(settings)
     try:
         migrate.upgrade(engine)  # creates the schema, then everything in it
         migrate.check_models(engine)
