@@ -26,14 +26,18 @@ def _ours(snapshot: tracemalloc.Snapshot) -> tracemalloc.Snapshot:
 
 
 def _growth(slot: Callable[[], None]) -> float:
-    """Bytes a slot that the daemon's own allocations grew by over MEASURED slots."""
+    """Memory blocks a slot that the daemon's own allocations grew by over MEASURED slots.
+
+    Blocks, not bytes: a leak keeps new objects, while a dict of SQLAlchemy's event registry
+    being rebuilt adds kilobytes in one block (1,100-1,500 B a slot in a busy xdist worker).
+    """
     gc.collect()
     before = _ours(tracemalloc.take_snapshot())
     for _ in range(MEASURED):
         slot()
     gc.collect()
     after = _ours(tracemalloc.take_snapshot())
-    return sum(stat.size_diff for stat in after.compare_to(before, "filename")) / MEASURED
+    return sum(stat.count_diff for stat in after.compare_to(before, "filename")) / MEASURED
 
 
 def test_slots_that_write_leave_memory_and_threads_flat(db_url: str, tmp_path: Path) -> None:
@@ -66,6 +70,7 @@ def test_slots_that_write_leave_memory_and_threads_flat(db_url: str, tmp_path: P
         "tapkey_exporter_runs_total", {"status": "succeeded"}
     )
     assert runs == WARM_UP + 2 * MEASURED  # every slot ran and wrote
-    # Keeping each slot's RunResult (3 owners) alone adds ~1.6 KB a slot.
-    assert min(growths) < 1_000, f"{growths} bytes a slot"
+    # 2-4 blocks a slot from SQLAlchemy's caches; keeping each slot's RunResult (3 owners) alone
+    # adds 24-27.
+    assert min(growths) < 12, f"{growths} blocks a slot"
     assert threading.active_count() <= threads
