@@ -160,13 +160,13 @@ def with_current_hex(conn: Connection, batches: Iterable[Columns]) -> Iterator[C
     A version whose lock bound_locks does not hold is left out, as the join left it out.
     """
     owner: object = None
-    current: dict[str, tuple[str | None, str | None]] = {}
+    current: dict[str, tuple[str | None, ...]] = {}
     for columns in batches:
         ids = columns[ID]
         if columns[0][0] != owner:
             owner = columns[0][0]
             current = _held(conn, bound_locks.c.owner_account_id == owner)
-        found: list[tuple[str | None, str | None] | None] = list(map(current.get, ids))
+        found: list[tuple[str | None, ...] | None] = list(map(current.get, ids))
         if None in found:
             missing = sorted({i for i, lock in zip(ids, found, strict=True) if lock is None})
             for part in chunks(missing):
@@ -176,7 +176,7 @@ def with_current_hex(conn: Connection, batches: Iterable[Columns]) -> Iterator[C
             keep = [lock is not None for lock in found]
             columns = [list(compress(column, keep)) for column in columns]
             found = list(compress(found, keep))
-        held = cast(list[tuple[str | None, str | None]], found)
+        held = cast(list[tuple[str | None, ...]], found)
         columns[HEX] = [
             hex_id if device == physical else None
             for (device, hex_id), physical in zip(held, columns[PHYSICAL], strict=True)
@@ -184,8 +184,10 @@ def with_current_hex(conn: Connection, batches: Iterable[Columns]) -> Iterator[C
         yield columns
 
 
-def _held(conn: Connection, which: ColumnElement[bool]) -> dict[str, tuple[str | None, str | None]]:
+def _held(conn: Connection, which: ColumnElement[bool]) -> dict[str, tuple[str | None, ...]]:
     """The current physical lock id and hex of the locks `which`, by lock id."""
     current = bound_locks
     query = select(current.c.id, current.c.physical_lock_id, current.c.lock_id_hex).where(which)
-    return {lock_id: (device, hex_id) for lock_id, device, hex_id in conn.execute(query)}
+    with conn.execute(query) as result:
+        # sqlite3's rows as they are (text needs no processing): no Row per lock, 0.5 s a million.
+        return {row[0]: row[1:] for row in result.cursor.fetchall()}
