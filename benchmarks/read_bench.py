@@ -69,7 +69,8 @@ COMMANDS: tuple[tuple[str, tuple[str, ...], bool, str | None], ...] = (
 def sql_floor(url: str, when: str) -> int:
     """Read the rows of `exporter locks`'s queries (now, or as of run 1) with the bare driver.
 
-    The same SQL (report._lock_reads: once per owner, or on PostgreSQL once for all owners),
+    The same SQL (report._lock_reads: once per owner, or on PostgreSQL once for all owners;
+    as of run 1 on SQLite without the hex, which the exporter reads per owner in Python),
     executed and fetched by sqlite3, psycopg (streamed in chunks, as the exporter reads) or
     PyMySQL (unbuffered), every row decoded by the driver and dropped: what any reader of these
     rows has to spend.
@@ -88,6 +89,7 @@ def sql_floor(url: str, when: str) -> int:
                 compiled = query.compile(dialect=conn.dialect)
                 dbapi: Any = conn.connection.dbapi_connection
                 with dbapi.cursor() as cursor:
+                    cursor.execute("SET LOCAL jit = off")  # as the exporter reads
                     for values in holders:
                         params = compiled.construct_params(values)
                         rows += sum(1 for _ in cursor.stream(compiled.string, params, size=2000))

@@ -46,6 +46,7 @@ from exporter.db.schema import (
 )
 from exporter.errors import UsageError
 from exporter.kinds import ChangeType
+from exporter.read import versions_at
 from exporter.read.asof import AsOf, valid_at
 from exporter.read.streaming import Columns, stream, stream_columns, streamed
 
@@ -158,8 +159,21 @@ def open_inventory(
         query, holders = _lock_reads(conn, at, owner_ids, include_removed)
         filtered = model is not None or search is not None
 
+        # As of an instant on SQLite the hex comes from each owner's current locks (in Python).
+        hexes_later = at is not None and conn.dialect.name == "sqlite"
+
+        def batches(times_as_text: bool) -> Iterator[Columns]:
+            found = stream_columns(conn, query, params=holders, times_as_text=times_as_text)
+            return versions_at.with_current_hex(conn, found) if hexes_later else found
+
         def locks() -> Iterator[LockRow]:
-            rows = map(LockRow._make, stream(conn, query, holders))
+            if hexes_later:
+                found: Iterable[Sequence[Any]] = (
+                    row for columns in batches(False) for row in zip(*columns, strict=True)
+                )
+            else:
+                found = stream(conn, query, holders)
+            rows = map(LockRow._make, found)
             if not filtered:
                 return rows
             return (lock for lock in rows if _matches(lock, model, search))
@@ -170,9 +184,7 @@ def open_inventory(
             if filtered or include_removed:
                 owners = listed_owners(owners, locks(), only_those_with_locks=filtered)
         # Both are read lazily: the query runs for the one that is iterated.
-        columns = (
-            None if filtered else stream_columns(conn, query, params=holders, times_as_text=True)
-        )
+        columns = None if filtered else batches(True)
         yield Inventory(as_of, owners, locks(), columns)
 
 
@@ -349,10 +361,13 @@ def _holders(
 
 def _locks_query(dialect: str, at: datetime | None, include_removed: bool) -> Select[Any]:
     """The locks present now or at `at` as LockRow columns of the owners `_lock_reads` gives
-    (the name shown is given too), by owner in the order given, then by title and id."""
+    (the name shown is given too), by owner in the order given, then by title and id.
+
+    As of `at` on SQLite the hex is left NULL for `versions_at.with_current_hex` to fill in.
+    """
     owner: ColumnElement[Any] = bindparam("owner", type_=owner_accounts.c.id.type)
     owner_name: ColumnElement[Any] = bindparam("owner_name", type_=owner_accounts.c.name.type)
-    owner_order: list[ColumnElement[Any]] = []
+    fields = LockRow._fields
     if dialect == "postgresql":
         given = (
             func.unnest(
@@ -362,34 +377,39 @@ def _locks_query(dialect: str, at: datetime | None, include_removed: bool) -> Se
             .table_valued(column("id", String), column("name", Text), with_ordinality="n")
             .render_derived()
         )
+        if at is not None:
+            query, held = versions_at.postgresql_versions(fields, given, at, include_removed)
+            return query.order_by(
+                given.c.n, *text_order(held.c.title, dialect), id_order(held.c.id, dialect)
+            )
+        found: FromClause = given.join(bound_locks, bound_locks.c.owner_account_id == given.c.id)
         owner, owner_name, owner_order = given.c.id, given.c.name, [given.c.n]
+    elif at is not None and dialect == "sqlite":
+        query = versions_at.versions_query(fields, owner, owner_name, at, include_removed)
+        lock = bound_lock_versions
+        return query.order_by(*text_order(lock.c.title, dialect), id_order(lock.c.id, dialect))
+    else:
+        found, owner_order = bound_locks, []
     if at is None:
         lock = bound_locks
-        found: FromClause = lock
-        columns = {name: streamed(lock.c[name]) for name in LockRow._fields[2:]}
+        columns = {name: streamed(lock.c[name]) for name in fields[2:]}
     else:
-        # The version valid at `at`; the hex id only while the physical lock is the current one.
+        # MariaDB: the version valid at `at` joined to its lock (a streamed read there allows
+        # no second statement on the connection while its rows are read).
         lock, current = bound_lock_versions, bound_locks
         found = lock.join(current, current.c.id == lock.c.id)
         same_device = (lock.c.physical_lock_id == current.c.physical_lock_id) | (
             lock.c.physical_lock_id.is_(None) & current.c.physical_lock_id.is_(None)
         )
-        columns = {
-            **{name: streamed(lock.c[name]) for name in LockRow._fields if name in lock.c},
-            "lock_id_hex": case((same_device, current.c.lock_id_hex)),
-            "removed_at": streamed(
-                case((lock.c.change_type == ChangeType.REMOVED, lock.c.valid_from))
-            ),
-        }
+        hex_id = case((same_device, current.c.lock_id_hex))
+        columns = versions_at.versions_columns(lock, fields, hex_id)
     query = select(
         lock.c.owner_account_id,
         owner_name.label("owner_name"),
-        *(columns[name] for name in LockRow._fields[2:]),
-    )
-    if owner_order:
-        query = query.select_from(given.join(found, lock.c.owner_account_id == owner))
-    else:
-        query = query.select_from(found).where(lock.c.owner_account_id == owner)
+        *(columns[name] for name in fields[2:]),
+    ).select_from(found)
+    if not owner_order:
+        query = query.where(lock.c.owner_account_id == owner)
     if at is not None:
         query = query.where(valid_at(lock, at))
         if not include_removed:
