@@ -42,7 +42,7 @@ def test_postgresql_reads_large_owners_in_batches_too(engine: Engine) -> None:
 def test_stored_texts_are_read_exactly_whatever_the_ids_contain(
     engine: Engine, odd_id: str
 ) -> None:
-    # SQLite and PostgreSQL read an owner's texts as one joined value: ids holding the separator
+    # SQLite and MariaDB read an owner's texts as one joined value: ids holding the separator
     # must not shift one lock's text onto another (that could pass a changed lock as unchanged).
     t = datetime(2026, 1, 1, tzinfo=UTC)
     rows = [
