@@ -224,7 +224,8 @@ class _StoredTexts:
     Owners with few stored locks are read together, up to SMALL_BATCH_OWNERS owners and
     SMALL_BATCH_LOCKS locks per statement: for owners of a few dozen locks the statement, not
     its rows, is what costs (a read per owner took about 0.5 ms of CPU, as much as fetching its
-    page). Larger owners are read one by one, joined (`load_live_raw`).
+    page). Larger owners are read one by one, joined (`load_live_raw`); on PostgreSQL they are
+    batched too (`small_owner`).
     """
 
     #: Owners with fewer stored locks than this are read in batches.
@@ -237,7 +238,7 @@ class _StoredTexts:
         self._batches = plan_text_batches(
             owner_ids,
             stored,
-            small=self.SMALL_OWNER,
+            small=self.small_owner(backend(engine)),
             owners=self.SMALL_BATCH_OWNERS,
             locks=self.SMALL_BATCH_LOCKS,
         )
@@ -248,6 +249,17 @@ class _StoredTexts:
         self._thread = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="read")
         self._local = threading.local()
         self._conns: list[Connection] = []
+
+    @classmethod
+    def small_owner(cls, name: str) -> int:
+        """Owners with fewer stored locks than this are read in batches on backend `name`.
+
+        On PostgreSQL every owner is (up to SMALL_BATCH_LOCKS locks a statement): psycopg
+        builds rows in C, so 5,000 rows cost no more a lock than 500, and each statement saved
+        is a round trip the fetches wait for (200 owners of 500 locks, in-process A/B of
+        unchanged reruns: medians 0.83-1.27 s in batches against 0.92-1.51 s owner by owner).
+        """
+        return cls.SMALL_BATCH_LOCKS if name == "postgresql" else cls.SMALL_OWNER
 
     def read(self, owner_id: str) -> Future[dict[str, dict[str, str]]]:
         """The texts of the owner's batch (owner -> lock id -> text), read on a reader thread;
@@ -265,7 +277,13 @@ class _StoredTexts:
         if conn is None:
             conn = self._local.conn = self._engine.connect()
             self._conns.append(conn)
-            sqlite_cache(conn, SQLITE_READER_CACHE_KIB)
+            if conn.dialect.name == "sqlite":
+                sqlite_cache(conn, SQLITE_READER_CACHE_KIB)
+            else:
+                # Each read is one statement, so its own transaction: without the BEGIN and
+                # COMMIT round trips (two of the three per owner on PostgreSQL) the reader,
+                # which the fetches wait for, took a third less time.
+                conn.execution_options(isolation_level="AUTOCOMMIT")
         with conn.begin():
             if len(owner_ids) == 1:
                 return {owner_ids[0]: load_live_raw(conn, owner_ids[0])}

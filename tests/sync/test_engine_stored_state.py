@@ -28,13 +28,21 @@ def test_stored_texts_are_read_in_batches_of_small_owners_and_alone_for_large_on
     ]
 
 
+def test_postgresql_reads_large_owners_in_batches_too(engine: Engine) -> None:
+    stored = {f"owner-{n}": 500 for n in range(12)}
+    with crawl._StoredTexts(engine, list(stored), stored) as texts:
+        sizes = [len(batch) for batch in texts._batches]
+    # 5,000 locks a statement on PostgreSQL; elsewhere owners of 100 locks or more alone.
+    assert sizes == ([10, 2] if engine.dialect.name == "postgresql" else [1] * 12)
+
+
 @pytest.mark.parametrize(
     "odd_id", ["with\x1eseparator", "\x1e", "ends-with\x1e"], ids=["inside", "only", "end"]
 )
 def test_stored_texts_are_read_exactly_whatever_the_ids_contain(
     engine: Engine, odd_id: str
 ) -> None:
-    # SQLite and PostgreSQL read an owner's texts as one joined value: ids holding the separator
+    # SQLite and MariaDB read an owner's texts as one joined value: ids holding the separator
     # must not shift one lock's text onto another (that could pass a changed lock as unchanged).
     t = datetime(2026, 1, 1, tzinfo=UTC)
     rows = [
