@@ -164,7 +164,9 @@ def open_inventory(
 
         def batches(times_as_text: bool) -> Iterator[Columns]:
             found = stream_columns(conn, query, params=holders, times_as_text=times_as_text)
-            return versions_at.with_current_hex(conn, found) if hexes_later else found
+            if not hexes_later:
+                return found
+            return versions_at.with_current_hex(conn, LockRow._fields, found)
 
         def locks() -> Iterator[LockRow]:
             if hexes_later:
@@ -398,10 +400,8 @@ def _locks_query(dialect: str, at: datetime | None, include_removed: bool) -> Se
         # no second statement on the connection while its rows are read).
         lock, current = bound_lock_versions, bound_locks
         found = lock.join(current, current.c.id == lock.c.id)
-        same_device = (lock.c.physical_lock_id == current.c.physical_lock_id) | (
-            lock.c.physical_lock_id.is_(None) & current.c.physical_lock_id.is_(None)
-        )
-        hex_id = case((same_device, current.c.lock_id_hex))
+        same = versions_at.same_device(lock.c.physical_lock_id, current.c.physical_lock_id)
+        hex_id = case((same, current.c.lock_id_hex))
         columns = versions_at.versions_columns(lock, fields, hex_id)
     query = select(
         lock.c.owner_account_id,
@@ -411,9 +411,7 @@ def _locks_query(dialect: str, at: datetime | None, include_removed: bool) -> Se
     if not owner_order:
         query = query.where(lock.c.owner_account_id == owner)
     if at is not None:
-        query = query.where(valid_at(lock, at))
-        if not include_removed:
-            query = query.where(lock.c.change_type != ChangeType.REMOVED)
+        query = query.where(*versions_at.filters(lock, at, include_removed))
     elif not include_removed:
         query = query.where(lock.c.removed_at.is_(None))
     return query.order_by(

@@ -39,14 +39,15 @@ from exporter.kinds import ChangeType
 from exporter.read.asof import valid_at
 from exporter.read.streaming import Columns, streamed
 
-__all__ = ["postgresql_versions", "versions_columns", "with_current_hex"]
+__all__ = ["filters", "postgresql_versions", "same_device", "versions_columns", "with_current_hex"]
 
 
-def _same_device(version: ColumnElement[Any], current: ColumnElement[Any]) -> ColumnElement[bool]:
+def same_device(version: ColumnElement[Any], current: ColumnElement[Any]) -> ColumnElement[bool]:
+    """Whether two physical lock ids name the same device (both NULL counts as the same)."""
     return (version == current) | (version.is_(None) & current.is_(None))
 
 
-def _filters(lock: FromClause, at: datetime, include_removed: bool) -> list[ColumnElement[bool]]:
+def filters(lock: FromClause, at: datetime, include_removed: bool) -> list[ColumnElement[bool]]:
     found = [valid_at(lock, at)]
     if not include_removed:
         found.append(lock.c.change_type != ChangeType.REMOVED)
@@ -72,13 +73,13 @@ def versions_query(
     include_removed: bool,
 ) -> Select[Any]:
     """One owner's versions valid at `at` as `fields` (with the owner's name), unordered, the
-    hex left NULL: `with_current_hex` fills it in (SQLite, MariaDB)."""
+    hex left NULL: `with_current_hex` fills it in (SQLite)."""
     lock = bound_lock_versions
     columns = versions_columns(lock, fields, null())
     return (
         select(lock.c.owner_account_id, owner_name.label("owner_name"))
         .add_columns(*(columns[name] for name in fields[2:]))
-        .where(lock.c.owner_account_id == owner, *_filters(lock, at, include_removed))
+        .where(lock.c.owner_account_id == owner, *filters(lock, at, include_removed))
     )
 
 
@@ -110,11 +111,11 @@ def postgresql_versions(
                 and_(current.c.id == lock.c.id, current.c.owner_account_id == given.c.id),
             )
         )
-        .where(lock.c.owner_account_id == given.c.id, *_filters(lock, at, include_removed))
+        .where(lock.c.owner_account_id == given.c.id, *filters(lock, at, include_removed))
         .offset(0)
         .lateral("held")
     )
-    same_there = _same_device(inner.c.physical_lock_id, elsewhere.c.physical_lock_id)
+    same_there = same_device(inner.c.physical_lock_id, elsewhere.c.physical_lock_id)
     moved = (
         select(case((same_there, elsewhere.c.lock_id_hex)))
         .where(elsewhere.c.id == inner.c.id)
@@ -125,7 +126,7 @@ def postgresql_versions(
             inner.c.current_id.is_not(None),
             case(
                 (
-                    _same_device(inner.c.physical_lock_id, inner.c.current_physical_lock_id),
+                    same_device(inner.c.physical_lock_id, inner.c.current_physical_lock_id),
                     inner.c.current_lock_id_hex,
                 )
             ),
@@ -148,21 +149,21 @@ def postgresql_versions(
     return query, inner
 
 
-# Positions in the LockRow columns (checked by `exporter.read.inventory` at import).
-ID, HEX, PHYSICAL = 2, 7, 8
-
-
-def with_current_hex(conn: Connection, batches: Iterable[Columns]) -> Iterator[Columns]:
-    """`batches` of `versions_query` rows with each version's lock id hex, as the join gave it.
+def with_current_hex(
+    conn: Connection, fields: Sequence[str], batches: Iterable[Columns]
+) -> Iterator[Columns]:
+    """`batches` of `versions_query` rows (columns `fields`) with each version's lock id hex,
+    as the join gave it.
 
     A batch's rows are one owner's (the query runs per owner): its current locks are read once,
     by the owner index, into a dict; a lock that has changed owner since is looked up by id.
     A version whose lock bound_locks does not hold is left out, as the join left it out.
     """
+    lock_id, hex_at, physical_at = (fields.index(name) for name in _HELD)
     owner: object = None
     current: dict[str, tuple[str | None, ...]] = {}
     for columns in batches:
-        ids = columns[ID]
+        ids = columns[lock_id]
         if columns[0][0] != owner:
             owner = columns[0][0]
             current = _held(conn, bound_locks.c.owner_account_id == owner)
@@ -177,11 +178,14 @@ def with_current_hex(conn: Connection, batches: Iterable[Columns]) -> Iterator[C
             columns = [list(compress(column, keep)) for column in columns]
             found = list(compress(found, keep))
         held = cast(list[tuple[str | None, ...]], found)
-        columns[HEX] = [
+        columns[hex_at] = [
             hex_id if device == physical else None
-            for (device, hex_id), physical in zip(held, columns[PHYSICAL], strict=True)
+            for (device, hex_id), physical in zip(held, columns[physical_at], strict=True)
         ]
         yield columns
+
+
+_HELD = ("id", "lock_id_hex", "physical_lock_id")
 
 
 def _held(conn: Connection, which: ColumnElement[bool]) -> dict[str, tuple[str | None, ...]]:
