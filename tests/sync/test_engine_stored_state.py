@@ -15,7 +15,7 @@ from exporter.errors import ClientMismatchError
 from exporter.sandbox.server import Sandbox
 from exporter.service import job
 from exporter.sync import crawl
-from exporter.sync.versions import load_live_raw
+from exporter.sync.versions import concat_whole, load_live_raw
 
 
 def test_stored_texts_are_read_in_batches_of_small_owners_and_alone_for_large_ones() -> None:
@@ -91,6 +91,24 @@ def test_texts_cut_by_group_concat_are_read_again_row_by_row(engine: Engine, lim
         # second text, 108 the last text two characters before its end.
         conn.exec_driver_sql(f"SET SESSION group_concat_max_len = {limit}")
         assert load_live_raw(conn, "owner-1") == texts
+
+
+@pytest.mark.parametrize(
+    ("length", "limit", "whole"),
+    [
+        pytest.param(100, 1 << 30, True, id="far below"),
+        pytest.param(26, 108, True, id="4 bytes a character still below"),
+        pytest.param(27, 108, False, id="could reach the cut"),
+        pytest.param(105, 108, False, id="as long as a cut result"),
+        pytest.param(108, 108, False, id="at the limit"),
+    ],
+)
+def test_a_joined_value_passes_as_whole_only_if_no_cut_can_be_that_long(
+    length: int, limit: int, whole: bool
+) -> None:
+    # A result cut at `limit` bytes (back to a whole character, up to 3 bytes less) is at
+    # least limit - 3 bytes; utf8mb4 characters are 1-4 bytes, so only the bound is known.
+    assert concat_whole("x" * length, limit) is whole
 
 
 def test_twenty_fetch_threads_share_the_database_connections(
