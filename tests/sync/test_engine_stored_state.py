@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, event, func, select
 from support.helpers import make_settings, run_once
 from support.sync_checks import _assert_matches_api
 
@@ -109,6 +110,29 @@ def test_a_joined_value_passes_as_whole_only_if_no_cut_can_be_that_long(
     # A result cut at `limit` bytes (back to a whole character, up to 3 bytes less) is at
     # least limit - 3 bytes; utf8mb4 characters are 1-4 bytes, so only the bound is known.
     assert concat_whole("x" * length, limit) is whole
+
+
+@pytest.mark.parametrize("db_url", ["postgresql", "mariadb"], indirect=True)
+def test_the_texts_readers_end_no_transaction_on_their_autocommit_connections(
+    db_url: str, tmp_path: Path
+) -> None:
+    # Each read is one statement on an autocommit connection: a commit after it was one more
+    # round trip per read on MariaDB, where PyMySQL sends COMMIT even in autocommit mode.
+    readers: list[str] = []
+
+    def commit(_conn: Connection) -> None:
+        if threading.current_thread().name.startswith("read"):
+            readers.append(threading.current_thread().name)
+
+    with Sandbox(seed=5, owners=3, locks_per_owner=120) as fake:
+        run_once(fake, db_url, tmp_path)
+        event.listen(Engine, "commit", commit)
+        try:
+            result = run_once(fake, db_url, tmp_path)
+        finally:
+            event.remove(Engine, "commit", commit)
+    assert result.counts.unchanged == 360
+    assert readers == []
 
 
 def test_twenty_fetch_threads_share_the_database_connections(
