@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from exporter.config.urls import masked_url, sqlite_file, without_secrets
-from exporter.db.tls import is_tls_option, mysql_tls
+from exporter.db.tls import connect_sharing_default_tls, is_tls_option, mysql_tls
 from exporter.errors import ConfigError, DatabaseUnavailableError, first_line
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,9 @@ def make_engine(url: str, *, schema: str | None = None, create: bool = True) -> 
         event.listen(engine, "connect", _sqlite_on_connect)
     elif parsed.get_backend_name() in ("mysql", "mariadb"):
         event.listen(engine, "connect", _mysql_on_connect)
+        tls_options = connect_args.keys() & {"ssl", "ssl_disabled"}
+        if parsed.get_driver_name() == "pymysql" and not tls_options:
+            event.listen(engine, "do_connect", connect_sharing_default_tls)
     else:
         event.listen(engine, "connect", _postgresql_on_connect)
     return engine

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, event, func, select
 from support.helpers import make_settings, run_once
 from support.sync_checks import _assert_matches_api
 
@@ -15,7 +16,7 @@ from exporter.errors import ClientMismatchError
 from exporter.sandbox.server import Sandbox
 from exporter.service import job
 from exporter.sync import crawl
-from exporter.sync.versions import load_live_raw
+from exporter.sync.versions import concat_whole, load_live_raw
 
 
 def test_stored_texts_are_read_in_batches_of_small_owners_and_alone_for_large_ones() -> None:
@@ -91,6 +92,47 @@ def test_texts_cut_by_group_concat_are_read_again_row_by_row(engine: Engine, lim
         # second text, 108 the last text two characters before its end.
         conn.exec_driver_sql(f"SET SESSION group_concat_max_len = {limit}")
         assert load_live_raw(conn, "owner-1") == texts
+
+
+@pytest.mark.parametrize(
+    ("length", "limit", "whole"),
+    [
+        pytest.param(100, 1 << 30, True, id="far below"),
+        pytest.param(26, 108, True, id="4 bytes a character still below"),
+        pytest.param(27, 108, False, id="could reach the cut"),
+        pytest.param(105, 108, False, id="as long as a cut result"),
+        pytest.param(108, 108, False, id="at the limit"),
+    ],
+)
+def test_a_joined_value_passes_as_whole_only_if_no_cut_can_be_that_long(
+    length: int, limit: int, whole: bool
+) -> None:
+    # A result cut at `limit` bytes (back to a whole character, up to 3 bytes less) is at
+    # least limit - 3 bytes; utf8mb4 characters are 1-4 bytes, so only the bound is known.
+    assert concat_whole("x" * length, limit) is whole
+
+
+@pytest.mark.parametrize("db_url", ["postgresql", "mariadb"], indirect=True)
+def test_the_texts_readers_end_no_transaction_on_their_autocommit_connections(
+    db_url: str, tmp_path: Path
+) -> None:
+    # Each read is one statement on an autocommit connection: a commit after it was one more
+    # round trip per read on MariaDB, where PyMySQL sends COMMIT even in autocommit mode.
+    readers: list[str] = []
+
+    def commit(_conn: Connection) -> None:
+        if threading.current_thread().name.startswith("read"):
+            readers.append(threading.current_thread().name)
+
+    with Sandbox(seed=5, owners=3, locks_per_owner=120) as fake:
+        run_once(fake, db_url, tmp_path)
+        event.listen(Engine, "commit", commit)
+        try:
+            result = run_once(fake, db_url, tmp_path)
+        finally:
+            event.remove(Engine, "commit", commit)
+    assert result.counts.unchanged == 360
+    assert readers == []
 
 
 def test_twenty_fetch_threads_share_the_database_connections(
