@@ -64,7 +64,7 @@ def test_the_threshold_is_restored_when_the_block_raises(
     "chosen",
     [
         pytest.param((0, 10, 10), id="automatic collection off"),
-        pytest.param((50_000, 20, 5), id="a higher threshold"),
+        pytest.param((100_000, 20, 5), id="a higher threshold"),
     ],
 )
 def test_a_threshold_someone_chose_is_left_alone(
