@@ -56,9 +56,12 @@ def _client(params: dict[str, Any]) -> Any:
 
 
 def _exporter_fetch(params: dict[str, Any]) -> dict[str, Any]:
-    """The exporter's own Tapkey client (paging, parsing into LockRecords), no database."""
+    """The exporter's own Tapkey client (paging, parsing into LockRecords), no database, with
+    the garbage collector as a run sets it."""
+    from exporter.sync.collector import fewer_collections
+
     workers = params["workers"]
-    with _client(params) as client:
+    with fewer_collections(), _client(params) as client:
         owners = client.list_owners()
         with ThreadPoolExecutor(max_workers=workers) as pool:
             locks = sum(

@@ -54,6 +54,7 @@ from exporter.results import Change, OwnerOutcome, RunResult, SyncProgress
 from exporter.sync import api_paging, log_entries, run_records
 from exporter.sync.access import AccessContext, AccessOutcome, AccessSource
 from exporter.sync.access_sync import sync_access
+from exporter.sync.collector import fewer_collections
 from exporter.sync.crawl import DaemonPool, InventorySource, call_until_stopped
 from exporter.sync.locks import LockSync
 from exporter.sync.options import SyncOptions
@@ -224,7 +225,8 @@ class _Run:
     def execute(self) -> RunResult:
         """Run the phases; a failure ends the run as `failed` rather than leaving it open."""
         try:
-            self._phases()
+            with fewer_collections():  # a run's pages are objects by the thousand
+                self._phases()
         except Interrupted:
             self._finish(RunStatus.FAILED, "interrupted")
         except TapkeyError as exc:
