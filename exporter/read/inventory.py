@@ -48,7 +48,7 @@ from exporter.errors import UsageError
 from exporter.kinds import ChangeType
 from exporter.read import versions_at
 from exporter.read.asof import AsOf, valid_at
-from exporter.read.streaming import Columns, stream, stream_columns, streamed
+from exporter.read.streaming import Columns, sqlite_text_order, stream, stream_columns, streamed
 
 # Compared per row: a module constant, not an Enum attribute lookup (four times slower).
 _REMOVED = ChangeType.REMOVED
@@ -157,25 +157,22 @@ def open_inventory(
         owner_ids = resolve_owner(conn, owner) if owner is not None else None
         at = as_of.at if as_of is not None else None
         query, holders = _lock_reads(conn, at, owner_ids, include_removed)
-        given = _given(conn.dialect.name)
+        reading = _reading(conn.dialect.name)
         filtered = model is not None or search is not None
 
         # As of an instant on SQLite the hex comes from each owner's current locks (in Python).
         hexes_later = at is not None and conn.dialect.name == "sqlite"
 
         def batches(as_text: bool) -> Iterator[Columns]:
-            found = stream_columns(conn, query, params=holders, times_as_text=as_text, given=given)
+            found = stream_columns(conn, query, params=holders, times_as_text=as_text, **reading)
             if not hexes_later:
                 return found
             return versions_at.with_current_hex(conn, LockRow._fields, found)
 
         def locks() -> Iterator[LockRow]:
+            found: Iterable[Sequence[Any]] = stream(conn, query, holders, **reading)
             if hexes_later:
-                found: Iterable[Sequence[Any]] = (
-                    row for columns in batches(False) for row in zip(*columns, strict=True)
-                )
-            else:
-                found = stream(conn, query, holders, given=given)
+                found = (row for columns in batches(False) for row in zip(*columns, strict=True))
             rows = map(LockRow._make, found)
             if not filtered:
                 return rows
@@ -336,9 +333,11 @@ def _lock_reads(
     return query, [{"owner": owner_id, "owner_name": name} for owner_id, name in holders]
 
 
-def _given(dialect: str) -> tuple[str, ...]:
-    """The parameters of `_lock_reads` given as each row's first columns (`stream_columns`)."""
-    return ("owner", "owner_name") if dialect == "sqlite" else ()  # not selected on SQLite
+def _reading(dialect: str) -> dict[str, Any]:
+    """How `stream_columns` reads `_lock_reads`'s query: on SQLite the owner's id and name are
+    given, not selected, and each owner's rows (id, title first) are put in order in Python."""
+    sqlite = {"given": ("owner", "owner_name"), "sort": sqlite_text_order(1, 0)}
+    return sqlite if dialect == "sqlite" else {}
 
 
 def _holders(
@@ -369,7 +368,7 @@ def _holders(
 
 def _locks_query(dialect: str, at: datetime | None, include_removed: bool) -> Select[Any]:
     """The locks present now or at `at` as LockRow columns of the owners `_lock_reads` gives
-    (the name shown is given too; on SQLite neither it nor the id is selected: `_given`), by
+    (the name shown is given too; on SQLite neither it nor the id is selected: `_reading`), by
     owner in the order given, then by title and id.
 
     As of `at` on SQLite the hex is left NULL for `versions_at.with_current_hex` to fill in.

@@ -9,6 +9,7 @@ row by row, formula guard and quoting included.
 from __future__ import annotations
 
 import io
+import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,15 +31,16 @@ def test_column_batches_hold_what_cores_rows_hold(inventory_db: InventoryDb, whe
         at = asof.resolve_as_of(engine, "2", now=datetime.now(UTC)).at if when == "as-of" else None
         with connect(engine) as conn:
             query, holders = report._lock_reads(conn, at, None, True)
-            # On SQLite the owner's id and name are given, not selected.
-            given = report._given(conn.dialect.name)
+            # On SQLite the owner's id and name are given, not selected, and rows sorted here.
+            reading = report._reading(conn.dialect.name)
+            given = reading.get("given", ())
             expected = [
                 (*(owner[name] for name in given), *row)
                 for owner in holders
                 for row in conn.execute(query, owner)
             ]
-            batches = list(stream_columns(conn, query, size=4, params=holders, given=given))
-            rows = list(stream(conn, query, holders, given=given))
+            batches = list(stream_columns(conn, query, size=4, params=holders, **reading))
+            rows = list(stream(conn, query, holders, **reading))
     finally:
         engine.dispose()
 
@@ -70,6 +72,72 @@ def test_given_parameters_lead_every_row_of_their_run(engine: Engine) -> None:
         [["second"], ["b"], [1], ["b"]],
     ]
     assert [tuple(row) for row in rows] == [("first", 1, "a"), ("second", 1, "b")]
+
+
+# ASCII texts alike but for case, prefixes of each other, and characters below and above the
+# letters (space, digits, punctuation, "_", "~"): the order must be SQLite's ORDER BY.
+ASCII_TITLES = [
+    "b",
+    "B",
+    "a",
+    "A",
+    "ab",
+    "a b",
+    "a",
+    "Ab",
+    "a-b",
+    "a_b",
+    "a~",
+    "Z",
+    "z",
+    "",
+    "10",
+    "9",
+]
+
+
+NON_ASCII = [
+    "\u00c4",
+    "\u00e4",
+    "a\u00e4",
+    "A\u00c4",
+    "\u00e4b",
+    "\u20acuro",
+    "zz",
+    "\U0001f511 key",
+]
+
+
+@pytest.mark.parametrize(
+    "titles",
+    [
+        ASCII_TITLES,
+        [*ASCII_TITLES, None, None],
+        [*ASCII_TITLES, *NON_ASCII],
+        [*ASCII_TITLES, *NON_ASCII, None],
+        [None],
+        [*ASCII_TITLES, "a\x00b"],
+    ],
+    ids=["ascii", "null", "non-ascii", "non-ascii-and-null", "only-null", "nul"],
+)
+def test_sqlite_text_order_is_sqlites_order_by_or_none(titles: list[str | None]) -> None:
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE t (id TEXT PRIMARY KEY, title TEXT)")
+    # Ids in another order than the titles, and titles alike: the id decides between them.
+    db.executemany(
+        "INSERT INTO t VALUES (?, ?)", [(f"l-{(n * 7) % 101:03}", t) for n, t in enumerate(titles)]
+    )
+    ordered = db.execute(
+        "SELECT id, title FROM t ORDER BY title IS NULL, lower(title), id"
+    ).fetchall()
+    unordered = db.execute("SELECT id, title FROM t ORDER BY id DESC").fetchall()
+    sort = streaming.sqlite_text_order(1, 0)
+    if "a\x00b" in titles:
+        assert sort(unordered) is None  # read again, ordered by SQLite
+    else:
+        assert sort(unordered) == ordered
+    assert sort([]) == []
+    assert sort([(1, "a")]) is None  # an id not text
 
 
 def test_inventory_csv_from_columns_is_the_csv_from_rows(inventory_db: InventoryDb) -> None:
