@@ -48,7 +48,7 @@ from exporter.errors import UsageError
 from exporter.kinds import ChangeType
 from exporter.read import versions_at
 from exporter.read.asof import AsOf, valid_at
-from exporter.read.streaming import Columns, stream, stream_columns, streamed
+from exporter.read.streaming import Columns, sqlite_text_order, stream, stream_columns, streamed
 
 # Compared per row: a module constant, not an Enum attribute lookup (four times slower).
 _REMOVED = ChangeType.REMOVED
@@ -157,24 +157,22 @@ def open_inventory(
         owner_ids = resolve_owner(conn, owner) if owner is not None else None
         at = as_of.at if as_of is not None else None
         query, holders = _lock_reads(conn, at, owner_ids, include_removed)
+        reading = _reading(conn.dialect.name)
         filtered = model is not None or search is not None
 
         # As of an instant on SQLite the hex comes from each owner's current locks (in Python).
         hexes_later = at is not None and conn.dialect.name == "sqlite"
 
-        def batches(times_as_text: bool) -> Iterator[Columns]:
-            found = stream_columns(conn, query, params=holders, times_as_text=times_as_text)
+        def batches(as_text: bool) -> Iterator[Columns]:
+            found = stream_columns(conn, query, params=holders, times_as_text=as_text, **reading)
             if not hexes_later:
                 return found
             return versions_at.with_current_hex(conn, LockRow._fields, found)
 
         def locks() -> Iterator[LockRow]:
+            found: Iterable[Sequence[Any]] = stream(conn, query, holders, **reading)
             if hexes_later:
-                found: Iterable[Sequence[Any]] = (
-                    row for columns in batches(False) for row in zip(*columns, strict=True)
-                )
-            else:
-                found = stream(conn, query, holders)
+                found = (row for columns in batches(False) for row in zip(*columns, strict=True))
             rows = map(LockRow._make, found)
             if not filtered:
                 return rows
@@ -335,6 +333,13 @@ def _lock_reads(
     return query, [{"owner": owner_id, "owner_name": name} for owner_id, name in holders]
 
 
+def _reading(dialect: str) -> dict[str, Any]:
+    """How `stream_columns` reads `_lock_reads`'s query: on SQLite the owner's id and name are
+    given, not selected, and each owner's rows (id, title first) are put in order in Python."""
+    sqlite = {"given": ("owner", "owner_name"), "sort": sqlite_text_order(1, 0)}
+    return sqlite if dialect == "sqlite" else {}
+
+
 def _holders(
     conn: Connection, at: datetime | None, owner_ids: set[str] | None, include_removed: bool
 ) -> list[tuple[str, str | None]]:
@@ -363,7 +368,8 @@ def _holders(
 
 def _locks_query(dialect: str, at: datetime | None, include_removed: bool) -> Select[Any]:
     """The locks present now or at `at` as LockRow columns of the owners `_lock_reads` gives
-    (the name shown is given too), by owner in the order given, then by title and id.
+    (the name shown is given too; on SQLite neither it nor the id is selected: `_reading`), by
+    owner in the order given, then by title and id.
 
     As of `at` on SQLite the hex is left NULL for `versions_at.with_current_hex` to fill in.
     """
@@ -387,7 +393,7 @@ def _locks_query(dialect: str, at: datetime | None, include_removed: bool) -> Se
         found: FromClause = given.join(bound_locks, bound_locks.c.owner_account_id == given.c.id)
         owner, owner_name, owner_order = given.c.id, given.c.name, [given.c.n]
     elif at is not None and dialect == "sqlite":
-        query = versions_at.versions_query(fields, owner, owner_name, at, include_removed)
+        query = versions_at.versions_query(fields, owner, at, include_removed)
         lock = bound_lock_versions
         return query.order_by(*text_order(lock.c.title, dialect), id_order(lock.c.id, dialect))
     else:
@@ -403,11 +409,10 @@ def _locks_query(dialect: str, at: datetime | None, include_removed: bool) -> Se
         same = versions_at.same_device(lock.c.physical_lock_id, current.c.physical_lock_id)
         hex_id = case((same, current.c.lock_id_hex))
         columns = versions_at.versions_columns(lock, fields, hex_id)
-    query = select(
-        lock.c.owner_account_id,
-        owner_name.label("owner_name"),
-        *(columns[name] for name in fields[2:]),
-    ).select_from(found)
+    owners = (
+        () if dialect == "sqlite" else (lock.c.owner_account_id, owner_name.label("owner_name"))
+    )
+    query = select(*owners, *(columns[name] for name in fields[2:])).select_from(found)
     if not owner_order:
         query = query.where(lock.c.owner_account_id == owner)
     if at is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from itertools import compress
+from operator import itemgetter
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -66,20 +67,15 @@ def versions_columns(
 
 
 def versions_query(
-    fields: Sequence[str],
-    owner: ColumnElement[Any],
-    owner_name: ColumnElement[Any],
-    at: datetime,
-    include_removed: bool,
+    fields: Sequence[str], owner: ColumnElement[Any], at: datetime, include_removed: bool
 ) -> Select[Any]:
-    """One owner's versions valid at `at` as `fields` (with the owner's name), unordered, the
-    hex left NULL: `with_current_hex` fills it in (SQLite)."""
+    """One owner's versions valid at `at` as `fields` but the first two (the owner's id and
+    name, which the caller has), unordered, the hex left NULL: `with_current_hex` fills it in
+    (SQLite)."""
     lock = bound_lock_versions
     columns = versions_columns(lock, fields, null())
-    return (
-        select(lock.c.owner_account_id, owner_name.label("owner_name"))
-        .add_columns(*(columns[name] for name in fields[2:]))
-        .where(lock.c.owner_account_id == owner, *filters(lock, at, include_removed))
+    return select(*(columns[name] for name in fields[2:])).where(
+        lock.c.owner_account_id == owner, *filters(lock, at, include_removed)
     )
 
 
@@ -178,20 +174,30 @@ def with_current_hex(
             columns = [list(compress(column, keep)) for column in columns]
             found = list(compress(found, keep))
         held = cast(list[tuple[str | None, ...]], found)
-        columns[hex_at] = [
-            hex_id if device == physical else None
-            for (device, hex_id), physical in zip(held, columns[physical_at], strict=True)
-        ]
+        columns[hex_at] = _hexes(held, columns[physical_at])
         yield columns
+
+
+def _hexes(held: list[tuple[str | None, ...]], physical: Sequence[str | None]) -> list[Any]:
+    """The hex of each version: its lock's current hex (`held`: its row from `_held`) if the
+    version's physical lock id is the current one, else NULL."""
+    devices = list(map(itemgetter(1), held))
+    if devices == list(physical):
+        # The same devices as now (most versions): no comparison a row in Python.
+        return list(map(itemgetter(2), held))
+    return [
+        lock[2] if device == lock[1] else None for lock, device in zip(held, physical, strict=True)
+    ]
 
 
 _HELD = ("id", "lock_id_hex", "physical_lock_id")
 
 
 def _held(conn: Connection, which: ColumnElement[bool]) -> dict[str, tuple[str | None, ...]]:
-    """The current physical lock id and hex of the locks `which`, by lock id."""
+    """The id, current physical lock id and hex of the locks `which` (in that order), by id."""
     current = bound_locks
     query = select(current.c.id, current.c.physical_lock_id, current.c.lock_id_hex).where(which)
     with conn.execute(query) as result:
         # sqlite3's rows as they are (text needs no processing): no Row per lock, 0.5 s a million.
-        return {row[0]: row[1:] for row in result.cursor.fetchall()}
+        rows = result.cursor.fetchall()
+        return dict(zip(map(itemgetter(0), rows), rows, strict=True))

@@ -6,6 +6,8 @@ import csv
 import io
 import itertools
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -202,6 +204,22 @@ def test_a_database_without_the_schema_exits_5(tmp_path: Path) -> None:
         },
     )
     assert result.exit_code == 5 and "exporter db upgrade" in result.stderr
+
+
+def test_a_read_command_loads_no_api_client(inventory_db: InventoryDb, tmp_path: Path) -> None:
+    # requests and OAuth (the sync's side) took 0.1 s to import, in every read command.
+    config = tmp_path / "config.toml"
+    config.write_text("")
+    args = ["runs", "-c", str(config), "--database-url", inventory_db.url]
+    script = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from exporter.cli import app\n"
+        f"assert CliRunner().invoke(app, {args!r}).exit_code == 0\n"
+        "print([m for m in ('requests', 'oauthlib', 'exporter.tapkey') if m in sys.modules])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert (done.returncode, done.stdout.strip()) == (0, "[]"), done.stderr
 
 
 # -- history --------------------------------------------------------------------------------------

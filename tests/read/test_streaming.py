@@ -9,10 +9,12 @@ row by row, formula guard and quoting included.
 from __future__ import annotations
 
 import io
+import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from sqlalchemy import Engine, String, bindparam, literal_column, select
 from sqlalchemy.engine import processors
 from support.inventory_data import InventoryDb
 
@@ -29,9 +31,16 @@ def test_column_batches_hold_what_cores_rows_hold(inventory_db: InventoryDb, whe
         at = asof.resolve_as_of(engine, "2", now=datetime.now(UTC)).at if when == "as-of" else None
         with connect(engine) as conn:
             query, holders = report._lock_reads(conn, at, None, True)
-            expected = [tuple(row) for owner in holders for row in conn.execute(query, owner)]
-            batches = list(stream_columns(conn, query, size=4, params=holders))
-            rows = list(stream(conn, query, holders))
+            # On SQLite the owner's id and name are given, not selected, and rows sorted here.
+            reading = report._reading(conn.dialect.name)
+            given = reading.get("given", ())
+            expected = [
+                (*(owner[name] for name in given), *row)
+                for owner in holders
+                for row in conn.execute(query, owner)
+            ]
+            batches = list(stream_columns(conn, query, size=4, params=holders, **reading))
+            rows = list(stream(conn, query, holders, **reading))
     finally:
         engine.dispose()
 
@@ -50,6 +59,85 @@ def test_column_batches_hold_what_cores_rows_hold(inventory_db: InventoryDb, whe
         for value, core in zip(got, want, strict=True):
             if isinstance(core, datetime):
                 assert value.tzinfo is not None and value.utcoffset() == core.utcoffset()
+
+
+def test_given_parameters_lead_every_row_of_their_run(engine: Engine) -> None:
+    query = select(literal_column("1").label("n"), bindparam("x", type_=String).label("x"))
+    params = [{"x": "a", "name": "first"}, {"x": "b", "name": "second"}]
+    with connect(engine) as conn:
+        batches = list(stream_columns(conn, query, params=params, given=("name", "x")))
+        rows = list(stream(conn, query, params, given=("name",)))
+    assert [[list(column) for column in batch] for batch in batches] == [
+        [["first"], ["a"], [1], ["a"]],
+        [["second"], ["b"], [1], ["b"]],
+    ]
+    assert [tuple(row) for row in rows] == [("first", 1, "a"), ("second", 1, "b")]
+
+
+# ASCII texts alike but for case, prefixes of each other, and characters below and above the
+# letters (space, digits, punctuation, "_", "~"): the order must be SQLite's ORDER BY.
+ASCII_TITLES = [
+    "b",
+    "B",
+    "a",
+    "A",
+    "ab",
+    "a b",
+    "a",
+    "Ab",
+    "a-b",
+    "a_b",
+    "a~",
+    "Z",
+    "z",
+    "",
+    "10",
+    "9",
+]
+
+
+NON_ASCII = [
+    "\u00c4",
+    "\u00e4",
+    "a\u00e4",
+    "A\u00c4",
+    "\u00e4b",
+    "\u20acuro",
+    "zz",
+    "\U0001f511 key",
+]
+
+
+@pytest.mark.parametrize(
+    "titles",
+    [
+        ASCII_TITLES,
+        [*ASCII_TITLES, None, None],
+        [*ASCII_TITLES, *NON_ASCII],
+        [*ASCII_TITLES, *NON_ASCII, None],
+        [None],
+        [*ASCII_TITLES, "a\x00b"],
+    ],
+    ids=["ascii", "null", "non-ascii", "non-ascii-and-null", "only-null", "nul"],
+)
+def test_sqlite_text_order_is_sqlites_order_by_or_none(titles: list[str | None]) -> None:
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE t (id TEXT PRIMARY KEY, title TEXT)")
+    # Ids in another order than the titles, and titles alike: the id decides between them.
+    db.executemany(
+        "INSERT INTO t VALUES (?, ?)", [(f"l-{(n * 7) % 101:03}", t) for n, t in enumerate(titles)]
+    )
+    ordered = db.execute(
+        "SELECT id, title FROM t ORDER BY title IS NULL, lower(title), id"
+    ).fetchall()
+    unordered = db.execute("SELECT id, title FROM t ORDER BY id DESC").fetchall()
+    sort = streaming.sqlite_text_order(1, 0)
+    if "a\x00b" in titles:
+        assert sort(unordered) is None  # read again, ordered by SQLite
+    else:
+        assert sort(unordered) == ordered
+    assert sort([]) == []
+    assert sort([(1, "a")]) is None  # an id not text
 
 
 def test_inventory_csv_from_columns_is_the_csv_from_rows(inventory_db: InventoryDb) -> None:
@@ -83,6 +171,10 @@ TRICKY = [
     "\ttab first",
     'say "hi", then\r\nleave',
     "\rcr first",
+    "commas, only, these",  # each character that needs quotes alone in a column
+    'a "quote"',
+    "line\nfeed",
+    "carriage\rreturn",
 ]
 
 
@@ -90,11 +182,11 @@ TRICKY = [
 @pytest.mark.parametrize("column", range(len(TRICKY)), ids=lambda n: f"with-{n}")
 def test_column_csv_is_the_cell_by_cell_csv(column: int, raw: bool) -> None:
     # Each tricky cell alone among harmless ones, first, inside and last (the column-wide
-    # shortcuts must not hide it), then all of them together; every cell must come out as
-    # csv_value writes it, quoted by the csv rules.
+    # shortcuts must not hide it), on every row, then all of them together; every cell must
+    # come out as csv_value writes it, quoted by the csv rules.
     tricky, harmless = TRICKY[column], ["ok"] * 4
     alone = [[tricky, *harmless], [*harmless[:2], tricky, *harmless[2:]], [*harmless, tricky]]
-    for values in (*alone, TRICKY):
+    for values in (*alone, [tricky] * 3, TRICKY):
         out = io.StringIO()
         formats.write_csv_columns([[values, list(range(len(values)))]], ("v", "n"), out, raw=raw)
         assert out.getvalue() == "v,n\n" + "".join(
