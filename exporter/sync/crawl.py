@@ -129,14 +129,30 @@ def crawl(
                 future.cancel()
 
 
-def call_until_stopped(stop: threading.Event, call: Callable[[], T]) -> T:
-    """`call()` on a thread of its own; Interrupted once `stop` is set, leaving it behind."""
+def call_until_stopped(
+    stop: threading.Event, call: Callable[[], T], meanwhile: Callable[[], object] | None = None
+) -> T:
+    """`call()` on a thread of its own; Interrupted once `stop` is set, leaving it behind.
+
+    `meanwhile()` runs on this thread while `call()` waits for its answer: database reads that
+    need not wait for a request hide behind its latency. Its failure is raised only once `call()`
+    has returned, so that a failing or stopped `call()` ends the run as if it ran alone.
+    """
     with DaemonPool(1, "call") as pool:
         future = pool.submit(call)
+        failure: Exception | None = None
+        if meanwhile is not None:
+            try:
+                meanwhile()
+            except Exception as exc:  # raised below, unless the call fails first
+                failure = exc
         while not wait([future], timeout=STOP_POLL).done:
             if stop.is_set():
                 raise Interrupted
-        return future.result()
+        result = future.result()
+        if failure is not None:
+            raise failure
+        return result
 
 
 class Completions(Generic[T]):

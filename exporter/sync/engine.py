@@ -269,12 +269,13 @@ class _Run:
             with connect(self.engine) as conn:
                 self._read_paging(conn)
         present = self.present_owners
-        owners = call_until_stopped(self.stop, lambda: self.source.list_owners(stored=present))
+        owners = call_until_stopped(
+            self.stop, lambda: self.source.list_owners(stored=present), self.locks.count_present
+        )
         self.result.owners_seen = len(owners)
         listed = {owner.id for owner in owners}
         owners = [owner for owner in owners if not self._fails_unstorable(owner)]
         with connect(self.engine) as conn, conn.begin():
-            self.locks.count_present(conn)
             vanished = write_owners(
                 conn,
                 owners,

@@ -101,13 +101,17 @@ class LockSync:
         # Dry runs write nothing, so their version rows never reach the database.
         return self.result.run_id or 0
 
-    def count_present(self, conn: Connection) -> None:
-        """Remember what is present before this run changes anything (for the deletion guard)."""
-        self.locks_before = present_by_owner(conn, bound_locks)
-        self.owners_before = conn.execute(
-            select(func.count()).where(owner_accounts.c.removed_at.is_(None))
-        ).scalar_one()
-        self.had_locks = conn.execute(select(bound_locks.c.id).limit(1)).first() is not None
+    def count_present(self) -> None:
+        """Remember what is present before this run changes anything (for the deletion guard).
+
+        The engine reads it while the owner list is requested: under the writer lock nothing
+        else changes these tables, and the run changes them only once the list is in."""
+        with connect(self.engine) as conn, conn.begin():
+            self.locks_before = present_by_owner(conn, bound_locks)
+            self.owners_before = conn.execute(
+                select(func.count()).where(owner_accounts.c.removed_at.is_(None))
+            ).scalar_one()
+            self.had_locks = conn.execute(select(bound_locks.c.id).limit(1)).first() is not None
 
     def crawl(
         self,

@@ -11,9 +11,10 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, case, insert, literal, select, update
 
 from exporter.db.engine import connect
+from exporter.db.inlists import IN_LIST_SIZE, chunks
 from exporter.db.schema import (
     OWNER_TRACKED,
     owner_account_versions,
@@ -24,6 +25,10 @@ from exporter.kinds import ChangeType, OwnerStatus
 from exporter.results import Counts, OwnerOutcome, RunResult
 from exporter.sync.versions import changed_fields, close_versions, version_row
 from exporter.tapkey.records import OwnerRecord
+
+#: Owners whose last_seen_at one statement sets: each binds three parameters (its id twice and
+#: its instant), which keeps a statement within old SQLite builds' 999.
+LAST_SEEN_CHUNK = IN_LIST_SIZE // 2
 
 
 def write_owners(
@@ -80,16 +85,17 @@ def record_owners(conn: Connection, run_id: int, outcomes: Sequence[OwnerOutcome
     """Owners' `sync_run_owners` rows, and `last_seen_at` of those fetched completely."""
     conn.execute(insert(sync_run_owners), [_outcome_row(run_id, o) for o in outcomes])
     seen = [
-        {"b_id": o.owner_account_id, "b_at": o.fetched_at}
-        for o in outcomes
-        if o.status == OwnerStatus.COMPLETE
+        (o.owner_account_id, o.fetched_at) for o in outcomes if o.status == OwnerStatus.COMPLETE
     ]
-    if seen:
+    # One statement per LAST_SEEN_CHUNK owners, not one per owner: PyMySQL sends an executemany
+    # of UPDATEs as that many statements, each a round trip to a database on another host.
+    for chunk in chunks(seen, LAST_SEEN_CHUNK):
+        column = owner_accounts.c.last_seen_at
+        at = {owner_id: literal(seen_at, column.type) for owner_id, seen_at in chunk}
         conn.execute(
             update(owner_accounts)
-            .where(owner_accounts.c.id == bindparam("b_id"))
-            .values(last_seen_at=bindparam("b_at")),
-            seen,
+            .where(owner_accounts.c.id.in_(list(at)))
+            .values(last_seen_at=case(at, value=owner_accounts.c.id))
         )
 
 
