@@ -89,9 +89,9 @@ def record_owners(conn: Connection, run_id: int, outcomes: Sequence[OwnerOutcome
     ]
     # One statement per LAST_SEEN_CHUNK owners, not one per owner: PyMySQL sends an executemany
     # of UPDATEs as that many statements, each a round trip to a database on another host.
+    instant = owner_accounts.c.last_seen_at.type
     for chunk in chunks(seen, LAST_SEEN_CHUNK):
-        column = owner_accounts.c.last_seen_at
-        at = {owner_id: literal(seen_at, column.type) for owner_id, seen_at in chunk}
+        at = {owner_id: literal(seen_at, instant) for owner_id, seen_at in chunk}
         conn.execute(
             update(owner_accounts)
             .where(owner_accounts.c.id.in_(list(at)))
