@@ -194,6 +194,30 @@ def test_column_csv_is_the_cell_by_cell_csv(column: int, raw: bool) -> None:
         )
 
 
+@pytest.mark.parametrize("raw", [False, True], ids=["guarded", "raw"])
+@pytest.mark.parametrize(
+    "starts",
+    [
+        pytest.param(
+            {0: "=", 1: "+", 2: "", 40: "\t", 63: "@"}, id="few-formulas-each-changed-alone"
+        ),
+        pytest.param({n: "-" for n in range(0, 64, 7)}, id="many-formulas-each-cell-tested"),
+    ],
+)
+def test_formula_guard_finds_each_formula_cell(starts: dict[int, str], raw: bool) -> None:
+    # A long column (no separator in any cell): the guard must find its cells from the
+    # joined text, first and last, next to each other and next to an empty cell.
+    values = [
+        starts[n] + f"v{n}" if starts.get(n) else ("" if n in starts else f"v{n}")
+        for n in range(64)
+    ]
+    out = io.StringIO()
+    formats.write_csv_columns([[values]], ("v",), out, raw=raw)
+    assert out.getvalue() == "v\n" + "".join(
+        f"{_field(formats.csv_value(v, raw=raw))}\n" for v in values
+    )
+
+
 def _field(text: str) -> str:
     if any(char in text for char in ',"\n\r'):
         return '"' + text.replace('"', '""') + '"'
