@@ -100,7 +100,7 @@ def stream_columns(
         leading = [values[name] for name in given]
         runs: Iterable[Sequence[Any]] = batches(conn, unordered, (values,), size)
         if sort is not None:
-            rows = sort([row for batch in runs for row in batch])
+            rows = sort(list(itertools.chain.from_iterable(runs)))
             runs = batches(conn, query, (values,), size) if rows is None else _parts(rows, size)
         for batch in runs:
             columns: Columns = list(zip(*batch, strict=True))
@@ -145,7 +145,7 @@ def sqlite_text_order(text_at: int, id_at: int) -> Callable[[list[Any]], list[An
             keys = list(map(_TEXT_SEPARATOR.join, zip(lowered, map(id_of, rows), strict=True)))
         except TypeError:  # a value not text
             return None
-        return [rows[i] for i in sorted(range(len(rows)), key=keys.__getitem__)]
+        return list(map(rows.__getitem__, sorted(range(len(rows)), key=keys.__getitem__)))
 
     return ordered
 
@@ -174,10 +174,36 @@ def _iso_texts(column: Sequence[str | None]) -> Sequence[Any]:
         [value or "" for value in column] if None in column else cast(Sequence[str], column)
     )
     joined = _TEXT_SEPARATOR.join(texts)
-    if not _stored_times(joined):
+    if not (_ascii_stored_times(texts, joined) or _stored_times(joined)):
         return _each(processors.str_to_datetime, column)
     # isoformat leaves out a zero fraction of a second.
-    return joined.replace(".000000Z", "+00:00").replace("Z", "+00:00").split(_TEXT_SEPARATOR)
+    joined = joined.replace(".000000Z", "+00:00")
+    if "Z" in joined:
+        joined = joined.replace("Z", "+00:00")
+    return joined.split(_TEXT_SEPARATOR)
+
+
+# Each stored time with its digits as 0 (bytes.translate: one table lookup a byte).
+_STORED_SHAPE = b"0000-00-00T00:00:00.000000Z"
+_AS_ZERO = bytes.maketrans(b"123456789", b"0" * 9)
+
+
+def _ascii_stored_times(texts: Sequence[str], joined: str) -> bool:
+    """Whether `joined` (`texts`, each a stored time or "", joined) is all ASCII stored times
+    and empty cells: what `_stored_times` matches in ASCII text, checked at a tenth of its cost.
+
+    With the digits as 0, taking out every stored time must leave only the separators, one
+    fewer than the cells (so no cell holds one), and the length must be that of one time a
+    non-empty cell (so no cell holds two).
+    """
+    cells = len(texts)
+    if not joined.isascii() or joined.count(_TEXT_SEPARATOR) != cells - 1:
+        return False
+    times = cells - texts.count("")
+    if len(joined) != len(_STORED_SHAPE) * times + cells - 1:
+        return False
+    shape = joined.encode("ascii").translate(_AS_ZERO)
+    return shape.replace(_STORED_SHAPE, b"") == _TEXT_SEPARATOR.encode() * (cells - 1)
 
 
 # PostgreSQL's text of a timestamptz in UTC (DateStyle ISO) when it has no fraction of a second or
