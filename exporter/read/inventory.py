@@ -46,7 +46,7 @@ from exporter.db.schema import (
 )
 from exporter.errors import UsageError
 from exporter.kinds import ChangeType
-from exporter.read import versions_at
+from exporter.read import streaming, versions_at
 from exporter.read.asof import AsOf, valid_at
 from exporter.read.streaming import Columns, sqlite_text_order, stream, stream_columns, streamed
 
@@ -401,6 +401,8 @@ def _locks_query(dialect: str, at: datetime | None, include_removed: bool) -> Se
     if at is None:
         lock = bound_locks
         columns = {name: streamed(lock.c[name]) for name in fields[2:]}
+        if dialect == "sqlite" and not include_removed:  # NULL on every row, stored after raw
+            columns["removed_at"] = streaming.streamed_null(lock.c.removed_at)
     else:
         # MariaDB: the version valid at `at` joined to its lock (a streamed read there allows
         # no second statement on the connection while its rows are read).

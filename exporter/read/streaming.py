@@ -12,13 +12,13 @@ from datetime import UTC, datetime
 from operator import itemgetter
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Connection, DateTime, Select, type_coerce
+from sqlalchemy import ColumnElement, Connection, DateTime, Select, null, type_coerce
 from sqlalchemy.engine import Dialect, processors
 from sqlalchemy.types import TypeEngine
 
 from exporter.db.types import UTCDateTime
 
-__all__ = ["sqlite_text_order", "stream", "stream_columns", "streamed"]
+__all__ = ["sqlite_text_order", "stream", "stream_columns", "streamed", "streamed_null"]
 
 # Rows fetched at a time by a streamed read: memory stays flat, round trips stay few.
 _STREAM_BATCH = 2000
@@ -351,3 +351,9 @@ def streamed(column: ColumnElement[Any]) -> ColumnElement[Any]:
     if isinstance(column.type, UTCDateTime):
         return type_coerce(column, _StreamedTime()).label(column.key)
     return column
+
+
+def streamed_null(column: ColumnElement[Any]) -> ColumnElement[Any]:
+    """A NULL in place of `column`, typed as `streamed` types it: for a column the query's
+    filter leaves NULL on every row (SQLite then neither reads nor computes it)."""
+    return streamed(type_coerce(null(), column.type).label(column.key))

@@ -38,7 +38,7 @@ from exporter.db.inlists import chunks
 from exporter.db.schema import bound_lock_versions, bound_locks
 from exporter.kinds import ChangeType
 from exporter.read.asof import valid_at
-from exporter.read.streaming import Columns, streamed
+from exporter.read.streaming import Columns, streamed, streamed_null
 
 __all__ = ["filters", "postgresql_versions", "same_device", "versions_columns", "with_current_hex"]
 
@@ -74,6 +74,9 @@ def versions_query(
     (SQLite)."""
     lock = bound_lock_versions
     columns = versions_columns(lock, fields, null())
+    if not include_removed:
+        # Only versions not `removed` are read: removed_at is NULL on every row.
+        columns["removed_at"] = streamed_null(columns["removed_at"])
     return select(*(columns[name] for name in fields[2:])).where(
         lock.c.owner_account_id == owner, *filters(lock, at, include_removed)
     )
