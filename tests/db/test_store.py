@@ -16,7 +16,7 @@ from sqlalchemy import Dialect, Engine, Table, create_engine, event, insert, ins
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from support.helpers import make_settings
 
-from exporter.db.bulk import insert_many
+from exporter.db.bulk import _insert_plan, converted, insert_many, sqlite_values
 from exporter.db.errors import store_error
 from exporter.db.schema import bound_lock_versions, bound_locks, sync_runs
 from exporter.sandbox.server import Sandbox, SandboxRequest
@@ -100,6 +100,68 @@ def test_version_rows_with_a_json_column_match_core_insert(engine: Engine) -> No
     core = _rows(engine, bound_lock_versions, "version_id", "core-")
     assert [row["changed_fields"] for row in core] == [["title", "active"], None]
     assert _strip(_rows(engine, bound_lock_versions, "version_id", "bulk-")) == _strip(core)
+
+
+def test_many_rows_in_several_statements_match_core_insert(engine: Engine) -> None:
+    # More rows than one SQLite statement takes, with a remainder: distinct dates (converted one
+    # by one), an owner's one instant in another zone and flags (converted once per value).
+    zone = timezone(timedelta(hours=-5))
+    rows = [
+        {"id": f"{i:05d}", **(AWKWARD if i % 3 else PLAIN), "lock_id_hex": None, "raw": "{}"}
+        | {"bind_date": T + timedelta(seconds=i, microseconds=i), "active": bool(i % 2)}
+        | {"rcl_serial_no": i, "rcl_date": None if i % 5 else T.astimezone(zone)}
+        | {"first_seen_at": T.astimezone(zone), "updated_at": T}
+        for i in range(1_100)
+    ]
+    _insert_both(engine, bound_locks, rows)
+
+    core = _rows(engine, bound_locks, "", "core-")
+    assert len(core) == 1_100
+    assert _strip(_rows(engine, bound_locks, "", "bulk-")) == _strip(core)
+
+
+def test_sqlite_values_are_the_converted_rows_one_after_another(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    columns = ("id", "owner_account_id", "bind_date", "active", "first_seen_at", "updated_at")
+    other = datetime(2026, 11, 28, 7, 30, 1, 123456, tzinfo=timezone(timedelta(hours=1)))
+    rows = [
+        ("a", "o", T, True, T, T),
+        ("b", "o", None, False, other, T),  # `other` is T in another zone
+        ("c", "o", T + timedelta(microseconds=1), None, T, T),
+    ]
+    with engine.connect() as conn:
+        plan = _insert_plan(conn, bound_locks, columns)
+    engine.dispose()
+    text_t = "2026-11-28T06:30:01.123456Z"
+    # In placeholder order, which is the table's: `active` comes before `bind_date` there.
+    assert sqlite_values(plan, rows) == [
+        *("a", "o", 1, text_t, text_t, text_t),
+        *("b", "o", 0, None, text_t, text_t),
+        *("c", "o", None, "2026-11-28T06:30:01.123457Z", text_t, text_t),
+    ]
+    with pytest.raises(ValueError, match="6 values"):
+        sqlite_values(plan, [("a", "o", T, True, T)])
+
+
+@pytest.mark.parametrize(
+    "column",
+    [
+        pytest.param([1, 2, 3, 1], id="mostly-distinct"),
+        pytest.param([1, 1, 1, 2], id="repeated"),
+        pytest.param([[1], [2], [1]], id="unhashable"),
+        pytest.param([], id="empty"),
+    ],
+)
+def test_converted_applies_the_processor_to_every_value(column: list[Any]) -> None:
+    calls: list[Any] = []
+
+    def process(value: Any) -> str:
+        calls.append(value)
+        return f"<{value}>"
+
+    assert converted(column, process) == [f"<{value}>" for value in column]
+    if column == [1, 1, 1, 2]:
+        assert sorted(calls) == [1, 2]  # once per distinct value where values repeat
 
 
 def _live_dialects() -> int:
