@@ -1,9 +1,10 @@
 """Fetching every owner's bound locks concurrently, each with its stored texts read just ahead.
 
 The sync engine consumes owners in the order their fetches complete. Each owner's stored payload
-texts are read before its fetch, so the API client can skip elements whose text is unchanged; the
-texts may be stale by the time the engine applies the owner, but only for locks the engine wrote
-since for another owner of the same run, and it checks those first (they are in its `seen`).
+texts are read while its first request is in flight (the API client asks for them once the first
+page is in), so the client can skip elements whose text is unchanged; the texts may be stale by
+the time the engine applies the owner, but only for locks the engine wrote since for another
+owner of the same run, and it checks those first (they are in its `seen`).
 
 Stopping does not wait for requests: once `stop` is set the crawl ends within `STOP_POLL` and
 leaves the fetches in flight behind on daemon threads (a request can hang for `read_timeout`).
@@ -56,7 +57,7 @@ class InventorySource(Protocol):
         owner_id: str,
         *,
         expand: Sequence[str] = (),
-        known: Mapping[str, str] | None = None,
+        known: Mapping[str, str] | Callable[[], Mapping[str, str] | None] | None = None,
     ) -> OwnerLocks: ...
 
 
@@ -85,8 +86,12 @@ def crawl(
     completed: Completions[OwnerLocks] = Completions()
 
     def fetch(owner_id: str, known: Future[dict[str, dict[str, str]]] | None) -> OwnerLocks:
-        texts = known.result().get(owner_id) if known is not None else None
-        return source.list_bound_locks(owner_id, expand=expand, known=texts)
+        if known is None:
+            return source.list_bound_locks(owner_id, expand=expand)
+        # Asked for once the first page is in: the read need not finish before the request.
+        return source.list_bound_locks(
+            owner_id, expand=expand, known=lambda: known.result().get(owner_id)
+        )
 
     # Twice as many threads as `workers`: the API client lets `workers` of them have a page in
     # flight, and the others send the request confirming a list's end meanwhile (TapkeyClient).

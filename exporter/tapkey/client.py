@@ -8,6 +8,7 @@ list changing while it is paged is detected and re-read instead of silently losi
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -145,7 +146,7 @@ class TapkeyClient:
         """
         target = Target("/api/v1/Owners")
         listed = tuple(stored) if stored is not None else None  # in no particular order
-        rows, _ = self._read_list(target, {}, parse_owner, KnownTexts({}), listed, in_order=False)
+        rows, _ = self._read_list(target, {}, parse_owner, _no_texts, listed, in_order=False)
         owners: list[OwnerRecord] = []
         seen: set[str] = set()
         for _, owner in rows:
@@ -162,7 +163,7 @@ class TapkeyClient:
         owner_id: str,
         *,
         expand: Sequence[str] = (),
-        known: Mapping[str, str] | None = None,
+        known: Mapping[str, str] | Callable[[], Mapping[str, str] | None] | None = None,
     ) -> OwnerLocks:
         """All locks bound to one owner account, with the elements that could not be read.
 
@@ -170,17 +171,20 @@ class TapkeyClient:
         text equals it is listed in `unchanged_ids` without becoming a record (it parsed when it
         was stored, and the text is all a record derives from), which is most locks on most runs.
         A compact page made only of such elements is recognised as a whole (`KnownTexts.page`).
+        Given as a callable, it is called once the first page is in: a read from the database
+        runs while the first request is in flight instead of before it.
         """
         target = Target(f"/api/v1/Owners/{quote(owner_id, safe='')}/BoundLocks", owner_id)
         params = {"expand": ",".join(expand)} if expand else {}
-        known = known or {}
+        later = known if callable(known) else lambda: known
+        texts = functools.cache(lambda: later() or {})
         problems: dict[str, str] = {}
 
         # Each page is parsed as it arrives, so its JSON objects are freed at once.
         def parse(value: Any, lock_id: str | None, raw: str) -> LockRecord | str | None:
             if lock_id is None:
                 return None
-            if known.get(lock_id) == raw:
+            if texts().get(lock_id) == raw:
                 return raw  # unchanged: its text stands for it
             try:
                 return parse_lock(value, lock_id, owner_id, raw)
@@ -191,7 +195,13 @@ class TapkeyClient:
         # mypy joins the union's members to `object` when it solves T.
         rows, requests_sent = cast(
             tuple[list[tuple[str | None, LockRecord | str | None]], int],
-            self._read_list(target, params, parse, KnownTexts(known), tuple(known)),
+            self._read_list(
+                target,
+                params,
+                parse,
+                functools.cache(lambda: KnownTexts(texts())),
+                lambda: tuple(texts()),
+            ),
         )
         return _owner_list(OwnerLocks, owner_id, rows, requests_sent, problems, "lock")
 
@@ -226,7 +236,7 @@ class TapkeyClient:
         pages = KnownTexts(known) if keeps_texts else KnownTexts({})
         rows, requests_sent = cast(
             tuple[list[tuple[str | None, AccessRecord | str | None]], int],
-            self._read_list(target, {}, parse, pages, tuple(known)),
+            self._read_list(target, {}, parse, lambda: pages, tuple(known)),
         )
         return _owner_list(OwnerEntities, owner_id, rows, requests_sent, problems, route.noun)
 
@@ -257,12 +267,14 @@ class TapkeyClient:
         target: Target,
         params: dict[str, str],
         parse: Callable[[Any, str | None, str], T | None],
-        known: KnownTexts,
-        stored: Sequence[str] | None = None,
+        known: Callable[[], KnownTexts],
+        stored: Sequence[str] | Callable[[], Sequence[str] | None] | None = None,
         *,
         in_order: bool = True,
     ) -> tuple[list[tuple[str | None, T | None]], int]:
-        """Read a whole list (exporter.tapkey.paging decides; this only transports the pages)."""
+        """Read a whole list (exporter.tapkey.paging decides; this only transports the pages).
+
+        `known()` is first called once the first page is in (see `list_bound_locks`)."""
         counter = [0]
 
         def restart(attempt: int) -> None:
@@ -293,7 +305,7 @@ class TapkeyClient:
         target: Target,
         params: dict[str, str],
         counter: list[int],
-        known: KnownTexts,
+        known: Callable[[], KnownTexts],
     ) -> Callable[[int, int], tuple[list[str | None], list[tuple[Any, str]]]]:
         # Whether the next request confirms a short page, and whether this list had one already:
         # only the first takes no slot, so a server that caps pages gets `workers` at a time.
@@ -307,7 +319,8 @@ class TapkeyClient:
             else:
                 with self._slots:
                     text = self._transport.get_text(target, query, counter)
-            page = known.page(text, skip, top) if known else None
+            texts = known()  # may wait for a database read: not holding a slot
+            page = texts.page(text, skip, top) if texts else None
             if page is None:
                 elements = split_array(text, f"GET {target.path}")
                 page = [element_id(value) for value, _ in elements], elements
@@ -347,7 +360,7 @@ class TapkeyClient:
     ) -> PagingCheck:
         target, params = request
         counter = [0]
-        get_page = self._page_getter(target, params, counter, KnownTexts({}))
+        get_page = self._page_getter(target, params, counter, _no_texts)
         try:
             if confirms_end(get_page(end.skip, end.top), end):
                 return PagingCheck()
@@ -393,6 +406,10 @@ class TapkeyClient:
         )
         log.warning("%s", message)
         return PagingCheck(unproven, message)
+
+
+def _no_texts() -> KnownTexts:
+    return KnownTexts({})
 
 
 def _owner_list(

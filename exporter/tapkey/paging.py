@@ -374,7 +374,7 @@ def read_list(
     max_restarts: int = 3,
     on_restart: Callable[[int], None] = lambda attempt: None,
     trust: bool = True,
-    stored: Sequence[str] | None = None,
+    stored: Sequence[str] | Callable[[], Sequence[str] | None] | None = None,
     stored_in_order: bool = True,
 ) -> ListRead[T]:
     """Read a whole list (see the module docstring); re-read it if it shifted while paged.
@@ -383,16 +383,27 @@ def read_list(
     so a page's JSON values can be freed at once). `on_restart(attempt)` runs before each re-read
     (the client waits a little there). `trust=False` ignores rules 2 and 3: every short page is
     confirmed. `stored`: the ids stored for this list, if the caller knows them (rules 3-4), in
-    the order the API listed them when they were stored unless `stored_in_order` is False.
+    the order the API listed them when they were stored unless `stored_in_order` is False; or a
+    callable returning them, called once the first page is in (a caller reading them from a
+    database does so while the first request is in flight).
     """
-    known = frozenset(stored) if stored is not None else None
-    last_stored = stored[-1] if stored and stored_in_order else None
+    ids: tuple[frozenset[str] | None, str | None] | None = None
+
+    def new_pass() -> _Pass[T]:
+        nonlocal ids
+        if ids is None:
+            listed = stored() if callable(stored) else stored
+            last = listed[-1] if listed and stored_in_order else None
+            ids = (frozenset(listed) if listed is not None else None, last)
+        known, last_stored = ids
+        return _Pass(facts, where, trust, known, last_stored, set(known or ()))
+
     requests = 0
     for attempt in range(max_restarts + 1):
-        state: _Pass[T] = _Pass(facts, where, trust, known, last_stored, set(known or ()))
+        state: _Pass[T] | None = None  # made once the pass's first page is in (see `stored`)
         shifted = False
-        while not state.done:
-            skip = state.next_skip()
+        while state is None or not state.done:
+            skip = 0 if state is None else state.next_skip()
             top = facts.top()
             asked = top
             while True:
@@ -407,10 +418,13 @@ def read_list(
                     top = smaller
             if top < asked:
                 facts.stepped_down(asked, top)
+            if state is None:
+                state = new_pass()
             if not state.feed(page, top, convert):
                 shifted = True
                 break
         if not shifted:
+            assert state is not None  # the loop above ends only on a pass's page
             return ListRead(state.rows, requests, state.end, state.capped_at)
         if attempt < max_restarts:
             on_restart(attempt)

@@ -135,6 +135,31 @@ def test_the_texts_readers_end_no_transaction_on_their_autocommit_connections(
     assert readers == []
 
 
+def test_an_owners_first_request_goes_out_before_its_stored_texts_are_read(
+    db_url: str, tmp_path: Path
+) -> None:
+    # The texts are needed only once the first page is in: their read runs while the request is
+    # in flight. Here the read waits (up to 5 s) for the sandbox to receive a locks request;
+    # a fetch that waited for the read first would leave it waiting in vain.
+    requested = threading.Event()
+    waited: list[bool] = []
+
+    def hold_reads(_conn: Connection, _cursor: object, statement: str, *_args: object) -> None:
+        if threading.current_thread().name.startswith("read") and "bound_locks" in statement:
+            waited.append(requested.wait(timeout=5))
+
+    with Sandbox(seed=5, owners=2, locks_per_owner=30) as fake:
+        run_once(fake, db_url, tmp_path)
+        fake.hooks.append(lambda request: requested.set() if request.route == "locks" else None)
+        event.listen(Engine, "before_cursor_execute", hold_reads)
+        try:
+            result = run_once(fake, db_url, tmp_path)
+        finally:
+            event.remove(Engine, "before_cursor_execute", hold_reads)
+    assert result.counts.unchanged == 60
+    assert waited and all(waited)
+
+
 def test_twenty_fetch_threads_share_the_database_connections(
     db_url: str, engine: Engine, tmp_path: Path
 ) -> None:

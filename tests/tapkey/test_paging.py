@@ -144,6 +144,25 @@ def test_a_short_page_that_completes_the_stored_list_ends_it(
     assert rows == ids(3) and sent == requests and (end is not None) is ended
 
 
+def test_stored_ids_given_as_a_callable_are_asked_for_once_the_first_page_is_in() -> None:
+    # A caller reading them from a database does so while the first request is in flight; a
+    # re-read of the list (here: a row inserted while it is paged) asks for them no more.
+    def serve() -> FakeList:
+        server = FakeList(ids(2 * TOP))
+        server.before[2] = lambda rows: rows.insert(0, "new")
+        return server
+
+    asked_at: list[int] = []
+    late = serve()
+
+    def stored() -> list[str]:
+        asked_at.append(len(late.asked))
+        return ids(2 * TOP)
+
+    assert read(late, stored=stored) == read(serve(), stored=ids(2 * TOP))
+    assert asked_at == [1]
+
+
 def test_a_larger_page_size_than_known_is_confirmed_until_it_is_proved() -> None:
     facts = PagingFacts(2 * TOP, PageSizes(honoured=TOP))  # [tapkey] page_size raised since
     _, requests, end, _ = read(FakeList(ids(TOP + 1)), facts)
