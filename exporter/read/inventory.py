@@ -2,10 +2,9 @@
 
 Everything is computed from the version tables with the rules of the schema: a version is valid
 on [valid_from, valid_to); a lock is present at T when its version valid at T is not `removed`.
-Daily counts (the `daily_inventory` view's answers) are in `exporter.read.daily`.
-Changes and lock histories are in `exporter.read.changelog`, runs in `exporter.read.runs`, instants
-(`--as-of`) in `exporter.read.asof`, batched reading in `exporter.read.streaming`. Nothing here
-reads the clock: callers pass `now`.
+Daily counts are in `exporter.read.daily`, changes and lock histories in `exporter.read.changelog`,
+runs in `exporter.read.runs`, instants (`--as-of`) in `exporter.read.asof`, batched reading in
+`exporter.read.streaming`. Nothing here reads the clock: callers pass `now`.
 """
 
 from __future__ import annotations

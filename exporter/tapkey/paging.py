@@ -384,8 +384,7 @@ def read_list(
     (the client waits a little there). `trust=False` ignores rules 2 and 3: every short page is
     confirmed. `stored`: the ids stored for this list, if the caller knows them (rules 3-4), in
     the order the API listed them when they were stored unless `stored_in_order` is False; or a
-    callable returning them, called once the first page is in (a caller reading them from a
-    database does so while the first request is in flight).
+    callable returning them, called once the first page is in (a database read meanwhile).
     """
     ids: tuple[frozenset[str] | None, str | None] | None = None
 
@@ -395,8 +394,7 @@ def read_list(
             listed = stored() if callable(stored) else stored
             last = listed[-1] if listed and stored_in_order else None
             ids = (frozenset(listed) if listed is not None else None, last)
-        known, last_stored = ids
-        return _Pass(facts, where, trust, known, last_stored, set(known or ()))
+        return _Pass(facts, where, trust, *ids, set(ids[0] or ()))
 
     requests = 0
     for attempt in range(max_restarts + 1):
@@ -418,13 +416,11 @@ def read_list(
                     top = smaller
             if top < asked:
                 facts.stepped_down(asked, top)
-            if state is None:
-                state = new_pass()
+            state = state or new_pass()
             if not state.feed(page, top, convert):
                 shifted = True
                 break
-        if not shifted:
-            assert state is not None  # the loop above ends only on a pass's page
+        if not shifted and state is not None:  # (state is None only before a first page)
             return ListRead(state.rows, requests, state.end, state.capped_at)
         if attempt < max_restarts:
             on_restart(attempt)
