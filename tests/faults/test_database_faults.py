@@ -12,12 +12,13 @@ from typing import Any
 import pytest
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Engine, create_engine, event, func, select, text
+from sqlalchemy import Engine, create_engine, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool, Pool
 from support.cli import one_line
 from support.helpers import (
     closed_port,
+    listening,
     mutate_every_owner,
     run_once,
     sandbox_owner_ids,
@@ -168,11 +169,10 @@ def _killing(engine_url: str, when: Callable[[str], bool], times: int = 1) -> It
             else:
                 kill.execute(text(f"KILL CONNECTION {int(dbapi.thread_id())}"))
 
-    event.listen(Engine, "before_cursor_execute", before)
     try:
-        yield killed
+        with listening(Engine, before_cursor_execute=before):
+            yield killed
     finally:
-        event.remove(Engine, "before_cursor_execute", before)
         admin.dispose()
 
 
@@ -379,12 +379,8 @@ def test_sqlite_disk_full_fails_clearly_without_corruption(
             if isinstance(dbapi_connection, __import__("sqlite3").Connection):
                 dbapi_connection.execute(f"PRAGMA max_page_count = {int(pages or 0) + 2}")
 
-        event.listen(Pool, "connect", cap)
-        try:
-            with pytest.raises(DatabaseUnavailableError) as caught:
-                run_once(fake, url, tmp_path)
-        finally:
-            event.remove(Pool, "connect", cap)
+        with listening(Pool, connect=cap), pytest.raises(DatabaseUnavailableError) as caught:
+            run_once(fake, url, tmp_path)
 
         message = one_line(str(caught.value))
         assert caught.value.exit_code == 5 and "ran out of space" in message

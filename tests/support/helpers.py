@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import socket
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import make_url
 
 from exporter.config.loader import load_settings
@@ -123,6 +124,22 @@ def run_once(
 ) -> RunResult:
     """One in-process run (the wiring of `exporter run-once`) against `fake` into `db_url`."""
     return job.run_once(settings_with(fake, db_url, tmp_path, sync, **(tapkey or {})), **kwargs)
+
+
+@contextmanager
+def listening(target: Any, **hooks: Callable[..., Any]) -> Iterator[None]:
+    """SQLAlchemy event hooks on `target` (an engine, `Engine`, `Pool`) for the block only.
+
+    The hooks are named by their events: `listening(Engine, commit=on_commit)`. Listeners on a
+    class outlive the test that added them, so they are removed even when the block fails.
+    """
+    for name, hook in hooks.items():
+        event.listen(target, name, hook)
+    try:
+        yield
+    finally:
+        for name, hook in hooks.items():
+            event.remove(target, name, hook)
 
 
 def sandbox_owner_ids(fake: Sandbox) -> list[str]:

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Engine, event, select
-from support.helpers import run_once
+from sqlalchemy import Connection, Engine, select
+from support.helpers import listening, run_once
 
 from exporter.db.schema import owner_accounts
 from exporter.errors import Interrupted, TapkeyError
@@ -48,11 +48,8 @@ def test_the_present_locks_are_counted_while_the_owner_list_is_requested(
     with Sandbox(seed=3, owners=4, locks_per_owner=3) as fake:
         run_once(fake, db_url, tmp_path)
         fake.hooks.append(hook)
-        event.listen(Engine, "before_cursor_execute", statement)
-        try:
+        with listening(Engine, before_cursor_execute=statement):
             result = run_once(fake, db_url, tmp_path)
-        finally:
-            event.remove(Engine, "before_cursor_execute", statement)
     assert result.status == "succeeded"
     assert result.counts.unchanged == 12
     # Counted before the answer (before the request, or while it waited): not after it.
@@ -115,12 +112,8 @@ def test_last_seen_is_written_by_one_statement_per_chunk_of_owners(engine: Engin
             [{"id": i, "name": i, "first_seen_at": t, "updated_at": t} for i in ids],
         )
         run_id = run_records.open_run(conn, started_at=t, trigger="manual", client_id="c")
-    event.listen(engine, "before_cursor_execute", count)
-    try:
-        with engine.begin() as conn:
-            record_owners(conn, run_id, outcomes)
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
+    with listening(engine, before_cursor_execute=count), engine.begin() as conn:
+        record_owners(conn, run_id, outcomes)
     assert sum(statements) == 2  # 456 owners complete of 507, LAST_SEEN_CHUNK a statement
     with engine.connect() as conn:
         rows = conn.execute(select(owner_accounts.c.id, owner_accounts.c.last_seen_at))

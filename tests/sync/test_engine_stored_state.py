@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Connection, Engine, event, func, select
-from support.helpers import make_settings, run_once
+from sqlalchemy import Connection, Engine, func, select
+from support.helpers import listening, make_settings, run_once
 from support.sync_checks import _assert_matches_api
 
 from exporter.db.schema import bound_locks, sync_runs
@@ -126,11 +126,8 @@ def test_the_texts_readers_end_no_transaction_on_their_autocommit_connections(
 
     with Sandbox(seed=5, owners=3, locks_per_owner=120) as fake:
         run_once(fake, db_url, tmp_path)
-        event.listen(Engine, "commit", commit)
-        try:
+        with listening(Engine, commit=commit):
             result = run_once(fake, db_url, tmp_path)
-        finally:
-            event.remove(Engine, "commit", commit)
     assert result.counts.unchanged == 360
     assert readers == []
 
@@ -151,11 +148,8 @@ def test_an_owners_first_request_goes_out_before_its_stored_texts_are_read(
     with Sandbox(seed=5, owners=2, locks_per_owner=30) as fake:
         run_once(fake, db_url, tmp_path)
         fake.hooks.append(lambda request: requested.set() if request.route == "locks" else None)
-        event.listen(Engine, "before_cursor_execute", hold_reads)
-        try:
+        with listening(Engine, before_cursor_execute=hold_reads):
             result = run_once(fake, db_url, tmp_path)
-        finally:
-            event.remove(Engine, "before_cursor_execute", hold_reads)
     assert result.counts.unchanged == 60
     assert waited and all(waited)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, event, func, insert, select, text
-from support.helpers import make_settings
+from sqlalchemy import Engine, create_engine, func, insert, select, text
+from support.helpers import listening, make_settings
 from support.history import assert_history_consistent, expected_locks, locks_at
 
 from exporter.db import indexes, migrate
@@ -132,13 +132,8 @@ def _statements() -> Iterator[list[str]]:
             seen.append("COMMIT")
         active.discard(id(conn))
 
-    event.listen(Engine, "before_cursor_execute", executed)
-    event.listen(Engine, "commit", committed)
-    try:
+    with listening(Engine, before_cursor_execute=executed, commit=committed):
         yield seen
-    finally:
-        event.remove(Engine, "before_cursor_execute", executed)
-        event.remove(Engine, "commit", committed)
 
 
 def _owners_per_commit(statements: list[str]) -> list[int]:
