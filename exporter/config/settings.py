@@ -11,6 +11,7 @@ Secrets are `SecretStr`, so they stay out of `repr` and logs.
 from __future__ import annotations
 
 import re
+import tomllib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -79,10 +80,11 @@ def scopes_for(entities: Iterable[str]) -> list[str]:
 
 
 def _check_entities(value: object) -> tuple[str, ...]:
-    """`entities` from a TOML list or an environment string ("contacts,grants" or with spaces);
-    locks are always synced, so they are added when left out; order and repeats do not matter."""
+    """`entities` from a TOML list or an environment string ("contacts,grants", with spaces, or
+    the file's own list syntax); locks are always synced, so they are added when left out; order
+    and repeats do not matter."""
     if isinstance(value, str):
-        value = value.replace(",", " ").split()
+        value = _env_list(value)
     if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
         raise ValueError(f"must be a list of names such as ['locks', 'grants'] (got {value!r})")
     names = {v.strip().lower() for v in value}
@@ -91,6 +93,19 @@ def _check_entities(value: object) -> tuple[str, ...]:
         hint = "; owner accounts are always read, leave it out" if unknown == ["owners"] else ""
         raise ValueError(f"unknown entity {unknown[0]!r}: choose from {', '.join(ENTITIES)}{hint}")
     return tuple(name for name in ENTITIES if name in names or name == "locks")
+
+
+def _env_list(text: str) -> object:
+    """An environment string as a list: `["locks", "grants"]` as in the file, else by commas."""
+    if not text.lstrip().startswith("["):
+        return text.replace(",", " ").split()
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        raise ValueError(
+            f"cannot read {text!r} as a list: write names separated by commas, such as "
+            'locks,grants, or a list such as ["locks", "grants"]'
+        ) from None
 
 
 def env_var_name(section: str, key: str) -> str:

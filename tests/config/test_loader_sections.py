@@ -266,6 +266,21 @@ def test_entities_default_to_locks_and_the_scopes_follow_them(cwd: Path) -> None
     assert scopes_for(["locks", "cards"]) == ["read:owneraccounts", "read:core:entities"]
 
 
+@pytest.mark.parametrize("value", ['["locks", "cards", "grants"]', "[ 'cards','grants' ]"])
+def test_entities_in_the_environment_may_be_written_as_the_files_list(
+    cwd: Path, value: str
+) -> None:
+    # A list copied from the file into the environment means that list, not names in brackets.
+    settings = load(cwd, EXPORTER_TAPKEY__ENTITIES=value)
+    assert settings.tapkey.entities == ("locks", "cards", "grants")
+
+
+def test_an_unreadable_list_in_the_environment_says_how_to_write_it(cwd: Path) -> None:
+    message = config_error(cwd, EXPORTER_TAPKEY__ENTITIES='["locks", "cards"')
+    assert "EXPORTER_TAPKEY__ENTITIES" in message and "cannot read" in message
+    assert "separated by commas" in message
+
+
 def test_explicit_scopes_are_requested_as_they_are(cwd: Path) -> None:
     text = "[tapkey]\nentities = ['grants']\nscopes = 'read:owneraccounts read:core:entities'\n"
     assert load(cwd, text).tapkey.scope_list == ["read:owneraccounts", "read:core:entities"]
