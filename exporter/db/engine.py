@@ -122,7 +122,8 @@ def _driver_problem(drivername: str, exc: BaseException) -> str:
         extra = "postgres" if drivername.startswith("postgresql") else "mysql"
         return (
             f"[database] url: the database driver for {drivername}:// is not installed "
-            f"({exc}); install it with: pip install 'tapkey-inventory-exporter[{extra}]'"
+            f"({exc}); install it with: pip install 'tapkey-inventory-exporter[{extra}]' (in a "
+            f"source checkout: pip install '.[{extra}]')"
         )
     reason = first_line(exc)
     return f"[database] url: {reason}; check [database] url"
