@@ -110,8 +110,9 @@ class Privacy:
     """How identifiers and payload texts of personal data are stored (see the module docstring).
 
     `identifier_key` is the HMAC key of `hash`; `digest_key` keys the digests of payload texts
-    (derived from the OAuth client secret: a new secret only makes every element look changed
-    once, and the values decide whether a version is written). Neither is ever stored.
+    (derived from the OAuth client secret, and under `hash` from its key: a new secret or key
+    only makes every element look changed once, and the values decide whether a version is
+    written). Neither is ever stored.
     """
 
     mode: Literal["keep", "hash", "drop"] = "keep"
@@ -123,9 +124,13 @@ class Privacy:
         cls, mode: Literal["keep", "hash", "drop"], key: bytes | None, client_secret: str
     ) -> Privacy:
         """The privacy of `[privacy]`, with the digest key derived from the client secret."""
-        digest_key = hmac.new(
-            client_secret.encode(), b"tapkey-exporter payload digest v1", hashlib.sha256
-        ).digest()
+        label = b"tapkey-exporter payload digest v1"
+        if mode == "hash":
+            # A digest must not outlive the setting that stored its element: switching between
+            # hash and drop, or a new hash key, then makes every element look changed once and
+            # its identifier is stored anew. `drop` keeps the label digests were made with.
+            label += b" hash " + (key or b"")
+        digest_key = hmac.new(client_secret.encode(), label, hashlib.sha256).digest()
         return cls(mode, key, digest_key)
 
     @property

@@ -269,6 +269,43 @@ def test_privacy_keeps_identifiers_out_of_the_database_and_the_logs(
     assert not any(email in caplog.text for email in emails)
 
 
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (("hash", KEY), ("drop", None)),
+        (("drop", None), ("hash", KEY)),
+        (("hash", KEY), ("hash", KEY[::-1])),
+    ],
+    ids=["hash-to-drop", "drop-to-hash", "new-hash-key"],
+)
+def test_a_changed_privacy_setting_rewrites_every_contact_on_the_next_run(
+    before: tuple[str, str | None],
+    after: tuple[str, str | None],
+    db_url: str,
+    engine: Engine,
+    tmp_path: Path,
+) -> None:
+    def privacy(mode: str, key: str | None) -> PrivacySettings:
+        return PrivacySettings(contact_identifier=mode, hash_key=key)  # type: ignore[arg-type]
+
+    with Sandbox(seed=10, owners=2, locks_per_owner=2) as fake:
+        _run(fake, db_url, tmp_path, privacy=privacy(*before))
+        second = _run(fake, db_url, tmp_path, privacy=privacy(*after))
+        key = after[1]
+        expected = expected_access(
+            _payloads(fake, "contacts"),
+            "contacts",
+            identifier=lambda v: (
+                hmac.new(key.encode(), v.encode(), hashlib.sha256).hexdigest() if key else None
+            ),
+        )
+
+    assert second.status == "succeeded" and second.access["contacts"].updated == len(expected)
+    assert second.finished_at is not None
+    assert rows_at(engine, "contacts", second.finished_at) == expected
+    assert_history_consistent(engine)
+
+
 def test_run_retention_keeps_the_runs_that_wrote_access_versions(
     db_url: str, engine: Engine, tmp_path: Path
 ) -> None:
