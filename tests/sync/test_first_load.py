@@ -250,6 +250,8 @@ def test_indexes_a_first_load_did_not_build_are_built_by_the_next_run(
         assert (stopped.status, stopped.error) == ("failed", "interrupted")
         missing = _missing_indexes(engine)
         assert missing == {str(i.name) for i in indexes.deferred(backend(engine))}
+        if backend(engine) == "postgresql":
+            assert _run_key(engine) == []
         assert_history_consistent(engine)  # what it committed is whole, indexes or not
         with engine.connect() as conn:
             assert conn.execute(select(func.count()).select_from(bound_locks)).scalar() >= 8
@@ -261,10 +263,51 @@ def test_indexes_a_first_load_did_not_build_are_built_by_the_next_run(
     assert _missing_indexes(engine) == set()
     [warning] = [r.getMessage() for r in caplog.records if "missing index" in r.getMessage()]
     assert "a first load that did not finish left them" in warning
+    if backend(engine) == "postgresql":
+        assert _RUN_KEY in warning
+        assert _run_key(engine) == ["FOREIGN KEY (run_id) REFERENCES sync_runs(id)"]
     migrate.check_models(engine)
     assert result.finished_at is not None
     assert locks_at(engine, result.finished_at) == expected_locks(fake.snapshot())
     assert_history_consistent(engine)
+
+
+_RUN_KEY = "fk_bound_lock_versions_run_id_sync_runs"
+_KEYS = (
+    "SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+    f"WHERE conname = '{_RUN_KEY}' AND conrelid = CAST('bound_lock_versions' AS regclass)"
+)
+
+
+def _run_key(engine: Engine) -> list[str]:
+    with engine.connect() as conn:
+        return list(conn.execute(text(_KEYS)).scalars())
+
+
+def test_postgresql_checks_the_versions_run_key_once_after_a_first_load(
+    db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    # PostgreSQL checks a foreign key with a trigger call per inserted row: a first load adds
+    # the versions' run_id key after its writes, checking every row at once.
+    with Sandbox(seed=5, owners=4, locks_per_owner=5) as fake:
+        with _statements() as first:
+            result = _run(fake, db_url, tmp_path)
+        fake.bind_new(fake.owners_payload()[0]["id"])
+        with _statements() as rerun:
+            _run(fake, db_url, tmp_path)
+
+    assert result.status == "succeeded"
+    keys = {i: s for i, s in enumerate(first) if "CONSTRAINT" in s}
+    assert not [s for s in rerun if "CONSTRAINT" in s]
+    if backend(engine) != "postgresql":
+        assert keys == {}  # MariaDB/MySQL and SQLite as before
+        return
+    inserts = [i for i, s in enumerate(first) if s.startswith("INSERT INTO bound_lock_versions")]
+    [(dropped, drop), (added, add)] = sorted(keys.items())
+    assert drop.startswith("ALTER TABLE bound_lock_versions DROP CONSTRAINT " + _RUN_KEY)
+    assert add.startswith("ALTER TABLE bound_lock_versions ADD CONSTRAINT " + _RUN_KEY)
+    assert dropped < min(inserts) and max(inserts) < added
+    assert _run_key(engine) == ["FOREIGN KEY (run_id) REFERENCES sync_runs(id)"]
 
 
 def test_tables_with_rows_keep_their_indexes(engine: Engine) -> None:
