@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sqlite3
 import stat
 import tracemalloc
 from collections.abc import Iterator
@@ -16,7 +17,9 @@ from sqlalchemy import Dialect, Engine, Table, create_engine, event, insert, ins
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from support.helpers import make_settings
 
+from exporter.db import engine as db_engine
 from exporter.db.bulk import _insert_plan, converted, insert_many, sqlite_values
+from exporter.db.engine import SQLITE_PAGE_SIZE, make_engine
 from exporter.db.errors import store_error
 from exporter.db.schema import bound_lock_versions, bound_locks, sync_runs
 from exporter.sandbox.server import Sandbox, SandboxRequest
@@ -256,6 +259,51 @@ def test_existing_sqlite_files_keep_their_mode(
     modes = _modes_during_a_run(sandbox, path, tmp_path)
 
     assert modes == {"": 0o640, "-wal": 0o640, "-shm": 0o640, ".lock": 0o640}
+
+
+def _pragmas(path: Path) -> tuple[int, int]:
+    """The page size of the SQLite file `path` and the WAL checkpoint a connection of ours gets."""
+    engine = make_engine(f"sqlite:///{path}", create=False)
+    try:
+        with engine.connect() as conn:
+            page_size = conn.exec_driver_sql("PRAGMA page_size").scalar()
+            checkpoint = conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
+    finally:
+        engine.dispose()
+    assert isinstance(page_size, int) and isinstance(checkpoint, int)
+    return page_size, checkpoint
+
+
+def test_a_new_sqlite_database_gets_larger_pages(sandbox: Sandbox, tmp_path: Path) -> None:
+    path = tmp_path / "inventory.db"
+
+    assert job.run_once(make_settings(sandbox, f"sqlite:///{path}", tmp_path)).counts.created == 15
+
+    assert _pragmas(path) == (SQLITE_PAGE_SIZE, 10000 * 4096 // SQLITE_PAGE_SIZE)
+    assert SQLITE_PAGE_SIZE > 4096
+
+
+def test_an_existing_sqlite_database_keeps_its_4_kib_pages_and_still_syncs(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A database an earlier version created, with SQLite's default page size.
+    path = tmp_path / "inventory.db"
+    settings = make_settings(sandbox, f"sqlite:///{path}", tmp_path)
+    with monkeypatch.context() as patched:
+        patched.setattr(db_engine, "SQLITE_PAGE_SIZE", 4096)
+        assert job.run_once(settings).counts.created == 15
+    sandbox.advance(changes=6)
+
+    result = job.run_once(settings)
+
+    counts = result.counts
+    assert result.status == "succeeded" and counts.created + counts.updated + counts.removed > 0
+    assert _pragmas(path) == (4096, 10000)  # the checkpoint as before: every ~40 MiB
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    finally:
+        conn.close()
 
 
 @pytest.mark.parametrize("url", ["postgresql+psycopg", "mysql+pymysql"])
