@@ -33,6 +33,7 @@ from exporter.sandbox.server import Sandbox
 
 TABLES = (  # calendar_days is static data from migration 0002: never truncated
     "api_paging",
+    "guard_holds",
     "grant_versions",
     "bound_card_versions",
     "contact_versions",

@@ -171,6 +171,11 @@ TABLE_COMMENTS: dict[str, str] = {
         "Per owner account, how far its log entries were read - the newest entry stored. The "
         "next run asks for what Tapkey received after it, minus [sync] log_overlap."
     ),
+    "guard_holds": (
+        "Removals the deletion guard holds back until they are confirmed, one row per entity "
+        "and owner account: they are judged against the count stored when they were first held "
+        "back. Not inventory data."
+    ),
 }
 
 COLUMN_COMMENTS: dict[str, dict[str, str]] = {
@@ -317,5 +322,15 @@ COLUMN_COMMENTS: dict[str, dict[str, str]] = {
         ),
         "updated_at": "When the watermark last moved (UTC).",
         "run_id": "The run that moved it last (sync_runs.id).",
+    },
+    "guard_holds": {
+        "entity": "What is held back: owners (the owner list), locks, contacts, cards or grants.",
+        "owner_account_id": "The owner account whose rows are held back; empty for the owner list.",
+        "base": (
+            "How many the owner (or the owner list) had stored when the removals were first held "
+            "back: the count the deletion guard judges them against until they are confirmed."
+        ),
+        "since_run_id": "The run that first held them back (sync_runs.id).",
+        "updated_at": "When a run last held them back (UTC).",
     },
 }

@@ -382,6 +382,20 @@ log_entry_watermarks = Table(
     **_MYSQL,
 )
 
+# Removals the deletion guard holds back, one row per (entity, owner): what they are judged against
+# until they are confirmed or no longer due (exporter.sync.holds). The owner list's hold has
+# entity `owners` and owner_account_id ''.
+guard_holds = Table(
+    "guard_holds",
+    metadata,
+    Column("entity", String(32), primary_key=True),
+    Column("owner_account_id", id_type(), primary_key=True),
+    Column("base", Integer(), nullable=False),
+    Column("since_run_id", Integer(), ForeignKey("sync_runs.id"), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    **_MYSQL,
+)
+
 
 def _attach_comments() -> None:
     """Give every table and column its description (stored where the database supports it)."""

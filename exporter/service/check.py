@@ -1,5 +1,5 @@
-"""`exporter check`: credentials, Tapkey access, the database and its paging facts, each
-checked and reported on one line; writes nothing."""
+"""`exporter check`: credentials, Tapkey access, the database, its paging facts and the removals
+held back, each checked and reported on one line; writes nothing."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from exporter.db.schema import (
 from exporter.db.schema import (
     bound_lock_versions,
     bound_locks,
+    guard_holds,
     lock_health_readings,
     log_entry_watermarks,
     owner_account_versions,
@@ -32,7 +33,7 @@ from exporter.db.schema import log_entries as log_entries_table
 from exporter.errors import ConfigError, ExporterError
 from exporter.service.job import make_client
 from exporter.service.preflight import make_engine, make_tokens, proxy_to, refuse_in_memory
-from exporter.sync import api_paging
+from exporter.sync import api_paging, holds
 from exporter.sync.run_records import filled_by
 
 
@@ -53,7 +54,8 @@ def run_checks(settings: Settings) -> list[CheckResult]:
     Every check runs even if an earlier one failed, so one call shows every problem.
     """
     database = _check_database(settings)
-    return [*_check_tapkey(settings), database, _check_paging(settings, database)]
+    facts = [_check_paging(settings, database), _check_holds(settings, database)]
+    return [*_check_tapkey(settings), database, *facts]
 
 
 def _failed(name: str, exc: ExporterError) -> CheckResult:
@@ -205,6 +207,21 @@ def _check_paging(settings: Settings, database: CheckResult) -> CheckResult:
     return CheckResult("paging", True, f"{api_url}: {api_paging.describe(sizes)}")
 
 
+def _check_holds(settings: Settings, database: CheckResult) -> CheckResult:
+    """Removals the deletion guard holds back until confirmed (exporter.sync.holds), read-only."""
+    if not database.ok or "(current)" not in database.detail:
+        return CheckResult("holds", True, "needs the database at the current schema", skipped=True)
+    engine = make_engine(settings, create=False)
+    try:
+        with db_engine.connect(engine) as conn:
+            held = holds.load(conn)
+    except SQLAlchemyError as exc:
+        return _failed("holds", db_errors.store_error(exc, engine))
+    finally:
+        engine.dispose()
+    return CheckResult("holds", True, holds.describe(held))
+
+
 #: The tables every run inserts into and updates.
 RUN_TABLES: tuple[Table, ...] = (
     sync_runs,
@@ -220,6 +237,7 @@ def _writes(settings: Settings) -> dict[Table, tuple[str, ...]]:
     """The tables a run writes, and how (retention deletes only where it is configured)."""
     writes: dict[Table, tuple[str, ...]] = {table: ("INSERT", "UPDATE") for table in RUN_TABLES}
     writes[api_paging_table] = ("INSERT", "DELETE")
+    writes[guard_holds] = ("INSERT", "UPDATE", "DELETE")
     if settings.tapkey.expand_health:
         writes[lock_health_readings] = ("INSERT",)
     if settings.sync.health_retention_seconds is not None:

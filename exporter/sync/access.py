@@ -45,6 +45,7 @@ from exporter.db.schema import (
 from exporter.kinds import RemovalReason
 from exporter.results import Change, Counts
 from exporter.sync.guard import RemovalGuard
+from exporter.sync.holds import Holds
 from exporter.sync.versions import VersionedTable
 from exporter.tapkey.access import (
     CARD_FIELDS,
@@ -145,6 +146,8 @@ class AccessContext:
     workers: int
     check_lock: Callable[[], None]
     changes: list[Change]  # dry runs list what they would change here
+    # Removals held back by earlier runs (exporter.sync.holds), read when the run started.
+    holds: Holds = field(default_factory=dict)
 
 
 @dataclass

@@ -17,6 +17,7 @@ One run:
    only if no complete fetch of this run returned it, and only if it belongs to an owner whose
    fetch was complete (`unbound`) or to an owner that vanished from the owner list
    (`owner_removed`); an owner whose fetch failed changes nothing and makes the run `partial`;
+   the deletion guard's holds are kept between runs in that transaction (exporter.sync.holds);
 5. with `logs`, reads every listed owner's new log entries and appends them, each page with the
    watermark it reaches in one transaction (see exporter.sync.log_entries); an owner whose log
    fails makes the run `partial` and changes nothing else;
@@ -60,10 +61,7 @@ from exporter.sync.locks import LockSync
 from exporter.sync.options import SyncOptions
 from exporter.sync.owners import OwnerLedger, failed_summary, write_owners
 from exporter.sync.removals import remove_locks
-from exporter.sync.versions import (
-    Clock,
-    latest_instant,
-)
+from exporter.sync.versions import Clock, latest_instant
 from exporter.tapkey.fields import MAX_ID_LENGTH
 from exporter.tapkey.paging import PagingCheck
 from exporter.tapkey.records import OwnerRecord
@@ -305,11 +303,12 @@ class _Run:
             self._build_indexes()
         paging = self._confirm_paging()
         removable -= paging.unproven
-        if None in paging.unproven:  # the owner list may have been cut short: nobody vanished
-            vanished = set()
+        # The owner list may have been cut short: nobody vanished, and the list is not judged.
+        whole_list = None not in paging.unproven
+        vanished = vanished if whole_list else set()
         self._check_lock()
         self.ledger.record_quiet()
-        held = remove_locks(self.locks, removable | vanished, vanished)
+        held = remove_locks(self.locks, removable | vanished, vanished, list_judged=whole_list)
         logs = self._read_logs([owner.id for owner in owners])
         failed = listed - complete
         access = self._sync_access([owner.id for owner in owners])
@@ -353,6 +352,7 @@ class _Run:
             workers=self.workers,
             check_lock=self._check_lock,
             changes=self.result.changes,
+            holds=self.locks.holds,
         )
         outcomes = sync_access(context, owner_ids, self.options.access)
         for outcome in outcomes:

@@ -17,6 +17,7 @@ from exporter.db.schema import owner_accounts
 from exporter.errors import TapkeyError
 from exporter.kinds import ChangeType, RemovalReason
 from exporter.results import Change, Counts
+from exporter.sync import holds
 from exporter.sync.access import AccessContext, AccessEntity, AccessOutcome
 from exporter.sync.plan import claim_listed, diff_owner, owners_to_read, plan_removals
 from exporter.sync.versions import (
@@ -157,13 +158,22 @@ class EntitySync:
             to_read = owners_to_read(
                 self.removable, present, self.confirmed, dry_run=context.dry_run
             )
+            before, since = holds.judged_counts(context.holds, entity.name, self.before)
             plan = plan_removals(
                 self._present_rows(conn, to_read),
                 self.seen,
                 guard=context.guard,
-                before=self.before,
+                before=before,
                 reason=entity.removal_reason,
                 what=entity.name,
+                held_since=since,
+            )
+            settlement = holds.settle(
+                context.holds,
+                entity.name,
+                judged=self.removable,
+                held=plan.held_back.keys(),
+                counts=before,
             )
             for message in plan.messages:
                 self.outcome.held.append(message)
@@ -177,11 +187,14 @@ class EntitySync:
                 for row_id in ids:
                     self._note(row_id, ChangeType.REMOVED, None, None, reason, None)
             removed = sum(len(ids) for ids in doomed.values())
-            if context.dry_run or not removed:
+            if context.dry_run or not (removed or settlement):
                 self.outcome.counts.removed += removed
                 return
             context.check_lock()
             t = context.clock()
+            # With the removals: never one without the other.
+            if settlement:
+                holds.write(conn, settlement, t, context.run_id)
             for reason, ids in doomed.items():
                 remove_rows(
                     conn,

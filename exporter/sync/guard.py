@@ -38,13 +38,33 @@ class RemovalGuard:
 
 
 def locks_held_message(
-    guard: RemovalGuard, owner_id: str, gone: int, stored: int, *, what: str = "locks"
+    guard: RemovalGuard,
+    owner_id: str,
+    gone: int,
+    stored: int,
+    *,
+    what: str = "locks",
+    since: int | None = None,
 ) -> str:
-    """Why an owner's removals (of locks, or `what`) were held back, and how to confirm them."""
+    """Why an owner's removals (of locks, or `what`) were held back, and how to confirm them.
+
+    `since`: the run that first held them back, when `stored` is the count they were judged
+    against then (exporter.sync.holds) rather than the count stored before this run.
+    """
+    if since is None:
+        why = (
+            f"{gone} of its {stored} {what} (more than {guard.max_fraction:.0%} and more than "
+            f"{guard.min_count} gone at once)"
+        )
+    else:
+        why = (
+            f"{gone} of its {what} (more than {guard.max_fraction:.0%} of the {stored} it had "
+            f"when these removals were first held back in run {since}, and more than "
+            f"{guard.min_count})"
+        )
     return (
-        f"owner {owner_id}: held back the removal of {gone} of its {stored} {what} (more than "
-        f"{guard.max_fraction:.0%} and more than {guard.min_count} gone at once); if they are "
-        f"really gone, confirm with `exporter run-once --allow-mass-removal-owner {owner_id}`"
+        f"owner {owner_id}: held back the removal of {why}; if they are really gone, confirm "
+        f"with `exporter run-once --allow-mass-removal-owner {owner_id}`"
     )
 
 
@@ -53,16 +73,26 @@ def owners_held_message(
     kept: set[str],
     stored: int,
     gone: Mapping[str, Sequence[object]],
+    *,
+    since: int | None = None,
 ) -> str:
-    """Why vanished owners were kept, and how to confirm their removal."""
+    """Why vanished owners were kept, and how to confirm their removal (`since` as for
+    locks_held_message)."""
     ids = sorted(kept)
     shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
     locks = sum(len(gone.get(owner_id, ())) for owner_id in ids)
+    if since is None:
+        what = f"{len(ids)} of {stored} owner accounts ({shown}) and their {locks} locks"
+        why = f"more than {guard.max_fraction:.0%} of the owners vanished at once"
+    else:
+        what = f"{len(ids)} owner accounts ({shown}) and their {locks} locks"
+        why = (
+            f"more than {guard.max_fraction:.0%} of the {stored} owner accounts stored when "
+            f"these removals were first held back in run {since}"
+        )
     return (
-        f"owner list: held back the removal of {len(ids)} of {stored} owner accounts ({shown}) "
-        f"and their {locks} locks (more than {guard.max_fraction:.0%} of the owners vanished at "
-        "once); if they are really gone, confirm with `exporter run-once --allow-mass-removal` "
-        "(or --allow-mass-removal-owner ID for each)"
+        f"owner list: held back the removal of {what} ({why}); if they are really gone, confirm "
+        "with `exporter run-once --allow-mass-removal` (or --allow-mass-removal-owner ID for each)"
     )
 
 

@@ -28,6 +28,7 @@ from exporter.errors import TapkeyError
 from exporter.kinds import OwnerStatus
 from exporter.results import Counts, OwnerOutcome, RunResult
 from exporter.sync import health as lock_health
+from exporter.sync import holds
 from exporter.sync.batches import Batching, WriteGroup
 from exporter.sync.crawl import InventorySource, crawl
 from exporter.sync.guard import RemovalGuard
@@ -90,6 +91,8 @@ class LockSync:
         # Present locks per owner and present owners before this run (for the deletion guard).
         self.locks_before: dict[str, int] = {}
         self.owners_before = 0
+        # Removals held back by earlier runs: what the guard judges them against (sync.holds).
+        self.holds: dict[tuple[str, str], holds.Hold] = {}
         # InnoDB keeps bound_locks in (owner, id) order (schema.MYSQL_LOCK_ID_INDEX): an owner's
         # new locks inserted in id order fill its pages (in API order, which is random by id,
         # each page split half-way and the first load's table grew by a third). Elsewhere the
@@ -112,6 +115,7 @@ class LockSync:
                 select(func.count()).where(owner_accounts.c.removed_at.is_(None))
             ).scalar_one()
             self.had_locks = conn.execute(select(bound_locks.c.id).limit(1)).first() is not None
+            self.holds = holds.load(conn)
 
     def crawl(
         self,

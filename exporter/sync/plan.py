@@ -223,6 +223,8 @@ def plan_removals(
     owners_before: int = 0,
     notes: Mapping[str, str] = _NONE,
     what: str = "locks",
+    held_since: Mapping[str, int] = _NONE,
+    owners_held_since: int | None = None,
 ) -> RemovalPlan:
     """Decide the removals after a crawl (the rules of exporter.sync.engine, step 4).
 
@@ -239,8 +241,11 @@ def plan_removals(
       and all their rows are kept; a vanished owner is judged by this rule alone;
     - `guard.confirmed(owner)` (allow_all, or the owner named) lets either go through.
 
-    `notes` are notes already due on owners' run rows; an owner held back gets its message
-    joined to its note.
+    `before` and `owners_before` are the counts the guard judges against: what was stored when
+    the removals were first held back for an owner in `held_since` (owner -> that run), or for
+    the owner list with `owners_held_since`, else what was stored before this run
+    (exporter.sync.holds); the messages say which. `notes` are notes already due on owners' run
+    rows; an owner held back gets its message joined to its note.
     """
     gone: dict[str, list[tuple[str, str | None]]] = {}
     for owner_id, row_id, title in present:
@@ -253,7 +258,9 @@ def plan_removals(
     messages: list[str] = []
     if kept_owners:
         held_back.update({o: len(gone.get(o, ())) for o in kept_owners})
-        messages.append(owners_held_message(guard, kept_owners, owners_before, gone))
+        messages.append(
+            owners_held_message(guard, kept_owners, owners_before, gone, since=owners_held_since)
+        )
     removals: list[Removal] = []
     per_owner: dict[str, int] = {}
     owner_notes: dict[str, str] = {}
@@ -267,7 +274,8 @@ def plan_removals(
             and not guard.confirmed(owner_id)
         ):
             held_back[owner_id] = len(rows)
-            message = locks_held_message(guard, owner_id, len(rows), stored, what=what)
+            since = held_since.get(owner_id)
+            message = locks_held_message(guard, owner_id, len(rows), stored, what=what, since=since)
             messages.append(message)
             owner_notes[owner_id] = "; ".join(n for n in (notes.get(owner_id), message) if n)
             continue

@@ -25,6 +25,7 @@ from exporter.db.schema import (
 )
 from exporter.kinds import ChangeType, OwnerStatus, RemovalReason
 from exporter.results import OwnerOutcome
+from exporter.sync import holds
 from exporter.sync.locks import LockSync
 from exporter.sync.plan import RemovalPlan, owners_to_read, plan_removals
 from exporter.sync.versions import present_by_owner, remove_rows
@@ -33,12 +34,16 @@ from exporter.sync.versions import present_by_owner, remove_rows
 log = logging.getLogger("exporter.sync.engine")
 
 
-def remove_locks(lock_sync: LockSync, owner_ids: set[str], vanished: set[str]) -> list[str]:
+def remove_locks(
+    lock_sync: LockSync, owner_ids: set[str], vanished: set[str], *, list_judged: bool = True
+) -> list[str]:
     """Remove unseen locks of fully fetched and vanished owners, then vanished owners.
 
     Reads the present locks of the owners that may have unseen ones, asks the plan
     (exporter.sync.plan.plan_removals) and writes it. The deletion guard may hold some of them
-    back; returns one message per held-back group, saying how to confirm it.
+    back; returns one message per held-back group, saying how to confirm it. `owner_ids` less
+    `vanished` are the owners whose locks are judged; `list_judged` is False when the owner list
+    may have been cut short (nobody vanished): its hold, if any, is kept (exporter.sync.holds).
     """
     result = lock_sync.result
     with connect(lock_sync.engine) as conn, conn.begin():
@@ -46,14 +51,21 @@ def remove_locks(lock_sync: LockSync, owner_ids: set[str], vanished: set[str]) -
         present = {} if lock_sync.dry_run else _present_now(conn, lock_sync)
         confirmed = confirmed_per_owner(result.owners)
         to_read = owners_to_read(owner_ids, present, confirmed, dry_run=lock_sync.dry_run)
+        held = lock_sync.holds
+        before, since = holds.judged_counts(held, holds.LOCKS, lock_sync.locks_before)
+        owners_before, list_since = holds.judged_counts(
+            held, holds.OWNER_LIST, {holds.LIST_ID: lock_sync.owners_before}
+        )
         plan = plan_removals(
             _present_locks(conn, to_read),
             lock_sync.seen,
             guard=lock_sync.guard,
-            before=lock_sync.locks_before,
+            before=before,
             vanished=vanished,
-            owners_before=lock_sync.owners_before,
+            owners_before=owners_before[holds.LIST_ID],
             notes=lock_sync.also_listed,
+            held_since=since,
+            owners_held_since=list_since.get(holds.LIST_ID),
         )
         result.held_back.update(plan.held_back)
         for outcome in result.owners:
@@ -77,6 +89,27 @@ def remove_locks(lock_sync: LockSync, owner_ids: set[str], vanished: set[str]) -
             result.counts.removed += len(plan.removals)
             return list(plan.messages)
         _write(conn, plan, t, lock_sync.run_id)
+        kept_owners = vanished & plan.held_back.keys()
+        settled = (
+            holds.settle(
+                held,
+                holds.LOCKS,
+                judged=owner_ids - vanished,
+                held=plan.held_back.keys() - vanished,
+                counts=before,
+                removed_owners=plan.owners,
+            ),
+            holds.settle(
+                held,
+                holds.OWNER_LIST,
+                judged=[holds.LIST_ID] if list_judged else [],
+                held=[holds.LIST_ID] if kept_owners else [],
+                counts=owners_before,
+            ),
+        )
+        for settlement in settled:
+            if settlement:
+                holds.write(conn, settlement, t, lock_sync.run_id)
     # Counted once committed: a run that fails in this transaction records what it wrote.
     result.counts.removed += len(plan.removals)
     if plan.removals or plan.owners:

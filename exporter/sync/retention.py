@@ -2,8 +2,9 @@
 
 `[sync] health_retention` drops readings taken longer ago than that, but keeps the latest reading
 of each lock and type however old (so "battery now" always has an answer). `[sync] run_retention`
-drops the per-owner rows of older runs and the `sync_runs` rows no version, reading, log entry or
-watermark refers to (runs that changed nothing: most of them); the latest run is always kept.
+drops the per-owner rows of older runs and the `sync_runs` rows no version, reading, log entry,
+watermark or held-back removal refers to (runs that changed nothing: most of them); the latest run
+is always kept.
 `[sync] log_retention` drops log entries that happened (lockTimestamp) longer ago than that
 (see exporter.sync.log_entries). Version rows are the history and are never pruned.
 """
@@ -12,8 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, delete, func, select
+from sqlalchemy import Column, Connection, Engine, delete, func, select
 
 from exporter.db.engine import connect
 from exporter.db.inlists import chunks
@@ -91,14 +93,16 @@ def _prune_readings(conn: Connection, cutoff: datetime) -> int:
     return len(doomed)
 
 
-def _run_referrers() -> list[Table]:
-    """Every table whose rows name the run that wrote them (versions of every entity, health
-    readings, ...), except the per-owner run rows, which are pruned with their run."""
+def _run_referrers() -> list[Column[Any]]:
+    """Every column that names a run (the run that wrote a version, a reading, ...; the run that
+    first held back a removal, `guard_holds.since_run_id`), except the per-owner run rows', which
+    are pruned with their run."""
     return [
-        table
+        fk.parent
         for table in metadata.sorted_tables
         if table is not sync_run_owners
-        and any(fk.column.table is sync_runs for fk in table.foreign_keys)
+        for fk in table.foreign_keys
+        if fk.column.table is sync_runs
     ]
 
 
@@ -118,11 +122,9 @@ def _prune_runs(conn: Connection, cutoff: datetime) -> tuple[int, int]:
             delete(sync_run_owners).where(sync_run_owners.c.run_id.in_(chunk))
         ).rowcount
         referenced: set[int] = set()
-        for table in _run_referrers():
+        for column in _run_referrers():
             referenced.update(
-                conn.execute(
-                    select(table.c.run_id).where(table.c.run_id.in_(chunk)).distinct()
-                ).scalars()
+                conn.execute(select(column).where(column.in_(chunk)).distinct()).scalars()
             )
         unused = [run_id for run_id in chunk if run_id not in referenced]
         if unused:

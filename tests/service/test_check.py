@@ -54,7 +54,8 @@ def test_all_good_reports_scopes_owners_and_schema_and_writes_nothing(
 
     assert result.code == 0, result.err
     lines = _lines(result)
-    assert list(lines) == ["config", "token", "owners", "database", "paging"]
+    assert list(lines) == ["config", "token", "owners", "database", "paging", "holds"]
+    assert lines["holds"] == "ok none: no removals are held back"
     assert lines["paging"] == (
         f"ok {sandbox.base_url}: the server returns full pages of 2: a shorter page ends a list "
         "without a confirming request"
@@ -94,6 +95,24 @@ def test_check_fails_for_a_sqlite_file_that_cannot_be_created(
 
     assert result.code == 5
     assert f"cannot be created ({blocker} is not a folder)" in _lines(result)["database"]
+
+
+def test_removals_held_back_until_confirmed_are_listed(tmp_path: Path, exporter_cli: Cli) -> None:
+    with Sandbox(seed=21, owners=2, locks_per_owner=24) as fake:
+        env = subprocess_env(fake, f"sqlite:///{tmp_path / 'inv.db'}")
+        assert exporter_cli("run-once", "--quiet", env=env).code == 0
+        owner = fake.owners_payload()[0]["id"]
+        for lock in fake.locks_payload(owner)[:13]:
+            fake.unbind(lock["id"])
+        assert exporter_cli("run-once", "--quiet", env=env).code == 3
+
+        result = exporter_cli("check", env=env)
+
+    assert result.code == 0
+    assert _lines(result)["holds"] == (
+        f"ok 1 held-back removal(s) wait for confirmation: locks of owner {owner} (since run 2); "
+        "see docs/operations.md, Confirming mass removals"
+    )
 
 
 @pytest.mark.parametrize(
@@ -171,7 +190,7 @@ def test_a_tapkey_or_credentials_problem_is_reported_and_the_database_still_chec
     assert lines[name].startswith("FAILED ") and message in lines[name]
     assert lines["database"].startswith("ok ")
     # Every check has a line: those that need the failed one say they were skipped.
-    assert set(lines) == {"config", "token", "owners", "database", "paging"}
+    assert set(lines) == {"config", "token", "owners", "database", "paging", "holds"}
     if name == "config":
         assert lines["token"].startswith("skip ") and lines["owners"].startswith("skip ")
     assert "Traceback" not in result.err and SANDBOX_SECRET not in result.out + result.err

@@ -113,6 +113,9 @@ def test_unchanged_rerun_writes_no_versions_and_rewrites_no_lock_rows(
     # Present locks per owner are counted once: with no lock written, the removals reuse it.
     counted = [s for s in statements if "group by bound_locks.owner_account_id" in s]
     assert len(counted) == 1, counted
+    # The deletion guard's holds (exporter.sync.holds; usually none): one read, no write.
+    holds = [s for s in statements if "guard_holds" in s]
+    assert len(holds) == 1 and holds[0].startswith("select"), holds
 
 
 @pytest.mark.parametrize(
