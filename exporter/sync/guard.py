@@ -75,9 +75,10 @@ def owners_held_message(
     gone: Mapping[str, Sequence[object]],
     *,
     since: int | None = None,
+    removed_since: int = 0,
 ) -> str:
     """Why vanished owners were kept, and how to confirm their removal (`since` as for
-    locks_held_message)."""
+    locks_held_message; `removed_since` owners of that hold were confirmed one by one since)."""
     ids = sorted(kept)
     shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
     locks = sum(len(gone.get(owner_id, ())) for owner_id in ids)
@@ -90,6 +91,8 @@ def owners_held_message(
             f"more than {guard.max_fraction:.0%} of the {stored} owner accounts stored when "
             f"these removals were first held back in run {since}"
         )
+        if removed_since:
+            why += f", counting the {removed_since} removed since"
     return (
         f"owner list: held back the removal of {what} ({why}); if they are really gone, confirm "
         "with `exporter run-once --allow-mass-removal` (or --allow-mass-removal-owner ID for each)"

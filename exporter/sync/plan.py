@@ -225,6 +225,7 @@ def plan_removals(
     what: str = "locks",
     held_since: Mapping[str, int] = _NONE,
     owners_held_since: int | None = None,
+    owners_removed_since: int = 0,
 ) -> RemovalPlan:
     """Decide the removals after a crawl (the rules of exporter.sync.engine, step 4).
 
@@ -244,22 +245,32 @@ def plan_removals(
     `before` and `owners_before` are the counts the guard judges against: what was stored when
     the removals were first held back for an owner in `held_since` (owner -> that run), or for
     the owner list with `owners_held_since`, else what was stored before this run
-    (exporter.sync.holds); the messages say which. `notes` are notes already due on owners' run
-    rows; an owner held back gets its message joined to its note.
+    (exporter.sync.holds); the messages say which. `owners_removed_since`: the owners removed
+    (confirmed one by one) since the owner list's removals were first held back, which count as
+    vanished: confirming some of the held-back owners does not let the others through. `notes`
+    are notes already due on owners' run rows; an owner held back gets its message joined to
+    its note.
     """
     gone: dict[str, list[tuple[str, str | None]]] = {}
     for owner_id, row_id, title in present:
         if row_id not in seen:
             gone.setdefault(owner_id, []).append((row_id, title))
     kept_owners: set[str] = set()
-    if vanished and guard.too_many_owners(len(vanished), owners_before):
+    if vanished and guard.too_many_owners(len(vanished) + owners_removed_since, owners_before):
         kept_owners = {owner_id for owner_id in vanished if not guard.confirmed(owner_id)}
     held_back: dict[str, int] = {}
     messages: list[str] = []
     if kept_owners:
         held_back.update({o: len(gone.get(o, ())) for o in kept_owners})
         messages.append(
-            owners_held_message(guard, kept_owners, owners_before, gone, since=owners_held_since)
+            owners_held_message(
+                guard,
+                kept_owners,
+                owners_before,
+                gone,
+                since=owners_held_since,
+                removed_since=owners_removed_since,
+            )
         )
     removals: list[Removal] = []
     per_owner: dict[str, int] = {}

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 
 from exporter.db.engine import connect
 from exporter.db.inlists import chunks
@@ -66,6 +66,7 @@ def remove_locks(
             notes=lock_sync.also_listed,
             held_since=since,
             owners_held_since=list_since.get(holds.LIST_ID),
+            owners_removed_since=_owners_removed_since(conn, list_since.get(holds.LIST_ID)),
         )
         result.held_back.update(plan.held_back)
         for outcome in result.owners:
@@ -128,6 +129,19 @@ def _present_now(conn: Connection, lock_sync: LockSync) -> dict[str, int]:
     if counts.created or counts.restored or counts.updated:
         return present_by_owner(conn, bound_locks)
     return lock_sync.locks_before
+
+
+def _owners_removed_since(conn: Connection, run_id: int | None) -> int:
+    """How many owners are removed by runs since `run_id` (none without a hold): while the
+    owner list's removals are held back, only those confirmed one by one."""
+    if run_id is None:
+        return 0
+    v = owner_account_versions.c
+    return conn.execute(
+        select(func.count()).where(
+            v.change_type == ChangeType.REMOVED, v.valid_to.is_(None), v.run_id >= run_id
+        )
+    ).scalar_one()
 
 
 def confirmed_per_owner(outcomes: Sequence[OwnerOutcome]) -> dict[str, int]:

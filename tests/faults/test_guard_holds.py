@@ -84,6 +84,38 @@ def test_owners_held_back_stay_held_when_the_run_stored_new_owners(
         assert_converged(engine, fake, confirmed)
 
 
+def test_confirming_some_held_back_owners_keeps_the_others_held(
+    db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    # 2 of 3 owners vanish and are held back; the operator confirms one of them. The other one
+    # alone would be 1 of 3, under the guard's half: it must still wait for its own confirmation.
+    with Sandbox(seed=6, owners=3, locks_per_owner=3) as fake:
+        a, b, _ = sandbox_owner_ids(fake)
+        run_once(fake, db_url, tmp_path)
+        fake.hide_owner(a)
+        fake.hide_owner(b)
+
+        held = run_once(fake, db_url, tmp_path)
+        one = run_once(fake, db_url, tmp_path, allow_mass_removal_owners=[a])
+        other = run_once(fake, db_url, tmp_path)
+        kept = _present(engine, owner_accounts, {a, b})
+        holds_then = _holds(engine)
+        both = run_once(fake, db_url, tmp_path, allow_mass_removal_owners=[b])
+
+        assert held.held_back == {a: 3, b: 3}
+        assert one.held_back == {b: 3} and one.counts.removed == 3
+        assert other.status == "partial" and other.held_back == {b: 3}
+        assert other.counts.removed == 0 and kept == {b}
+        assert (
+            f"more than 50% of the 3 owner accounts stored when these removals were first held "
+            f"back in run {held.run_id}, counting the 1 removed since"
+        ) in one_line(other.error)
+        assert holds_then == {(holds.OWNER_LIST, ""): (3, held.run_id)}
+        assert both.status == "succeeded" and both.counts.removed == 3
+        assert _holds(engine) == {} and _present(engine, owner_accounts, {a, b}) == set()
+        assert_converged(engine, fake, both)
+
+
 @pytest.mark.parametrize("ending", ["confirmed", "most-came-back"])
 def test_an_owners_replaced_locks_stay_held_until_confirmed_or_back(
     big_sandbox: Sandbox, db_url: str, engine: Engine, tmp_path: Path, ending: str
