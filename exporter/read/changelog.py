@@ -31,7 +31,7 @@ from exporter.db.schema import (
 )
 from exporter.errors import UsageError
 from exporter.kinds import BindingEnd, ChangeEntity, ChangeType
-from exporter.read.asof import missing_run
+from exporter.read.asof import missing_run, stored_run_id
 from exporter.read.change_rows import (
     ACCESS_HISTORIES,
     ChangeRow,
@@ -134,6 +134,8 @@ def open_changes(
         raise UsageError(
             f"--since ({since.isoformat()}) is not before --until ({until.isoformat()}); swap them"
         )
+    if run_id is not None and not stored_run_id(run_id):
+        raise missing_run(run_id)
     with connect(engine) as conn, contextlib.ExitStack() as more:
         if (
             run_id is not None
