@@ -14,6 +14,8 @@ from typing import Any, cast
 
 from sqlalchemy import ColumnElement, Connection, DateTime, Select, null, type_coerce
 from sqlalchemy.engine import Dialect, processors
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.compiler import Compiled
 from sqlalchemy.types import TypeEngine
 
 from exporter.db.types import UTCDateTime
@@ -283,11 +285,35 @@ def _psycopg_batches(
     without parallel workers and for the first rows: sorting a million locks took 2-3x as long
     as the same plain query, whose rows psycopg can read chunk by chunk as they arrive.
     """
+    import psycopg
+
     compiled = query.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
     # Core's bind processors are not applied: the parameters of these queries (text, numbers,
     # aware datetimes) need none on psycopg.
     dbapi: Any = conn.connection.dbapi_connection
     chunks = {"size": size} if _psycopg_pq_version() >= 170000 else {}
+    try:
+        yield from _psycopg_stream(dbapi, compiled, params, size, chunks, text_times=text_times)
+    except psycopg.Error as exc:
+        # Raised past Core (a statement_timeout, a cancelled query, a lost server): raise it as
+        # Core would, so that it is a database error of one line (exit 5), not a traceback.
+        lost = conn.dialect.is_disconnect(cast(Any, exc), dbapi, None)
+        if lost:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(
+            compiled.string, None, exc, psycopg.Error, connection_invalidated=lost
+        ) from exc
+
+
+def _psycopg_stream(
+    dbapi: Any,
+    compiled: Compiled,
+    params: Iterable[Params],
+    size: int,
+    chunks: dict[str, int],
+    *,
+    text_times: bool,
+) -> Iterator[Sequence[Any]]:
     with dbapi.cursor() as cursor:
         if text_times:
             from psycopg.types.string import TextLoader
