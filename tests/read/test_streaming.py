@@ -271,16 +271,23 @@ def test_sqlite_text_that_is_no_time_fails_as_core_fails() -> None:
         streaming._iso_texts([*STORED, "2026-01-31T12:00:00.00000Z1"])  # a Z out of place
 
 
-@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
-def test_a_streamed_read_the_server_ends_fails_as_cores_reads_fail(engine: Engine) -> None:
-    # psycopg's rows are read past Core: its error mid-stream (a statement_timeout, a cancelled
-    # query, here a division by zero at row 3000) must still be Core's, which every command
-    # shows as one line and exit 5, not as a traceback.
-    query = select(literal_column("1 / (n - 3000)")).select_from(
-        text("generate_series(1, 5000) AS n")
-    )
+# A query whose 3,000th row the database cannot make, after the first batch was read.
+_FAILING_AT_3000 = {
+    "postgresql": "SELECT 1 / (i - 3000) AS n FROM generate_series(1, 5000) AS i",
+    "sqlite": "WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 5000) "
+    "SELECT CASE WHEN n < 3000 THEN n ELSE json_extract('not json', '$') END AS n FROM s",
+}
+
+
+@pytest.mark.parametrize("db_url", list(_FAILING_AT_3000), indirect=True)
+def test_a_streamed_read_the_database_ends_fails_as_cores_reads_fail(engine: Engine) -> None:
+    # The driver's rows are read past Core: its error mid-stream (a statement_timeout, a
+    # cancelled query, a corrupt page) must still be Core's, which every command shows as one
+    # line and exit 5, not as a traceback.
+    sql = _FAILING_AT_3000[engine.dialect.name]
+    query = select(literal_column("n")).select_from(text(f"({sql}) AS failing"))
     read: list[Any] = []
-    with connect(engine) as conn, pytest.raises(DBAPIError, match="division by zero") as caught:
+    with connect(engine) as conn, pytest.raises(DBAPIError) as caught:
         read.extend(stream(conn, query))
 
     assert 0 < len(read) < 3000  # the first batch was read before the error
