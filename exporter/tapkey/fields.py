@@ -7,6 +7,7 @@ exporter.tapkey.access, log entries in exporter.sync.log_paging): a value of the
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
@@ -23,6 +24,7 @@ __all__ = [
     "element_id",
     "element_too_long",
     "int_field",
+    "lone_surrogate",
     "str_field",
     "too_long",
 ]
@@ -64,7 +66,39 @@ def element_id(value: Any) -> str | None:
     if isinstance(value, dict):
         ident = value.get("id")
         if isinstance(ident, str) and 0 < len(ident) <= MAX_ID_LENGTH:
-            return ident
+            return ident if ident.isascii() or not _SURROGATE.search(ident) else None
+    return None
+
+
+# A page is decoded as strict UTF-8, which has no surrogates: a parsed text can hold one only
+# through a JSON escape ("\udc00"), and a pair of them is one character once parsed.
+_SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate(value: Any, raw: str) -> str | None:
+    """Why the element `value` (parsed from its text `raw`) cannot be stored: a text holding a
+    lone UTF-16 surrogate, which UTF-8, and so no database, can encode; None if none does.
+
+    Names the field, never the value (values may be personal data).
+    """
+    if "\\u" not in raw or _SURROGATE_ESCAPE.search(raw) is None:
+        return None
+    key = _surrogate_key(value, "the element")
+    return None if key is None else f"{key} holds a lone UTF-16 surrogate, which no database stores"
+
+
+def _surrogate_key(value: Any, key: str) -> str | None:
+    """The key of the first text in `value` holding a surrogate (`key` for `value` itself)."""
+    if isinstance(value, str):
+        return key if _SURROGATE.search(value) else None
+    if isinstance(value, list):
+        return next(filter(None, (_surrogate_key(item, key) for item in value)), None)
+    if isinstance(value, dict):
+        for name, item in value.items():
+            found = key if _SURROGATE.search(name) else _surrogate_key(item, name)
+            if found is not None:
+                return found
     return None
 
 
