@@ -26,8 +26,8 @@ from exporter.tapkey.fields import (
     date_field,
     element_too_long,
     int_field,
-    lone_surrogate,
     str_field,
+    unstorable_text,
 )
 
 __all__ = [
@@ -200,7 +200,7 @@ def parse_element(
     """
     if not isinstance(obj, dict):
         raise BadValue("the element is not an object")
-    too_long = element_too_long("the element", raw) or lone_surrogate(obj, raw)
+    too_long = element_too_long("the element", raw) or unstorable_text(obj, raw)
     if too_long is not None:
         raise BadValue(too_long)
     values: dict[str, Any] = {"owner_account_id": owner_id}

@@ -24,9 +24,9 @@ __all__ = [
     "element_id",
     "element_too_long",
     "int_field",
-    "lone_surrogate",
     "str_field",
     "too_long",
+    "unstorable_text",
 ]
 
 #: Ids longer than this cannot be stored (VARCHAR(64)); such an element counts as unidentified.
@@ -65,38 +65,47 @@ def element_id(value: Any) -> str | None:
     """An element's `id` if it is a string the database can hold, else None."""
     if isinstance(value, dict):
         ident = value.get("id")
-        if isinstance(ident, str) and 0 < len(ident) <= MAX_ID_LENGTH:
-            return ident if ident.isascii() or not _SURROGATE.search(ident) else None
+        if isinstance(ident, str) and 0 < len(ident) <= MAX_ID_LENGTH and "\x00" not in ident:
+            return ident if ident.isascii() or not _UNSTORABLE.search(ident) else None
     return None
 
 
-# A page is decoded as strict UTF-8, which has no surrogates: a parsed text can hold one only
-# through a JSON escape ("\udc00"), and a pair of them is one character once parsed.
-_SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F]")
-_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+# A page is decoded as strict UTF-8, which has no surrogates, and holds no raw NUL (JSON escapes
+# control characters): a parsed text can hold either only through a JSON escape ("\udc00",
+# "\u0000"); an escaped pair of surrogates is one character once parsed.
+_UNSTORABLE_ESCAPE: Final = re.compile(r"\\u(?:[dD][89a-fA-F]|0000)")
+_UNSTORABLE: Final = re.compile("[\x00\ud800-\udfff]")
 
 
-def lone_surrogate(value: Any, raw: str) -> str | None:
-    """Why the element `value` (parsed from its text `raw`) cannot be stored: a text holding a
-    lone UTF-16 surrogate, which UTF-8, and so no database, can encode; None if none does.
+def unstorable_text(value: Any, raw: str) -> str | None:
+    """Why the element `value` (parsed from its text `raw`) cannot be stored alike on every
+    database, or None: a text holding a lone UTF-16 surrogate (UTF-8, so no database, can encode
+    it) or a NUL character (PostgreSQL's text cannot hold it).
 
     Names the field, never the value (values may be personal data).
     """
-    if "\\u" not in raw or _SURROGATE_ESCAPE.search(raw) is None:
+    if "\\u" not in raw or _UNSTORABLE_ESCAPE.search(raw) is None:
         return None
-    key = _surrogate_key(value, "the element")
-    return None if key is None else f"{key} holds a lone UTF-16 surrogate, which no database stores"
+    found = _unstorable_key(value, "the element")
+    if found is None:
+        return None
+    key, char = found
+    if char == "\x00":
+        return f"{key} holds a NUL character, which PostgreSQL cannot store"
+    return f"{key} holds a lone UTF-16 surrogate, which no database stores"
 
 
-def _surrogate_key(value: Any, key: str) -> str | None:
-    """The key of the first text in `value` holding a surrogate (`key` for `value` itself)."""
+def _unstorable_key(value: Any, key: str) -> tuple[str, str] | None:
+    """The key of the first text in `value` holding an unstorable character (`key` for `value`
+    itself), and that character."""
     if isinstance(value, str):
-        return key if _SURROGATE.search(value) else None
+        match = _UNSTORABLE.search(value)
+        return None if match is None else (key, match.group())
     if isinstance(value, list):
-        return next(filter(None, (_surrogate_key(item, key) for item in value)), None)
+        return next(filter(None, (_unstorable_key(item, key) for item in value)), None)
     if isinstance(value, dict):
         for name, item in value.items():
-            found = key if _SURROGATE.search(name) else _surrogate_key(item, name)
+            found = _unstorable_key(name, key) or _unstorable_key(item, name)
             if found is not None:
                 return found
     return None
