@@ -260,7 +260,7 @@ def parse_lock(obj: dict[str, Any], lock_id: str, owner_id: str, raw: str) -> Lo
                 ("lock_id_hex", hex_id),
             ),
         )
-    if "\\u" in raw and (unstorable := unstorable_text(obj, raw)) is not None:
+    if "\\" in raw and (unstorable := unstorable_text(obj, raw)) is not None:
         raise BadValue(unstorable)
     # In the order the fields were always checked, so an element's first problem stays the same.
     bind_date = get("bindDate")
