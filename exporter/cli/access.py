@@ -81,7 +81,10 @@ def log_command(
     since: shared.SinceOption = None,
     until: shared.UntilOption = None,
     limit: Annotated[
-        int, typer.Option(min=0, help="How many entries, newest first (0: all of them).")
+        int,
+        typer.Option(
+            min=0, max=shared.MAX_LIMIT, help="How many entries, newest first (0: all of them)."
+        ),
     ] = 100,
     fmt: shared.ReadFormatOption = "table",
     csv_raw: shared.CsvRawOption = False,

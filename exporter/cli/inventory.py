@@ -179,7 +179,9 @@ def runs(
     ctx: typer.Context,
     config: shared.ConfigOption = None,
     database_url: shared.DatabaseOption = None,
-    limit: Annotated[int, typer.Option(min=1, help="How many runs, newest first.")] = 20,
+    limit: Annotated[
+        int, typer.Option(min=1, max=shared.MAX_LIMIT, help="How many runs, newest first.")
+    ] = 20,
     status: Annotated[
         str | None,
         typer.Option(

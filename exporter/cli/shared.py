@@ -105,6 +105,9 @@ DatabaseOption = Annotated[
         show_default=False,
     ),
 ]
+# The largest LIMIT every database takes (a signed 64-bit integer): a --limit above it would fail
+# as a database error instead of reading as the usage error it is.
+MAX_LIMIT = 2**63 - 1
 FormatOption = Annotated[str, typer.Option("--format", "-f", help="Output format: table or json.")]
 QuietOption = Annotated[
     bool,

@@ -167,7 +167,22 @@ def _env_values(env: Mapping[str, str]) -> Iterator[tuple[str, str, str, str]]:
             raise ConfigError(
                 f"unknown environment variable {name}: [{section}] has no key {key}; {hint}"
             )
+        if not _utf8(value):
+            # Bytes of another encoding reach Python as lone surrogates, which failed later with
+            # a traceback (the client secret's HMAC, a request body). Not shown: may be a secret.
+            raise ConfigError(
+                f"environment variable {name} is not UTF-8 text; set it as UTF-8, as the config "
+                "file must be"
+            )
         yield name, section, key, value
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _suggest(word: str, choices: Mapping[str, str], listing: str | None = None) -> str:

@@ -50,10 +50,15 @@ class Proxy:
 def display_proxy(url: str) -> str:
     """The proxy URL with any credentials replaced by *** (safe for messages and logs)."""
     shown = display_url(url).rstrip("/")
-    if "@" not in url.partition("://")[2].partition("/")[0]:
-        return shown
     scheme, _, rest = shown.partition("://")
-    return f"{scheme}://***@{rest}"  # the user name may be the secret (token-style proxies)
+    if "@" in url.partition("://")[2].partition("/")[0]:
+        return f"{scheme}://***@{rest}"  # the user name may be the secret (token-style proxies)
+    if "@" not in rest:
+        return shown
+    # An "@" after the host: a mistyped "http:/user:pw@proxy" reads as host "http", path
+    # "/user:pw@proxy"; what is before the "@" may be credentials.
+    host, slash, _ = rest.rpartition("@")[0].partition("/")
+    return f"{scheme}://{host}{slash}***@{rest.rpartition('@')[2]}"
 
 
 def check_proxy_url(value: str) -> str:

@@ -112,6 +112,7 @@ def sqlite_file(url: str | URL) -> str | None:
 
 # A query parameter of a database URL whose name says it holds a secret (libpq's password and
 # sslpassword, PyMySQL's passwd, an ODBC PWD, a token or key of a driver or proxy, ...).
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 _SECRET_QUERY_KEY = re.compile(r"pass|pwd|secret|token|key|auth|credential", re.IGNORECASE)
 _QUERY_VALUE = re.compile(r"(?<=[?&;])([^=&;#]+)=([^&;#]*)")
 
@@ -131,10 +132,25 @@ def masked_url(url: str | URL) -> str:
     if parsed is not None and "@" not in (parsed.host or ""):
         text = parsed.render_as_string(hide_password=True)
     else:
-        # Junk or an unescaped "@" in the password: mask everything up to the last "@".
         raw = url if isinstance(url, str) else url.render_as_string(hide_password=False)
-        text = re.sub(r"(://[^:/@?#]*):.*@", r"\1:***@", raw)
+        text = _masked_user_info(raw)
     return _QUERY_VALUE.sub(_mask_query_value, text)
+
+
+def _masked_user_info(raw: str) -> str:
+    """`raw`, a URL that cannot be parsed, with everything from its user's ":" to its last "@"
+    as ***: an unescaped "@" in the password, or a mistyped scheme (`postgresql:/u:pw@h`,
+    `postgresql//u:pw@h`, `u:pw@h/db`), which has no "://" to find the user by.
+
+    The user's ":" is the first one that does not end a scheme (letters, then ":/").
+    """
+    at = raw.rfind("@")
+    colons = [i for i, char in enumerate(raw[:at]) if char == ":"]
+    if colons and _SCHEME.fullmatch(raw[: colons[0]]) and raw[colons[0] + 1 : colons[0] + 2] == "/":
+        colons.pop(0)
+    if at < 0 or not colons:
+        return raw
+    return f"{raw[: colons[0] + 1]}***{raw[at:]}"
 
 
 def _mask_query_value(match: re.Match[str]) -> str:

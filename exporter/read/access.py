@@ -29,7 +29,7 @@ from exporter.db.schema import (
 from exporter.errors import UsageError
 from exporter.kinds import ChangeType, GrantState
 from exporter.read.asof import AsOf, valid_at
-from exporter.read.changelog import find_locks, ids_starting_with
+from exporter.read.changelog import find_locks, ids_starting_with, utf8_argument
 from exporter.read.inventory import owner_names
 
 
@@ -89,7 +89,7 @@ def what_can_open(engine: Engine, key: str, *, now: datetime, as_of: AsOf | None
 
 
 def _find_contact(conn: Connection, key: str) -> str:
-    wanted = key.strip()
+    wanted = utf8_argument(key)
     for column in (contacts.c.id, contacts.c.identifier):
         found = conn.execute(select(contacts.c.id).where(column == wanted)).scalars().all()
         if len(found) == 1:

@@ -19,6 +19,7 @@ __all__ = [
     "parse_instant",
     "parse_period",
     "resolve_as_of",
+    "stored_run_id",
     "valid_at",
 ]
 
@@ -40,9 +41,21 @@ def parse_instant(text: str, *, now: datetime) -> datetime:
                 "2026-03-01 or 2026-03-01T12:00:00Z (UTC unless it has an offset), or a duration "
                 "back from now such as 7d, 12h or 1h30m"
             ) from None
+        except OverflowError:  # "100000000d": before the year 1
+            raise _out_of_range(text) from None
     if moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is in the year 0 in UTC
+        raise _out_of_range(text) from None
+
+
+def _out_of_range(text: str) -> UsageError:
+    return UsageError(
+        f"{text!r} is outside the times the exporter can show (the years 1 to 9999 in UTC); "
+        "give a later or shorter time"
+    )
 
 
 def parse_period(
@@ -66,9 +79,11 @@ class AsOf:
 def resolve_as_of(engine: Engine, text: str, *, now: datetime) -> AsOf:
     """`--as-of`: a run id means that run's `finished_at`; else a timestamp or a duration."""
     value = text.strip()
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):  # "²" is a digit to str.isdigit
         return AsOf(parse_instant(value, now=now))
     run_id = int(value)
+    if not stored_run_id(run_id):
+        raise missing_run(run_id)
     with connect(engine) as conn:
         row = conn.execute(
             select(sync_runs.c.finished_at, sync_runs.c.status).where(sync_runs.c.id == run_id)
@@ -86,6 +101,16 @@ def resolve_as_of(engine: Engine, text: str, *, now: datetime) -> AsOf:
 def valid_at(table: FromClause, at: datetime) -> ColumnElement[bool]:
     """The versions of `table` valid at `at`: valid_from <= at < valid_to (or open)."""
     return (table.c.valid_from <= at) & (table.c.valid_to.is_(None) | (table.c.valid_to > at))
+
+
+# sync_runs.id is an INTEGER: 32 bits on PostgreSQL and MariaDB.
+_MAX_RUN_ID = 2**31 - 1
+
+
+def stored_run_id(run_id: int) -> bool:
+    """Whether `run_id` is a value sync_runs.id can hold; another is no run (and a database
+    refuses it as a parameter instead of finding nothing)."""
+    return 1 <= run_id <= _MAX_RUN_ID
 
 
 def missing_run(run_id: int) -> UsageError:

@@ -31,7 +31,7 @@ from exporter.db.schema import (
 )
 from exporter.errors import UsageError
 from exporter.kinds import BindingEnd, ChangeEntity, ChangeType
-from exporter.read.asof import missing_run
+from exporter.read.asof import missing_run, stored_run_id
 from exporter.read.change_rows import (
     ACCESS_HISTORIES,
     ChangeRow,
@@ -134,6 +134,8 @@ def open_changes(
         raise UsageError(
             f"--since ({since.isoformat()}) is not before --until ({until.isoformat()}); swap them"
         )
+    if run_id is not None and not stored_run_id(run_id):
+        raise missing_run(run_id)
     with connect(engine) as conn, contextlib.ExitStack() as more:
         if (
             run_id is not None
@@ -354,7 +356,7 @@ def lock_history(engine: Engine, key: str) -> LockHistory:
 def find_locks(conn: Connection, key: str) -> list[str]:
     """The bound lock ids `key` names (see `lock_history`), or the one id it is the start of;
     UsageError if none."""
-    wanted = key.strip()
+    wanted = utf8_argument(key)
     found = conn.execute(select(bound_locks.c.id).where(bound_locks.c.id == wanted)).scalars()
     ids = list(found)
     if not ids and _HEX_RE.fullmatch(wanted.upper()):
@@ -379,6 +381,21 @@ def find_locks(conn: Connection, key: str) -> list[str]:
             "`exporter locks --include-removed --search TEXT`"
         )
     return ids
+
+
+def utf8_argument(text: str) -> str:
+    """`text`, an argument looked up in the database, stripped; UsageError if it is not UTF-8.
+
+    Bytes of another encoding (a Latin-1 terminal) reach Python as lone surrogates, which no
+    database driver can encode: they failed with a traceback.
+    """
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise UsageError(
+            f"{text!r} is not UTF-8 text; type it in a UTF-8 terminal (e.g. LANG=C.UTF-8)"
+        ) from None
+    return text.strip()
 
 
 def ids_starting_with(

@@ -24,7 +24,7 @@ from exporter.db.schema import (
 )
 from exporter.errors import UsageError
 from exporter.kinds import ChangeEntity, OwnerStatus
-from exporter.read.asof import missing_run
+from exporter.read.asof import missing_run, stored_run_id
 from exporter.read.inventory import Row, fields_of, fold, id_order, owner_names
 from exporter.read.streaming import stream
 from exporter.results import Change
@@ -126,6 +126,8 @@ def runs(engine: Engine, *, limit: int | None = 20, status: str | None = None) -
 
 def run_detail(engine: Engine, run_id: int) -> RunDetail:
     """One run with the outcome of every owner account it fetched."""
+    if not stored_run_id(run_id):
+        raise missing_run(run_id)
     with connect(engine) as conn:
         found = _select_runs(conn, run_id=run_id)
         if not found:

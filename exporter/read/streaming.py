@@ -10,15 +10,19 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from operator import itemgetter
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import ColumnElement, Connection, DateTime, Select, null, type_coerce
 from sqlalchemy.engine import Dialect, processors
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.compiler import Compiled
 from sqlalchemy.types import TypeEngine
 
 from exporter.db.types import UTCDateTime
 
 __all__ = ["sqlite_text_order", "stream", "stream_columns", "streamed", "streamed_null"]
+
+T = TypeVar("T")
 
 # Rows fetched at a time by a streamed read: memory stays flat, round trips stay few.
 _STREAM_BATCH = 2000
@@ -265,8 +269,8 @@ def _sqlite_batches(
         result = conn.execute(query, values)
         with result:
             cursor = result.cursor
-            while batch := cursor.fetchmany(size):
-                yield batch
+            batches = iter(functools.partial(cursor.fetchmany, size), [])
+            yield from _as_core_errors(conn, result.context.statement, batches)
 
 
 def _psycopg_batches(
@@ -288,6 +292,35 @@ def _psycopg_batches(
     # aware datetimes) need none on psycopg.
     dbapi: Any = conn.connection.dbapi_connection
     chunks = {"size": size} if _psycopg_pq_version() >= 170000 else {}
+    rows = _psycopg_stream(dbapi, compiled, params, size, chunks, text_times=text_times)
+    yield from _as_core_errors(conn, compiled.string, rows)
+
+
+def _as_core_errors(conn: Connection, statement: str, batches: Iterator[T]) -> Iterator[T]:
+    """`batches`, read past Core from the driver, with the driver's errors raised as Core raises
+    them (a DBAPIError): a statement_timeout, a cancelled query or a lost server mid-stream is
+    then a database error of one line and exit 5, as in every other read, not a traceback."""
+    dbapi_error: type[Exception] = conn.dialect.loaded_dbapi.Error
+    try:
+        yield from batches
+    except dbapi_error as exc:
+        lost = conn.dialect.is_disconnect(cast(Any, exc), conn.connection.dbapi_connection, None)
+        if lost:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(
+            statement, None, exc, dbapi_error, connection_invalidated=lost
+        ) from exc
+
+
+def _psycopg_stream(
+    dbapi: Any,
+    compiled: Compiled,
+    params: Iterable[Params],
+    size: int,
+    chunks: dict[str, int],
+    *,
+    text_times: bool,
+) -> Iterator[Sequence[Any]]:
     with dbapi.cursor() as cursor:
         if text_times:
             from psycopg.types.string import TextLoader

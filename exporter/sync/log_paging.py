@@ -40,6 +40,7 @@ from exporter.tapkey.fields import (
     element_too_long,
     int_field,
     str_field,
+    unstorable_text,
 )
 from exporter.tapkey.page_text import split_array
 from exporter.tapkey.paging import smaller_top
@@ -84,7 +85,7 @@ def parse_entry(value: Any, raw: str) -> LogEntry:
     entry_id = element_id(value)
     if entry_id is None:
         raise BadValue(f"no id of 1 to {MAX_ID_LENGTH} characters")
-    too_long = element_too_long("the element", raw)
+    too_long = element_too_long("the element", raw) or unstorable_text(value, raw)
     if too_long is not None:
         raise BadValue(too_long)
     received = date_field(value, "receivedAt")

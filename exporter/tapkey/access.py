@@ -27,6 +27,7 @@ from exporter.tapkey.fields import (
     element_too_long,
     int_field,
     str_field,
+    unstorable_text,
 )
 
 __all__ = [
@@ -199,7 +200,7 @@ def parse_element(
     """
     if not isinstance(obj, dict):
         raise BadValue("the element is not an object")
-    too_long = element_too_long("the element", raw)
+    too_long = element_too_long("the element", raw) or unstorable_text(obj, raw)
     if too_long is not None:
         raise BadValue(too_long)
     values: dict[str, Any] = {"owner_account_id": owner_id}

@@ -25,6 +25,7 @@ from exporter.tapkey.fields import (
     int_field,
     str_field,
     too_long,
+    unstorable_text,
 )
 
 __all__ = [
@@ -259,6 +260,8 @@ def parse_lock(obj: dict[str, Any], lock_id: str, owner_id: str, raw: str) -> Lo
                 ("lock_id_hex", hex_id),
             ),
         )
+    if "\\" in raw and (unstorable := unstorable_text(obj, raw)) is not None:
+        raise BadValue(unstorable)
     # In the order the fields were always checked, so an element's first problem stays the same.
     bind_date = get("bindDate")
     if bind_date is not None:
@@ -312,7 +315,7 @@ def parse_owner(value: Any, owner_id: str | None, raw: str) -> OwnerRecord:
             "GET /api/v1/Owners returned an owner without a readable id; the owner list cannot be "
             "trusted, so nothing is synced"
         )
-    oversized = element_too_long("its element", raw)
+    oversized = element_too_long("its element", raw) or unstorable_text(value, raw)
     if oversized is not None:
         return OwnerRecord(owner_id, None, None, raw, oversized)
     try:

@@ -202,6 +202,14 @@ def test_a_kubernetes_volume_file_is_recognised(tmp_path: Path) -> None:
         pytest.param("sqlite:////tmp/x.db", "sqlite:////tmp/x.db", id="no-password"),
         pytest.param("postgresql://u:p@ss@db/x", "postgresql://u:***@db/x", id="unescaped-at"),
         pytest.param("junk://u:pw@h:notaport/x", "junk://u:***@h:notaport/x", id="junk"),
+        # A mistyped scheme: no "://" to find the user by.
+        pytest.param("postgresql:/u:pw@h/x", "postgresql:/u:***@h/x", id="one-slash"),
+        pytest.param("postgresql//u:pw@h/x", "postgresql//u:***@h/x", id="no-colon"),
+        pytest.param("u:pw@h/x", "u:***@h/x", id="no-scheme"),
+        pytest.param("postgresql:u:pw@h/x", "postgresql:***@h/x", id="no-slashes"),
+        pytest.param("postgresql:/u:/p:w@h/x", "postgresql:/u:***@h/x", id="colons"),
+        pytest.param("postgresql:/u:/pw@h/x", "postgresql:/u:***@h/x", id="slash-password"),
+        pytest.param("postgresql:/u@h/x", "postgresql:/u@h/x", id="junk-without-password"),
         pytest.param("", "", id="empty"),
         pytest.param(
             "postgresql://db/x?password=hunter22&sslmode=require",
@@ -227,7 +235,7 @@ def test_a_kubernetes_volume_file_is_recognised(tmp_path: Path) -> None:
 )
 def test_masked_url(url: str, expected: str) -> None:
     assert masked_url(url) == expected
-    if url.startswith(("postgresql", "mysql")):  # an engine's URL object masks the same
+    if url.startswith(("postgresql://", "mysql")):  # an engine's URL object masks the same
         assert masked_url(make_url(url)) == expected
 
 

@@ -141,6 +141,14 @@ def test_unknown_env_var_suggests(cwd: Path, env: dict[str, str], expected: str)
     assert config_error(cwd, **env) == expected
 
 
+def test_an_env_value_that_is_not_utf8_is_refused_without_showing_it(cwd: Path) -> None:
+    # A Latin-1 byte reaches Python as a lone surrogate: the secret's HMAC failed with a traceback.
+    assert config_error(cwd, EXPORTER_TAPKEY__CLIENT_SECRET="s3cr\udcfft") == (
+        "environment variable EXPORTER_TAPKEY__CLIENT_SECRET is not UTF-8 text; set it as "
+        "UTF-8, as the config file must be"
+    )
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [

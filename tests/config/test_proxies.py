@@ -15,7 +15,7 @@ import pytest
 from support.http_servers import ForwardProxy, Tls
 
 from exporter.config.loader import load_settings
-from exporter.config.proxies import Proxy, display_proxy, proxy_for
+from exporter.config.proxies import Proxy, check_proxy_url, display_proxy, proxy_for
 from exporter.config.settings import Settings
 from exporter.errors import ApiError, AuthError, ConfigError, TapkeyError
 from exporter.sandbox.server import Sandbox
@@ -142,6 +142,13 @@ def test_loopback_hosts_are_never_proxied(url: str) -> None:
     assert proxy_for(url, configured="http://conf:2", env=env) is None
 
 
+@pytest.mark.parametrize("typo", ["http:/", "http//"])
+def test_a_proxy_with_a_mistyped_scheme_is_refused_without_its_password(typo: str) -> None:
+    with pytest.raises(ValueError, match="http://host:port") as caught:
+        check_proxy_url(f"{typo}user:{PROXY_PASSWORD}@proxy:3128")
+    assert PROXY_PASSWORD not in str(caught.value)
+
+
 def test_an_unusable_proxy_variable_is_a_config_error_without_its_password() -> None:
     env = {"ALL_PROXY": f"socks5://user:{PROXY_PASSWORD}@p:1080"}
     with pytest.raises(ConfigError, match=r"^environment variable ALL_PROXY: socks5:// ") as caught:
@@ -157,6 +164,9 @@ def test_an_unusable_proxy_variable_is_a_config_error_without_its_password() -> 
         ("http://proxy:3128", "http://proxy:3128"),
         (f"http://user:{PROXY_PASSWORD}@proxy:3128", "http://***@proxy:3128"),
         ("http://token-as-user@proxy:3128/", "http://***@proxy:3128"),
+        # A mistyped scheme: the credentials end up in the path (host "http").
+        (f"http://http/user:{PROXY_PASSWORD}@proxy:3128", "http://http/***@proxy:3128"),
+        (f"http://http//user:{PROXY_PASSWORD}@proxy:3128", "http://http/***@proxy:3128"),
     ],
 )
 def test_proxy_credentials_are_masked(url: str, shown: str) -> None:

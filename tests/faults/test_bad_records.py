@@ -98,6 +98,13 @@ WRONG_TYPES = [
     pytest.param({"active": "yes"}, id="bool-as-string"),
     pytest.param({"title": 42}, id="number-for-a-string"),
     pytest.param({"lockType": "TK.Td30"}, id="string-for-an-object"),
+    # A lone UTF-16 surrogate (JSON "\\ud800"): no database stores it; it failed the whole run.
+    pytest.param({"title": "Door \ud800"}, id="lone-surrogate"),
+    pytest.param(
+        {"lockType": {"id": "TK.Td30", "modelName": "\udfffM"}}, id="nested-lone-surrogate"
+    ),
+    # PostgreSQL's text cannot hold NUL: it failed every run there; the same on every database.
+    pytest.param({"title": "a\x00b"}, id="nul"),
 ]
 
 
@@ -228,7 +235,7 @@ def _list_also_owner(fake: Sandbox, extra: dict[str, Any]) -> None:
     fake.hooks.append(page)
 
 
-@pytest.mark.parametrize("what", ["long id", "long element"])
+@pytest.mark.parametrize("what", ["long id", "long element", "lone surrogate", "nul"])
 def test_an_owner_the_database_cannot_hold_fails_alone(
     sandbox: Sandbox, db_url: str, engine: Engine, tmp_path: Path, what: str
 ) -> None:
@@ -242,7 +249,8 @@ def test_an_owner_the_database_cannot_hold_fails_alone(
         _list_also_owner(sandbox, {"id": bad, "name": "x", "active": True})
     else:
         bad = owners[0]
-        sandbox.update_owner(bad, name="N" * 4_200_000)
+        names = {"long element": "N" * 4_200_000, "lone surrogate": "N\udc00", "nul": "N\x00"}
+        sandbox.update_owner(bad, name=names[what])
     before = stored_locks(engine, bad)
     owners_before = _owner_rows(engine)
 
@@ -251,7 +259,12 @@ def test_an_owner_the_database_cannot_hold_fails_alone(
     assert result.status == "partial" and result.counts.updated == 2 + (what == "long id")
     failed = [o for o in result.owners if o.status == "failed"]
     assert [o.owner_account_id for o in failed] == [bad]
-    too_long = "its id is 65 characters" if what == "long id" else "its element is 4,2"
+    too_long = {
+        "long id": "its id is 65 characters",
+        "long element": "its element is 4,2",
+        "lone surrogate": "name holds a lone UTF-16 surrogate",
+        "nul": "name holds a NUL character",
+    }[what]
     assert failed[0].error is not None and failed[0].error.startswith(too_long)
     assert "the owner and its locks were left as stored" in failed[0].error
     assert run_row(engine, result.run_id)["error"].startswith(f"owner {bad}: {too_long}")
@@ -263,7 +276,7 @@ def test_an_owner_the_database_cannot_hold_fails_alone(
             )
         ).all()
     expected_rows = {(o, "complete") for o in owners if o != bad}
-    if what == "long element":
+    if what != "long id":
         expected_rows.add((bad, "failed"))  # a 65-character id has no row to go in
     assert set(map(tuple, rows)) == expected_rows
     assert_history_consistent(engine)
@@ -333,3 +346,26 @@ def test_a_page_that_cannot_be_read_fails_the_owner_and_writes_none_of_it(
         assert_history_consistent(engine)
         fake.hooks.clear()
         assert_converged(engine, fake, run_once(fake, db_url, tmp_path, tapkey={"page_size": 3}))
+
+
+@pytest.mark.parametrize("bad", ["Anna \udc00", "Anna\x00"], ids=["lone-surrogate", "nul"])
+def test_a_contact_with_an_unstorable_title_is_skipped_on_every_database(
+    sandbox: Sandbox, db_url: str, engine: Engine, tmp_path: Path, bad: str
+) -> None:
+    # A lone UTF-16 surrogate (JSON "\udc00") cannot be encoded for any database, a NUL not for
+    # PostgreSQL: either failed the whole run. The contact is skipped, like a wrong type.
+    access = {"entities": ["contacts", "cards", "grants"]}
+    run_once(sandbox, db_url, tmp_path, tapkey=access)
+    owner = sandbox_owner_ids(sandbox)[0]
+    first, second = (c["id"] for c in sandbox.contacts_payload(owner)[:2])
+    sandbox.update_contact(first, title=bad)
+    sandbox.update_contact(second, title="still synced")
+
+    result = run_once(sandbox, db_url, tmp_path, tapkey=access)
+
+    assert result.status == "succeeded"
+    assert result.access["contacts"].skipped == 1 and result.access["contacts"].updated == 1
+    with engine.connect() as conn:
+        titles = dict(conn.execute(text("SELECT id, title FROM contacts")).all())
+    assert titles[first] != bad and titles[second] == "still synced"
+    assert_history_consistent(engine)

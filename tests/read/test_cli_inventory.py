@@ -171,6 +171,19 @@ def test_locks_filters(inventory_db: InventoryDb, exporter: Any) -> None:
         pytest.param(["runs", "show", "9999"], "there is no run 9999", id="run"),
         pytest.param(["changes", "--run", "9999"], "there is no run 9999", id="changes-run"),
         pytest.param(["runs", "--status", "done"], "unknown run status 'done'", id="status"),
+        # Past what sync_runs.id or LIMIT can hold: a database refused these (exit 1 or 5).
+        pytest.param(["locks", "--as-of", "3000000000"], "no run 3000000000", id="huge-as-of"),
+        pytest.param(["runs", "show", "9" * 20], f"no run {'9' * 20}", id="huge-run"),
+        pytest.param(["changes", "--run", "3000000000"], "no run 3000000000", id="huge-run-opt"),
+        pytest.param(["locks", "--as-of", "\u00b2"], "cannot read", id="as-of-superscript"),
+        pytest.param(["changes", "--since", "99999999999d"], "the years 1 to 9999", id="long-ago"),
+        pytest.param(
+            ["locks", "--as-of", "0001-01-01T00:00:00+05:00"], "the years 1 to 9999", id="year-0"
+        ),
+        # A Latin-1 terminal's bytes reach Python as lone surrogates: no driver encodes them.
+        pytest.param(["history", "T\udcfcr"], "is not UTF-8 text", id="history-not-utf8"),
+        pytest.param(["log", "--lock", "\udcff"], "is not UTF-8 text", id="log-not-utf8"),
+        pytest.param(["access", "--contact", "\udcff"], "is not UTF-8 text", id="contact-not-utf8"),
         pytest.param(
             ["changes", "--since", "2026-02-01", "--until", "2026-01-01"],
             "is not before --until",
@@ -185,6 +198,12 @@ def test_bad_input_is_one_line_and_exit_2(exporter: Any, args: list[str], messag
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+
+
+@pytest.mark.parametrize("command", ["runs", "log"])
+def test_a_limit_past_what_sql_takes_is_a_usage_error(exporter: Any, command: str) -> None:
+    result = exporter(command, "--limit", "9" * 20)  # a database refused it (exit 1 or 5)
+    assert result.exit_code == 2 and "less than or equal to" in result.stderr
 
 
 def test_an_unknown_format_is_a_usage_error(exporter: Any) -> None:

@@ -53,6 +53,15 @@ def test_parse_instant_refuses_anything_else_in_one_line(given: str) -> None:
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    "given",
+    ["99999999999d", "1" + "0" * 40 + "s", "0001-01-01T00:00:00+05:00", "9999-12-31T23:00-14:00"],
+)
+def test_parse_instant_refuses_a_time_outside_the_years_1_to_9999(given: str) -> None:
+    with pytest.raises(UsageError, match="the years 1 to 9999"):
+        asof.parse_instant(given, now=NOW)
+
+
 # -- the inventory --------------------------------------------------------------------------------
 
 

@@ -14,11 +14,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, String, bindparam, literal_column, select
+from sqlalchemy import Engine, String, bindparam, literal_column, select, text
 from sqlalchemy.engine import processors
+from sqlalchemy.exc import DBAPIError
 from support.inventory_data import InventoryDb
 
 from exporter.db.engine import connect, make_engine
+from exporter.db.errors import store_error
 from exporter.read import asof, formats, render, streaming
 from exporter.read import inventory as report
 from exporter.read.streaming import stream, stream_columns
@@ -267,3 +269,26 @@ def test_sqlite_times_as_text_give_the_csv_of_their_datetimes(stored: list[str |
 def test_sqlite_text_that_is_no_time_fails_as_core_fails() -> None:
     with pytest.raises(ValueError, match="Invalid isoformat string"):
         streaming._iso_texts([*STORED, "2026-01-31T12:00:00.00000Z1"])  # a Z out of place
+
+
+# A query whose 3,000th row the database cannot make, after the first batch was read.
+_FAILING_AT_3000 = {
+    "postgresql": "SELECT 1 / (i - 3000) AS n FROM generate_series(1, 5000) AS i",
+    "sqlite": "WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 5000) "
+    "SELECT CASE WHEN n < 3000 THEN n ELSE json_extract('not json', '$') END AS n FROM s",
+}
+
+
+@pytest.mark.parametrize("db_url", list(_FAILING_AT_3000), indirect=True)
+def test_a_streamed_read_the_database_ends_fails_as_cores_reads_fail(engine: Engine) -> None:
+    # The driver's rows are read past Core: its error mid-stream (a statement_timeout, a
+    # cancelled query, a corrupt page) must still be Core's, which every command shows as one
+    # line and exit 5, not as a traceback.
+    sql = _FAILING_AT_3000[engine.dialect.name]
+    query = select(literal_column("n")).select_from(text(f"({sql}) AS failing"))
+    read: list[Any] = []
+    with connect(engine) as conn, pytest.raises(DBAPIError) as caught:
+        read.extend(stream(conn, query))
+
+    assert 0 < len(read) < 3000  # the first batch was read before the error
+    assert str(store_error(caught.value, engine)).startswith("a database statement failed")

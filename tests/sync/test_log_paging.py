@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,7 +15,9 @@ from exporter.sync.log_paging import (
     Row,
     Watermark,
     next_watermark,
+    parse_entry,
 )
+from exporter.tapkey.fields import BadValue
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -158,3 +161,9 @@ def test_a_filter_refusal_that_a_smaller_top_cures_is_not_kept() -> None:
     pager.answered(smaller)
     assert pager.refused_at is None
     assert next_watermark(pager, Watermark(), done=True).filter_refused_at is None
+
+
+def test_a_log_entry_with_a_lone_surrogate_is_a_bad_value() -> None:
+    raw = '{"id": "e1", "receivedAt": "2026-01-01T00:00:00Z", "command": "Open\\udc00"}'
+    with pytest.raises(BadValue, match=r"^command holds a lone UTF-16 surrogate"):
+        parse_entry(json.loads(raw), raw)

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
-from exporter.tapkey.fields import BadValue, FieldReader, bool_field, int_field, str_field
+from exporter.tapkey.fields import (
+    BadValue,
+    FieldReader,
+    bool_field,
+    element_id,
+    int_field,
+    str_field,
+    unstorable_text,
+)
 
 
 @pytest.mark.parametrize(
@@ -49,3 +58,47 @@ def test_a_value_of_another_type_is_a_bad_value_naming_the_field(
 ) -> None:
     with pytest.raises(BadValue, match=f"^{message}$"):
         reader({"rclDate": value}, "rclDate")
+
+
+@pytest.mark.parametrize(
+    ("raw", "named"),
+    [
+        pytest.param('{"title": "T\\u00fcr"}', None, id="escaped-letter"),
+        pytest.param('{"title": "\\ud83d\\ude00"}', None, id="escaped-pair"),
+        pytest.param('{"title": "a \\\\ud800 b"}', None, id="escaped-backslash"),
+        pytest.param('{"title": "\\ud800"}', "title", id="lone-high"),
+        pytest.param('{"title": "x\\udfff"}', "title", id="lone-low"),
+        pytest.param('{"lockType": {"modelName": "\\ude00\\ud83d"}}', "modelName", id="reversed"),
+        pytest.param('{"tags": ["ok", "\\udc00"]}', "tags", id="in-a-list"),
+        pytest.param('{"\\udc00": 1}', "the element", id="a-key"),
+    ],
+)
+def test_a_lone_surrogate_is_named_by_its_field(raw: str, named: str | None) -> None:
+    # No database can store one (UTF-8 cannot encode it); a pair is one character once parsed.
+    problem = unstorable_text(json.loads(raw), raw)
+    assert (
+        (problem is None)
+        if named is None
+        else problem == (f"{named} holds a lone UTF-16 surrogate, which no database stores")
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "named"),
+    [
+        pytest.param('{"title": "a\\u0000b"}', "title", id="nul"),
+        pytest.param('{"title": "\\\\u0000"}', None, id="escaped-backslash"),
+        pytest.param('{"title": "\\u0001"}', None, id="other-control"),
+    ],
+)
+def test_a_nul_character_is_named_by_its_field(raw: str, named: str | None) -> None:
+    # PostgreSQL's text cannot hold NUL: stored on SQLite and MariaDB, it failed every run there.
+    problem = unstorable_text(json.loads(raw), raw)
+    expected = f"{named} holds a NUL character, which PostgreSQL cannot store"
+    assert problem == (None if named is None else expected)
+
+
+def test_an_id_with_a_lone_surrogate_or_a_nul_is_no_id() -> None:
+    assert element_id(json.loads('{"id": "ab\\ud800"}')) is None
+    assert element_id(json.loads('{"id": "ab\\u0000"}')) is None
+    assert element_id(json.loads('{"id": "ab\\ud83d\\ude00"}')) == "ab\U0001f600"
