@@ -264,7 +264,9 @@ class DatabaseSettings(Section):
 
     url: str = "sqlite:///exporter.db"
     schema_name: str | None = None
-    lock_timeout: float = Field(0.0, ge=0)
+    # At most a day: MariaDB's GET_LOCK returns NULL at once for a timeout it cannot hold (1e300),
+    # so a run meeting another one gave up instead of waiting.
+    lock_timeout: float = Field(0.0, ge=0, le=86400)
 
     _blank = field_validator("schema_name", mode="before")(blank_to_none)
 
