@@ -90,7 +90,6 @@ def test_schema_name_needs_postgresql(cwd: Path) -> None:
     assert settings.schema_name == "tapkey"
 
 
-
 @pytest.mark.parametrize("value", ["-1", "86401", "1e300"])
 def test_lock_timeout_is_between_zero_and_a_day(cwd: Path, value: str) -> None:
     message = config_error(cwd, EXPORTER_DATABASE__LOCK_TIMEOUT=value)
