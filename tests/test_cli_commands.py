@@ -209,6 +209,21 @@ def test_commands_that_write_nothing_create_no_sqlite_file(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("command", [["run-once"], ["db", "current"], ["locks"]])
+def test_a_directory_as_the_sqlite_database_is_named_as_such(
+    command: list[str], tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORTER_")}
+    env.update(EXPORTER_TAPKEY__CLIENT_ID="c", EXPORTER_TAPKEY__CLIENT_SECRET="s")
+    done = run_exporter(env, *command, "--database-url", f"sqlite:///{tmp_path}", cwd=tmp_path)
+    assert done.returncode == 5
+    assert done.stderr.strip() == (
+        f"error: the SQLite database {tmp_path} is a directory; check [database] url, which "
+        "names the database file (e.g. sqlite:///exporter.db)"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_demo_replaces_only_an_earlier_demo_database(tmp_path: Path) -> None:
     quiet = Console(file=io.StringIO())
     path = tmp_path / "demo.db"

@@ -82,6 +82,11 @@ def make_engine(url: str, *, schema: str | None = None, create: bool = True) -> 
         connect_args["timeout"] = 30
         database = sqlite_file(parsed)
         if database is not None:
+            if Path(database).is_dir():
+                raise DatabaseUnavailableError(
+                    f"the SQLite database {database} is a directory; check [database] url, "
+                    "which names the database file (e.g. sqlite:///exporter.db)"
+                )
             if not create and not Path(database).is_file():
                 raise DatabaseUnavailableError(
                     f"the SQLite database {database} does not exist; check [database] url "
