@@ -23,6 +23,7 @@ from exporter.tapkey.fields import (
     date_value,
     element_too_long,
     int_field,
+    padded_id,
     str_field,
     too_long,
     unstorable_text,
@@ -215,6 +216,8 @@ def parse_lock(obj: dict[str, Any], lock_id: str, owner_id: str, raw: str) -> Lo
     Every field is read and checked once, inline where the value has the expected JSON type; the
     shared readers (exporter.tapkey.fields) only run for what is not, and name the problem.
     """
+    if lock_id[-1] == " " and (padded := padded_id(lock_id)) is not None:
+        raise BadValue(padded)
     get = obj.get
     title = get("title")
     description = get("description")

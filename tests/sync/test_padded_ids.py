@@ -1,0 +1,73 @@
+"""Ids that differ only in trailing spaces: MariaDB/MySQL compare them as one (PAD SPACE).
+
+Every database must hold the same history, and no run may stop at the unique index on `id`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import Engine
+from support.helpers import run_once, sandbox_lock_ids, sandbox_owner_ids
+from support.history import assert_history_consistent, expected_locks, locks_at, rows_at
+
+from exporter.sandbox.server import Sandbox
+
+
+def test_a_lock_id_with_a_trailing_space_is_skipped_alike_on_every_database(
+    sandbox: Sandbox, db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    run_once(sandbox, db_url, tmp_path)
+    first, second, _ = sandbox_owner_ids(sandbox)
+    lock = sandbox.locks_payload(first)[0]
+    padded = sandbox.rebind({**lock, "id": lock["id"] + " "}, second)
+    expected = expected_locks(sandbox.snapshot())
+    del expected[padded]
+
+    result = run_once(sandbox, db_url, tmp_path)
+
+    # On MariaDB the padded id hit uq_bound_locks_id ("Duplicate entry") and failed every run;
+    # PostgreSQL and SQLite stored it as a second lock.
+    assert result.status == "succeeded", result.error
+    assert result.finished_at is not None
+    assert result.counts.skipped == 1
+    assert locks_at(engine, result.finished_at) == expected
+    assert_history_consistent(engine)
+    # The lock it resembles goes on as before: renamed, it gets its update.
+    sandbox.rename(lock["id"], "Renamed")
+    later = run_once(sandbox, db_url, tmp_path)
+    assert later.status == "succeeded", later.error
+    assert later.finished_at is not None
+    assert locks_at(engine, later.finished_at)[lock["id"]]["title"] == "Renamed"
+    assert lock["id"] in sandbox_lock_ids(sandbox, first)
+    assert_history_consistent(engine)
+
+
+def test_a_contact_id_with_a_trailing_space_is_skipped_alike_on_every_database(
+    sandbox: Sandbox, db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    access = {"entities": ["contacts"]}
+    run_once(sandbox, db_url, tmp_path, tapkey=access)
+    owner = sandbox_owner_ids(sandbox)[0]
+    first = sandbox.contacts_payload(owner)[0]["id"]
+    _rekey_contact(sandbox, owner, sandbox.add_contact(owner, title="Padded"), first + " ")
+
+    result = run_once(sandbox, db_url, tmp_path, tapkey=access)
+
+    # On MariaDB it hit the contacts' primary key and failed the run.
+    assert result.status == "succeeded", result.error
+    assert result.access["contacts"].skipped == 1
+    assert result.finished_at is not None
+    assert set(rows_at(engine, "contacts", result.finished_at)) == {
+        c["id"] for c in sandbox.contacts_payload(owner) if c["id"] != first + " "
+    } | {c["id"] for o in sandbox_owner_ids(sandbox)[1:] for c in sandbox.contacts_payload(o)}
+    assert_history_consistent(engine)
+
+
+def _rekey_contact(fake: Sandbox, owner: str, contact_id: str, new_id: str) -> None:
+    """Give a sandbox contact another id (the sandbox draws ids itself)."""
+    data = fake._access  # no public way to choose an id
+    contact = data.contacts.pop(contact_id)
+    del data.owners[owner].contacts[contact_id]
+    contact.id = new_id
+    data.contacts[new_id] = data.owners[owner].contacts[new_id] = contact
