@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from support.helpers import run_once, sandbox_lock_ids, sandbox_owner_ids
 from support.history import assert_history_consistent, expected_locks, locks_at, rows_at
+from support.log_entries import run, settings_for
 
+from exporter.db.schema import log_entries
 from exporter.sandbox.server import Sandbox
 
 
@@ -69,5 +71,25 @@ def _rekey_contact(fake: Sandbox, owner: str, contact_id: str, new_id: str) -> N
     data = fake._access  # no public way to choose an id
     contact = data.contacts.pop(contact_id)
     del data.owners[owner].contacts[contact_id]
-    contact.id = new_id
+    contact.id, contact.json = new_id, None
     data.contacts[new_id] = data.owners[owner].contacts[new_id] = contact
+
+
+def test_a_log_entry_id_with_a_trailing_space_is_skipped_alike_on_every_database(
+    sandbox: Sandbox, db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    settings = settings_for(sandbox, db_url, tmp_path)
+    owner = sandbox_owner_ids(sandbox)[0]
+    first, second = sandbox.append_log_entries(owner, 2)
+    entry = next(e for e in sandbox._access.owners[owner].log_entries if e.id == second)
+    entry.id, entry.json = first + " ", None
+
+    result = run(settings)
+
+    # On MariaDB it hit the log entries' primary key and failed the owner's log.
+    assert result.status == "succeeded", result.error
+    with engine.connect() as conn:
+        stored = set(conn.execute(select(log_entries.c.id)).scalars())
+    listed = {e["id"] for o in sandbox_owner_ids(sandbox) for e in sandbox.log_entries_payload(o)}
+    assert first in stored
+    assert stored == listed - {first + " "}
