@@ -12,7 +12,8 @@ from support.helpers import run_once, sandbox_lock_ids, sandbox_owner_ids
 from support.history import assert_history_consistent, expected_locks, locks_at, rows_at
 from support.log_entries import run, settings_for
 
-from exporter.db.schema import log_entries
+from exporter.db.schema import log_entries, owner_accounts
+from exporter.sandbox.locks import SandboxOwner
 from exporter.sandbox.server import Sandbox
 
 
@@ -93,3 +94,23 @@ def test_a_log_entry_id_with_a_trailing_space_is_skipped_alike_on_every_database
     listed = {e["id"] for o in sandbox_owner_ids(sandbox) for e in sandbox.log_entries_payload(o)}
     assert first in stored
     assert stored == listed - {first + " "}
+
+
+def test_an_owner_id_with_a_trailing_space_fails_that_owner_alike_on_every_database(
+    sandbox: Sandbox, db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    run_once(sandbox, db_url, tmp_path)
+    owners = sandbox_owner_ids(sandbox)
+    padded = owners[0] + " "
+    data = sandbox._data  # no public way to choose an owner id
+    data.owners[padded] = SandboxOwner(id=padded, name="Padded", active=True)
+    data._visible = None
+
+    result = run_once(sandbox, db_url, tmp_path)
+
+    # On MariaDB it hit owner_accounts' primary key and failed every run.
+    assert result.status == "partial"
+    assert "its id ends with a space" in (result.error or "")
+    with engine.connect() as conn:
+        assert set(conn.execute(select(owner_accounts.c.id)).scalars()) == set(owners)
+    assert_history_consistent(engine)
