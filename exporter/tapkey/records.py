@@ -216,6 +216,7 @@ def parse_lock(obj: dict[str, Any], lock_id: str, owner_id: str, raw: str) -> Lo
     Every field is read and checked once, inline where the value has the expected JSON type; the
     shared readers (exporter.tapkey.fields) only run for what is not, and name the problem.
     """
+    # One character compared per lock; the message only for a lock that has the space.
     if lock_id[-1] == " " and (padded := padded_id(lock_id)) is not None:
         raise BadValue(padded)
     get = obj.get
