@@ -62,7 +62,7 @@ from exporter.sync.options import SyncOptions
 from exporter.sync.owners import OwnerLedger, failed_summary, write_owners
 from exporter.sync.removals import remove_locks
 from exporter.sync.versions import Clock, latest_instant
-from exporter.tapkey.fields import MAX_ID_LENGTH
+from exporter.tapkey.fields import MAX_ID_LENGTH, padded_id
 from exporter.tapkey.paging import PagingCheck
 from exporter.tapkey.records import OwnerRecord
 
@@ -395,7 +395,7 @@ class _Run:
         outcome = OwnerOutcome(owner.id, OwnerStatus.FAILED, fetched_at=self.clock(), error=error)
         log.warning("owner %s failed: %s", owner.id, error)
         self.result.owners.append(outcome)
-        if len(owner.id) <= MAX_ID_LENGTH:  # else it cannot have a sync_run_owners row either
+        if len(owner.id) <= MAX_ID_LENGTH and not padded_id(owner.id):  # else no run_owners row
             self.ledger.quiet.append(outcome)
         return True
 

@@ -39,6 +39,7 @@ from exporter.tapkey.fields import (
     element_id,
     element_too_long,
     int_field,
+    padded_id,
     str_field,
     unstorable_text,
 )
@@ -85,7 +86,9 @@ def parse_entry(value: Any, raw: str) -> LogEntry:
     entry_id = element_id(value)
     if entry_id is None:
         raise BadValue(f"no id of 1 to {MAX_ID_LENGTH} characters")
-    too_long = element_too_long("the element", raw) or unstorable_text(value, raw)
+    too_long = (
+        padded_id(entry_id) or element_too_long("the element", raw) or unstorable_text(value, raw)
+    )
     if too_long is not None:
         raise BadValue(too_long)
     received = date_field(value, "receivedAt")

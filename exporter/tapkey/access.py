@@ -26,6 +26,7 @@ from exporter.tapkey.fields import (
     date_field,
     element_too_long,
     int_field,
+    padded_id,
     str_field,
     unstorable_text,
 )
@@ -200,7 +201,9 @@ def parse_element(
     """
     if not isinstance(obj, dict):
         raise BadValue("the element is not an object")
-    too_long = element_too_long("the element", raw) or unstorable_text(obj, raw)
+    too_long = (
+        padded_id(element_id) or element_too_long("the element", raw) or unstorable_text(obj, raw)
+    )
     if too_long is not None:
         raise BadValue(too_long)
     values: dict[str, Any] = {"owner_account_id": owner_id}

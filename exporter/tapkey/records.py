@@ -23,6 +23,7 @@ from exporter.tapkey.fields import (
     date_value,
     element_too_long,
     int_field,
+    padded_id,
     str_field,
     too_long,
     unstorable_text,
@@ -215,6 +216,9 @@ def parse_lock(obj: dict[str, Any], lock_id: str, owner_id: str, raw: str) -> Lo
     Every field is read and checked once, inline where the value has the expected JSON type; the
     shared readers (exporter.tapkey.fields) only run for what is not, and name the problem.
     """
+    # One character compared per lock; the message only for a lock that has the space.
+    if lock_id[-1] == " " and (padded := padded_id(lock_id)) is not None:
+        raise BadValue(padded)
     get = obj.get
     title = get("title")
     description = get("description")
@@ -303,8 +307,9 @@ def parse_lock(obj: dict[str, Any], lock_id: str, owner_id: str, raw: str) -> Lo
 def parse_owner(value: Any, owner_id: str | None, raw: str) -> OwnerRecord:
     """An owner element; any unreadable owner fails the list (removals depend on it).
 
-    An owner the database cannot hold (an id or element longer than it stores) is not unreadable:
-    it comes back with a `problem`, and the run fails that owner alone.
+    An owner the database cannot hold (an id or element longer than it stores, an id ending with
+    a space: `padded_id`) is not unreadable: it comes back with a `problem`, and the run fails
+    that owner alone.
     """
     if owner_id is None:
         ident = value.get("id") if isinstance(value, dict) else None
@@ -315,9 +320,11 @@ def parse_owner(value: Any, owner_id: str | None, raw: str) -> OwnerRecord:
             "GET /api/v1/Owners returned an owner without a readable id; the owner list cannot be "
             "trusted, so nothing is synced"
         )
-    oversized = element_too_long("its element", raw) or unstorable_text(value, raw)
-    if oversized is not None:
-        return OwnerRecord(owner_id, None, None, raw, oversized)
+    unstorable = (
+        padded_id(owner_id) or element_too_long("its element", raw) or unstorable_text(value, raw)
+    )
+    if unstorable is not None:
+        return OwnerRecord(owner_id, None, None, raw, unstorable)
     try:
         return OwnerRecord(owner_id, str_field(value, "name"), bool_field(value, "active"), raw)
     except BadValue as exc:
