@@ -197,12 +197,8 @@ def test_commands_that_write_nothing_create_no_sqlite_file(
     command: list[str], tmp_path: Path
 ) -> None:
     # A mistyped path must say so, not leave an empty database that "has no schema".
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORTER_")}
-    env.update(EXPORTER_TAPKEY__CLIENT_ID="c", EXPORTER_TAPKEY__CLIENT_SECRET="s")
     missing = tmp_path / "typo" / "inventory.db"
-    done = run_exporter(env, *command, "--database-url", f"sqlite:///{missing}", cwd=tmp_path)
-    assert done.returncode == 5
-    assert done.stderr.strip() == (
+    assert _sqlite_error(command, missing, tmp_path) == (
         f"error: the SQLite database {missing} does not exist; check [database] url "
         "(`exporter run-once` or `exporter db upgrade` creates it)"
     )
@@ -213,15 +209,21 @@ def test_commands_that_write_nothing_create_no_sqlite_file(
 def test_a_directory_as_the_sqlite_database_is_named_as_such(
     command: list[str], tmp_path: Path
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORTER_")}
-    env.update(EXPORTER_TAPKEY__CLIENT_ID="c", EXPORTER_TAPKEY__CLIENT_SECRET="s")
-    done = run_exporter(env, *command, "--database-url", f"sqlite:///{tmp_path}", cwd=tmp_path)
-    assert done.returncode == 5
-    assert done.stderr.strip() == (
+    assert _sqlite_error(command, tmp_path, tmp_path) == (
         f"error: the SQLite database {tmp_path} is a directory; check [database] url, which "
         "names the database file (e.g. sqlite:///exporter.db)"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def _sqlite_error(command: list[str], database: Path, cwd: Path) -> str:
+    """The one line `command` prints for the SQLite database `database`, which it must not open
+    (exit 5)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORTER_")}
+    env.update(EXPORTER_TAPKEY__CLIENT_ID="c", EXPORTER_TAPKEY__CLIENT_SECRET="s")
+    done = run_exporter(env, *command, "--database-url", f"sqlite:///{database}", cwd=cwd)
+    assert done.returncode == 5
+    return done.stderr.strip()
 
 
 def test_demo_replaces_only_an_earlier_demo_database(tmp_path: Path) -> None:
