@@ -375,8 +375,8 @@ def test_connections_killed_mid_run_log_no_traceback(db_url: str, tmp_path: Path
     # "Exception during reset or similar" with a traceback per connection, mailed by cron
     # beside the run's one line.
     admin = create_engine(db_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
+    root, pool = logging.getLogger(), logging.getLogger("sqlalchemy.pool")
+    handlers, level, pool_level = root.handlers[:], root.level, pool.level
     stderr = io.StringIO()  # what `exporter serve` and `run-once` print
     with Sandbox(seed=34, owners=2, locks_per_owner=20) as fake:
         run_once(fake, db_url, tmp_path, tapkey={"page_size": 5})
@@ -395,6 +395,7 @@ def test_connections_killed_mid_run_log_no_traceback(db_url: str, tmp_path: Path
         finally:
             root.handlers[:] = handlers
             root.setLevel(level)
+            pool.setLevel(pool_level)
             fake.hooks.clear()
             admin.dispose()
     assert caught.value.exit_code == 5
