@@ -117,3 +117,8 @@ def setup_logging(settings: LoggingSettings, *, stream: IO[str] | None = None) -
     quiet = logging.DEBUG if settings.level == "DEBUG" else logging.WARNING
     for name in ("apscheduler", "alembic"):
         logging.getLogger(name).setLevel(quiet)
+    # SQLAlchemy's pool logs a 60-line traceback at ERROR for each connection the server dropped
+    # (MariaDB's KILL, a restart) that it then fails to reset or close, and discards anyway: the
+    # run already reports the lost connection in one line, which is all cron should mail.
+    pool = logging.DEBUG if settings.level == "DEBUG" else logging.CRITICAL
+    logging.getLogger("sqlalchemy.pool").setLevel(pool)
