@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -17,7 +18,7 @@ from exporter.db.schema import (
     owner_accounts,
 )
 from exporter.db.writer_lock import WriterLock
-from exporter.errors import LockHeldError
+from exporter.errors import LockHeldError, StoreError
 from exporter.kinds import RunStatus
 from exporter.results import RunResult, SyncProgress
 from exporter.service.preflight import (
@@ -38,6 +39,8 @@ from exporter.tapkey.access import Privacy
 from exporter.tapkey.auth import TokenProvider
 from exporter.tapkey.client import TapkeyClient
 from exporter.tapkey.options import PageLimits
+
+log = logging.getLogger(__name__)
 
 EXIT_CODES: dict[str, int] = {RunStatus.SUCCEEDED: 0, RunStatus.FAILED: 1, RunStatus.PARTIAL: 3}
 
@@ -181,7 +184,9 @@ def _present_owner_ids(engine: Engine) -> set[str]:
 def _apply_retention(engine: Engine, settings: Settings, now: datetime) -> None:
     """Prune per [sync] health_retention / run_retention, under the writer lock.
 
-    Another run that took the lock in the meantime prunes when it finishes: skip quietly.
+    Another run that took the lock in the meantime prunes when it finishes: skip quietly. A
+    database error is a warning: the run is recorded as it ended (a succeeded run stays exit 0
+    and counts as succeeded), and the next run prunes again.
     """
     keep = settings.sync
     if (
@@ -201,3 +206,6 @@ def _apply_retention(engine: Engine, settings: Settings, now: datetime) -> None:
             )
     except LockHeldError:
         return
+    except (SQLAlchemyError, StoreError) as exc:
+        error = exc if isinstance(exc, StoreError) else db_errors.store_error(exc, engine)
+        log.warning("retention skipped: %s; the run itself is recorded, the next run prunes", error)
