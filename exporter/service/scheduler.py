@@ -168,11 +168,14 @@ class Daemon:
     # -- lifecycle ------------------------------------------------------------------------------
 
     def run(self) -> int:
-        """Schedule syncs until SIGTERM/SIGINT; return the exit code (0 after a clean stop)."""
-        previous = {
-            signum: signal.signal(signum, self._on_signal)
-            for signum in (signal.SIGTERM, signal.SIGINT)
-        }
+        """Schedule syncs until SIGTERM/SIGINT/SIGHUP; return the exit code (0 after a clean
+        stop)."""
+        graceful = [signal.SIGTERM, signal.SIGINT]
+        # A closed terminal's hangup stops like SIGTERM (by default it killed the daemon mid-run,
+        # leaving its run `running`), unless it is ignored, as under nohup: then it stays so.
+        if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+            graceful.append(signal.SIGHUP)
+        previous = {signum: signal.signal(signum, self._on_signal) for signum in graceful}
         try:
             try:
                 log.info("exporter serve started: %s", describe(self.settings.schedule))
