@@ -54,8 +54,7 @@ def run_checks(settings: Settings) -> list[CheckResult]:
     Every check runs even if an earlier one failed, so one call shows every problem.
     """
     database = _check_database(settings)
-    facts = [_check_paging(settings, database), _check_holds(settings, database)]
-    return [*_check_tapkey(settings), database, *facts]
+    return [*_check_tapkey(settings), database, *_check_stored_facts(settings, database)]
 
 
 def _failed(name: str, exc: ExporterError) -> CheckResult:
@@ -191,35 +190,29 @@ def _check_database(settings: Settings) -> CheckResult:
     return CheckResult("database", False, detail, 5)
 
 
-def _check_paging(settings: Settings, database: CheckResult) -> CheckResult:
-    """What the database knows about the API's paging (exporter.tapkey.paging), read-only."""
+def _check_stored_facts(settings: Settings, database: CheckResult) -> list[CheckResult]:
+    """What the database knows about the API's paging (exporter.tapkey.paging) and the removals
+    the deletion guard holds back until confirmed (exporter.sync.holds); read-only, one
+    connection."""
+    names = ("paging", "holds")
     if not database.ok or "(current)" not in database.detail:
-        return CheckResult("paging", True, "needs the database at the current schema", skipped=True)
+        needs = "needs the database at the current schema"
+        return [CheckResult(name, True, needs, skipped=True) for name in names]
     api_url = display_url(settings.tapkey.api_base_url.rstrip("/"))  # as the client keys it
     engine = make_engine(settings, create=False)
     try:
         with db_engine.connect(engine) as conn:
             sizes = api_paging.load(conn, api_url)
-    except SQLAlchemyError as exc:
-        return _failed("paging", db_errors.store_error(exc, engine))
-    finally:
-        engine.dispose()
-    return CheckResult("paging", True, f"{api_url}: {api_paging.describe(sizes)}")
-
-
-def _check_holds(settings: Settings, database: CheckResult) -> CheckResult:
-    """Removals the deletion guard holds back until confirmed (exporter.sync.holds), read-only."""
-    if not database.ok or "(current)" not in database.detail:
-        return CheckResult("holds", True, "needs the database at the current schema", skipped=True)
-    engine = make_engine(settings, create=False)
-    try:
-        with db_engine.connect(engine) as conn:
             held = holds.load(conn)
     except SQLAlchemyError as exc:
-        return _failed("holds", db_errors.store_error(exc, engine))
+        error = db_errors.store_error(exc, engine)
+        return [_failed(name, error) for name in names]
     finally:
         engine.dispose()
-    return CheckResult("holds", True, holds.describe(held))
+    return [
+        CheckResult("paging", True, f"{api_url}: {api_paging.describe(sizes)}"),
+        CheckResult("holds", True, holds.describe(held)),
+    ]
 
 
 #: The tables every run inserts into and updates.
