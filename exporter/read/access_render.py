@@ -49,12 +49,12 @@ def access_table(answer: AccessAnswer, console: Console) -> None:
     )
     table = Table(show_lines=False)
     # A lock's grants go to contacts or cards; a contact's grants name their locks.
-    first, detail = (
+    first, second = (
         ("Who (contact or card)", "Identifier / label")
         if answer.subject == "lock"
         else ("Lock", "Bound lock id")
     )
-    for column in (first, detail, "From (UTC)", "Before (UTC)", "Hours", "Grant"):
+    for column in (first, second, "From (UTC)", "Before (UTC)", "Hours", "Grant"):
         table.add_column(column, overflow="fold", no_wrap=column.endswith("(UTC)"))
     for row in answer.rows:
         if answer.subject == "lock":
