@@ -106,6 +106,12 @@ class EntityRoute:
     personal: bool
     noun: str = "element"
 
+    def end_key(self, owner_id: str) -> str:
+        """The key of one owner's list on this route among the list ends a run confirms
+        (`PagingCheck.unproven`): apart from its lock list's (the owner id) and its other
+        routes'."""
+        return f"{self.path}/{owner_id}"
+
 
 @dataclass(frozen=True)
 class Privacy:

@@ -349,3 +349,24 @@ def test_an_element_without_a_readable_id_holds_back_that_owners_removals(
     assert (result.access["grants"].skipped, result.access["grants"].removed) == (1, 0)
     assert _count(engine, grants, grants.c.id == first, grants.c.removed_at.is_(None)) == 1
     assert_history_consistent(engine)
+
+
+def test_a_new_silent_page_cap_removes_no_contact_cut_off_by_it(
+    db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    with Sandbox(seed=16, owners=2, locks_per_owner=4, contacts_per_owner=5) as fake:
+        assert _run(fake, db_url, tmp_path, entities=["contacts"]).status == "succeeded"
+        for owner_id in _owner_ids(fake):  # the server returned pages of 4 locks before
+            for lock in fake.locks_payload(owner_id)[2:]:
+                fake.unbind(lock["id"])
+        # It starts cutting pages at 3, saying nothing: the lock lists (2) fit, the contact
+        # lists (5) do not.
+        fake.max_top = 3
+
+        cut = _run(fake, db_url, tmp_path, entities=["contacts"])
+        assert cut.access["contacts"].removed == 0
+        assert cut.status == "partial" and "was not proven" in (cut.error or "")
+        after = _run(fake, db_url, tmp_path, entities=["contacts"])  # pages of 3 asked for now
+        assert (after.status, after.access["contacts"].removed) == ("succeeded", 0)
+    assert _count(engine, contacts, contacts.c.removed_at.is_not(None)) == 0
+    assert_history_consistent(engine)
