@@ -25,7 +25,7 @@ from exporter.tapkey.fields import (
     bool_field,
     date_field,
     element_too_long,
-    int_field,
+    int32_field,
     padded_id,
     str_field,
     unstorable_text,
@@ -47,7 +47,7 @@ Kind = Literal["str", "bool", "int", "date", "id"]
 _READERS: Final = {
     "str": str_field,
     "bool": bool_field,
-    "int": int_field,
+    "int": int32_field,  # INTEGER columns
     "date": date_field,
     "id": str_field,
 }
