@@ -190,7 +190,10 @@ def date_value(value: Any, key: str) -> datetime:
         return moment
     if zone is None:
         return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is in year 0 in UTC: failed the run
+        raise BadValue(f"{key} is out of the range of dates (years 1 to 9999 in UTC)") from None
 
 
 _fromisoformat = datetime.fromisoformat

@@ -91,6 +91,7 @@ def test_a_lock_without_id_is_skipped_and_its_owner_removes_nothing(
 
 WRONG_TYPES = [
     pytest.param({"bindDate": "yesterday"}, id="date-that-does-not-parse"),
+    pytest.param({"bindDate": "0001-01-01T00:00:00+01:00"}, id="date-in-year-0-in-utc"),
     pytest.param({"rclSerialNo": "3"}, id="number-as-string"),
     pytest.param(
         {"lockType": {"id": "TK.Td30", "manufacturerId": "1"}}, id="nested-number-as-string"

@@ -370,3 +370,21 @@ def test_a_new_silent_page_cap_removes_no_contact_cut_off_by_it(
         assert (after.status, after.access["contacts"].removed) == ("succeeded", 0)
     assert _count(engine, contacts, contacts.c.removed_at.is_not(None)) == 0
     assert_history_consistent(engine)
+
+
+def test_a_date_out_of_range_in_utc_skips_its_grant_and_the_run_goes_on(
+    db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    # .NET's DateTime.MinValue with a local offset is in year 0 in UTC: an OverflowError
+    # failed the whole run.
+    with Sandbox(seed=17, owners=2, locks_per_owner=1, grants_per_owner=2) as fake:
+        owner = _owner_ids(fake)[1]
+        bad = fake.add_grant(owner, valid_from="0001-01-01T00:00:00+01:00")
+        late = fake.add_grant(owner, valid_before="9999-12-31T23:30:00-01:00")
+        result = _run(fake, db_url, tmp_path, entities=["grants"])
+        listed = {g["id"] for items in _payloads(fake, "grants").values() for g in items}
+    expected = listed - {bad, late}
+    assert result.status == "succeeded" and result.access["grants"].skipped == 2
+    with engine.connect() as conn:
+        assert set(conn.execute(select(grants.c.id)).scalars()) == expected
+    assert_history_consistent(engine)
