@@ -16,6 +16,9 @@ account (`workers` at a time) and written with the same rules as bound locks (ex
   entities go on. Only an AuthError (no token at all) ends the run.
 
 A grant whose state changes to Revoked is an update like any other change of a tracked field.
+An element listed by two owners in one run stays with the owner it is stored under if that owner
+lists it too, whichever list came in first (else a slow answer moved it back and forth, making
+versions of changes that never happened); otherwise it moves to the owner listing it.
 
 This module describes the entities and what the run hands the access phase; the phase itself is
 exporter.sync.access_sync, one entity's writes and removals exporter.sync.entity_sync.

@@ -43,11 +43,16 @@ def sync_access(
             entity_sync.count_present(conn)
         conn.rollback()
     wanted = [(s, owner_id) for s in syncs if s.readable() for owner_id in owner_ids]
+    for entity_sync, owner_id in wanted:
+        entity_sync.awaited.add(owner_id)
     with connect(context.engine) as conn:
         for entity_sync, owner_id, fetched in _fetch(context, wanted):
             if context.stop.is_set():
                 raise Interrupted
             entity_sync.take(conn, owner_id, fetched)
+        if not context.stop.is_set():
+            for entity_sync in syncs:
+                entity_sync.settle_moves(conn)
     if context.stop.is_set():
         raise Interrupted
     _confirm_ends(context, syncs)

@@ -17,7 +17,7 @@ from support.helpers import make_settings
 from support.history import assert_history_consistent, expected_access, rows_at
 
 from exporter.config.sections import PrivacySettings
-from exporter.db.schema import contacts, grant_versions, grants, sync_runs
+from exporter.db.schema import contact_versions, contacts, grant_versions, grants, sync_runs
 from exporter.results import RunResult
 from exporter.sandbox.server import Fault, Sandbox
 from exporter.service import job
@@ -387,4 +387,29 @@ def test_a_date_out_of_range_in_utc_skips_its_grant_and_the_run_goes_on(
     assert result.status == "succeeded" and result.access["grants"].skipped == 2
     with engine.connect() as conn:
         assert set(conn.execute(select(grants.c.id)).scalars()) == expected
+    assert_history_consistent(engine)
+
+
+def test_a_contact_listed_by_two_owners_stays_with_the_one_it_is_stored_under(
+    db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    # Whichever list came in first took it: with a slow answer now and then, every run moved
+    # it to the other owner and back, versions of changes that never happened.
+    with Sandbox(seed=18, owners=3, locks_per_owner=1) as fake:
+        first, _, other = _owner_ids(fake)
+        contact = fake.contacts_payload(first)[0]["id"]
+        fake._access.owners[other].contacts[contact] = fake._access.contact(contact)  # both list it
+        results = []
+        for slow in (other, first, None, first):  # the first load takes the first answer
+            if slow is not None:
+                fake.add_fault(Fault("contacts", kind="delay", delay=0.5, owner_id=slow))
+            results.append(_run(fake, db_url, tmp_path, entities=["contacts"], workers=3))
+    assert [r.status for r in results] == ["succeeded"] * 4
+    with engine.connect() as conn:
+        versions = conn.execute(
+            select(contact_versions.c.change_type, contact_versions.c.owner_account_id).where(
+                contact_versions.c.id == contact
+            )
+        ).all()
+    assert versions == [("created", first)]
     assert_history_consistent(engine)
