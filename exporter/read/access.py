@@ -59,7 +59,9 @@ class AccessAnswer:
 
     subject: Literal["lock", "contact"]
     query: str
-    ids: list[str]  # the bound lock ids (every binding of a device) or the contact id
+    # The bound lock ids (every binding of a device), or the contact ids (one, or every
+    # contact with the identifier asked for).
+    ids: list[str]
     title: str | None
     at: datetime
     as_of: AsOf | None  # None: now
@@ -79,21 +81,32 @@ def who_can_open(engine: Engine, key: str, *, now: datetime, as_of: AsOf | None)
 
 
 def what_can_open(engine: Engine, key: str, *, now: datetime, as_of: AsOf | None) -> AccessAnswer:
-    """The grants giving the contact `key` (id, identifier as stored, or start of an id) access."""
+    """The grants giving the contact `key` (id, identifier as stored, or start of an id) access.
+
+    An identifier names a person, who is a contact of each owner account that added them (a
+    contact id per account): the grants of every contact with that identifier are shown.
+    """
     with connect(engine) as conn:
-        contact_id = _find_contact(conn, key)
-        title = conn.execute(select(contacts.c.title).where(contacts.c.id == contact_id)).scalar()
+        contact_ids = _find_contacts(conn, key)
+        title = None
+        if len(contact_ids) == 1:
+            query = select(contacts.c.title).where(contacts.c.id == contact_ids[0])
+            title = conn.execute(query).scalar()
         at = now if as_of is None else as_of.at
-        rows = _grants(conn, "contact_id", [contact_id], at, as_of)
-    return AccessAnswer("contact", key, [contact_id], title, at, as_of, rows, True)
+        rows = _grants(conn, "contact_id", contact_ids, at, as_of)
+    return AccessAnswer("contact", key, contact_ids, title, at, as_of, rows, True)
 
 
-def _find_contact(conn: Connection, key: str) -> str:
+def _find_contacts(conn: Connection, key: str) -> list[str]:
+    """The contact with the id `key`, else every contact with the identifier `key`, else the
+    one whose id starts with `key`."""
     wanted = utf8_argument(key)
-    for column in (contacts.c.id, contacts.c.identifier):
-        found = conn.execute(select(contacts.c.id).where(column == wanted)).scalars().all()
-        if len(found) == 1:
-            return str(found[0])
+    if conn.execute(select(contacts.c.id).where(contacts.c.id == wanted)).first() is not None:
+        return [wanted]
+    query = select(contacts.c.id).where(contacts.c.identifier == wanted).order_by(contacts.c.id)
+    found = [str(contact_id) for contact_id in conn.execute(query).scalars()]
+    if found:
+        return found
     ids = ids_starting_with(conn, wanted, contacts, "contact") if wanted else []
     if not ids:
         raise UsageError(
@@ -101,7 +114,7 @@ def _find_contact(conn: Connection, key: str) -> str:
             "hash, identifiers are stored hashed: give the contact id); list contacts with "
             "SELECT id, title FROM contacts"
         )
-    return ids[0]
+    return ids
 
 
 def _in_force(table: Table, at: datetime) -> ColumnElement[bool]:

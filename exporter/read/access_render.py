@@ -48,8 +48,13 @@ def access_table(answer: AccessAnswer, console: Console) -> None:
         + ("" if answer.bound else "; the lock was not bound then, so no grant opens it")
     )
     table = Table(show_lines=False)
-    first = "Who (contact or card)" if answer.subject == "lock" else "Lock"
-    for column in (first, "Identifier / label", "From (UTC)", "Before (UTC)", "Hours", "Grant"):
+    # A lock's grants go to contacts or cards; a contact's grants name their locks.
+    first, second = (
+        ("Who (contact or card)", "Identifier / label")
+        if answer.subject == "lock"
+        else ("Lock", "Bound lock id")
+    )
+    for column in (first, second, "From (UTC)", "Before (UTC)", "Hours", "Grant"):
         table.add_column(column, overflow="fold", no_wrap=column.endswith("(UTC)"))
     for row in answer.rows:
         if answer.subject == "lock":

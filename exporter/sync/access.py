@@ -8,13 +8,17 @@ account (`workers` at a time) and written with the same rules as bound locks (ex
   nothing to write gets no transaction;
 - removals after every owner of the entity was applied, in one transaction: an element is
   removed only if no complete fetch of this run returned it and its owner's fetch was complete
-  (reason `deleted`, for a card `unbound`), or if its owner account was removed
+  to a proven end (reason `deleted`, for a card `unbound`; list ends are confirmed as the
+  locks' are, exporter.tapkey.paging), or if its owner account was removed
   (`owner_removed`); the deletion guard holds back mass removals per owner as for locks;
 - a fetch that fails (a 403 for a missing scope or co-admin right, a 5xx, a bad page) changes
   nothing for that entity of that owner and makes the run `partial`; locks and the other
   entities go on. Only an AuthError (no token at all) ends the run.
 
 A grant whose state changes to Revoked is an update like any other change of a tracked field.
+An element listed by two owners in one run stays with the owner it is stored under if that owner
+lists it too, whichever list came in first (else a slow answer moved it back and forth, making
+versions of changes that never happened); otherwise it moves to the owner listing it.
 
 This module describes the entities and what the run hands the access phase; the phase itself is
 exporter.sync.access_sync, one entity's writes and removals exporter.sync.entity_sync.
@@ -56,6 +60,7 @@ from exporter.tapkey.access import (
     OwnerEntities,
     Privacy,
 )
+from exporter.tapkey.paging import PagingCheck
 
 
 @dataclass(frozen=True)
@@ -146,6 +151,10 @@ class AccessContext:
     workers: int
     check_lock: Callable[[], None]
     changes: list[Change]  # dry runs list what they would change here
+    # Confirms the ends of the lists read since the locks' were confirmed (the API client's
+    # confirm_paging, the page size it learns kept): an access list cut by a new silent cap
+    # must not turn into removals.
+    confirm_paging: Callable[[], PagingCheck]
     # Removals held back by earlier runs (exporter.sync.holds), read when the run started.
     holds: Holds = field(default_factory=dict)
 
@@ -159,6 +168,7 @@ class AccessOutcome:
     failed: dict[str, str] = field(default_factory=dict)
     held: list[str] = field(default_factory=list)
     held_back: dict[str, int] = field(default_factory=dict)
+    unproven: str | None = None  # why list ends were not proven (their removals wait)
 
     def problems(self) -> list[str]:
         """One line per distinct failure (naming its owners) and per held-back removal."""
@@ -172,4 +182,4 @@ class AccessOutcome:
             else:
                 shown = ", ".join(owners[:3]) + (", ..." if len(owners) > 3 else "")
                 lines.append(f"{self.entity} of {len(owners)} owners ({shown}): {error}")
-        return lines + self.held
+        return lines + self.held + ([self.unproven] if self.unproven else [])

@@ -352,11 +352,11 @@ class _Run:
             workers=self.workers,
             check_lock=self._check_lock,
             changes=self.result.changes,
+            confirm_paging=self._confirm_paging,
             holds=self.locks.holds,
         )
         outcomes = sync_access(context, owner_ids, self.options.access)
-        for outcome in outcomes:
-            self.result.access[outcome.entity] = outcome.counts
+        self.result.access.update((outcome.entity, outcome.counts) for outcome in outcomes)
         return outcomes
 
     def _read_logs(self, owner_ids: list[str]) -> str | None:

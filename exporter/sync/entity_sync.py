@@ -45,6 +45,11 @@ class EntitySync:
         self.before: dict[str, int] = {}  # present rows per owner before this run
         self.confirmed: dict[str, int] = {}  # rows each complete owner confirmed present
         self.removable: set[str] = set()  # owners fetched completely, every element identified
+        # Owners whose list of this run is still awaited, and the elements listed by one owner
+        # while stored under another of those (id -> (listing owner, record)): they wait for
+        # that owner's list (`settle_moves`).
+        self.awaited: set[str] = set()
+        self.moves: dict[str, tuple[str, Any]] = {}
         self.missing_scope: str | None = None
 
     def count_present(self, conn: Connection) -> None:
@@ -65,6 +70,7 @@ class EntitySync:
 
     def take(self, conn: Connection, owner_id: str, fetched: OwnerEntities | TapkeyError) -> None:
         """Apply one owner's fetched list, or record why it failed."""
+        self.awaited.discard(owner_id)
         if isinstance(fetched, TapkeyError):
             self.fail(owner_id, str(fetched))
             return
@@ -112,6 +118,8 @@ class EntitySync:
         entity, context = self.entity, self.context
         tracked = entity.tracked
         stored = load_rows(conn, entity.current, (*tracked, "raw"), [r.id for r in records])
+        if self.awaited:
+            records = [r for r in records if not self._moving(owner_id, r, stored.get(r.id))]
         diff = diff_owner(
             records,
             stored,
@@ -132,6 +140,43 @@ class EntitySync:
         write_diff(
             conn, diff, new_rows, entity.tables, owner_id=owner_id, t=t, run_id=context.run_id
         )
+
+    def _moving(self, owner_id: str, record: Any, stored: Mapping[str, Any] | None) -> bool:
+        """Whether `record` is present under another owner whose list is still awaited: then
+        it waits for that list (held in `moves`, unclaimed), as it may list it too."""
+        if stored is None or stored["removed_at"] is not None:
+            return False
+        if stored["owner_account_id"] == owner_id or stored["owner_account_id"] not in self.awaited:
+            return False
+        self.seen.discard(record.id)
+        self.moves[record.id] = (owner_id, record)
+        self.confirmed[owner_id] -= 1
+        return True
+
+    def settle_moves(self, conn: Connection) -> None:
+        """Once every list is in: an element its stored owner listed too stays there (listed
+        twice: the API is caught half-way through a move, or lists it under both); the others
+        move to the owner that listed them."""
+        moving: dict[str, list[Any]] = {}
+        for row_id, (owner_id, record) in self.moves.items():
+            if row_id in self.seen:
+                log.warning(
+                    "owner %s: %s %s also listed by the owner it is stored under in this run; "
+                    "kept under that owner",
+                    owner_id,
+                    self.entity.noun,
+                    row_id,
+                )
+            else:
+                self.seen.add(row_id)
+                moving.setdefault(owner_id, []).append(record)
+        self.moves.clear()
+        for owner_id, records in moving.items():
+            self.confirmed[owner_id] = self.confirmed.get(owner_id, 0) + len(records)
+            counts = Counts()
+            with conn.begin():
+                self._write(conn, owner_id, records, counts, self.context.clock())
+            self.outcome.counts.add(counts)
 
     def remove(self) -> None:
         """Remove what complete fetches no longer list, and the rows of removed owners."""

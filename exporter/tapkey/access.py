@@ -25,7 +25,7 @@ from exporter.tapkey.fields import (
     bool_field,
     date_field,
     element_too_long,
-    int_field,
+    int32_field,
     padded_id,
     str_field,
     unstorable_text,
@@ -47,7 +47,7 @@ Kind = Literal["str", "bool", "int", "date", "id"]
 _READERS: Final = {
     "str": str_field,
     "bool": bool_field,
-    "int": int_field,
+    "int": int32_field,  # INTEGER columns
     "date": date_field,
     "id": str_field,
 }
@@ -105,6 +105,12 @@ class EntityRoute:
     fields: tuple[FieldSpec, ...]
     personal: bool
     noun: str = "element"
+
+    def end_key(self, owner_id: str) -> str:
+        """The key of one owner's list on this route among the list ends a run confirms
+        (`PagingCheck.unproven`): apart from its lock list's (the owner id) and its other
+        routes'."""
+        return f"{self.path}/{owner_id}"
 
 
 @dataclass(frozen=True)

@@ -236,7 +236,9 @@ class TapkeyClient:
         pages = KnownTexts(known) if keeps_texts else KnownTexts({})
         rows, requests_sent = cast(
             tuple[list[tuple[str | None, AccessRecord | str | None]], int],
-            self._read_list(target, {}, parse, lambda: pages, tuple(known)),
+            self._read_list(
+                target, {}, parse, lambda: pages, tuple(known), end_key=route.end_key(owner_id)
+            ),
         )
         return _owner_list(OwnerEntities, owner_id, rows, requests_sent, problems, route.noun)
 
@@ -271,10 +273,12 @@ class TapkeyClient:
         stored: Sequence[str] | Callable[[], Sequence[str] | None] | None = None,
         *,
         in_order: bool = True,
+        end_key: str | None = None,
     ) -> tuple[list[tuple[str | None, T | None]], int]:
         """Read a whole list (exporter.tapkey.paging decides; this only transports the pages).
 
-        `known()` is first called once the first page is in (see `list_bound_locks`)."""
+        `known()` is first called once the first page is in (see `list_bound_locks`). An end
+        to confirm is kept under `end_key`, by default the owner id (None: the owner list)."""
         counter = [0]
 
         def restart(attempt: int) -> None:
@@ -297,7 +301,8 @@ class TapkeyClient:
             stored_in_order=in_order,
         )
         if read.end is not None:
-            self.paging.ended(target.owner_id, read.end, (target, params))
+            key = target.owner_id if end_key is None else end_key
+            self.paging.ended(key, read.end, (target, params))
         return read.rows, counter[0]
 
     def _page_getter(
@@ -397,9 +402,9 @@ class TapkeyClient:
         if cap is not None:
             self.paging.capped(cap)
         unproven = frozenset(self.paging.ended_at_least(cap or end.rows) | {key})
-        locks = len(unproven - {None})
+        lists = len(unproven - {None})
         parts = ["the owner list"] if None in unproven else []
-        parts += [f"{locks} owners' lock lists"] if locks else []
+        parts += [f"{lists} list(s) of owner accounts"] if lists else []
         message = (
             f"the end of {' and '.join(parts)} was not proven ({why}); their removals wait for "
             "the next run, which confirms every list's end"

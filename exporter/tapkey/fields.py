@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
 __all__ = [
+    "INT32_MAX",
+    "INT32_MIN",
     "MAX_ELEMENT_BYTES",
     "MAX_ID_LENGTH",
     "SURELY_SHORT",
@@ -23,7 +25,9 @@ __all__ = [
     "date_value",
     "element_id",
     "element_too_long",
+    "int32_field",
     "int_field",
+    "out_of_range",
     "padded_id",
     "str_field",
     "too_long",
@@ -147,6 +151,25 @@ str_field: Final = _typed_field(str, "a string")
 int_field: Final = _typed_field(int, "an integer", excluded=(bool,))
 bool_field: Final = _typed_field(bool, "true/false")
 
+#: The range of the INTEGER columns (32 bits on PostgreSQL and MariaDB; SQLite takes more).
+INT32_MIN: Final = -(2**31)
+INT32_MAX: Final = 2**31 - 1
+
+
+def int32_field(obj: dict[str, Any], key: str) -> int | None:
+    """An integer field stored in an INTEGER column (None when absent or null); BadValue if it
+    is not an integer or does not fit: PostgreSQL's binary COPY stored 2**31 as -2**31, and
+    MariaDB refused the statement, failing the run."""
+    value = int_field(obj, key)
+    if value is not None and not INT32_MIN <= value <= INT32_MAX:
+        raise BadValue(out_of_range(key))
+    return value
+
+
+def out_of_range(key: str) -> str:
+    """The message for an integer field too large for its INTEGER column."""
+    return f"{key} is out of the range the exporter stores (a 32-bit integer)"
+
 
 def date_field(obj: dict[str, Any], key: str) -> datetime | None:
     """ISO-8601 with `Z` or an offset -> aware UTC (a value without an offset is taken as UTC)."""
@@ -167,7 +190,10 @@ def date_value(value: Any, key: str) -> datetime:
         return moment
     if zone is None:
         return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is in year 0 in UTC: failed the run
+        raise BadValue(f"{key} is out of the range of dates (years 1 to 9999 in UTC)") from None
 
 
 _fromisoformat = datetime.fromisoformat

@@ -91,6 +91,7 @@ def test_a_lock_without_id_is_skipped_and_its_owner_removes_nothing(
 
 WRONG_TYPES = [
     pytest.param({"bindDate": "yesterday"}, id="date-that-does-not-parse"),
+    pytest.param({"bindDate": "0001-01-01T00:00:00+01:00"}, id="date-in-year-0-in-utc"),
     pytest.param({"rclSerialNo": "3"}, id="number-as-string"),
     pytest.param(
         {"lockType": {"id": "TK.Td30", "manufacturerId": "1"}}, id="nested-number-as-string"
@@ -147,6 +148,13 @@ TOO_LONG = [
         {"physicalLockId": _HEX_299}, "lock_id_hex is 299 characters", id="hex-id-of-a-long-id"
     ),
     pytest.param({"description": "d" * 4_200_000}, "the element is 4,2", id="element-over-4-mib"),
+    # INTEGER columns: PostgreSQL refused the update (failing the run), MariaDB too.
+    pytest.param({"rclSerialNo": 2**31}, "rclSerialNo is out of the range", id="serial-no-2-31"),
+    pytest.param(
+        {"lockType": {"id": "TK.Td30", "manufacturerId": -(2**31) - 1}},
+        "lockType.manufacturerId is out of the range",
+        id="manufacturer-id",
+    ),
 ]
 
 
@@ -368,4 +376,29 @@ def test_a_contact_with_an_unstorable_title_is_skipped_on_every_database(
     with engine.connect() as conn:
         titles = dict(conn.execute(text("SELECT id, title FROM contacts")).all())
     assert titles[first] != bad and titles[second] == "still synced"
+    assert_history_consistent(engine)
+
+
+def test_a_card_whose_capacity_no_integer_column_holds_is_skipped_on_every_database(
+    sandbox: Sandbox, db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    # nofGrantsCapacity 2**31: PostgreSQL's binary COPY stored a new card's as -2**31, an update
+    # and MariaDB failed the whole run; SQLite stored it. Now skipped like a wrong type.
+    access = {"entities": ["cards"]}
+    run_once(sandbox, db_url, tmp_path, tapkey=access)
+    owner = sandbox_owner_ids(sandbox)[0]
+    stored = sandbox.cards_payload(owner)[0]["id"]
+    new = sandbox.bind_card(owner)
+    for card_id in (stored, new):
+        card = sandbox._access.card(card_id)  # no public way to choose a capacity
+        card.capacity, card.json = 2**31, None
+
+    result = run_once(sandbox, db_url, tmp_path, tapkey=access)
+
+    assert result.status == "succeeded" and result.access["cards"].skipped == 2
+    with engine.connect() as conn:
+        capacities = dict(
+            conn.execute(text("SELECT id, nof_grants_capacity FROM bound_cards")).all()
+        )
+    assert new not in capacities and capacities[stored] < 2**31
     assert_history_consistent(engine)

@@ -129,3 +129,26 @@ def test_bad_input_is_one_line_and_exit_2(exporter: Any, args: list[str], messag
     result = exporter("access", *args)
     assert result.exit_code == 2, (result.output, result.stderr)
     assert message in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_an_identifier_shows_the_grants_of_that_person_in_every_owner_account(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A person added by two owner accounts is a contact (an id) in each, with one identifier.
+    with Sandbox(seed=32, owners=2, locks_per_owner=1, grants_per_owner=0) as fake:
+        granted = set()
+        for index, owner in enumerate(o["id"] for o in fake.owners_payload()):
+            contact = fake.add_contact(owner, title=f"Anna {index}", identifier="anna@example.com")
+            granted.add(fake.add_grant(owner, contact_id=contact))
+        settings = make_settings(fake, db_url, tmp_path, entities=["contacts", "grants"])
+        job.run_once(settings)
+    env = {"EXPORTER_DATABASE__URL": db_url, "EXPORTER_CONFIG": str(tmp_path / "none.toml")}
+    (tmp_path / "none.toml").write_text("")
+    result = CliRunner().invoke(
+        app, ["access", "--contact", "anna@example.com", "-f", "json"], env=env
+    )
+    assert _grant_ids(result) == granted
+    assert len(json.loads(result.stdout)["ids"]) == 2
+    monkeypatch.setattr(cli.out, "_width", 250)
+    table = CliRunner().invoke(app, ["access", "--contact", "anna@example.com"], env=env)
+    assert "Bound lock id" in table.stdout and "Identifier / label" not in table.stdout

@@ -17,7 +17,7 @@ from support.helpers import make_settings
 from support.history import assert_history_consistent, expected_access, rows_at
 
 from exporter.config.sections import PrivacySettings
-from exporter.db.schema import contacts, grant_versions, grants, sync_runs
+from exporter.db.schema import contact_versions, contacts, grant_versions, grants, sync_runs
 from exporter.results import RunResult
 from exporter.sandbox.server import Fault, Sandbox
 from exporter.service import job
@@ -348,4 +348,68 @@ def test_an_element_without_a_readable_id_holds_back_that_owners_removals(
     assert result.status == "succeeded"
     assert (result.access["grants"].skipped, result.access["grants"].removed) == (1, 0)
     assert _count(engine, grants, grants.c.id == first, grants.c.removed_at.is_(None)) == 1
+    assert_history_consistent(engine)
+
+
+def test_a_new_silent_page_cap_removes_no_contact_cut_off_by_it(
+    db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    with Sandbox(seed=16, owners=2, locks_per_owner=4, contacts_per_owner=5) as fake:
+        assert _run(fake, db_url, tmp_path, entities=["contacts"]).status == "succeeded"
+        for owner_id in _owner_ids(fake):  # the server returned pages of 4 locks before
+            for lock in fake.locks_payload(owner_id)[2:]:
+                fake.unbind(lock["id"])
+        # It starts cutting pages at 3, saying nothing: the lock lists (2) fit, the contact
+        # lists (5) do not.
+        fake.max_top = 3
+
+        cut = _run(fake, db_url, tmp_path, entities=["contacts"])
+        assert cut.access["contacts"].removed == 0
+        assert cut.status == "partial" and "was not proven" in (cut.error or "")
+        after = _run(fake, db_url, tmp_path, entities=["contacts"])  # pages of 3 asked for now
+        assert (after.status, after.access["contacts"].removed) == ("succeeded", 0)
+    assert _count(engine, contacts, contacts.c.removed_at.is_not(None)) == 0
+    assert_history_consistent(engine)
+
+
+def test_a_date_out_of_range_in_utc_skips_its_grant_and_the_run_goes_on(
+    db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    # .NET's DateTime.MinValue with a local offset is in year 0 in UTC: an OverflowError
+    # failed the whole run.
+    with Sandbox(seed=17, owners=2, locks_per_owner=1, grants_per_owner=2) as fake:
+        owner = _owner_ids(fake)[1]
+        bad = fake.add_grant(owner, valid_from="0001-01-01T00:00:00+01:00")
+        late = fake.add_grant(owner, valid_before="9999-12-31T23:30:00-01:00")
+        result = _run(fake, db_url, tmp_path, entities=["grants"])
+        listed = {g["id"] for items in _payloads(fake, "grants").values() for g in items}
+    expected = listed - {bad, late}
+    assert result.status == "succeeded" and result.access["grants"].skipped == 2
+    with engine.connect() as conn:
+        assert set(conn.execute(select(grants.c.id)).scalars()) == expected
+    assert_history_consistent(engine)
+
+
+def test_a_contact_listed_by_two_owners_stays_with_the_one_it_is_stored_under(
+    db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    # Whichever list came in first took it: with a slow answer now and then, every run moved
+    # it to the other owner and back, versions of changes that never happened.
+    with Sandbox(seed=18, owners=3, locks_per_owner=1) as fake:
+        first, _, other = _owner_ids(fake)
+        contact = fake.contacts_payload(first)[0]["id"]
+        fake._access.owners[other].contacts[contact] = fake._access.contact(contact)  # both list it
+        results = []
+        for slow in (other, first, None, first):  # the first load takes the first answer
+            if slow is not None:
+                fake.add_fault(Fault("contacts", kind="delay", delay=0.5, owner_id=slow))
+            results.append(_run(fake, db_url, tmp_path, entities=["contacts"], workers=3))
+    assert [r.status for r in results] == ["succeeded"] * 4
+    with engine.connect() as conn:
+        versions = conn.execute(
+            select(contact_versions.c.change_type, contact_versions.c.owner_account_id).where(
+                contact_versions.c.id == contact
+            )
+        ).all()
+    assert versions == [("created", first)]
     assert_history_consistent(engine)
