@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, select
@@ -86,3 +89,27 @@ def test_a_signalled_run_once_sends_no_further_retry(
     assert sandbox.requests["locks"] == 3
     assert process.returncode == 1
     _assert_interrupted(engine)
+
+
+def test_ctrl_c_while_the_command_line_loads_exits_130_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    # The installed script, with a Ctrl-C at its first import of typer (sitecustomize runs before
+    # the script): it printed a traceback of whichever import was loading.
+    (tmp_path / "sitecustomize.py").write_text(
+        "import builtins\n"
+        "real = builtins.__import__\n"
+        "def interrupted(name, *args, **kwargs):\n"
+        "    if name == 'typer':\n"
+        "        raise KeyboardInterrupt\n"
+        "    return real(name, *args, **kwargs)\n"
+        "builtins.__import__ = interrupted\n"
+    )
+    script = Path(sys.executable).with_name("exporter")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+
+    result = subprocess.run(
+        [str(script), "--help"], env=env, capture_output=True, text=True, timeout=60
+    )
+
+    assert (result.returncode, result.stdout, result.stderr) == (130, "", "")

@@ -96,6 +96,12 @@ def load_settings(
         section, _, key = dotted.partition(".")
         if section not in SECTIONS or key not in SECTIONS[section].model_fields:
             raise ConfigError(f"unknown setting {dotted!r} in command-line overrides")
+        if isinstance(value, str) and not _utf8(value):
+            # As for environment values: a driver or URL parser failed on it with a traceback.
+            raise ConfigError(
+                f"[{section}] {key} given on the command line is not UTF-8 text; type it in a "
+                "UTF-8 terminal (e.g. LANG=C.UTF-8)"
+            )
         data[section][key] = value
         origins[section, key] = _Origin("cli", dotted)
     base = path.parent if path is not None else cwd

@@ -19,8 +19,8 @@ from exporter import cli
 from exporter.sandbox.server import Sandbox
 
 
-def _commands() -> list[tuple[list[str], list[str], bool]]:
-    """Every command as (path, placeholder arguments, takes --config)."""
+def _commands(option: str = "--config") -> list[tuple[list[str], list[str], bool]]:
+    """Every command as (path, placeholder arguments, takes `option`)."""
     root = typer.main.get_command(cli.app)
     found: list[tuple[list[str], list[str], bool]] = []
 
@@ -30,7 +30,7 @@ def _commands() -> list[tuple[list[str], list[str], bool]]:
         arguments = ["1" for p in params if type(p).__name__ == "TyperArgument" and p.required]
         subcommands = getattr(command, "commands", None) or {}
         if path and (not subcommands or params):
-            found.append((path, arguments, "--config" in options))
+            found.append((path, arguments, option in options))
         for name, sub in subcommands.items():
             walk(sub, [*path, name])
 
@@ -194,6 +194,32 @@ def test_an_in_memory_database_is_refused_for_runs(
         "ends: name a file, e.g. sqlite:///exporter.db"
     )
     assert sandbox.request_count == 0
+
+
+DATABASE_URL_COMMANDS = [c[:2] for c in _commands("--database-url") if c[2]]
+
+
+@pytest.mark.parametrize(
+    "path, arguments", DATABASE_URL_COMMANDS, ids=[" ".join(c[0]) for c in DATABASE_URL_COMMANDS]
+)
+@pytest.mark.parametrize("url", ["sqlite:///caf\udce9.db", "postgresql://u@127.0.0.1/caf\udce9"])
+def test_a_database_url_that_is_not_utf8_is_one_line_and_exit_2(
+    exporter_cli: Callable[..., CliResult],
+    tmp_path: Path,
+    path: list[str],
+    arguments: list[str],
+    url: str,
+) -> None:
+    # A Latin-1 terminal's byte reaches Python as a lone surrogate: the URL parser or the driver
+    # failed on it with a traceback (and SQLite created the file first).
+    result = exporter_cli(*path, *arguments, "--database-url", url)
+
+    assert result.code == 2, result.err
+    assert one_line(result.err.strip()) == (
+        "error: [database] url given on the command line is not UTF-8 text; type it in a UTF-8 "
+        "terminal (e.g. LANG=C.UTF-8)"
+    )
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_an_unreadable_secret_file_is_one_line_and_exit_2(
