@@ -42,7 +42,9 @@ that. Each list they end carries a `ListEnd`, and the caller confirms the end of
 run, the one whose last page was longest (a new cap cuts it first), before any removal is
 decided. If it was cut, the lists ended on pages as long as the cut are unproven (their removals
 wait) and the cut becomes the page size asked for (`PagingFacts.capped`), so the next run reads
-them whole. See the README's "Paging" section.
+them whole. A list that would remove stored rows is confirmed too unless a longer page of this
+run proves its end: several lists may end on pages of the same length, and the one checked may
+really end there while a new cap cut the others. See the README's "Paging" section.
 """
 
 from __future__ import annotations
@@ -112,6 +114,8 @@ class ListEnd:
     #: Rule 4's end taken provisionally: a stored id is missing, so only a removal is at stake,
     #: and removals are decided once every list is read (`PagingFacts.to_confirm`).
     provisional: bool = False
+    #: Stored ids are missing from the list (by rule 2 or 4): ending it here removes them.
+    removes: bool = False
 
 
 @dataclass(slots=True)
@@ -152,13 +156,15 @@ class PagingFacts:
         # Lists ended by rules 2-3, unconfirmed: key -> rows on the last page; and the longest one.
         self._ends: dict[str | None, tuple[ListEnd, object]] = {}
         self._candidate: tuple[str | None, ListEnd, object] | None = None
+        # The most rows of one page in this run: the server's cap now is at least that.
+        self._longest = 0
 
     # -- the facts ---------------------------------------------------------------------------
 
     def learn(self, known: PageSizes) -> None:
         """Start from what an earlier run learned (from the database)."""
         with self._lock:
-            self._sizes, self._changed = known, False
+            self._sizes, self._changed, self._longest = known, False, 0
 
     @property
     def sizes(self) -> PageSizes:
@@ -186,6 +192,7 @@ class PagingFacts:
     def page_seen(self, rows: int) -> None:
         """A page of `rows` rows came back in one answer: the server returns pages that long."""
         with self._lock:
+            self._longest = max(self._longest, rows)
             honoured = self._sizes.honoured
             if rows > 0 and (honoured is None or honoured < rows):
                 self._set(PageSizes(rows, self._sizes.max_top))
@@ -235,13 +242,20 @@ class PagingFacts:
 
     def to_confirm(self) -> list[tuple[str | None, ListEnd, object]]:
         """The ends to confirm once every list is read: the longest (the one check per run)
-        and each provisional end no page proves now (as long as the longest page seen)."""
+        and each end that removes stored rows unless a longer page of this run proves it.
+
+        The size the server honoured in earlier runs ends such a list (rule 2), but only a page
+        of this run shows the cap now: a server that starts to cut pages at the length of a list
+        that really ends there would pass the one check, and every other list cut to that length
+        would lose its tail to removals. Lists that remove nothing are not at stake (usually all).
+        """
         with self._lock:
             honoured = self._sizes.honoured or 0
             chosen = [
                 (key, end, request)
                 for key, (end, request) in self._ends.items()
-                if end.provisional and end.rows >= honoured
+                if end.removes
+                and (end.rows >= self._longest or (end.provisional and end.rows >= honoured))
             ]
             if self._candidate is not None and self._candidate[0] not in {c[0] for c in chosen}:
                 chosen.insert(0, self._candidate)
@@ -337,6 +351,7 @@ class _Pass(Generic[T]):
                 last_id=self.last_id,
                 last_raw=self.last_raw,
                 provisional=not self.facts.ends(size, top) and bool(self.missing),
+                removes=bool(self.missing),
             )
             if self.end.provisional and (
                 self.last_stored is None or self.last_stored in self.missing

@@ -78,6 +78,34 @@ def test_a_server_that_starts_to_cap_below_the_learned_size_removes_nothing(
         _assert_matches_api(engine, fake, after)
 
 
+def test_a_new_cap_as_long_as_a_list_that_really_ends_there_removes_nothing(
+    db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    with Sandbox(seed=6, owners=2, locks_per_owner=4) as fake:
+        run_once(fake, db_url, tmp_path, tapkey={"page_size": 10})
+        assert _paging_row(engine) == (4, None)
+        first, _ = sandbox_owner_ids(fake)
+        for lock_id in sandbox_lock_ids(fake, first)[:2]:
+            fake.unbind(lock_id)  # the first owner's list really ends at 2 rows now
+        fake.max_top = 2  # silently: the second owner's 4 locks are cut to 2
+
+        cut = run_once(fake, db_url, tmp_path, tapkey={"page_size": 10, "workers": 1})
+
+        # Every list ended on a page of 2, below the 4 learned before. The one check per run
+        # (the owner list's end, the longest) proved nothing about the cap, and confirming the
+        # first owner's list alone would not have either: the second owner's 2 locks past the
+        # cut were removed in a succeeded run. Each list that removes rows is confirmed now.
+        assert cut.status == "partial" and cut.counts.removed == 0, cut.error
+        assert "cuts pages at 2 rows" in (cut.error or "")
+        assert count_rows(engine, bound_locks) == 8
+        assert_history_consistent(engine)
+
+        after = run_once(fake, db_url, tmp_path, tapkey={"page_size": 10})
+
+        assert after.status == "succeeded" and after.counts.removed == 2
+        _assert_matches_api(engine, fake, after)
+
+
 def test_an_owner_list_cut_by_a_new_cap_removes_no_owner(
     db_url: str, engine: Engine, tmp_path: Path
 ) -> None:

@@ -315,6 +315,37 @@ def test_the_longest_unconfirmed_end_is_the_one_to_confirm() -> None:
 
 
 @pytest.mark.parametrize(
+    ("longer_page", "confirmed"),
+    [
+        pytest.param(None, ["a", "b"], id="a-tie-proves-nothing"),
+        pytest.param(3, ["a"], id="a-longer-page-proves-the-ends"),
+    ],
+)
+def test_every_end_that_removes_rows_is_confirmed_unless_a_longer_page_proves_it(
+    longer_page: int | None, confirmed: list[str]
+) -> None:
+    # A new silent cap of 2, below the 4 rows learned before. List a really ends at 2 rows (a
+    # row stored before was deleted); b is cut to 2. Both end by the known size and tie as the
+    # longest: checking a alone found no cap, and b's 3 rows past the cut were removed.
+    facts = PagingFacts(TOP, PageSizes(honoured=TOP))
+    for key, server, stored in (
+        ("a", FakeList(ids(2, "a"), cap=2), ["gone", *ids(2, "a")]),
+        ("b", FakeList(ids(5, "b"), cap=2), ids(5, "b")),
+    ):
+        rows, requests, end, _ = read(server, facts, stored=stored)
+        assert rows == ids(2, key) and requests == 1
+        assert end is not None and end.removes and not end.provisional
+        facts.ended(key, end, request=key)
+    if longer_page is not None:
+        facts.page_seen(longer_page)  # another list's page this run: the cap is at least that
+
+    assert [key for key, _, _ in facts.to_confirm()] == confirmed
+    facts.learn(PageSizes(honoured=TOP))  # the next run knows no page of its own yet
+    facts.ended("c", ListEnd(1, TOP, 1, False, "x", "", removes=True), request="c")
+    assert "c" in [key for key, _, _ in facts.to_confirm()]
+
+
+@pytest.mark.parametrize(
     ("before", "cap", "after"),
     [
         pytest.param(PageSizes(honoured=10), 6, PageSizes(max_top=6), id="steps-down"),
