@@ -175,6 +175,9 @@ def _upgrade_steps(conn: Connection, current: str | None) -> None:
     from alembic.script import ScriptDirectory
 
     cfg = alembic_config(conn)
+    if backend(conn.engine) == "sqlite":
+        _sqlite_upgrade(conn, cfg)
+        return
     if backend(conn.engine) != "mysql":
         command.upgrade(cfg, "head")
         return
@@ -187,6 +190,29 @@ def _upgrade_steps(conn: Connection, current: str | None) -> None:
         except BaseException:
             _drop_created(conn, before)
             raise
+
+
+def _sqlite_upgrade(conn: Connection, cfg: AlembicConfig) -> None:
+    """Upgrade SQLite in one real transaction.
+
+    Python's sqlite3 begins a transaction only before INSERT, UPDATE or DELETE: each CREATE
+    TABLE committed at once, so a step that failed left its first tables behind, and every later
+    attempt (each run-once) failed on them. An explicit BEGIN makes the DDL part of the
+    transaction, which Alembic then leaves to us.
+    """
+    from alembic import command
+
+    sqlite = conn.connection.driver_connection
+    saved = sqlite.isolation_level  # type: ignore[union-attr]
+    sqlite.isolation_level = None  # type: ignore[union-attr]  # issue no BEGIN of its own
+    try:
+        conn.exec_driver_sql("BEGIN")
+        command.upgrade(cfg, "head")
+    except BaseException:
+        conn.rollback()
+        raise
+    finally:
+        sqlite.isolation_level = saved  # type: ignore[union-attr]
 
 
 class _SchemaObjects:
