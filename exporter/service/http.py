@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
 
 from prometheus_client import make_wsgi_app
 from sqlalchemy import Engine
@@ -114,6 +114,16 @@ IDLE_TIMEOUT = 10.0
 MAX_CONNECTIONS = 32
 
 
+class _ServerHandler(ServerHandler):
+    def log_exception(self, exc_info: Any) -> None:
+        # wsgiref prints these on stderr, past the log's format (JSON lines).
+        if isinstance(exc_info[1], (ConnectionError, TimeoutError)):  # a client that stalled
+            log.debug("http: connection closed while answering: %s", exc_info[1])
+        else:
+            path = self.environ.get("PATH_INFO", "")  # type: ignore[attr-defined]
+            log.error("http: error while answering %s", path, exc_info=exc_info)
+
+
 class _Handler(WSGIRequestHandler):
     server: _Server
 
@@ -123,10 +133,29 @@ class _Handler(WSGIRequestHandler):
 
     def handle(self) -> None:
         try:
-            super().handle()
+            self._handle()
         except (ConnectionError, TimeoutError) as exc:
             # A client that resets or stalls: one debug line, not a traceback on stderr.
             log.debug("http %s: connection closed: %s", self.address_string(), exc)
+
+    def _handle(self) -> None:
+        # WSGIRequestHandler.handle with our ServerHandler, whose errors go to the log.
+        self.raw_requestline = self.rfile.readline(65537)
+        if len(self.raw_requestline) > 65536:
+            self.requestline = self.request_version = self.command = ""
+            self.send_error(414)
+            return
+        if not self.parse_request():  # it sent the error response
+            return
+        handler = _ServerHandler(
+            self.rfile,
+            self.wfile,  # type: ignore[arg-type]
+            self.get_stderr(),
+            self.get_environ(),
+            multithread=False,
+        )
+        handler.request_handler = self  # type: ignore[attr-defined]  # wsgiref logs through it
+        handler.run(self.server.get_app())  # type: ignore[arg-type]
 
     def log_message(self, format: str, *args: Any) -> None:
         # Probes arrive every few seconds: keep access lines out of the log unless debugging.

@@ -111,3 +111,26 @@ def test_connections_beyond_the_limit_are_closed_at_once(tmp_path: Path) -> None
                     raise
                 time.sleep(0.05)
         assert answer.status_code == 200
+
+
+def test_an_error_while_answering_is_logged_not_printed(
+    capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    # wsgiref printed the traceback on stderr, past the log's format (JSON lines).
+    def broken(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        raise RuntimeError("collector failed")
+
+    endpoint = http.HttpEndpoint(broken, "127.0.0.1", 0)
+    endpoint.start()
+    try:
+        answer = requests.get("http://{}:{}/metrics".format(*endpoint.address), timeout=5)
+    finally:
+        endpoint.stop()
+    assert answer.status_code == 500
+    assert capfd.readouterr().err == ""
+    [record] = [r for r in caplog.records if r.name == "exporter.service.http"]
+    assert (
+        record.levelname == "ERROR"
+        and record.getMessage() == "http: error while answering /metrics"
+    )
+    assert record.exc_info is not None and str(record.exc_info[1]) == "collector failed"
