@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from exporter.db.engine import backend, connect
 from exporter.db.errors import permission_problem, store_error
 from exporter.db.writer_lock import WriterLock
 from exporter.errors import SchemaVersionError, first_line
+
+log = logging.getLogger(__name__)
 
 # Alembic is imported where a migration runs or its scripts are read: a run on a current schema
 # needs neither, and its import is a good part of a cron run's start-up.
@@ -140,11 +143,10 @@ def _upgrade(engine: Engine) -> None:
             raise SchemaVersionError(_unknown_revision_message(current))
         if current == head_revision():
             return
-        from alembic import command
         from alembic.util import CommandError as AlembicCommandError
 
         try:
-            command.upgrade(alembic_config(conn), "head")
+            _upgrade_steps(conn, current)
         except (SQLAlchemyError, AlembicCommandError) as exc:
             orig = getattr(exc, "orig", None) or exc
             reason = permission_problem(exc, engine) or first_line(orig)
@@ -152,13 +154,111 @@ def _upgrade(engine: Engine) -> None:
                 f"upgrading the schema from revision {current or '(none)'} to "
                 f"{head_revision()} failed: {reason}; fix the cause and run `exporter db upgrade` "
                 "again (SQLite and PostgreSQL undo a failed upgrade; MySQL/MariaDB keep the "
-                "steps before the failed one)"
+                "steps before the failed one and drop what it had created)"
             )
         else:
             conn.commit()
             return
     # Raised outside the except block, so no database traceback is chained to it.
     raise SchemaVersionError(message)
+
+
+def _upgrade_steps(conn: Connection, current: str | None) -> None:
+    """Run the migrations from `current` to head.
+
+    SQLite and PostgreSQL run them in one transaction. MySQL/MariaDB commit every DDL statement
+    at once, so a step that fails halfway left its first tables behind, and every later attempt
+    failed on them ("Table ... already exists"): there each step runs alone, and what a failed
+    step created (tables, views, indexes, columns, all new and empty) is dropped again.
+    """
+    from alembic import command
+    from alembic.script import ScriptDirectory
+
+    cfg = alembic_config(conn)
+    if backend(conn.engine) == "sqlite":
+        _sqlite_upgrade(conn, cfg)
+        return
+    if backend(conn.engine) != "mysql":
+        command.upgrade(cfg, "head")
+        return
+    steps = ScriptDirectory.from_config(cfg).iterate_revisions("head", current or "base")
+    for revision in reversed([step.revision for step in steps]):
+        before = _SchemaObjects.read(conn)
+        try:
+            command.upgrade(cfg, revision)
+            conn.commit()
+        except BaseException:
+            _drop_created(conn, before)
+            raise
+
+
+def _sqlite_upgrade(conn: Connection, cfg: AlembicConfig) -> None:
+    """Upgrade SQLite in one real transaction.
+
+    Python's sqlite3 begins a transaction only before INSERT, UPDATE or DELETE: each CREATE
+    TABLE committed at once, so a step that failed left its first tables behind, and every later
+    attempt (each run-once) failed on them. An explicit BEGIN makes the DDL part of the
+    transaction, which Alembic then leaves to us.
+    """
+    from alembic import command
+
+    sqlite = conn.connection.driver_connection
+    saved = sqlite.isolation_level  # type: ignore[union-attr]
+    sqlite.isolation_level = None  # type: ignore[union-attr]  # issue no BEGIN of its own
+    try:
+        conn.exec_driver_sql("BEGIN")
+        command.upgrade(cfg, "head")
+    except BaseException:
+        conn.rollback()
+        raise
+    finally:
+        sqlite.isolation_level = saved  # type: ignore[union-attr]
+
+
+class _SchemaObjects:
+    """The tables, views, and each table's columns and indexes, of a MySQL/MariaDB schema."""
+
+    def __init__(self, views: set[str], columns: dict[str, set[str]], indexes: dict[str, set[str]]):
+        self.views, self.columns, self.indexes = views, columns, indexes
+
+    @classmethod
+    def read(cls, conn: Connection) -> _SchemaObjects:
+        """What the schema holds now."""
+        inspector = inspect(conn)
+        tables = inspector.get_table_names()
+        return cls(
+            set(inspector.get_view_names()),
+            {table: {c["name"] for c in inspector.get_columns(table)} for table in tables},
+            {table: {str(i["name"]) for i in inspector.get_indexes(table)} for table in tables},
+        )
+
+
+def _drop_created(conn: Connection, before: _SchemaObjects) -> None:
+    """Drop what appeared since `before` (a failed step's work), so the step can run again."""
+    quote = conn.dialect.identifier_preparer.quote
+    try:
+        conn.rollback()
+        now = _SchemaObjects.read(conn)
+        statements = [f"DROP VIEW {quote(view)}" for view in now.views - before.views]
+        statements += [
+            f"DROP TABLE {quote(table)}" for table in now.columns.keys() - before.columns.keys()
+        ]
+        for table in now.columns.keys() & before.columns.keys():
+            statements += [
+                f"DROP INDEX {quote(index)} ON {quote(table)}"
+                for index in now.indexes[table] - before.indexes[table]
+            ]
+            statements += [
+                f"ALTER TABLE {quote(table)} DROP COLUMN {quote(column)}"
+                for column in now.columns[table] - before.columns[table]
+            ]
+        conn.execute(text("SET SESSION foreign_key_checks = 0"))
+        for statement in statements:
+            conn.execute(text(statement))
+        conn.execute(text("SET SESSION foreign_key_checks = 1"))
+        conn.commit()
+    except SQLAlchemyError as exc:  # the database went away: the step's error says more
+        log.warning("could not drop what the failed migration step created: %s", first_line(exc))
 
 
 def is_known_revision(revision: str) -> bool:

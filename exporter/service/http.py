@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
 
 from prometheus_client import make_wsgi_app
 from sqlalchemy import Engine
@@ -67,6 +67,13 @@ def make_app(
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
+        method = environ.get("REQUEST_METHOD", "GET")
+        if method not in ("GET", "HEAD"):
+            error = {"error": f"{method} is not allowed here: use GET or HEAD"}
+            return _json(start_response, "405 Method Not Allowed", error, ("Allow", "GET, HEAD"))
+        if method == "HEAD":  # the GET's status and headers, no body (wsgiref would send it)
+            _ = list(app({**environ, "REQUEST_METHOD": "GET"}, start_response))
+            return []
         if path == "/metrics":
             return metrics_app(environ, start_response)  # type: ignore[no-any-return]
         if path == "/healthz":
@@ -82,18 +89,74 @@ def make_app(
     return app
 
 
-def _json(start_response: Callable[..., Any], status: str, body: dict[str, Any]) -> list[bytes]:
+def _json(
+    start_response: Callable[..., Any],
+    status: str,
+    body: dict[str, Any],
+    *extra: tuple[str, str],
+) -> list[bytes]:
     data = json.dumps(body).encode() + b"\n"
     headers = [
         ("Content-Type", "application/json"),
         ("Content-Length", str(len(data))),
         ("Cache-Control", "no-store"),
+        *extra,
     ]
     start_response(status, headers)
     return [data]
 
 
+# A probe or scrape sends its request at once. A connection that sends nothing for this long (a
+# port scan, a peer that vanished without closing, a slow client) is closed, so that it does not
+# hold a thread for the life of the daemon.
+IDLE_TIMEOUT = 10.0
+# Connections served at once; more are closed as they arrive (each holds a thread).
+MAX_CONNECTIONS = 32
+
+
+class _ServerHandler(ServerHandler):
+    def log_exception(self, exc_info: Any) -> None:
+        # wsgiref prints these on stderr, past the log's format (JSON lines).
+        if isinstance(exc_info[1], (ConnectionError, TimeoutError)):  # a client that stalled
+            log.debug("http: connection closed while answering: %s", exc_info[1])
+        else:
+            path = self.environ.get("PATH_INFO", "")  # type: ignore[attr-defined]
+            log.error("http: error while answering %s", path, exc_info=exc_info)
+
+
 class _Handler(WSGIRequestHandler):
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(self.server.idle_timeout)
+
+    def handle(self) -> None:
+        try:
+            self._handle()
+        except (ConnectionError, TimeoutError) as exc:
+            # A client that resets or stalls: one debug line, not a traceback on stderr.
+            log.debug("http %s: connection closed: %s", self.address_string(), exc)
+
+    def _handle(self) -> None:
+        # WSGIRequestHandler.handle with our ServerHandler, whose errors go to the log.
+        self.raw_requestline = self.rfile.readline(65537)
+        if len(self.raw_requestline) > 65536:
+            self.requestline = self.request_version = self.command = ""
+            self.send_error(414)
+            return
+        if not self.parse_request():  # it sent the error response
+            return
+        handler = _ServerHandler(
+            self.rfile,
+            self.wfile,  # type: ignore[arg-type]
+            self.get_stderr(),
+            self.get_environ(),
+            multithread=False,
+        )
+        handler.request_handler = self  # type: ignore[attr-defined]  # wsgiref logs through it
+        handler.run(self.server.get_app())  # type: ignore[arg-type]
+
     def log_message(self, format: str, *args: Any) -> None:
         # Probes arrive every few seconds: keep access lines out of the log unless debugging.
         log.debug("http %s " + format, self.address_string(), *args)
@@ -103,6 +166,40 @@ class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     allow_reuse_address = True
 
+    def __init__(self, *args: Any, idle_timeout: float, max_connections: int) -> None:
+        self.idle_timeout = idle_timeout
+        self._max_connections = max_connections
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._full = False
+        super().__init__(*args)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            if not self._full:
+                log.warning(
+                    "http: %d connections open at once; closing new ones until some end",
+                    self._max_connections,
+                )
+            self._full = True
+            self.shutdown_request(request)
+            return
+        self._full = False
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver prints these to stderr itself, past the log's format (JSON lines).
+        log.exception("http %s: unexpected error while serving a request", client_address[0])
+
 
 class _Server6(_Server):
     address_family = socket.AF_INET6
@@ -111,11 +208,22 @@ class _Server6(_Server):
 class HttpEndpoint:
     """Serves a WSGI app on `host:port` from a daemon thread."""
 
-    def __init__(self, app: WsgiApp, host: str, port: int) -> None:
+    def __init__(
+        self,
+        app: WsgiApp,
+        host: str,
+        port: int,
+        *,
+        idle_timeout: float = IDLE_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         try:
             family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
             server_class = _Server6 if family == socket.AF_INET6 else _Server
-            self._server = make_server(host, port, app, server_class, _Handler)
+            self._server = server_class(
+                (host, port), _Handler, idle_timeout=idle_timeout, max_connections=max_connections
+            )
+            self._server.set_app(app)
         except OSError as exc:
             raise ConfigError(
                 f"cannot listen on [http] listen {host}:{port}: {exc.strerror or exc}; "

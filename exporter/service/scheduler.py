@@ -66,6 +66,28 @@ def describe(schedule: ScheduleSettings) -> str:
     return when
 
 
+# The longest the scheduler sleeps without looking at the wall clock.
+CLOCK_CHECK = 30.0
+
+
+class _WallClockScheduler(BlockingScheduler):  # type: ignore[misc]
+    """A BlockingScheduler that looks at the wall clock at least every `clock_check` seconds.
+
+    APScheduler sleeps until the next slot on the monotonic clock, which stands still while the
+    host is suspended and ignores steps of the wall clock: after a suspend of an hour, the daemon
+    woke an hour after its slot, too late for `misfire_grace_time`, and skipped a run it was
+    awake for (a daily cron run was lost to any suspend during the day before).
+    """
+
+    def __init__(self, *, clock_check: float, **options: object) -> None:
+        super().__init__(**options)
+        self._clock_check = clock_check
+
+    def _process_jobs(self) -> float:
+        wait: float | None = super()._process_jobs()
+        return self._clock_check if wait is None else min(wait, self._clock_check)
+
+
 class _Shutdown(BaseException):
     """Raised in the main thread by the first signal to leave the scheduler loop."""
 
@@ -83,14 +105,13 @@ class Daemon:
         self._gate = threading.Lock()
         self._signals = 0
         schedule = settings.schedule
-        self.scheduler = BlockingScheduler(
+        grace = max(1, math.ceil(schedule.misfire_grace_time))
+        self.scheduler = _WallClockScheduler(
+            # Several looks within the grace time, so a slot after a clock jump is not missed.
+            clock_check=min(CLOCK_CHECK, grace / 4),
             timezone=UTC,
             executors={"default": ThreadPoolExecutor(max_workers=1)},
-            job_defaults={
-                "coalesce": True,
-                "max_instances": 1,
-                "misfire_grace_time": max(1, math.ceil(schedule.misfire_grace_time)),
-            },
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": grace},
         )
         # Leaving next_run_time out lets the trigger pick the first slot (None would pause the job).
         first = {"next_run_time": datetime.now(UTC)} if schedule.run_on_start else {}

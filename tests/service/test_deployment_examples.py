@@ -71,6 +71,11 @@ def test_the_systemd_unit_crontab_and_dockerfile_fit_the_cli(tmp_path: Path) -> 
         is None
     )
     assert values["ExecStart"].split()[1:3] == ["serve", "--config"]
+    # The exporter is installed from the checkout (README): a bare name would fetch whatever an
+    # index serves under that name.
+    [pip] = [line for line in unit.splitlines() if "/pip install " in line]
+    target = pip.split("/pip install ", 1)[1].split()[0].strip("'\"")
+    assert target.startswith(("./", "/")), pip
     default_timeout = load_settings(None, env={}, cwd=tmp_path).schedule.shutdown_timeout
     assert int(values["TimeoutStopSec"]) > default_timeout
     assert values["KillSignal"] == "SIGTERM"
