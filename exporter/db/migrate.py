@@ -169,7 +169,8 @@ def _upgrade_steps(conn: Connection, current: str | None) -> None:
     SQLite and PostgreSQL run them in one transaction. MySQL/MariaDB commit every DDL statement
     at once, so a step that fails halfway left its first tables behind, and every later attempt
     failed on them ("Table ... already exists"): there each step runs alone, and what a failed
-    step created (tables, views, indexes, columns, all new and empty) is dropped again.
+    step created (tables, views, indexes, columns) is dropped again, unless it also dropped or
+    renamed a table or column.
     """
     from alembic import command
     from alembic.script import ScriptDirectory
@@ -239,6 +240,18 @@ def _drop_created(conn: Connection, before: _SchemaObjects) -> None:
     try:
         conn.rollback()
         now = _SchemaObjects.read(conn)
+        lost = sorted(before.columns.keys() - now.columns.keys())
+        for table in before.columns.keys() & now.columns.keys():
+            lost += [f"{table}.{column}" for column in before.columns[table] - now.columns[table]]
+        if lost:
+            # A rename shows as one gone and one new: what the step created may hold the only
+            # copy of that data, so nothing is dropped.
+            log.warning(
+                "the failed migration step also dropped or renamed %s, so nothing it created is "
+                "dropped; restore the database from a backup, or finish the step by hand",
+                ", ".join(lost),
+            )
+            return
         statements = [f"DROP VIEW {quote(view)}" for view in now.views - before.views]
         statements += [
             f"DROP TABLE {quote(table)}" for table in now.columns.keys() - before.columns.keys()

@@ -37,3 +37,27 @@ def test_a_step_that_failed_halfway_runs_again_once_the_cause_is_fixed(empty_db_
         migrate.check_models(engine)
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("empty_db_url", ["mariadb"], indirect=True)
+def test_what_a_failed_mariadb_step_created_stays_when_it_also_renamed_a_table(
+    empty_db_url: str,
+) -> None:
+    # A step that renamed a table before it failed shows the new name as created: dropping it
+    # would drop the table's rows, their only copy.
+    engine = make_engine(empty_db_url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("CREATE TABLE kept (x INT)"))
+            conn.execute(text("INSERT INTO kept VALUES (1)"))
+            conn.commit()
+            before = migrate._SchemaObjects.read(conn)
+            conn.execute(text("RENAME TABLE kept TO renamed"))
+            conn.execute(text("CREATE TABLE fresh (y INT)"))
+
+            migrate._drop_created(conn, before)
+
+            assert {"renamed", "fresh"} <= set(inspect(conn).get_table_names())
+            assert conn.execute(text("SELECT x FROM renamed")).scalar_one() == 1
+    finally:
+        engine.dispose()
