@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from exporter.cli import shared
 from exporter.cli.shared import check_format, errors, reader
 from exporter.errors import UsageError
+
+if TYPE_CHECKING:
+    from exporter.config.settings import Settings
 
 
 def access(
@@ -50,14 +54,19 @@ def access(
         if (lock is None) == (contact is None):
             raise UsageError("give either a LOCK or --contact ID (one of the two)")
 
-    with errors(), reader(config, database_url, usage=one_subject) as engine:
-        now = datetime.now(UTC)
-        when = asof.resolve_as_of(engine, as_of, now=now) if as_of else None
-        if lock is not None:
-            answer = access_report.who_can_open(engine, lock, now=now, as_of=when)
-        else:
-            assert contact is not None
-            answer = access_report.what_can_open(engine, contact, now=now, as_of=when)
+    with errors():
+        loaded = shared.settings(config, database_url=database_url)
+        with shared.database_reader(loaded, usage=one_subject) as engine:
+            now = datetime.now(UTC)
+            when = asof.resolve_as_of(engine, as_of, now=now) if as_of else None
+            if lock is not None:
+                answer = access_report.who_can_open(engine, lock, now=now, as_of=when)
+            else:
+                assert contact is not None
+                stored = _stored_identifier(loaded)
+                answer = access_report.what_can_open(
+                    engine, contact, now=now, as_of=when, stored_identifier=stored
+                )
         if fmt == "json":
             formats.write_json(access_render.access_json(answer), shared.out.file)
         elif fmt == "csv":
@@ -109,3 +118,11 @@ def log_command(
                 log_view.log_csv(feed.rows, shared.out.file, raw=csv_raw)
             else:
                 log_view.log_table(feed, shared.out)
+
+
+def _stored_identifier(loaded: Settings) -> Callable[[str], str | None]:
+    """How [privacy] stores a contact's identifier: as it is, its keyed hash, or not at all."""
+    from exporter.tapkey.access import Privacy
+
+    privacy = loaded.privacy
+    return Privacy(privacy.contact_identifier, privacy.key()).identifier

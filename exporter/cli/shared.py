@@ -213,10 +213,18 @@ def reader(
     `usage` checks the command's arguments once the configuration is known to be good (a bad
     configuration is reported first, as by every command).
     """
+    with database_reader(settings(config, database_url=database_url), usage=usage) as engine:
+        yield engine
+
+
+@contextlib.contextmanager
+def database_reader(
+    loaded: Settings, *, usage: Callable[[], None] | None = None
+) -> Iterator[Engine]:
+    """`reader` for settings already loaded (a command that needs more of them)."""
     from exporter.db import engine as db_engine
     from exporter.db import migrate
 
-    loaded = settings(config, database_url=database_url)
     if usage is not None:
         usage()
     # Not preflight.make_engine: importing the sync's side (requests, OAuth) took 0.1 s.

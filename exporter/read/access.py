@@ -10,6 +10,7 @@ the current ones.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, NamedTuple
@@ -80,14 +81,23 @@ def who_can_open(engine: Engine, key: str, *, now: datetime, as_of: AsOf | None)
     return AccessAnswer("lock", key, ids, title, at, as_of, rows, bound)
 
 
-def what_can_open(engine: Engine, key: str, *, now: datetime, as_of: AsOf | None) -> AccessAnswer:
-    """The grants giving the contact `key` (id, identifier as stored, or start of an id) access.
+def what_can_open(
+    engine: Engine,
+    key: str,
+    *,
+    now: datetime,
+    as_of: AsOf | None,
+    stored_identifier: Callable[[str], str | None] = str,
+) -> AccessAnswer:
+    """The grants giving the contact `key` (id, identifier, or start of an id) access.
 
     An identifier names a person, who is a contact of each owner account that added them (a
     contact id per account): the grants of every contact with that identifier are shown.
+    `stored_identifier` gives an identifier as the database holds it ([privacy]: as it is, its
+    keyed hash, or None when identifiers are not stored).
     """
     with connect(engine) as conn:
-        contact_ids = _find_contacts(conn, key)
+        contact_ids = _find_contacts(conn, key, stored_identifier)
         title = None
         if len(contact_ids) == 1:
             query = select(contacts.c.title).where(contacts.c.id == contact_ids[0])
@@ -97,22 +107,26 @@ def what_can_open(engine: Engine, key: str, *, now: datetime, as_of: AsOf | None
     return AccessAnswer("contact", key, contact_ids, title, at, as_of, rows, True)
 
 
-def _find_contacts(conn: Connection, key: str) -> list[str]:
-    """The contact with the id `key`, else every contact with the identifier `key`, else the
-    one whose id starts with `key`."""
+def _find_contacts(
+    conn: Connection, key: str, stored_identifier: Callable[[str], str | None]
+) -> list[str]:
+    """The contact with the id `key`, else every contact with the identifier `key` (as stored),
+    else the one whose id starts with `key`."""
     wanted = utf8_argument(key)
     if conn.execute(select(contacts.c.id).where(contacts.c.id == wanted)).first() is not None:
         return [wanted]
-    query = select(contacts.c.id).where(contacts.c.identifier == wanted).order_by(contacts.c.id)
-    found = [str(contact_id) for contact_id in conn.execute(query).scalars()]
-    if found:
-        return found
+    identifier = stored_identifier(wanted) if wanted else None
+    if identifier is not None:
+        query = select(contacts.c.id).where(contacts.c.identifier == identifier)
+        found = [str(i) for i in conn.execute(query.order_by(contacts.c.id)).scalars()]
+        if found:
+            return found
     ids = ids_starting_with(conn, wanted, contacts, "contact") if wanted else []
     if not ids:
+        unstored = " (identifiers are not stored: [privacy] contact_identifier = drop)"
         raise UsageError(
-            f"no contact has the id or identifier {key!r} (with [privacy] contact_identifier = "
-            "hash, identifiers are stored hashed: give the contact id); list contacts with "
-            "SELECT id, title FROM contacts"
+            f"no contact has the id or identifier {key!r}{'' if identifier else unstored}; list "
+            "contacts with SELECT id, title FROM contacts"
         )
     return ids
 

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from exporter import cli
 from exporter.cli import app
+from exporter.config.sections import PrivacySettings
 from exporter.sandbox.server import Sandbox
 from exporter.service import job
 
@@ -152,3 +153,36 @@ def test_an_identifier_shows_the_grants_of_that_person_in_every_owner_account(
     monkeypatch.setattr(cli.out, "_width", 250)
     table = CliRunner().invoke(app, ["access", "--contact", "anna@example.com"], env=env)
     assert "Bound lock id" in table.stdout and "Identifier / label" not in table.stdout
+
+
+@pytest.mark.parametrize("mode", ["hash", "drop"])
+def test_an_identifier_is_looked_up_as_privacy_stores_it(
+    db_url: str, tmp_path: Path, mode: str
+) -> None:
+    # Stored as its keyed hash, an e-mail address was found by no lookup: the message said to
+    # give the contact id, which a person does not know.
+    key = "k" * 32
+    with Sandbox(seed=33, owners=1, locks_per_owner=1, grants_per_owner=0) as fake:
+        owner = fake.owners_payload()[0]["id"]
+        contact = fake.add_contact(owner, title="Anna", identifier="anna@example.com")
+        granted = fake.add_grant(owner, contact_id=contact)
+        settings = make_settings(fake, db_url, tmp_path, entities=["contacts", "grants"])
+        privacy = PrivacySettings(contact_identifier=mode, hash_key=key if mode == "hash" else None)
+        job.run_once(settings.model_copy(update={"privacy": privacy}))
+    (tmp_path / "none.toml").write_text("")
+    env = {
+        "EXPORTER_DATABASE__URL": db_url,
+        "EXPORTER_CONFIG": str(tmp_path / "none.toml"),
+        "EXPORTER_PRIVACY__CONTACT_IDENTIFIER": mode,
+        **({"EXPORTER_PRIVACY__HASH_KEY": key} if mode == "hash" else {}),
+    }
+
+    result = CliRunner().invoke(
+        app, ["access", "--contact", "anna@example.com", "-f", "json"], env=env
+    )
+
+    if mode == "hash":
+        assert _grant_ids(result) == {granted}
+    else:
+        assert result.exit_code == 2
+        assert "identifiers are not stored" in result.stderr
