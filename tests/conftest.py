@@ -52,6 +52,23 @@ TABLES = (  # calendar_days is static data from migration 0002: never truncated
 )
 
 
+@pytest.fixture(autouse=True)
+def _logging_left_as_found() -> Iterator[None]:
+    """Take out the log handler a command run in-process set up (CliRunner, exporter.cli.main).
+
+    Its stream is the captured stderr, closed once the command returns: left on the root
+    logger, it turned every later log record of the worker into a "--- Logging error ---" on
+    the real stderr, and a test asserting an empty stderr failed or passed by test order.
+    """
+    root = logging.getLogger()
+    level = root.level
+    yield
+    for handler in root.handlers[:]:
+        if type(handler) is logging.StreamHandler:  # setup_logging's; pytest's are subclasses
+            root.removeHandler(handler)
+    root.setLevel(level)
+
+
 @pytest.fixture(scope="session")
 def postgresql_url(worker_id: str) -> Iterator[str]:
     """A migrated PostgreSQL database for this worker."""
