@@ -13,8 +13,6 @@ from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
 __all__ = [
-    "INT32_MAX",
-    "INT32_MIN",
     "MAX_ELEMENT_BYTES",
     "MAX_ID_LENGTH",
     "SURELY_SHORT",
@@ -25,9 +23,9 @@ __all__ = [
     "date_value",
     "element_id",
     "element_too_long",
+    "int32",
     "int32_field",
     "int_field",
-    "out_of_range",
     "padded_id",
     "str_field",
     "too_long",
@@ -158,17 +156,16 @@ INT32_MAX: Final = 2**31 - 1
 
 def int32_field(obj: dict[str, Any], key: str) -> int | None:
     """An integer field stored in an INTEGER column (None when absent or null); BadValue if it
-    is not an integer or does not fit: PostgreSQL's binary COPY stored 2**31 as -2**31, and
-    MariaDB refused the statement, failing the run."""
-    value = int_field(obj, key)
+    is not an integer or does not fit (`int32`)."""
+    return int32(int_field(obj, key), key)
+
+
+def int32(value: int | None, key: str) -> int | None:
+    """`value`, which an INTEGER column must hold; BadValue if it does not fit: PostgreSQL's
+    binary COPY stored 2**31 as -2**31, and MariaDB refused the statement, failing the run."""
     if value is not None and not INT32_MIN <= value <= INT32_MAX:
-        raise BadValue(out_of_range(key))
+        raise BadValue(f"{key} is out of the range the exporter stores (a 32-bit integer)")
     return value
-
-
-def out_of_range(key: str) -> str:
-    """The message for an integer field too large for its INTEGER column."""
-    return f"{key} is out of the range the exporter stores (a 32-bit integer)"
 
 
 def date_field(obj: dict[str, Any], key: str) -> datetime | None:

@@ -15,8 +15,6 @@ from typing import Any, Final
 
 from exporter.errors import PayloadError
 from exporter.tapkey.fields import (
-    INT32_MAX,
-    INT32_MIN,
     MAX_ID_LENGTH,
     SURELY_SHORT,
     BadValue,
@@ -24,8 +22,8 @@ from exporter.tapkey.fields import (
     date_field,
     date_value,
     element_too_long,
+    int32,
     int_field,
-    out_of_range,
     padded_id,
     str_field,
     too_long,
@@ -242,8 +240,7 @@ def parse_lock(obj: dict[str, Any], lock_id: str, owner_id: str, raw: str) -> Lo
         manufacturer = lock_type.get("manufacturerId")
         if manufacturer is not None and type(manufacturer) is not int:
             manufacturer = int_field(lock_type, "manufacturerId")
-        if manufacturer is not None and not INT32_MIN <= manufacturer <= INT32_MAX:
-            raise BadValue(out_of_range("lockType.manufacturerId"))
+        manufacturer = int32(manufacturer, "lockType.manufacturerId")
     else:
         raise BadValue("lockType is not an object")
     active = get("active")
@@ -281,8 +278,7 @@ def parse_lock(obj: dict[str, Any], lock_id: str, owner_id: str, raw: str) -> Lo
     serial = get("rclSerialNo")
     if serial is not None and type(serial) is not int:
         serial = int_field(obj, "rclSerialNo")
-    if serial is not None and not INT32_MIN <= serial <= INT32_MAX:
-        raise BadValue(out_of_range("rclSerialNo"))
+    serial = int32(serial, "rclSerialNo")
     rcl_date = get("rclDate")
     if rcl_date is not None:
         rcl_date = date_value(rcl_date, "rclDate")
