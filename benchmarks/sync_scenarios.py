@@ -7,7 +7,6 @@ import argparse
 import logging
 import os
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from typing import Any
@@ -56,19 +55,36 @@ def _client(params: dict[str, Any]) -> Any:
 
 
 def _exporter_fetch(params: dict[str, Any]) -> dict[str, Any]:
-    """The exporter's own Tapkey client (paging, parsing into LockRecords), no database, with
-    the garbage collector as a run sets it."""
-    from exporter.sync.collector import fewer_collections
+    """What a first load fetches, the way a run fetches it (`exporter.sync.crawl.crawl`: its
+    threads, the confirming requests of a paging fact not yet learned, every element parsed into
+    LockRecords), with the garbage collector as a run sets it, and no database: nothing stored,
+    so nothing to compare with."""
+    import threading
 
-    workers = params["workers"]
-    with fewer_collections(), _client(params) as client:
-        owners = client.list_owners()
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            locks = sum(
-                len(fetched.records)
-                for fetched in pool.map(lambda o: client.list_bound_locks(o.id), owners)
+    from exporter.db.engine import make_engine
+    from exporter.sync.collector import fewer_collections
+    from exporter.sync.crawl import crawl
+
+    unused = make_engine("sqlite://")  # the crawl reads stored texts only for owners with any
+    try:
+        with fewer_collections(), _client(params) as client:
+            owners = [owner.id for owner in client.list_owners()]
+            fetches = crawl(
+                client,
+                owners,
+                engine=unused,
+                workers=params["workers"],
+                stop=threading.Event(),
+                stored_locks={},
             )
-        sent = client.request_count
+            locks = 0
+            for _, fetched in fetches:
+                if isinstance(fetched, Exception):
+                    raise fetched
+                locks += len(fetched.records)
+            sent = client.request_count
+    finally:
+        unused.dispose()
     return {"status": "succeeded", "owners": len(owners), "locks": locks, "api_requests": sent}
 
 

@@ -60,6 +60,9 @@ def test_sync_benchmark_shapes_compare_with_the_plain_crawler(tmp_path: Path) ->
     assert {summary[f"3x7@5 {kind}"]["crawler_requests"] for kind in ("first", "unchanged")} == {5}
     # The exporter on an unchanged rerun: the same, and one request confirming a list's end.
     assert summary["3x7@5 unchanged"]["requests"] == 6
+    # The first load's fetch alone (no database) sends exactly what the first load sends.
+    assert summary["3x7@5 fetch"]["requests"] == summary["3x7@5 first"]["requests"] > 6
+    assert "request_target" not in summary["3x7@5 fetch"]
     assert all(row["wall_s"] > 0 and row["crawler_s"] > 0 for row in summary.values())
 
 
