@@ -209,6 +209,7 @@ def test_a_limit_past_what_sql_takes_is_a_usage_error(exporter: Any, command: st
 def test_an_unknown_format_is_a_usage_error(exporter: Any) -> None:
     result = exporter("locks", "--format", "xml")
     assert result.exit_code == 2 and "table, csv, json" in result.stderr
+    assert "'--format'" in result.stderr  # names the option, as for any other bad value
 
 
 def test_a_database_without_the_schema_exits_5(tmp_path: Path) -> None:
