@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import ColumnElement, Engine, FromClause, select
+from sqlalchemy import ColumnElement, Engine, FromClause, func, select
 
 from exporter.config.values import parse_duration
 from exporter.db.engine import connect
@@ -70,17 +70,25 @@ def parse_period(
 
 @dataclass(frozen=True)
 class AsOf:
-    """The instant an inventory was asked for, and the run it came from (for a run id)."""
+    """The instant an inventory was asked for, and the run it came from (for a run id).
+
+    `first_run_at` is the start of the first run when `at` is before it: nothing was recorded
+    then, which an empty inventory alone does not say.
+    """
 
     at: datetime
     run_id: int | None = None
+    first_run_at: datetime | None = None
 
 
 def resolve_as_of(engine: Engine, text: str, *, now: datetime) -> AsOf:
     """`--as-of`: a run id means that run's `finished_at`; else a timestamp or a duration."""
     value = text.strip()
     if not (value.isascii() and value.isdigit()):  # "²" is a digit to str.isdigit
-        return AsOf(parse_instant(value, now=now))
+        at = parse_instant(value, now=now)
+        with connect(engine) as conn:
+            first = conn.execute(select(func.min(sync_runs.c.started_at))).scalar_one_or_none()
+        return AsOf(at, first_run_at=first if first is not None and at < first else None)
     run_id = int(value)
     if not stored_run_id(run_id):
         raise missing_run(run_id)

@@ -109,7 +109,15 @@ def inventory_table(
         elif room:
             _owner_table(label, locks, room, console, include_removed=include_removed)
     if not owners_shown:
-        console.print("No lock matches --model / --search." if filtered else "No owner accounts.")
+        first_run_at = inv.as_of.first_run_at if inv.as_of is not None else None
+        if first_run_at is not None:
+            console.print(
+                f"Nothing was recorded yet then: the first run started {cell(first_run_at)} UTC."
+            )
+        else:
+            console.print(
+                "No lock matches --model / --search." if filtered else "No owner accounts."
+            )
         return
     if total > TABLE_LIMIT:
         console.print(

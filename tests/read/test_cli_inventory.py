@@ -117,6 +117,20 @@ def test_locks_as_of_a_timestamp_or_now(inventory_db: InventoryDb, exporter: Any
     assert {lock["id"]: _tracked_json(lock) for lock in current["locks"]} == last.locks
 
 
+def test_locks_before_the_first_run_say_that_nothing_was_recorded_yet(
+    inventory_db: InventoryDb, exporter: Any
+) -> None:
+    # An empty inventory then is no answer about the locks: the exporter had not looked yet.
+    first = inventory_db.generations[0].started_at
+    table = _ok(exporter("locks", "--as-of", (first - timedelta(days=1)).isoformat()))
+    assert f"the first run started {first:%Y-%m-%d %H:%M:%S} UTC" in table
+    assert "No owner accounts." not in table
+
+    data = json.loads(_ok(exporter("locks", "--as-of", first.isoformat(), "--format", "json")))
+    assert data["locks"] == []  # the run had begun: nothing of it is written yet
+    assert "first run" not in _ok(exporter("locks", "--as-of", "1"))
+
+
 def test_locks_table_is_grouped_by_owner_like_the_console_sample(
     inventory_db: InventoryDb, exporter: Any
 ) -> None:
