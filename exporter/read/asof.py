@@ -90,20 +90,35 @@ def resolve_as_of(engine: Engine, text: str, *, now: datetime) -> AsOf:
             first = conn.execute(select(func.min(sync_runs.c.started_at))).scalar_one_or_none()
         return AsOf(at, first_run_at=first if first is not None and at < first else None)
     run_id = int(value)
-    if not stored_run_id(run_id):
-        raise missing_run(run_id)
-    with connect(engine) as conn:
-        row = conn.execute(
-            select(sync_runs.c.finished_at, sync_runs.c.status).where(sync_runs.c.id == run_id)
-        ).one_or_none()
+    row = None
+    if stored_run_id(run_id):
+        with connect(engine) as conn:
+            row = conn.execute(
+                select(sync_runs.c.finished_at, sync_runs.c.status).where(sync_runs.c.id == run_id)
+            ).one_or_none()
     if row is None:
-        raise missing_run(run_id)
+        raise _missing_run_or_date(value)
     if row.finished_at is None:
         raise UsageError(
             f"run {run_id} has no recorded end (it is running, or was abandoned); give a "
             "timestamp instead"
         )
     return AsOf(row.finished_at, run_id)
+
+
+def _missing_run_or_date(value: str) -> UsageError:
+    """No run `value`; digits that read as a day (20260301, ISO's basic form) get the form
+    that means a time, since digits alone mean a run id."""
+    try:
+        day = datetime.strptime(value, "%Y%m%d").date() if len(value) == 8 else None
+    except ValueError:
+        day = None
+    if day is None:
+        return missing_run(int(value))
+    return UsageError(
+        f"there is no run {value}; for the day {day.isoformat()} write it with dashes "
+        "(digits alone are a run id)"
+    )
 
 
 def valid_at(table: FromClause, at: datetime) -> ColumnElement[bool]:

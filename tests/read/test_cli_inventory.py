@@ -178,6 +178,11 @@ def test_locks_filters(inventory_db: InventoryDb, exporter: Any) -> None:
             ["locks", "--as-of", "last tuesday"], "cannot read 'last tuesday'", id="as-of"
         ),
         pytest.param(["locks", "--as-of", "9999"], "there is no run 9999", id="no-run"),
+        pytest.param(
+            ["locks", "--as-of", "20260301"],
+            "there is no run 20260301; for the day 2026-03-01 write it with dashes",
+            id="no-run-but-a-date",
+        ),
         pytest.param(["locks", "--owner", "Nobody"], "no owner account", id="owner"),
         pytest.param(["changes", "--since", "7"], "cannot read '7'", id="since"),
         pytest.param(["changes", "--kind", "deleted"], "unknown change kind", id="kind"),
