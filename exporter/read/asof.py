@@ -31,7 +31,8 @@ def parse_instant(text: str, *, now: datetime) -> datetime:
     """An ISO-8601 timestamp (naive means UTC) or a duration back from `now` ("7d", "1h30m")."""
     value = text.strip()
     try:
-        moment = datetime.fromisoformat(value)
+        # RFC 3339 allows a lower-case t and z, which fromisoformat refuses.
+        moment = datetime.fromisoformat(value.upper())
     except ValueError:
         try:
             return now - timedelta(seconds=parse_duration(value))
