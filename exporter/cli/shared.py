@@ -201,7 +201,9 @@ def logging_only(config: Path | None) -> None:
 def check_format(fmt: str, allowed: tuple[str, ...] = ("table", "json")) -> None:
     """A usage error (exit 2) unless --format is one of `allowed`."""
     if fmt not in allowed:
-        raise typer.BadParameter(f"must be one of {', '.join(allowed)} (got {fmt!r})")
+        raise typer.BadParameter(
+            f"must be one of {', '.join(allowed)} (got {fmt!r})", param_hint="'--format'"
+        )
 
 
 @contextlib.contextmanager

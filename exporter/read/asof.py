@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import ColumnElement, Engine, FromClause, select
+from sqlalchemy import ColumnElement, Engine, FromClause, func, select
 
 from exporter.config.values import parse_duration
 from exporter.db.engine import connect
@@ -31,7 +31,8 @@ def parse_instant(text: str, *, now: datetime) -> datetime:
     """An ISO-8601 timestamp (naive means UTC) or a duration back from `now` ("7d", "1h30m")."""
     value = text.strip()
     try:
-        moment = datetime.fromisoformat(value)
+        # RFC 3339 allows a lower-case t and z, which fromisoformat refuses.
+        moment = datetime.fromisoformat(value.upper())
     except ValueError:
         try:
             return now - timedelta(seconds=parse_duration(value))
@@ -70,32 +71,55 @@ def parse_period(
 
 @dataclass(frozen=True)
 class AsOf:
-    """The instant an inventory was asked for, and the run it came from (for a run id)."""
+    """The instant an inventory was asked for, and the run it came from (for a run id).
+
+    `first_run_at` is the start of the first run when `at` is before it: nothing was recorded
+    then, which an empty inventory alone does not say.
+    """
 
     at: datetime
     run_id: int | None = None
+    first_run_at: datetime | None = None
 
 
 def resolve_as_of(engine: Engine, text: str, *, now: datetime) -> AsOf:
     """`--as-of`: a run id means that run's `finished_at`; else a timestamp or a duration."""
     value = text.strip()
     if not (value.isascii() and value.isdigit()):  # "²" is a digit to str.isdigit
-        return AsOf(parse_instant(value, now=now))
+        at = parse_instant(value, now=now)
+        with connect(engine) as conn:
+            first = conn.execute(select(func.min(sync_runs.c.started_at))).scalar_one_or_none()
+        return AsOf(at, first_run_at=first if first is not None and at < first else None)
     run_id = int(value)
-    if not stored_run_id(run_id):
-        raise missing_run(run_id)
-    with connect(engine) as conn:
-        row = conn.execute(
-            select(sync_runs.c.finished_at, sync_runs.c.status).where(sync_runs.c.id == run_id)
-        ).one_or_none()
+    row = None
+    if stored_run_id(run_id):
+        with connect(engine) as conn:
+            row = conn.execute(
+                select(sync_runs.c.finished_at, sync_runs.c.status).where(sync_runs.c.id == run_id)
+            ).one_or_none()
     if row is None:
-        raise missing_run(run_id)
+        raise _missing_run_or_date(value)
     if row.finished_at is None:
         raise UsageError(
             f"run {run_id} has no recorded end (it is running, or was abandoned); give a "
             "timestamp instead"
         )
     return AsOf(row.finished_at, run_id)
+
+
+def _missing_run_or_date(value: str) -> UsageError:
+    """No run `value`; digits that read as a day (20260301, ISO's basic form) get the form
+    that means a time, since digits alone mean a run id."""
+    try:
+        day = datetime.strptime(value, "%Y%m%d").date() if len(value) == 8 else None
+    except ValueError:
+        day = None
+    if day is None:
+        return missing_run(int(value))
+    return UsageError(
+        f"there is no run {value}; for the day {day.isoformat()} write it with dashes "
+        "(digits alone are a run id)"
+    )
 
 
 def valid_at(table: FromClause, at: datetime) -> ColumnElement[bool]:

@@ -15,6 +15,7 @@ from exporter.kinds import ChangeEntity, ChangeType
 from exporter.read.changelog import ChangeFeed, ChangeRow, FieldChange, LockHistory
 from exporter.read.formats import cell, shown, write_csv_columns, write_csv_tuples
 from exporter.read.inventory import Inventory, LockRow, OwnerRow, fold
+from exporter.terminal import visible
 
 # Tables are for people: past this many rows they say how many more there are instead.
 TABLE_LIMIT = 1000
@@ -95,7 +96,9 @@ def inventory_table(
         if not locks and filtered:
             continue
         owners_shown += 1
-        label = f"{owner.name or '(no name)'} ({owner.id})"
+        # A heading is one line: a line break in the name would start a line of its own.
+        name = visible(owner.name, keep_layout=False) if owner.name else "(no name)"
+        label = f"{name} ({owner.id})"
         if owner.removed_at is not None:
             label += f", removed {cell(owner.removed_at)}"
         room = max(TABLE_LIMIT - total, 0)
@@ -106,7 +109,15 @@ def inventory_table(
         elif room:
             _owner_table(label, locks, room, console, include_removed=include_removed)
     if not owners_shown:
-        console.print("No lock matches --model / --search." if filtered else "No owner accounts.")
+        first_run_at = inv.as_of.first_run_at if inv.as_of is not None else None
+        if first_run_at is not None:
+            console.print(
+                f"Nothing was recorded yet then: the first run started {cell(first_run_at)} UTC."
+            )
+        else:
+            console.print(
+                "No lock matches --model / --search." if filtered else "No owner accounts."
+            )
         return
     if total > TABLE_LIMIT:
         console.print(

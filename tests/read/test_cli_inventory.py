@@ -117,6 +117,20 @@ def test_locks_as_of_a_timestamp_or_now(inventory_db: InventoryDb, exporter: Any
     assert {lock["id"]: _tracked_json(lock) for lock in current["locks"]} == last.locks
 
 
+def test_locks_before_the_first_run_say_that_nothing_was_recorded_yet(
+    inventory_db: InventoryDb, exporter: Any
+) -> None:
+    # An empty inventory then is no answer about the locks: the exporter had not looked yet.
+    first = inventory_db.generations[0].started_at
+    table = _ok(exporter("locks", "--as-of", (first - timedelta(days=1)).isoformat()))
+    assert f"the first run started {first:%Y-%m-%d %H:%M:%S} UTC" in table
+    assert "No owner accounts." not in table
+
+    data = json.loads(_ok(exporter("locks", "--as-of", first.isoformat(), "--format", "json")))
+    assert data["locks"] == []  # the run had begun: nothing of it is written yet
+    assert "first run" not in _ok(exporter("locks", "--as-of", "1"))
+
+
 def test_locks_table_is_grouped_by_owner_like_the_console_sample(
     inventory_db: InventoryDb, exporter: Any
 ) -> None:
@@ -164,6 +178,11 @@ def test_locks_filters(inventory_db: InventoryDb, exporter: Any) -> None:
             ["locks", "--as-of", "last tuesday"], "cannot read 'last tuesday'", id="as-of"
         ),
         pytest.param(["locks", "--as-of", "9999"], "there is no run 9999", id="no-run"),
+        pytest.param(
+            ["locks", "--as-of", "20260301"],
+            "there is no run 20260301; for the day 2026-03-01 write it with dashes",
+            id="no-run-but-a-date",
+        ),
         pytest.param(["locks", "--owner", "Nobody"], "no owner account", id="owner"),
         pytest.param(["changes", "--since", "7"], "cannot read '7'", id="since"),
         pytest.param(["changes", "--kind", "deleted"], "unknown change kind", id="kind"),
@@ -209,6 +228,7 @@ def test_a_limit_past_what_sql_takes_is_a_usage_error(exporter: Any, command: st
 def test_an_unknown_format_is_a_usage_error(exporter: Any) -> None:
     result = exporter("locks", "--format", "xml")
     assert result.exit_code == 2 and "table, csv, json" in result.stderr
+    assert "'--format'" in result.stderr  # names the option, as for any other bad value
 
 
 def test_a_database_without_the_schema_exits_5(tmp_path: Path) -> None:

@@ -38,6 +38,8 @@ def _tracked(lock: report.LockRow) -> dict[str, Any]:
         pytest.param(
             "2026-03-01T14:30:00+02:00", datetime(2026, 3, 1, 12, 30, tzinfo=UTC), id="offset"
         ),
+        # RFC 3339 allows the T and the Z in lower case.
+        pytest.param("2026-03-01t12:30:00z", datetime(2026, 3, 1, 12, 30, tzinfo=UTC), id="lower"),
         pytest.param("7d", NOW - timedelta(days=7), id="days"),
         pytest.param("1h30m", NOW - timedelta(minutes=90), id="hours-minutes"),
     ],

@@ -6,20 +6,25 @@ import importlib.util
 import re
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, Integer, text
 from support import doc_sql
 from support.bi_views import _typed_view
+from support.helpers import make_settings, sandbox_lock_ids, sandbox_owner_ids
 from support.history import locks_at
 from support.inventory_data import InventoryDb
 
 from exporter.db import migrate
+from exporter.db.engine import make_engine
 from exporter.db.schema import LOCK_TRACKED, bound_lock_versions, metadata
 from exporter.db.types import SQLITE_TIME_FORMAT, UTCDateTime
 from exporter.db.views import VIEWS
 from exporter.read import changelog, daily
 from exporter.read import inventory as report
+from exporter.sandbox.server import Sandbox
+from exporter.service import job
 
 
 def _lock_types(prefixes: tuple[str, ...]) -> dict[str, Any]:
@@ -183,3 +188,55 @@ def test_the_migrations_created_the_views_schema_py_describes() -> None:
         spec.loader.exec_module(module)
         frozen.update(module.VIEWS)
     assert frozen == VIEWS
+
+
+def test_the_documented_change_feed_queries_find_a_lock_bound_again_elsewhere(
+    sandbox: Sandbox, db_url: str, tmp_path: Path
+) -> None:
+    # A lock unbound in one run and bound again, same id, under another owner account and a new
+    # title in a later run is a `restored` version: it changed owner and title all the same.
+    owners = sandbox_owner_ids(sandbox)
+    settings = make_settings(sandbox, db_url, tmp_path, max_retries=0)
+    start = datetime(2026, 3, 2, 12, tzinfo=UTC)
+    job.run_once(settings, now=lambda: start)
+    again, moved, renamed = sandbox_lock_ids(sandbox, owners[0])[:3]
+    payload = next(lock for lock in sandbox.locks_payload(owners[0]) if lock["id"] == again)
+    sandbox.unbind(again)
+    job.run_once(settings, now=lambda: start + timedelta(days=1))
+    sandbox.rebind({**payload, "title": "Bound Again"}, owners[1])
+    sandbox.move(moved, owners[2])
+    sandbox.rename(renamed, "Renamed")
+    job.run_once(settings, now=lambda: start + timedelta(days=2))
+
+    engine = make_engine(db_url)
+    try:
+        feed = changelog.changes(engine, entities=("lock",)).rows
+        names = changelog.changes(engine).owner_names
+        backend = engine.dialect.name.replace("mysql", "mariadb")
+        documented = doc_sql.queries("`bound_lock_change_feed`")
+        [owners_query] = [q for q in documented if "old_owner_account_id <>" in q]
+        [renames] = [q for q in documented if "old_title <> new_title" in q]
+        march = datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 4, 1, tzinfo=UTC)
+        for example, at in zip(re.findall(r"TIMESTAMPTZ '[^']+'", renames), march, strict=True):
+            renames = renames.replace(example, _literal(backend, at))
+        with engine.connect() as conn:
+            moves = conn.execute(text(owners_query)).mappings().all()
+            titles = conn.execute(text(renames)).mappings().all()
+    finally:
+        engine.dispose()
+
+    def changed(field: str) -> list[tuple[str, Any, Any]]:
+        return sorted(
+            (row.change_type, c.old, c.new) for row in feed for c in row.changes if c.field == field
+        )
+
+    assert changed("owner_account_id") == sorted(
+        [("restored", owners[0], owners[1]), ("updated", owners[0], owners[2])]
+    )
+    assert sorted((m["old_owner_name"], m["new_owner_name"]) for m in moves) == sorted(
+        (names[old], names[new]) for _, old, new in changed("owner_account_id")
+    )
+    assert len(changed("title")) == 2
+    assert sorted((t["old_title"], t["new_title"]) for t in titles) == sorted(
+        (old, new) for _, old, new in changed("title")
+    )

@@ -172,3 +172,20 @@ def test_api_text_is_shown_escaped_by_every_command_and_stored_unchanged(
             assert name.scalar_one() == OWNER
     finally:
         engine.dispose()
+
+
+def test_an_owner_name_with_line_breaks_stays_on_its_heading_line(
+    sandbox: Sandbox, exporter_cli: Cli, tmp_path: Path
+) -> None:
+    # A heading is one line: a line break in the name would print a line of its own there,
+    # such as a forged heading of another owner account.
+    owner_id = sandbox.owners_payload()[0]["id"]
+    sandbox.update_owner(owner_id, name="Depot\nOwner account Forged (f00d): 0 locks\tx")
+    env = subprocess_env(sandbox, f"sqlite:///{tmp_path / 'inv.db'}")
+    assert exporter_cli("run-once", env=env).code == 0
+
+    shown = exporter_cli("locks", "--owner", owner_id, env=env).out
+    assert shown.splitlines()[0].startswith(
+        "Owner account Depot\\nOwner account Forged (f00d): 0 locks\\tx ("
+    )
+    assert not any(line.startswith("Owner account Forged") for line in shown.splitlines())
