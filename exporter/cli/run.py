@@ -204,13 +204,16 @@ def check(config: ConfigOption = None, database_url: DatabaseOption = None) -> N
     Example: exporter check --config /etc/tapkey-exporter/config.toml
     """
     from exporter.service.check import run_checks
+    from exporter.terminal import visible
 
     with errors():
         settings = load(config, database_url=database_url)
         results = run_checks(settings)
     for result in results:
         label = "skip" if result.skipped else "ok" if result.ok else "FAILED"
-        line = f"{label:<7}{result.name:<10}{result.detail}"
+        # One line per check: a detail may quote the API (an owner's name) and must not start
+        # a line of its own that reads like another check's.
+        line = f"{label:<7}{result.name:<10}{visible(result.detail, keep_layout=False)}"
         (shared.out if result.ok else shared.err).print(line)
     failures = [r.exit_code for r in results if not r.ok]
     # Configuration first (nothing else can be trusted), then Tapkey, then the database.

@@ -41,6 +41,20 @@ def _lines(result: CliResult) -> dict[str, str]:
     return lines
 
 
+def test_an_owner_name_cannot_print_a_check_line_of_its_own(
+    sandbox: Sandbox, db_url: str, exporter_cli: Cli
+) -> None:
+    owner_id = sandbox.owners_payload()[0]["id"]
+    sandbox.update_owner(owner_id, name="Forged\nFAILED database  dropped\r\x1b[2K")
+
+    result = exporter_cli("check", env=subprocess_env(sandbox, db_url))
+
+    owners = [line for line in result.out.splitlines() if line.startswith("ok     owners")]
+    assert len(owners) == 1
+    assert "Forged\\nFAILED database  dropped\\r\\x1b[2K" in owners[0]
+    assert "FAILED" not in result.out.replace(owners[0], "") and "FAILED" not in result.err
+
+
 def test_all_good_reports_scopes_owners_and_schema_and_writes_nothing(
     sandbox: Sandbox, db_url: str, engine: Engine, exporter_cli: Cli
 ) -> None:
