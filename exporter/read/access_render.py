@@ -58,7 +58,12 @@ def access_table(answer: AccessAnswer, console: Console) -> None:
         table.add_column(column, overflow="fold", no_wrap=column.endswith("(UTC)"))
     for row in answer.rows:
         if answer.subject == "lock":
-            who = row.contact_title if row.contact_id else f"card {row.card_title or ''}".strip()
+            # Under [privacy] hash/drop a contact has no title: its id still says who it is.
+            who: str | None = (
+                (row.contact_title or f"contact {row.contact_id}")
+                if row.contact_id
+                else f"card {row.card_title or ''}".strip()
+            )
             detail = row.contact_identifier if row.contact_id else row.card_label
         else:
             who, detail = row.lock_title or row.bound_lock_id, row.bound_lock_id

@@ -9,7 +9,9 @@ Privacy (`[privacy] contact_identifier`) is applied here, before anything is sto
 `keep` stores the identifier and the exact payload text; `hash` stores an HMAC-SHA256 of the
 identifier (hex) under a key of its own; `drop` stores NULL. With `hash` or `drop` the payload
 text of an element that may hold an identifier (contacts; grants may embed their contact) is
-stored only as a keyed digest, which still recognises an unchanged element.
+stored only as a keyed digest, which still recognises an unchanged element, and a contact's
+free texts about the person (`title`, usually the name, and `comment`) are not stored at all:
+pseudonymising the address is pointless next to the person's name.
 """
 
 from __future__ import annotations
@@ -55,13 +57,15 @@ _READERS: Final = {
 
 @dataclass(frozen=True, slots=True)
 class FieldSpec:
-    """One tracked column: the JSON keys it is read from (the first present one), its type, and
-    the length of its VARCHAR column (None: unbounded text)."""
+    """One tracked column: the JSON keys it is read from (the first present one), its type, the
+    length of its VARCHAR column (None: unbounded text), and whether it is free text about a
+    person (stored only under [privacy] keep, NULL otherwise)."""
 
     column: str
     keys: tuple[str, ...]
     kind: Kind = "str"
     length: int | None = None
+    personal: bool = False
 
 
 # The owner comes from the URL (as for locks), so owner_account_id has no spec.
@@ -69,8 +73,9 @@ CONTACT_FIELDS: Final = (
     FieldSpec("ip_id", ("ipId",), length=255),
     # Older payloads name it `email`.
     FieldSpec("identifier", ("identifier", "email"), length=255),
-    FieldSpec("title", ("title",)),
-    FieldSpec("comment", ("comment",)),
+    # A contact's title is the person's name as the admin typed it; comments are notes about them.
+    FieldSpec("title", ("title",), personal=True),
+    FieldSpec("comment", ("comment",), personal=True),
 )
 CARD_FIELDS: Final = (
     FieldSpec("title", ("title",)),
@@ -132,7 +137,10 @@ class Privacy:
         cls, mode: Literal["keep", "hash", "drop"], key: bytes | None, client_secret: str
     ) -> Privacy:
         """The privacy of `[privacy]`, with the digest key derived from the client secret."""
-        label = b"tapkey-exporter payload digest v1"
+        # v2: titles and comments of contacts are no longer stored under hash/drop. A digest
+        # written before must not recognise its contact, so that the next run rewrites each one
+        # without them (an update; older versions keep what was stored then).
+        label = b"tapkey-exporter payload digest v2"
         if mode == "hash":
             # A digest must not outlive the setting that stored its element: switching between
             # hash and drop, or a new hash key, then makes every element look changed once and
@@ -143,7 +151,8 @@ class Privacy:
 
     @property
     def keeps_texts(self) -> bool:
-        """True when personal payload texts are stored as received."""
+        """True when personal texts (payloads, contacts' titles and comments) are stored as
+        received."""
         return self.mode == "keep"
 
     def identifier(self, value: str | None) -> str | None:
@@ -214,6 +223,10 @@ def parse_element(
         raise BadValue(too_long)
     values: dict[str, Any] = {"owner_account_id": owner_id}
     for spec in fields:
+        if spec.personal and not privacy.keeps_texts:
+            # Never read: a value that is not stored cannot skip its element, nor reach a message.
+            values[spec.column] = None
+            continue
         key = next((k for k in spec.keys if obj.get(k) is not None), spec.keys[0])
         value = _READERS[spec.kind](obj, key)
         if spec.length is not None and isinstance(value, str) and len(value) > spec.length:

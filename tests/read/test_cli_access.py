@@ -186,3 +186,48 @@ def test_an_identifier_is_looked_up_as_privacy_stores_it(
     else:
         assert result.exit_code == 2
         assert "identifiers are not stored" in result.stderr
+
+
+@pytest.mark.parametrize("mode", ["keep", "hash", "drop"])
+def test_access_and_changes_show_a_contacts_name_only_under_keep(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    # Under hash/drop `access` printed the contact's name next to its hashed address.
+    key = "k" * 32
+    with Sandbox(seed=34, owners=1, locks_per_owner=1, grants_per_owner=0) as fake:
+        owner = fake.owners_payload()[0]["id"]
+        lock = fake.locks_payload(owner)[0]["id"]
+        contact = fake.add_contact(owner, title="Zoe Quintessa", identifier="zoe.q@example.com")
+        granted = fake.add_grant(owner, lock_id=lock, contact_id=contact)
+        comment = fake.contacts_payload(owner)[-1]["comment"]
+        settings = make_settings(fake, db_url, tmp_path, entities=["contacts", "grants"])
+        privacy = PrivacySettings(contact_identifier=mode, hash_key=key if mode == "hash" else None)
+        job.run_once(settings.model_copy(update={"privacy": privacy}))
+    (tmp_path / "none.toml").write_text("")
+    env = {
+        "EXPORTER_DATABASE__URL": db_url,
+        "EXPORTER_CONFIG": str(tmp_path / "none.toml"),
+        "EXPORTER_PRIVACY__CONTACT_IDENTIFIER": mode,
+        **({"EXPORTER_PRIVACY__HASH_KEY": key} if mode == "hash" else {}),
+    }
+    monkeypatch.setattr(cli.out, "_width", 250)
+    formats: list[list[str]] = [[], ["-f", "csv"], ["-f", "json"]]
+    commands = [
+        *(["access", lock, *fmt] for fmt in formats),
+        *(["access", "--contact", contact, *fmt] for fmt in formats),
+        *(["changes", "--entity", "contact,grant", *fmt] for fmt in formats),
+    ]
+    outputs = []
+    for args in commands:
+        result = CliRunner().invoke(app, args, env=env)
+        assert result.exit_code == 0, (args, result.output)
+        assert granted in result.stdout
+        outputs.append(result.output)
+    shown = "\n".join(outputs)
+
+    personal = {"Zoe Quintessa", "zoe.q@example.com", *([comment] if comment else [])}
+    if mode == "keep":
+        assert {"Zoe Quintessa", "zoe.q@example.com"} <= {t for t in personal if t in shown}
+    else:
+        assert not any(text in shown for text in personal)
+        assert f"contact {contact}" in outputs[0]  # the table still says who it is
