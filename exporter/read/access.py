@@ -126,7 +126,7 @@ def _find_contacts(
         unstored = " (identifiers are not stored: [privacy] contact_identifier = drop)"
         raise UsageError(
             f"no contact has the id or identifier {key!r}{'' if identifier else unstored}; list "
-            "contacts with SELECT id, title FROM contacts"
+            "contacts with SELECT id, identifier, title FROM contacts"
         )
     return ids
 
