@@ -226,8 +226,10 @@ class _Run:
             with fewer_collections():  # a run's pages are objects by the thousand
                 self._phases()
         except Interrupted:
+            self._record_quiet_owners()
             self._finish(RunStatus.FAILED, "interrupted")
         except TapkeyError as exc:
+            self._record_quiet_owners()
             self._finish(RunStatus.FAILED, str(exc))
         except (OperationalError, DBAPIError) as exc:
             error = store_error(exc, self.engine)
@@ -240,6 +242,16 @@ class _Run:
             self._finish(RunStatus.FAILED, first_line(exc))
             raise
         return self.result
+
+    def _record_quiet_owners(self) -> None:
+        """Write the run rows of the owners applied before the run ended early that had nothing
+        to write: their counts are in the run's already (an owner that wrote was recorded with
+        its group), and without their rows the run's counts would not be its owners' sums."""
+        try:
+            self._check_lock()
+            self.ledger.record_quiet()
+        except (StoreError, OperationalError, DBAPIError) as exc:
+            log.warning("could not record the owners of run %s: %s", self._run_id, first_line(exc))
 
     def _finish(self, status: str, error: str | None) -> None:
         result = self.result
