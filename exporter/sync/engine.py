@@ -16,7 +16,9 @@ One run:
 4. after every owner has been fetched, decides removals in one transaction: a lock is removed
    only if no complete fetch of this run returned it, and only if it belongs to an owner whose
    fetch was complete (`unbound`) or to an owner that vanished from the owner list
-   (`owner_removed`); an owner whose fetch failed changes nothing and makes the run `partial`;
+   (`owner_removed`); none at all while a list's end is unproven (exporter.tapkey.paging: a
+   lock missing from one list may sit in the unread tail of another); an owner whose fetch
+   failed changes nothing and makes the run `partial`;
    the deletion guard's holds are kept between runs in that transaction (exporter.sync.holds);
 5. with `logs`, reads every listed owner's new log entries and appends them, each page with the
    watermark it reaches in one transaction (see exporter.sync.log_entries); an owner whose log
@@ -314,13 +316,15 @@ class _Run:
         if deferred:
             self._build_indexes()
         paging = self._confirm_paging()
-        removable -= paging.unproven
-        # The owner list may have been cut short: nobody vanished, and the list is not judged.
-        whole_list = None not in paging.unproven
-        vanished = vanished if whole_list else set()
+        # A list not read to a proven end (the owner list or an owner's) may hide in its unread
+        # tail a lock missing from another list or of a vanished owner (moved there): nothing
+        # is removed and the owner list is not judged before a run reads every list to its end.
+        proven = not paging.unproven
+        if not proven:
+            removable, vanished = set(), set()
         self._check_lock()
         self.ledger.record_quiet()
-        held = remove_locks(self.locks, removable | vanished, vanished, list_judged=whole_list)
+        held = remove_locks(self.locks, removable | vanished, vanished, list_judged=proven)
         logs = self._read_logs([owner.id for owner in owners])
         failed = listed - complete
         access = self._sync_access([owner.id for owner in owners])
