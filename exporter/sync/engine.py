@@ -13,12 +13,10 @@ One run:
    `sync_run_owners` row and `last_seen_at` are written with the others like it once the crawl
    is over. A first load into empty tables builds their secondary indexes after its writes
    (exporter.db.indexes);
-4. after every owner has been fetched, decides removals in one transaction: a lock is removed
-   only if no complete fetch of this run returned it, and only if it belongs to an owner whose
-   fetch was complete (`unbound`) or to an owner that vanished from the owner list
-   (`owner_removed`); none at all while a list's end is unproven (exporter.tapkey.paging: a
-   lock missing from one list may sit in the unread tail of another); an owner whose fetch
-   failed changes nothing and makes the run `partial`;
+4. after every owner has been fetched, decides removals in one transaction: a lock is removed only
+   if no complete fetch returned it and every list's end is proven (exporter.tapkey.paging), and
+   only if its owner's fetch was complete (`unbound`) or its owner vanished from the owner list
+   (`owner_removed`); an owner whose fetch failed changes nothing and makes the run `partial`;
    the deletion guard's holds are kept between runs in that transaction (exporter.sync.holds);
 5. with `logs`, reads every listed owner's new log entries and appends them, each page with the
    watermark it reaches in one transaction (see exporter.sync.log_entries); an owner whose log
@@ -227,12 +225,10 @@ class _Run:
         try:
             with fewer_collections():  # a run's pages are objects by the thousand
                 self._phases()
-        except Interrupted:
-            self._record_quiet_owners()
-            self._finish(RunStatus.FAILED, "interrupted")
-        except TapkeyError as exc:
-            self._record_quiet_owners()
-            self._finish(RunStatus.FAILED, str(exc))
+        except (Interrupted, TapkeyError) as exc:
+            self.ledger.record_quiet_at_end()  # the owners counted so far get their run rows
+            why = "interrupted" if isinstance(exc, Interrupted) else str(exc)
+            self._finish(RunStatus.FAILED, why)
         except (OperationalError, DBAPIError) as exc:
             error = store_error(exc, self.engine)
             self._finish(RunStatus.FAILED, str(error))
@@ -244,16 +240,6 @@ class _Run:
             self._finish(RunStatus.FAILED, first_line(exc))
             raise
         return self.result
-
-    def _record_quiet_owners(self) -> None:
-        """Write the run rows of the owners applied before the run ended early that had nothing
-        to write: their counts are in the run's already (an owner that wrote was recorded with
-        its group), and without their rows the run's counts would not be its owners' sums."""
-        try:
-            self._check_lock()
-            self.ledger.record_quiet()
-        except (StoreError, OperationalError, DBAPIError) as exc:
-            log.warning("could not record the owners of run %s: %s", self._run_id, first_line(exc))
 
     def _finish(self, status: str, error: str | None) -> None:
         result = self.result
@@ -316,12 +302,10 @@ class _Run:
         if deferred:
             self._build_indexes()
         paging = self._confirm_paging()
-        # A list not read to a proven end (the owner list or an owner's) may hide in its unread
-        # tail a lock missing from another list or of a vanished owner (moved there): nothing
-        # is removed and the owner list is not judged before a run reads every list to its end.
+        # A list not read to a proven end may hide in its unread tail a lock missing from another
+        # list or of a vanished owner (moved there): then nothing is removed or judged.
         proven = not paging.unproven
-        if not proven:
-            removable, vanished = set(), set()
+        removable, vanished = (removable, vanished) if proven else (set(), set())
         self._check_lock()
         self.ledger.record_quiet()
         held = remove_locks(self.locks, removable | vanished, vanished, list_judged=proven)
