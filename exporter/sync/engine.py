@@ -13,9 +13,9 @@ One run:
    `sync_run_owners` row and `last_seen_at` are written with the others like it once the crawl
    is over. A first load into empty tables builds their secondary indexes after its writes
    (exporter.db.indexes);
-4. after every owner has been fetched, decides removals in one transaction: a lock is removed
-   only if no complete fetch of this run returned it, and only if it belongs to an owner whose
-   fetch was complete (`unbound`) or to an owner that vanished from the owner list
+4. after every owner has been fetched, decides removals in one transaction: a lock is removed only
+   if no complete fetch returned it and every list's end is proven (exporter.tapkey.paging), and
+   only if its owner's fetch was complete (`unbound`) or its owner vanished from the owner list
    (`owner_removed`); an owner whose fetch failed changes nothing and makes the run `partial`;
    the deletion guard's holds are kept between runs in that transaction (exporter.sync.holds);
 5. with `logs`, reads every listed owner's new log entries and appends them, each page with the
@@ -225,10 +225,10 @@ class _Run:
         try:
             with fewer_collections():  # a run's pages are objects by the thousand
                 self._phases()
-        except Interrupted:
-            self._finish(RunStatus.FAILED, "interrupted")
-        except TapkeyError as exc:
-            self._finish(RunStatus.FAILED, str(exc))
+        except (Interrupted, TapkeyError) as exc:
+            self.ledger.record_quiet_at_end()  # the owners counted so far get their run rows
+            why = "interrupted" if isinstance(exc, Interrupted) else str(exc)
+            self._finish(RunStatus.FAILED, why)
         except (OperationalError, DBAPIError) as exc:
             error = store_error(exc, self.engine)
             self._finish(RunStatus.FAILED, str(error))
@@ -302,13 +302,13 @@ class _Run:
         if deferred:
             self._build_indexes()
         paging = self._confirm_paging()
-        removable -= paging.unproven
-        # The owner list may have been cut short: nobody vanished, and the list is not judged.
-        whole_list = None not in paging.unproven
-        vanished = vanished if whole_list else set()
+        # A list not read to a proven end may hide in its unread tail a lock missing from another
+        # list or of a vanished owner (moved there): then nothing is removed or judged.
+        proven = not paging.unproven
+        removable, vanished = (removable, vanished) if proven else (set(), set())
         self._check_lock()
         self.ledger.record_quiet()
-        held = remove_locks(self.locks, removable | vanished, vanished, list_judged=whole_list)
+        held = remove_locks(self.locks, removable | vanished, vanished, list_judged=proven)
         logs = self._read_logs([owner.id for owner in owners])
         failed = listed - complete
         access = self._sync_access([owner.id for owner in owners])

@@ -7,11 +7,13 @@ crawl (OwnerLedger).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, case, insert, literal, select, update
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from exporter.db.engine import connect
 from exporter.db.inlists import IN_LIST_SIZE, chunks
@@ -21,10 +23,14 @@ from exporter.db.schema import (
     owner_accounts,
     sync_run_owners,
 )
+from exporter.errors import StoreError, first_line
 from exporter.kinds import ChangeType, OwnerStatus
 from exporter.results import Counts, OwnerOutcome, RunResult
 from exporter.sync.versions import changed_fields, close_versions, version_row
 from exporter.tapkey.records import OwnerRecord
+
+# The run's lines keep the engine's logger name (log filters and docs/operations.md use it).
+log = logging.getLogger("exporter.sync.engine")
 
 #: Owners whose last_seen_at one statement sets: each binds three parameters (its id twice and
 #: its instant), which keeps a statement within old SQLite builds' 999.
@@ -141,6 +147,16 @@ class OwnerLedger:
         with connect(self.engine) as conn, conn.begin():
             record_owners(conn, self.run_id, self.quiet)
         self.quiet.clear()
+
+    def record_quiet_at_end(self) -> None:
+        """`record_quiet` for a run ending early (stopped, or failed by Tapkey): their counts
+        are in the run's already, and without their rows the run's counts would not be its
+        owners' sums. A database that fails here is left to the run's end to report."""
+        try:
+            self.check_lock()
+            self.record_quiet()
+        except (StoreError, OperationalError, DBAPIError) as exc:
+            log.warning("could not record the owners of run %s: %s", self.run_id, first_line(exc))
 
 
 def failed_summary(owners: Sequence[OwnerOutcome]) -> str | None:

@@ -59,6 +59,8 @@ class PagingFacts:
         self._candidate: tuple[str | None, ListEnd, object] | None = None
         # The most rows of one page in this run: the server's cap now is at least that.
         self._longest = 0
+        # Whether a list of this run lacked stored ids (a removal is at stake somewhere).
+        self._lacking = False
 
     # -- the facts ---------------------------------------------------------------------------
 
@@ -141,21 +143,29 @@ class PagingFacts:
         with self._lock:
             return {key for key, (end, _) in self._ends.items() if end.rows >= rows}
 
+    def lacked_stored(self) -> None:
+        """A list of this run ended without some of its stored ids: they are to be removed."""
+        with self._lock:
+            self._lacking = True
+
     def to_confirm(self) -> list[tuple[str | None, ListEnd, object]]:
         """The ends to confirm once every list is read: the longest (the one check per run)
-        and each end that removes stored rows unless a longer page of this run proves it.
+        and each end that removes stored rows unless a longer page of this run proves it; and
+        while any list lacks stored ids, every end as long as the longest page of this run.
 
         The size the server honoured in earlier runs ends such a list (rule 2), but only a page
         of this run shows the cap now: a server that starts to cut pages at the length of a list
         that really ends there would pass the one check, and every other list cut to that length
-        would lose its tail to removals. Lists that remove nothing are not at stake (usually all).
+        would lose its tail to removals. A list that removes nothing of its own is at stake too
+        once anything is to be removed: a row missing from one list (a lock moved to another
+        owner) may sit in the cut tail of another. Without removals (most runs) none is.
         """
         with self._lock:
             honoured = self._sizes.honoured or 0
             chosen = [
                 (key, end, request)
                 for key, (end, request) in self._ends.items()
-                if end.removes
+                if (end.removes or self._lacking)
                 and (end.rows >= self._longest or (end.provisional and end.rows >= honoured))
             ]
             if self._candidate is not None and self._candidate[0] not in {c[0] for c in chosen}:
@@ -167,3 +177,4 @@ class PagingFacts:
         with self._lock:
             self._ends.clear()
             self._candidate = None
+            self._lacking = False

@@ -40,11 +40,12 @@ left), with a cap it may not state):
 Rules 2 and 3 trust what the server did before; it could start capping pages silently below
 that. Each list they end carries a `ListEnd`, and the caller confirms the end of one of them per
 run, the one whose last page was longest (a new cap cuts it first), before any removal is
-decided. If it was cut, the lists ended on pages as long as the cut are unproven (their removals
-wait) and the cut becomes the page size asked for (`PagingFacts.capped`), so the next run reads
-them whole. A list that would remove stored rows is confirmed too unless a longer page of this
-run proves its end: several lists may end on pages of the same length, and the one checked may
-really end there while a new cap cut the others. See the README's "Paging" section.
+decided. If it was cut, the lists ended on pages as long as the cut are unproven (the run
+removes nothing) and the cut becomes the page size asked for (`PagingFacts.capped`), so the next
+run reads them whole. Once any list lacks stored ids, every list is confirmed too unless a longer
+page of this run proves its end: several lists may end on pages of the same length, and the one
+checked may really end there while a new cap cut the others, whose tails may hold the rows
+missing elsewhere (locks moved between owners). See the README's "Paging" section.
 """
 
 from __future__ import annotations
@@ -280,6 +281,8 @@ def read_list(
                 shifted = True
                 break
         if not shifted and state is not None:  # (state is None only before a first page)
+            if state.missing:
+                facts.lacked_stored()
             return ListRead(state.rows, requests, state.end, state.capped_at)
         if attempt < max_restarts:
             on_restart(attempt)

@@ -262,3 +262,34 @@ def run_statuses(engine: Engine) -> list[tuple[str, str | None]]:
     with engine.connect() as conn:
         rows = conn.execute(select(sync_runs.c.status, sync_runs.c.error).order_by(sync_runs.c.id))
         return [(status, error) for status, error in rows]
+
+
+def assert_counts_match_versions(engine: Engine, run_id: int | None) -> None:
+    """The lock counts of `run_id` in sync_runs and each sync_run_owners row are the lock
+    version rows it wrote, and the run's totals are its owners' sums."""
+    kinds = ("created", "updated", "restored", "removed")
+    v = bound_lock_versions.c
+    with engine.connect() as conn:
+        written = conn.execute(
+            select(v.owner_account_id, v.change_type).where(v.run_id == run_id)
+        ).all()
+        owners = [
+            dict(r)
+            for r in conn.execute(
+                select(sync_run_owners).where(sync_run_owners.c.run_id == run_id)
+            ).mappings()
+        ]
+    run = run_row(engine, run_id)
+    by_kind = {kind: sum(1 for _, k in written if k == kind) for kind in kinds}
+    assert {kind: run[kind] for kind in kinds} == by_kind, f"run {run_id}: counts vs versions"
+    for name in ("locks_seen", "unchanged", "skipped", "created", "updated", "restored"):
+        assert run[name] == sum(o[name] for o in owners), f"run {run_id}: {name} vs its owners"
+    for row in owners:
+        owner = row["owner_account_id"]
+        mine = {kind: sum(1 for o, k in written if o == owner and k == kind) for kind in kinds}
+        assert {kind: row[kind] for kind in kinds} == mine, f"run {run_id} owner {owner}"
+        if row["status"] == "complete":
+            confirmed = row["created"] + row["updated"] + row["restored"] + row["unchanged"]
+            assert confirmed <= row["locks_seen"], f"run {run_id} owner {owner}: more than seen"
+        else:
+            assert not any(mine.values()), f"run {run_id} owner {owner}: failed but wrote"

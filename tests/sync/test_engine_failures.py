@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import Engine, func, select
 from support.helpers import run_once, sandbox_lock_ids, sandbox_owner_ids
-from support.history import assert_history_consistent, count_rows, locks_at
+from support.history import (
+    assert_counts_match_versions,
+    assert_history_consistent,
+    count_rows,
+    locks_at,
+)
 from support.sync_checks import _assert_matches_api, _versions
 
 from exporter.db.schema import (
@@ -17,6 +23,7 @@ from exporter.db.schema import (
     owner_accounts,
     sync_run_owners,
 )
+from exporter.results import SyncProgress
 from exporter.sandbox.server import Fault, Sandbox, SandboxRequest
 
 
@@ -170,4 +177,45 @@ def test_the_owner_list_failing_fails_the_run_and_changes_nothing(
         engine, first.finished_at or datetime.now(UTC)
     )
     assert count_rows(engine, bound_lock_versions) == 15
+    assert_history_consistent(engine)
+
+
+def test_a_stopped_run_records_every_owner_it_counted(
+    db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    with Sandbox(seed=3, owners=4, locks_per_owner=3) as fake:
+        run_once(fake, db_url, tmp_path)
+        owners = sandbox_owner_ids(fake)
+        # In list order (workers=1): one owner unchanged, one renamed, one failing, then the stop.
+        fake.rename(sandbox_lock_ids(fake, owners[1])[0], "Renamed before the stop")
+        fake.add_fault(Fault("locks", status=503, owner_id=owners[2], times=None))
+        stop = threading.Event()
+
+        def stop_after_three_owners(progress: SyncProgress) -> None:
+            if progress.owners_done == 3:
+                stop.set()  # as SIGTERM would
+
+        stopped = run_once(
+            fake,
+            db_url,
+            tmp_path,
+            tapkey={"workers": 1, "max_retries": 0},
+            stop=stop,
+            progress=stop_after_three_owners,
+        )
+
+    assert (stopped.status, stopped.error) == ("failed", "interrupted")
+    assert (stopped.counts.updated, stopped.counts.unchanged) == (1, 5)
+    # The owners with nothing to write were counted as they were applied: their run rows are
+    # written too, so the run's counts are its owners' and the versions it wrote.
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(sync_run_owners.c.owner_account_id, sync_run_owners.c.status).where(
+                sync_run_owners.c.run_id == stopped.run_id
+            )
+        ).all()
+    assert sorted(rows) == sorted(
+        [(owners[0], "complete"), (owners[1], "complete"), (owners[2], "failed")]
+    )
+    assert_counts_match_versions(engine, stopped.run_id)
     assert_history_consistent(engine)

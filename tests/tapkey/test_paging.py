@@ -345,6 +345,27 @@ def test_every_end_that_removes_rows_is_confirmed_unless_a_longer_page_proves_it
     assert "c" in [key for key, _, _ in facts.to_confirm()]
 
 
+@pytest.mark.parametrize("elsewhere", [False, True], ids=["nothing-removed", "a-list-lacks-ids"])
+def test_an_end_that_removes_nothing_is_confirmed_once_another_list_lacks_ids(
+    elsewhere: bool,
+) -> None:
+    # A new silent cap of 3. List a really ends at 3 rows; b is cut to its 3 stored rows, and
+    # the lock past the cut moved in from c, which lacks it now. Neither a nor b removes anything
+    # of its own, but confirming a alone found no cap and the moved lock was removed from c.
+    facts = PagingFacts(TOP, PageSizes(honoured=3))
+    for key, server, stored in (
+        ("a", FakeList(ids(3, "a"), cap=3), ids(3, "a")),
+        ("b", FakeList([*ids(3, "b"), "moved"], cap=3), ids(3, "b")),
+    ):
+        rows, _, end, _ = read(server, facts, stored=stored)
+        assert rows == ids(3, key) and end is not None and not end.removes
+        facts.ended(key, end, request=key)
+    stored_c = ids(2, "c") + (["moved"] if elsewhere else [])
+    read(FakeList(ids(2, "c")), facts, stored=stored_c)
+
+    assert [key for key, _, _ in facts.to_confirm()] == (["a", "b"] if elsewhere else ["a"])
+
+
 @pytest.mark.parametrize(
     ("before", "cap", "after"),
     [
