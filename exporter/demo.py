@@ -147,8 +147,16 @@ def _print_access(console: Console, engine: Engine, last_run: int) -> str | None
     """A grant's history (one that changed, if any), then who could open its lock at the end
     of run 1 and who can now; returns that lock's id (None without grants)."""
     with engine.connect() as conn:
+        # A grant that changed, on a lock still bound: `access LOCK` then has something to show.
+        bound = "bound_lock_id IN (SELECT id FROM bound_locks WHERE removed_at IS NULL)"
         changed = (
             conn.execute(
+                text(
+                    "SELECT grant_id, bound_lock_id FROM grant_changes "
+                    f"WHERE change_type <> 'created' AND {bound} ORDER BY changed_at LIMIT 1"
+                )
+            ).first()
+            or conn.execute(
                 text(
                     "SELECT grant_id, bound_lock_id FROM grant_changes "
                     "WHERE change_type <> 'created' ORDER BY changed_at LIMIT 1"

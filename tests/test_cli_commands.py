@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -82,15 +83,20 @@ def test_run_once_sends_its_token_request_before_loading_the_tables_and_the_sync
 
 def test_demo_builds_a_history_in_a_fresh_sqlite_file(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORTER_")}
-    result = run_exporter(env, "demo", "--generations", "2", timeout=120, cwd=tmp_path)
+    result = run_exporter(env, "demo", timeout=120, cwd=tmp_path)
 
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "demo.db").is_file()
-    assert "Run 3" in result.stdout and "current_bound_locks" in result.stdout
+    assert "Run 4" in result.stdout and "current_bound_locks" in result.stdout
     # Every entity is enabled: a grant's history and who could open its lock then and now.
     assert "grants: " in result.stdout and "History of grant" in result.stdout
     assert "giving access at the end of run 1" in result.stdout
-    assert "giving access at the end of run 3" in result.stdout
+    assert "giving access at the end of run 4" in result.stdout
+    # The lock its `access` hint names is still bound: the command has something to show now.
+    (prefix,) = set(re.findall(r"exporter access ([0-9a-f]{8})", result.stdout))
+    with sqlite3.connect(tmp_path / "demo.db") as db:
+        query = "SELECT removed_at FROM bound_locks WHERE substr(id, 1, 8) = ?"
+        assert db.execute(query, (prefix,)).fetchall() == [(None,)]
 
 
 def test_sandbox_command_serves_a_fake_tapkey_until_interrupted() -> None:
