@@ -155,6 +155,17 @@ def test_an_identifier_shows_the_grants_of_that_person_in_every_owner_account(
     assert "Bound lock id" in table.stdout and "Identifier / label" not in table.stdout
 
 
+def _privacy_env(db_url: str, tmp_path: Path, mode: str, key: str) -> dict[str, str]:
+    """The environment of a CLI call reading `db_url` under [privacy] `mode` (no config file)."""
+    (tmp_path / "none.toml").write_text("")
+    return {
+        "EXPORTER_DATABASE__URL": db_url,
+        "EXPORTER_CONFIG": str(tmp_path / "none.toml"),
+        "EXPORTER_PRIVACY__CONTACT_IDENTIFIER": mode,
+        **({"EXPORTER_PRIVACY__HASH_KEY": key} if mode == "hash" else {}),
+    }
+
+
 @pytest.mark.parametrize("mode", ["hash", "drop"])
 def test_an_identifier_is_looked_up_as_privacy_stores_it(
     db_url: str, tmp_path: Path, mode: str
@@ -169,13 +180,7 @@ def test_an_identifier_is_looked_up_as_privacy_stores_it(
         settings = make_settings(fake, db_url, tmp_path, entities=["contacts", "grants"])
         privacy = PrivacySettings(contact_identifier=mode, hash_key=key if mode == "hash" else None)
         job.run_once(settings.model_copy(update={"privacy": privacy}))
-    (tmp_path / "none.toml").write_text("")
-    env = {
-        "EXPORTER_DATABASE__URL": db_url,
-        "EXPORTER_CONFIG": str(tmp_path / "none.toml"),
-        "EXPORTER_PRIVACY__CONTACT_IDENTIFIER": mode,
-        **({"EXPORTER_PRIVACY__HASH_KEY": key} if mode == "hash" else {}),
-    }
+    env = _privacy_env(db_url, tmp_path, mode, key)
 
     result = CliRunner().invoke(
         app, ["access", "--contact", "anna@example.com", "-f", "json"], env=env
@@ -203,13 +208,7 @@ def test_access_and_changes_show_a_contacts_name_only_under_keep(
         settings = make_settings(fake, db_url, tmp_path, entities=["contacts", "grants"])
         privacy = PrivacySettings(contact_identifier=mode, hash_key=key if mode == "hash" else None)
         job.run_once(settings.model_copy(update={"privacy": privacy}))
-    (tmp_path / "none.toml").write_text("")
-    env = {
-        "EXPORTER_DATABASE__URL": db_url,
-        "EXPORTER_CONFIG": str(tmp_path / "none.toml"),
-        "EXPORTER_PRIVACY__CONTACT_IDENTIFIER": mode,
-        **({"EXPORTER_PRIVACY__HASH_KEY": key} if mode == "hash" else {}),
-    }
+    env = _privacy_env(db_url, tmp_path, mode, key)
     monkeypatch.setattr(cli.out, "_width", 250)
     formats: list[list[str]] = [[], ["-f", "csv"], ["-f", "json"]]
     commands = [

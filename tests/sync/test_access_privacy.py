@@ -15,32 +15,17 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, MetaData, func, select, update
-from support.helpers import SANDBOX_SECRET, make_settings
+from support.helpers import SANDBOX_SECRET
 from support.history import assert_history_consistent, expected_access, rows_at
+from support.sandbox_access import run_access
 
 from exporter.config.sections import PrivacySettings
 from exporter.db.schema import contact_versions, contacts, grants
-from exporter.results import RunResult
 from exporter.sandbox.server import Sandbox
-from exporter.service import job
 from exporter.tapkey.access import Privacy
 
 ALL = ["contacts", "cards", "grants"]
 KEY = "a-test-key-of-sufficient-length"
-
-
-def _run(
-    fake: Sandbox,
-    db_url: str,
-    tmp_path: Path,
-    *,
-    privacy: PrivacySettings | None = None,
-    entities: list[str] = ALL,
-) -> RunResult:
-    settings = make_settings(fake, db_url, tmp_path, entities=entities)
-    if privacy is not None:
-        settings = settings.model_copy(update={"privacy": privacy})
-    return job.run_once(settings)
 
 
 def _contacts(fake: Sandbox) -> dict[str, list[dict[str, Any]]]:
@@ -69,8 +54,8 @@ def test_privacy_keeps_identifiers_out_of_the_database_and_the_logs(
         emails = {
             c.get("identifier", c.get("email")) for items in _contacts(fake).values() for c in items
         }
-        first = _run(fake, db_url, tmp_path, privacy=privacy)
-        second = _run(fake, db_url, tmp_path, privacy=privacy)
+        first = run_access(fake, db_url, tmp_path, privacy=privacy)
+        second = run_access(fake, db_url, tmp_path, privacy=privacy)
         expected = expected_access(
             _contacts(fake),
             "contacts",
@@ -127,8 +112,8 @@ def test_a_changed_privacy_setting_rewrites_every_contact_on_the_next_run(
         return PrivacySettings(contact_identifier=mode, hash_key=key)  # type: ignore[arg-type]
 
     with Sandbox(seed=10, owners=2, locks_per_owner=2) as fake:
-        _run(fake, db_url, tmp_path, privacy=privacy(*before))
-        second = _run(fake, db_url, tmp_path, privacy=privacy(*after))
+        run_access(fake, db_url, tmp_path, privacy=privacy(*before))
+        second = run_access(fake, db_url, tmp_path, privacy=privacy(*after))
         mode, key = after
         expected = expected_access(
             _contacts(fake),
@@ -217,11 +202,11 @@ def test_contacts_names_comments_and_emails_are_stored_only_under_keep(
         owner = _owner_ids(fake)[0]
         contact = fake.add_contact(owner, title="Zoe Quintessa", identifier="zoe.q@example.com")
         fake.add_grant(owner, contact_id=contact)
-        first = _run(fake, db_url, tmp_path, privacy=privacy, entities=everything)
+        first = run_access(fake, db_url, tmp_path, privacy=privacy, entities=everything)
         renamed_from = _personal_texts(fake)
         fake.update_contact(contact, title="Zoe Quintessa-Lind", identifier="zoe.l@example.com")
         fake.append_log_entries(owner, 3)
-        second = _run(fake, db_url, tmp_path, privacy=privacy, entities=everything)
+        second = run_access(fake, db_url, tmp_path, privacy=privacy, entities=everything)
         people = renamed_from | _personal_texts(fake)
 
     assert first.status == second.status == "succeeded"
@@ -250,7 +235,7 @@ def test_contacts_stored_by_an_earlier_version_under_hash_lose_names_and_comment
     old = Privacy("hash", KEY.encode(), old_digests)
     hashed = PrivacySettings(contact_identifier="hash", hash_key=KEY)  # type: ignore[arg-type]
     with Sandbox(seed=17, owners=2, locks_per_owner=2) as fake:
-        first = _run(fake, db_url, tmp_path)
+        first = run_access(fake, db_url, tmp_path)
         # What an earlier version stored under hash: identifier hashed, raw digested, texts kept.
         with engine.begin() as conn:
             for table in (contacts, grants):
@@ -268,7 +253,7 @@ def test_contacts_stored_by_an_earlier_version_under_hash_lose_names_and_comment
                         .values(identifier=old.identifier(identifier))
                     )
         people = _personal_texts(fake)
-        second = _run(fake, db_url, tmp_path, privacy=hashed)
+        second = run_access(fake, db_url, tmp_path, privacy=hashed)
         expected = expected_access(
             _contacts(fake), "contacts", identifier=old.identifier, texts=False
         )

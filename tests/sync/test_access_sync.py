@@ -12,32 +12,15 @@ import pytest
 from sqlalchemy import Engine, func, select
 from support.helpers import make_settings
 from support.history import assert_history_consistent, expected_access, rows_at
+from support.sandbox_access import run_access
 
-from exporter.config.sections import PrivacySettings
 from exporter.db.schema import contact_versions, contacts, grant_versions, grants, sync_runs
-from exporter.results import RunResult
 from exporter.sandbox.server import Fault, Sandbox
 from exporter.service import job
 
 ACCESS = ("contacts", "cards", "grants")
 ALL = ["contacts", "cards", "grants"]
 KEY = "a-test-key-of-sufficient-length"
-
-
-def _run(
-    fake: Sandbox,
-    db_url: str,
-    tmp_path: Path,
-    *,
-    privacy: PrivacySettings | None = None,
-    **tapkey: Any,
-) -> RunResult:
-    kwargs = {k: tapkey.pop(k) for k in list(tapkey) if k.startswith("allow_")}
-    tapkey.setdefault("entities", ALL)
-    settings = make_settings(fake, db_url, tmp_path, **tapkey)
-    if privacy is not None:
-        settings = settings.model_copy(update={"privacy": privacy})
-    return job.run_once(settings, **kwargs)
 
 
 def _payloads(fake: Sandbox, entity: str) -> dict[str, list[dict[str, Any]]]:
@@ -71,12 +54,12 @@ def test_access_history_is_exact_at_every_run_across_sandbox_generations(
         seed=15, owners=4, locks_per_owner=4, contacts_per_owner=5, cards_per_owner=3,
         grants_per_owner=8,
     ) as fake:  # fmt: skip
-        results = [_run(fake, db_url, tmp_path, page_size=3)]
+        results = [run_access(fake, db_url, tmp_path, page_size=3)]
         snapshots = [_snapshot(fake)]
         for _ in range(7):
             changes = fake.advance(changes=rng.randint(0, 3), access=rng.randint(4, 12))
             assert changes
-            results.append(_run(fake, db_url, tmp_path, page_size=3))
+            results.append(run_access(fake, db_url, tmp_path, page_size=3))
             snapshots.append(_snapshot(fake))
 
     assert [r.status for r in results] == ["succeeded"] * len(results)
@@ -96,11 +79,11 @@ def test_a_revoked_grant_is_an_update_and_a_removed_one_a_removal(
     with Sandbox(seed=2, owners=2, locks_per_owner=3) as fake:
         owner = _owner_ids(fake)[0]
         revoked, removed = [g["id"] for g in fake.grants_payload(owner) if g["state"] == "Ok"][:2]
-        _run(fake, db_url, tmp_path)
+        run_access(fake, db_url, tmp_path)
         fake.revoke_grant(revoked)
         fake.remove_grant(removed)
 
-        result = _run(fake, db_url, tmp_path)
+        result = run_access(fake, db_url, tmp_path)
 
     assert (result.access["grants"].updated, result.access["grants"].removed) == (1, 1)
     with engine.connect() as conn:
@@ -120,7 +103,7 @@ def test_an_unchanged_rerun_writes_nothing_and_parses_no_element(
     db_url: str, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with Sandbox(seed=4, owners=3, locks_per_owner=3) as fake:
-        _run(fake, db_url, tmp_path, page_size=4)
+        run_access(fake, db_url, tmp_path, page_size=4)
         versions = {e: _count(engine, t) for e, t in (("grants", grant_versions),)}
         parsed: list[str] = []
         from exporter.tapkey import client as tapkey
@@ -132,7 +115,7 @@ def test_an_unchanged_rerun_writes_nothing_and_parses_no_element(
             return original(*args, **kwargs)
 
         monkeypatch.setattr(tapkey, "parse_element", spy)
-        result = _run(fake, db_url, tmp_path, page_size=4)
+        result = run_access(fake, db_url, tmp_path, page_size=4)
 
     assert result.status == "succeeded"
     assert parsed == []
@@ -144,7 +127,7 @@ def test_a_missing_scope_makes_the_run_partial_and_leaves_that_entity_alone(
     db_url: str, engine: Engine, tmp_path: Path
 ) -> None:
     with Sandbox(seed=6, owners=2, locks_per_owner=3) as fake:
-        result = _run(fake, db_url, tmp_path, scopes="read:owneraccounts read:core:entities")
+        result = run_access(fake, db_url, tmp_path, scopes="read:owneraccounts read:core:entities")
 
     assert result.status == "partial"
     assert result.error is not None and "read:grants" in result.error
@@ -158,14 +141,14 @@ def test_a_403_for_one_owner_changes_nothing_of_that_owner_and_names_the_co_admi
 ) -> None:
     with Sandbox(seed=7, owners=3, locks_per_owner=3) as fake:
         denied, other = _owner_ids(fake)[:2]
-        _run(fake, db_url, tmp_path)
-        before = rows_at(engine, "grants", _run(fake, db_url, tmp_path).finished_at)  # type: ignore[arg-type]
+        run_access(fake, db_url, tmp_path)
+        before = rows_at(engine, "grants", run_access(fake, db_url, tmp_path).finished_at)  # type: ignore[arg-type]
         for grant in fake.grants_payload(denied):
             fake.remove_grant(grant["id"])
         fake.remove_grant(fake.grants_payload(other)[0]["id"])
         fake.deny(denied, "grants")
 
-        result = _run(fake, db_url, tmp_path)
+        result = run_access(fake, db_url, tmp_path)
 
     assert result.status == "partial"
     assert result.error is not None and f"grants of owner {denied}" in result.error
@@ -184,9 +167,9 @@ def test_a_vanished_owner_takes_its_access_data_with_it(
 ) -> None:
     with Sandbox(seed=8, owners=3, locks_per_owner=2) as fake:
         gone = _owner_ids(fake)[0]
-        _run(fake, db_url, tmp_path)
+        run_access(fake, db_url, tmp_path)
         fake.hide_owner(gone)
-        result = _run(fake, db_url, tmp_path)
+        result = run_access(fake, db_url, tmp_path)
 
     assert result.status == "succeeded"
     with engine.connect() as conn:
@@ -210,12 +193,12 @@ def test_mass_removal_of_grants_is_held_back_until_confirmed(
 ) -> None:
     with Sandbox(seed=9, owners=2, locks_per_owner=3, grants_per_owner=14) as fake:
         owner = _owner_ids(fake)[0]
-        _run(fake, db_url, tmp_path)
+        run_access(fake, db_url, tmp_path)
         for grant in fake.grants_payload(owner)[:12]:
             fake.remove_grant(grant["id"])
 
-        held = _run(fake, db_url, tmp_path)
-        confirmed = _run(fake, db_url, tmp_path, allow_mass_removal_owners=[owner])
+        held = run_access(fake, db_url, tmp_path)
+        confirmed = run_access(fake, db_url, tmp_path, allow_mass_removal_owners=[owner])
 
     assert held.status == "partial"
     assert held.error is not None and "12 of its 14 grants" in held.error
@@ -254,14 +237,14 @@ def test_an_element_without_a_readable_id_holds_back_that_owners_removals(
         owner = _owner_ids(fake)[0]
         first = fake.add_grant(owner)
         fake.add_grant(owner)
-        _run(fake, db_url, tmp_path)
+        run_access(fake, db_url, tmp_path)
         # The first page lists an element without an id where the first grant was: which
         # stored grant it stands for cannot be told, so none of the owner's grants may go.
         second = json.dumps(fake.grants_payload(owner)[1])
         fake.add_fault(
             Fault("grants", kind="body", owner_id=owner, body=f'[{{"state": "Ok"}},{second}]')
         )
-        result = _run(fake, db_url, tmp_path)
+        result = run_access(fake, db_url, tmp_path)
 
     assert result.status == "succeeded"
     assert (result.access["grants"].skipped, result.access["grants"].removed) == (1, 0)
@@ -273,7 +256,7 @@ def test_a_new_silent_page_cap_removes_no_contact_cut_off_by_it(
     db_url: str, engine: Engine, tmp_path: Path
 ) -> None:
     with Sandbox(seed=16, owners=2, locks_per_owner=4, contacts_per_owner=5) as fake:
-        assert _run(fake, db_url, tmp_path, entities=["contacts"]).status == "succeeded"
+        assert run_access(fake, db_url, tmp_path, entities=["contacts"]).status == "succeeded"
         for owner_id in _owner_ids(fake):  # the server returned pages of 4 locks before
             for lock in fake.locks_payload(owner_id)[2:]:
                 fake.unbind(lock["id"])
@@ -281,10 +264,12 @@ def test_a_new_silent_page_cap_removes_no_contact_cut_off_by_it(
         # lists (5) do not.
         fake.max_top = 3
 
-        cut = _run(fake, db_url, tmp_path, entities=["contacts"])
+        cut = run_access(fake, db_url, tmp_path, entities=["contacts"])
         assert cut.access["contacts"].removed == 0
         assert cut.status == "partial" and "was not proven" in (cut.error or "")
-        after = _run(fake, db_url, tmp_path, entities=["contacts"])  # pages of 3 asked for now
+        after = run_access(
+            fake, db_url, tmp_path, entities=["contacts"]
+        )  # pages of 3 asked for now
         assert (after.status, after.access["contacts"].removed) == ("succeeded", 0)
     assert _count(engine, contacts, contacts.c.removed_at.is_not(None)) == 0
     assert_history_consistent(engine)
@@ -299,7 +284,7 @@ def test_a_date_out_of_range_in_utc_skips_its_grant_and_the_run_goes_on(
         owner = _owner_ids(fake)[1]
         bad = fake.add_grant(owner, valid_from="0001-01-01T00:00:00+01:00")
         late = fake.add_grant(owner, valid_before="9999-12-31T23:30:00-01:00")
-        result = _run(fake, db_url, tmp_path, entities=["grants"])
+        result = run_access(fake, db_url, tmp_path, entities=["grants"])
         listed = {g["id"] for items in _payloads(fake, "grants").values() for g in items}
     expected = listed - {bad, late}
     assert result.status == "succeeded" and result.access["grants"].skipped == 2
@@ -321,7 +306,7 @@ def test_a_contact_listed_by_two_owners_stays_with_the_one_it_is_stored_under(
         for slow in (other, first, None, first):  # the first load takes the first answer
             if slow is not None:
                 fake.add_fault(Fault("contacts", kind="delay", delay=0.5, owner_id=slow))
-            results.append(_run(fake, db_url, tmp_path, entities=["contacts"], workers=3))
+            results.append(run_access(fake, db_url, tmp_path, entities=["contacts"], workers=3))
     assert [r.status for r in results] == ["succeeded"] * 4
     with engine.connect() as conn:
         versions = conn.execute(
