@@ -267,9 +267,8 @@ def test_a_new_silent_page_cap_removes_no_contact_cut_off_by_it(
         cut = run_access(fake, db_url, tmp_path, entities=["contacts"])
         assert cut.access["contacts"].removed == 0
         assert cut.status == "partial" and "was not proven" in (cut.error or "")
-        after = run_access(
-            fake, db_url, tmp_path, entities=["contacts"]
-        )  # pages of 3 asked for now
+        # Pages of 3 are asked for now.
+        after = run_access(fake, db_url, tmp_path, entities=["contacts"])
         assert (after.status, after.access["contacts"].removed) == ("succeeded", 0)
     assert _count(engine, contacts, contacts.c.removed_at.is_not(None)) == 0
     assert_history_consistent(engine)
